@@ -1,0 +1,96 @@
+"""AlexNet as §3.5 of the paper lays it out: conv1..conv5, fc6..fc8.
+
+The learned layers are attributes named as the paper names them, so that
+initialisation, tower splitting, filter pictures (Figure 3) and fc7 features
+(Figure 4) address them by name. The two-GPU split of §3.2 is expressed here
+as grouped convolutions (conv2, conv4, conv5) and per-tower LRN.
+"""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from . import paper
+from .config import ArchConfig
+from .geometry import check_input, layer_map
+from .layers import LocalResponseNorm
+from .variants import get_config
+
+
+class AlexNet(nn.Module):
+    """The network described by an :class:`ArchConfig` (default: the paper's, §3.5).
+
+    Shapes in the comments are the paper net's at its 227x227 input.
+    """
+
+    def __init__(self, config: ArchConfig = ArchConfig()):
+        super().__init__()
+        self.config = config
+        cfg = config
+        chans = (cfg.in_channels, *cfg.conv_channels)
+
+        def conv(i):
+            return nn.Conv2d(chans[i], chans[i + 1], cfg.conv_kernels[i], cfg.conv_strides[i],
+                             cfg.conv_paddings[i], groups=cfg.conv_groups(i))
+
+        def norm():
+            if not cfg.lrn:
+                return nn.Identity()
+            return LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn_groups)
+
+        def pool():
+            return nn.MaxPool2d(cfg.pool_size, cfg.pool_stride, ceil_mode=cfg.pool_rounding == "ceil")
+
+        def dropout(after):
+            return nn.Dropout(cfg.dropout) if cfg.dropout and after in cfg.dropout_after else nn.Identity()
+
+        self.act = nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()  # §3.1
+        self.conv1, self.norm1, self.pool1 = conv(0), norm(), pool()   # 96 x 11x11x3, stride 4
+        self.conv2, self.norm2, self.pool2 = conv(1), norm(), pool()   # 256 x 5x5x48 (groups 2)
+        self.conv3 = conv(2)                                           # 384 x 3x3x256 (both towers)
+        self.conv4 = conv(3)                                           # 384 x 3x3x192 (groups 2)
+        self.conv5, self.pool5 = conv(4), pool()                       # 256 x 3x3x192 (groups 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
+        fc6_in = layer_map(cfg)["fc6"].in_shape[0]                   # 256*6*6 = 9216
+        self.drop5 = dropout("pool5")                                  # torchvision only
+        self.fc6, self.drop6 = nn.Linear(fc6_in, cfg.fc_sizes[0]), dropout("fc6")            # 4096, §4.2
+        self.fc7, self.drop7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), dropout("fc7")  # 4096, §4.2
+        self.fc8 = nn.Linear(cfg.fc_sizes[1], cfg.num_classes)                                # 1000
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """§5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0 (per config)."""
+        cfg = self.config
+        for i, name in enumerate(paper.LAYER_NAMES):
+            layer = getattr(self, name)
+            if cfg.weight_std is None:
+                layer.reset_parameters()  # PyTorch's default init (torchvision's net)
+                continue
+            nn.init.normal_(layer.weight, 0.0, cfg.weight_std[i])
+            nn.init.constant_(layer.bias, cfg.bias_init[i])
+
+    def _edge(self, x: torch.Tensor, pad: int) -> torch.Tensor:
+        """cuda-convnet's ceil rounding: zeros on the right and bottom edges."""
+        return F.pad(x, (0, pad, 0, pad)) if pad else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = check_input(self.config, tuple(x.shape))
+        x = self.act(self.conv1(self._edge(x, rows["conv1"].edge_pad)))         # 96x55x55
+        x = self.pool1(self.norm1(x))                                           # 96x27x27
+        x = self.pool2(self.norm2(self.act(self.conv2(self._edge(x, rows["conv2"].edge_pad)))))  # 256x13x13
+        x = self.act(self.conv3(self._edge(x, rows["conv3"].edge_pad)))         # 384x13x13
+        x = self.act(self.conv4(self._edge(x, rows["conv4"].edge_pad)))         # 384x13x13
+        x = self.pool5(self.act(self.conv5(self._edge(x, rows["conv5"].edge_pad))))  # 256x6x6
+        x = self.drop5(torch.flatten(self.avgpool(x), 1))                       # 9216
+        x = self.drop6(self.act(self.fc6(x)))                                   # 4096
+        x = self.drop7(self.act(self.fc7(x)))                                   # 4096
+        return self.fc8(x)                                                      # 1000 logits (softmax in the loss)
+
+
+def build_model(variant: str = "paper", num_classes: int = paper.NUM_CLASSES, **overrides) -> AlexNet:
+    """An AlexNet by variant name (see list_variants), e.g. ``build_model("paper+no-lrn", 10)``.
+
+    ``overrides`` are ArchConfig fields: lrn=False, pool_size=2, pool_stride=2,
+    activation="tanh", towers=1, dropout=0.0, input_size=..., and so on.
+    """
+    return AlexNet(get_config(variant, num_classes=num_classes, **overrides))

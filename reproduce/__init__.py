@@ -1,0 +1,1 @@
+"""Runnable experiments on top of paper_alexnet: ``python -m reproduce.NAME --help``."""
