@@ -139,8 +139,9 @@ def _single(config: ArchConfig, markdown: bool) -> str:
     for r in rows(config):
         tower = f"{r['tower_channels']}×{r['out_height']}×{r['out_width']}" if r["tower_channels"] else "—"
         dash = lambda key: str(r[key]) if r[key] else "—"
-        body.append([r["layer"], r["type"], dash("kernel"), dash("stride"), str(r["padding"]) if r["kernel"] else "—",
-                     str(r["groups"]), _io(r, "in"), _io(r, "out"), tower,
+        windowed = r["type"] in ("conv", "maxpool")
+        body.append([r["layer"], r["type"], dash("kernel"), dash("stride"), str(r["padding"]) if windowed else "—",
+                     str(r["groups"]) if r["type"] in ("conv", "lrn") else "—", _io(r, "in"), _io(r, "out"), tower,
                      _fmt(r["neurons"]) if r["neurons"] else "—", _fmt(r["params"]), _fmt(r["macs"]),
                      r["arithmetic"]])
     total = totals(layer_shapes(config))
