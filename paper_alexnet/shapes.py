@@ -22,7 +22,7 @@ import torch
 
 from . import paper
 from .config import ArchConfig, ConfigError
-from .geometry import Layer, layer_shapes, totals, window_output
+from .geometry import layer_shapes, totals, window_output
 from .model import AlexNet
 from .variants import PAPER, get_config, list_switches, list_variants
 
