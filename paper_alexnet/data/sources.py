@@ -1,0 +1,331 @@
+"""Data sets chosen by one spec string: ``KIND[:ROOT][?key=value&...]``.
+
+=====================  ====================================================================
+``synthetic``          the built-in set (:mod:`.synthetic`), generated once into a cached store;
+                       options ``classes`` (10), ``train`` (1000), ``val`` (200), ``seed`` (0)
+``imagenet:ROOT``      ILSVRC-2012: ``ROOT/train/<wnid>/`` and ``ROOT/val/<wnid>/`` (sort a flat val
+                       folder with :func:`.imagenet.sort_imagenet_val`); PCA lighting uses the
+                       published ImageNet eigenvalues (§4.1)
+``cifar10:ROOT``       torchvision's on-disk CIFAR-10 (``cifar-10-batches-py``); val = the test batch
+``cifar100:ROOT``      torchvision's on-disk CIFAR-100 (``cifar-100-python``), fine labels
+``caltech101:ROOT``    torchvision's layout (``caltech101/101_ObjectCategories``) without
+                       BACKGROUND_Google; seeded stratified ``split`` (8:1:1) into train/val/test
+``folder:ROOT``        an ImageFolder tree with ``train/`` and ``val/``, or one tree split by
+                       the seeded ratio ``val`` (0.1)
+``store:DIR``          a store written by ``python -m reproduce.prepare`` (the fast path)
+=====================  ====================================================================
+
+Every problem with the spec or the data root is a :class:`DataError` with one
+line saying what to do, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from .images import DataError, is_image_file
+from .splits import ArraySplit, FileSplit, RenderSplit, Split, SubsetSplit, stratified_split
+from .stats import DataStats, StatsAccumulator
+from .store import Store, is_store, prepare_store
+from . import synthetic
+
+KINDS = ("synthetic", "imagenet", "cifar10", "cifar100", "caltech101", "folder", "store")
+OPTIONS = {"synthetic": {"classes": 10, "train": 1000, "val": 200, "seed": 0},
+           "folder": {"val": 0.1, "seed": 0},
+           "caltech101": {"split": "8:1:1", "seed": 0}}
+NEEDS_ROOT = ("imagenet", "cifar10", "cifar100", "caltech101", "folder", "store")
+DOWNLOADABLE = ("cifar10", "cifar100", "caltech101")
+
+
+@dataclass
+class DataSpec:
+    kind: str
+    root: Optional[str]
+    options: dict
+    text: str
+
+
+def parse_spec(text: str) -> DataSpec:
+    """``"folder:/data/fruit?val=0.2&seed=1"`` -> DataSpec(kind="folder", root="/data/fruit", options={...})."""
+    head, _, query = str(text).partition("?")
+    kind, _, root = head.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise DataError(f"unknown data set {kind!r} in --data {text!r}: use one of "
+                        f"{', '.join(k + (':ROOT' if k in NEEDS_ROOT else '') for k in KINDS)}")
+    if kind in NEEDS_ROOT and not root:
+        raise DataError(f"--data {kind} needs a folder: --data {kind}:ROOT")
+    defaults = OPTIONS.get(kind, {})
+    options = dict(defaults)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in defaults:
+            allowed = ", ".join(defaults) or "none"
+            raise DataError(f"unknown option {key!r} for --data {kind} (options: {allowed})")
+        try:
+            options[key] = type(defaults[key])(value)
+        except ValueError:
+            raise DataError(f"--data {kind}: option {key}={value!r} is not a {type(defaults[key]).__name__}") from None
+    return DataSpec(kind, os.path.expanduser(root) if root else None, options, str(text))
+
+
+def cache_dir() -> str:
+    """Where generated data and statistics are kept: $PAPER_ALEXNET_CACHE, else ~/.cache/paper_alexnet."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("PAPER_ALEXNET_CACHE") or os.path.join(base, "paper_alexnet")
+
+
+@dataclass
+class DataSet:
+    """Class names and splits ("train", "val", maybe "test") of one data set, and its statistics."""
+
+    spec: str
+    classes: list
+    splits: dict
+    notes: list = field(default_factory=list)
+    imagenet_pca: bool = False
+    store: Optional[Store] = None
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise DataError(f"--data {self.spec} has no {name!r} split (it has {', '.join(self.splits)})")
+        return self.splits[name]
+
+    def stats(self, progress: bool = True, report: Callable[[str], None] = print) -> DataStats:
+        """§2/§4.1 statistics of the training split: from the store, else computed once and cached."""
+        if self.store is not None:
+            return self.store.stats()
+        train = self.split("train")
+        key = hashlib.sha1("\n".join([self.spec, str(len(train))] +
+                                     [train.describe(i) for i in range(len(train))]).encode()).hexdigest()[:16]
+        path = os.path.join(cache_dir(), "stats", f"{key}.npz")
+        if os.path.exists(path):
+            return DataStats.load(path)
+        from tqdm.auto import tqdm
+
+        report(f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})")
+        accumulator = StatsAccumulator()
+        for start in tqdm(range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress):
+            images, _, _ = train.batch(range(start, min(start + 64, len(train))))
+            if len(images):
+                accumulator.update(images.numpy())
+        stats = accumulator.result()
+        if self.imagenet_pca:
+            stats = stats.with_imagenet_pca()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        stats.save(path)
+        return stats
+
+
+def scan_tree(root: str) -> tuple[list, list, list, list]:
+    """ImageFolder layout: (classes, paths, labels, empty classes) of ``root/<class>/**/<image>``."""
+    if not os.path.isdir(root):
+        raise DataError(f"data folder {root} does not exist")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    paths, labels, empty = [], [], []
+    for label, name in enumerate(classes):
+        found = []
+        for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(folder, f) for f in sorted(files) if is_image_file(f) and not f.startswith(".")]
+        if not found:
+            empty.append(name)
+        paths += found
+        labels += [label] * len(found)
+    return classes, paths, labels, empty
+
+
+def _tree_split(name: str, root: str, classes: list | None = None) -> tuple[list, FileSplit, list]:
+    found, paths, labels, empty = scan_tree(root)
+    if classes is not None:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(f"{root} has classes that the training folder lacks: {', '.join(extra[:5])}")
+        labels = [classes.index(found[label]) for label in labels]
+    notes = [f"warning: class {c!r} has no images in {os.path.join(root, c)}" for c in empty]
+    return found, FileSplit(name, paths, labels), notes
+
+
+def _check_nonempty(spec: str, splits: dict) -> None:
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise DataError(f"--data {spec}: the {name} split has no images")
+
+
+def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> DataSet:
+    if not os.path.isdir(train_dir):
+        raise DataError(f"data folder {train_dir} does not exist")
+    classes, train, notes = _tree_split("train", train_dir)
+    if len(train) == 0:
+        raise DataError(f"no images found under {train_dir} (looked for class folders of "
+                        f".jpg/.jpeg/.png/.bmp/... files)")
+    if val_dir is not None:
+        _, val, more = _tree_split("val", val_dir, classes)
+        splits = {"train": train, "val": val}
+        notes += more
+    else:
+        ratio = spec.options.get("val", 0.1)
+        if not 0 < ratio < 1:
+            raise DataError(f"--data {spec.text}: val={ratio} must be a fraction between 0 and 1")
+        part_train, part_val = stratified_split(train.labels, [1 - ratio, ratio], spec.options.get("seed", 0))
+        splits = {"train": SubsetSplit(train, part_train, "train"), "val": SubsetSplit(train, part_val, "val")}
+        notes.append(f"{spec.text}: one tree split {1 - ratio:g}:{ratio:g} per class with seed "
+                     f"{spec.options.get('seed', 0)}")
+    _check_nonempty(spec.text, splits)
+    return DataSet(spec.text, classes, splits, notes, imagenet_pca=spec.kind == "imagenet")
+
+
+def _open_imagenet(spec: DataSpec, download: bool) -> DataSet:
+    root = spec.root
+    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
+    if not os.path.isdir(root):
+        raise DataError(f"ImageNet folder {root} does not exist")
+    if not os.path.isdir(train_dir) or not os.path.isdir(val_dir):
+        raise DataError(f"ImageNet folder {root} needs train/ and val/ class folders (ILSVRC-2012 layout)")
+    flat = [f for f in os.listdir(val_dir) if is_image_file(f)]
+    if flat:
+        raise DataError(f"{val_dir} holds {len(flat)} images not sorted into class folders: run python -m "
+                        f"reproduce.prepare --sort-imagenet-val {val_dir} --devkit ILSVRC2012_devkit_t12.tar.gz")
+    return _open_folder(spec, train_dir, val_dir)
+
+
+def _open_plain_folder(spec: DataSpec, download: bool) -> DataSet:
+    root = spec.root
+    if not os.path.isdir(root):
+        raise DataError(f"data folder {root} does not exist")
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        return _open_folder(spec, root, None)
+    val_dir = next((os.path.join(root, d) for d in ("val", "valid", "validation", "test")
+                    if os.path.isdir(os.path.join(root, d))), None)
+    return _open_folder(spec, train_dir, val_dir)
+
+
+def _unpickle(path: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise DataError(f"cannot read the CIFAR batch {path}: {err}") from None
+
+
+def _open_cifar(spec: DataSpec, download: bool) -> DataSet:
+    hundred = spec.kind == "cifar100"
+    folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
+    root = spec.root if os.path.basename(os.path.normpath(spec.root)) == folder else os.path.join(spec.root, folder)
+    if not os.path.isdir(root) and download:
+        import torchvision
+
+        dataset = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
+        for train in (True, False):
+            dataset(spec.root, train=train, download=True)
+    if not os.path.isdir(root):
+        raise DataError(f"{spec.kind}: {root} does not exist (torchvision's layout); add --download to fetch it")
+    files = (["train"], ["test"]) if hundred else ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
+    key = b"fine_labels" if hundred else b"labels"
+    splits = {}
+    for name, names in zip(("train", "val"), files):
+        arrays, labels = [], []
+        for file in names:
+            path = os.path.join(root, file)
+            if not os.path.isfile(path):
+                raise DataError(f"{spec.kind}: missing {path}")
+            batch = _unpickle(path)
+            arrays.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels += list(batch[key])
+        splits[name] = ArraySplit(name, np.concatenate(arrays), labels)
+    meta = _unpickle(os.path.join(root, "meta" if hundred else "batches.meta"))
+    classes = [c.decode() for c in meta[b"fine_label_names" if hundred else b"label_names"]]
+    return DataSet(spec.text, classes, splits, ["val = the CIFAR test set (10,000 images)"])
+
+
+def _open_caltech(spec: DataSpec, download: bool) -> DataSet:
+    candidates = [os.path.join(spec.root, *p) for p in
+                  ((), ("101_ObjectCategories",), ("caltech101", "101_ObjectCategories"))]
+    root = next((c for c in candidates if os.path.basename(os.path.normpath(c)) == "101_ObjectCategories"
+                 and os.path.isdir(c)), None)
+    if root is None and download:
+        import torchvision
+
+        torchvision.datasets.Caltech101(spec.root, download=True)
+        root = candidates[2]
+    if root is None:
+        raise DataError(f"caltech101: no 101_ObjectCategories folder under {spec.root} (torchvision's layout "
+                        f"ROOT/caltech101/101_ObjectCategories); add --download to fetch it")
+    classes, paths, labels, empty = scan_tree(root)
+    keep = [c for c in classes if c != "BACKGROUND_Google"]        # as torchvision does
+    mapping = {classes.index(c): k for k, c in enumerate(keep)}
+    pairs = [(p, mapping[l]) for p, l in zip(paths, labels) if l in mapping]
+    if not pairs:
+        raise DataError(f"caltech101: no images under {root}")
+    whole = FileSplit("all", [p for p, _ in pairs], [l for _, l in pairs])
+    try:
+        ratios = [float(r) for r in spec.options["split"].split(":")]
+        assert len(ratios) == 3 and min(ratios) >= 0 and sum(ratios) > 0
+    except (ValueError, AssertionError):
+        raise DataError(f"caltech101: split={spec.options['split']!r} must be three ratios like 8:1:1") from None
+    fractions = [r / sum(ratios) for r in ratios]
+    parts = stratified_split(whole.labels, fractions, spec.options["seed"])
+    splits = {name: SubsetSplit(whole, part, name) for name, part in zip(("train", "val", "test"), parts)}
+    _check_nonempty(spec.text, splits)
+    notes = [f"caltech101: {len(keep)} classes, split {spec.options['split']} per class with seed "
+             f"{spec.options['seed']}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())}"]
+    notes += [f"warning: class {c!r} has no images" for c in empty if c in keep]
+    return DataSet(spec.text, keep, splits, notes)
+
+
+def _open_store(spec: DataSpec, download: bool) -> DataSet:
+    store = Store(spec.root)
+    return DataSet(spec.text, store.classes, dict(store.splits),
+                   [f"store {spec.root}: {store.meta['spec']}, {len(store.bad)} unreadable files left out"],
+                   store=store)
+
+
+def synthetic_source(spec: DataSpec) -> DataSet:
+    """The synthetic set as splits that render on demand (what gets written into its cached store)."""
+    o = spec.options
+    if not 2 <= o["classes"] <= len(synthetic.SHAPES):
+        raise DataError(f"synthetic: classes={o['classes']} must be between 2 and {len(synthetic.SHAPES)}")
+    if o["train"] < o["classes"] or o["val"] < 1:
+        raise DataError(f"synthetic: train={o['train']} must be at least classes={o['classes']}, val at least 1")
+    splits = {}
+    for name in ("train", "val"):
+        render = functools.partial(_render, split=name, seed=o["seed"], num_classes=o["classes"])
+        splits[name] = RenderSplit(name, synthetic.labels_for(o[name], o["classes"]), render)
+    return DataSet(spec.text, list(synthetic.SHAPES[:o["classes"]]), splits)
+
+
+def _render(label, index, split, seed, num_classes):
+    return synthetic.render(label, index, split, seed, num_classes=num_classes)
+
+
+def _open_synthetic(spec: DataSpec, download: bool, progress: bool = True, report=print) -> DataSet:
+    o = spec.options
+    source = synthetic_source(spec)
+    folder = os.path.join(cache_dir(), f"synthetic-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}")
+    if not is_store(folder) or not os.path.isfile(os.path.join(folder, "stats.npz")):
+        report(f"generating the built-in synthetic data set into {folder} (once)")
+        prepare_store(source.spec, source.classes, source.splits, folder, workers=0, progress=progress,
+                      report=report)
+    store = Store(folder)
+    return DataSet(spec.text, store.classes, dict(store.splits), [f"synthetic data cached in {folder}"], store=store)
+
+
+def open_dataset(text: str = "synthetic", download: bool = False, progress: bool = True,
+                 report: Callable[[str], None] = print) -> DataSet:
+    """Open the data set named by ``text`` (see the module docstring); errors are :class:`DataError`."""
+    spec = parse_spec(text)
+    if download and spec.kind not in DOWNLOADABLE:
+        raise DataError(f"--download works for {', '.join(DOWNLOADABLE)}, not {spec.kind}")
+    if spec.kind == "synthetic":
+        return _open_synthetic(spec, download, progress, report)
+    opener = {"imagenet": _open_imagenet, "cifar10": _open_cifar, "cifar100": _open_cifar,
+              "caltech101": _open_caltech, "folder": _open_plain_folder, "store": _open_store}[spec.kind]
+    return opener(spec, download)

@@ -1,0 +1,139 @@
+"""The paper's augmentation and test-time crops, on whole uint8 batches as tensors (§2, §4.1).
+
+Input everywhere: an N x 3 x 256 x 256 uint8 batch (the §2 patches), on the
+CPU or on the GPU the net trains on. Output: float32 N x 3 x crop x crop.
+
+- §2: subtract the training set's mean image (``mean="image"``; ``"channel"``
+  subtracts the per-channel mean instead, ``"torchvision"`` scales to [0, 1]
+  and normalises by ImageNet's mean/std as torchvision's weights expect,
+  ``"none"`` does nothing). The mean image is cropped where the image is.
+- §4.1: a random crop (227, or 224 for ``paper-224``) and a horizontal
+  reflection with probability 1/2; PCA lighting: to every pixel of image n add
+  ``P (a_n * lambda)`` with ``a_n ~ N(0, 0.1)``, drawn once per image per use.
+- §4.1 test time: the centre crop, or the ten crops (four corners and the
+  centre, and their reflections), whose softmax outputs are averaged.
+
+All randomness comes from one CPU ``torch.Generator`` so that a run is the same
+on any device and can be resumed from its saved state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .. import paper
+from .stats import IMAGENET_MEAN, IMAGENET_STD, DataStats
+
+MEAN_MODES = ("image", "channel", "torchvision", "none")
+
+
+def crop_batch(images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, size: int) -> torch.Tensor:
+    """images[n, :, ys[n]:ys[n]+size, xs[n]:xs[n]+size] for every n, as one N x C x size x size tensor."""
+    return torch.stack([images[n, :, y:y + size, x:x + size]
+                        for n, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
+
+
+def ten_crop_offsets(image_size: int, crop: int) -> list[tuple[int, int, bool]]:
+    """§4.1 test time: (top, left, mirrored) of the ten patches, in the order
+    top-left, top-right, bottom-left, bottom-right, centre, then the same five mirrored."""
+    far, centre = image_size - crop, (image_size - crop) // 2
+    five = [(0, 0), (0, far), (far, 0), (far, far), (centre, centre)]
+    return [(y, x, mirrored) for mirrored in (False, True) for y, x in five]
+
+
+def pca_shift(eigval: torch.Tensor, eigvec: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """§4.1: the RGB quantity [p1 p2 p3][a1 λ1, a2 λ2, a3 λ3]^T for each row of ``alphas`` (N x 3) -> N x 3."""
+    return (alphas * eigval) @ eigvec.T
+
+
+@dataclass
+class Augment:
+    """Which parts of the pipeline are on. The defaults are the paper's (§2, §4.1)."""
+
+    crop: int = paper.INPUT_SIZE
+    flip: bool = True
+    pca: bool = True
+    pca_sigma: float = paper.PCA_SIGMA
+    mean: str = "image"
+
+    def __post_init__(self):
+        if self.mean not in MEAN_MODES:
+            raise ValueError(f"unknown mean mode {self.mean!r}: choose one of {', '.join(MEAN_MODES)}")
+        if not 1 <= self.crop <= paper.IMAGE_SIZE:
+            raise ValueError(f"--crop {self.crop} is not possible: crops come from {paper.IMAGE_SIZE}x"
+                             f"{paper.IMAGE_SIZE} images (§2), so it must be between 1 and {paper.IMAGE_SIZE}")
+
+
+class PaperTransform:
+    """uint8 batches -> the net's float input, for training (random) or evaluation (centre / ten crops)."""
+
+    def __init__(self, stats: Optional[DataStats], augment: Augment = Augment(), device="cpu"):
+        if stats is None and (augment.mean in ("image", "channel") or augment.pca):
+            raise ValueError("the mean image / PCA lighting need the training set's statistics (stats=None)")
+        self.augment, self.device = augment, torch.device(device)
+        if augment.mean == "image":
+            self.offset = torch.as_tensor(stats.mean_image, dtype=torch.float32, device=self.device)
+        elif augment.mean == "channel":
+            self.offset = torch.as_tensor(stats.channel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        elif augment.mean == "torchvision":
+            self.offset = torch.as_tensor(255.0 * IMAGENET_MEAN, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        else:
+            self.offset = torch.zeros(3, 1, 1, device=self.device)
+        self.scale = (torch.as_tensor(1.0 / (255.0 * IMAGENET_STD), dtype=torch.float32, device=self.device).view(3, 1, 1)
+                      if augment.mean == "torchvision" else None)
+        if stats is not None:
+            self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32, device=self.device)
+            self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32, device=self.device)
+
+    def _finish(self, images: torch.Tensor, ys, xs, mirror, shift) -> torch.Tensor:
+        """Crop at (ys, xs), subtract the (cropped) mean, add the lighting, mirror, scale."""
+        size = self.augment.crop
+        x = crop_batch(images.to(self.device, non_blocking=True), ys, xs, size).float()
+        if self.offset.shape[-1] > 1:      # the mean image, cropped where each image is cropped
+            x -= crop_batch(self.offset.expand(len(x), -1, -1, -1), ys, xs, size)
+        else:
+            x -= self.offset
+        if shift is not None:
+            x += 255.0 * shift.to(self.device).view(-1, 3, 1, 1)
+        if mirror is not None:
+            mirror = mirror.to(self.device).view(-1, 1, 1, 1)
+            x = torch.where(mirror, x.flip(-1), x)
+        if self.scale is not None:
+            x *= self.scale
+        return x
+
+    def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image."""
+        n, size = images.shape[0], images.shape[-1]
+        room = size - self.augment.crop + 1
+        ys = torch.randint(room, (n,), generator=generator)
+        xs = torch.randint(room, (n,), generator=generator)
+        mirror = torch.rand(n, generator=generator) < 0.5 if self.augment.flip else None
+        shift = None
+        if self.augment.pca:
+            alphas = torch.randn(n, 3, generator=generator) * self.augment.pca_sigma
+            shift = pca_shift(self.eigval.cpu(), self.eigvec.cpu(), alphas)
+        return self._finish(images, ys, xs, mirror, shift)
+
+    def center(self, images: torch.Tensor) -> torch.Tensor:
+        """The central crop, no reflection, no lighting."""
+        n, size = images.shape[0], images.shape[-1]
+        at = torch.full((n,), (size - self.augment.crop) // 2, dtype=torch.long)
+        return self._finish(images, at, at, None, None)
+
+    def ten_crops(self, images: torch.Tensor) -> torch.Tensor:
+        """§4.1: 10 x N x 3 x crop x crop, in the order of :func:`ten_crop_offsets`."""
+        n = images.shape[0]
+        crops = []
+        for y, x, mirrored in ten_crop_offsets(images.shape[-1], self.augment.crop):
+            mirror = torch.full((n,), mirrored) if mirrored else None
+            crops.append(self._finish(images, torch.full((n,), y), torch.full((n,), x), mirror, None))
+        return torch.stack(crops)
+
+
+def average_softmax(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """§4.1: the mean of the softmax outputs over the crops (K x N x 3 x h x w) -> N x classes."""
+    return torch.stack([torch.softmax(model(view), dim=1) for view in crops]).mean(dim=0)

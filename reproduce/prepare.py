@@ -1,0 +1,85 @@
+"""Write a data set once into the fast store (§2: 256x256), or sort ImageNet's validation folder.
+
+    python -m reproduce.prepare --data folder:/data/fruit --out stores/fruit
+    python -m reproduce.prepare --data imagenet:/data/ilsvrc2012 --out stores/imagenet --workers 8
+    python -m reproduce.prepare --sort-imagenet-val /data/ilsvrc2012/val --devkit ILSVRC2012_devkit_t12.tar.gz
+
+Then train from it with ``--data store:DIR``. Interrupted, the same command
+continues where it stopped; run on a finished store, it does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from paper_alexnet.data import BadImageError, DataError, prepare_store, synthetic_source
+from paper_alexnet.data.imagenet import sort_imagenet_val
+from paper_alexnet.data.sources import open_dataset, parse_spec
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Decode every image once, cut it to the paper's 256x256 (§2) and write it with its label "
+                    "into one memory-mapped store, with the training set's mean image (§2) and RGB PCA (§4.1).")
+    parser.add_argument("--data", default=None, metavar="SPEC",
+                        help="synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech101:ROOT | "
+                             "folder:ROOT, options after '?', e.g. folder:ROOT?val=0.2&seed=1")
+    parser.add_argument("--out", default=None, metavar="DIR", help="the store folder (new, or one to continue)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes decoding images (0: in this process)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
+    parser.add_argument("--download", action="store_true", help="download cifar10 / cifar100 / caltech101 if absent")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--sort-imagenet-val", metavar="VAL_DIR", default=None,
+                        help="instead: move ILSVRC-2012's flat validation images into class folders")
+    parser.add_argument("--devkit", metavar="PATH", default=None,
+                        help="with --sort-imagenet-val: ILSVRC2012_devkit_t12 (folder or .tar.gz) or LOC_val_solution.csv")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.sort_imagenet_val:
+            if not args.devkit:
+                raise DataError("--sort-imagenet-val needs --devkit PATH")
+            sort_imagenet_val(args.sort_imagenet_val, args.devkit)
+            return 0
+        if not args.data or not args.out:
+            raise DataError("give --data SPEC and --out DIR (see --help)")
+        if args.workers < 0:
+            raise DataError(f"--workers must be 0 or more, not {args.workers}")
+        spec = parse_spec(args.data)
+        if spec.kind == "store":
+            raise DataError(f"{args.data} is already a store")
+        dataset = (synthetic_source(spec) if spec.kind == "synthetic"
+                   else open_dataset(args.data, download=args.download, progress=not args.quiet))
+        for note in dataset.notes:
+            print(note, file=sys.stderr)
+        print(f"{args.data}: {len(dataset.classes)} classes, "
+              f"{', '.join(f'{name} {len(split)}' for name, split in dataset.splits.items())} images -> {args.out}",
+              file=sys.stderr)
+        prepare_store(args.data, dataset.classes, dataset.splits, args.out, imagenet_pca=dataset.imagenet_pca,
+                      workers=args.workers, strict=args.strict, progress=not args.quiet,
+                      report=lambda line: print(line, file=sys.stderr))
+    except BadImageError as err:
+        print(f"error: unreadable image {err.path}: {err.reason} (--strict; drop --strict to skip such files)",
+              file=sys.stderr)
+        return 1
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was written is kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

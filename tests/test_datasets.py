@@ -1,0 +1,166 @@
+"""Data sets by --data spec, from fixtures in the real on-disk formats written here."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from paper_alexnet.data import DataError, open_dataset, parse_spec, resize_and_center_crop
+from paper_alexnet.data.imagenet import sort_imagenet_val
+from data_fixtures import cifar_batches, image_tree
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+
+
+def test_spec_parsing_and_errors():
+    spec = parse_spec("folder:/data/fruit?val=0.25&seed=3")
+    assert (spec.kind, spec.root, spec.options) == ("folder", "/data/fruit", {"val": 0.25, "seed": 3})
+    assert parse_spec("synthetic").options == {"classes": 10, "train": 1000, "val": 200, "seed": 0}
+    for bad, words in [("mnist:/x", "unknown data set"), ("cifar10", "needs a folder"),
+                       ("folder:/x?colour=1", "unknown option"), ("folder:/x?val=abc", "not a float")]:
+        with pytest.raises(DataError, match=words):
+            parse_spec(bad)
+
+
+@pytest.mark.parametrize("spec", ["folder:{}/missing", "imagenet:{}/missing", "cifar10:{}/missing",
+                                  "caltech101:{}/missing", "store:{}/missing"])
+def test_missing_root_is_one_clear_error(tmp_path, spec):
+    with pytest.raises(DataError) as info:
+        open_dataset(spec.format(tmp_path))
+    assert "\n" not in str(info.value) and "missing" in str(info.value)
+
+
+def test_cifar10_pickled_batches(tmp_path):
+    arrays, labels = cifar_batches(str(tmp_path))
+    data = open_dataset(f"cifar10:{tmp_path}")
+    assert data.classes == [f"class{i}" for i in range(10)]
+    train = data.split("train")
+    assert len(train) == len(labels) and len(data.split("val")) == 10
+    images, got, skipped = train.batch([0, 7])
+    assert images.shape == (2, 3, 256, 256) and got.tolist() == [labels[0], labels[7]] and not skipped
+    # §2 on a 32x32 image: rescaled to 256 (shorter side), nothing cropped
+    expected = np.asarray(resize_and_center_crop(Image.fromarray(arrays[7])))
+    assert np.array_equal(images[1].permute(1, 2, 0).numpy(), expected)
+    assert np.abs(images[1].float().mean((1, 2)).numpy() - arrays[7].reshape(-1, 3).mean(0)).max() < 2
+
+
+def test_cifar100_fine_labels(tmp_path):
+    cifar_batches(str(tmp_path), hundred=True, classes=20)
+    data = open_dataset(f"cifar100:{tmp_path}/cifar-100-python")
+    assert len(data.classes) == 20 and data.split("train").labels.max() == 19
+
+
+def test_caltech101_seeded_stratified_8_1_1(tmp_path):
+    root = tmp_path / "caltech101" / "101_ObjectCategories"
+    image_tree(str(root), {"BACKGROUND_Google": 4, "accordion": 20, "airplanes": 30, "anchor": 10})
+    gray = root / "anchor" / "gray.jpg"
+    Image.new("L", (80, 60), 77).save(gray)
+    data = open_dataset(f"caltech101:{tmp_path}")
+    assert data.classes == ["accordion", "airplanes", "anchor"]            # no BACKGROUND_Google
+    sizes = {name: len(split) for name, split in data.splits.items()}
+    assert sizes == {"train": 16 + 24 + 9, "val": 2 + 3 + 1, "test": 2 + 3 + 1}
+    paths = [data.split(n).describe(i) for n in data.splits for i in range(len(data.split(n)))]
+    assert len(set(paths)) == 61 and not any("BACKGROUND" in p for p in paths)
+    again = open_dataset(f"caltech101:{tmp_path}")
+    assert [again.split("val").describe(i) for i in range(6)] == [data.split("val").describe(i) for i in range(6)]
+    other = open_dataset(f"caltech101:{tmp_path}?seed=1")
+    assert {other.split("val").describe(i) for i in range(6)} != {data.split("val").describe(i) for i in range(6)}
+    name, index = next((n, i) for n in data.splits for i in range(len(data.split(n)))
+                       if data.split(n).describe(i) == str(gray))
+    image = data.split(name).batch([index])[0][0]
+    assert image.shape == (3, 256, 256) and (image == 77).all()                  # grayscale made RGB
+
+
+def test_folder_with_train_and_val(tmp_path):
+    image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2, "empty": 0})
+    image_tree(str(tmp_path / "val"), {"apple": 1, "banana": 1}, start_seed=50)
+    data = open_dataset(f"folder:{tmp_path}")
+    assert data.classes == ["apple", "banana", "empty"]
+    assert data.split("train").labels.tolist() == [0, 0, 0, 1, 1] and data.split("val").labels.tolist() == [0, 1]
+    assert any("'empty' has no images" in note for note in data.notes)
+
+
+def test_folder_single_tree_split_by_ratio(tmp_path):
+    image_tree(str(tmp_path), {"a": 10, "b": 10})
+    data = open_dataset(f"folder:{tmp_path}?val=0.2&seed=4")
+    assert len(data.split("train")) == 16 and sorted(data.split("val").labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_empty_data_set_and_foreign_val_class(tmp_path):
+    os.makedirs(tmp_path / "train" / "a")
+    with pytest.raises(DataError, match="no images found"):
+        open_dataset(f"folder:{tmp_path}")
+    image_tree(str(tmp_path / "train"), {"a": 2})
+    image_tree(str(tmp_path / "val"), {"zebra": 1})
+    with pytest.raises(DataError, match="zebra"):
+        open_dataset(f"folder:{tmp_path}")
+
+
+def test_mean_image_and_pca_are_those_of_the_training_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8) for _ in range(6)]
+    for k, array in enumerate(arrays):
+        os.makedirs(tmp_path / "train" / f"c{k % 2}", exist_ok=True)
+        Image.fromarray(array).save(tmp_path / "train" / f"c{k % 2}" / f"{k}.png")
+    shutil.copytree(tmp_path / "train", tmp_path / "val")
+    stats = open_dataset(f"folder:{tmp_path}").stats(progress=False)
+    stack = np.stack(arrays).astype(np.float64)                              # N x H x W x 3, 0-255
+    assert np.allclose(stats.mean_image, stack.mean(0).transpose(2, 0, 1), atol=1e-3)
+    pixels = stack.reshape(-1, 3) / 255.0
+    eigval, eigvec = np.linalg.eigh(np.cov(pixels.T, bias=True))
+    assert np.allclose(stats.eigval, eigval[::-1], rtol=1e-6)
+    assert np.allclose(np.abs(stats.eigvec), np.abs(eigvec[:, ::-1]), atol=1e-6)
+    again = open_dataset(f"folder:{tmp_path}").stats(progress=False)     # cached, same numbers
+    assert np.array_equal(again.mean_image, stats.mean_image)
+
+
+def test_imagenet_layout_and_validation_sorting(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    root = tmp_path / "ilsvrc"
+    image_tree(str(root / "train"), {"n01440764": 2, "n02119789": 2})
+    os.makedirs(root / "val")
+    for k in range(1, 5):
+        Image.new("RGB", (50, 40), (k, k, k)).save(root / "val" / f"ILSVRC2012_val_{k:08d}.JPEG")
+    with pytest.raises(DataError, match="--sort-imagenet-val"):
+        open_dataset(f"imagenet:{root}")
+    devkit = tmp_path / "ILSVRC2012_devkit_t12" / "data"
+    os.makedirs(devkit)
+    synsets = np.array([(1, "n02119789", 0), (2, "n01440764", 0), (1001, "n00001740", 2)],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    scipy_io.savemat(devkit / "meta.mat", {"synsets": synsets})
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n2\n1\n")
+    assert sort_imagenet_val(str(root / "val"), str(tmp_path / "ILSVRC2012_devkit_t12"), report=lambda _: None) == 4
+    assert sorted(os.listdir(root / "val" / "n02119789")) == ["ILSVRC2012_val_00000001.JPEG",
+                                                               "ILSVRC2012_val_00000004.JPEG"]
+    data = open_dataset(f"imagenet:{root}")
+    assert data.classes == ["n01440764", "n02119789"] and data.split("val").labels.tolist() == [0, 0, 1, 1]
+    assert data.imagenet_pca
+
+
+def test_imagenet_sorting_from_kaggle_csv(tmp_path):
+    val = tmp_path / "val"
+    os.makedirs(val)
+    Image.new("RGB", (8, 8)).save(val / "ILSVRC2012_val_00000002.JPEG")
+    csv = tmp_path / "LOC_val_solution.csv"
+    csv.write_text("ImageId,PredictionString\nILSVRC2012_val_00000002,n03000134 1 2 3 4\n")
+    sort_imagenet_val(str(val), str(csv), report=lambda _: None)
+    assert os.listdir(val / "n03000134") == ["ILSVRC2012_val_00000002.JPEG"]
+
+
+def test_synthetic_is_deterministic_and_cached(tmp_path):
+    a = open_dataset("synthetic?classes=4&train=8&val=4", progress=False, report=lambda _: None)
+    b = open_dataset("synthetic?classes=4&train=8&val=4", progress=False,
+                     report=lambda line: pytest.fail(f"regenerated: {line}"))
+    assert a.classes == ["disc", "ring", "square", "frame"]
+    x, y, _ = a.split("train").batch(range(8))
+    assert np.array_equal(x, b.split("train").batch(range(8))[0]) and y.tolist() == [0, 1, 2, 3] * 2
+    # varied: no two images alike, and colours spread widely over the set
+    flat = x.reshape(8, -1).float()
+    assert torch.cdist(flat, flat)[~torch.eye(8, dtype=torch.bool)].min() > 0
+    assert x.float().std(dim=(0, 2, 3)).min() > 30

@@ -1,0 +1,158 @@
+"""The prepared store: round trip, bad files reported and skipped, resume after a kill, idempotence;
+and the batch loader over it and over JPEG folders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from paper_alexnet.data import (BadImageError, BatchLoader, DataError, Store, epoch_order, load_rgb, open_dataset,
+                                prepare_store)
+from reproduce import prepare
+from data_fixtures import image_tree, write_bad_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def fruit(tmp_path):
+    """An ImageFolder tree of JPEGs with train/ and val/, bad files among the training images."""
+    root = tmp_path / "fruit"
+    image_tree(str(root / "train"), {"apple": 6, "banana": 5, "cherry": 4}, size=(90, 70))
+    image_tree(str(root / "val"), {"apple": 2, "banana": 2, "cherry": 2}, start_seed=100)
+    bad = write_bad_files(str(root / "train" / "banana"))
+    return root, bad
+
+
+def _prepare(data, out, **kwargs):
+    lines = []
+    store = prepare_store(data.spec, data.classes, data.splits, str(out), progress=False, report=lines.append,
+                          imagenet_pca=data.imagenet_pca, **kwargs)
+    return store, lines
+
+
+def test_store_round_trips_and_lists_bad_files(fruit, tmp_path):
+    root, bad = fruit
+    data = open_dataset(f"folder:{root}")
+    assert len(data.split("train")) == 18                     # 15 images + 3 bad files with image names
+    store, lines = _prepare(data, tmp_path / "store", chunk=4)
+    for path in bad.values():
+        assert any(line.startswith(f"skipped {path}: ") for line in lines)
+    assert {row[1] for row in store.bad} == set(bad.values())
+    train = store.splits["train"]
+    assert len(train) == 15 and len(store.splits["val"]) == 6
+    kept = [data.split("train").describe(i) for i in range(18) if data.split("train").describe(i) not in bad.values()]
+    images, labels, _ = train.batch(np.arange(15)[::-1])      # any order comes back in that order
+    for k, i in enumerate(range(14, -1, -1)):
+        assert np.array_equal(images[k].permute(1, 2, 0).numpy(), load_rgb(kept[i]))
+    assert labels.tolist() == train.labels[::-1].tolist()
+    # the statistics are those of the 15 readable training images
+    decoded = np.stack([load_rgb(p) for p in kept]).astype(np.float64)
+    assert np.allclose(store.stats().mean_image, decoded.mean(0).transpose(2, 0, 1), atol=1e-3)
+    reopened = open_dataset(f"store:{tmp_path / 'store'}")
+    assert reopened.classes == ["apple", "banana", "cherry"] and len(reopened.split("train")) == 15
+
+
+def test_strict_stops_at_the_first_bad_file(fruit, tmp_path):
+    root, bad = fruit
+    data = open_dataset(f"folder:{root}")
+    with pytest.raises(BadImageError) as info:
+        _prepare(data, tmp_path / "store", strict=True)
+    assert info.value.path in bad.values()
+
+
+def test_interrupted_prepare_continues_and_second_run_does_nothing(fruit, tmp_path):
+    root, _ = fruit
+    data = open_dataset(f"folder:{root}")
+
+    def stop(done):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(data, tmp_path / "a", chunk=4, on_chunk=stop)
+    with open(tmp_path / "a" / "progress.json") as handle:
+        assert json.load(handle)["done"] == 8
+    with pytest.raises(DataError, match="unfinished"):
+        Store(str(tmp_path / "a"))
+    seen = []
+    _, lines = _prepare(data, tmp_path / "a", chunk=4, on_chunk=seen.append)
+    assert seen[0] == 12 and any("continuing at image 8" in line for line in lines)
+    _prepare(data, tmp_path / "b", chunk=4)
+    for name in ("images.u8", "labels.npy", "progress.json", "store.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    stamp = os.stat(tmp_path / "a" / "images.u8").st_mtime_ns
+    _, lines = _prepare(data, tmp_path / "a", chunk=4, on_chunk=lambda done: pytest.fail("wrote again"))
+    assert "nothing to do" in lines[-1] and os.stat(tmp_path / "a" / "images.u8").st_mtime_ns == stamp
+
+
+def test_prepare_killed_with_sigkill_resumes_to_the_same_store(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal
+        from paper_alexnet.data import prepare_store, synthetic_source, parse_spec
+        data = synthetic_source(parse_spec("synthetic?classes=3&train=12&val=3"))
+        def die(done):
+            if done >= 6:
+                os.kill(os.getpid(), signal.SIGKILL)
+        prepare_store(data.spec, data.classes, data.splits, {str(tmp_path / 'killed')!r}, chunk=3,
+                      progress=False, on_chunk=die)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    for out in ("killed", "fresh"):
+        assert prepare.main(["--data", "synthetic?classes=3&train=12&val=3", "--out", str(tmp_path / out),
+                             "--quiet", "--workers", "0"]) == 0
+    for name in ("images.u8", "labels.npy"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_prepare_cli_parallel_workers_and_errors(fruit, tmp_path, capsys):
+    root, bad = fruit
+    out = tmp_path / "store"
+    assert prepare.main(["--data", f"folder:{root}", "--out", str(out), "--workers", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert all(path in err for path in bad.values()) and f"store:{out}" in err
+    assert prepare.main(["--data", f"folder:{root}", "--out", str(out), "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert prepare.main(["--data", "synthetic?classes=2&train=4&val=2", "--out", str(out), "--quiet"]) == 2
+    assert "another --out" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("keep me")
+    assert prepare.main(["--data", f"folder:{root}", "--out", str(tmp_path / "busy"), "--quiet"]) == 2
+    assert (tmp_path / "busy" / "thesis.tex").read_text() == "keep me"
+    assert prepare.main(["--data", f"folder:{root}", "--out", str(tmp_path / "s2"), "--strict", "--quiet"]) == 1
+    assert "unreadable image" in capsys.readouterr().err
+
+
+def test_loader_skips_and_counts_bad_files_or_stops_when_strict(fruit):
+    root, bad = fruit
+    train = open_dataset(f"folder:{root}").split("train")
+    loader = BatchLoader(train, 5, seed=0, epoch=0, workers=2)
+    seen = sum(len(labels) for _, labels in loader)
+    assert seen == 15 and sorted(path for path, _ in loader.skipped) == sorted(bad.values())
+    with pytest.raises(BadImageError):
+        for _ in BatchLoader(train, 5, strict=True):
+            pass
+
+
+def test_epoch_order_is_seeded_and_complete():
+    a, b = epoch_order(103, 10, seed=1, epoch=2), epoch_order(103, 10, seed=1, epoch=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == 11
+    assert sorted(np.concatenate(a).tolist()) == list(range(103))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(epoch_order(103, 10, seed=1, epoch=3)))
+    assert len(epoch_order(103, 10, drop_last=True)) == 10
+    loader = BatchLoader(open_dataset("synthetic?classes=2&train=6&val=2", progress=False,
+                                      report=lambda _: None).split("train"), 4, start_batch=1)
+    assert len(loader) == 1 and [len(y) for _, y in loader] == [2]
+    assert torch.is_tensor(next(iter(BatchLoader(loader.split, 2)))[0])
