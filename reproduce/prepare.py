@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: what was written is kept; run the same command again to continue", file=sys.stderr)
+        print("\ninterrupted: what was written is kept; run the same command again to continue", file=sys.stderr)
         return 130
     print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
     return 0

@@ -120,3 +120,19 @@ def test_average_softmax_averages_probabilities_not_logits():
     crops[1, 0, :, 0, 0] = torch.tensor([0.0, 1.0])
     p0, p1 = torch.softmax(torch.tensor([10.0, 0.0]), 0), torch.softmax(torch.tensor([0.0, 1.0]), 0)
     assert torch.allclose(average_softmax(Lookup(), crops)[0], (p0 + p1) / 2)
+
+
+def test_every_part_switches_from_the_command_line():
+    import argparse
+
+    from paper_alexnet.data import DataError
+    from reproduce.args import add_data_arguments, augment_from_args
+
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    default = augment_from_args(parser.parse_args([]), 227)
+    assert default == Augment(crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image")   # the paper's
+    off = augment_from_args(parser.parse_args(["--no-pca", "--no-flip", "--crop", "224", "--mean", "channel"]), 227)
+    assert off == Augment(crop=224, flip=False, pca=False, mean="channel")
+    with pytest.raises(DataError, match="256"):
+        augment_from_args(parser.parse_args(["--crop", "300"]), 227)

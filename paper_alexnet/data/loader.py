@@ -9,7 +9,7 @@ one stops the run with its path and reason.
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import torch

@@ -30,12 +30,6 @@ from .stats import IMAGENET_MEAN, IMAGENET_STD, DataStats
 MEAN_MODES = ("image", "channel", "torchvision", "none")
 
 
-def crop_batch(images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, size: int) -> torch.Tensor:
-    """images[n, :, ys[n]:ys[n]+size, xs[n]:xs[n]+size] for every n, as one N x C x size x size tensor."""
-    return torch.stack([images[n, :, y:y + size, x:x + size]
-                        for n, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
-
-
 def ten_crop_offsets(image_size: int, crop: int) -> list[tuple[int, int, bool]]:
     """§4.1 test time: (top, left, mirrored) of the ten patches, in the order
     top-left, top-right, bottom-left, bottom-right, centre, then the same five mirrored."""
@@ -74,8 +68,11 @@ class PaperTransform:
         if stats is None and (augment.mean in ("image", "channel") or augment.pca):
             raise ValueError("the mean image / PCA lighting need the training set's statistics (stats=None)")
         self.augment, self.device = augment, torch.device(device)
+        self.mean_image = self.mean_image_mirrored = None
         if augment.mean == "image":
-            self.offset = torch.as_tensor(stats.mean_image, dtype=torch.float32, device=self.device)
+            self.mean_image = torch.as_tensor(stats.mean_image, dtype=torch.float32, device=self.device)
+            self.mean_image_mirrored = self.mean_image.flip(-1).contiguous()
+            self.offset = None
         elif augment.mean == "channel":
             self.offset = torch.as_tensor(stats.channel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
         elif augment.mean == "torchvision":
@@ -89,21 +86,28 @@ class PaperTransform:
             self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32, device=self.device)
 
     def _finish(self, images: torch.Tensor, ys, xs, mirror, shift) -> torch.Tensor:
-        """Crop at (ys, xs), subtract the (cropped) mean, add the lighting, mirror, scale."""
-        size = self.augment.crop
-        x = crop_batch(images.to(self.device, non_blocking=True), ys, xs, size).float()
-        if self.offset.shape[-1] > 1:      # the mean image, cropped where each image is cropped
-            x -= crop_batch(self.offset.expand(len(x), -1, -1, -1), ys, xs, size)
-        else:
-            x -= self.offset
-        if shift is not None:
-            x += 255.0 * shift.to(self.device).view(-1, 3, 1, 1)
-        if mirror is not None:
-            mirror = mirror.to(self.device).view(-1, 1, 1, 1)
-            x = torch.where(mirror, x.flip(-1), x)
+        """Crop at (ys, xs), mirror, subtract the mean, add the lighting, scale; one pass per image."""
+        size, n, width = self.augment.crop, len(ys), images.shape[-1]
+        images = images.to(self.device, non_blocking=True)
+        out = torch.empty(n, 3, size, size, dtype=torch.float32, device=self.device)
+        mirrored = [False] * n if mirror is None else mirror.tolist()
+        for k, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
+            patch = images[k, :, y:y + size, x:x + size]
+            if mirrored[k]:
+                patch = patch.flip(-1)
+            # §2: the mean image is cropped (and mirrored) exactly as this image is
+            if self.mean_image is None:
+                mean = self.offset
+            elif mirrored[k]:
+                mean = self.mean_image_mirrored[:, y:y + size, width - x - size:width - x]
+            else:
+                mean = self.mean_image[:, y:y + size, x:x + size]
+            torch.sub(patch, mean, out=out[k])
+        if shift is not None:              # §4.1: one colour shift per image, the same for all its pixels
+            out.add_(255.0 * shift.to(self.device).view(-1, 3, 1, 1))
         if self.scale is not None:
-            x *= self.scale
-        return x
+            out.mul_(self.scale)
+        return out
 
     def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image."""
