@@ -67,6 +67,9 @@ class ArchConfig:
     # initialisation (§5), one value per learned layer conv1..fc8; None keeps PyTorch's default init
     weight_std: Optional[Tuple[float, ...]] = field(default_factory=_paper_weight_std)
     bias_init: Optional[Tuple[float, ...]] = field(default_factory=_paper_bias_init)
+    # "paper": N(0, weight_std) and bias_init above (§5); "he": Kaiming-normal weights, zero biases
+    # (not the paper's: the measured remedy for the §5 stall, see docs/training.md)
+    init: str = "paper"
 
     def __post_init__(self):
         for f in fields(self):  # lists given as overrides become tuples, so configs stay hashable
@@ -83,6 +86,7 @@ class ArchConfig:
         for name in ("weight_std", "bias_init"):
             value = getattr(self, name)
             need(value is None or len(value) == 8, f"{name} needs 8 entries (conv1..fc8), got {value}")
+        need(self.init in ("paper", "he"), f"init must be 'paper' or 'he', got {self.init!r}")
         need(self.activation in ("relu", "tanh"), f"activation must be 'relu' or 'tanh', got {self.activation!r}")
         for name in ("conv_rounding", "pool_rounding"):
             need(getattr(self, name) in ("floor", "ceil"), f"{name} must be 'floor' or 'ceil'")

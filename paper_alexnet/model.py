@@ -63,11 +63,14 @@ class AlexNet(nn.Module):
         cfg = self.config
         for i, name in enumerate(paper.LAYER_NAMES):
             layer = getattr(self, name)
-            if cfg.weight_std is None:
+            if cfg.init == "he":              # not §5: fan-in scaled weights, zero biases
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+            elif cfg.weight_std is None:
                 layer.reset_parameters()  # PyTorch's default init (torchvision's net)
-                continue
-            nn.init.normal_(layer.weight, 0.0, cfg.weight_std[i])
-            nn.init.constant_(layer.bias, cfg.bias_init[i])
+            else:
+                nn.init.normal_(layer.weight, 0.0, cfg.weight_std[i])
+                nn.init.constant_(layer.bias, cfg.bias_init[i])
 
     def _edge(self, x: torch.Tensor, pad: int) -> torch.Tensor:
         """cuda-convnet's ceil rounding: zeros on the right and bottom edges."""

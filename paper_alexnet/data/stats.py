@@ -46,6 +46,12 @@ class DataStats:
         """Per-channel mean (0-255), for the ``--mean channel`` ablation."""
         return self.mean_image.reshape(3, -1).mean(axis=1)
 
+    @property
+    def channel_std(self) -> np.ndarray:
+        """Per-channel pixel std (0-255), from the covariance P diag(lambda) P^T that the PCA diagonalised."""
+        covariance = self.eigvec @ np.diag(self.eigval) @ self.eigvec.T
+        return 255.0 * np.sqrt(np.clip(np.diag(covariance), 1e-12, None))
+
     def with_imagenet_pca(self) -> "DataStats":
         return DataStats(self.mean_image, IMAGENET_EIGVAL.copy(), IMAGENET_EIGVEC.copy(), self.count,
                          "ImageNet (published)")

@@ -52,6 +52,7 @@ class Augment:
     pca: bool = True
     pca_sigma: float = paper.PCA_SIGMA
     mean: str = "image"
+    scale: float = 1.0   # multiply after the mean is subtracted (1: the paper's raw 0-255 scale, §2)
 
     def __post_init__(self):
         if self.mean not in MEAN_MODES:
@@ -79,8 +80,11 @@ class PaperTransform:
             self.offset = torch.as_tensor(255.0 * IMAGENET_MEAN, dtype=torch.float32, device=self.device).view(3, 1, 1)
         else:
             self.offset = torch.zeros(3, 1, 1, device=self.device)
-        self.scale = (torch.as_tensor(1.0 / (255.0 * IMAGENET_STD), dtype=torch.float32, device=self.device).view(3, 1, 1)
-                      if augment.mean == "torchvision" else None)
+        if augment.mean == "torchvision":
+            self.scale = torch.as_tensor(1.0 / (255.0 * IMAGENET_STD), dtype=torch.float32,
+                                         device=self.device).view(3, 1, 1)
+        else:
+            self.scale = None if augment.scale == 1.0 else torch.tensor(augment.scale, device=self.device)
         if stats is not None:
             self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32, device=self.device)
             self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32, device=self.device)
@@ -109,10 +113,9 @@ class PaperTransform:
             out.mul_(self.scale)
         return out
 
-    def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image."""
-        n, size = images.shape[0], images.shape[-1]
-        room = size - self.augment.crop + 1
+    def draw(self, n: int, generator: Optional[torch.Generator] = None, image_size: int = paper.IMAGE_SIZE) -> dict:
+        """§4.1's random choices for n images: crop offsets, reflections and the PCA coefficients a_i."""
+        room = image_size - self.augment.crop + 1
         ys = torch.randint(room, (n,), generator=generator)
         xs = torch.randint(room, (n,), generator=generator)
         mirror = torch.rand(n, generator=generator) < 0.5 if self.augment.flip else None
@@ -120,7 +123,17 @@ class PaperTransform:
         if self.augment.pca:
             alphas = torch.randn(n, 3, generator=generator) * self.augment.pca_sigma
             shift = pca_shift(self.eigval.cpu(), self.eigvec.cpu(), alphas)
-        return self._finish(images, ys, xs, mirror, shift)
+        return {"ys": ys, "xs": xs, "mirror": mirror, "shift": shift}
+
+    def apply(self, images: torch.Tensor, draw: dict, take: Optional[slice] = None) -> torch.Tensor:
+        """Apply drawn choices; ``take`` selects this batch's share of them (a data-parallel rank's rows)."""
+        if take is not None:
+            draw = {k: None if v is None else v[take] for k, v in draw.items()}
+        return self._finish(images, draw["ys"], draw["xs"], draw["mirror"], draw["shift"])
+
+    def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image."""
+        return self.apply(images, self.draw(images.shape[0], generator, images.shape[-1]))
 
     def center(self, images: torch.Tensor) -> torch.Tensor:
         """The central crop, no reflection, no lighting."""

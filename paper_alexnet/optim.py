@@ -1,0 +1,132 @@
+"""§5: the paper's update rule as an optimiser, and its learning-rate schedule.
+
+The paper (§5) writes the update with the learning rate *inside* the velocity:
+
+    v <- 0.9 v - 0.0005 eps w - eps dL/dw
+    w <- w + v
+
+``torch.optim.SGD`` keeps it outside (v <- 0.9 v + g + wd w; w <- w - lr v).
+The two agree while eps is constant and part right after a learning-rate drop:
+here the old velocity keeps its old size; in torch's it is suddenly scaled by
+the new, smaller rate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import paper
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """§5: v <- momentum v - weight_decay lr w - lr grad; w <- w + v (the learning rate is per group)."""
+
+    def __init__(self, params, lr: float = paper.LEARNING_RATE, momentum: float = paper.MOMENTUM,
+                 weight_decay: float = paper.WEIGHT_DECAY):
+        if lr <= 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and momentum, weight_decay >= 0 (got {lr}, {momentum}, {weight_decay})")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                state = self.state[w]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(w)
+                v = state["velocity"]
+                v.mul_(momentum).add_(w, alpha=-decay * lr).add_(w.grad, alpha=-lr)
+                w.add_(v)
+        return loss
+
+
+class PlateauSchedule:
+    """§5: divide the learning rate by ``factor`` when the validation error stops improving, at most
+    ``max_drops`` times. "Stops improving": no new best (by more than ``threshold``, absolute) for
+    ``patience`` epochs in a row."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: float = paper.LR_DROP_FACTOR,
+                 max_drops: int = paper.LR_DROPS, patience: int = 1, threshold: float = 0.0):
+        self.optimizer, self.factor, self.max_drops = optimizer, factor, max_drops
+        self.patience, self.threshold = patience, threshold
+        self.best: Optional[float] = None
+        self.bad_epochs = self.drops = 0
+
+    def step(self, val_error: float) -> bool:
+        """Record one epoch's validation error; True when the rate was just divided."""
+        if self.best is None or val_error < self.best - self.threshold:
+            self.best, self.bad_epochs = val_error, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs < self.patience or self.drops >= self.max_drops:
+            return False
+        for group in self.optimizer.param_groups:
+            group["lr"] /= self.factor
+        self.drops, self.bad_epochs = self.drops + 1, 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "drops": self.drops}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs, self.drops = state["best"], state["bad_epochs"], state["drops"]
+
+
+class EpochSchedule:
+    """Learning rate as a function of the epoch: ``step`` (÷factor every ``step_size`` epochs),
+    ``cosine`` (to zero over ``epochs``) or ``none``; same interface as :class:`PlateauSchedule`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, epochs: int, step_size: int = 30,
+                 factor: float = paper.LR_DROP_FACTOR):
+        if kind not in ("step", "cosine", "none"):
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.optimizer, self.kind, self.epochs, self.step_size, self.factor = optimizer, kind, epochs, step_size, factor
+        self.base = [group["lr"] for group in optimizer.param_groups]
+        self.epoch = 0
+
+    def _scale(self, epoch: int) -> float:
+        if self.kind == "step":
+            return self.factor ** -(epoch // self.step_size)
+        if self.kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(epoch, self.epochs) / max(1, self.epochs)))
+        return 1.0
+
+    def step(self, val_error: float = 0.0) -> bool:
+        before = self.optimizer.param_groups[0]["lr"]
+        self.epoch += 1
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * self._scale(self.epoch)
+        return self.optimizer.param_groups[0]["lr"] < before and self.kind == "step"
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "base": self.base}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.base = state["epoch"], list(state["base"])
+
+
+def build_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``sgd`` is the paper's rule (:class:`PaperSGD`); ``adam`` / ``adamw`` as the user's recipes used."""
+    if name == "sgd":
+        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimiser {name!r}: sgd, adam or adamw")
+
+
+def build_schedule(name: str, optimizer, epochs: int, patience: int = 1, step_size: int = 30):
+    if name == "plateau":
+        return PlateauSchedule(optimizer, patience=patience)
+    return EpochSchedule(optimizer, name, epochs, step_size=step_size)

@@ -1,0 +1,380 @@
+"""Train an AlexNet as the paper did (§5), on any data set: ``python -m reproduce.train``.
+
+With no arguments: the `paper` net on the built-in synthetic data, on the CPU
+when there is no GPU, in a few minutes. Everything a run makes goes into
+``--out``: config.json, metrics.csv (one row per epoch), checkpoint.pt (latest),
+best.pt (lowest validation top-1 error), curves.png, and TensorBoard events
+with ``--tensorboard``. A killed run continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+import paper_alexnet
+from paper_alexnet import ConfigError, build_model, get_config, list_switches, list_variants, paper
+from paper_alexnet.data import BadImageError, DataError, PaperTransform, open_dataset
+from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.engine import (CheckpointError, NonFiniteLoss, evaluate, is_stalled, load_checkpoint,
+                                  save_checkpoint, train_one_epoch)
+from paper_alexnet.optim import build_optimizer, build_schedule
+from reproduce.args import add_data_arguments, augment_from_args
+
+METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
+           "images_per_s", "seconds", "skipped_files")
+# What `--recipe quick` changes from the paper's recipe, and why (measured: docs/training.md).
+QUICK = {"init": "he", "scale": "1/pixel std", "optimizer": "adam", "lr": 1e-4}
+
+
+class UsageError(ValueError):
+    """Bad command-line input: one line, exit code 2, nothing written."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train an AlexNet with the paper's recipe (§5) and data pipeline (§2, §4.1); "
+                    "report top-1/top-5 error (§6).")
+    parser.add_argument("--variant", default="paper",
+                        help=f"network: {', '.join(list_variants())}, with switches "
+                             f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn")
+    parser.add_argument("--recipe", choices=("auto", "paper", "quick"), default="auto",
+                        help="paper: §5 exactly (init N(0, 0.01), biases 1, raw pixels, SGD 0.01); "
+                             "quick: the measured remedy for the §5 stall on short runs (He init, pixels "
+                             "scaled to unit std, Adam 1e-4); auto: quick on the built-in synthetic data, "
+                             "paper elsewhere")
+    add_data_arguments(parser)
+    opt = parser.add_argument_group("optimisation (§5)")
+    opt.add_argument("--epochs", type=int, default=None,
+                     help=f"passes over the training set (default: {paper.EPOCHS} for imagenet, 30 for other "
+                          f"real data, 6 for synthetic)")
+    opt.add_argument("-b", "--batch-size", type=int, default=None,
+                     help=f"images per step (default: {paper.BATCH_SIZE}; 32 for synthetic)")
+    opt.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+                     help="sgd is the paper's exact rule (PaperSGD) (default: sgd; adam with --recipe quick)")
+    opt.add_argument("--lr", type=float, default=None,
+                     help=f"learning rate (default: {paper.LEARNING_RATE}; 1e-4 for adam)")
+    opt.add_argument("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5)")
+    opt.add_argument("--wd", type=float, default=paper.WEIGHT_DECAY, help="weight decay (§5: inside the velocity)")
+    opt.add_argument("--schedule", choices=("plateau", "step", "cosine", "none"), default="plateau",
+                     help="plateau: divide by 10 when val error stops improving, at most 3 times (§5)")
+    opt.add_argument("--patience", type=int, default=1, help="plateau: epochs without a new best before a drop")
+    opt.add_argument("--step-size", type=int, default=30, help="step: epochs between drops by 10")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<variant>-<data>)")
+    run.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                     help="continue from a checkpoint (default: DIR/checkpoint.pt)")
+    run.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout")
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    run.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to DIR/tb")
+    run.add_argument("--pretrained", default=None, metavar="PATH",
+                     help="start from a local weights file: a checkpoint of this package or a torchvision "
+                          "AlexNet state dict (with --variant torchvision); fc8 is re-initialised when the "
+                          "class count differs")
+    run.add_argument("--freeze-features", action="store_true", help="with --pretrained: train fc6..fc8 only")
+    run.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded)")
+    run.add_argument("--limit-val", type=int, default=None, metavar="N", help="use N validation images (seeded)")
+    run.add_argument("--ten-crop", action="store_true", help="also evaluate best.pt with ten crops at the end (§4.1)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults that depend on the data and recipe; refuse bad values before any work."""
+    kind = args.data.partition(":")[0].partition("?")[0]
+    if args.recipe == "auto":
+        args.recipe = "quick" if kind == "synthetic" else "paper"
+    quick = args.recipe == "quick"
+    if args.epochs is None:
+        args.epochs = {"imagenet": paper.EPOCHS, "synthetic": 6}.get(kind, 30)
+    if args.batch_size is None:
+        args.batch_size = 32 if kind == "synthetic" else paper.BATCH_SIZE
+    if args.optimizer is None:
+        args.optimizer = QUICK["optimizer"] if quick else "sgd"
+    if args.lr is None:
+        args.lr = QUICK["lr"] if args.optimizer in ("adam", "adamw") else paper.LEARNING_RATE
+    checks = [(args.epochs >= 1, f"--epochs must be at least 1, not {args.epochs}"),
+              (args.batch_size >= 1, f"--batch-size must be at least 1, not {args.batch_size}"),
+              (args.lr > 0, f"--lr must be positive, not {args.lr}"),
+              (args.patience >= 1, "--patience must be at least 1"),
+              (args.limit_train is None or args.limit_train >= 1, "--limit-train must be at least 1"),
+              (args.limit_val is None or args.limit_val >= 1, "--limit-val must be at least 1"),
+              (not args.freeze_features or args.pretrained, "--freeze-features needs --pretrained PATH")]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    if args.out is None:
+        args.out = os.path.join("runs", f"{args.variant}-{kind}")
+    return args
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or
+                                  (device.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    return device
+
+
+def _subset(split, limit: Optional[int], seed: int):
+    if limit is None or limit >= len(split):
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
+
+
+def _write_metrics(path: str, rows: list) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_curves(rows: list, path: str, title: str = "") -> None:
+    """Loss and error (top-1/top-5, §6) per epoch, train and validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    left.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    for key, label in (("train_top1_err", "train top-1"), ("val_top1_err", "val top-1"), ("val_top5_err", "val top-5")):
+        right.plot(epochs, [100 * r[key] for r in rows], "o-", label=label)
+    right.set(xlabel="epoch", ylabel="error (%)", title="error", ylim=(0, 100))
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
+    """Weights from a checkpoint of this package or a torchvision AlexNet state dict; fc8 kept when sizes differ."""
+    from paper_alexnet.weights import TORCHVISION_NAMES, load_torchvision_weights
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"--pretrained {path} does not exist") from None
+    except Exception as err:  # noqa: BLE001
+        raise UsageError(f"--pretrained {path} is unreadable ({type(err).__name__})") from None
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    fc8 = model.fc8.weight.shape
+    if any(key in state for key in TORCHVISION_NAMES):
+        skip = ("fc8",) if tuple(state.get("classifier.6.weight", torch.empty(0)).shape) != tuple(fc8) else ()
+        load_torchvision_weights(model, state, skip=skip)
+    else:
+        skip = ("fc8",) if tuple(state.get("fc8.weight", torch.empty(0)).shape) != tuple(fc8) else ()
+        state = {k: v for k, v in state.items() if not (skip and k.startswith("fc8."))}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("fc8.")]:
+            raise UsageError(f"--pretrained {path} does not fit --variant {model.config.name}: "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    log(f"pretrained weights from {path}" + (" (fc8 re-initialised for the new classes)" if skip else ""))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, DataError, ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BadImageError as err:
+        print(f"error: unreadable image {err.path}: {err.reason} (--strict)", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    args = resolve(args)
+    device = pick_device(args.device)
+    config_path = os.path.join(args.out, "config.json")
+    checkpoint_path = os.path.join(args.out, "checkpoint.pt")
+    resume_path = None
+    if args.resume is not None:
+        resume_path = args.resume or checkpoint_path
+        resumed = load_checkpoint(resume_path)
+    elif os.path.exists(config_path) or os.path.exists(checkpoint_path):
+        raise UsageError(f"{args.out} already holds a run: --resume to continue it, or choose another --out")
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731 - always shown
+
+    dataset = open_dataset(args.data, download=args.download, progress=not args.quiet, report=log)
+    for note in dataset.notes:
+        log(note)
+    train_split = _subset(dataset.split("train"), args.limit_train, args.seed)
+    val_split = _subset(dataset.split("val"), args.limit_val, args.seed + 1)
+    stats = dataset.stats(progress=not args.quiet, report=log)
+    quick = args.recipe == "quick"
+    overrides = {"num_classes": len(dataset.classes)}
+    if quick:
+        overrides["init"] = QUICK["init"]
+    torch.manual_seed(args.seed)
+    model_config = get_config(args.variant, **overrides)
+    augment = augment_from_args(args, model_config.input_size)
+    if quick and augment.mean != "torchvision":
+        augment.scale = float(1.0 / stats.channel_std.mean())
+    model = build_model(args.variant, **overrides)
+    if resume_path is not None and resumed.get("variant") != model_config.name:
+        raise CheckpointError(f"{resume_path} is a checkpoint of '{resumed.get('variant')}', not '{model_config.name}'")
+    if args.pretrained and resume_path is None:
+        load_pretrained(model, args.pretrained, log)
+    if args.freeze_features:
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+            getattr(model, name).requires_grad_(False)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                args.lr, args.momentum, args.wd)
+    schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size)
+    transform = PaperTransform(stats, augment, device=device)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    rows, start_epoch, best = [], 1, math.inf
+    if resume_path is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        generator.set_state(resumed["rng"]["augment"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in resumed["rng"]:
+            torch.cuda.set_rng_state(resumed["rng"]["cuda"], device)
+        rows, best = [dict(r) for r in resumed["metrics"]], resumed["best_val_top1_err"]
+        start_epoch = resumed["epoch"] + 1
+        say(f"resuming {resume_path} after epoch {resumed['epoch']}")
+    os.makedirs(args.out, exist_ok=True)
+
+    # Announce what runs, in the first lines and in config.json.
+    if quick:
+        say("recipe: quick (not the paper's §5 recipe, which stalls at ln(classes) on short runs; see "
+            "docs/training.md): He init with zero biases, pixels scaled to unit std, "
+            f"{args.optimizer} lr {args.lr}. The paper's recipe: --recipe paper")
+    else:
+        say(f"recipe: paper (§5): init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus the "
+            f"mean image; {args.optimizer} lr {args.lr}")
+    say(f"{model_config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; data {args.data}: "
+        f"{len(dataset.classes)} classes, train {len(train_split)}, val {len(val_split)}; device {device}; "
+        f"{args.epochs} epochs of batch {args.batch_size}")
+    config = {"args": vars(args), "recipe": args.recipe, "quick_changes": QUICK if quick else None,
+              "model": paper_alexnet.config_fields(model_config) if hasattr(paper_alexnet, "config_fields")
+              else model_config.__dict__, "augment": augment.__dict__, "classes": dataset.classes,
+              "train_images": len(train_split), "val_images": len(val_split), "pca_source": stats.pca_source,
+              "device": str(device), "versions": {"paper_alexnet": paper_alexnet.__version__,
+                                                  "torch": torch.__version__, "python": platform.python_version()}}
+    with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=1, default=str)
+    os.replace(config_path + ".tmp", config_path)
+    writer = None
+    if args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(args.out, "tb"))
+
+    from tqdm.auto import tqdm
+
+    losses: list = []
+    warned = False
+    for epoch in range(start_epoch, args.epochs + 1):
+        loader = BatchLoader(train_split, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
+                             strict=args.strict, pin_memory=device.type == "cuda")
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.quiet,
+                   leave=False)
+
+        def on_step(step, value):
+            nonlocal warned
+            losses.append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+            if not warned and is_stalled(losses, len(dataset.classes)):
+                warned = True
+                bar.write(f"warning: the loss has stayed at ln({len(dataset.classes)}) = "
+                          f"{math.log(len(dataset.classes)):.3f} for {len(losses)} steps: the net predicts the "
+                          f"uniform distribution. The paper's init (§5: N(0, 0.01), biases 1) is known to stall "
+                          f"like this (BVLC/caffe#401, #2085). Try --recipe quick, or a lower --lr, or wait: "
+                          f"the paper's own runs left it after many epochs.")
+
+        lr = optimizer.param_groups[0]["lr"]
+        try:
+            result = train_one_epoch(model, loader, transform, optimizer, generator, device=device, amp=args.amp,
+                                     channels_last=args.channels_last, on_step=on_step)
+        except NonFiniteLoss as err:
+            bar.close()
+            say(f"error: {err}; stopped. The last good checkpoint ({checkpoint_path}) is kept. "
+                f"Lower --lr, or use --recipe quick.")
+            return 3
+        bar.close()
+        val = evaluate(model, val_split, transform, device=device, batch_size=args.batch_size,
+                       workers=args.workers, strict=args.strict, amp=args.amp)
+        row = {"epoch": epoch, "lr": lr, "train_loss": result["train_loss"],
+               "train_top1_err": result["train_top1_err"], "val_loss": val["loss"], "val_top1_err": val["top1_err"],
+               "val_top5_err": val["top5_err"], "images_per_s": result["images"] / result["seconds"],
+               "seconds": result["seconds"], "skipped_files": len(loader.skipped) + val["skipped_files"]}
+        rows.append(row)
+        dropped = schedule.step(val["top1_err"])
+        improved = val["top1_err"] < best
+        best = min(best, val["top1_err"])
+        say(f"epoch {epoch}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1_err']:.1f}% | "
+            f"val loss {row['val_loss']:.3f} top-1 {100 * row['val_top1_err']:.1f}% "
+            f"top-5 {100 * row['val_top5_err']:.1f}% | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
+            + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
+            + (f" | lr -> {optimizer.param_groups[0]['lr']:g}" if dropped else ""))
+        rng = {"augment": generator.get_state(), "torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                   "epoch": epoch, "best_val_top1_err": best, "variant": model_config.name,
+                   "classes": list(dataset.classes), "rng": rng, "metrics": [dict(r) for r in rows]}
+        save_checkpoint(checkpoint_path, payload)
+        if improved:
+            save_checkpoint(os.path.join(args.out, "best.pt"), payload)
+        _write_metrics(os.path.join(args.out, "metrics.csv"), rows)
+        plot_curves(rows, os.path.join(args.out, "curves.png"), f"{model_config.name} on {args.data}")
+        if writer is not None:
+            for key in METRICS[1:]:
+                writer.add_scalar(key, row[key], epoch)
+            writer.flush()
+    if writer is not None:
+        writer.close()
+    if args.ten_crop and rows:
+        best_state = load_checkpoint(os.path.join(args.out, "best.pt"))
+        model.load_state_dict(best_state["model"])
+        val = evaluate(model, val_split, transform, device=device, batch_size=args.batch_size, ten_crop=True,
+                       workers=args.workers, amp=args.amp, progress=not args.quiet)
+        say(f"best.pt (epoch {best_state['epoch']}), ten crops: top-1 {100 * val['top1_err']:.1f}% "
+            f"top-5 {100 * val['top5_err']:.1f}%")
+    say(f"done: best val top-1 error {100 * best:.1f}% (chance {100 * (1 - 1 / len(dataset.classes)):.0f}%); "
+        f"results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
