@@ -15,13 +15,11 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 from PIL import Image
 
 import torch
 
-from paper_alexnet.data import (Augment, PaperTransform, loader_throughput, open_dataset, parse_spec, prepare_store,
-                                synthetic_source)
+from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data.synthetic import render
 
 

@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import sys
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -205,12 +204,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return run(args)
-    except (UsageError, DataError, ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except BadImageError as err:
         print(f"error: unreadable image {err.path}: {err.reason} (--strict)", file=sys.stderr)
         return 1
+    except (UsageError, DataError, ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:

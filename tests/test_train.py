@@ -1,0 +1,132 @@
+"""reproduce.train end to end on tiny data: the files a run leaves, resume after SIGKILL, bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from paper_alexnet.engine import NonFiniteLoss, is_stalled
+from reproduce import train
+from data_fixtures import image_tree, write_bad_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet"]
+TIMING = ("images_per_s", "seconds")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "quick" and config["quick_changes"]["init"] == "he"
+    assert config["args"]["batch_size"] == 8 and config["versions"]["torch"] == torch.__version__
+    assert config["model"]["name"] == "paper" and config["model"]["num_classes"] == 4
+    rows = _rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(train.METRICS)
+    for name in ("checkpoint.pt", "best.pt"):
+        payload = torch.load(out / name, weights_only=True)
+        assert payload["variant"] == "paper" and set(payload["model"]) >= {"conv1.weight", "fc8.bias"}
+        assert {"augment", "torch"} <= set(payload["rng"]) and payload["epoch"] in (1, 2)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):
+    args = TINY + ["--epochs", "3", "--recipe", "paper", "--lr", "0.001"]
+    whole = tmp_path / "whole"
+    assert train.main(args + ["--out", str(whole)]) == 0
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *args, "--out", str(killed)], cwd=ROOT,
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)                     # somewhere in epoch 2
+    assert process.wait() == -signal.SIGKILL
+    assert len(_rows(killed / "metrics.csv")) < 3
+    assert train.main(args + ["--out", str(killed), "--resume"]) == 0
+    a, b = _rows(whole / "metrics.csv"), _rows(killed / "metrics.csv")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path):
+    image_tree(str(tmp_path / "fruit" / "train"), {"apple": 4, "pear": 4})
+    image_tree(str(tmp_path / "fruit" / "val"), {"apple": 2, "pear": 2}, start_seed=40)
+    write_bad_files(str(tmp_path / "fruit" / "train" / "pear"))
+    out = tmp_path / "run"
+    data = ["--data", f"folder:{tmp_path / 'fruit'}", "-b", "4", "--workers", "0", "--quiet", "--epochs", "1"]
+    assert train.main(data + ["--out", str(out)]) == 0
+    assert _rows(out / "metrics.csv")[0]["skipped_files"] == "3"
+    assert train.main(data + ["--out", str(tmp_path / "strict"), "--strict"]) == 1
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--variant", "alexnet9"], "unknown variant"), (["--data", "mnist:/x"], "unknown data set"),
+    (["--data", "folder:/no/such/place"], "does not exist"), (["--crop", "300"], "256"),
+    (["-b", "0"], "batch-size"), (["--resume", "/no/such.pt"], "does not exist"),
+    (["--device", "cuda:7"], "CUDA"), (["--epochs", "0"], "epochs")])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, words):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert train.main(TINY + ["--out", str(out)] + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_corrupt_or_foreign_checkpoint_and_an_existing_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 2            # would overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert train.main(TINY + ["--epochs", "2", "--out", str(out), "--resume", "--variant", "torchvision"]) == 2
+    assert "not 'torchvision'" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert train.main(TINY + ["--out", str(out), "--resume", str(tmp_path / "bad.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+
+
+def test_non_finite_loss_stops_with_exit_3_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real = train.train_one_epoch
+    calls = []
+
+    def explode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise NonFiniteLoss("the training loss became nan at step 1 of the epoch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", explode)
+    assert train.main(TINY + ["--epochs", "3", "--out", str(out)]) == 3
+    assert "nan" in capsys.readouterr().err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert len(_rows(out / "metrics.csv")) == 1
+
+
+def test_stall_detector():
+    import math
+
+    flat = [math.log(10) + 0.01 * (-1) ** i for i in range(25)]
+    assert is_stalled(flat, 10) and not is_stalled(flat[:10], 10)
+    assert not is_stalled(flat[:-1] + [1.0], 10)
