@@ -278,8 +278,10 @@ def run(args: argparse.Namespace) -> int:
             "docs/training.md): He init with zero biases, pixels scaled to unit std, "
             f"{args.optimizer} lr {args.lr}. The paper's recipe: --recipe paper")
     else:
-        say(f"recipe: paper (§5): init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus the "
-            f"mean image; {args.optimizer} lr {args.lr}")
+        mean = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing",
+                "torchvision": "ImageNet mean/std (torchvision)"}[augment.mean]
+        say(f"recipe: paper (§5): init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus "
+            f"{mean}; {args.optimizer} lr {args.lr}")
     say(f"{model_config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; data {args.data}: "
         f"{len(dataset.classes)} classes, train {len(train_split)}, val {len(val_split)}; device {device}; "
         f"{args.epochs} epochs of batch {args.batch_size}")
