@@ -353,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
             rng["cuda"] = torch.cuda.get_rng_state(device)
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "epoch": epoch, "best_val_top1_err": best, "variant": model_config.name,
-                   "classes": list(dataset.classes), "rng": rng, "metrics": [dict(r) for r in rows]}
+                   "classes": list(dataset.classes), "rng": rng, "metrics": [dict(r) for r in rows],
+                   "augment": dict(augment.__dict__), "init": model_config.init, "data": args.data}
         save_checkpoint(checkpoint_path, payload)
         if improved:
             save_checkpoint(os.path.join(args.out, "best.pt"), payload)

@@ -130,3 +130,19 @@ def test_stall_detector():
     flat = [math.log(10) + 0.01 * (-1) ** i for i in range(25)]
     assert is_stalled(flat, 10) and not is_stalled(flat[:10], 10)
     assert not is_stalled(flat[:-1] + [1.0], 10)
+
+
+def test_evaluate_one_checkpoint_and_a_folder(tmp_path, capsys):
+    from reproduce import evaluate
+
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+    assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--ten-crop", "-b", "8"]) == 0
+    line = capsys.readouterr().out
+    assert "top-1" in line and "ten crops" in line
+    assert evaluate.main(["--all", str(out), "--csv", str(tmp_path / "all.csv"), "-b", "8"]) == 0
+    rows = _rows(tmp_path / "all.csv")
+    assert [os.path.basename(r["checkpoint"]) for r in rows] == ["best.pt", "checkpoint.pt"]
+    assert all(0 <= float(r["top5_err"]) <= float(r["top1_err"]) <= 1 for r in rows)
+    assert rows[0]["top1_err"] == rows[1]["top1_err"]           # one epoch: best.pt is checkpoint.pt
+    assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2

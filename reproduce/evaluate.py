@@ -1,0 +1,106 @@
+"""Top-1 / top-5 error (§6) of a checkpoint, on the centre crop and the ten crops (§4.1).
+
+    python -m reproduce.evaluate --checkpoint runs/paper-synthetic/best.pt --ten-crop
+    python -m reproduce.evaluate --all runs/finetune --data cifar10:data --csv all.csv
+
+The data spec defaults to the one the checkpoint was trained on; the mean image
+and PCA come from that data's training split, as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from paper_alexnet import ConfigError, build_model
+from paper_alexnet.data import Augment, BadImageError, DataError, PaperTransform, open_dataset
+from paper_alexnet.engine import CheckpointError, evaluate, load_checkpoint
+from reproduce.train import UsageError, pick_device
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reproduce.evaluate",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Evaluate checkpoints: top-1/top-5 error on centre and ten crops.")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt")
+    parser.add_argument("--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each")
+    parser.add_argument("--data", default=None, metavar="SPEC", help="data spec (default: the checkpoint's)")
+    parser.add_argument("--split", default="val", help="which split: val, or test where the data set has one")
+    parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
+    parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
+    parser.add_argument("--workers", type=int, default=0, help="data loading processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
+    return parser
+
+
+def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
+    payload = load_checkpoint(path)
+    spec = args.data or payload.get("data")
+    if not spec:
+        raise UsageError(f"{path} does not name its data: give --data SPEC")
+    if spec not in cache:
+        dataset = open_dataset(spec, report=lambda line: print(line, file=sys.stderr))
+        cache[spec] = (dataset, dataset.stats(report=lambda line: print(line, file=sys.stderr)))
+    dataset, stats = cache[spec]
+    if payload.get("classes") and list(payload["classes"]) != list(dataset.classes):
+        raise UsageError(f"{path} was trained on {len(payload['classes'])} other classes than {spec}'s")
+    device = pick_device(args.device)
+    model = build_model(payload["variant"], num_classes=len(dataset.classes), init=payload.get("init", "paper"))
+    model.load_state_dict(payload["model"])
+    model.to(device)
+    augment = Augment(**payload.get("augment", {}))
+    transform = PaperTransform(stats, augment, device=device)
+    split = dataset.split(args.split)
+    row = {"checkpoint": path, "epoch": payload.get("epoch"), "variant": payload["variant"], "data": spec,
+           "split": args.split, "images": len(split)}
+    centre = evaluate(model, split, transform, device=device, batch_size=args.batch_size, workers=args.workers)
+    row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
+    if args.ten_crop:
+        ten = evaluate(model, split, transform, device=device, batch_size=args.batch_size, ten_crop=True,
+                       workers=args.workers, progress=True)
+        row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
+    return row
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    import pandas as pd
+
+    try:
+        if bool(args.checkpoint) == bool(args.all):
+            raise UsageError("give --checkpoint PATH or --all DIR")
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
+        paths = [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
+        if not paths:
+            raise UsageError(f"no *.pt files in {args.all}")
+        cache: dict = {}
+        rows = []
+        for path in paths:
+            row = evaluate_checkpoint(path, args, cache)
+            rows.append(row)
+            line = f"{path}: top-1 {100 * row['top1_err']:.2f}% top-5 {100 * row['top5_err']:.2f}%"
+            if args.ten_crop:
+                line += (f" | ten crops: top-1 {100 * row['ten_crop_top1_err']:.2f}% "
+                         f"top-5 {100 * row['ten_crop_top5_err']:.2f}%")
+            print(line)
+    except BadImageError as err:
+        print(f"error: unreadable image {err.path}: {err.reason}", file=sys.stderr)
+        return 1
+    except (UsageError, DataError, ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.csv:
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
