@@ -15,7 +15,6 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import torch
 
 from paper_alexnet import ConfigError, build_model
 from paper_alexnet.data import Augment, BadImageError, DataError, PaperTransform, open_dataset
