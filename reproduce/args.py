@@ -5,8 +5,30 @@ from __future__ import annotations
 import argparse
 import os
 
-from paper_alexnet import paper
-from paper_alexnet.data import MEAN_MODES, Augment, DataError
+import sys
+from typing import Callable
+
+from paper_alexnet import ConfigError, paper
+from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
+from paper_alexnet.engine import CheckpointError
+
+class UsageError(ValueError):
+    """Bad command-line input: one line, exit code 2, nothing written."""
+
+
+def exit_code(action: Callable[[], int]) -> int:
+    """Run a command; bad input becomes one ``error:`` line and exit 2, an unreadable file under
+    --strict exit 1, never a traceback."""
+    try:
+        return action()
+    except BadImageError as err:
+        print(f"error: unreadable image {err.path}: {err.reason} (--strict; without it such files are skipped)",
+              file=sys.stderr)
+        return 1
+    except (UsageError, DataError, ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
 
 DATA_HELP = ("synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech101:ROOT | folder:ROOT | "
              "store:DIR; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")

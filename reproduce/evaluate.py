@@ -16,10 +16,11 @@ import sys
 from typing import Optional, Sequence
 
 
-from paper_alexnet import ConfigError, build_model
-from paper_alexnet.data import Augment, BadImageError, DataError, PaperTransform, open_dataset
-from paper_alexnet.engine import CheckpointError, evaluate, load_checkpoint
-from reproduce.train import UsageError, pick_device
+from paper_alexnet import build_model
+from paper_alexnet.data import Augment, PaperTransform, open_dataset
+from paper_alexnet.engine import evaluate, load_checkpoint
+from reproduce.args import UsageError, exit_code
+from reproduce.train import pick_device
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,32 +70,29 @@ def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
+    return exit_code(lambda: run(args))
+
+
+def run(args) -> int:
     import pandas as pd
 
-    try:
-        if bool(args.checkpoint) == bool(args.all):
-            raise UsageError("give --checkpoint PATH or --all DIR")
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
-        paths = [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
-        if not paths:
-            raise UsageError(f"no *.pt files in {args.all}")
-        cache: dict = {}
-        rows = []
-        for path in paths:
-            row = evaluate_checkpoint(path, args, cache)
-            rows.append(row)
-            line = f"{path}: top-1 {100 * row['top1_err']:.2f}% top-5 {100 * row['top5_err']:.2f}%"
-            if args.ten_crop:
-                line += (f" | ten crops: top-1 {100 * row['ten_crop_top1_err']:.2f}% "
-                         f"top-5 {100 * row['ten_crop_top5_err']:.2f}%")
-            print(line)
-    except BadImageError as err:
-        print(f"error: unreadable image {err.path}: {err.reason}", file=sys.stderr)
-        return 1
-    except (UsageError, DataError, ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if bool(args.checkpoint) == bool(args.all):
+        raise UsageError("give --checkpoint PATH or --all DIR")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
+    paths = [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
+    if not paths:
+        raise UsageError(f"no *.pt files in {args.all}")
+    cache: dict = {}
+    rows = []
+    for path in paths:
+        row = evaluate_checkpoint(path, args, cache)
+        rows.append(row)
+        line = f"{path}: top-1 {100 * row['top1_err']:.2f}% top-5 {100 * row['top5_err']:.2f}%"
+        if args.ten_crop:
+            line += (f" | ten crops: top-1 {100 * row['ten_crop_top1_err']:.2f}% "
+                     f"top-5 {100 * row['ten_crop_top5_err']:.2f}%")
+        print(line)
     if args.csv:
         pd.DataFrame(rows).to_csv(args.csv, index=False)
         print(f"wrote {args.csv}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -22,22 +23,18 @@ import numpy as np
 import torch
 
 import paper_alexnet
-from paper_alexnet import ConfigError, build_model, get_config, list_switches, list_variants, paper
-from paper_alexnet.data import BadImageError, DataError, PaperTransform, open_dataset
+from paper_alexnet import build_model, get_config, list_switches, list_variants, paper
+from paper_alexnet.data import PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.engine import (CheckpointError, NonFiniteLoss, evaluate, is_stalled, load_checkpoint,
                                   save_checkpoint, train_one_epoch)
 from paper_alexnet.optim import build_optimizer, build_schedule
-from reproduce.args import add_data_arguments, augment_from_args
+from reproduce.args import UsageError, add_data_arguments, augment_from_args, exit_code
 
 METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
            "images_per_s", "seconds", "skipped_files")
 # What `--recipe quick` changes from the paper's recipe, and why (measured: docs/training.md).
 QUICK = {"init": "he", "scale": "1/pixel std", "optimizer": "adam", "lr": 1e-4}
-
-
-class UsageError(ValueError):
-    """Bad command-line input: one line, exit code 2, nothing written."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -202,14 +199,7 @@ def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BadImageError as err:
-        print(f"error: unreadable image {err.path}: {err.reason} (--strict)", file=sys.stderr)
-        return 1
-    except (UsageError, DataError, ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,8 +276,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(dataset.classes)} classes, train {len(train_split)}, val {len(val_split)}; device {device}; "
         f"{args.epochs} epochs of batch {args.batch_size}")
     config = {"args": vars(args), "recipe": args.recipe, "quick_changes": QUICK if quick else None,
-              "model": paper_alexnet.config_fields(model_config) if hasattr(paper_alexnet, "config_fields")
-              else model_config.__dict__, "augment": augment.__dict__, "classes": dataset.classes,
+              "model": dataclasses.asdict(model_config), "augment": dataclasses.asdict(augment), "classes": dataset.classes,
               "train_images": len(train_split), "val_images": len(val_split), "pca_source": stats.pca_source,
               "device": str(device), "versions": {"paper_alexnet": paper_alexnet.__version__,
                                                   "torch": torch.__version__, "python": platform.python_version()}}
@@ -354,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "epoch": epoch, "best_val_top1_err": best, "variant": model_config.name,
                    "classes": list(dataset.classes), "rng": rng, "metrics": [dict(r) for r in rows],
-                   "augment": dict(augment.__dict__), "init": model_config.init, "data": args.data}
+                   "augment": dataclasses.asdict(augment), "init": model_config.init, "data": args.data}
         save_checkpoint(checkpoint_path, payload)
         if improved:
             save_checkpoint(os.path.join(args.out, "best.pt"), payload)
