@@ -15,9 +15,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from paper_alexnet.data import BadImageError, DataError, prepare_store, synthetic_source
+from paper_alexnet.data import DataError, prepare_store, synthetic_source
 from paper_alexnet.data.imagenet import sort_imagenet_val
 from paper_alexnet.data.sources import open_dataset, parse_spec
+from reproduce.args import exit_code
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,41 +43,37 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     try:
-        if args.sort_imagenet_val:
-            if not args.devkit:
-                raise DataError("--sort-imagenet-val needs --devkit PATH")
-            sort_imagenet_val(args.sort_imagenet_val, args.devkit)
-            return 0
-        if not args.data or not args.out:
-            raise DataError("give --data SPEC and --out DIR (see --help)")
-        if args.workers < 0:
-            raise DataError(f"--workers must be 0 or more, not {args.workers}")
-        spec = parse_spec(args.data)
-        if spec.kind == "store":
-            raise DataError(f"{args.data} is already a store")
-        dataset = (synthetic_source(spec) if spec.kind == "synthetic"
-                   else open_dataset(args.data, download=args.download, progress=not args.quiet))
-        for note in dataset.notes:
-            print(note, file=sys.stderr)
-        print(f"{args.data}: {len(dataset.classes)} classes, "
-              f"{', '.join(f'{name} {len(split)}' for name, split in dataset.splits.items())} images -> {args.out}",
-              file=sys.stderr)
-        prepare_store(args.data, dataset.classes, dataset.splits, args.out, imagenet_pca=dataset.imagenet_pca,
-                      workers=args.workers, strict=args.strict, progress=not args.quiet,
-                      report=lambda line: print(line, file=sys.stderr))
-    except BadImageError as err:
-        print(f"error: unreadable image {err.path}: {err.reason} (--strict; drop --strict to skip such files)",
-              file=sys.stderr)
-        return 1
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(lambda: run(args))
     except KeyboardInterrupt:
         print("\ninterrupted: what was written is kept; run the same command again to continue", file=sys.stderr)
         return 130
+
+
+def run(args) -> int:
+    if args.sort_imagenet_val:
+        if not args.devkit:
+            raise DataError("--sort-imagenet-val needs --devkit PATH")
+        sort_imagenet_val(args.sort_imagenet_val, args.devkit)
+        return 0
+    if not args.data or not args.out:
+        raise DataError("give --data SPEC and --out DIR (see --help)")
+    if args.workers < 0:
+        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    spec = parse_spec(args.data)
+    if spec.kind == "store":
+        raise DataError(f"{args.data} is already a store")
+    dataset = (synthetic_source(spec) if spec.kind == "synthetic"
+               else open_dataset(args.data, download=args.download, progress=not args.quiet))
+    for note in dataset.notes:
+        print(note, file=sys.stderr)
+    print(f"{args.data}: {len(dataset.classes)} classes, "
+          f"{', '.join(f'{name} {len(split)}' for name, split in dataset.splits.items())} images -> {args.out}",
+          file=sys.stderr)
+    prepare_store(args.data, dataset.classes, dataset.splits, args.out, imagenet_pca=dataset.imagenet_pca,
+                  workers=args.workers, strict=args.strict, progress=not args.quiet,
+                  report=lambda line: print(line, file=sys.stderr))
     print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
     return 0
 
