@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .data import BatchLoader, PaperTransform, average_softmax
 from .data.splits import Split
+from .distributed import all_sum
 from .metrics import topk_correct
 
 
@@ -34,30 +35,34 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, *, device: torch.device,
                     amp: bool = False, channels_last: bool = False, rank: int = 0, world: int = 1,
                     on_step: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Train over ``loader`` (global batches); returns loss, top-1 error, images, seconds (this process's rows)."""
+    """Train over ``loader`` (global batches, this process's rows); returns the loss, top-1 error and
+    images of the whole global batches, and this process's seconds.
+
+    Each process draws the augmentation of the whole global batch (same generator, same draws) and
+    applies its rows' share; its loss is its rows' summed loss scaled so that DDP's gradient average
+    is the gradient of the mean loss over the global batch.
+    """
     model.train()
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    for step, (images, labels) in enumerate(loader):
-        draw = transform.draw(len(images), generator, images.shape[-1])
-        take = slice(rank, None, world)
-        x = transform.apply(images[take], draw, take)
-        y = labels[take].to(device)
+    for step, (count, images, labels) in enumerate(loader.global_batches()):
+        draw = transform.draw(count, generator, images.shape[-1])
+        x = transform.apply(images, draw, slice(rank, None, world))
+        y = labels.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at step {step + 1} of the epoch")
+        local = F.cross_entropy(logits.float(), y, reduction="sum")
+        hits = topk_correct(logits.detach().float(), y, (1,))[1]
+        total, value, hits = all_sum([len(y), float(local.detach()), hits])
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the training loss became {value / max(total, 1)} at step {step + 1} of the epoch")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (local * (world / max(total, 1))).backward()
         optimizer.step()
-        value = loss.item()
-        loss_sum += value * len(y)
-        correct += topk_correct(logits.detach().float(), y, (1,))[1]
-        seen += len(y)
+        loss_sum, correct, seen = loss_sum + value, correct + hits, seen + int(total)
         if on_step is not None:
-            on_step(step, value)
+            on_step(step, value / max(total, 1))
     seconds = time.perf_counter() - start
     return {"train_loss": loss_sum / max(seen, 1), "train_top1_err": 1 - correct / max(seen, 1),
             "images": seen, "seconds": seconds}
@@ -66,12 +71,13 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *, device: torch.device,
              batch_size: int = 128, ten_crop: bool = False, workers: int = 0, strict: bool = False,
-             amp: bool = False, progress: bool = False) -> dict:
-    """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax."""
+             amp: bool = False, progress: bool = False, rank: int = 0, world: int = 1) -> dict:
+    """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax.
+    Under data parallelism each process scores its share of every batch and the sums are combined."""
     from tqdm.auto import tqdm
 
     model.eval()
-    loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict)
+    loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict, rank=rank, world=world)
     loss_sum, hits, seen = 0.0, {1: 0, 5: 0}, 0
     for images, labels in tqdm(loader, desc="ten-crop" if ten_crop else "eval", unit="batch", leave=False,
                                disable=not progress):
@@ -87,9 +93,10 @@ def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *,
         for k, v in topk_correct(scores, y, (1, 5)).items():
             hits[k] += v
         seen += len(y)
+    loss_sum, hit1, hit5, seen, skipped = all_sum([loss_sum, hits[1], hits[5], seen, len(loader.skipped)])
     n = max(seen, 1)
-    return {"loss": loss_sum / n, "top1_err": 1 - hits[1] / n, "top5_err": 1 - hits[5] / n, "images": seen,
-            "skipped_files": len(loader.skipped)}
+    return {"loss": loss_sum / n, "top1_err": 1 - hit1 / n, "top5_err": 1 - hit5 / n, "images": int(seen),
+            "skipped_files": int(skipped)}
 
 
 def save_checkpoint(path: str, payload: dict) -> None:

@@ -42,26 +42,36 @@ class _LRNFunction(torch.autograd.Function):
     With s[i] = k + alpha * S(a^2)[i] (S the window sum above, symmetric):
         db[j]/da[i] = delta_ij s[i]^-beta - 2 alpha beta a[i] a[j] s[j]^(-beta-1)   (i in window of j)
     so grad_a = g * s^-beta - 2 alpha beta a * S(g * a * s^(-beta-1)).
-    Only the input and s are kept for backward (s is rebuilt for double backward).
+    The input, s and s^-beta are kept for backward (rebuilt as functions of a for double backward).
     """
 
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k, groups):
         scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
-        ctx.save_for_backward(a, scale)
+        inv = _neg_pow(scale, beta)
+        ctx.save_for_backward(a, scale, inv)
         ctx.hyper, ctx.k = (size, alpha, beta, groups), k
-        return a * scale.pow(-beta)
+        return a * inv
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, scale = ctx.saved_tensors
+        a, scale, inv = ctx.saved_tensors
         size, alpha, beta, groups = ctx.hyper
-        if torch.is_grad_enabled():  # double backward: rebuild s as a function of a
+        if torch.is_grad_enabled():  # double backward: rebuild s and s^-beta as functions of a
             scale = channel_window_sum(a * a, size, groups) * alpha + ctx.k
-        inv = scale.pow(-beta)
-        cross = channel_window_sum(grad_out * a * inv / scale, size, groups)
-        grad_a = grad_out * inv - (2.0 * alpha * beta) * a * cross
+            inv = scale.pow(-beta)
+            cross = channel_window_sum(grad_out * a * inv / scale, size, groups)
+            return grad_out * inv - (2.0 * alpha * beta) * a * cross, None, None, None, None, None
+        cross = channel_window_sum((grad_out * a).mul_(inv).div_(scale), size, groups)
+        grad_a = (grad_out * inv).addcmul_(a, cross, value=-2.0 * alpha * beta)
         return grad_a, None, None, None, None, None
+
+
+def _neg_pow(scale: torch.Tensor, beta: float) -> torch.Tensor:
+    """scale ** -beta; for the paper's beta = 3/4 as rsqrt(s * sqrt(s)), several times faster than pow."""
+    if beta == 0.75:
+        return torch.rsqrt(scale * torch.sqrt(scale))
+    return scale.pow(-beta)
 
 
 def local_response_norm(x: torch.Tensor, size: int = paper.LRN_SIZE, alpha: float = paper.LRN_ALPHA,

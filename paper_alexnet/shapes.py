@@ -25,6 +25,7 @@ from .config import ArchConfig, ConfigError
 from .geometry import layer_shapes, totals, window_output
 from .model import AlexNet
 from .variants import PAPER, get_config, list_switches, list_variants
+from .two_tower import crossing_bytes, splits_in_two
 
 COLUMNS = ("layer", "type", "kernel", "stride", "padding", "groups", "in_channels", "in_height", "in_width",
            "out_channels", "out_height", "out_width", "tower_channels", "neurons", "params", "macs", "arithmetic")
@@ -111,6 +112,19 @@ def paper_notes() -> List[str]:
     return notes
 
 
+def crossing_notes(config: ArchConfig, batch: int = paper.BATCH_SIZE) -> List[str]:
+    """§3.2's budget: what crosses between the two GPUs per image, for a net split in two towers."""
+    if not splits_in_two(config):
+        return []
+    crossing = crossing_bytes(config)
+    forward = sum(crossing.values())
+    parts = ", ".join(f"into {name} {value:,} B" for name, value in crossing.items())
+    return [f"Activations cross between the two GPUs only into conv3, fc6, fc7 and fc8 (float32, per image): "
+            f"{parts}; {forward:,} B forward and the same again backward (their gradients), "
+            f"{2 * forward:,} B per image, {2 * forward * batch / 2**20:.1f} MiB per batch of {batch}. "
+            f"Besides, each GPU gets its own copy of the input image ({4 * config.in_channels * config.input_size ** 2:,} B)."]
+
+
 def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
@@ -189,14 +203,18 @@ def render(configs: Sequence[ArchConfig], fmt: str = "table") -> str:
         return json.dumps({
             "variants": [{"name": c.name, "description": c.description, "input_size": c.input_size,
                           "layers": rows(c), "totals": totals(layer_shapes(c))} for c in configs],
+            "crossings_bytes_per_image": {c.name: crossing_bytes(c) for c in configs if splits_in_two(c)},
             "paper_notes": paper_notes()}, indent=2, ensure_ascii=False) + "\n"
     markdown = fmt == "markdown"
     heading = "\n".join(f"{'## ' if markdown else ''}{c.name}: {c.description}; "
                         f"input {c.in_channels}×{c.input_size}×{c.input_size}" for c in configs)
     table = _single(configs[0], markdown) if len(configs) == 1 else _compare(*configs, markdown)
+    bullet = "- " if markdown else "  * "
     notes = "\n".join([("### " if markdown else "") + "Where the paper's own numbers disagree with the arithmetic"]
-                      + [("- " if markdown else "  * ") + note for note in paper_notes()])
-    return "\n\n".join([heading, table, notes]) + "\n"
+                      + [bullet + note for note in paper_notes()])
+    crossings = [f"{bullet}{c.name}: {note}" for c in configs for note in crossing_notes(c)]
+    between = "\n".join([("### " if markdown else "") + "Between the two GPUs (§3.2)"] + crossings) if crossings else ""
+    return "\n\n".join(part for part in (heading, table, between, notes) if part) + "\n"
 
 
 def get_args_parser() -> argparse.ArgumentParser:

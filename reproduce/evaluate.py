@@ -16,11 +16,11 @@ import sys
 from typing import Optional, Sequence
 
 
-from paper_alexnet import build_model
+from paper_alexnet import get_config
 from paper_alexnet.data import Augment, PaperTransform, open_dataset
 from paper_alexnet.engine import evaluate, load_checkpoint
 from reproduce.args import UsageError, exit_code
-from reproduce.train import pick_device
+from reproduce.placement import add_device_arguments, build_placed, place
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
+    add_device_arguments(parser)
     return parser
 
 
@@ -50,10 +50,12 @@ def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
     dataset, stats = cache[spec]
     if payload.get("classes") and list(payload["classes"]) != list(dataset.classes):
         raise UsageError(f"{path} was trained on {len(payload['classes'])} other classes than {spec}'s")
-    device = pick_device(args.device)
-    model = build_model(payload["variant"], num_classes=len(dataset.classes), init=payload.get("init", "paper"))
+    config = get_config(payload["variant"], num_classes=len(dataset.classes), init=payload.get("init", "paper"))
+    placement = place(args, config)
+    device = placement.first
+    print(placement.note, file=sys.stderr)
+    model = build_placed(config, placement)       # either layout loads the one (grouped) checkpoint format
     model.load_state_dict(payload["model"])
-    model.to(device)
     augment = Augment(**payload.get("augment", {}))
     transform = PaperTransform(stats, augment, device=device)
     split = dataset.split(args.split)

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 import paper_alexnet
-from paper_alexnet import build_model, get_config, list_switches, list_variants, paper
+from paper_alexnet import distributed, get_config, list_switches, list_variants, paper
 from paper_alexnet.data import PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.engine import (CheckpointError, NonFiniteLoss, evaluate, is_stalled, load_checkpoint,
                                   save_checkpoint, train_one_epoch)
 from paper_alexnet.optim import build_optimizer, build_schedule
 from reproduce.args import UsageError, add_data_arguments, augment_from_args, exit_code
+from reproduce.placement import add_device_arguments, build_placed, place
 
 METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
            "images_per_s", "seconds", "skipped_files")
@@ -51,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "scaled to unit std, Adam 1e-4); auto: quick on the built-in synthetic data, "
                              "paper elsewhere")
     add_data_arguments(parser)
+    add_device_arguments(parser)
     opt = parser.add_argument_group("optimisation (§5)")
     opt.add_argument("--epochs", type=int, default=None,
                      help=f"passes over the training set (default: {paper.EPOCHS} for imagenet, 30 for other "
@@ -72,7 +74,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                      help="continue from a checkpoint (default: DIR/checkpoint.pt)")
     run.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout")
-    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to DIR/tb")
@@ -115,19 +116,6 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.out is None:
         args.out = os.path.join("runs", f"{args.variant}-{kind}")
     return args
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or
-                                  (device.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    return device
 
 
 def _subset(split, limit: Optional[int], seed: int):
@@ -204,7 +192,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     args = resolve(args)
-    device = pick_device(args.device)
+    process = distributed.from_env()
+    try:
+        return _run(args, process)
+    finally:
+        distributed.stop()
+
+
+def _run(args: argparse.Namespace, process: distributed.Process) -> int:
+    placement = place(args, get_config(args.variant), process.local_rank)
+    device = placement.first                # input, labels and logits live here
     config_path = os.path.join(args.out, "config.json")
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     resume_path = None
@@ -213,15 +210,18 @@ def run(args: argparse.Namespace) -> int:
         resumed = load_checkpoint(resume_path)
     elif os.path.exists(config_path) or os.path.exists(checkpoint_path):
         raise UsageError(f"{args.out} already holds a run: --resume to continue it, or choose another --out")
+    distributed.start(process, device)      # after the checks above: bad input stops every rank alike
+    args.quiet = args.quiet or not process.main
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731 - always shown
+    say = (lambda line: print(line, file=sys.stderr)) if process.main else log  # always shown on rank 0
 
-    dataset = open_dataset(args.data, download=args.download, progress=not args.quiet, report=log)
+    with distributed.main_first(process):   # rank 0 builds any cached store and statistics first
+        dataset = open_dataset(args.data, download=args.download, progress=not args.quiet, report=log)
+        stats = dataset.stats(progress=not args.quiet, report=log)
     for note in dataset.notes:
         log(note)
     train_split = _subset(dataset.split("train"), args.limit_train, args.seed)
     val_split = _subset(dataset.split("val"), args.limit_val, args.seed + 1)
-    stats = dataset.stats(progress=not args.quiet, report=log)
     quick = args.recipe == "quick"
     overrides = {"num_classes": len(dataset.classes)}
     if quick:
@@ -231,17 +231,21 @@ def run(args: argparse.Namespace) -> int:
     augment = augment_from_args(args, model_config.input_size)
     if quick and augment.mean != "torchvision":
         augment.scale = float(1.0 / stats.channel_std.mean())
-    model = build_model(args.variant, **overrides)
+    model = build_placed(model_config, placement)
     if resume_path is not None and resumed.get("variant") != model_config.name:
         raise CheckpointError(f"{resume_path} is a checkpoint of '{resumed.get('variant')}', not '{model_config.name}'")
+    if resume_path is not None and resumed.get("two_tower", False) != placement.two_tower:
+        raise CheckpointError(f"{resume_path} was trained {'with' if resumed.get('two_tower') else 'without'} "
+                              f"--two-gpu; resume it the same way (its weights load either way: reproduce.evaluate)")
     if args.pretrained and resume_path is None:
         load_pretrained(model, args.pretrained, log)
     if args.freeze_features:
-        for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
-            getattr(model, name).requires_grad_(False)
-    model.to(device)
+        for name, weight in model.named_parameters():
+            if name.split(".")[-2].startswith("conv"):
+                weight.requires_grad_(False)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = distributed.wrap(model, process, None if placement.two_tower else device)     # what trains; `model` is what is saved and scored
     optimizer = build_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad],
                                 args.lr, args.momentum, args.wd)
     schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size)
@@ -254,13 +258,11 @@ def run(args: argparse.Namespace) -> int:
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         generator.set_state(resumed["rng"]["augment"])
-        torch.set_rng_state(resumed["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in resumed["rng"]:
-            torch.cuda.set_rng_state(resumed["rng"]["cuda"], device)
         rows, best = [dict(r) for r in resumed["metrics"]], resumed["best_val_top1_err"]
         start_epoch = resumed["epoch"] + 1
         say(f"resuming {resume_path} after epoch {resumed['epoch']}")
-    os.makedirs(args.out, exist_ok=True)
+    if process.main:
+        os.makedirs(args.out, exist_ok=True)
 
     # Announce what runs, in the first lines and in config.json.
     if quick:
@@ -273,18 +275,20 @@ def run(args: argparse.Namespace) -> int:
         say(f"recipe: paper (§5): init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus "
             f"{mean}; {args.optimizer} lr {args.lr}")
     say(f"{model_config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; data {args.data}: "
-        f"{len(dataset.classes)} classes, train {len(train_split)}, val {len(val_split)}; device {device}; "
-        f"{args.epochs} epochs of batch {args.batch_size}")
+        f"{len(dataset.classes)} classes, train {len(train_split)}, val {len(val_split)}; {placement.note}"
+        + (f" x {process.world} processes (rows of each batch shared out)" if process.world > 1 else "")
+        + f"; {args.epochs} epochs of batch {args.batch_size}")
     config = {"args": vars(args), "recipe": args.recipe, "quick_changes": QUICK if quick else None,
               "model": dataclasses.asdict(model_config), "augment": dataclasses.asdict(augment), "classes": dataset.classes,
               "train_images": len(train_split), "val_images": len(val_split), "pca_source": stats.pca_source,
-              "device": str(device), "versions": {"paper_alexnet": paper_alexnet.__version__,
+              "devices": [str(d) for d in placement.devices], "processes": process.world, "versions": {"paper_alexnet": paper_alexnet.__version__,
                                                   "torch": torch.__version__, "python": platform.python_version()}}
-    with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=1, default=str)
-    os.replace(config_path + ".tmp", config_path)
+    if process.main:
+        with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=1, default=str)
+        os.replace(config_path + ".tmp", config_path)
     writer = None
-    if args.tensorboard:
+    if args.tensorboard and process.main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(os.path.join(args.out, "tb"))
@@ -294,8 +298,10 @@ def run(args: argparse.Namespace) -> int:
     losses: list = []
     warned = False
     for epoch in range(start_epoch, args.epochs + 1):
+        torch.manual_seed(distributed.dropout_seed(args.seed, epoch, process.rank))
         loader = BatchLoader(train_split, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
-                             strict=args.strict, pin_memory=device.type == "cuda")
+                             strict=args.strict, pin_memory=device.type == "cuda", rank=process.rank,
+                             world=process.world)
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.quiet,
                    leave=False)
 
@@ -308,14 +314,18 @@ def run(args: argparse.Namespace) -> int:
                 warned = True
                 bar.write(f"warning: the loss has stayed at ln({len(dataset.classes)}) = "
                           f"{math.log(len(dataset.classes)):.3f} for {len(losses)} steps: the net predicts the "
-                          f"uniform distribution. The paper's init (§5: N(0, 0.01), biases 1) is known to stall "
-                          f"like this (BVLC/caffe#401, #2085). Try --recipe quick, or a lower --lr, or wait: "
-                          f"the paper's own runs left it after many epochs.")
+                          f"uniform distribution. " + (
+                              "With He init this usually means too high a learning rate: try a lower --lr."
+                              if quick else
+                              "The paper's init (§5: N(0, 0.01), biases 1) is known to stall like this "
+                              "(BVLC/caffe#401, #2085). Try --recipe quick, or a lower --lr, or wait: the "
+                              "paper's own runs left it after many epochs."))
 
         lr = optimizer.param_groups[0]["lr"]
         try:
-            result = train_one_epoch(model, loader, transform, optimizer, generator, device=device, amp=args.amp,
-                                     channels_last=args.channels_last, on_step=on_step)
+            result = train_one_epoch(net, loader, transform, optimizer, generator, device=device, amp=args.amp,
+                                     channels_last=args.channels_last, rank=process.rank, world=process.world,
+                                     on_step=on_step)
         except NonFiniteLoss as err:
             bar.close()
             say(f"error: {err}; stopped. The last good checkpoint ({checkpoint_path}) is kept. "
@@ -323,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
             return 3
         bar.close()
         val = evaluate(model, val_split, transform, device=device, batch_size=args.batch_size,
-                       workers=args.workers, strict=args.strict, amp=args.amp)
+                       workers=args.workers, strict=args.strict, amp=args.amp, rank=process.rank,
+                       world=process.world)
         row = {"epoch": epoch, "lr": lr, "train_loss": result["train_loss"],
                "train_top1_err": result["train_top1_err"], "val_loss": val["loss"], "val_top1_err": val["top1_err"],
                "val_top5_err": val["top5_err"], "images_per_s": result["images"] / result["seconds"],
@@ -337,13 +348,15 @@ def run(args: argparse.Namespace) -> int:
             f"top-5 {100 * row['val_top5_err']:.1f}% | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
             + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
             + (f" | lr -> {optimizer.param_groups[0]['lr']:g}" if dropped else ""))
-        rng = {"augment": generator.get_state(), "torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+        if not process.main:
+            continue
+        # RNG: the augmentation generator's state; dropout's is seeded from (seed, epoch, rank) each epoch.
+        rng = {"augment": generator.get_state()}
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "epoch": epoch, "best_val_top1_err": best, "variant": model_config.name,
                    "classes": list(dataset.classes), "rng": rng, "metrics": [dict(r) for r in rows],
-                   "augment": dataclasses.asdict(augment), "init": model_config.init, "data": args.data}
+                   "augment": dataclasses.asdict(augment), "init": model_config.init, "data": args.data,
+                   "two_tower": placement.two_tower}
         save_checkpoint(checkpoint_path, payload)
         if improved:
             save_checkpoint(os.path.join(args.out, "best.pt"), payload)
@@ -356,10 +369,12 @@ def run(args: argparse.Namespace) -> int:
     if writer is not None:
         writer.close()
     if args.ten_crop and rows:
+        distributed.barrier()                # best.pt is written by rank 0
         best_state = load_checkpoint(os.path.join(args.out, "best.pt"))
         model.load_state_dict(best_state["model"])
         val = evaluate(model, val_split, transform, device=device, batch_size=args.batch_size, ten_crop=True,
-                       workers=args.workers, amp=args.amp, progress=not args.quiet)
+                       workers=args.workers, amp=args.amp, progress=not args.quiet, rank=process.rank,
+                       world=process.world)
         say(f"best.pt (epoch {best_state['epoch']}), ten crops: top-1 {100 * val['top1_err']:.1f}% "
             f"top-5 {100 * val['top5_err']:.1f}%")
     say(f"done: best val top-1 error {100 * best:.1f}% (chance {100 * (1 - 1 / len(dataset.classes)):.0f}%); "

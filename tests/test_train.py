@@ -42,7 +42,7 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
     for name in ("checkpoint.pt", "best.pt"):
         payload = torch.load(out / name, weights_only=True)
         assert payload["variant"] == "paper" and set(payload["model"]) >= {"conv1.weight", "fc8.bias"}
-        assert {"augment", "torch"} <= set(payload["rng"]) and payload["epoch"] in (1, 2)
+        assert "augment" in payload["rng"] and payload["epoch"] in (1, 2)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

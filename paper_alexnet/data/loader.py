@@ -1,7 +1,9 @@
 """Batches of uint8 §2 patches, in a seeded order, from any :class:`~.splits.Split`.
 
 The order of epoch ``e`` depends only on (seed, e), so a resumed run sees the
-same batches as an uninterrupted one. Files that cannot be read are left out
+same batches as an uninterrupted one. Under data parallelism (``rank`` of
+``world`` processes) every process walks the same global batches and reads
+only its rows of each (rank, rank + world, ...). Files that cannot be read are left out
 of their batch and counted (``BatchLoader.skipped``); with ``strict`` the first
 one stops the run with its path and reason.
 """
@@ -47,22 +49,30 @@ class BatchLoader:
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  drop_last: bool = False, workers: int = 0, strict: bool = False, start_batch: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of {world} processes")
         self.split, self.strict = split, strict
         self.batches = epoch_order(len(split), batch_size, seed, epoch, shuffle, drop_last)[start_batch:]
         self.skipped: list = []
         self.loader = torch.utils.data.DataLoader(
-            _Batches(split), sampler=self.batches, batch_size=None, collate_fn=_as_is, num_workers=workers,
+            _Batches(split), sampler=[b[rank::world] for b in self.batches], batch_size=None, collate_fn=_as_is, num_workers=workers,
             pin_memory=pin_memory, persistent_workers=False, prefetch_factor=2 if workers else None)
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, skipped in self.loader:
+    def global_batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(size of the global batch, this process's images, labels) for every batch, even an empty share:
+        data-parallel processes must all take every step."""
+        for indices, (images, labels, skipped) in zip(self.batches, self.loader):
             if skipped and self.strict:
                 raise BadImageError(*skipped[0])
             self.skipped += skipped
+            yield len(indices), images, labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, images, labels in self.global_batches():
             if len(labels):
                 yield images, labels
 

@@ -20,6 +20,10 @@ from .. import paper
 
 SHAPES = ("disc", "ring", "square", "frame", "triangle", "cross", "star", "hexagon", "crescent", "stripes")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+# How hard the set is: object radius (fraction of the side), distractors per image, background noise std.
+RADIUS = (0.16, 0.36)
+CLUTTER = (4, 10)
+NOISE = (4, 16)
 
 
 def _polygon(cx, cy, radius, sides, rotation, inner=None):
@@ -34,7 +38,7 @@ def _polygon(cx, cy, radius, sides, rotation, inner=None):
 
 def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     """A binary mask (mode "L") of one object of class ``shape`` at a random place, scale and rotation."""
-    radius = rng.uniform(0.16, 0.36) * size
+    radius = rng.uniform(*RADIUS) * size
     cx, cy = rng.uniform(radius, size - radius, size=2)
     turn = rng.uniform(0, 2 * math.pi)
     mask = Image.new("L", (size, size), 0)
@@ -92,13 +96,13 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     t = (np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None])
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     image = a + (b - a) * t[..., None]
-    return image + rng.normal(0, rng.uniform(4, 16), size=(size, size, 3))
+    return image + rng.normal(0, rng.uniform(*NOISE), size=(size, size, 3))
 
 
 def _clutter(image: Image.Image, rng: np.random.Generator) -> None:
     """Small distractors (lines, dots, bars) in random colours, too small to pass for the object."""
     draw, size = ImageDraw.Draw(image), image.size[0]
-    for _ in range(rng.integers(4, 10)):
+    for _ in range(rng.integers(*CLUTTER)):
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         x, y = rng.uniform(0, size, size=2)
         extent = rng.uniform(0.02, 0.09) * size

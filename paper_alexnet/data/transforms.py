@@ -126,9 +126,10 @@ class PaperTransform:
         return {"ys": ys, "xs": xs, "mirror": mirror, "shift": shift}
 
     def apply(self, images: torch.Tensor, draw: dict, take: Optional[slice] = None) -> torch.Tensor:
-        """Apply drawn choices; ``take`` selects this batch's share of them (a data-parallel rank's rows)."""
-        if take is not None:
-            draw = {k: None if v is None else v[take] for k, v in draw.items()}
+        """Apply drawn choices; ``take`` selects this batch's share of them (a data-parallel rank's rows).
+        When files were skipped there are fewer images than choices: the first ones are used."""
+        take = slice(None) if take is None else take
+        draw = {k: None if v is None else v[take][:len(images)] for k, v in draw.items()}
         return self._finish(images, draw["ys"], draw["xs"], draw["mirror"], draw["shift"])
 
     def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""Data parallelism across processes (torchrun): who this process is, and the few collective steps.
+
+§5 trained one net on one machine's two GPUs. Spreading the minibatch over
+more processes is not in the paper; here it is made exact instead: every
+process walks the same global batches with the same augmentation draws and
+takes its rows (see :mod:`paper_alexnet.engine`), so N processes compute what
+one would on the whole batch. ``torchrun`` sets RANK, LOCAL_RANK and
+WORLD_SIZE; without them this is a single process and every function here is
+a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that logs and writes files (rank 0)."""
+        return self.rank == 0
+
+
+def from_env() -> Process:
+    """This process's place in a torchrun job (rank 0 of 1 when not started by torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Process(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start(process: Process, device: torch.device) -> None:
+    """Join the process group: nccl when this process drives a GPU, gloo on the CPU."""
+    if process.world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(process: Process) -> Iterator[None]:
+    """Rank 0 does the block first (e.g. builds a cached data set), the others after it, reading its work."""
+    if not process.main:
+        barrier()
+    yield
+    if process.main:
+        barrier()
+
+
+def all_sum(values: list) -> list:
+    """Sum numbers over the data-parallel processes (as they are when there is only one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    backend = dist.get_backend()
+    device = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def wrap(model: torch.nn.Module, process: Process, device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` in a multi-process job, the model itself otherwise.
+    ``device``: the one device the model is on, or None for a model across devices (two towers)."""
+    if process.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device is not None and device.type == "cuda" else None)
+
+
+def dropout_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch RNG seed of one epoch on one process: resumable at epoch boundaries without saving RNG
+    states, and different per process so that dropout (§4.2) masks are independent across ranks."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2 ** 63)

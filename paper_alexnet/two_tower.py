@@ -1,0 +1,162 @@
+"""§3.2 for real: the net split across two devices, which exchange activations only where the paper says.
+
+"The GPUs communicate only in certain layers": conv3 and fc6, fc7 read the
+maps of both towers; conv2, conv4, conv5 (and LRN, pooling) read only their
+own tower's. Each :class:`Tower` holds half of every layer (conv1 48, conv2
+128, conv3 192, conv4 192, conv5 128 kernels; fc6, fc7 2048 neurons) on its
+own device; fc8 sits on the first device and reads both towers' fc7.
+
+The one checkpoint format is the grouped net's (:class:`~.model.AlexNet`,
+variant ``paper``): :meth:`TwoTowerAlexNet.from_grouped` and
+:meth:`TwoTowerAlexNet.to_grouped` convert both ways, and the state dict of a
+TwoTowerAlexNet *is* the grouped layout, so either net loads the other's
+weights.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import paper
+from .config import ArchConfig
+from .geometry import check_input, layer_map
+from .layers import LocalResponseNorm
+from .model import AlexNet
+
+# Where activations cross between the towers (§3.2, Figure 2), and what crosses: the input of these layers.
+CROSSINGS = ("conv3", "fc6", "fc7", "fc8")
+
+
+def splits_in_two(config: ArchConfig) -> bool:
+    """Whether ``config`` is a §3.2 two-tower net (the paper's, or one of its ablation switches)."""
+    return (config.towers == 2 and tuple(config.conv_grouped) == paper.CONV_GROUPED and config.lrn_per_tower
+            and config.conv_rounding == "floor" and not config.adaptive_pool)
+
+
+class Tower(nn.Module):
+    """One GPU's half of every layer up to fc7 (§3.2), named as the paper names the layers."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        half = [c // 2 for c in cfg.conv_channels]                 # 48, 128, 192, 192, 128
+        ins = (cfg.in_channels, half[0], 2 * half[1], half[2], half[3])   # conv3 reads both towers
+        self.conv1, self.conv2, self.conv3, self.conv4, self.conv5 = (
+            nn.Conv2d(ins[i], half[i], cfg.conv_kernels[i], cfg.conv_strides[i], cfg.conv_paddings[i])
+            for i in range(5))
+
+        def norm():
+            return LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k) if cfg.lrn else nn.Identity()
+
+        self.norm1, self.norm2 = norm(), norm()
+        self.pool = nn.MaxPool2d(cfg.pool_size, cfg.pool_stride, ceil_mode=cfg.pool_rounding == "ceil")
+        self.act = nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()
+        fc6_in = layer_map(cfg)["fc6"].in_shape[0]                 # 9216: both towers' pool5
+        self.fc6 = nn.Linear(fc6_in, cfg.fc_sizes[0] // 2)          # 2048
+        self.fc7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1] // 2)  # 2048 from both towers' fc6
+        p = cfg.dropout if cfg.dropout and "fc6" in cfg.dropout_after else 0.0
+        self.drop6 = nn.Dropout(p) if p else nn.Identity()
+        q = cfg.dropout if cfg.dropout and "fc7" in cfg.dropout_after else 0.0
+        self.drop7 = nn.Dropout(q) if q else nn.Identity()
+
+    def front(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.norm1(self.act(self.conv1(x))))        # 48x27x27
+        return self.pool(self.norm2(self.act(self.conv2(x))))     # 128x13x13
+
+    def middle(self, both: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv4(self.act(self.conv3(both))))      # 192x13x13
+        return torch.flatten(self.pool(self.act(self.conv5(x))), 1)  # 128x6x6 -> 4608
+
+
+class TwoTowerAlexNet(nn.Module):
+    """The paper net (§3.5) as two towers on ``devices`` (two names; may be the same device)."""
+
+    def __init__(self, config: ArchConfig = ArchConfig(), devices: Sequence = ("cpu", "cpu")):
+        super().__init__()
+        if not splits_in_two(config):
+            raise ValueError(f"{config.name!r} is not a two-tower net as §3.2 lays it out (towers 2, conv2/4/5 and "
+                             f"LRN within a tower, PyTorch's conv rounding, no adaptive pooling)")
+        if len(devices) != 2:
+            raise ValueError(f"two devices, one per tower, not {list(devices)}")
+        self.config = config
+        self.devices = tuple(torch.device(d) for d in devices)
+        grouped = AlexNet(config).state_dict()       # §5 init drawn as the grouped net draws it (same seed, same net)
+        self.towers = nn.ModuleList(Tower(config).to(d) for d in self.devices)
+        self.fc8 = nn.Linear(config.fc_sizes[1], config.num_classes).to(self.devices[0])
+        self.load_state_dict(grouped)
+
+    def _across(self, parts: Sequence[torch.Tensor]) -> list:
+        """Both towers' activations, concatenated in the grouped order, on each tower's device."""
+        return [torch.cat([p.to(d, non_blocking=True) for p in parts], 1) for d in self.devices]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self.config, tuple(x.shape))
+        front = [t.front(x.to(d, non_blocking=True)) for t, d in zip(self.towers, self.devices)]   # 128x13x13 each
+        pooled = [t.middle(both) for t, both in zip(self.towers, self._across(front))]           # 4608 each
+        fc6 = [t.drop6(t.act(t.fc6(both))) for t, both in zip(self.towers, self._across(pooled))]  # 2048 each
+        fc7 = [t.drop7(t.act(t.fc7(both))) for t, both in zip(self.towers, self._across(fc6))]    # 2048 each
+        return self.fc8(torch.cat([fc7[0], fc7[1].to(self.devices[0], non_blocking=True)], 1))   # logits
+
+    # --- the grouped layout, the one checkpoint format ---------------------------------------------------
+
+    def state_dict(self, *args, **kwargs) -> dict:  # noqa: D102 - see the module docstring
+        out = {}
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+            for kind in ("weight", "bias"):
+                out[f"{name}.{kind}"] = torch.cat([getattr(t, name).state_dict()[kind].cpu() for t in self.towers])
+        out["fc8.weight"], out["fc8.bias"] = self.fc8.weight.detach().cpu(), self.fc8.bias.detach().cpu()
+        return {k: v.detach().clone() for k, v in out.items()}
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        """Load the grouped layout (a checkpoint of either net); with ``strict=False`` absent layers are kept."""
+        missing = []
+        with torch.no_grad():
+            for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+                for kind in ("weight", "bias"):
+                    key = f"{name}.{kind}"
+                    if key not in state:
+                        missing.append(key)
+                        continue
+                    layers = [self.fc8] if name == "fc8" else [getattr(t, name) for t in self.towers]
+                    for layer, part in zip(layers, state[key].chunk(len(layers))):
+                        target = getattr(layer, kind)
+                        if target.shape != part.shape:
+                            raise ValueError(f"{key}: {tuple(part.shape)} per tower, not {tuple(target.shape)}")
+                        target.copy_(part)
+        unexpected = [k for k in state if k.split(".")[0] not in paper.LAYER_NAMES]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"TwoTowerAlexNet.load_state_dict: missing {missing}, unexpected {unexpected}")
+        return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
+
+    @classmethod
+    def from_grouped(cls, model: AlexNet, devices: Sequence = ("cuda:0", "cuda:1")) -> "TwoTowerAlexNet":
+        """The same weights, split across ``devices``."""
+        net = cls(model.config, devices)
+        net.load_state_dict(model.state_dict())
+        return net.train(model.training)
+
+    def to_grouped(self) -> AlexNet:
+        """The same weights as one grouped net (§3.2 as grouped convolutions), on the CPU."""
+        model = AlexNet(self.config)
+        model.load_state_dict(self.state_dict())
+        return model.train(self.training)
+
+
+def crossing_bytes(config: ArchConfig, bytes_per_value: int = 4) -> dict:
+    """Bytes that cross between the two devices per image, forward, at each crossing (§3.2).
+
+    Into conv3, fc6 and fc7 each tower sends its half to the other; into fc8 only the second tower sends
+    (fc8 is on the first device). Backward sends the gradients of the same tensors the other way: the same
+    bytes again.
+    """
+    rows = layer_map(config)
+    out = {}
+    for name in CROSSINGS:
+        values = 1
+        for n in rows[name].in_shape:
+            values *= n
+        half = values // 2
+        out[name] = half * bytes_per_value * (1 if name == "fc8" else 2)
+    return out

@@ -1,0 +1,62 @@
+"""Data parallelism: torchrun with 2 CPU processes (gloo) computes what one process does on the same batches."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.data.splits import ArraySplit
+from reproduce import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Dropout off (its masks are per process) and the paper's SGD, whose step is linear in the gradient.
+ARGS = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
+        "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.001"]
+
+
+def test_each_rank_reads_its_rows_of_the_same_global_batches():
+    images = np.zeros((11, 256, 256, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(11)
+    split = ArraySplit("train", images, np.arange(11) % 3)
+    whole = [batch[:, 0, 0, 0].tolist() for batch, _ in BatchLoader(split, 4, seed=3, epoch=2)]
+    shares = [list(BatchLoader(split, 4, seed=3, epoch=2, rank=r, world=3).global_batches()) for r in range(3)]
+    for step, batch in enumerate(whole):
+        assert all(share[step][0] == len(batch) for share in shares)          # every rank knows the global size
+        rows = [share[step][1][:, 0, 0, 0].tolist() for share in shares]
+        assert sum(rows, []) and sorted(sum(rows, [])) == sorted(batch)       # the ranks' rows make up the batch
+        assert rows[0] == batch[0::3] and rows[1] == batch[1::3] and rows[2] == batch[2::3]
+    with pytest.raises(ValueError):
+        BatchLoader(split, 4, rank=2, world=2)
+
+
+def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    single, multi = tmp_path / "single", tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "reproduce.train", *ARGS, "--out", str(single)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "reproduce.train", *ARGS, "--out", str(multi)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((multi / "config.json").read_text())["processes"] == 2
+    one = torch.load(single / "checkpoint.pt", weights_only=True)
+    two = torch.load(multi / "checkpoint.pt", weights_only=True)
+    assert one["epoch"] == two["epoch"] == 2
+    # Equal up to float summation order (the two processes' convolutions sum over 4 images, not 8): less than
+    # a tenth of one step's size apart. Missing rows or a wrong gradient scale would be a whole step apart.
+    steps = [state["velocity"] for state in one["optimizer"]["state"].values()]
+    assert len(steps) == len(one["model"]) and min(float(v.abs().max()) for v in steps if v.dim() > 1) > 0
+    for (name, weight), step in zip(one["model"].items(), steps):
+        torch.testing.assert_close(two["model"][name], weight, rtol=0, atol=0.1 * float(step.abs().max()) + 1e-9,
+                                   msg=name)
+    with open(single / "metrics.csv") as a, open(multi / "metrics.csv") as b:
+        for x, y in zip(csv.DictReader(a), csv.DictReader(b)):
+            for key in ("train_loss", "val_loss", "val_top1_err", "val_top5_err", "train_top1_err"):
+                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-4, abs=1e-6), key

@@ -1,0 +1,163 @@
+"""§3.2 as two towers on two devices (here both "cpu"): same function as the grouped net, crossings only
+into conv3, fc6, fc7, fc8, every parameter on its tower's device, and one checkpoint format."""
+
+import pytest
+import torch
+
+from paper_alexnet import TwoTowerAlexNet, build_model
+from paper_alexnet.two_tower import crossing_bytes
+
+
+def _pair(variant="paper+no-dropout", classes=10):
+    torch.manual_seed(0)
+    grouped = build_model(variant, num_classes=classes, init="he")   # He init: activations that are not tiny
+    return grouped, TwoTowerAlexNet.from_grouped(grouped, devices=("cpu", "cpu"))
+
+
+def test_same_outputs_and_gradients_as_the_grouped_net():
+    grouped, towers = _pair()
+    x = torch.randn(3, 3, 227, 227)
+    y = torch.tensor([1, 4, 7])
+    out_g, out_t = grouped(x), towers(x)
+    assert out_g.std() > 0.1
+    torch.testing.assert_close(out_t, out_g, rtol=1e-4, atol=1e-5)
+    torch.nn.functional.cross_entropy(out_g, y).backward()
+    torch.nn.functional.cross_entropy(out_t, y).backward()
+    # The towers' gradients, put back in the grouped layout by hand: first tower's rows first.
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        for kind in ("weight", "bias"):
+            halves = [getattr(getattr(t, name), kind).grad for t in towers.towers]
+            torch.testing.assert_close(torch.cat(halves), getattr(getattr(grouped, name), kind).grad,
+                                       rtol=1e-4, atol=1e-6, msg=f"{name}.{kind}")
+    torch.testing.assert_close(towers.fc8.weight.grad, grouped.fc8.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_each_tower_holds_half_of_every_layer():
+    _, towers = _pair("paper", 1000)
+    a, b = towers.towers
+    widths = [a.conv1.out_channels, a.conv2.out_channels, a.conv3.out_channels, a.conv4.out_channels,
+              a.conv5.out_channels, a.fc6.out_features, a.fc7.out_features]
+    assert widths == [48, 128, 192, 192, 128, 2048, 2048]
+    # what each layer reads: its own tower's maps (conv2, conv4, conv5) or both (conv3, fc6, fc7)
+    assert [a.conv2.in_channels, a.conv3.in_channels, a.conv4.in_channels, a.conv5.in_channels] == [48, 256, 192, 192]
+    assert (a.fc6.in_features, a.fc7.in_features, towers.fc8.in_features) == (9216, 4096, 4096)
+    assert sum(p.numel() for p in towers.parameters()) == sum(p.numel() for p in build_model("paper").parameters())
+
+
+def test_a_tower_reads_the_other_only_at_the_crossings():
+    """Change tower 1's conv3 output: tower 0's conv4 and conv5 outputs stay, its fc6 output moves."""
+    _, towers = _pair()
+    towers.eval()
+    x = torch.randn(2, 3, 227, 227)
+    seen = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, []).append(output.detach().clone())
+        return hook
+
+    a, b = towers.towers
+    for name in ("conv4", "conv5", "fc6"):
+        getattr(a, name).register_forward_hook(keep(name))
+    towers(x)
+    handle = b.conv3.register_forward_hook(lambda module, inputs, output: output * 3.0)
+    towers(x)
+    handle.remove()
+    assert torch.equal(seen["conv4"][0], seen["conv4"][1]) and torch.equal(seen["conv5"][0], seen["conv5"][1])
+    assert not torch.allclose(seen["fc6"][0], seen["fc6"][1])
+    # and before conv3: tower 0's conv2 does not see tower 1's conv1 maps
+    seen.clear()
+    a.conv2.register_forward_hook(keep("conv2"))
+    towers(x)
+    handle = b.conv1.register_forward_hook(lambda module, inputs, output: output * 3.0)
+    towers(x)
+    handle.remove()
+    assert torch.equal(seen["conv2"][0], seen["conv2"][1])
+
+
+def test_every_parameter_sits_on_its_tower_device():
+    towers = TwoTowerAlexNet(build_model("paper", num_classes=10).config, devices=("cpu", "meta"))
+    a, b = towers.towers
+    assert {p.device.type for p in a.parameters()} == {"cpu"}
+    assert {p.device.type for p in b.parameters()} == {"meta"}
+    assert towers.fc8.weight.device.type == "cpu"             # fc8 on the first device
+
+
+def test_conversion_both_ways_and_one_checkpoint_format():
+    grouped, towers = _pair()
+    state = towers.state_dict()
+    assert set(state) == set(grouped.state_dict())                 # the grouped layout
+    for key, value in grouped.state_dict().items():
+        assert torch.equal(state[key], value), key
+    back = towers.to_grouped()
+    x = torch.randn(1, 3, 227, 227)
+    torch.testing.assert_close(back.eval()(x), grouped.eval()(x), rtol=0, atol=0)
+    other = TwoTowerAlexNet(grouped.config, ("cpu", "cpu"))
+    other.load_state_dict(grouped.state_dict())
+    torch.testing.assert_close(other.eval()(x), grouped(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        TwoTowerAlexNet(build_model("torchvision").config)      # not split in two towers
+
+
+def test_bytes_that_cross_between_the_devices():
+    """Figure 2: into conv3 each tower sends its 128 pooled 13x13 maps; into fc6 its 128x6x6 pool5;
+    into fc7 its 2048 fc6 outputs; into fc8 (on the first device) the second tower sends its 2048."""
+    floats = {"conv3": 2 * 128 * 13 * 13, "fc6": 2 * 128 * 6 * 6, "fc7": 2 * 2048, "fc8": 2048}
+    assert crossing_bytes(build_model("paper").config) == {k: 4 * v for k, v in floats.items()}
+    assert sum(crossing_bytes(build_model("paper").config, 2).values()) == 2 * sum(floats.values())
+
+
+def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypatch, capsys):
+    import csv
+
+    from reproduce import evaluate, train
+
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    args = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
+            "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.001"]
+    assert train.main(args + ["--out", str(tmp_path / "grouped")]) == 0
+    assert train.main(args + ["--out", str(tmp_path / "towers"), "--two-gpu"]) == 0
+    assert "two towers (§3.2) both on the CPU" in capsys.readouterr().err
+    rows = []
+    for name in ("grouped", "towers"):
+        with open(tmp_path / name / "metrics.csv") as handle:
+            rows.append(list(csv.DictReader(handle)))
+    for a, b in zip(*rows):
+        for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
+    one = torch.load(tmp_path / "grouped" / "checkpoint.pt", weights_only=True)
+    two = torch.load(tmp_path / "towers" / "checkpoint.pt", weights_only=True)
+    assert two["two_tower"] and set(two["model"]) == set(one["model"])
+    for key in one["model"]:
+        torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-3, atol=1e-6, msg=key)
+    # either checkpoint evaluates with either layout, to the same error
+    outputs = []
+    for path, flags in ((tmp_path / "towers" / "best.pt", []), (tmp_path / "grouped" / "best.pt", ["--two-gpu"])):
+        assert evaluate.main(["--checkpoint", str(path), "-b", "8"] + flags) == 0
+        outputs.append(capsys.readouterr().out.split(": ", 1)[1])
+    assert outputs[0] == outputs[1]
+    # a run is resumed in its own layout only
+    assert train.main(args + ["--out", str(tmp_path / "towers"), "--resume", "--epochs", "3"]) == 2
+    assert "--two-gpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--devices", "cpu"], "two devices"), (["--devices", "cpu,cuda:5"], "no such CUDA device"),
+    (["--devices", "cpu,tpu"], "not a device"), (["--two-gpu", "--variant", "torchvision"], "two towers")])
+def test_bad_placement_is_one_line_and_exit_2(tmp_path, capsys, flags, words):
+    from reproduce import train
+
+    out = tmp_path / "out"
+    assert train.main(["--quiet", "--out", str(out)] + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_shape_report_shows_the_crossing_budget():
+    from paper_alexnet.shapes import render
+
+    text = render([build_model("paper").config])
+    forward = 4 * (2 * 128 * 13 * 13 + 2 * 128 * 6 * 6 + 2 * 2048 + 2048)
+    assert f"{forward:,} B forward" in text and f"{2 * forward:,} B per image" in text
+    assert "Between the two GPUs" not in render([build_model("torchvision").config])
