@@ -35,28 +35,39 @@ def test_each_rank_reads_its_rows_of_the_same_global_batches():
         BatchLoader(split, 4, rank=2, world=2)
 
 
+def _run(args, env):
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def _close(run, reference):
+    """Equal up to float summation order (two processes' convolutions sum over 4 images, not 8): less than a
+    tenth of one step's size apart. Missing rows or a wrong gradient scale would be a whole step apart."""
+    steps = [state["velocity"] for state in reference["optimizer"]["state"].values()]
+    assert len(steps) == len(reference["model"]) and min(float(v.abs().max()) for v in steps if v.dim() > 1) > 0
+    for (name, weight), step in zip(reference["model"].items(), steps):
+        torch.testing.assert_close(run["model"][name], weight, rtol=0, atol=0.1 * float(step.abs().max()) + 1e-9,
+                                   msg=name)
+
+
 def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    single, multi = tmp_path / "single", tmp_path / "ddp"
-    done = subprocess.run([sys.executable, "-m", "reproduce.train", *ARGS, "--out", str(single)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "reproduce.train", *ARGS, "--out", str(multi)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((multi / "config.json").read_text())["processes"] == 2
-    one = torch.load(single / "checkpoint.pt", weights_only=True)
-    two = torch.load(multi / "checkpoint.pt", weights_only=True)
-    assert one["epoch"] == two["epoch"] == 2
-    # Equal up to float summation order (the two processes' convolutions sum over 4 images, not 8): less than
-    # a tenth of one step's size apart. Missing rows or a wrong gradient scale would be a whole step apart.
-    steps = [state["velocity"] for state in one["optimizer"]["state"].values()]
-    assert len(steps) == len(one["model"]) and min(float(v.abs().max()) for v in steps if v.dim() > 1) > 0
-    for (name, weight), step in zip(one["model"].items(), steps):
-        torch.testing.assert_close(two["model"][name], weight, rtol=0, atol=0.1 * float(step.abs().max()) + 1e-9,
-                                   msg=name)
-    with open(single / "metrics.csv") as a, open(multi / "metrics.csv") as b:
-        for x, y in zip(csv.DictReader(a), csv.DictReader(b)):
-            for key in ("train_loss", "val_loss", "val_top1_err", "val_top5_err", "train_top1_err"):
-                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-4, abs=1e-6), key
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "reproduce.train", *ARGS]
+    _run(["-m", "reproduce.train", *ARGS, "--out", str(tmp_path / "single")], env)
+    log = _run(torchrun + ["--out", str(tmp_path / "ddp")], env)
+    assert "x 2 processes" in log and log.count("epoch 2:") == 1            # rank 0 alone reports
+    # each process drives its own pair of tower devices (here the CPU twice)
+    _run(torchrun + ["--out", str(tmp_path / "ddp-towers"), "--two-gpu"], env)
+    one = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    with open(tmp_path / "single" / "metrics.csv") as handle:
+        expected = list(csv.DictReader(handle))
+    for name in ("ddp", "ddp-towers"):
+        assert json.loads((tmp_path / name / "config.json").read_text())["processes"] == 2
+        two = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        assert one["epoch"] == two["epoch"] == 2
+        _close(two, one)
+        with open(tmp_path / name / "metrics.csv") as handle:
+            for x, y in zip(expected, csv.DictReader(handle)):
+                for key in ("train_loss", "val_loss", "val_top1_err", "val_top5_err", "train_top1_err"):
+                    assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-4, abs=1e-6), (name, key)
