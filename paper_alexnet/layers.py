@@ -13,7 +13,6 @@ of §3.2 did with its own half of the kernel maps.
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from . import paper
 
@@ -27,12 +26,12 @@ def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1) -> torch.Ten
     A loop over the ``size`` window offsets, never over channels.
     """
     n, c = x.shape[:2]
-    per_group = c // groups
-    grouped = x.reshape(n, groups, per_group, -1)
-    padded = F.pad(grouped, (0, 0, size // 2, (size - 1) // 2))
-    total = padded[:, :, 0:per_group] + padded[:, :, 1:1 + per_group] if size > 1 else padded.clone()
-    for offset in range(2, size):
-        total += padded[:, :, offset:offset + per_group]
+    grouped = x.reshape(n, groups, c // groups, -1)
+    total = grouped.clone()
+    for offset in range(1, size // 2 + 1):            # channels below: i - offset
+        total[:, :, offset:] += grouped[:, :, :-offset]
+    for offset in range(1, (size - 1) // 2 + 1):      # channels above: i + offset
+        total[:, :, :-offset] += grouped[:, :, offset:]
     return total.reshape(x.shape)
 
 
@@ -42,26 +41,27 @@ class _LRNFunction(torch.autograd.Function):
     With s[i] = k + alpha * S(a^2)[i] (S the window sum above, symmetric):
         db[j]/da[i] = delta_ij s[i]^-beta - 2 alpha beta a[i] a[j] s[j]^(-beta-1)   (i in window of j)
     so grad_a = g * s^-beta - 2 alpha beta a * S(g * a * s^(-beta-1)).
-    The input, s and s^-beta are kept for backward (rebuilt as functions of a for double backward).
+    Only the input is kept for backward; s is rebuilt there (a window sum costs less than the memory).
     """
 
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k, groups):
         scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
-        inv = _neg_pow(scale, beta)
-        ctx.save_for_backward(a, scale, inv)
+        ctx.save_for_backward(a)          # only the input: s is rebuilt in backward (memory, not time, is short)
         ctx.hyper, ctx.k = (size, alpha, beta, groups), k
-        return a * inv
+        return a * _neg_pow(scale, beta)
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, scale, inv = ctx.saved_tensors
+        (a,) = ctx.saved_tensors
         size, alpha, beta, groups = ctx.hyper
-        if torch.is_grad_enabled():  # double backward: rebuild s and s^-beta as functions of a
+        if torch.is_grad_enabled():  # double backward: the same formula, differentiable in a
             scale = channel_window_sum(a * a, size, groups) * alpha + ctx.k
             inv = scale.pow(-beta)
             cross = channel_window_sum(grad_out * a * inv / scale, size, groups)
             return grad_out * inv - (2.0 * alpha * beta) * a * cross, None, None, None, None, None
+        scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(ctx.k)
+        inv = _neg_pow(scale, beta)
         cross = channel_window_sum((grad_out * a).mul_(inv).div_(scale), size, groups)
         grad_a = (grad_out * inv).addcmul_(a, cross, value=-2.0 * alpha * beta)
         return grad_a, None, None, None, None, None

@@ -1,6 +1,11 @@
 """Benchmarks that print figures (never asserted by tests): ``python -m reproduce.bench``.
 
-Sections (``--only``):
+Sections (``--only``, default: both):
+  models training images/s (forward + backward + SGD step) and inference images/s of the paper net,
+         the two-tower net (§3.2), torchvision's net and a naive faithful reference (torch's
+         LocalResponseNorm with alpha*n per tower, grouped convs), at one batch size and thread count,
+         median of repetitions after warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak
+         measured in the same run, the LRN layers' share of the step, and training memory.
   data   the loader's images/s into the training transform (§2/§4.1 crop, flip, mean image, PCA
          lighting), from a prepared store and from a folder of ImageNet-sized JPEGs, made in a
          temporary folder from the synthetic set.
@@ -19,6 +24,7 @@ from PIL import Image
 
 import torch
 
+from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, layer_shapes, totals
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data.synthetic import render
 
@@ -58,13 +64,150 @@ def bench_data(args) -> list[dict]:
     return rows
 
 
+class _NaiveLRN(torch.nn.Module):
+    """The straightforward faithful LRN: torch's layer (which divides alpha by n, so alpha*n) per tower."""
+
+    def __init__(self, lrn):
+        super().__init__()
+        self.groups = lrn.groups
+        self.inner = torch.nn.LocalResponseNorm(lrn.size, lrn.alpha * lrn.size, lrn.beta, lrn.k)
+
+    def forward(self, x):
+        return torch.cat([self.inner(part) for part in x.chunk(self.groups, dim=1)], dim=1)
+
+
+def naive_reference(num_classes: int = 1000) -> AlexNet:
+    """The paper net with the LRN as most faithful ports write it; a baseline, not for use."""
+    model = build_model("paper", num_classes=num_classes)
+    model.norm1, model.norm2 = _NaiveLRN(model.norm1), _NaiveLRN(model.norm2)
+    return model
+
+
+def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
+    for _ in range(warmup):
+        work()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_peak(device: torch.device, sync, size: int = 2048) -> float:
+    """GFLOP/s of a float32 (bf16 under --amp) square matrix multiply on ``device``: the reachable peak."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    seconds = _median_seconds(lambda: a @ b, 5, 2, sync)
+    return 2 * size ** 3 / seconds / 1e9
+
+
+def _saved_bytes(model, x, y) -> int:
+    """Bytes autograd keeps for backward in one training forward (the activations' memory)."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch.nn.functional.cross_entropy(model(x), y)
+    return total
+
+
+def bench_models(args) -> list[dict]:
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    classes = 1000
+    nets = {"paper": lambda: build_model("paper", classes),
+            "paper two-tower": lambda: TwoTowerAlexNet(build_model("paper", classes).config, (device, device)),
+            "torchvision": lambda: build_model("torchvision", classes),
+            "naive faithful": lambda: naive_reference(classes),
+            "paper+no-lrn": lambda: build_model("paper+no-lrn", classes)}
+    peak = matmul_peak(device, sync)
+    cases = {}
+    for name, make in nets.items():
+        torch.manual_seed(0)
+        model = make().to(device)
+        size = model.config.input_size
+        x = torch.randn(args.batch_size, 3, size, size, device=device)
+        y = torch.randint(0, classes, (args.batch_size,), device=device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
+        run = torch.compile(model) if args.compile else model
+
+        def step(model=model, run=run, optimizer=optimizer, x=x, y=y):
+            model.train()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                loss = torch.nn.functional.cross_entropy(run(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        @torch.no_grad()
+        def infer(model=model, run=run, x=x):
+            model.eval()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                run(x)
+
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        step(), step(), infer()
+        sync()
+        if cuda:
+            memory = torch.cuda.max_memory_allocated(device)
+        else:   # weights + grads + momentum + what autograd keeps for backward
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            memory = 3 * weights + _saved_bytes(model, x, y)
+        cases[name] = (model, step, infer, memory)
+    # Round robin: each repetition times every net once, so that a slower moment of the machine
+    # slows all nets alike instead of one.
+    times = {name: ([], []) for name in cases}
+    for _ in range(args.repeats):
+        for name, (_, step, infer, _) in cases.items():
+            times[name][0].append(_median_seconds(step, 1, 0, sync))
+            times[name][1].append(_median_seconds(infer, 1, 0, sync))
+    rows = []
+    for name, (model, _, _, memory) in cases.items():
+        train_s, infer_s = (sorted(t)[len(t) // 2] for t in times[name])
+        macs = totals(layer_shapes(model.config))["macs"]
+        # a training step is about 3 forward passes of multiply-adds (2 FLOPs each)
+        flops = 6 * macs * args.batch_size / train_s / 1e9
+        rows.append({"section": "models", "what": name, "train_images_per_s": args.batch_size / train_s,
+                     "infer_images_per_s": args.batch_size / infer_s, "step_ms": 1000 * train_s,
+                     "train_gflop_per_s": flops, "utilisation": flops / peak, "train_memory_mb": memory / 2 ** 20})
+    by = {r["what"]: r for r in rows}
+    paper = by["paper"]
+    paper["lrn_share"] = 1 - by["paper+no-lrn"]["step_ms"] / paper["step_ms"]
+    by["naive faithful"]["lrn_share"] = 1 - by["paper+no-lrn"]["step_ms"] / by["naive faithful"]["step_ms"]
+    for row in rows:
+        row["vs_torchvision"] = row["train_images_per_s"] / by["torchvision"]["train_images_per_s"]
+        row["vs_naive"] = row["train_images_per_s"] / by["naive faithful"]["train_images_per_s"]
+        row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
+    print(f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s", file=sys.stderr)
+    return rows
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproduce.bench",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Measure throughput; prints a table, optionally writes CSV.")
-    parser.add_argument("--only", choices=("data",), default="data", help="which section to run")
-    parser.add_argument("--device", default="cpu", help="where the training transform runs")
-    parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
+    parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
+    parser.add_argument("--device", default="cpu", help="where the nets and the training transform run")
+    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per batch")
+    parser.add_argument("--repeats", type=int, default=5, help="models: timed steps per net (median reported)")
+    parser.add_argument("--amp", action="store_true", help="models: bfloat16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="models: channels-last memory format")
+    parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=1024, help="data: JPEGs to generate for the folder")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
@@ -76,12 +219,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     import pandas as pd
 
+    if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
+        print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as err:
+        print(f"error: --device {args.device} is not usable here ({str(err).splitlines()[0]})", file=sys.stderr)
+        return 2
     threads = torch.get_num_threads()
-    rows = bench_data(args)
+    rows = []
+    if args.only in (None, "models"):
+        rows += bench_models(args)
+    if args.only in (None, "data"):
+        rows += bench_data(args)
     table = pd.DataFrame(rows)
     print(f"# torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, device {args.device}, "
-          f"batch {args.batch_size}")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:,.0f}"))
+          f"batch {args.batch_size}" + (", bf16 autocast" if args.amp else "")
+          + (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else ""))
+    print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}"))
     if args.csv:
         table.to_csv(args.csv, index=False)
     return 0
