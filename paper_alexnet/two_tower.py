@@ -56,10 +56,8 @@ class Tower(nn.Module):
         fc6_in = layer_map(cfg)["fc6"].in_shape[0]                 # 9216: both towers' pool5
         self.fc6 = nn.Linear(fc6_in, cfg.fc_sizes[0] // 2)          # 2048
         self.fc7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1] // 2)  # 2048 from both towers' fc6
-        p = cfg.dropout if cfg.dropout and "fc6" in cfg.dropout_after else 0.0
-        self.drop6 = nn.Dropout(p) if p else nn.Identity()
-        q = cfg.dropout if cfg.dropout and "fc7" in cfg.dropout_after else 0.0
-        self.drop7 = nn.Dropout(q) if q else nn.Identity()
+        self.drop6, self.drop7 = (nn.Dropout(cfg.dropout) if cfg.dropout and after in cfg.dropout_after
+                                  else nn.Identity() for after in ("fc6", "fc7"))    # §4.2
 
     def front(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.norm1(self.act(self.conv1(x))))        # 48x27x27
@@ -101,27 +99,27 @@ class TwoTowerAlexNet(nn.Module):
 
     # --- the grouped layout, the one checkpoint format ---------------------------------------------------
 
+    def _halves(self, name: str) -> list:
+        """The modules that hold layer ``name``: one per tower, or fc8 alone."""
+        return [self.fc8] if name == "fc8" else [getattr(t, name) for t in self.towers]
+
     def state_dict(self, *args, **kwargs) -> dict:  # noqa: D102 - see the module docstring
-        out = {}
-        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
-            for kind in ("weight", "bias"):
-                out[f"{name}.{kind}"] = torch.cat([getattr(t, name).state_dict()[kind].cpu() for t in self.towers])
-        out["fc8.weight"], out["fc8.bias"] = self.fc8.weight.detach().cpu(), self.fc8.bias.detach().cpu()
-        return {k: v.detach().clone() for k, v in out.items()}
+        return {f"{name}.{kind}": torch.cat([getattr(m, kind).detach().cpu() for m in self._halves(name)])
+                for name in paper.LAYER_NAMES for kind in ("weight", "bias")}
 
     def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
         """Load the grouped layout (a checkpoint of either net); with ``strict=False`` absent layers are kept."""
         missing = []
         with torch.no_grad():
-            for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+            for name in paper.LAYER_NAMES:
                 for kind in ("weight", "bias"):
                     key = f"{name}.{kind}"
                     if key not in state:
                         missing.append(key)
                         continue
-                    layers = [self.fc8] if name == "fc8" else [getattr(t, name) for t in self.towers]
-                    for layer, part in zip(layers, state[key].chunk(len(layers))):
-                        target = getattr(layer, kind)
+                    modules = self._halves(name)
+                    for module, part in zip(modules, state[key].chunk(len(modules))):
+                        target = getattr(module, kind)
                         if target.shape != part.shape:
                             raise ValueError(f"{key}: {tuple(part.shape)} per tower, not {tuple(target.shape)}")
                         target.copy_(part)

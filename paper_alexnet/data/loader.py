@@ -56,8 +56,8 @@ class BatchLoader:
         self.batches = epoch_order(len(split), batch_size, seed, epoch, shuffle, drop_last)[start_batch:]
         self.skipped: list = []
         self.loader = torch.utils.data.DataLoader(
-            _Batches(split), sampler=[b[rank::world] for b in self.batches], batch_size=None, collate_fn=_as_is, num_workers=workers,
-            pin_memory=pin_memory, persistent_workers=False, prefetch_factor=2 if workers else None)
+            _Batches(split), sampler=[b[rank::world] for b in self.batches], batch_size=None, collate_fn=_as_is,
+            num_workers=workers, pin_memory=pin_memory, persistent_workers=False, prefetch_factor=2 if workers else None)
 
     def __len__(self) -> int:
         return len(self.batches)
