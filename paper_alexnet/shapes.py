@@ -122,7 +122,8 @@ def crossing_notes(config: ArchConfig, batch: int = paper.BATCH_SIZE) -> List[st
     return [f"Activations cross between the two GPUs only into conv3, fc6, fc7 and fc8 (float32, per image): "
             f"{parts}; {forward:,} B forward and the same again backward (their gradients), "
             f"{2 * forward:,} B per image, {2 * forward * batch / 2**20:.1f} MiB per batch of {batch}. "
-            f"Besides, each GPU gets its own copy of the input image ({4 * config.in_channels * config.input_size ** 2:,} B)."]
+            f"Besides, each GPU gets its own copy of the input image "
+            f"({4 * config.in_channels * config.input_size ** 2:,} B)."]
 
 
 def _fmt(value) -> str:
@@ -213,7 +214,8 @@ def render(configs: Sequence[ArchConfig], fmt: str = "table") -> str:
     notes = "\n".join([("### " if markdown else "") + "Where the paper's own numbers disagree with the arithmetic"]
                       + [bullet + note for note in paper_notes()])
     crossings = [f"{bullet}{c.name}: {note}" for c in configs for note in crossing_notes(c)]
-    between = "\n".join([("### " if markdown else "") + "Between the two GPUs (§3.2)"] + crossings) if crossings else ""
+    between = ("\n".join([("### " if markdown else "") + "Between the two GPUs (§3.2)"] + crossings)
+               if crossings else "")
     return "\n\n".join(part for part in (heading, table, between, notes) if part) + "\n"
 
 

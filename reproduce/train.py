@@ -245,7 +245,8 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
                 weight.requires_grad_(False)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    net = distributed.wrap(model, process, None if placement.two_tower else device)     # what trains; `model` is what is saved and scored
+    # `net` is what trains (DDP under torchrun); `model` is what is saved and scored.
+    net = distributed.wrap(model, process, None if placement.two_tower else device)
     optimizer = build_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad],
                                 args.lr, args.momentum, args.wd)
     schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size)
@@ -281,7 +282,8 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
     config = {"args": vars(args), "recipe": args.recipe, "quick_changes": QUICK if quick else None,
               "model": dataclasses.asdict(model_config), "augment": dataclasses.asdict(augment), "classes": dataset.classes,
               "train_images": len(train_split), "val_images": len(val_split), "pca_source": stats.pca_source,
-              "devices": [str(d) for d in placement.devices], "processes": process.world, "versions": {"paper_alexnet": paper_alexnet.__version__,
+              "devices": [str(d) for d in placement.devices], "processes": process.world,
+              "versions": {"paper_alexnet": paper_alexnet.__version__,
                                                   "torch": torch.__version__, "python": platform.python_version()}}
     if process.main:
         with open(config_path + ".tmp", "w", encoding="utf-8") as handle:

@@ -57,7 +57,8 @@ class BatchLoader:
         self.skipped: list = []
         self.loader = torch.utils.data.DataLoader(
             _Batches(split), sampler=[b[rank::world] for b in self.batches], batch_size=None, collate_fn=_as_is,
-            num_workers=workers, pin_memory=pin_memory, persistent_workers=False, prefetch_factor=2 if workers else None)
+            num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
+            prefetch_factor=2 if workers else None)
 
     def __len__(self) -> int:
         return len(self.batches)
