@@ -62,6 +62,15 @@ INIT_STD = 0.01              # §5: every weight ~ N(0, 0.01)
 # §5: biases 1 in conv2, conv4, conv5 and the fully-connected hidden layers, 0 elsewhere.
 BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
+# What the paper reports for each ablation (§3.1-§4.1) ------------------------
+# Error increase, in percentage points of (top-1, top-5), when the feature is removed; None: not given.
+REPORTED_LRN_GAIN = (1.4, 1.2)           # §3.3: LRN lowers top-1 / top-5 error by 1.4% / 1.2%
+REPORTED_OVERLAP_GAIN = (0.4, 0.3)       # §3.4: pooling 3/2 against 2/2 lowers them by 0.4% / 0.3%
+REPORTED_TWO_GPU_GAIN = (1.7, 1.2)       # §3.2: two GPUs against the one-GPU half net
+REPORTED_PCA_GAIN = (1.0, None)          # §4.1: PCA lighting "reduces the top-1 error rate by over 1%"
+RELU_TARGET_TRAIN_ERROR = 0.25           # §3.1, Figure 1: the training error both nets are timed to
+RELU_SPEEDUP = 6                         # §3.1, Figure 1: ReLU gets there "six times faster" than tanh
+
 # Numbers as the paper states them, where arithmetic disagrees (§3.5, §1) ----
 STATED_INPUT_SIZE = 224      # §3.5: "224x224x3 input image"
 STATED_NEURONS = (253_440, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000)  # §3.5, conv1..fc8

@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 
-from paper_alexnet import get_config
+from paper_alexnet.networks import get_network
 from paper_alexnet.data import Augment, PaperTransform, open_dataset
 from paper_alexnet.engine import evaluate, load_checkpoint
 from reproduce.args import UsageError, exit_code
@@ -50,7 +50,7 @@ def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
     dataset, stats = cache[spec]
     if payload.get("classes") and list(payload["classes"]) != list(dataset.classes):
         raise UsageError(f"{path} was trained on {len(payload['classes'])} other classes than {spec}'s")
-    config = get_config(payload["variant"], num_classes=len(dataset.classes), init=payload.get("init", "paper"))
+    config = get_network(payload["variant"], num_classes=len(dataset.classes), init=payload.get("init", "paper"))
     placement = place(args, config)
     device = placement.first
     print(placement.note, file=sys.stderr)

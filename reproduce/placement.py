@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from paper_alexnet import AlexNet, ArchConfig
+from paper_alexnet.networks import Network, build_network
 from paper_alexnet.two_tower import TwoTowerAlexNet, splits_in_two
 from reproduce.args import UsageError
 
@@ -60,7 +60,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def place(args: argparse.Namespace, config: Optional[ArchConfig] = None, local_rank: int = 0) -> Placement:
+def place(args: argparse.Namespace, config: Optional[Network] = None, local_rank: int = 0) -> Placement:
     """The placement the flags ask for, checked: unknown or absent devices are a UsageError."""
     if args.devices is None and not args.two_gpu:
         device = pick_device(args.device, local_rank)
@@ -86,8 +86,8 @@ def place(args: argparse.Namespace, config: Optional[ArchConfig] = None, local_r
     return Placement((cpu, cpu), "two towers (§3.2) both on the CPU: no GPU here")
 
 
-def build_placed(config: ArchConfig, placement: Placement) -> torch.nn.Module:
-    """The grouped net on the one device, or the two-tower net across the two (same weights, same init)."""
+def build_placed(config: Network, placement: Placement) -> torch.nn.Module:
+    """The net on the one device, or the two-tower net across the two (same weights as the grouped net)."""
     if placement.two_tower:
         return TwoTowerAlexNet(config, placement.devices)
-    return AlexNet(config).to(placement.first)
+    return build_network(config).to(placement.first)

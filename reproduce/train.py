@@ -3,7 +3,8 @@
 With no arguments: the `paper` net on the built-in synthetic data, on the CPU
 when there is no GPU, in a few minutes. Everything a run makes goes into
 ``--out``: config.json, metrics.csv (one row per epoch), checkpoint.pt (latest),
-best.pt (lowest validation top-1 error), curves.png, and TensorBoard events
+best.pt (lowest validation top-1 error), result.json (best.pt's errors, ten-crop
+ones with ``--ten-crop``), curves.png, and TensorBoard events
 with ``--tensorboard``. A killed run continues with ``--resume``.
 """
 
@@ -23,12 +24,14 @@ import numpy as np
 import torch
 
 import paper_alexnet
-from paper_alexnet import distributed, get_config, list_switches, list_variants, paper
+from paper_alexnet import ArchConfig, distributed, list_switches, list_variants, paper
 from paper_alexnet.data import PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.networks import OTHER_NETS, get_network
 from paper_alexnet.engine import (CheckpointError, NonFiniteLoss, evaluate, is_stalled, load_checkpoint,
                                   save_checkpoint, train_one_epoch)
 from paper_alexnet.optim import build_optimizer, build_schedule
+from reproduce.figures import pyplot, save
 from reproduce.args import UsageError, add_data_arguments, augment_from_args, exit_code
 from reproduce.placement import add_device_arguments, build_placed, place
 
@@ -45,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "report top-1/top-5 error (§6).")
     parser.add_argument("--variant", default="paper",
                         help=f"network: {', '.join(list_variants())}, with switches "
-                             f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn")
+                             f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn; or a net to "
+                             f"compare with: {', '.join(OTHER_NETS)} (figure1+tanh)")
     parser.add_argument("--recipe", choices=("auto", "paper", "quick"), default="auto",
                         help="paper: §5 exactly (init N(0, 0.01), biases 1, raw pixels, SGD 0.01); "
                              "quick: the measured remedy for the §5 stall on short runs (He init, pixels "
@@ -110,6 +114,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
               (args.limit_train is None or args.limit_train >= 1, "--limit-train must be at least 1"),
               (args.limit_val is None or args.limit_val >= 1, "--limit-val must be at least 1"),
               (not args.freeze_features or args.pretrained, "--freeze-features needs --pretrained PATH")]
+    alexnet = isinstance(get_network(args.variant), ArchConfig)       # an unknown name stops here
+    checks.append((alexnet or not args.pretrained, f"--pretrained loads AlexNet weights, not {args.variant}'s"))
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
@@ -133,12 +139,15 @@ def _write_metrics(path: str, rows: list) -> None:
     os.replace(tmp, path)
 
 
+def _write_json(path: str, value) -> None:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1, default=str)
+    os.replace(f"{path}.tmp", path)
+
+
 def plot_curves(rows: list, path: str, title: str = "") -> None:
     """Loss and error (top-1/top-5, §6) per epoch, train and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [r["epoch"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -153,10 +162,7 @@ def plot_curves(rows: list, path: str, title: str = "") -> None:
         axis.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save(fig, path)
 
 
 def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
@@ -200,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, process: distributed.Process) -> int:
-    placement = place(args, get_config(args.variant), process.local_rank)
+    placement = place(args, get_network(args.variant), process.local_rank)
     device = placement.first                # input, labels and logits live here
     config_path = os.path.join(args.out, "config.json")
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
@@ -223,11 +229,11 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
     train_split = _subset(dataset.split("train"), args.limit_train, args.seed)
     val_split = _subset(dataset.split("val"), args.limit_val, args.seed + 1)
     quick = args.recipe == "quick"
-    overrides = {"num_classes": len(dataset.classes)}
-    if quick:
-        overrides["init"] = QUICK["init"]
     torch.manual_seed(args.seed)
-    model_config = get_config(args.variant, **overrides)
+    model_config = get_network(args.variant, num_classes=len(dataset.classes))
+    alexnet = isinstance(model_config, ArchConfig)     # the comparison nets keep their own init
+    if quick and alexnet:
+        model_config = dataclasses.replace(model_config, init=QUICK["init"])
     augment = augment_from_args(args, model_config.input_size)
     if quick and augment.mean != "torchvision":
         augment.scale = float(1.0 / stats.channel_std.mean())
@@ -268,8 +274,11 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
     # Announce what runs, in the first lines and in config.json.
     if quick:
         say("recipe: quick (not the paper's §5 recipe, which stalls at ln(classes) on short runs; see "
-            "docs/training.md): He init with zero biases, pixels scaled to unit std, "
-            f"{args.optimizer} lr {args.lr}. The paper's recipe: --recipe paper")
+            f"docs/training.md): {'He init with zero biases' if alexnet else 'the net keeps its own init'}, pixels "
+            f"scaled to unit std, {args.optimizer} lr {args.lr}. The paper's recipe: --recipe paper")
+    elif not alexnet:
+        say(f"recipe: paper (§5) optimiser and data for {model_config.name}, which keeps its own init; "
+            f"{args.optimizer} lr {args.lr}")
     else:
         mean = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing",
                 "torchvision": "ImageNet mean/std (torchvision)"}[augment.mean]
@@ -286,9 +295,7 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
               "versions": {"paper_alexnet": paper_alexnet.__version__,
                                                   "torch": torch.__version__, "python": platform.python_version()}}
     if process.main:
-        with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=1, default=str)
-        os.replace(config_path + ".tmp", config_path)
+        _write_json(config_path, config)
     writer = None
     if args.tensorboard and process.main:
         from torch.utils.tensorboard import SummaryWriter
@@ -370,15 +377,22 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
             writer.flush()
     if writer is not None:
         writer.close()
-    if args.ten_crop and rows:
+    # result.json: the best epoch's errors (what best.pt holds), and its ten-crop errors when asked
+    best_row = min(rows, key=lambda r: r["val_top1_err"])
+    result = {"best_epoch": best_row["epoch"], "val_top1_err": best_row["val_top1_err"],
+              "val_top5_err": best_row["val_top5_err"], "ten_crop_top1_err": None, "ten_crop_top5_err": None}
+    if args.ten_crop:
         distributed.barrier()                # best.pt is written by rank 0
         best_state = load_checkpoint(os.path.join(args.out, "best.pt"))
         model.load_state_dict(best_state["model"])
         val = evaluate(model, val_split, transform, device=device, batch_size=args.batch_size, ten_crop=True,
                        workers=args.workers, amp=args.amp, progress=not args.quiet, rank=process.rank,
                        world=process.world)
+        result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
         say(f"best.pt (epoch {best_state['epoch']}), ten crops: top-1 {100 * val['top1_err']:.1f}% "
             f"top-5 {100 * val['top5_err']:.1f}%")
+    if process.main:
+        _write_json(os.path.join(args.out, "result.json"), result)
     say(f"done: best val top-1 error {100 * best:.1f}% (chance {100 * (1 - 1 / len(dataset.classes)):.0f}%); "
         f"results in {args.out}")
     return 0

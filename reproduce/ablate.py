@@ -1,0 +1,243 @@
+"""Re-measure the paper's ablations, side by side with torchvision's net: ``python -m reproduce.ablate``.
+
+Each cell of the grid is a (variant, seed) pair, trained and evaluated by
+reproduce.train with the same data, budget and flags, into ``OUT/cells/``.
+After every cell the tables are rewritten: ablation.csv (one row per cell),
+summary.csv and summary.md (mean ± std per variant, the change against
+``paper``, the paper's reported change beside it) and ablation.png. Finished
+cells are skipped on a re-run; a cell killed mid-way resumes from its
+checkpoint, so a killed grid continues where it stopped.
+
+A variant is ``NET[+switch...][@flag=value...]``: a net of reproduce.train
+(paper, torchvision, one-tower, figure1, resnet18, ...), the net's switches
+(no-lrn, pool-2x2, tanh, no-groups, no-dropout), the data switches no-pca and
+no-flip (§4.1), and reproduce.train flags for that cell alone, e.g.
+``paper@lr=0.001@batch-size=64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from paper_alexnet.networks import get_network
+from reproduce import ablation_tables as tables
+from reproduce import train
+from reproduce.args import UsageError, exit_code
+from reproduce.placement import place
+
+DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip"}   # §4.1's augmentations, as train flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    cells: Tuple[str, ...]
+    flags: Tuple[str, ...]     # reproduce.train flags every cell of this grid gets (before the user's)
+    what: str
+
+
+GRIDS: Dict[str, Grid] = {
+    "paper": Grid(("paper", "torchvision", "paper+no-lrn", "paper+pool-2x2", "one-tower", "paper+no-pca",
+                   "paper+no-flip"), (),
+                  "each of the paper's ablations (§3.2-§4.1) and torchvision's net against the paper net"),
+    # Figure 1: "no regularization of any kind"; a constant learning rate, so that only the unit differs.
+    "relu-tanh": Grid(("figure1", "figure1+tanh", "paper", "paper+tanh"), ("--wd", "0", "--schedule", "none"),
+                      "§3.1, Figure 1: epochs and seconds to 25% training error, ReLU against tanh"),
+    "baselines": Grid(("paper", "vgg11", "googlenet", "resnet18"), (),
+                      "the paper net against later torchvision nets trained the same way"),
+    "hparams": Grid(("paper",), (), "sweeps of epochs, batch size and learning rate around the defaults"),
+}
+# --smoke: the whole grid in a few minutes on a CPU (checks that everything runs; the numbers mean nothing).
+SMOKE = ("--limit-train", "32", "--limit-val", "16", "--epochs", "1", "-b", "16", "--workers", "0")
+OWNED = ("--variant", "--seed", "--out", "--resume", "--ten-crop")   # set by ablate for each cell
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    label: str            # the variant as written in the grid
+    variant: str          # the net with its switches, for --variant
+    flags: Tuple[str, ...]
+    seed: int
+
+    @property
+    def switches(self) -> str:
+        return "+".join(self.label.split("@")[0].split("+")[1:] + self.label.split("@")[1:])
+
+    def folder(self, out: str) -> str:
+        return os.path.join(out, "cells", f"{self.label.replace('/', '_')}-seed{self.seed}")
+
+
+def parse_cell(label: str, seed: int) -> Cell:
+    """``NET[+switch...][@flag=value...]`` -> the --variant and the extra flags of one cell."""
+    head, *settings = label.split("@")
+    net, *switches = head.split("+")
+    flags: List[str] = [DATA_SWITCHES[s] for s in switches if s in DATA_SWITCHES]
+    variant = "+".join([net] + [s for s in switches if s not in DATA_SWITCHES])
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key:
+            raise UsageError(f"variant {label!r}: write a flag as @name=value, e.g. paper@lr=0.001")
+        if f"--{key}" in OWNED:
+            raise UsageError(f"variant {label!r}: --{key} is set by ablate")
+        flags += [f"--{key}", value]
+    return Cell(label, variant, tuple(flags), seed)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.ablate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        description="Train and evaluate a grid of variants x seeds with reproduce.train, and tabulate the "
+                    "errors against the paper's reported deltas. Any other reproduce.train flag (--data, "
+                    "--epochs, -b, --lr, --recipe, --limit-train, --device, ...) applies to every cell.",
+        epilog="grids: " + "; ".join(f"{name}: {', '.join(g.cells)} ({g.what})" for name, g in GRIDS.items()))
+    parser.add_argument("--grid", choices=tuple(GRIDS), default="paper", help="which built-in grid")
+    parser.add_argument("--variants", default=None, metavar="A,B,...",
+                        help="instead of the grid's variants (the grid's flags still apply): "
+                             "NET[+switch...][@flag=value...], e.g. paper,paper+no-lrn,paper@lr=0.001")
+    parser.add_argument("--seeds", default="0", metavar="S,S,...", help="seeds; each variant runs once per seed")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/ablate-<grid>)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny settings that run the whole grid in minutes on a CPU: {' '.join(SMOKE)}")
+    parser.add_argument("--no-ten-crop", action="store_true", help="skip the ten-crop evaluation of each cell")
+    return parser
+
+
+def hparam_cells(base: argparse.Namespace) -> Tuple[str, ...]:
+    """The fruit-data document's sweeps, around the resolved defaults: epochs and batch size halved and
+    doubled, the learning rate divided and multiplied by about 3."""
+    def number(x):
+        return f"{x:g}"
+
+    return ("paper",
+            f"paper@epochs={max(1, base.epochs // 2)}", f"paper@epochs={2 * base.epochs}",
+            f"paper@batch-size={max(1, base.batch_size // 2)}", f"paper@batch-size={2 * base.batch_size}",
+            f"paper@lr={number(base.lr * 0.3)}", f"paper@lr={number(base.lr * 3)}")
+
+
+def train_argv(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> List[str]:
+    """reproduce.train's flags for a cell: the grid's and the user's, then the cell's own (last wins)."""
+    argv = [*common, *cell.flags, "--variant", cell.variant, "--seed", str(cell.seed), "--out", cell.folder(out)]
+    return argv + (["--ten-crop"] if ten_crop else [])
+
+
+def check_cell(cell: Cell, common: Sequence[str], out: str) -> None:
+    """Refuse a bad cell before any work: its flags parse and resolve, its net exists and can be placed."""
+    parser = train.get_args_parser()
+    try:
+        args = parser.parse_args(train_argv(cell, common, out, False))
+    except SystemExit:
+        raise UsageError(f"variant {cell.label!r}: reproduce.train does not accept these flags "
+                         f"(see python -m reproduce.train --help)") from None
+    train.resolve(args)
+    place(args, get_network(cell.variant))
+
+
+def collect(cells: Sequence[Cell], out: str, title: str) -> Optional[pd.DataFrame]:
+    """Rewrite ablation.csv, summary.csv, summary.md and ablation.png from the cells finished so far."""
+    rows, curves = [], {}
+    for cell in cells:
+        row = tables.cell_row(cell.folder(out), cell.label, cell.seed, cell.switches)
+        if row is None:
+            continue
+        rows.append(row)
+        metrics = os.path.join(cell.folder(out), "metrics.csv")
+        if os.path.exists(metrics):
+            curves.setdefault(cell.label, []).append(pd.read_csv(metrics))
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=list(tables.COLUMNS))
+    summary = tables.summarize(frame)
+    for name, write in (("ablation.csv", lambda p: frame.to_csv(p, index=False)),
+                        ("summary.csv", lambda p: summary.to_csv(p, index=False)),
+                        ("summary.md", lambda p: open(p, "w", encoding="utf-8").write(tables.markdown(summary, title)))):
+        path = os.path.join(out, name)
+        write(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    tables.plot(frame, summary, curves, os.path.join(out, "ablation.png"), title)
+    return frame
+
+
+def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int:
+    """Train one cell (resuming a killed one); write cell.json when it has ended. Returns train's exit code."""
+    folder = cell.folder(out)
+    resume = os.path.exists(os.path.join(folder, "checkpoint.pt"))
+    if not resume and os.path.isdir(folder):
+        shutil.rmtree(folder)           # killed before its first epoch ended: nothing to keep
+    argv = train_argv(cell, common, out, ten_crop) + (["--resume"] if resume else [])
+    start = time.perf_counter()
+    code = train.main(argv)
+    if code in (0, 3):                  # done, or stopped on a non-finite loss (a result too)
+        marker = {"status": "done" if code == 0 else "diverged", "exit_code": code, "resumed": resume,
+                  "wall_seconds": time.perf_counter() - start, "argv": argv}
+        with open(os.path.join(folder, "cell.json"), "w", encoding="utf-8") as handle:
+            json.dump(marker, handle, indent=1)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, rest = get_args_parser().parse_known_args(argv)
+    try:
+        return exit_code(lambda: run(args, rest))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cells are kept in {args.out}; the same command continues the grid",
+              file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    owned = [flag for flag in rest if flag.split("=")[0] in OWNED]
+    if owned:
+        raise UsageError(f"{', '.join(owned)}: set by ablate for each cell (use --out DIR for the grid's folder)")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds takes integers separated by commas, not {args.seeds!r}") from None
+    if not seeds:
+        raise UsageError("--seeds needs at least one seed")
+    grid = GRIDS[args.grid]
+    common = [*grid.flags, *(SMOKE if args.smoke else ()), *rest]
+    name = "custom" if args.variants else args.grid
+    args.out = args.out or os.path.join("runs", f"ablate-{name}")
+    if args.variants:
+        labels = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    elif args.grid == "hparams":
+        base = train.resolve(train.get_args_parser().parse_args([*common, "--out", args.out]))
+        labels = hparam_cells(base)
+    else:
+        labels = grid.cells
+    if not labels:
+        raise UsageError("--variants names no variant")
+    cells = [parse_cell(label, seed) for label in labels for seed in seeds]
+    for cell in cells:                   # every cell is checked before the first one trains
+        check_cell(cell, common, args.out)
+    os.makedirs(args.out, exist_ok=True)
+    title = f"ablation: {name} grid ({' '.join(common) or 'reproduce.train defaults'})"
+    print(f"{len(cells)} cells ({len(labels)} variants x {len(seeds)} seeds) into {args.out}", file=sys.stderr)
+    for k, cell in enumerate(cells, 1):
+        if os.path.exists(os.path.join(cell.folder(args.out), "cell.json")):
+            print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
+            continue
+        print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
+        code = run_cell(cell, common, args.out, not args.no_ten_crop)
+        if code not in (0, 3):           # bad data or a bad flag would stop every other cell alike
+            print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
+                  f"cells are kept, the same command continues", file=sys.stderr)
+            return code
+        collect(cells, args.out, title)
+    frame = collect(cells, args.out, title)
+    if frame is not None:
+        print(tables.markdown(tables.summarize(frame), title))
+    print(f"wrote {os.path.join(args.out, 'ablation.csv')}, summary.csv, summary.md, ablation.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

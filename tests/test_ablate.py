@@ -1,0 +1,184 @@
+"""reproduce.ablate: the grid's files and schema, skipping finished cells, the summary arithmetic, bad input;
+and the comparison nets it trains (Figure 1's four-layer net, torchvision's VGG-11, GoogLeNet, ResNet-18)."""
+
+import math
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from paper_alexnet.networks import build_network, get_network, network_cost
+from reproduce import ablate, ablation_tables, evaluate
+
+TINY = ["--data", "synthetic?classes=4&train=16&val=8", "--epochs", "2", "-b", "8", "--workers", "0", "--quiet"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+
+
+def _png_size(path):
+    data = open(path, "rb").read(24)
+    assert data[:8] == PNG
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# --- the comparison nets ---------------------------------------------------------------------------------------
+
+def test_figure1_net_is_four_layers_and_costs_what_its_layers_say():
+    config = get_network("figure1", num_classes=4)
+    model = build_network(config)
+    learned = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(learned) == 4                                   # §3.1: "a four-layer convolutional neural network"
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 4)
+    # by hand: 32x32 input, 5x5 kernels with padding 2, pooling 3/2 floor: 32 -> 15 -> 7 -> 3
+    params = (3 * 25 * 32 + 32) + (32 * 25 * 32 + 32) + (32 * 25 * 64 + 64) + (64 * 9 * 4 + 4)
+    macs = 32 * 32 * 32 * 75 + 15 * 15 * 32 * 800 + 7 * 7 * 64 * 800 + 576 * 4
+    assert network_cost(config) == {"params": params, "macs": macs}
+    assert isinstance(build_network(get_network("figure1+tanh")).act, torch.nn.Tanh)
+
+
+@pytest.mark.parametrize("name, weights", [("vgg11", "VGG11_Weights"), ("googlenet", "GoogLeNet_Weights"),
+                                           ("resnet18", "ResNet18_Weights"), ("torchvision", "AlexNet_Weights")])
+def test_comparison_nets_cost_what_torchvision_publishes(name, weights):
+    import torchvision.models
+
+    meta = getattr(torchvision.models, weights).DEFAULT.meta          # torchvision's own figures, 1000 classes
+    cost = network_cost(get_network(name))
+    assert cost["params"] == meta["num_params"]
+    assert round(cost["macs"] / 1e9, 3) == pytest.approx(meta["_ops"])
+
+
+def test_comparison_nets_refuse_switches_and_the_paper_init():
+    from paper_alexnet import ConfigError
+
+    with pytest.raises(ConfigError, match="no switch"):
+        get_network("resnet18+no-lrn")
+    with pytest.raises(ConfigError, match="own init"):
+        get_network("vgg11", init="he")
+
+
+# --- the grid ------------------------------------------------------------------------------------------------------
+
+def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys):
+    out = tmp_path / "grid"
+    argv = ["--grid", "relu-tanh", "--variants", "figure1,figure1+tanh", "--seeds", "0,1", "--out", str(out), *TINY]
+    assert ablate.main(argv) == 0
+    rows = pd.read_csv(out / "ablation.csv")
+    assert list(rows.columns) == list(ablation_tables.COLUMNS)
+    assert len(rows) == 4 and sorted(zip(rows["variant"], rows["seed"])) == [
+        ("figure1", 0), ("figure1", 1), ("figure1+tanh", 0), ("figure1+tanh", 1)]
+    assert set(rows["status"]) == {"done"} and set(rows["epochs"]) == {2} and set(rows["input_size"]) == {224}
+    assert set(rows["switches"].fillna("")) == {"", "tanh"}
+    assert (rows[list(ablation_tables.ERRORS)].stack().between(0, 1)).all()
+    for _, row in rows.iterrows():                             # each row is its cell's own run
+        metrics = pd.read_csv(out / "cells" / f"{row['variant']}-seed{row['seed']}" / "metrics.csv")
+        assert row["final_val_top1_err"] == pytest.approx(metrics["val_top1_err"].iloc[-1])
+        assert row["val_top1_err"] == pytest.approx(metrics["val_top1_err"].min())
+        config = (out / "cells" / f"{row['variant']}-seed{row['seed']}" / "config.json").read_text()
+        assert '"wd": 0.0' in config and '"schedule": "none"' in config      # the relu-tanh grid's flags
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["variant"]) == ["figure1", "figure1+tanh"] and list(summary["seeds"]) == [2, 2]
+    assert "Figure 1" in (out / "summary.md").read_text()
+    assert _png_size(out / "ablation.png") == (1600, 450)     # bars, and the curves against epochs and seconds
+
+    # a checkpoint of a comparison net evaluates like any other
+    best = out / "cells" / "figure1-seed0" / "best.pt"
+    assert evaluate.main(["--checkpoint", str(best), "--device", "cpu"]) == 0
+
+    # run again: nothing trains; a cell killed after an epoch resumes, one killed before any is redone
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.csv")}
+    os.remove(out / "cells" / "figure1-seed1" / "cell.json")
+    killed_early = out / "cells" / "figure1+tanh-seed1"
+    for name in ("cell.json", "checkpoint.pt", "best.pt", "metrics.csv", "result.json"):
+        os.remove(killed_early / name)
+    capsys.readouterr()
+    assert ablate.main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished earlier, skipped") == 2 and "resuming" in err
+    after = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.csv")}
+    assert after[out / "cells" / "figure1-seed0" / "metrics.csv"] == stamps[out / "cells" / "figure1-seed0" / "metrics.csv"]
+    assert after[out / "cells" / "figure1-seed1" / "metrics.csv"] == stamps[out / "cells" / "figure1-seed1" / "metrics.csv"]
+    assert len(pd.read_csv(out / "ablation.csv")) == 4 and len(pd.read_csv(killed_early / "metrics.csv")) == 2
+
+
+def test_the_default_grid_runs_in_smoke_mode(tmp_path):
+    out = tmp_path / "smoke"
+    assert ablate.main(["--smoke", "--out", str(out), "--quiet"]) == 0
+    rows = pd.read_csv(out / "ablation.csv")
+    assert list(rows["variant"]) == list(ablate.GRIDS["paper"].cells)
+    assert set(rows["status"]) == {"done"} and rows["ten_crop_top1_err"].notna().all()
+    assert list(rows.loc[rows["variant"] == "paper+no-pca", "net"]) == ["paper"]     # a data switch, same net
+    assert rows.loc[rows["variant"] == "torchvision", "input_size"].item() == 224
+    summary = pd.read_csv(out / "summary.csv").set_index("variant")
+    assert summary.loc["paper+no-lrn", "paper_delta_top1_pct"] == 1.4       # §3.3, beside the measured delta
+    assert summary.loc["one-tower", "paper_delta_top5_pct"] == 1.2          # §3.2
+    assert _png_size(out / "ablation.png")[0] == 900
+
+
+def test_summary_arithmetic_on_a_hand_made_table():
+    def row(variant, seed, top1, top5, epochs25=math.nan, status="done"):
+        return {"variant": variant, "seed": seed, "status": status, "val_top1_err": top1, "val_top5_err": top5,
+                "ten_crop_top1_err": top1 - 0.01, "ten_crop_top5_err": top5 - 0.01, "epochs_to_25": epochs25,
+                "seconds_to_25": 10 * epochs25, "images_per_s": 100.0}
+
+    rows = pd.DataFrame([row("paper", 0, 0.40, 0.20), row("paper", 1, 0.44, 0.18), row("paper", 2, 0.42, 0.22),
+                         row("paper+no-lrn", 0, 0.45, 0.21), row("paper+no-lrn", 1, 0.47, 0.25),
+                         row("paper+no-lrn", 2, 0.9, 0.9, status="diverged"),
+                         row("figure1", 0, 0.5, 0.1, epochs25=4), row("figure1", 1, 0.5, 0.1, epochs25=6),
+                         row("figure1+tanh", 0, 0.6, 0.1, epochs25=30)])
+    summary = ablation_tables.summarize(rows).set_index("variant")
+    assert summary.loc["paper", "seeds"] == 3 and summary.loc["paper+no-lrn", "seeds"] == 2   # diverged left out
+    assert summary.loc["paper", "val_top1_err_pct_mean"] == pytest.approx(42.0)
+    assert summary.loc["paper", "val_top1_err_pct_std"] == pytest.approx(2.0)       # sample std of 40, 44, 42
+    assert summary.loc["paper+no-lrn", "val_top5_err_pct_std"] == pytest.approx(math.sqrt(8))   # 21, 25
+    assert summary.loc["paper+no-lrn", "delta_top1_pct"] == pytest.approx(46.0 - 42.0)
+    assert summary.loc["paper+no-lrn", "delta_top5_pct"] == pytest.approx(23.0 - 20.0)
+    assert summary.loc["paper+no-lrn", "delta_ten_crop_top1_pct"] == pytest.approx(45.0 - 41.0)
+    assert math.isnan(summary.loc["paper", "delta_top1_pct"])
+    assert (summary.loc["paper+no-lrn", "paper_delta_top1_pct"], summary.loc["paper+no-lrn", "paper_delta_top5_pct"]) \
+        == (1.4, 1.2)
+    assert math.isnan(summary.loc["figure1", "paper_delta_top1_pct"])
+    assert summary.loc["figure1", "epochs_to_25_mean"] == 5
+    assert ablation_tables.relu_speedups(summary.reset_index()) == [("figure1", 6.0)]
+    text = ablation_tables.markdown(summary.reset_index(), "t")
+    assert "| paper+no-lrn | 2 | 46.0 ± 1.4 | 23.0 ± 2.8 |" in text and "- figure1: 6.0×" in text
+
+
+def test_epochs_to_25_percent_training_error():
+    metrics = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_top1_err": [0.8, 0.3, 0.25, 0.1],
+                            "seconds": [5.0, 6.0, 7.0, 8.0]})
+    assert ablation_tables.epochs_to(metrics) == (3.0, 18.0)
+    assert all(math.isnan(x) for x in ablation_tables.epochs_to(metrics, 0.05))
+
+
+def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
+    from reproduce import train
+
+    base = train.resolve(train.get_args_parser().parse_args(["--out", str(tmp_path)]))
+    assert (base.epochs, base.batch_size, base.lr) == (6, 32, 1e-4)
+    assert ablate.hparam_cells(base) == ("paper", "paper@epochs=3", "paper@epochs=12", "paper@batch-size=16",
+                                         "paper@batch-size=64", "paper@lr=3e-05", "paper@lr=0.0003")
+    cell = ablate.parse_cell("paper+no-lrn+no-flip@lr=0.01", 3)
+    assert (cell.variant, cell.flags, cell.switches) == ("paper+no-lrn", ("--no-flip", "--lr", "0.01"),
+                                                         "no-lrn+no-flip+lr=0.01")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "paper,alexnet9"], "unknown variant 'alexnet9'"),
+    (["--variants", "paper@lr"], "@name=value"),
+    (["--variants", "paper@seed=3"], "set by ablate"),
+    (["--seed", "3"], "set by ablate"),
+    (["--seeds", "a,b"], "--seeds takes integers"),
+    (["--variants", "paper@batch-size=0"], "--batch-size must be at least 1"),
+    (["--variants", "torchvision", "--two-gpu"], "--two-gpu needs a net split in two"),
+    (["--variants", "paper@colour=red"], "does not accept these flags"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    assert ablate.main(argv + ["--out", str(out), *TINY]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
