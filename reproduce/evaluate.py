@@ -4,7 +4,8 @@
     python -m reproduce.evaluate --all runs/finetune --data cifar10:data --csv all.csv
 
 The data spec defaults to the one the checkpoint was trained on; the mean image
-and PCA come from that data's training split, as in training.
+is the one the net was trained with (saved in the checkpoint; recomputed from
+the data's training split for checkpoints that lack it).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
-
-from paper_alexnet.networks import get_network
 from paper_alexnet.data import Augment, PaperTransform, open_dataset
 from paper_alexnet.engine import evaluate, load_checkpoint
+from paper_alexnet.networks import get_network
 from reproduce.args import UsageError, exit_code
-from reproduce.placement import add_device_arguments, build_placed, place
+from reproduce.placement import add_device_arguments, place
+from reproduce.restore import restore_model, restore_stats
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,17 +46,16 @@ def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
     if not spec:
         raise UsageError(f"{path} does not name its data: give --data SPEC")
     if spec not in cache:
-        dataset = open_dataset(spec, report=lambda line: print(line, file=sys.stderr))
-        cache[spec] = (dataset, dataset.stats(report=lambda line: print(line, file=sys.stderr)))
-    dataset, stats = cache[spec]
+        cache[spec] = open_dataset(spec, report=lambda line: print(line, file=sys.stderr))
+    dataset = cache[spec]
     if payload.get("classes") and list(payload["classes"]) != list(dataset.classes):
         raise UsageError(f"{path} was trained on {len(payload['classes'])} other classes than {spec}'s")
-    config = get_network(payload["variant"], num_classes=len(dataset.classes), init=payload.get("init", "paper"))
-    placement = place(args, config)
+    stats = restore_stats(payload) if "stats" in payload else dataset.stats(
+        report=lambda line: print(line, file=sys.stderr))
+    placement = place(args, get_network(payload["variant"]))
     device = placement.first
     print(placement.note, file=sys.stderr)
-    model = build_placed(config, placement)       # either layout loads the one (grouped) checkpoint format
-    model.load_state_dict(payload["model"])
+    model = restore_model(payload, len(dataset.classes), placement)
     augment = Augment(**payload.get("augment", {}))
     transform = PaperTransform(stats, augment, device=device)
     split = dataset.split(args.split)

@@ -27,12 +27,12 @@ import paper_alexnet
 from paper_alexnet import ArchConfig, distributed, list_switches, list_variants, paper
 from paper_alexnet.data import PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
-from paper_alexnet.networks import OTHER_NETS, get_network
 from paper_alexnet.engine import (CheckpointError, NonFiniteLoss, evaluate, is_stalled, load_checkpoint,
                                   save_checkpoint, train_one_epoch)
+from paper_alexnet.networks import OTHER_NETS, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
-from reproduce.figures import pyplot, save
 from reproduce.args import UsageError, add_data_arguments, augment_from_args, exit_code
+from reproduce.figures import pyplot, save
 from reproduce.placement import add_device_arguments, build_placed, place
 
 METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
@@ -304,6 +304,9 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
 
     from tqdm.auto import tqdm
 
+    # The §2 mean image and §4.1 PCA travel with the weights, so predict needs no training data.
+    stats_payload = {"mean_image": torch.as_tensor(stats.mean_image), "eigval": torch.as_tensor(stats.eigval),
+                     "eigvec": torch.as_tensor(stats.eigvec), "pca_source": stats.pca_source}
     losses: list = []
     warned = False
     for epoch in range(start_epoch, args.epochs + 1):
@@ -324,8 +327,8 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
                 bar.write(f"warning: the loss has stayed at ln({len(dataset.classes)}) = "
                           f"{math.log(len(dataset.classes)):.3f} for {len(losses)} steps: the net predicts the "
                           f"uniform distribution. " + (
-                              "With He init this usually means too high a learning rate: try a lower --lr."
-                              if quick else
+                              "With He init (or a net's own) this usually means too high a learning rate: "
+                              "try a lower --lr." if quick or not alexnet else
                               "The paper's init (§5: N(0, 0.01), biases 1) is known to stall like this "
                               "(BVLC/caffe#401, #2085). Try --recipe quick, or a lower --lr, or wait: the "
                               "paper's own runs left it after many epochs."))
@@ -365,7 +368,7 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
                    "epoch": epoch, "best_val_top1_err": best, "variant": model_config.name,
                    "classes": list(dataset.classes), "rng": rng, "metrics": [dict(r) for r in rows],
                    "augment": dataclasses.asdict(augment), "init": model_config.init, "data": args.data,
-                   "two_tower": placement.two_tower}
+                   "two_tower": placement.two_tower, "stats": stats_payload}
         save_checkpoint(checkpoint_path, payload)
         if improved:
             save_checkpoint(os.path.join(args.out, "best.pt"), payload)

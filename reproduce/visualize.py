@@ -1,0 +1,199 @@
+"""The paper's figures from your own runs: ``python -m reproduce.visualize filters|neighbors|curves``.
+
+    python -m reproduce.visualize filters --checkpoint runs/paper-synthetic/best.pt          # Figure 3
+    python -m reproduce.visualize neighbors --checkpoint runs/paper-synthetic/best.pt        # Figure 4
+    python -m reproduce.visualize curves --run runs/paper-synthetic                          # or an ablation folder
+
+Each writes a PNG (by default next to the checkpoint or in the run folder) and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from paper_alexnet import ArchConfig
+from paper_alexnet.data import Augment, PaperTransform, open_dataset
+from paper_alexnet.engine import load_checkpoint
+from paper_alexnet.networks import get_network
+from reproduce.args import UsageError, exit_code
+from reproduce.figures import pyplot, save
+from reproduce.placement import add_device_arguments, place
+from reproduce.restore import restore_model, restore_stats
+
+
+# --- Figure 3: the conv1 kernels ------------------------------------------------------------------------------
+
+def filter_mosaic(weight: torch.Tensor, towers: int = 2, columns: int = 12, zoom: int = 4, pad: int = 1,
+                  gap: int = 8) -> np.ndarray:
+    """Figure 3 (§6.1): conv1's kernels (K x 3 x h x w) as one RGB image, K / towers kernels per tower in rows
+    of ``columns``, the first tower's block above the second's. Each kernel is stretched to the full
+    0-255 range on its own, then enlarged ``zoom`` times."""
+    count, _, h, w = weight.shape
+    per_tower = count // towers
+    rows = -(-per_tower // columns)
+    cell_h, cell_w = h * zoom + pad, w * zoom + pad
+    height = towers * rows * cell_h + (towers - 1) * gap + pad
+    mosaic = np.full((height, columns * cell_w + pad, 3), 255, dtype=np.uint8)
+    for k in range(count):
+        kernel = weight[k].detach().float().cpu()
+        low, high = kernel.min(), kernel.max()
+        kernel = (kernel - low) / (high - low) if high > low else torch.zeros_like(kernel)
+        picture = (255 * kernel).round().byte().permute(1, 2, 0).numpy()
+        picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        tower, index = divmod(k, per_tower)
+        row, col = divmod(index, columns)
+        top = tower * (rows * cell_h + gap) + row * cell_h + pad
+        left = col * cell_w + pad
+        mosaic[top:top + h * zoom, left:left + w * zoom] = picture
+    return mosaic
+
+
+def filters(args) -> str:
+    payload = load_checkpoint(args.checkpoint)
+    weight = payload["model"].get("conv1.weight")
+    if weight is None:
+        raise UsageError(f"{args.checkpoint} has no conv1 layer")
+    config = get_network(payload["variant"])
+    towers = config.towers if isinstance(config, ArchConfig) and weight.shape[0] % config.towers == 0 else 1
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "filters.png")
+    Image.fromarray(filter_mosaic(weight, towers, args.columns, args.zoom)).save(out)
+    return out
+
+
+# --- Figure 4: nearest neighbours in fc7 space ---------------------------------------------------------------
+
+def fc7_features(model: torch.nn.Module, split, transform: PaperTransform, device: torch.device,
+                 batch_size: int = 64) -> torch.Tensor:
+    """§6.1: "the feature activations induced at the last, 4096-dimensional hidden layer": fc7 after its
+    ReLU (the input of drop7), on the centre crop; N x 4096 on the CPU."""
+    if not hasattr(model, "drop7"):
+        raise UsageError("neighbors needs an AlexNet checkpoint (its fc7 layer)")
+    captured = []
+    hook = model.drop7.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].float().cpu()))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(split), batch_size):
+                images, _, _ = split.batch(range(start, min(start + batch_size, len(split))))
+                model(transform.center(images))
+    finally:
+        hook.remove()
+    return torch.cat(captured)
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The k rows of ``bank`` closest to each query by Euclidean distance (Figure 4): (distances, indices),
+    both Q x k, nearest first."""
+    distances = torch.cdist(queries.double(), bank.double())
+    values, indices = distances.topk(min(k, len(bank)), dim=1, largest=False)
+    return values, indices
+
+
+def neighbors(args) -> str:
+    payload = load_checkpoint(args.checkpoint)
+    spec = args.data or payload.get("data")
+    if not spec:
+        raise UsageError(f"{args.checkpoint} does not name its data: give --data SPEC")
+    dataset = open_dataset(spec, report=lambda line: print(line, file=sys.stderr))
+    if list(payload.get("classes", dataset.classes)) != list(dataset.classes):
+        raise UsageError(f"{args.checkpoint} was trained on other classes than {spec}'s")
+    if args.queries < 1 or args.k < 1:
+        raise UsageError("--queries and -k must be at least 1")
+    placement = place(args, get_network(payload["variant"]))
+    model = restore_model(payload, len(dataset.classes), placement)
+    stats = restore_stats(payload, spec) if "stats" in payload else dataset.stats()
+    transform = PaperTransform(stats, Augment(**payload.get("augment", {})), device=placement.first)
+    rng = np.random.default_rng(args.seed)
+    train_split, val_split = dataset.split("train"), dataset.split("val")
+    if args.bank and args.bank < len(train_split):
+        train_split = train_split.subset(np.sort(rng.permutation(len(train_split))[:args.bank]))
+    query_split = val_split.subset(np.sort(rng.permutation(len(val_split))[:args.queries]))
+    bank = fc7_features(model, train_split, transform, placement.first)
+    queries = fc7_features(model, query_split, transform, placement.first)
+    distances, indices = nearest(queries, bank, args.k)
+
+    plt = pyplot()
+    columns = indices.shape[1] + 1
+    fig, axes = plt.subplots(len(query_split), columns, figsize=(1.5 * columns, 1.6 * len(query_split)),
+                             squeeze=False)
+    for q in range(len(query_split)):
+        row = [(query_split, q, "query: ")] + [(train_split, int(i), f"{d:.0f}: ") for i, d in
+                                               zip(indices[q], distances[q])]
+        for axis, (split, i, prefix) in zip(axes[q], row):
+            axis.imshow(split.load(i))
+            axis.set_title(prefix + str(dataset.classes[split.labels[i]])[:14], fontsize=7)
+            axis.axis("off")
+    fig.suptitle("Figure 4 (§6.1): validation images (left) and the training images nearest in fc7 space",
+                 fontsize=9)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "neighbors.png")
+    save(fig, out)
+    return out
+
+
+# --- curves ----------------------------------------------------------------------------------------------------
+
+def curves(args) -> str:
+    import pandas as pd
+
+    from reproduce import ablate
+    from reproduce.train import plot_curves
+
+    if os.path.exists(os.path.join(args.run, "ablation.csv")):
+        rows = pd.read_csv(os.path.join(args.run, "ablation.csv"))
+        cells = [ablate.parse_cell(label, int(seed)) for label, seed in zip(rows["variant"], rows["seed"])]
+        ablate.collect(cells, args.run, f"ablation: {os.path.basename(os.path.abspath(args.run))}")
+        return os.path.join(args.run, "ablation.png")
+    metrics = os.path.join(args.run, "metrics.csv")
+    if not os.path.exists(metrics):
+        raise UsageError(f"{args.run} holds no metrics.csv (a reproduce.train run) or ablation.csv (an ablation)")
+    out = args.out or os.path.join(args.run, "curves.png")
+    plot_curves(pd.read_csv(metrics).to_dict("records"), out, os.path.basename(os.path.abspath(args.run)))
+    return out
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reproduce.visualize", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("filters", help="Figure 3: the conv1 kernels, tower by tower",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    one.add_argument("--checkpoint", required=True, metavar="PATH")
+    one.add_argument("--columns", type=int, default=12, help="kernels per row")
+    one.add_argument("--zoom", type=int, default=4, help="pixels per kernel weight")
+    one.add_argument("--out", default=None, metavar="PNG", help="default: filters.png beside the checkpoint")
+    two = commands.add_parser("neighbors", help="Figure 4: validation images and their nearest training images "
+                                                "by fc7 features", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    two.add_argument("--checkpoint", required=True, metavar="PATH")
+    two.add_argument("--data", default=None, metavar="SPEC", help="default: the checkpoint's data")
+    two.add_argument("--queries", type=int, default=5, help="validation images shown")
+    two.add_argument("-k", type=int, default=6, help="neighbours per query (the paper shows 6)")
+    two.add_argument("--bank", type=int, default=10000, help="training images searched (seeded; 0: all)")
+    two.add_argument("--seed", type=int, default=0, help="which queries and bank images")
+    two.add_argument("--out", default=None, metavar="PNG", help="default: neighbors.png beside the checkpoint")
+    add_device_arguments(two)
+    three = commands.add_parser("curves", help="loss and error curves of a run, or the chart of an ablation",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    three.add_argument("--run", required=True, metavar="DIR", help="a reproduce.train --out or reproduce.ablate --out")
+    three.add_argument("--out", default=None, metavar="PNG", help="default: curves.png in the run folder")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    action = {"filters": filters, "neighbors": neighbors, "curves": curves}[args.command]
+
+    def run() -> int:
+        print(f"wrote {action(args)}")
+        return 0
+
+    return exit_code(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
