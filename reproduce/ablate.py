@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import shutil
 import sys
 import time
@@ -157,11 +158,12 @@ def collect(cells: Sequence[Cell], out: str, title: str) -> Optional[pd.DataFram
     summary = tables.summarize(frame)
     for name, write in (("ablation.csv", lambda p: frame.to_csv(p, index=False)),
                         ("summary.csv", lambda p: summary.to_csv(p, index=False)),
-                        ("summary.md", lambda p: open(p, "w", encoding="utf-8").write(tables.markdown(summary, title)))):
+                        ("summary.md", lambda p: pathlib.Path(p).write_text(tables.markdown(summary, title),
+                                                                            encoding="utf-8"))):
         path = os.path.join(out, name)
-        write(path + ".tmp")
+        write(path + ".tmp")             # then a rename: a kill never leaves half a table
         os.replace(path + ".tmp", path)
-    tables.plot(frame, summary, curves, os.path.join(out, "ablation.png"), title)
+    tables.plot(summary, curves, os.path.join(out, "ablation.png"), title)
     return frame
 
 

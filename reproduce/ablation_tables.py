@@ -161,7 +161,7 @@ def markdown(summary: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: pd.DataFrame, summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str,
+def plot(summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str,
          title: str) -> None:
     """ablation.png: error bars per variant (mean ± std over seeds); with '+tanh' variants also Figure 1's
     training-error curves against epochs and seconds."""
