@@ -32,7 +32,8 @@ CROSSINGS = ("conv3", "fc6", "fc7", "fc8")
 
 def splits_in_two(config: ArchConfig) -> bool:
     """Whether ``config`` is a §3.2 two-tower net (the paper's, or one of its ablation switches)."""
-    return (isinstance(config, ArchConfig) and config.towers == 2 and tuple(config.conv_grouped) == paper.CONV_GROUPED and config.lrn_per_tower
+    return (isinstance(config, ArchConfig) and config.towers == 2
+            and tuple(config.conv_grouped) == paper.CONV_GROUPED and config.lrn_per_tower
             and config.conv_rounding == "floor" and not config.adaptive_pool)
 
 

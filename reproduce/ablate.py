@@ -141,6 +141,25 @@ def check_cell(cell: Cell, common: Sequence[str], out: str) -> None:
     place(args, get_network(cell.variant))
 
 
+def finished(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> bool:
+    """Whether the cell has run to its end with these very flags; a cell of another grid or other flags in
+    the same folder is an error, never silently reused."""
+    marker = os.path.join(cell.folder(out), "cell.json")
+    if not os.path.exists(marker):
+        return False
+    with open(marker, encoding="utf-8") as handle:
+        argv = json.load(handle).get("argv") or []
+
+    def flags(words):                    # the folder may have moved: compare all but --out
+        at = words.index("--out") if "--out" in words else len(words)
+        return words[:at] + words[at + 2:]
+
+    if flags(argv) != flags(train_argv(cell, common, out, ten_crop)):
+        raise UsageError(f"{cell.folder(out)} was run with other flags ({' '.join(flags(argv))}); "
+                         f"give this grid another --out")
+    return True
+
+
 def collect(cells: Sequence[Cell], out: str, title: str) -> Optional[pd.DataFrame]:
     """Rewrite ablation.csv, summary.csv, summary.md and ablation.png from the cells finished so far."""
     rows, curves = [], {}
@@ -173,9 +192,9 @@ def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int
     resume = os.path.exists(os.path.join(folder, "checkpoint.pt"))
     if not resume and os.path.isdir(folder):
         shutil.rmtree(folder)           # killed before its first epoch ended: nothing to keep
-    argv = train_argv(cell, common, out, ten_crop) + (["--resume"] if resume else [])
+    argv = train_argv(cell, common, out, ten_crop)
     start = time.perf_counter()
-    code = train.main(argv)
+    code = train.main(argv + (["--resume"] if resume else []))
     if code in (0, 3):                  # done, or stopped on a non-finite loss (a result too)
         marker = {"status": "done" if code == 0 else "diverged", "exit_code": code, "resumed": resume,
                   "wall_seconds": time.perf_counter() - start, "argv": argv}
@@ -218,17 +237,19 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if not labels:
         raise UsageError("--variants names no variant")
     cells = [parse_cell(label, seed) for label in labels for seed in seeds]
+    ten_crop = not args.no_ten_crop
     for cell in cells:                   # every cell is checked before the first one trains
         check_cell(cell, common, args.out)
+    done = [finished(cell, common, args.out, ten_crop) for cell in cells]
     os.makedirs(args.out, exist_ok=True)
     title = f"ablation: {name} grid ({' '.join(common) or 'reproduce.train defaults'})"
     print(f"{len(cells)} cells ({len(labels)} variants x {len(seeds)} seeds) into {args.out}", file=sys.stderr)
-    for k, cell in enumerate(cells, 1):
-        if os.path.exists(os.path.join(cell.folder(args.out), "cell.json")):
+    for k, (cell, skip) in enumerate(zip(cells, done), 1):
+        if skip:
             print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
             continue
         print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
-        code = run_cell(cell, common, args.out, not args.no_ten_crop)
+        code = run_cell(cell, common, args.out, ten_crop)
         if code not in (0, 3):           # bad data or a bad flag would stop every other cell alike
             print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
                   f"cells are kept, the same command continues", file=sys.stderr)

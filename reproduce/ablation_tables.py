@@ -142,8 +142,8 @@ def markdown(summary: pd.DataFrame, title: str) -> str:
              "paper Δ top-1 / top-5 | epochs to 25% train err | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
-        reported = ("–" if not r["paper_source"] else
-                    f"{_signed(r['paper_delta_top1_pct'])} / {_signed(r['paper_delta_top5_pct'])} ({r['paper_source']})")
+        reported = "–" if not r["paper_source"] else (
+            f"{_signed(r['paper_delta_top1_pct'])} / {_signed(r['paper_delta_top5_pct'])} ({r['paper_source']})")
         lines.append(
             f"| {r['variant']} | {r['seeds']} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
             f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "

@@ -289,7 +289,8 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
         + (f" x {process.world} processes (rows of each batch shared out)" if process.world > 1 else "")
         + f"; {args.epochs} epochs of batch {args.batch_size}")
     config = {"args": vars(args), "recipe": args.recipe, "quick_changes": QUICK if quick else None,
-              "model": dataclasses.asdict(model_config), "augment": dataclasses.asdict(augment), "classes": dataset.classes,
+              "model": dataclasses.asdict(model_config), "augment": dataclasses.asdict(augment),
+              "classes": dataset.classes,
               "train_images": len(train_split), "val_images": len(val_split), "pca_source": stats.pca_source,
               "devices": [str(d) for d in placement.devices], "processes": process.world,
               "versions": {"paper_alexnet": paper_alexnet.__version__,

@@ -167,8 +167,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     one.add_argument("--columns", type=int, default=12, help="kernels per row")
     one.add_argument("--zoom", type=int, default=4, help="pixels per kernel weight")
     one.add_argument("--out", default=None, metavar="PNG", help="default: filters.png beside the checkpoint")
-    two = commands.add_parser("neighbors", help="Figure 4: validation images and their nearest training images "
-                                                "by fc7 features", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    two = commands.add_parser("neighbors", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              help="Figure 4: validation images and their nearest training images by fc7 features")
     two.add_argument("--checkpoint", required=True, metavar="PATH")
     two.add_argument("--data", default=None, metavar="SPEC", help="default: the checkpoint's data")
     two.add_argument("--queries", type=int, default=5, help="validation images shown")

@@ -99,10 +99,14 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     assert ablate.main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("finished earlier, skipped") == 2 and "resuming" in err
-    after = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.csv")}
-    assert after[out / "cells" / "figure1-seed0" / "metrics.csv"] == stamps[out / "cells" / "figure1-seed0" / "metrics.csv"]
-    assert after[out / "cells" / "figure1-seed1" / "metrics.csv"] == stamps[out / "cells" / "figure1-seed1" / "metrics.csv"]
+    for name in ("figure1-seed0", "figure1-seed1"):        # finished, and resumed after its last epoch
+        path = out / "cells" / name / "metrics.csv"
+        assert path.stat().st_mtime_ns == stamps[path]
     assert len(pd.read_csv(out / "ablation.csv")) == 4 and len(pd.read_csv(killed_early / "metrics.csv")) == 2
+
+    # the same folder with other flags is refused, not silently reused
+    assert ablate.main(argv + ["--lr", "0.01"]) == 2
+    assert "was run with other flags" in capsys.readouterr().err
 
 
 def test_the_default_grid_runs_in_smoke_mode(tmp_path):
