@@ -288,7 +288,8 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
         f"{len(dataset.classes)} classes, train {len(train_split)}, val {len(val_split)}; {placement.note}"
         + (f" x {process.world} processes (rows of each batch shared out)" if process.world > 1 else "")
         + f"; {args.epochs} epochs of batch {args.batch_size}")
-    config = {"args": vars(args), "recipe": args.recipe, "quick_changes": QUICK if quick else None,
+    changes = {k: v for k, v in QUICK.items() if alexnet or k != "init"} if quick else None
+    config = {"args": vars(args), "recipe": args.recipe, "quick_changes": changes,
               "model": dataclasses.asdict(model_config), "augment": dataclasses.asdict(augment),
               "classes": dataset.classes,
               "train_images": len(train_split), "val_images": len(val_split), "pca_source": stats.pca_source,
