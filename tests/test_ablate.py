@@ -89,19 +89,27 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     best = out / "cells" / "figure1-seed0" / "best.pt"
     assert evaluate.main(["--checkpoint", str(best), "--device", "cpu"]) == 0
 
-    # run again: nothing trains; a cell killed after an epoch resumes, one killed before any is redone
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/metrics.csv")}
-    os.remove(out / "cells" / "figure1-seed1" / "cell.json")
+    # a finished cell keeps best.pt, not the checkpoint it could resume from
+    assert not list(out.glob("cells/*/checkpoint.pt")) and len(list(out.glob("cells/*/best.pt"))) == 4
+
+    # run again: nothing trains; a cell killed after its first epoch resumes, one killed before any is redone
+    stamp = (out / "cells" / "figure1-seed0" / "metrics.csv").stat().st_mtime_ns
+    resumed = out / "cells" / "figure1-seed1"
+    before = pd.read_csv(resumed / "metrics.csv")
+    payload = torch.load(resumed / "best.pt", weights_only=True)
+    payload["metrics"], payload["epoch"] = payload["metrics"][:1], 1
+    torch.save(payload, resumed / "checkpoint.pt")        # a checkpoint after epoch 1: as if killed in epoch 2
+    os.remove(resumed / "cell.json")
     killed_early = out / "cells" / "figure1+tanh-seed1"
-    for name in ("cell.json", "checkpoint.pt", "best.pt", "metrics.csv", "result.json"):
+    for name in ("cell.json", "best.pt", "metrics.csv", "result.json"):
         os.remove(killed_early / name)
     capsys.readouterr()
     assert ablate.main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("finished earlier, skipped") == 2 and "resuming" in err
-    for name in ("figure1-seed0", "figure1-seed1"):        # finished, and resumed after its last epoch
-        path = out / "cells" / name / "metrics.csv"
-        assert path.stat().st_mtime_ns == stamps[path]
+    assert (out / "cells" / "figure1-seed0" / "metrics.csv").stat().st_mtime_ns == stamp
+    after = pd.read_csv(resumed / "metrics.csv")
+    assert list(after["epoch"]) == [1, 2] and after["train_loss"].iloc[0] == before["train_loss"].iloc[0]
     assert len(pd.read_csv(out / "ablation.csv")) == 4 and len(pd.read_csv(killed_early / "metrics.csv")) == 2
 
     # the same folder with other flags is refused, not silently reused
