@@ -118,10 +118,12 @@ def hparam_cells(base: argparse.Namespace) -> Tuple[str, ...]:
     def number(x):
         return f"{x:g}"
 
-    return ("paper",
-            f"paper@epochs={max(1, base.epochs // 2)}", f"paper@epochs={2 * base.epochs}",
-            f"paper@batch-size={max(1, base.batch_size // 2)}", f"paper@batch-size={2 * base.batch_size}",
-            f"paper@lr={number(base.lr * 0.3)}", f"paper@lr={number(base.lr * 3)}")
+    sweeps = (("epochs", base.epochs, (max(1, base.epochs // 2), 2 * base.epochs)),
+              ("batch-size", base.batch_size, (max(1, base.batch_size // 2), 2 * base.batch_size)),
+              ("lr", base.lr, (base.lr * 0.3, base.lr * 3)))
+    # a value equal to the default would repeat the "paper" cell (e.g. half of 1 epoch)
+    return ("paper", *(f"paper@{flag}={number(value)}" for flag, default, values in sweeps
+                       for value in values if value != default))
 
 
 def train_argv(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> List[str]:
