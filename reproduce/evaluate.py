@@ -50,8 +50,7 @@ def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
     dataset = cache[spec]
     if payload.get("classes") and list(payload["classes"]) != list(dataset.classes):
         raise UsageError(f"{path} was trained on {len(payload['classes'])} other classes than {spec}'s")
-    stats = restore_stats(payload) if "stats" in payload else dataset.stats(
-        report=lambda line: print(line, file=sys.stderr))
+    stats = restore_stats(payload, dataset)
     placement = place(args, get_network(payload["variant"]))
     device = placement.first
     print(placement.note, file=sys.stderr)

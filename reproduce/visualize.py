@@ -107,7 +107,7 @@ def neighbors(args) -> str:
         raise UsageError("--queries and -k must be at least 1")
     placement = place(args, get_network(payload["variant"]))
     model = restore_model(payload, len(dataset.classes), placement)
-    stats = restore_stats(payload, spec) if "stats" in payload else dataset.stats()
+    stats = restore_stats(payload, dataset)
     transform = PaperTransform(stats, Augment(**payload.get("augment", {})), device=placement.first)
     rng = np.random.default_rng(args.seed)
     train_split, val_split = dataset.split("train"), dataset.split("val")

@@ -116,7 +116,7 @@ def test_predict_prints_the_top_classes_of_image_files(run, tmp_path, capsys):
     assert "ten crops" in capsys.readouterr().out
 
 
-def test_predict_matches_evaluate_on_the_centre_crop(run):
+def test_predict_is_the_softmax_of_the_centre_crop(run):
     """The probabilities of predict are the softmax of the net on the §4.1 centre crop, computed here by hand."""
     from paper_alexnet import build_model
     from paper_alexnet.engine import load_checkpoint
