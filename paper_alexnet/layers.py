@@ -14,23 +14,27 @@ of §3.2 did with its own half of the kernel maps.
 import torch
 from torch import nn
 
-from . import paper
+from . import fused_lrn, paper
 
 
-def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1) -> torch.Tensor:
+def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1, transpose: bool = False) -> torch.Tensor:
     """Sum of ``x`` over a window of ``size`` adjacent channels, per position.
 
     Channel i sums channels i - size//2 .. i + (size-1)//2 of its own group,
     clipped at the group's edges (zero padding). For odd ``size`` that is the
     paper's symmetric window; even sizes follow torch's convention.
+    ``transpose`` sums the mirrored window (the adjoint, for the backward pass).
     A loop over the ``size`` window offsets, never over channels.
     """
     n, c = x.shape[:2]
+    below, above = size // 2, (size - 1) // 2
+    if transpose:
+        below, above = above, below
     grouped = x.reshape(n, groups, c // groups, -1)
     total = grouped.clone()
-    for offset in range(1, size // 2 + 1):            # channels below: i - offset
+    for offset in range(1, below + 1):                # channels below: i - offset
         total[:, :, offset:] += grouped[:, :, :-offset]
-    for offset in range(1, (size - 1) // 2 + 1):      # channels above: i + offset
+    for offset in range(1, above + 1):                # channels above: i + offset
         total[:, :, :-offset] += grouped[:, :, offset:]
     return total.reshape(x.shape)
 
@@ -38,17 +42,20 @@ def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1) -> torch.Ten
 class _LRNFunction(torch.autograd.Function):
     """Forward and analytic backward of the §3.3 equation.
 
-    With s[i] = k + alpha * S(a^2)[i] (S the window sum above, symmetric):
+    With s[i] = k + alpha * S(a^2)[i] (S the window sum above):
         db[j]/da[i] = delta_ij s[i]^-beta - 2 alpha beta a[i] a[j] s[j]^(-beta-1)   (i in window of j)
-    so grad_a = g * s^-beta - 2 alpha beta a * S(g * a * s^(-beta-1)).
+    so grad_a = g * s^-beta - 2 alpha beta a * S'(g * a * s^(-beta-1)), S' the transposed window.
     Only the input is kept for backward; s is rebuilt there (a window sum costs less than the memory).
+    Contiguous float CPU tensors go through the fused kernel (fused_lrn.py), the rest through torch ops.
     """
 
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k, groups):
-        scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
         ctx.save_for_backward(a)          # only the input: s is rebuilt in backward (memory, not time, is short)
         ctx.hyper, ctx.k = (size, alpha, beta, groups), k
+        if fused_lrn.applies(a):
+            return fused_lrn.forward(a, size, alpha, beta, k, groups)
+        scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
         return a * _neg_pow(scale, beta)
 
     @staticmethod
@@ -58,11 +65,13 @@ class _LRNFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # double backward: the same formula, differentiable in a
             scale = channel_window_sum(a * a, size, groups) * alpha + ctx.k
             inv = scale.pow(-beta)
-            cross = channel_window_sum(grad_out * a * inv / scale, size, groups)
+            cross = channel_window_sum(grad_out * a * inv / scale, size, groups, transpose=True)
             return grad_out * inv - (2.0 * alpha * beta) * a * cross, None, None, None, None, None
+        if fused_lrn.applies(a, grad_out):
+            return fused_lrn.backward(a, grad_out, size, alpha, beta, ctx.k, groups), None, None, None, None, None
         scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(ctx.k)
         inv = _neg_pow(scale, beta)
-        cross = channel_window_sum((grad_out * a).mul_(inv).div_(scale), size, groups)
+        cross = channel_window_sum((grad_out * a).mul_(inv).div_(scale), size, groups, transpose=True)
         grad_a = (grad_out * inv).addcmul_(a, cross, value=-2.0 * alpha * beta)
         return grad_a, None, None, None, None, None
 

@@ -2,7 +2,8 @@
 
 Sections (``--only``, default: both):
   models training images/s (forward + backward + SGD step) and inference images/s of the paper net,
-         the two-tower net (§3.2), torchvision's net and a naive faithful reference (torch's
+         the two-tower net (§3.2), the paper net with its LRN in torch ops instead of the fused CPU
+         kernel (fused_lrn.py), torchvision's net and a naive faithful reference (torch's
          LocalResponseNorm with alpha*n per tower, grouped convs), at one batch size and thread count,
          median of repetitions after warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak
          measured in the same run, the LRN layers' share of the step, and training memory.
@@ -24,7 +25,7 @@ from PIL import Image
 
 import torch
 
-from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, layer_shapes, totals
+from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes, totals
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data.synthetic import render
 
@@ -126,14 +127,20 @@ def bench_models(args) -> list[dict]:
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     classes = 1000
-    nets = {"paper": lambda: build_model("paper", classes),
-            "paper two-tower": lambda: TwoTowerAlexNet(build_model("paper", classes).config, (device, device)),
-            "torchvision": lambda: build_model("torchvision", classes),
-            "naive faithful": lambda: naive_reference(classes),
-            "paper+no-lrn": lambda: build_model("paper+no-lrn", classes)}
+    kernel = "fused kernel" if fused_lrn.applies(torch.zeros(1, 1, device=device)) else "torch ops"
+    # name -> (builder, which LRN runs: the paper net's own path, or forced to torch ops)
+    nets = {"paper": (lambda: build_model("paper", classes), kernel),
+            "paper two-tower": (lambda: TwoTowerAlexNet(build_model("paper", classes).config, (device, device)),
+                                kernel),
+            "paper, LRN in torch ops": (lambda: build_model("paper", classes), "torch ops"),
+            "torchvision": (lambda: build_model("torchvision", classes), ""),
+            "naive faithful": (lambda: naive_reference(classes), "torch.nn.LocalResponseNorm"),
+            "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), "")}
+    if kernel == "torch ops":           # the two paper rows would be the same
+        del nets["paper, LRN in torch ops"]
     peak = matmul_peak(device, sync)
     cases = {}
-    for name, make in nets.items():
+    for name, (make, lrn) in nets.items():
         torch.manual_seed(0)
         model = make().to(device)
         size = model.config.input_size
@@ -145,18 +152,21 @@ def bench_models(args) -> list[dict]:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
         run = torch.compile(model) if args.compile else model
 
-        def step(model=model, run=run, optimizer=optimizer, x=x, y=y):
+        eager = lrn == "torch ops"
+
+        def step(model=model, run=run, optimizer=optimizer, x=x, y=y, eager=eager):
             model.train()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            with fused_lrn.use_eager(eager), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 loss = torch.nn.functional.cross_entropy(run(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with fused_lrn.use_eager(eager):
+                loss.backward()
             optimizer.step()
 
         @torch.no_grad()
-        def infer(model=model, run=run, x=x):
+        def infer(model=model, run=run, x=x, eager=eager):
             model.eval()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            with fused_lrn.use_eager(eager), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 run(x)
 
         if cuda:
@@ -168,27 +178,27 @@ def bench_models(args) -> list[dict]:
         else:   # weights + grads + momentum + what autograd keeps for backward
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             memory = 3 * weights + _saved_bytes(model, x, y)
-        cases[name] = (model, step, infer, memory)
+        cases[name] = (model, step, infer, memory, lrn)
     # Round robin: each repetition times every net once, so that a slower moment of the machine
     # slows all nets alike instead of one.
     times = {name: ([], []) for name in cases}
     for _ in range(args.repeats):
-        for name, (_, step, infer, _) in cases.items():
+        for name, (_, step, infer, _, _) in cases.items():
             times[name][0].append(_median_seconds(step, 1, 0, sync))
             times[name][1].append(_median_seconds(infer, 1, 0, sync))
     rows = []
-    for name, (model, _, _, memory) in cases.items():
+    for name, (model, _, _, memory, lrn) in cases.items():
         train_s, infer_s = (sorted(t)[len(t) // 2] for t in times[name])
         macs = totals(layer_shapes(model.config))["macs"]
         # a training step is about 3 forward passes of multiply-adds (2 FLOPs each)
         flops = 6 * macs * args.batch_size / train_s / 1e9
-        rows.append({"section": "models", "what": name, "train_images_per_s": args.batch_size / train_s,
+        rows.append({"section": "models", "what": name, "lrn": lrn, "train_images_per_s": args.batch_size / train_s,
                      "infer_images_per_s": args.batch_size / infer_s, "step_ms": 1000 * train_s,
                      "train_gflop_per_s": flops, "utilisation": flops / peak, "train_memory_mb": memory / 2 ** 20})
     by = {r["what"]: r for r in rows}
-    paper = by["paper"]
-    paper["lrn_share"] = 1 - by["paper+no-lrn"]["step_ms"] / paper["step_ms"]
-    by["naive faithful"]["lrn_share"] = 1 - by["paper+no-lrn"]["step_ms"] / by["naive faithful"]["step_ms"]
+    for row in rows:
+        if row["lrn"]:
+            row["lrn_share"] = 1 - by["paper+no-lrn"]["step_ms"] / row["step_ms"]
     for row in rows:
         row["vs_torchvision"] = row["train_images_per_s"] / by["torchvision"]["train_images_per_s"]
         row["vs_naive"] = row["train_images_per_s"] / by["naive faithful"]["train_images_per_s"]

@@ -1,15 +1,21 @@
 """reproduce.bench: a smoke run with tiny settings checks the table's shape (never the timings)."""
 
 import pandas as pd
+import torch
 
+from paper_alexnet import fused_lrn
 from reproduce import bench
 
 
 def test_models_section_writes_one_row_per_net(tmp_path, capsys):
     path = tmp_path / "bench.csv"
     assert bench.main(["--only", "models", "-b", "2", "--repeats", "1", "--csv", str(path)]) == 0
-    table = pd.read_csv(path)
-    assert list(table["what"]) == ["paper", "paper two-tower", "torchvision", "naive faithful", "paper+no-lrn"]
+    table = pd.read_csv(path, keep_default_na=False)
+    fused = fused_lrn.applies(torch.zeros(1, 1))
+    assert list(table["what"]) == (["paper", "paper two-tower"] + (["paper, LRN in torch ops"] if fused else [])
+                                   + ["torchvision", "naive faithful", "paper+no-lrn"])
+    lrn = table.set_index("what")["lrn"]
+    assert lrn["paper"] == ("fused kernel" if fused else "torch ops") and lrn["torchvision"] == ""
     for column in ("train_images_per_s", "infer_images_per_s", "train_gflop_per_s", "utilisation",
                    "train_memory_mb", "vs_torchvision", "vs_naive", "memory_vs_torchvision"):
         assert (table[column] > 0).all(), column
@@ -18,8 +24,6 @@ def test_models_section_writes_one_row_per_net(tmp_path, capsys):
 
 
 def test_naive_reference_computes_the_same_lrn():
-    import torch
-
     from paper_alexnet import build_model
 
     torch.manual_seed(0)

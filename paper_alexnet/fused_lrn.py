@@ -1,0 +1,128 @@
+"""The fused CPU kernel of the §3.3 LRN (lrn_kernel.cpp): built on first use, loaded with ctypes.
+
+Why: in eager PyTorch the LRN's forward and backward are ~30 passes over a 37 MB activation, a fifth
+of the paper net's training step on a CPU (docs/performance.md); the kernel does each in one pass.
+It computes the same equation as the eager path in ``layers.py`` and is used for contiguous float32 /
+float64 CPU tensors when a C++ compiler is present; everything else (CUDA, bfloat16, channels-last,
+double backward) takes the eager path. ``PAPER_ALEXNET_LRN=eager`` turns the kernel off.
+
+The shared library is cached in ``$PAPER_ALEXNET_CACHE/kernels`` (default ~/.cache/paper_alexnet),
+named by a hash of the source, the compiler and its flags, so a changed source is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("lrn_kernel.cpp")
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_state: dict = {"library": None, "tried": False, "error": None, "enabled": None}
+
+
+def _flags() -> list:
+    arch = ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
+    return ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread", *arch]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PAPER_ALEXNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paper_alexnet")
+    return Path(root) / "kernels"
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler (c++ or g++, or $CXX) found")
+    flags = _flags()
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"lrn-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:   # same file system: atomic rename
+            built = os.path.join(work, target.name)
+            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", built], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            os.replace(built, target)
+    library = ctypes.CDLL(str(target))
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        pointer, i64, f64 = ctypes.POINTER(real), ctypes.c_int64, ctypes.c_double
+        getattr(library, f"lrn_forward_{suffix}").argtypes = [pointer, pointer, i64, i64, i64, i64, i64, f64, f64,
+                                                              f64, ctypes.c_int]
+        getattr(library, f"lrn_backward_{suffix}").argtypes = [pointer, pointer, pointer, i64, i64, i64, i64,
+                                                               i64, f64, f64, f64, ctypes.c_int]
+    return library
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel, building it the first time; None (with one warning) when it cannot be built."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        try:
+            _state["library"] = _build()
+        except (OSError, RuntimeError) as err:
+            _state["error"] = str(err)
+            warnings.warn(f"fused LRN kernel unavailable ({err}); using the eager LRN (slower on CPU)", stacklevel=2)
+    return _state["library"]
+
+
+def enabled() -> bool:
+    """Whether the kernel is switched on: ``PAPER_ALEXNET_LRN=eager`` or :func:`use_eager` turn it off."""
+    if _state["enabled"] is not None:
+        return _state["enabled"]
+    return os.environ.get("PAPER_ALEXNET_LRN", "fused").lower() != "eager"
+
+
+@contextlib.contextmanager
+def use_eager(eager: bool = True) -> Iterator[None]:
+    """Run the block with the eager LRN (``eager=False``: with the kernel where it applies)."""
+    before, _state["enabled"] = _state["enabled"], not eager
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """True when the kernel can take these tensors: contiguous, float32/64, on the CPU, and it is on."""
+    return (enabled() and all(t.device.type == "cpu" and t.dtype in _DTYPES and t.is_contiguous() for t in tensors)
+            and len({t.dtype for t in tensors}) == 1 and library() is not None)
+
+
+def _call(kind: str, tensors: list, size: int, alpha: float, beta: float, k: float, groups: int) -> None:
+    a = tensors[0]
+    n, c = a.shape[:2]
+    positions = a[0, 0].numel() if a.dim() > 2 else 1
+    kind_of = _DTYPES[a.dtype]
+    pointer = ctypes.POINTER(ctypes.c_float if kind_of == "f32" else ctypes.c_double)
+    pointers = [ctypes.cast(t.data_ptr(), pointer) for t in tensors]
+    getattr(library(), f"lrn_{kind}_{kind_of}")(*pointers, n * groups, c // groups, positions, size // 2,
+                                                (size - 1) // 2, alpha, beta, k, torch.get_num_threads())
+
+
+def forward(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """b = a / (k + alpha * window sum of a^2)^beta, per group of channels (§3.3)."""
+    out = torch.empty_like(a)
+    if a.numel():
+        _call("forward", [a, out], size, alpha, beta, k, groups)
+    return out
+
+
+def backward(a: torch.Tensor, grad_out: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+             groups: int) -> torch.Tensor:
+    """d loss / d a for the forward above, given d loss / d b."""
+    grad = torch.empty_like(a)
+    if a.numel():
+        _call("backward", [a, grad_out, grad], size, alpha, beta, k, groups)
+    return grad
