@@ -6,7 +6,8 @@ It computes the same equation as the eager path in ``layers.py`` and is used for
 float64 CPU tensors when a C++ compiler is present; everything else (CUDA, bfloat16, channels-last,
 double backward) takes the eager path. ``PAPER_ALEXNET_LRN=eager`` turns the kernel off.
 
-The shared library is cached in ``$PAPER_ALEXNET_CACHE/kernels`` (default ~/.cache/paper_alexnet),
+The shared library is cached in the package's cache folder (``$PAPER_ALEXNET_CACHE``, default
+~/.cache/paper_alexnet) under ``kernels/``,
 named by a hash of the source, the compiler and its flags, so a changed source is rebuilt.
 """
 
@@ -36,8 +37,9 @@ def _flags() -> list:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("PAPER_ALEXNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paper_alexnet")
-    return Path(root) / "kernels"
+    from .data.sources import cache_dir      # the package's one cache folder (data and kernels)
+
+    return Path(cache_dir()) / "kernels"
 
 
 def _build() -> ctypes.CDLL:

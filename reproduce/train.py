@@ -60,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     opt = parser.add_argument_group("optimisation (§5)")
     opt.add_argument("--epochs", type=int, default=None,
                      help=f"passes over the training set (default: {paper.EPOCHS} for imagenet, 30 for other "
-                          f"real data, 6 for synthetic)")
+                          f"real data, 5 for synthetic)")
     opt.add_argument("-b", "--batch-size", type=int, default=None,
                      help=f"images per step (default: {paper.BATCH_SIZE}; 32 for synthetic)")
     opt.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
@@ -100,7 +100,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.recipe = "quick" if kind == "synthetic" else "paper"
     quick = args.recipe == "quick"
     if args.epochs is None:
-        args.epochs = {"imagenet": paper.EPOCHS, "synthetic": 6}.get(kind, 30)
+        args.epochs = {"imagenet": paper.EPOCHS, "synthetic": 5}.get(kind, 30)
     if args.batch_size is None:
         args.batch_size = 32 if kind == "synthetic" else paper.BATCH_SIZE
     if args.optimizer is None:

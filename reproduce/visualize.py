@@ -3,6 +3,7 @@
     python -m reproduce.visualize filters --checkpoint runs/paper-synthetic/best.pt          # Figure 3
     python -m reproduce.visualize neighbors --checkpoint runs/paper-synthetic/best.pt        # Figure 4
     python -m reproduce.visualize curves --run runs/paper-synthetic                          # or an ablation folder
+    python -m reproduce.visualize curves --run runs/a runs/b --out compare.png              # several runs, one chart
 
 Each writes a PNG (by default next to the checkpoint or in the run folder) and prints its path.
 """
@@ -10,6 +11,7 @@ Each writes a PNG (by default next to the checkpoint or in the run folder) and p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional, Sequence, Tuple
@@ -138,22 +140,61 @@ def neighbors(args) -> str:
 
 # --- curves ----------------------------------------------------------------------------------------------------
 
+def _run_label(folder: str) -> str:
+    """A run's folder name with its recipe (from config.json), e.g. "seed1 (quick)"."""
+    label = os.path.basename(os.path.abspath(folder))
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            return f"{label} ({json.load(handle)['recipe']} recipe)"
+    except (OSError, ValueError, KeyError):
+        return label
+
+
+def plot_runs(runs: dict, path: str) -> None:
+    """Several runs on one chart: training and validation loss, and validation top-1 error (§6), per epoch."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for (label, rows), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
+        epochs = [r["epoch"] for r in rows]
+        left.plot(epochs, [r["train_loss"] for r in rows], "--", color=colour, label=f"{label}: train")
+        left.plot(epochs, [r["val_loss"] for r in rows], "o-", color=colour, label=f"{label}: validation")
+        right.plot(epochs, [100 * r["val_top1_err"] for r in rows], "o-", color=colour, label=label)
+    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    right.set(xlabel="epoch", ylabel="validation top-1 error (%)", title="validation top-1 error", ylim=(0, 100))
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    fig.tight_layout()
+    save(fig, path)
+
+
 def curves(args) -> str:
     import pandas as pd
 
     from reproduce import ablate
     from reproduce.train import plot_curves
 
-    if os.path.exists(os.path.join(args.run, "ablation.csv")):
-        rows = pd.read_csv(os.path.join(args.run, "ablation.csv"))
+    if len(args.run) == 1 and os.path.exists(os.path.join(args.run[0], "ablation.csv")):
+        folder = args.run[0]
+        rows = pd.read_csv(os.path.join(folder, "ablation.csv"))
         cells = [ablate.parse_cell(label, int(seed)) for label, seed in zip(rows["variant"], rows["seed"])]
-        ablate.collect(cells, args.run, f"ablation: {os.path.basename(os.path.abspath(args.run))}")
-        return os.path.join(args.run, "ablation.png")
-    metrics = os.path.join(args.run, "metrics.csv")
-    if not os.path.exists(metrics):
-        raise UsageError(f"{args.run} holds no metrics.csv (a reproduce.train run) or ablation.csv (an ablation)")
-    out = args.out or os.path.join(args.run, "curves.png")
-    plot_curves(pd.read_csv(metrics).to_dict("records"), out, os.path.basename(os.path.abspath(args.run)))
+        ablate.collect(cells, folder, f"ablation: {os.path.basename(os.path.abspath(folder))}")
+        return os.path.join(folder, "ablation.png")
+    runs = {}
+    for folder in args.run:
+        metrics = os.path.join(folder, "metrics.csv")
+        if not os.path.exists(metrics):
+            raise UsageError(f"{folder} holds no metrics.csv (a reproduce.train run)"
+                             + (" or ablation.csv (an ablation)" if len(args.run) == 1 else ""))
+        runs[_run_label(folder)] = pd.read_csv(metrics).to_dict("records")
+    if len(runs) < len(args.run):
+        raise UsageError("two --run folders have the same name and recipe; their curves could not be told apart")
+    if len(args.run) == 1:
+        out = args.out or os.path.join(args.run[0], "curves.png")
+        plot_curves(next(iter(runs.values())), out, os.path.basename(os.path.abspath(args.run[0])))
+        return out
+    out = args.out or "curves-compare.png"
+    plot_runs(runs, out)
     return out
 
 
@@ -177,10 +218,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     two.add_argument("--seed", type=int, default=0, help="which queries and bank images")
     two.add_argument("--out", default=None, metavar="PNG", help="default: neighbors.png beside the checkpoint")
     add_device_arguments(two)
-    three = commands.add_parser("curves", help="loss and error curves of a run, or the chart of an ablation",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    three.add_argument("--run", required=True, metavar="DIR", help="a reproduce.train --out or reproduce.ablate --out")
-    three.add_argument("--out", default=None, metavar="PNG", help="default: curves.png in the run folder")
+    three = commands.add_parser("curves", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                help="loss and error curves of a run (several runs: on one chart), or the chart of "
+                                     "an ablation")
+    three.add_argument("--run", required=True, nargs="+", metavar="DIR",
+                       help="reproduce.train --out folders, or one reproduce.ablate --out")
+    three.add_argument("--out", default=None, metavar="PNG",
+                       help="default: curves.png in the run folder; curves-compare.png here for several runs")
     return parser
 
 

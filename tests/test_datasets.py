@@ -21,7 +21,7 @@ def _cache(tmp_path, monkeypatch):
 def test_spec_parsing_and_errors():
     spec = parse_spec("folder:/data/fruit?val=0.25&seed=3")
     assert (spec.kind, spec.root, spec.options) == ("folder", "/data/fruit", {"val": 0.25, "seed": 3})
-    assert parse_spec("synthetic").options == {"classes": 10, "train": 1000, "val": 200, "seed": 0}
+    assert parse_spec("synthetic").options == {"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"}
     for bad, words in [("mnist:/x", "unknown data set"), ("cifar10", "needs a folder"),
                        ("folder:/x?colour=1", "unknown option"), ("folder:/x?val=abc", "not a float")]:
         with pytest.raises(DataError, match=words):
@@ -164,3 +164,29 @@ def test_synthetic_is_deterministic_and_cached(tmp_path):
     flat = x.reshape(8, -1).float()
     assert torch.cdist(flat, flat)[~torch.eye(8, dtype=torch.bool)].min() > 0
     assert x.float().std(dim=(0, 2, 3)).min() > 30
+
+
+def _object_centre(level: str, shape: str, index: int):
+    """Centroid (x, y) of one object's mask, in pixels."""
+    from paper_alexnet.data import synthetic
+
+    how = synthetic.LEVELS[level]
+    rng = np.random.default_rng([0, 0, index])
+    mask = np.asarray(synthetic._shape_mask(shape, 256, rng, how), dtype=np.float64)
+    ys, xs = np.nonzero(mask)
+    return xs.mean(), ys.mean()
+
+
+def test_synthetic_levels_place_objects_as_documented(tmp_path, monkeypatch):
+    """easy: near the centre (within 20% of the room left by the object); hard: anywhere."""
+    offsets = {level: [max(abs(c - 127.5) for c in _object_centre(level, shape, i))
+                       for shape in ("disc", "square", "hexagon") for i in range(12)] for level in ("easy", "hard")}
+    assert max(offsets["easy"]) < 0.2 * 128 * (1 - 0.25) + 3       # radius >= 0.25 of the side
+    assert max(offsets["hard"]) > 40
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path))
+    easy = open_dataset("synthetic?classes=2&train=2&val=1", progress=False, report=lambda _: None)
+    hard = open_dataset("synthetic?classes=2&train=2&val=1&level=hard", progress=False, report=lambda _: None)
+    assert not np.array_equal(easy.split("train").batch([0])[0], hard.split("train").batch([0])[0])
+    assert sorted(os.listdir(tmp_path)) == ["synthetic-easy-c2-t2-v1-s0", "synthetic-hard-c2-t2-v1-s0"]
+    with pytest.raises(DataError, match="level='medium' is not one of easy, hard"):
+        open_dataset("synthetic?level=medium", progress=False)

@@ -4,6 +4,7 @@ brute-force search on hand-made features), curves, and top-5 predictions for ima
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -73,6 +74,17 @@ def test_figures_from_a_trained_checkpoint(run, tmp_path):
     assert _png_size(run / "curves.png") == (1000, 400)
 
 
+def test_curves_of_several_runs_share_one_chart(run, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = pd.read_csv(run / "metrics.csv")
+    rows.assign(val_top1_err=rows["val_top1_err"] / 2).to_csv(other / "metrics.csv", index=False)
+    assert visualize.main(["curves", "--run", str(run), str(other), "--out", str(tmp_path / "both.png")]) == 0
+    assert _png_size(tmp_path / "both.png") == (1100, 400)
+    assert visualize._run_label(str(run)).endswith("(quick recipe)") and visualize._run_label(str(other)) == "other"
+    assert visualize.main(["curves", "--run", str(run), str(tmp_path / "missing")]) == 2
+
+
 def test_fc7_features_are_the_relu_outputs_of_fc7(run):
     from paper_alexnet.data import Augment, PaperTransform, open_dataset
     from paper_alexnet.engine import load_checkpoint
@@ -105,7 +117,6 @@ def test_predict_prints_the_top_classes_of_image_files(run, tmp_path, capsys):
     assert predict.main(paths + ["--checkpoint", str(run / "best.pt"), "--top", "3", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert out.count("centre crop") == 3 and out.count("  1. ") == 3 and "  4. " not in out
-    import pandas as pd
 
     table = pd.read_csv(csv)
     assert len(table) == 9 and set(table["class"]) <= {"disc", "ring", "square", "frame"}

@@ -38,7 +38,7 @@ from .store import Store, is_store, prepare_store
 from . import synthetic
 
 KINDS = ("synthetic", "imagenet", "cifar10", "cifar100", "caltech101", "folder", "store")
-OPTIONS = {"synthetic": {"classes": 10, "train": 1000, "val": 200, "seed": 0},
+OPTIONS = {"synthetic": {"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"},
            "folder": {"val": 0.1, "seed": 0},
            "caltech101": {"split": "8:1:1", "seed": 0}}
 NEEDS_ROOT = ("imagenet", "cifar10", "cifar100", "caltech101", "folder", "store")
@@ -295,21 +295,24 @@ def synthetic_source(spec: DataSpec) -> DataSet:
         raise DataError(f"synthetic: classes={o['classes']} must be between 2 and {len(synthetic.SHAPES)}")
     if o["train"] < o["classes"] or o["val"] < 1:
         raise DataError(f"synthetic: train={o['train']} must be at least classes={o['classes']}, val at least 1")
+    if o["level"] not in synthetic.LEVELS:
+        raise DataError(f"synthetic: level={o['level']!r} is not one of {', '.join(synthetic.LEVELS)}")
     splits = {}
     for name in ("train", "val"):
-        render = functools.partial(_render, split=name, seed=o["seed"], num_classes=o["classes"])
+        render = functools.partial(_render, split=name, seed=o["seed"], num_classes=o["classes"], level=o["level"])
         splits[name] = RenderSplit(name, synthetic.labels_for(o[name], o["classes"]), render)
     return DataSet(spec.text, list(synthetic.SHAPES[:o["classes"]]), splits)
 
 
-def _render(label, index, split, seed, num_classes):
-    return synthetic.render(label, index, split, seed, num_classes=num_classes)
+def _render(label, index, split, seed, num_classes, level):
+    return synthetic.render(label, index, split, seed, num_classes=num_classes, level=level)
 
 
 def _open_synthetic(spec: DataSpec, download: bool, progress: bool = True, report=print) -> DataSet:
     o = spec.options
     source = synthetic_source(spec)
-    folder = os.path.join(cache_dir(), f"synthetic-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}")
+    folder = os.path.join(cache_dir(),
+                          f"synthetic-{o['level']}-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}")
     if not is_store(folder) or not os.path.isfile(os.path.join(folder, "stats.npz")):
         report(f"generating the built-in synthetic data set into {folder} (once)")
         prepare_store(source.spec, source.classes, source.splits, folder, workers=0, progress=progress,
