@@ -162,6 +162,7 @@ def plot_runs(runs: dict, path: str) -> None:
     left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     right.set(xlabel="epoch", ylabel="validation top-1 error (%)", title="validation top-1 error", ylim=(0, 100))
     for axis in (left, right):
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
     fig.tight_layout()
