@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -103,6 +104,20 @@ def save_checkpoint(path: str, payload: dict) -> None:
     """Write atomically: a temporary file, then a rename, so a kill never leaves half a checkpoint."""
     tmp = f"{path}.tmp"
     torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def share_checkpoint(source: str, path: str) -> None:
+    """Make ``path`` hold what ``source`` holds now, atomically: a hard link (no second write of the file),
+    or a copy where links are impossible. ``source`` is later replaced by a rename, never rewritten in
+    place, so ``path`` keeps this version."""
+    tmp = f"{path}.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
     os.replace(tmp, path)
 
 

@@ -171,9 +171,9 @@ def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
     from reproduce import train
 
     base = train.resolve(train.get_args_parser().parse_args(["--out", str(tmp_path)]))
-    assert (base.epochs, base.batch_size, base.lr) == (5, 32, 1e-4)
-    assert ablate.hparam_cells(base) == ("paper", "paper@epochs=2", "paper@epochs=10", "paper@batch-size=16",
-                                         "paper@batch-size=64", "paper@lr=3e-05", "paper@lr=0.0003")
+    assert (base.epochs, base.batch_size, base.lr) == (4, 16, 1e-4)
+    assert ablate.hparam_cells(base) == ("paper", "paper@epochs=2", "paper@epochs=8", "paper@batch-size=8",
+                                         "paper@batch-size=32", "paper@lr=3e-05", "paper@lr=0.0003")
     smoke = train.resolve(train.get_args_parser().parse_args([*ablate.SMOKE, "--out", str(tmp_path)]))
     assert ablate.hparam_cells(smoke)[:3] == ("paper", "paper@epochs=2", "paper@batch-size=8")   # no 1 // 2
     cell = ablate.parse_cell("paper+no-lrn+no-flip@lr=0.01", 3)

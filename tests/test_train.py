@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from paper_alexnet.engine import NonFiniteLoss, is_stalled
+from paper_alexnet.engine import NonFiniteLoss, is_stalled, load_checkpoint, save_checkpoint, share_checkpoint
 from reproduce import train
 from data_fixtures import image_tree, write_bad_files
 
@@ -44,6 +44,16 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
         assert payload["variant"] == "paper" and set(payload["model"]) >= {"conv1.weight", "fc8.bias"}
         assert "augment" in payload["rng"] and payload["epoch"] in (1, 2)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):
+    latest, best = tmp_path / "checkpoint.pt", tmp_path / "best.pt"
+    save_checkpoint(str(latest), {"model": {}, "epoch": 1})
+    share_checkpoint(str(latest), str(best))
+    save_checkpoint(str(latest), {"model": {}, "epoch": 2})            # epoch 2 is not an improvement
+    assert load_checkpoint(str(best))["epoch"] == 1 and load_checkpoint(str(latest))["epoch"] == 2
+    share_checkpoint(str(latest), str(best))                            # ... and epoch 3 would be
+    assert load_checkpoint(str(best))["epoch"] == 2 and not (tmp_path / "best.pt.tmp").exists()
 
 
 def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):
