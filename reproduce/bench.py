@@ -156,10 +156,10 @@ def bench_models(args) -> list[dict]:
 
         def step(model=model, run=run, optimizer=optimizer, x=x, y=y, eager=eager):
             model.train()
-            with fused_lrn.use_eager(eager), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                loss = torch.nn.functional.cross_entropy(run(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            with fused_lrn.use_eager(eager):
+            with fused_lrn.use_eager(eager):           # forward and backward take the same LRN path
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    loss = torch.nn.functional.cross_entropy(run(x).float(), y)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
 

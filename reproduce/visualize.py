@@ -141,7 +141,7 @@ def neighbors(args) -> str:
 # --- curves ----------------------------------------------------------------------------------------------------
 
 def _run_label(folder: str) -> str:
-    """A run's folder name with its recipe (from config.json), e.g. "seed1 (quick)"."""
+    """A run's folder name with its recipe (from config.json), e.g. "seed1 (quick recipe)"."""
     label = os.path.basename(os.path.abspath(folder))
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:

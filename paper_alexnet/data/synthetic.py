@@ -57,7 +57,7 @@ def _shape_mask(shape: str, size: int, rng: np.random.Generator, level: Level) -
     """A binary mask (mode "L") of one object of class ``shape`` at a random place, scale and rotation."""
     radius = rng.uniform(*level.radius) * size
     cx, cy = rng.uniform(radius, size - radius, size=2)
-    if level.spread != 1.0:
+    if level.spread != 1.0:      # skipped at 1.0, so that the hard level keeps its exact coordinates
         cx, cy = size / 2 + (cx - size / 2) * level.spread, size / 2 + (cy - size / 2) * level.spread
     turn = rng.uniform(0, 2 * math.pi) * level.rotate
     mask = Image.new("L", (size, size), 0)
