@@ -28,12 +28,13 @@ import torch
 
 SOURCE = Path(__file__).with_name("lrn_kernel.cpp")
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_CTYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double, torch.uint8: ctypes.c_uint8}
 _state: dict = {"library": None, "tried": False, "error": None, "enabled": None}
 
 
 def _flags() -> list:
     arch = ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
-    return ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread", *arch]
+    return ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-pthread", *arch]
 
 
 def _cache_dir() -> Path:
@@ -58,12 +59,15 @@ def _build() -> ctypes.CDLL:
                 raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
             os.replace(built, target)
     library = ctypes.CDLL(str(target))
+    i64, f64, u8 = ctypes.c_int64, ctypes.c_double, ctypes.POINTER(ctypes.c_uint8)
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        pointer, i64, f64 = ctypes.POINTER(real), ctypes.c_int64, ctypes.c_double
-        getattr(library, f"lrn_forward_{suffix}").argtypes = [pointer, pointer, i64, i64, i64, i64, i64, f64, f64,
-                                                              f64, ctypes.c_int]
-        getattr(library, f"lrn_backward_{suffix}").argtypes = [pointer, pointer, pointer, i64, i64, i64, i64,
-                                                               i64, f64, f64, f64, ctypes.c_int]
+        t = ctypes.POINTER(real)
+        window = [i64, i64, f64, f64, f64]            # before, after, alpha, beta, k
+        lrn = [i64, i64, i64, *window, ctypes.c_int]                      # blocks, channels, positions
+        stage = [i64, i64, i64, i64, *window, i64, i64, ctypes.c_int]      # ..., height, width, ..., pool
+        for name, pointers, sizes in (("lrn_forward", [t, t], lrn), ("lrn_backward", [t, t, t], lrn),
+                                      ("stage_forward", [t, t, u8], stage), ("stage_backward", [t, u8, t, t], stage)):
+            getattr(library, f"{name}_{suffix}").argtypes = pointers + sizes
     return library
 
 
@@ -102,22 +106,26 @@ def applies(*tensors: torch.Tensor) -> bool:
             and len({t.dtype for t in tensors}) == 1 and library() is not None)
 
 
-def _call(kind: str, tensors: list, size: int, alpha: float, beta: float, k: float, groups: int) -> None:
+def _call(kind: str, tensors: list, sizes: tuple, window: tuple, groups: int, pool: tuple = ()) -> None:
+    """Run entry ``kind`` on ``tensors`` (input first); ``sizes`` are the input's sizes after (N, C)."""
     a = tensors[0]
     n, c = a.shape[:2]
-    positions = a[0, 0].numel() if a.dim() > 2 else 1
+    size, alpha, beta, k = window
     kind_of = _DTYPES[a.dtype]
-    pointer = ctypes.POINTER(ctypes.c_float if kind_of == "f32" else ctypes.c_double)
-    pointers = [ctypes.cast(t.data_ptr(), pointer) for t in tensors]
-    getattr(library(), f"lrn_{kind}_{kind_of}")(*pointers, n * groups, c // groups, positions, size // 2,
-                                                (size - 1) // 2, alpha, beta, k, torch.get_num_threads())
+    pointers = [ctypes.cast(t.data_ptr(), ctypes.POINTER(_CTYPES[t.dtype])) for t in tensors]
+    getattr(library(), f"{kind}_{kind_of}")(*pointers, n * groups, c // groups, *sizes, size // 2, (size - 1) // 2,
+                                            alpha, beta, k, *pool, torch.get_num_threads())
+
+
+def _positions(a: torch.Tensor) -> tuple:
+    return (a[0, 0].numel() if a.dim() > 2 else 1,)
 
 
 def forward(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
     """b = a / (k + alpha * window sum of a^2)^beta, per group of channels (§3.3)."""
     out = torch.empty_like(a)
     if a.numel():
-        _call("forward", [a, out], size, alpha, beta, k, groups)
+        _call("lrn_forward", [a, out], _positions(a), (size, alpha, beta, k), groups)
     return out
 
 
@@ -126,5 +134,33 @@ def backward(a: torch.Tensor, grad_out: torch.Tensor, size: int, alpha: float, b
     """d loss / d a for the forward above, given d loss / d b."""
     grad = torch.empty_like(a)
     if a.numel():
-        _call("backward", [a, grad_out, grad], size, alpha, beta, k, groups)
+        _call("lrn_backward", [a, grad_out, grad], _positions(a), (size, alpha, beta, k), groups)
+    return grad
+
+
+def pooled_size(size: int, pool_size: int, pool_stride: int) -> int:
+    """Max-pooling's output size without padding, rounded down (PyTorch's default, §3.4)."""
+    return (size - pool_size) // pool_stride + 1
+
+
+def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> tuple:
+    """max_pool(LRN(relu(z))) for (N, C, H, W) z: window = (size, alpha, beta, k), pool = (size, stride).
+
+    Returns the pooled map and, for the backward, where each output's maximum sits in its window
+    (row * size + column, uint8).
+    """
+    n, c, h, w = z.shape
+    out = z.new_empty((n, c, pooled_size(h, *pool), pooled_size(w, *pool)))
+    at = torch.empty(out.shape, dtype=torch.uint8)
+    if z.numel():
+        _call("stage_forward", [z, out, at], (h, w), window, groups, pool)
+    return out, at
+
+
+def stage_backward(z: torch.Tensor, at: torch.Tensor, grad_out: torch.Tensor, window: tuple, groups: int,
+                   pool: tuple) -> torch.Tensor:
+    """d loss / d z for :func:`stage_forward`, given d loss / d out (the pooled map's gradient)."""
+    grad = torch.empty_like(z)
+    if z.numel():
+        _call("stage_backward", [z, at, grad_out, grad], tuple(z.shape[2:]), window, groups, pool)
     return grad

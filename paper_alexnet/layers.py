@@ -13,6 +13,7 @@ of §3.2 did with its own half of the kernel maps.
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from . import fused_lrn, paper
 
@@ -81,6 +82,63 @@ def _neg_pow(scale: torch.Tensor, beta: float) -> torch.Tensor:
     if beta == 0.75:
         return torch.rsqrt(scale * torch.sqrt(scale))
     return scale.pow(-beta)
+
+
+class _ReluLRNPoolFunction(torch.autograd.Function):
+    """max_pool(LRN(relu(z))) in one fused kernel pass each way.
+
+    Kept for backward: z and each output's position in its pooling window (one byte), instead of the
+    ReLU's output, the LRN's output and int64 pooling indices (2.7x the memory of z).
+    """
+
+    @staticmethod
+    def forward(ctx, z, window, groups, pool):
+        out, at = fused_lrn.stage_forward(z, window, groups, pool)
+        ctx.save_for_backward(z, at)
+        ctx.hyper = (window, groups, pool)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, at = ctx.saved_tensors
+        window, groups, pool = ctx.hyper
+        grad_out = grad_out.contiguous()
+        if torch.is_grad_enabled() or not fused_lrn.applies(z, grad_out):  # double backward: through torch ops
+            with torch.enable_grad():
+                source = z if z.requires_grad else z.detach().requires_grad_()
+                out = F.max_pool2d(local_response_norm(F.relu(source), *window, groups), *pool)
+                grad = torch.autograd.grad(out, source, grad_out, create_graph=torch.is_grad_enabled())[0]
+            return grad, None, None, None
+        return fused_lrn.stage_backward(z, at, grad_out, window, groups, pool), None, None, None
+
+
+def _fusable(act: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
+    """Whether act -> norm -> pool is ReLU -> §3.3 LRN -> plain max-pool that the fused kernel computes."""
+    modules = (act, norm, pool)
+    return (type(act) is nn.ReLU and type(norm) is LocalResponseNorm and type(pool) is nn.MaxPool2d
+            and 0 < (_square(pool.kernel_size) or 0) <= 15 and _square(pool.stride) and _square(pool.padding) == 0
+            and _square(pool.dilation) == 1 and not pool.ceil_mode and not pool.return_indices
+            and x.dim() == 4 and min(x.shape[2:]) >= _square(pool.kernel_size) and x.shape[1] % norm.groups == 0
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in modules) and fused_lrn.applies(x))
+
+
+def _square(value):
+    """An int for an int or an equal pair (a square window); None otherwise."""
+    if isinstance(value, int):
+        return value
+    return value[0] if len(value) == 2 and value[0] == value[1] else None
+
+
+def relu_norm_pool(x: torch.Tensor, act: nn.Module, norm: nn.Module, pool: nn.Module) -> torch.Tensor:
+    """``pool(norm(act(x)))``: §3.5's order after conv1 and conv2 (ReLU §3.1, LRN §3.3, pooling §3.4).
+
+    When these are the paper's ReLU, LRN and max-pooling (no hooks) on a contiguous float CPU tensor, one
+    fused kernel pass computes all three (docs/performance.md); otherwise the three modules run in turn.
+    """
+    if not _fusable(act, norm, pool, x):
+        return pool(norm(act(x)))
+    window = (norm.size, norm.alpha, norm.beta, norm.k)
+    return _ReluLRNPoolFunction.apply(x, window, norm.groups, (_square(pool.kernel_size), _square(pool.stride)))
 
 
 def local_response_norm(x: torch.Tensor, size: int = paper.LRN_SIZE, alpha: float = paper.LRN_ALPHA,

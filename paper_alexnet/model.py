@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from . import paper
 from .config import ArchConfig
 from .geometry import check_input, layer_map
-from .layers import LocalResponseNorm
+from .layers import LocalResponseNorm, relu_norm_pool
 from .variants import get_config
 
 
@@ -78,9 +78,11 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = check_input(self.config, tuple(x.shape))
-        x = self.act(self.conv1(self._edge(x, rows["conv1"].edge_pad)))         # 96x55x55
-        x = self.pool1(self.norm1(x))                                           # 96x27x27
-        x = self.pool2(self.norm2(self.act(self.conv2(self._edge(x, rows["conv2"].edge_pad)))))  # 256x13x13
+        # ReLU -> LRN -> pool after conv1 and conv2 (one fused kernel on the CPU, layers.relu_norm_pool)
+        x = self.conv1(self._edge(x, rows["conv1"].edge_pad))                   # 96x55x55
+        x = relu_norm_pool(x, self.act, self.norm1, self.pool1)                 # 96x27x27
+        x = self.conv2(self._edge(x, rows["conv2"].edge_pad))                   # 256x27x27
+        x = relu_norm_pool(x, self.act, self.norm2, self.pool2)                 # 256x13x13
         x = self.act(self.conv3(self._edge(x, rows["conv3"].edge_pad)))         # 384x13x13
         x = self.act(self.conv4(self._edge(x, rows["conv4"].edge_pad)))         # 384x13x13
         x = self.pool5(self.act(self.conv5(self._edge(x, rows["conv5"].edge_pad))))  # 256x6x6

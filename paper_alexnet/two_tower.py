@@ -23,7 +23,7 @@ from torch import nn
 from . import paper
 from .config import ArchConfig
 from .geometry import check_input, layer_map
-from .layers import LocalResponseNorm
+from .layers import LocalResponseNorm, relu_norm_pool
 from .model import AlexNet
 
 # Where activations cross between the towers (§3.2, Figure 2), and what crosses: the input of these layers.
@@ -61,8 +61,8 @@ class Tower(nn.Module):
                                   else nn.Identity() for after in ("fc6", "fc7"))    # §4.2
 
     def front(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.norm1(self.act(self.conv1(x))))        # 48x27x27
-        return self.pool(self.norm2(self.act(self.conv2(x))))     # 128x13x13
+        x = relu_norm_pool(self.conv1(x), self.act, self.norm1, self.pool)     # 48x27x27
+        return relu_norm_pool(self.conv2(x), self.act, self.norm2, self.pool)  # 128x13x13
 
     def middle(self, both: torch.Tensor) -> torch.Tensor:
         x = self.act(self.conv4(self.act(self.conv3(both))))      # 192x13x13
