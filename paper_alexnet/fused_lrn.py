@@ -1,10 +1,12 @@
-"""The fused CPU kernel of the §3.3 LRN (lrn_kernel.cpp): built on first use, loaded with ctypes.
+"""The fused CPU kernels of the §3.3 LRN (lrn_kernel.cpp): built on first use, loaded with ctypes.
 
 Why: in eager PyTorch the LRN's forward and backward are ~30 passes over a 37 MB activation, a fifth
 of the paper net's training step on a CPU (docs/performance.md); the kernel does each in one pass.
-It computes the same equation as the eager path in ``layers.py`` and is used for contiguous float32 /
-float64 CPU tensors when a C++ compiler is present; everything else (CUDA, bfloat16, channels-last,
-double backward) takes the eager path. ``PAPER_ALEXNET_LRN=eager`` turns the kernel off.
+``forward``/``backward`` are the LRN alone; ``stage_forward``/``stage_backward`` are conv1's and
+conv2's whole ReLU -> LRN -> max-pool (used by ``layers.relu_norm_pool``). They compute the same
+equations as the eager path in ``layers.py`` and are used for contiguous float32 / float64 CPU tensors
+when a C++ compiler is present; everything else (CUDA, bfloat16, channels-last, double backward,
+torch.compile) takes the eager path. ``PAPER_ALEXNET_LRN=eager`` turns the kernels off.
 
 The shared library is cached in the package's cache folder (``$PAPER_ALEXNET_CACHE``, default
 ~/.cache/paper_alexnet) under ``kernels/``,
@@ -101,8 +103,10 @@ def use_eager(eager: bool = True) -> Iterator[None]:
 
 
 def applies(*tensors: torch.Tensor) -> bool:
-    """True when the kernel can take these tensors: contiguous, float32/64, on the CPU, and it is on."""
-    return (enabled() and all(t.device.type == "cpu" and t.dtype in _DTYPES and t.is_contiguous() for t in tensors)
+    """True when the kernel can take these tensors: contiguous, float32/64, on the CPU, it is on, and
+    torch.compile is not tracing (it compiles the torch-ops path instead)."""
+    return (not torch.compiler.is_compiling() and enabled()
+            and all(t.device.type == "cpu" and t.dtype in _DTYPES and t.is_contiguous() for t in tensors)
             and len({t.dtype for t in tensors}) == 1 and library() is not None)
 
 

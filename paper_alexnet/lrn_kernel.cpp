@@ -3,7 +3,8 @@
 //     b[i] = a[i] / (k + alpha * sum_{j in W(i)} a[j]^2) ^ beta,   W(i) = i - before .. i + after
 //
 // lrn_*: the LRN alone. stage_*: §3.5's order after conv1 and conv2, ReLU (§3.1) -> LRN -> max-pool
-// (§3.4), from the conv output z to the pooled map, keeping only z for backward.
+// (§3.4), from the conv output z to the pooled map; the backward needs only z and, per pooled output,
+// where in its window the maximum was (one byte).
 // Eager PyTorch needs ~30 passes over the activation for the LRN's forward + backward, and the ReLU and
 // the pooling a few more; these do each direction in one pass per (image, channel group), with the
 // window's rows still in cache. Plain C++ with C entry points (called through ctypes, which releases the

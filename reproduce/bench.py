@@ -6,7 +6,9 @@ Sections (``--only``, default: both):
          kernel (fused_lrn.py), torchvision's net and a naive faithful reference (torch's
          LocalResponseNorm with alpha*n per tower, grouped convs), at one batch size and thread count,
          median of repetitions after warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak
-         measured in the same run, the LRN layers' share of the step, and training memory.
+         measured in the same run, the LRN layers' share of the step, and training memory. Every
+         repetition times each net once in turn; a ratio is the median of the repetitions' ratios,
+         so that a slow moment of a shared machine, which slows neighbours in time alike, cancels.
   data   the loader's images/s into the training transform (§2/§4.1 crop, flip, mean image, PCA
          lighting), from a prepared store and from a folder of ImageNet-sized JPEGs, made in a
          temporary folder from the synthetic set.
@@ -84,6 +86,10 @@ def naive_reference(num_classes: int = 1000) -> AlexNet:
     return model
 
 
+def _median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
     for _ in range(warmup):
         work()
@@ -94,7 +100,7 @@ def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
         work()
         sync()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return _median(times)
 
 
 def matmul_peak(device: torch.device, sync, size: int = 2048) -> float:
@@ -177,7 +183,8 @@ def bench_models(args) -> list[dict]:
             memory = torch.cuda.max_memory_allocated(device)
         else:   # weights + grads + momentum + what autograd keeps for backward
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            memory = 3 * weights + _saved_bytes(model, x, y)
+            with fused_lrn.use_eager(eager):
+                memory = 3 * weights + _saved_bytes(model, x, y)
         cases[name] = (model, step, infer, memory, lrn)
     # Round robin: each repetition times every net once, so that a slower moment of the machine
     # slows all nets alike instead of one.
@@ -188,7 +195,7 @@ def bench_models(args) -> list[dict]:
             times[name][1].append(_median_seconds(infer, 1, 0, sync))
     rows = []
     for name, (model, _, _, memory, lrn) in cases.items():
-        train_s, infer_s = (sorted(t)[len(t) // 2] for t in times[name])
+        train_s, infer_s = (_median(t) for t in times[name])
         macs = totals(layer_shapes(model.config))["macs"]
         # a training step is about 3 forward passes of multiply-adds (2 FLOPs each)
         flops = 6 * macs * args.batch_size / train_s / 1e9
@@ -196,12 +203,15 @@ def bench_models(args) -> list[dict]:
                      "infer_images_per_s": args.batch_size / infer_s, "step_ms": 1000 * train_s,
                      "train_gflop_per_s": flops, "utilisation": flops / peak, "train_memory_mb": memory / 2 ** 20})
     by = {r["what"]: r for r in rows}
+
+    def paired(name, other):     # median over repetitions of step(other) / step(name): speed of name vs other
+        return _median([b / a for a, b in zip(times[name][0], times[other][0])])
+
     for row in rows:
         if row["lrn"]:
-            row["lrn_share"] = 1 - by["paper+no-lrn"]["step_ms"] / row["step_ms"]
-    for row in rows:
-        row["vs_torchvision"] = row["train_images_per_s"] / by["torchvision"]["train_images_per_s"]
-        row["vs_naive"] = row["train_images_per_s"] / by["naive faithful"]["train_images_per_s"]
+            row["lrn_share"] = 1 - 1 / paired("paper+no-lrn", row["what"])
+        row["vs_torchvision"] = paired(row["what"], "torchvision")
+        row["vs_naive"] = paired(row["what"], "naive faithful")
         row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
     print(f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s", file=sys.stderr)
     return rows

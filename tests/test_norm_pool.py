@@ -1,0 +1,170 @@
+"""The fused ReLU -> LRN -> max-pool of conv1 and conv2 (layers.relu_norm_pool) against §3.1, §3.3 and
+§3.4 written out independently: relu, paper_reference.lrn, then torch's max-pooling."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import paper_reference as ref
+from paper_alexnet import LocalResponseNorm, build_model, fused_lrn
+from paper_alexnet.layers import relu_norm_pool
+
+pytestmark = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler")
+
+
+def conv_output(shape, seed=0, scale=40.0, dtype=torch.float64):
+    """Conv-like output: about half negative (the ReLU matters), large enough that the LRN's denominator is far
+    from k."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def stage(groups=2, pool=(3, 2)):
+    return nn.ReLU(inplace=True), LocalResponseNorm(groups=groups), nn.MaxPool2d(*pool)
+
+
+def written_out(z, groups=2, pool=(3, 2)):
+    return F.max_pool2d(ref.lrn(F.relu(z), groups=groups), *pool)
+
+
+def fused(out):
+    return type(out.grad_fn).__name__ == "_ReluLRNPoolFunctionBackward"
+
+
+@pytest.mark.parametrize("groups,pool,shape", [(2, (3, 2), (2, 8, 11, 9)), (1, (3, 2), (2, 6, 13, 13)),
+                                               (2, (2, 2), (3, 4, 8, 7)), (3, (3, 3), (1, 9, 10, 10))])
+def test_forward_and_gradient_match_the_paper_written_out(groups, pool, shape):
+    z = conv_output(shape).requires_grad_()
+    w = z.detach().clone().requires_grad_()
+    out = relu_norm_pool(z, *stage(groups, pool))
+    want = written_out(w, groups, pool)
+    assert fused(out)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out.backward(upstream)
+    want.backward(upstream)
+    torch.testing.assert_close(z.grad, w.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_and_double_backward_float64():
+    z = conv_output((2, 4, 7, 7), scale=30.0).requires_grad_()
+    act, norm, pool = stage()
+    assert torch.autograd.gradcheck(lambda t: relu_norm_pool(t, act, norm, pool), (z,))
+    assert torch.autograd.gradgradcheck(lambda t: relu_norm_pool(t, act, norm, pool), (z,))
+
+
+def test_conv1_sized_float32():
+    """conv1's maps (96 channels of 55x55, two towers) in float32 against the float64 reference."""
+    z = conv_output((2, 96, 55, 55), dtype=torch.float32).requires_grad_()
+    w = z.detach().double().requires_grad_()
+    out = relu_norm_pool(z, *stage())
+    want = written_out(w)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(upstream)
+    want.backward(upstream.double())
+    torch.testing.assert_close(z.grad.double(), w.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_ties_and_nans_go_where_torch_sends_them():
+    """Exact ties in a window: the first in row-major order takes the gradient; a NaN wins (torch's rules)."""
+    gen = torch.Generator().manual_seed(4)
+    # every channel the same plane of a few values: equal a, equal window sums, so exact ties in the LRN's output
+    z = torch.randint(-1, 3, (2, 1, 9, 9), generator=gen).double().expand(2, 6, 9, 9).contiguous()
+    z[0, 2, 4, 5] = float("nan")
+    z = z.requires_grad_()
+    w = z.detach().clone().requires_grad_()
+    out = relu_norm_pool(z * 1, *stage())
+    with fused_lrn.use_eager():
+        want = relu_norm_pool(w * 1, *stage())
+    assert fused(out) and not fused(want)
+    windows = F.unfold(ref.lrn(F.relu(w.detach()), groups=2).reshape(-1, 1, 9, 9), 3, stride=2)
+    top = windows.max(dim=1, keepdim=True).values
+    assert ((windows == top) & (top > 0)).sum(dim=1).gt(1).sum() > 20     # windows whose maximum is tied
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    upstream = torch.rand(out.shape, dtype=torch.float64, generator=gen) + 1
+    out.backward(upstream)
+    want.backward(upstream)
+    torch.testing.assert_close(z.grad, w.grad, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_bitwise_deterministic_whatever_the_thread_count():
+    z = conv_output((4, 96, 27, 27), dtype=torch.float32).requires_grad_()
+    upstream = torch.randn((4, 96, 13, 13), generator=torch.Generator().manual_seed(3))
+    threads, results = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            z.grad = None
+            out = relu_norm_pool(z, *stage())
+            out.backward(upstream)
+            results.append((out.detach(), z.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+def test_keeps_only_z_and_a_byte_per_output():
+    """Memory: the saved tensors are z and one uint8 per pooled output, not the ReLU's and the LRN's outputs."""
+    z = conv_output((2, 8, 11, 11), dtype=torch.float32).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = relu_norm_pool(z * 1, *stage())
+    assert sorted((str(t.dtype), t.numel()) for t in saved) == [("torch.float32", z.numel()),
+                                                                ("torch.uint8", out.numel())]
+
+
+@pytest.mark.parametrize("case", ["hook", "ceil", "tanh", "eager", "channels_last", "torch_lrn"])
+def test_what_the_kernel_does_not_take_runs_the_modules_in_turn(case):
+    z = conv_output((2, 8, 11, 11), dtype=torch.float32)
+    act, norm, pool = stage()
+    want = pool(norm(act(z.clone())))
+    eager = case == "eager"
+    if case == "hook":
+        norm.register_forward_hook(lambda module, inputs, output: None)
+    elif case == "ceil":
+        pool, want = nn.MaxPool2d(3, 2, ceil_mode=True), F.max_pool2d(norm(act(z.clone())), 3, 2, ceil_mode=True)
+    elif case == "tanh":
+        act, want = nn.Tanh(), pool(norm(torch.tanh(z)))
+    elif case == "channels_last":
+        z = z.contiguous(memory_format=torch.channels_last)
+    elif case == "torch_lrn":
+        norm = nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)        # alpha * n: the paper's LRN, but not our module
+        want = pool(norm(act(z.clone())))
+    with fused_lrn.use_eager(eager):
+        out = relu_norm_pool(z.clone().requires_grad_() * 1, act, norm, pool)
+    assert not fused(out)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["paper", "paper-two-tower"])
+def test_the_paper_net_takes_the_fused_path_and_agrees_with_the_modules(variant):
+    torch.manual_seed(0)
+    model = build_model("paper", 10, init="he")
+    if variant == "paper-two-tower":
+        from paper_alexnet import TwoTowerAlexNet
+        model = TwoTowerAlexNet(model.config)
+    model.eval()                                   # no dropout: the two passes see the same net
+    x = torch.randn(2, 3, 227, 227) * 60
+    calls = []
+    real = fused_lrn.stage_forward
+    fused_lrn.stage_forward = lambda *args: calls.append(1) or real(*args)
+    try:
+        out = model(x)
+    finally:
+        fused_lrn.stage_forward = real
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with fused_lrn.use_eager():
+        want = model(x)
+        want.square().sum().backward()
+    assert len(calls) == 2 * (2 if variant == "paper-two-tower" else 1)
+    assert want.std() > 0.1
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    for got, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-3, atol=1e-3 * p.grad.abs().max().item())
