@@ -28,6 +28,7 @@ from PIL import Image
 import torch
 
 from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes, totals
+from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data.synthetic import render
 
@@ -231,6 +232,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=1024, help="data: JPEGs to generate for the folder")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc as it comes (freed blocks over its mmap threshold go back to the "
+                             "system) instead of keeping freed memory as train and evaluate do")
     parser.add_argument("--csv", default=None, metavar="PATH", help="also write the rows as CSV")
     return parser
 
@@ -238,6 +242,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     import pandas as pd
+
+    kept = not args.system_malloc and keep_freed_memory()   # as train runs (cpu_memory.py); alike for every net
 
     if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
         print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
@@ -256,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = pd.DataFrame(rows)
     print(f"# torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, device {args.device}, "
           f"batch {args.batch_size}" + (", bf16 autocast" if args.amp else "")
-          + (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else ""))
+          + (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")
+          + (", freed memory kept (glibc)" if kept else ", freed memory returned to the system"))
     print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}"))
     if args.csv:
         table.to_csv(args.csv, index=False)

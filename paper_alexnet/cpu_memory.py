@@ -1,0 +1,37 @@
+"""Keep freed memory in the process (glibc's malloc, Linux): why the paper net trained slower than it computes.
+
+glibc hands a freed block back to the system when it was larger than its mmap threshold (which adapts, but
+never past 32 MB on 64-bit), and trims the top of the heap; the next allocation of that size then takes a
+page fault on every 4 KB page, which the kernel also zeroes. The paper net's conv1 maps (96 x 55 x 55 floats
+per image: 37 MB at batch 32), their gradient and the like are over 32 MB and paid that every training step;
+torchvision's (64 maps: 25 MB) mostly are not. Measured on the project's CPU: allocating and filling 37 MB
+took 20 ms and 9,473 page faults, and 3 ms with none once freed blocks are kept (docs/performance.md).
+
+The training, evaluation, ablation and bench commands call :func:`keep_freed_memory` first; the library
+itself never does (a process-wide setting is the program's choice). The cost: the process keeps what it
+freed, so its resident memory stays at its peak, which a training loop reaches again every step anyway.
+``PAPER_ALEXNET_KEEP_MEMORY=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # mallopt parameters, <malloc.h>
+KEEP_BELOW = 1 << 30                             # blocks under 1 GiB come from, and go back to, the heap
+
+
+def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
+    """Ask glibc to serve blocks under ``limit`` bytes from its heap and not to return freed memory to the
+    system. True when set; False where there is no glibc or ``PAPER_ALEXNET_KEEP_MEMORY=0``."""
+    if os.environ.get("PAPER_ALEXNET_KEEP_MEMORY", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):        # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))
