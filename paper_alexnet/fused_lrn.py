@@ -28,6 +28,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from .geometry import window_output
+
 SOURCE = Path(__file__).with_name("lrn_kernel.cpp")
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _CTYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double, torch.uint8: ctypes.c_uint8}
@@ -142,11 +144,6 @@ def backward(a: torch.Tensor, grad_out: torch.Tensor, size: int, alpha: float, b
     return grad
 
 
-def pooled_size(size: int, pool_size: int, pool_stride: int) -> int:
-    """Max-pooling's output size without padding, rounded down (PyTorch's default, §3.4)."""
-    return (size - pool_size) // pool_stride + 1
-
-
 def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> tuple:
     """max_pool(LRN(relu(z))) for (N, C, H, W) z: window = (size, alpha, beta, k), pool = (size, stride).
 
@@ -154,7 +151,8 @@ def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> t
     (row * size + column, uint8).
     """
     n, c, h, w = z.shape
-    out = z.new_empty((n, c, pooled_size(h, *pool), pooled_size(w, *pool)))
+    sides = (window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w))   # §3.4, floor
+    out = z.new_empty((n, c, *sides))
     at = torch.empty(out.shape, dtype=torch.uint8)
     if z.numel():
         _call("stage_forward", [z, out, at], (h, w), window, groups, pool)
