@@ -225,6 +225,7 @@ void backward_blocks(const T* z, const uint8_t* at, const T* g, T* gz, int64_t f
     std::vector<int64_t> offset(Pooled ? pool.size * pool.size : 0);     // window position -> plane offset
     for (int64_t o = 0; o < int64_t(offset.size()); ++o) offset[o] = (o / pool.size) * pool.width + o % pool.size;
     Squares<Relu, T> squares(w);
+    std::vector<const T*> rows(w.before + w.after + 1);                 // the transposed window's rows of t
     for (int64_t blk = first; blk < last; ++blk) {
         const T* x = z + blk * size;
         const T* gy = g + blk * w.channels * per;
@@ -253,7 +254,6 @@ void backward_blocks(const T* z, const uint8_t* at, const T* g, T* gz, int64_t f
                 gxj[p] = gb * inv[p];
             }
         }
-        std::vector<const T*> rows(w.before + w.after + 1);
         for (int64_t i = 0; i < w.channels; ++i) {   // the transposed window: j = i - after .. i + before
             const int64_t lo = std::max<int64_t>(0, i - w.after), hi = std::min<int64_t>(w.channels - 1, i + w.before);
             T* cross = inv.data();

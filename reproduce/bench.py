@@ -210,7 +210,7 @@ def bench_models(args) -> list[dict]:
 
     for row in rows:
         if row["lrn"]:
-            row["lrn_share"] = 1 - 1 / paired("paper+no-lrn", row["what"])
+            row["lrn_share"] = 1 - paired(row["what"], "paper+no-lrn")      # 1 - step(no LRN) / step(net)
         row["vs_torchvision"] = paired(row["what"], "torchvision")
         row["vs_naive"] = paired(row["what"], "naive faithful")
         row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
