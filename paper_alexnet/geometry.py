@@ -159,6 +159,12 @@ def totals(layers: Sequence[Layer]) -> Dict[str, int]:
             "neurons": sum(l.neurons for l in layers)}
 
 
+def is_built_input(config: ArchConfig, shape: Sequence[int]) -> bool:
+    """Whether ``shape`` is a batch of the images the net is built for (N, C, input_size, input_size):
+    the nets then use the geometry they looked up when built, so that torch.compile traces none of it."""
+    return len(shape) == 4 and tuple(shape[1:]) == (config.in_channels, config.input_size, config.input_size)
+
+
 def check_input(config: ArchConfig, shape: Sequence[int]) -> Mapping[str, Layer]:
     """The layers for an (N, C, H, W) input, or a ShapeError saying why the net cannot take it."""
     label = f"the '{config.name}' net"

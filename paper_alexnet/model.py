@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import paper
 from .config import ArchConfig
-from .geometry import check_input, layer_map
+from .geometry import check_input, is_built_input, layer_map
 from .layers import LocalResponseNorm, relu_norm_pool
 from .variants import get_config
 
@@ -51,7 +51,8 @@ class AlexNet(nn.Module):
         self.conv4 = conv(3)                                           # 384 x 3x3x192 (groups 2)
         self.conv5, self.pool5 = conv(4), pool()                       # 256 x 3x3x192 (groups 2)
         self.avgpool = nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
-        fc6_in = layer_map(cfg)["fc6"].in_shape[0]                   # 256*6*6 = 9216
+        self._rows = layer_map(cfg)                                    # the geometry at the built input size
+        fc6_in = self._rows["fc6"].in_shape[0]                         # 256*6*6 = 9216
         self.drop5 = dropout("pool5")                                  # torchvision only
         self.fc6, self.drop6 = nn.Linear(fc6_in, cfg.fc_sizes[0]), dropout("fc6")            # 4096, §4.2
         self.fc7, self.drop7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), dropout("fc7")  # 4096, §4.2
@@ -77,7 +78,8 @@ class AlexNet(nn.Module):
         return F.pad(x, (0, pad, 0, pad)) if pad else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = check_input(self.config, tuple(x.shape))
+        shape = tuple(x.shape)
+        rows = self._rows if is_built_input(self.config, shape) else check_input(self.config, shape)
         # ReLU -> LRN -> pool after conv1 and conv2 (one fused kernel on the CPU, layers.relu_norm_pool)
         x = self.conv1(self._edge(x, rows["conv1"].edge_pad))                   # 96x55x55
         x = relu_norm_pool(x, self.act, self.norm1, self.pool1)                 # 96x27x27

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import paper
 from .config import ArchConfig
-from .geometry import check_input, layer_map
+from .geometry import check_input, is_built_input, layer_map
 from .layers import LocalResponseNorm, relu_norm_pool
 from .model import AlexNet
 
@@ -91,7 +91,8 @@ class TwoTowerAlexNet(nn.Module):
         return [torch.cat([p.to(d, non_blocking=True) for p in parts], 1) for d in self.devices]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(self.config, tuple(x.shape))
+        if not is_built_input(self.config, tuple(x.shape)):
+            check_input(self.config, tuple(x.shape))      # a ShapeError naming the layer, or the geometry fits
         front = [t.front(x.to(d, non_blocking=True)) for t, d in zip(self.towers, self.devices)]   # 128x13x13 each
         pooled = [t.middle(both) for t, both in zip(self.towers, self._across(front))]           # 4608 each
         fc6 = [t.drop6(t.act(t.fc6(both))) for t, both in zip(self.towers, self._across(pooled))]  # 2048 each

@@ -7,8 +7,9 @@ Sections (``--only``, default: both):
          LocalResponseNorm with alpha*n per tower, grouped convs), at one batch size and thread count,
          median of repetitions after warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak
          measured in the same run, the LRN layers' share of the step, and training memory. Every
-         repetition times each net once in turn; a ratio is the median of the repetitions' ratios,
-         so that a slow moment of a shared machine, which slows neighbours in time alike, cancels.
+         repetition times each net once in turn (the order turning by one net each time); a ratio is
+         the median of the repetitions' ratios, so that a slow moment of a shared machine, which slows
+         neighbours in time alike, cancels, with a 95% interval for that median (``*_low``/``*_high``).
   data   the loader's images/s into the training transform (§2/§4.1 crop, flip, mean image, PCA
          lighting), from a prepared store and from a folder of ImageNet-sized JPEGs, made in a
          temporary folder from the synthetic set.
@@ -17,6 +18,7 @@ Sections (``--only``, default: both):
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -27,7 +29,7 @@ from PIL import Image
 
 import torch
 
-from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes, totals
+from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data.synthetic import render
@@ -91,6 +93,21 @@ def _median(values: list) -> float:
     return sorted(values)[len(values) // 2]
 
 
+def median_interval(values: list, confidence: float = 0.95) -> tuple:
+    """A distribution-free interval for the median of ``values``: the order statistics x(l) and
+    x(n + 1 - l), l the largest with P(Binomial(n, 1/2) < l) <= (1 - confidence) / 2; with too few
+    values for that, their whole range (which then covers the median with less confidence)."""
+    ordered, n = sorted(values), len(values)
+    tail, low = 0.0, 0
+    while low < n // 2:
+        tail += math.comb(n, low) / 2 ** n            # P(Binomial(n, 1/2) <= low)
+        if tail > (1 - confidence) / 2:
+            break
+        low += 1
+    low = max(low, 1)
+    return ordered[low - 1], ordered[n - low]
+
+
 def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
     for _ in range(warmup):
         work()
@@ -104,15 +121,22 @@ def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
     return _median(times)
 
 
-def matmul_peak(device: torch.device, sync, size: int = 2048) -> float:
-    """GFLOP/s of a float32 (bf16 under --amp) square matrix multiply on ``device``: the reachable peak."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    seconds = _median_seconds(lambda: a @ b, 5, 2, sync)
-    return 2 * size ** 3 / seconds / 1e9
+def matmul_work(device: torch.device, dtype: torch.dtype, size: int = 2048):
+    """A square matrix multiply on ``device`` in ``dtype`` (the nets' compute type) and its FLOPs: what
+    the reachable peak is measured by."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return (lambda: a @ b), 2 * size ** 3
 
 
-def _saved_bytes(model, x, y) -> int:
+def step_flops(layers) -> int:
+    """FLOPs of one training step per image: forward, input gradient and weight gradient are each a
+    multiply-add per connection (2 FLOPs), except that the first layer needs no input gradient."""
+    macs = [layer.macs for layer in layers if layer.macs]
+    return 2 * (3 * sum(macs) - macs[0])
+
+
+def _saved_bytes(model, x, y, amp: bool = False) -> int:
     """Bytes autograd keeps for backward in one training forward (the activations' memory)."""
     seen, total = set(), 0
 
@@ -125,7 +149,8 @@ def _saved_bytes(model, x, y) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            torch.nn.functional.cross_entropy(model(x).float(), y)
     return total
 
 
@@ -134,7 +159,11 @@ def bench_models(args) -> list[dict]:
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     classes = 1000
-    kernel = "fused kernel" if fused_lrn.applies(torch.zeros(1, 1, device=device)) else "torch ops"
+    # what the LRN's input will be: bf16 under --amp, channels-last with the flag; compiled: torch ops
+    probe = torch.zeros(1, 2, 3, 3, device=device, dtype=torch.bfloat16 if args.amp else torch.float32)
+    if args.channels_last:
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    kernel = "fused kernel" if fused_lrn.applies(probe) and not args.compile else "torch ops"
     # name -> (builder, which LRN runs: the paper net's own path, or forced to torch ops)
     nets = {"paper": (lambda: build_model("paper", classes), kernel),
             "paper two-tower": (lambda: TwoTowerAlexNet(build_model("paper", classes).config, (device, device)),
@@ -145,7 +174,11 @@ def bench_models(args) -> list[dict]:
             "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), "")}
     if kernel == "torch ops":           # the two paper rows would be the same
         del nets["paper, LRN in torch ops"]
-    peak = matmul_peak(device, sync)
+    native_bf16 = cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if args.amp and not native_bf16:
+        print("note: this CPU has no native bfloat16 (oneDNN reports none), so --amp runs emulated and far slower "
+              "than float32; the peak is float32's", file=sys.stderr)
+    matmul, matmul_flops = matmul_work(device, torch.bfloat16 if args.amp and native_bf16 else torch.float32)
     cases = {}
     for name, (make, lrn) in nets.items():
         torch.manual_seed(0)
@@ -185,36 +218,43 @@ def bench_models(args) -> list[dict]:
         else:   # weights + grads + momentum + what autograd keeps for backward
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             with fused_lrn.use_eager(eager):
-                memory = 3 * weights + _saved_bytes(model, x, y)
+                memory = 3 * weights + _saved_bytes(model, x, y, args.amp)
         cases[name] = (model, step, infer, memory, lrn)
     # Round robin: each repetition times every net once, so that a slower moment of the machine
-    # slows all nets alike instead of one.
-    times = {name: ([], []) for name in cases}
-    for _ in range(args.repeats):
-        for name, (_, step, infer, _, _) in cases.items():
+    # slows all nets alike instead of one; the order turns by one net per repetition, so that no net
+    # always runs after the same one (whose leftovers in caches and in the heap it would inherit).
+    # The matrix-multiply peak is measured in every repetition too, so that it shares the nets' moments.
+    names = list(cases)
+    times, matmul_s = {name: ([], []) for name in cases}, []
+    _median_seconds(matmul, 1, 2, sync)
+    for rep in range(args.repeats):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            _, step, infer, _, _ = cases[name]
             times[name][0].append(_median_seconds(step, 1, 0, sync))
             times[name][1].append(_median_seconds(infer, 1, 0, sync))
+        matmul_s.append(_median_seconds(matmul, 3, 0, sync))
+    peak = matmul_flops / _median(matmul_s) / 1e9
     rows = []
     for name, (model, _, _, memory, lrn) in cases.items():
         train_s, infer_s = (_median(t) for t in times[name])
-        macs = totals(layer_shapes(model.config))["macs"]
-        # a training step is about 3 forward passes of multiply-adds (2 FLOPs each)
-        flops = 6 * macs * args.batch_size / train_s / 1e9
+        flops = step_flops(layer_shapes(model.config)) * args.batch_size / train_s / 1e9
         rows.append({"section": "models", "what": name, "lrn": lrn, "train_images_per_s": args.batch_size / train_s,
                      "infer_images_per_s": args.batch_size / infer_s, "step_ms": 1000 * train_s,
                      "train_gflop_per_s": flops, "utilisation": flops / peak, "train_memory_mb": memory / 2 ** 20})
     by = {r["what"]: r for r in rows}
 
-    def paired(name, other):     # median over repetitions of step(other) / step(name): speed of name vs other
-        return _median([b / a for a, b in zip(times[name][0], times[other][0])])
+    def ratios(name, other):     # per repetition, step(other) / step(name): the speed of name vs other
+        return [b / a for a, b in zip(times[name][0], times[other][0])]
 
     for row in rows:
         if row["lrn"]:
-            row["lrn_share"] = 1 - paired(row["what"], "paper+no-lrn")      # 1 - step(no LRN) / step(net)
-        row["vs_torchvision"] = paired(row["what"], "torchvision")
-        row["vs_naive"] = paired(row["what"], "naive faithful")
+            row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))   # 1 - step(no LRN) / step(net)
+        for column, other in (("vs_torchvision", "torchvision"), ("vs_naive", "naive faithful")):
+            paired = ratios(row["what"], other)
+            row[column] = _median(paired)
+            row[f"{column}_low"], row[f"{column}_high"] = median_interval(paired)     # 95% for the median
         row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
-    print(f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s", file=sys.stderr)
+    print(f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s (median over the repetitions)", file=sys.stderr)
     return rows
 
 
@@ -225,7 +265,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
     parser.add_argument("--device", default="cpu", help="where the nets and the training transform run")
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="models: timed steps per net (median reported)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="models: timed steps per net (median reported); single steps on a shared machine vary "
+                             "by up to 20%%, so use 25 or more for ratios to within about 0.02")
     parser.add_argument("--amp", action="store_true", help="models: bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="models: channels-last memory format")
     parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")

@@ -17,8 +17,11 @@ def test_models_section_writes_one_row_per_net(tmp_path, capsys):
     lrn = table.set_index("what")["lrn"]
     assert lrn["paper"] == ("fused kernel" if fused else "torch ops") and lrn["torchvision"] == ""
     for column in ("train_images_per_s", "infer_images_per_s", "train_gflop_per_s", "utilisation",
-                   "train_memory_mb", "vs_torchvision", "vs_naive", "memory_vs_torchvision"):
+                   "train_memory_mb", "vs_torchvision", "vs_naive", "memory_vs_torchvision", "vs_torchvision_low",
+                   "vs_torchvision_high", "vs_naive_low", "vs_naive_high"):
         assert (table[column] > 0).all(), column
+    assert (table["vs_torchvision_low"] <= table["vs_torchvision"]).all()
+    assert (table["vs_torchvision"] <= table["vs_torchvision_high"]).all()
     assert table.set_index("what").loc["torchvision", "vs_torchvision"] == 1.0
     printed = capsys.readouterr()
     assert "GFLOP/s" in printed.err and "freed memory returned to the system" in printed.out
@@ -39,3 +42,25 @@ def test_bad_settings_are_one_line_errors(capsys):
     assert bench.main(["--only", "models", "-b", "0"]) == 2
     assert bench.main(["--only", "models", "--device", "cuda:9"]) == 2
     assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_median_interval_is_the_binomial_order_statistics():
+    # n = 9: P(Binomial(9, 1/2) <= 1) = 10/512 <= 0.025 < P(<= 2) = 46/512, so x(2) .. x(8) (96.1%)
+    assert bench.median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5]) == (2, 8)
+    # n = 20: P(<= 5) = 21700/2^20 = 0.0207 <= 0.025 < P(<= 6) = 0.0577, so x(6) .. x(15)
+    assert bench.median_interval(list(range(1, 21))) == (6, 15)
+    # too few for 95%: the whole range
+    assert bench.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    assert bench.median_interval([0.5]) == (0.5, 0.5)
+
+
+def test_step_flops_count_three_passes_but_no_input_gradient_for_conv1():
+    from paper_alexnet import build_model, layer_shapes
+
+    layers = layer_shapes(build_model("paper", 1000).config)
+    # §3.5 written out: conv1 96x(11*11*3) at 55x55, conv2 256x(5*5*48) at 27x27, conv3 384x(3*3*256),
+    # conv4 384x(3*3*192), conv5 256x(3*3*192) at 13x13; fc6 9216x4096, fc7 4096x4096, fc8 4096x1000
+    conv1 = 96 * 363 * 55 * 55
+    rest = (256 * 1200 * 27 * 27 + 384 * 2304 * 169 + 384 * 1728 * 169 + 256 * 1728 * 169
+            + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
+    assert bench.step_flops(layers) == 2 * (3 * rest + 2 * conv1)

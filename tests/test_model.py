@@ -231,3 +231,18 @@ def test_input_size_override_resizes_fc6():
     net = build_model("paper", num_classes=10, input_size=195)  # 195 -> 47 -> 23 -> 23 -> 11 -> 11 -> 5
     assert net.fc6.in_features == 256 * 5 * 5
     assert tuple(net.eval()(torch.zeros(1, 3, 195, 195)).shape) == (1, 10)
+
+
+@pytest.mark.parametrize("variant", ["paper", "paper-224", "torchvision"])
+def test_torch_compile_traces_the_net_in_one_graph(variant):
+    """`reproduce.bench --compile` and users' torch.compile: the whole forward is one graph (dynamo's
+    eager backend, so that no compiler runs), and it computes what the module computes."""
+    torch.manual_seed(0)
+    model = build_model(variant, num_classes=10).eval()
+    size = model.config.input_size
+    x = torch.randn(2, 3, size, size)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    model.train()
+    compiled(x).sum().backward()
+    assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0

@@ -161,3 +161,11 @@ def test_the_shape_report_shows_the_crossing_budget():
     forward = 4 * (2 * 128 * 13 * 13 + 2 * 128 * 6 * 6 + 2 * 2048 + 2048)
     assert f"{forward:,} B forward" in text and f"{2 * forward:,} B per image" in text
     assert "Between the two GPUs" not in render([build_model("torchvision").config])
+
+
+def test_torch_compile_traces_the_towers_in_one_graph():
+    torch.manual_seed(0)
+    towers = TwoTowerAlexNet(build_model("paper", num_classes=10).config, ("cpu", "cpu")).eval()
+    x = torch.randn(2, 3, 227, 227)
+    compiled = torch.compile(towers, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), towers(x), rtol=1e-4, atol=1e-5)
