@@ -266,8 +266,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="where the nets and the training transform run")
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="models: timed steps per net (median reported); single steps on a shared machine vary "
-                             "by up to 20%%, so use 25 or more for ratios to within about 0.02")
+                        help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
+                             "single steps on a shared machine vary by up to 20%%, and with 31 the ratios' intervals "
+                             "were about +-0.06 on a 2-core CPU (docs/performance.md)")
     parser.add_argument("--amp", action="store_true", help="models: bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="models: channels-last memory format")
     parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
