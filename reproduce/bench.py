@@ -174,7 +174,7 @@ def bench_models(args) -> list[dict]:
             "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), "")}
     if kernel == "torch ops":           # the two paper rows would be the same
         del nets["paper, LRN in torch ops"]
-    native_bf16 = cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native_bf16 = cuda or (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if args.amp and not native_bf16:
         print("note: this CPU has no native bfloat16 (oneDNN reports none), so --amp runs emulated and far slower "
               "than float32; the peak is float32's", file=sys.stderr)
