@@ -87,7 +87,7 @@ def wrap(model: torch.nn.Module, process: Process, device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device is not None and device.type == "cuda" else None)
 
 
-def dropout_seed(seed: int, epoch: int, rank: int) -> int:
-    """The torch RNG seed of one epoch on one process: resumable at epoch boundaries without saving RNG
-    states, and different per process so that dropout (§4.2) masks are independent across ranks."""
-    return (seed * 1_000_003 + epoch * 10_007 + rank) % (2 ** 63)
+def dropout_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
+    """The torch RNG seed of one training step on one process: a run resumed at any step draws the dropout
+    (§4.2) masks an uninterrupted one draws, without saving RNG states, and masks differ across ranks."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank + step * 7_919_413) % (2 ** 63)

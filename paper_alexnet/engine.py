@@ -1,4 +1,4 @@
-"""One epoch of training (§5) and one evaluation (§4.1 test crops, §6 errors), and checkpoints.
+"""One epoch of training (§5) and one evaluation (§4.1 test crops, §6 errors).
 
 The loop is the paper's: minibatches of augmented crops, cross-entropy, one
 optimiser step per batch. It works the same on CPU and GPU and under
@@ -9,9 +9,8 @@ what one would on the whole batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
-import shutil
 import time
 from typing import Callable, Optional
 
@@ -28,24 +27,49 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or of another net."""
+@dataclasses.dataclass
+class EpochProgress:
+    """One epoch's training so far: the batches done and the running sums behind its metrics. A run stopped
+    mid-epoch saves it in its checkpoint (checkpoint.Checkpoint.progress) and the resumed run continues it,
+    so the epoch's row in metrics.csv is the one an uninterrupted run writes."""
+
+    steps: int = 0                 # global batches done
+    loss_sum: float = 0.0          # summed cross-entropy over the images seen
+    correct: int = 0               # top-1 hits
+    seen: int = 0                  # images
+    seconds: float = 0.0           # training time (this process)
+    skipped: int = 0               # unreadable files left out
+    stopped: bool = False          # the epoch ended early because ``stop`` asked for it
+
+    def result(self) -> dict:
+        return {"train_loss": self.loss_sum / max(self.seen, 1), "train_top1_err": 1 - self.correct / max(self.seen, 1),
+                "images": self.seen, "seconds": self.seconds}
 
 
 def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: PaperTransform,
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, *, device: torch.device,
                     amp: bool = False, channels_last: bool = False, rank: int = 0, world: int = 1,
-                    on_step: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Train over ``loader`` (global batches, this process's rows); returns the loss, top-1 error and
-    images of the whole global batches, and this process's seconds.
+                    on_step: Optional[Callable[[int, float], None]] = None,
+                    progress: Optional[EpochProgress] = None, stop: Optional[Callable[[], bool]] = None,
+                    step_seed: Optional[Callable[[int], int]] = None) -> EpochProgress:
+    """Train over ``loader`` (global batches, this process's rows), continuing ``progress`` (a fresh epoch by
+    default; the loader then starts at its ``steps``); returns it with the loss, top-1 hits and images of the
+    whole global batches, and this process's seconds.
 
     Each process draws the augmentation of the whole global batch (same generator, same draws) and
     applies its rows' share; its loss is its rows' summed loss scaled so that DDP's gradient average
-    is the gradient of the mean loss over the global batch.
+    is the gradient of the mean loss over the global batch. ``step_seed(step)`` seeds torch's RNG (dropout,
+    §4.2) before each step, so that a run resumed at any step draws the masks an uninterrupted one draws.
+    ``stop()`` is asked before each step's sums are shared (and, with one process, again after the step);
+    when any process says yes, every process ends the epoch after that same step (``progress.stopped``).
     """
     model.train()
-    loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    for step, (count, images, labels) in enumerate(loader.global_batches()):
+    progress = progress if progress is not None else EpochProgress()
+    start = time.perf_counter()
+    for count, images, labels in loader.global_batches():
+        step = progress.steps
+        if step_seed is not None:
+            torch.manual_seed(step_seed(step))
         draw = transform.draw(count, generator, images.shape[-1])
         x = transform.apply(images, draw, slice(rank, None, world))
         y = labels.to(device)
@@ -55,18 +79,23 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
             logits = model(x)
         local = F.cross_entropy(logits.float(), y, reduction="sum")
         hits = topk_correct(logits.detach().float(), y, (1,))[1]
-        total, value, hits = all_sum([len(y), float(local.detach()), hits])
+        total, value, hits, stops = all_sum([len(y), float(local.detach()), hits, float(bool(stop and stop()))])
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the training loss became {value / max(total, 1)} at step {step + 1} of the epoch")
         optimizer.zero_grad(set_to_none=True)
         (local * (world / max(total, 1))).backward()
         optimizer.step()
-        loss_sum, correct, seen = loss_sum + value, correct + hits, seen + int(total)
+        progress.steps += 1
+        progress.loss_sum, progress.correct, progress.seen = (progress.loss_sum + value, progress.correct + int(hits),
+                                                              progress.seen + int(total))
         if on_step is not None:
             on_step(step, value / max(total, 1))
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(seen, 1), "train_top1_err": 1 - correct / max(seen, 1),
-            "images": seen, "seconds": seconds}
+        if stops or (world == 1 and stop is not None and stop()):     # one process: a signal during this step
+            progress.stopped = True
+            break
+    progress.seconds += time.perf_counter() - start
+    progress.skipped += len(loader.skipped)
+    return progress
 
 
 @torch.no_grad()
@@ -98,40 +127,6 @@ def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *,
     n = max(seen, 1)
     return {"loss": loss_sum / n, "top1_err": 1 - hit1 / n, "top5_err": 1 - hit5 / n, "images": int(seen),
             "skipped_files": int(skipped)}
-
-
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Write atomically: a temporary file, then a rename, so a kill never leaves half a checkpoint."""
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def share_checkpoint(source: str, path: str) -> None:
-    """Make ``path`` hold what ``source`` holds now, atomically: a hard link (no second write of the file),
-    or a copy where links are impossible. ``source`` is later replaced by a rename, never rewritten in
-    place, so ``path`` keeps this version."""
-    tmp = f"{path}.tmp"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint as plain tensors and dicts (``weights_only=True``), or a clear CheckpointError."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(err).__name__}: {err})") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{path} is not a paper_alexnet checkpoint (no 'model' entry)")
-    return payload
 
 
 def is_stalled(losses: list, num_classes: int, window: int = 20, tolerance: float = 0.05) -> bool:

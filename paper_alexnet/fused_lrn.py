@@ -33,7 +33,7 @@ from .geometry import window_output
 SOURCE = Path(__file__).with_name("lrn_kernel.cpp")
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _CTYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double, torch.uint8: ctypes.c_uint8}
-_state: dict = {"library": None, "tried": False, "error": None, "enabled": None}
+_state: dict = {"library": None, "tried": False, "enabled": None}
 
 
 def _flags() -> list:
@@ -82,7 +82,6 @@ def library() -> Optional[ctypes.CDLL]:
         try:
             _state["library"] = _build()
         except (OSError, RuntimeError) as err:
-            _state["error"] = str(err)
             warnings.warn(f"fused LRN kernel unavailable ({err}); using the eager LRN (slower on CPU)", stacklevel=2)
     return _state["library"]
 

@@ -11,11 +11,16 @@ one (the window is clipped at block edges), which is what each of the two GPUs
 of §3.2 did with its own half of the kernel maps.
 """
 
+from typing import TYPE_CHECKING, Optional
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from . import fused_lrn, paper
+
+if TYPE_CHECKING:
+    from .config import ArchConfig
 
 
 def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1, transpose: bool = False) -> torch.Tensor:
@@ -171,3 +176,36 @@ class LocalResponseNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
+
+
+# --- the one place a layer of the nets is made (AlexNet, the two towers, Figure 1's net) -----------------------
+
+def activation(kind: str) -> nn.Module:
+    """§3.1: the ReLU, or tanh for Figure 1's comparison."""
+    if kind not in ("relu", "tanh"):
+        raise ValueError(f"activation must be 'relu' or 'tanh', not {kind!r}")
+    return nn.ReLU(inplace=True) if kind == "relu" else nn.Tanh()
+
+
+def max_pool(size: int = paper.POOL_SIZE, stride: int = paper.POOL_STRIDE, rounding: str = "floor") -> nn.MaxPool2d:
+    """§3.4: max-pooling, overlapping with the paper's 3/2; ``rounding="ceil"`` is Caffe's and cuda-convnet's."""
+    return nn.MaxPool2d(size, stride, ceil_mode=rounding == "ceil")
+
+
+def norm(cfg: "ArchConfig", groups: Optional[int] = None) -> nn.Module:
+    """§3.3's LRN with the config's constants over ``groups`` blocks of maps (default: the config's), or
+    nothing when the config has no LRN."""
+    if not cfg.lrn:
+        return nn.Identity()
+    return LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k,
+                             cfg.lrn_groups if groups is None else groups)
+
+
+def pool(cfg: "ArchConfig") -> nn.MaxPool2d:
+    """The config's max-pooling (§3.4)."""
+    return max_pool(cfg.pool_size, cfg.pool_stride, cfg.pool_rounding)
+
+
+def dropout(cfg: "ArchConfig", after: str) -> nn.Module:
+    """§4.2: dropout on the output of layer ``after`` when the config drops there, else nothing."""
+    return nn.Dropout(cfg.dropout) if cfg.dropout and after in cfg.dropout_after else nn.Identity()

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from . import paper
 from .config import ArchConfig
 from .geometry import check_input, is_built_input, layer_map
-from .layers import LocalResponseNorm, relu_norm_pool
+from . import layers
+from .layers import relu_norm_pool
 from .variants import get_config
 
 
@@ -33,29 +34,18 @@ class AlexNet(nn.Module):
             return nn.Conv2d(chans[i], chans[i + 1], cfg.conv_kernels[i], cfg.conv_strides[i],
                              cfg.conv_paddings[i], groups=cfg.conv_groups(i))
 
-        def norm():
-            if not cfg.lrn:
-                return nn.Identity()
-            return LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, cfg.lrn_groups)
-
-        def pool():
-            return nn.MaxPool2d(cfg.pool_size, cfg.pool_stride, ceil_mode=cfg.pool_rounding == "ceil")
-
-        def dropout(after):
-            return nn.Dropout(cfg.dropout) if cfg.dropout and after in cfg.dropout_after else nn.Identity()
-
-        self.act = nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()  # §3.1
-        self.conv1, self.norm1, self.pool1 = conv(0), norm(), pool()   # 96 x 11x11x3, stride 4
-        self.conv2, self.norm2, self.pool2 = conv(1), norm(), pool()   # 256 x 5x5x48 (groups 2)
+        self.act = layers.activation(cfg.activation)                               # §3.1
+        self.conv1, self.norm1, self.pool1 = conv(0), layers.norm(cfg), layers.pool(cfg)   # 96 x 11x11x3, stride 4
+        self.conv2, self.norm2, self.pool2 = conv(1), layers.norm(cfg), layers.pool(cfg)   # 256 x 5x5x48 (groups 2)
         self.conv3 = conv(2)                                           # 384 x 3x3x256 (both towers)
         self.conv4 = conv(3)                                           # 384 x 3x3x192 (groups 2)
-        self.conv5, self.pool5 = conv(4), pool()                       # 256 x 3x3x192 (groups 2)
+        self.conv5, self.pool5 = conv(4), layers.pool(cfg)             # 256 x 3x3x192 (groups 2)
         self.avgpool = nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
         self._rows = layer_map(cfg)                                    # the geometry at the built input size
         fc6_in = self._rows["fc6"].in_shape[0]                         # 256*6*6 = 9216
-        self.drop5 = dropout("pool5")                                  # torchvision only
-        self.fc6, self.drop6 = nn.Linear(fc6_in, cfg.fc_sizes[0]), dropout("fc6")            # 4096, §4.2
-        self.fc7, self.drop7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), dropout("fc7")  # 4096, §4.2
+        self.drop5 = layers.dropout(cfg, "pool5")                      # torchvision only
+        self.fc6, self.drop6 = nn.Linear(fc6_in, cfg.fc_sizes[0]), layers.dropout(cfg, "fc6")            # 4096, §4.2
+        self.fc7, self.drop7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), layers.dropout(cfg, "fc7")  # 4096, §4.2
         self.fc8 = nn.Linear(cfg.fc_sizes[1], cfg.num_classes)                                # 1000
         self.reset_parameters()
 

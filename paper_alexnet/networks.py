@@ -15,12 +15,12 @@ parameters and multiply-adds.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Dict, Tuple, Union
+from typing import Dict, Union
 
 import torch
 from torch import nn
 
-from . import paper
+from . import layers, paper
 from .config import ArchConfig, ConfigError
 from .geometry import layer_shapes, totals
 from .model import AlexNet
@@ -51,10 +51,10 @@ class Figure1Net(nn.Module):
     def __init__(self, num_classes: int = 10, activation: str = "relu"):
         super().__init__()
         self.shrink = nn.AvgPool2d(7)                                          # 3x224x224 -> 3x32x32
-        self.act = nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
-        self.conv1, self.pool1 = nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2)    # 32x32x32 -> 32x15x15
-        self.conv2, self.pool2 = nn.Conv2d(32, 32, 5, padding=2), nn.MaxPool2d(3, 2)   # 32x15x15 -> 32x7x7
-        self.conv3, self.pool3 = nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(3, 2)   # 64x7x7 -> 64x3x3
+        self.act = layers.activation(activation)
+        self.conv1, self.pool1 = nn.Conv2d(3, 32, 5, padding=2), layers.max_pool(3, 2)   # 32x32x32 -> 32x15x15
+        self.conv2, self.pool2 = nn.Conv2d(32, 32, 5, padding=2), layers.max_pool(3, 2)  # 32x15x15 -> 32x7x7
+        self.conv3, self.pool3 = nn.Conv2d(32, 64, 5, padding=2), layers.max_pool(3, 2)  # 64x7x7 -> 64x3x3
         self.fc4 = nn.Linear(64 * 3 * 3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,13 +75,6 @@ OTHER_NETS: Dict[str, OtherNet] = {
 OTHER_SWITCHES = {"figure1": {"tanh": dict(activation="tanh")}}
 
 Network = Union[ArchConfig, OtherNet]
-
-
-def list_networks() -> Tuple[str, ...]:
-    """Every name get_network accepts (AlexNet variants first)."""
-    from .variants import list_variants
-
-    return (*list_variants(), *OTHER_NETS)
 
 
 def get_network(name: str, **overrides) -> Network:

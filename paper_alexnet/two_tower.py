@@ -23,7 +23,8 @@ from torch import nn
 from . import paper
 from .config import ArchConfig
 from .geometry import check_input, is_built_input, layer_map
-from .layers import LocalResponseNorm, relu_norm_pool
+from . import layers
+from .layers import relu_norm_pool
 from .model import AlexNet
 
 # Where activations cross between the towers (§3.2, Figure 2), and what crosses: the input of these layers.
@@ -48,17 +49,13 @@ class Tower(nn.Module):
             nn.Conv2d(ins[i], half[i], cfg.conv_kernels[i], cfg.conv_strides[i], cfg.conv_paddings[i])
             for i in range(5))
 
-        def norm():
-            return LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k) if cfg.lrn else nn.Identity()
-
-        self.norm1, self.norm2 = norm(), norm()
-        self.pool = nn.MaxPool2d(cfg.pool_size, cfg.pool_stride, ceil_mode=cfg.pool_rounding == "ceil")
-        self.act = nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()
+        self.norm1, self.norm2 = layers.norm(cfg, groups=1), layers.norm(cfg, groups=1)   # within the tower
+        self.pool = layers.pool(cfg)
+        self.act = layers.activation(cfg.activation)
         fc6_in = layer_map(cfg)["fc6"].in_shape[0]                 # 9216: both towers' pool5
         self.fc6 = nn.Linear(fc6_in, cfg.fc_sizes[0] // 2)          # 2048
         self.fc7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1] // 2)  # 2048 from both towers' fc6
-        self.drop6, self.drop7 = (nn.Dropout(cfg.dropout) if cfg.dropout and after in cfg.dropout_after
-                                  else nn.Identity() for after in ("fc6", "fc7"))    # §4.2
+        self.drop6, self.drop7 = layers.dropout(cfg, "fc6"), layers.dropout(cfg, "fc7")   # §4.2
 
     def front(self, x: torch.Tensor) -> torch.Tensor:
         x = relu_norm_pool(self.conv1(x), self.act, self.norm1, self.pool)     # 48x27x27

@@ -1,9 +1,10 @@
-"""Loading weights saved by other implementations into the paper-named layers."""
+"""Weights from elsewhere into the paper-named layers: torchvision's AlexNet, or a checkpoint of this package."""
 
 from typing import Iterable, List, Mapping
 
 import torch
 
+from .checkpoint import CheckpointError
 from .config import ConfigError
 from .model import AlexNet
 
@@ -45,3 +46,29 @@ def load_torchvision_weights(model: AlexNet, state_dict: Mapping[str, torch.Tens
                 target.copy_(state[key])
             loaded.append(name)
     return loaded
+
+
+def load_pretrained(model: AlexNet, state: Mapping[str, torch.Tensor], source: str) -> bool:
+    """Start ``model`` from ``state`` (checkpoint.read_weights of ``source``): the weights of a checkpoint of
+    this package or a torchvision AlexNet state dict. fc8 is left as initialised when its size differs
+    (fine-tuning to other classes); returns whether it was. Weights of another net are a CheckpointError in
+    one line."""
+    fc8 = tuple(model.fc8.weight.shape)
+    if any(key in state for key in TORCHVISION_NAMES):
+        new_head = tuple(state.get("classifier.6.weight", torch.empty(0)).shape) != fc8
+        try:
+            load_torchvision_weights(model, state, skip=("fc8",) if new_head else ())
+        except ConfigError as err:
+            raise CheckpointError(f"--pretrained {source}: {err}") from None
+        return new_head
+    new_head = tuple(state.get("fc8.weight", torch.empty(0)).shape) != fc8
+    state = {k: v for k, v in state.items() if not (new_head and k.startswith("fc8."))}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(f"--pretrained {source} does not fit --variant {model.config.name}: "
+                              f"{str(err).strip().splitlines()[-1].strip()}") from None
+    if unexpected or [k for k in missing if not k.startswith("fc8.")]:
+        raise CheckpointError(f"--pretrained {source} does not fit --variant {model.config.name}: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return new_head

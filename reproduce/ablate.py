@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import pathlib
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from paper_alexnet.atomic import atomic_write
 from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
 from reproduce import train
@@ -178,13 +178,10 @@ def collect(cells: Sequence[Cell], out: str, title: str) -> Optional[pd.DataFram
         return None
     frame = pd.DataFrame(rows, columns=list(tables.COLUMNS))
     summary = tables.summarize(frame)
-    for name, write in (("ablation.csv", lambda p: frame.to_csv(p, index=False)),
-                        ("summary.csv", lambda p: summary.to_csv(p, index=False)),
-                        ("summary.md", lambda p: pathlib.Path(p).write_text(tables.markdown(summary, title),
-                                                                            encoding="utf-8"))):
-        path = os.path.join(out, name)
-        write(path + ".tmp")             # then a rename: a kill never leaves half a table
-        os.replace(path + ".tmp", path)
+    for name, text in (("ablation.csv", frame.to_csv(index=False)), ("summary.csv", summary.to_csv(index=False)),
+                       ("summary.md", tables.markdown(summary, title))):
+        with atomic_write(os.path.join(out, name), newline="") as handle:
+            handle.write(text)
     tables.plot(summary, curves, os.path.join(out, "ablation.png"), title)
     return frame
 
@@ -201,7 +198,7 @@ def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int
     if code in (0, 3):                  # done, or stopped on a non-finite loss (a result too)
         marker = {"status": "done" if code == 0 else "diverged", "exit_code": code, "resumed": resume,
                   "wall_seconds": time.perf_counter() - start, "argv": argv}
-        with open(os.path.join(folder, "cell.json"), "w", encoding="utf-8") as handle:
+        with atomic_write(os.path.join(folder, "cell.json")) as handle:
             json.dump(marker, handle, indent=1)
         # checkpoint.pt only serves to resume (weights and optimiser state, 0.65 GB for the paper net with
         # Adam): a finished cell keeps best.pt, so that a grid takes half the disk
@@ -257,6 +254,10 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
             continue
         print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
         code = run_cell(cell, common, args.out, ten_crop)
+        if code in (130, 143):           # SIGINT / SIGTERM: the cell wrote a checkpoint at its step
+            print(f"interrupted: finished cells are kept in {args.out}, and this one resumes at its step; the "
+                  f"same command continues the grid", file=sys.stderr)
+            return code
         if code not in (0, 3):           # bad data or a bad flag would stop every other cell alike
             print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
                   f"cells are kept, the same command continues", file=sys.stderr)

@@ -18,7 +18,9 @@ from paper_alexnet import paper
 from paper_alexnet.networks import get_network, network_cost
 from reproduce.figures import pyplot, save
 
-COLUMNS = ("variant", "net", "switches", "status", "params", "macs", "input_size", "epochs", "batch_size", "lr",
+# cell: the grid's label (NET[+switch...][@flag=value...]); variant: the net it trains (--variant), switches
+# included; data switches (no-pca, no-flip) and @flags are only in the label.
+COLUMNS = ("cell", "variant", "switches", "status", "params", "macs", "input_size", "epochs", "batch_size", "lr",
            "seed", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "ten_crop_top1_err",
            "ten_crop_top5_err", "best_epoch", "final_val_top1_err", "epochs_to_25", "seconds_to_25",
            "images_per_s", "wall_seconds")
@@ -69,7 +71,7 @@ def cell_row(folder: str, label: str, seed: int, switches: str) -> Optional[dict
     cost = network_cost(get_network(variant, num_classes=len(config["classes"])))
     last = metrics.iloc[-1] if len(metrics) else {}
     epochs25, seconds25 = epochs_to(metrics) if len(metrics) else (math.nan, math.nan)
-    row = {"variant": label, "net": variant, "switches": switches, "status": cell["status"],
+    row = {"cell": label, "variant": variant, "switches": switches, "status": cell["status"],
            "params": cost["params"], "macs": cost["macs"], "input_size": config["augment"]["crop"],
            "epochs": len(metrics), "batch_size": config["args"]["batch_size"], "lr": config["args"]["lr"],
            "seed": seed, "train_loss": last.get("train_loss", math.nan),
@@ -85,15 +87,23 @@ def cell_row(folder: str, label: str, seed: int, switches: str) -> Optional[dict
     return row
 
 
+def read_cells(path: str) -> List[Tuple[str, int]]:
+    """The (cell label, seed) pairs of an ablation.csv, also one written before the columns were renamed
+    (then ``variant`` held the label and ``net`` the variant)."""
+    frame = pd.read_csv(path)
+    labels = frame["cell"] if "cell" in frame.columns else frame["variant"]
+    return [(str(label), int(seed)) for label, seed in zip(labels, frame["seed"])]
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Per variant: seeds, mean and std (n - 1) of the errors in %, epochs/seconds to 25% training error,
     images/s; the change of the mean errors against ``paper``; the paper's reported change."""
     done = rows[rows["status"] == "done"]
     out = []
-    base = done[done["variant"] == BASELINE]
-    for label in dict.fromkeys(rows["variant"]):
-        group = done[done["variant"] == label]
-        entry = {"variant": label, "seeds": len(group)}
+    base = done[done["cell"] == BASELINE]
+    for label in dict.fromkeys(rows["cell"]):
+        group = done[done["cell"] == label]
+        entry = {"cell": label, "seeds": len(group)}
         for key in ERRORS:
             values = 100 * group[key].astype(float)
             entry[f"{key}_pct_mean"] = values.mean()
@@ -114,7 +124,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 def relu_speedups(summary: pd.DataFrame) -> List[Tuple[str, float]]:
     """§3.1: for each '+tanh' variant with its ReLU twin, (twin, tanh epochs / ReLU epochs to 25%)."""
-    epochs = dict(zip(summary["variant"], summary["epochs_to_25_mean"]))
+    epochs = dict(zip(summary["cell"], summary["epochs_to_25_mean"]))
     pairs = []
     for label, value in epochs.items():
         twin = label.replace("+tanh", "")
@@ -138,14 +148,14 @@ def markdown(summary: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "",
              "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1); Δ: change of "
              "the mean against `paper`, in points; paper Δ: what the paper reports for the same change.", "",
-             "| variant | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 | Δ top-5 | "
+             "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 | Δ top-5 | "
              "paper Δ top-1 / top-5 | epochs to 25% train err | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         reported = "–" if not r["paper_source"] else (
             f"{_signed(r['paper_delta_top1_pct'])} / {_signed(r['paper_delta_top5_pct'])} ({r['paper_source']})")
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
+            f"| {r['cell']} | {r['seeds']} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
             f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top5_err_pct_mean'], r['ten_crop_top5_err_pct_std'])} | "
@@ -170,7 +180,7 @@ def plot(summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str
     show_curves = any("+tanh" in label for label in curves)
     fig, axes = plt.subplots(1, 3 if show_curves else 1, figsize=(16 if show_curves else 9, 4.5), squeeze=False)
     bars = axes[0][0]
-    labels = list(summary["variant"])
+    labels = list(summary["cell"])
     width = 0.2
     for k, (key, name) in enumerate((("val_top1_err", "top-1"), ("val_top5_err", "top-5"),
                                      ("ten_crop_top1_err", "ten-crop top-1"), ("ten_crop_top5_err", "ten-crop top-5"))):

@@ -1,43 +1,82 @@
-"""Command-line pieces shared by train, evaluate, ablate and bench: the data spec and the §2/§4.1 switches."""
+"""What the commands share: every flag that more than one command takes, defined once with one default,
+and the way a command ends (one ``error:`` line and an exit status, never a traceback).
+
+    --data      train, prepare, evaluate, visualize neighbors (default: synthetic; the checkpoint's data
+                for the commands that read a checkpoint)
+    --workers   train, prepare, evaluate, bench
+    --device    train, evaluate, predict, visualize neighbors, bench (with --two-gpu/--devices: placement.py)
+    --strict, --download, --quiet   train, prepare
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from paper_alexnet import ConfigError, paper
+from paper_alexnet.atomic import WriteError
+from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
-from paper_alexnet.engine import CheckpointError
+
+# Loader / decoder processes: enough to keep a GPU fed on a workstation, no more than the cores there are.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+DATA_HELP = ("synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech101:ROOT | folder:ROOT | "
+             "store:DIR; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")
+
 
 class UsageError(ValueError):
     """Bad command-line input: one line, exit code 2, nothing written."""
 
 
 def exit_code(action: Callable[[], int]) -> int:
-    """Run a command; bad input becomes one ``error:`` line and exit 2, an unreadable file under
-    --strict exit 1, never a traceback."""
+    """Run a command; bad input becomes one ``error:`` line and exit 2, an unreadable file under --strict or a
+    file that could not be written exit 1, never a traceback."""
     try:
         return action()
     except BadImageError as err:
         print(f"error: unreadable image {err.path}: {err.reason} (--strict; without it such files are skipped)",
               file=sys.stderr)
         return 1
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (UsageError, DataError, ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-DATA_HELP = ("synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech101:ROOT | folder:ROOT | "
-             "store:DIR; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")
+def add_data_flag(parser, from_checkpoint: bool = False) -> None:
+    """--data SPEC: synthetic by default, or (``from_checkpoint``) the data the checkpoint was trained on."""
+    if from_checkpoint:
+        parser.add_argument("--data", default=None, metavar="SPEC",
+                            help=f"default: the data the checkpoint was trained on. {DATA_HELP}")
+    else:
+        parser.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, default_data: str = "synthetic") -> None:
+def add_workers_flag(parser) -> None:
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="processes that read and decode images (0: in the main process)")
+
+
+def add_device_flag(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+
+
+def add_reading_flags(parser, quiet_help: str = "no progress bars") -> None:
+    """--strict, --download and --quiet: how a command that reads a whole data set treats files and output."""
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable image instead of skipping it")
+    parser.add_argument("--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent")
+    parser.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """train's data group: the spec, the loader, and the §2/§4.1 switches of the pipeline."""
     group = parser.add_argument_group("data (§2, §4.1)")
-    group.add_argument("--data", default=default_data, metavar="SPEC", help=DATA_HELP)
-    group.add_argument("--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent")
+    add_data_flag(group)
     group.add_argument("--crop", type=int, default=None,
                        help="crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)")
     group.add_argument("--no-flip", action="store_true", help="no random horizontal reflections (§4.1)")
@@ -46,16 +85,19 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_data: str = "syn
     group.add_argument("--mean", choices=MEAN_MODES, default="image",
                        help="what to subtract: the training set's mean image (§2), its per-channel mean, "
                             "torchvision's ImageNet mean/std (for torchvision weights), or nothing")
-    group.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                       help="data loading processes (0: in the main process)")
-    group.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    add_workers_flag(group)
+    return group
+
+
+def check_workers(workers: Optional[int]) -> None:
+    if workers is not None and workers < 0:
+        raise DataError(f"--workers must be 0 or more, not {workers}")
 
 
 def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
     """The Augment of the parsed flags; the crop defaults to the net's input size."""
     crop = args.crop if args.crop is not None else input_size
-    if args.workers < 0:
-        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    check_workers(args.workers)
     try:
         return Augment(crop=crop, flip=not args.no_flip, pca=not args.no_pca, pca_sigma=args.pca_sigma,
                        mean=args.mean)

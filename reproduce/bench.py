@@ -32,7 +32,10 @@ import torch
 from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
+from paper_alexnet.data import DataError
 from paper_alexnet.data.synthetic import render
+from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers
+from reproduce.placement import pick_device
 
 
 def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:
@@ -263,7 +266,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Measure throughput; prints a table, optionally writes CSV.")
     parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
-    parser.add_argument("--device", default="cpu", help="where the nets and the training transform run")
+    add_device_flag(parser)
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument("--repeats", type=int, default=5,
                         help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
@@ -274,7 +277,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=1024, help="data: JPEGs to generate for the folder")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="loader processes")
+    add_workers_flag(parser)
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's malloc as it comes (freed blocks over its mmap threshold go back to the "
                              "system) instead of keeping freed memory as train and evaluate do")
@@ -292,7 +295,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
         return 2
     try:
+        check_workers(args.workers)
+        args.device = str(pick_device(args.device))
         torch.empty(0, device=args.device)
+    except (UsageError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (RuntimeError, AssertionError) as err:
         print(f"error: --device {args.device} is not usable here ({str(err).splitlines()[0]})", file=sys.stderr)
         return 2

@@ -17,12 +17,11 @@ import sys
 from typing import Optional, Sequence
 
 from paper_alexnet.cpu_memory import keep_freed_memory
-from paper_alexnet.data import Augment, PaperTransform, open_dataset
-from paper_alexnet.engine import evaluate, load_checkpoint
-from paper_alexnet.networks import get_network
-from reproduce.args import UsageError, exit_code
-from reproduce.placement import add_device_arguments, place
-from reproduce.restore import restore_model, restore_stats
+from paper_alexnet import checkpoint
+from paper_alexnet.engine import evaluate
+from reproduce.args import UsageError, add_data_flag, add_workers_flag, check_workers, exit_code
+from reproduce.placement import add_device_arguments
+from reproduce.restore import checkpoint_data, restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,40 +30,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      description="Evaluate checkpoints: top-1/top-5 error on centre and ten crops.")
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt")
     parser.add_argument("--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each")
-    parser.add_argument("--data", default=None, metavar="SPEC", help="data spec (default: the checkpoint's)")
+    add_data_flag(parser, from_checkpoint=True)
     parser.add_argument("--split", default="val", help="which split: val, or test where the data set has one")
     parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
-    parser.add_argument("--workers", type=int, default=0, help="data loading processes")
+    add_workers_flag(parser)
     parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
     add_device_arguments(parser)
     return parser
 
 
 def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
-    payload = load_checkpoint(path)
-    spec = args.data or payload.get("data")
-    if not spec:
-        raise UsageError(f"{path} does not name its data: give --data SPEC")
-    if spec not in cache:
-        cache[spec] = open_dataset(spec, report=lambda line: print(line, file=sys.stderr))
-    dataset = cache[spec]
-    if payload.get("classes") and list(payload["classes"]) != list(dataset.classes):
-        raise UsageError(f"{path} was trained on {len(payload['classes'])} other classes than {spec}'s")
-    stats = restore_stats(payload, dataset)
-    placement = place(args, get_network(payload["variant"]))
-    device = placement.first
-    print(placement.note, file=sys.stderr)
-    model = restore_model(payload, len(dataset.classes), placement)
-    augment = Augment(**payload.get("augment", {}))
-    transform = PaperTransform(stats, augment, device=device)
+    ckpt = checkpoint.load(path)
+    dataset = checkpoint_data(ckpt, path, args.data, cache)
+    net = restore(path, args, dataset, ckpt)
+    print(net.placement.note, file=sys.stderr)
+    device = net.placement.first
     split = dataset.split(args.split)
-    row = {"checkpoint": path, "epoch": payload.get("epoch"), "variant": payload["variant"], "data": spec,
+    row = {"checkpoint": path, "epoch": ckpt.epoch, "variant": ckpt.variant, "data": dataset.spec,
            "split": args.split, "images": len(split)}
-    centre = evaluate(model, split, transform, device=device, batch_size=args.batch_size, workers=args.workers)
+    centre = evaluate(net.model, split, net.transform, device=device, batch_size=args.batch_size,
+                      workers=args.workers)
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
     if args.ten_crop:
-        ten = evaluate(model, split, transform, device=device, batch_size=args.batch_size, ten_crop=True,
+        ten = evaluate(net.model, split, net.transform, device=device, batch_size=args.batch_size, ten_crop=True,
                        workers=args.workers, progress=True)
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
     return row
@@ -83,6 +72,7 @@ def run(args) -> int:
         raise UsageError("give --checkpoint PATH or --all DIR")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
+    check_workers(args.workers)
     paths = [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
     if not paths:
         raise UsageError(f"no *.pt files in {args.all}")

@@ -14,7 +14,7 @@ import torch
 
 from paper_alexnet.networks import Network, build_network
 from paper_alexnet.two_tower import TwoTowerAlexNet, splits_in_two
-from reproduce.args import UsageError
+from reproduce.args import UsageError, add_device_flag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Placement:
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("devices (§3.2)")
-    group.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    add_device_flag(group)
     group.add_argument("--two-gpu", action="store_true",
                        help="the two towers of §3.2 on two devices: cuda:0 and cuda:1 with 2+ GPUs (under "
                             "torchrun: the pair of the local rank), both on the one GPU with 1, both on the CPU "

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from paper_alexnet.data import Augment, BadImageError, PaperTransform, average_softmax, load_rgb
-from paper_alexnet.engine import load_checkpoint
-from paper_alexnet.networks import get_network
+from paper_alexnet import checkpoint
+from paper_alexnet.data import BadImageError, PaperTransform, average_softmax, load_rgb
 from reproduce.args import UsageError, exit_code
-from reproduce.placement import add_device_arguments, place
-from reproduce.restore import restore_model, restore_stats
+from reproduce.placement import add_device_arguments
+from reproduce.restore import restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,22 +53,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args) -> int:
-    payload = load_checkpoint(args.checkpoint)
-    classes: List[str] = list(payload.get("classes") or [])
-    if not classes:
-        raise UsageError(f"{args.checkpoint} does not list its classes")
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
+    ckpt = checkpoint.load(args.checkpoint)
     arrays = []
     for path in args.images:                   # every file is checked before the net is built
         try:
             arrays.append(load_rgb(path))
         except BadImageError as err:
             raise UsageError(f"{path} is not a readable image: {err.reason}") from None
-    placement = place(args, get_network(payload["variant"]))
-    model = restore_model(payload, len(classes), placement)
-    transform = PaperTransform(restore_stats(payload), Augment(**payload.get("augment", {})),
-                               device=placement.first)
+    net = restore(args.checkpoint, args, ckpt=ckpt)
+    model, transform, classes = net.model, net.transform, net.classes
     chunks = [torch.from_numpy(np.stack(arrays[i:i + 32])).permute(0, 3, 1, 2).contiguous()
               for i in range(0, len(arrays), 32)]
     probs = torch.cat([predict(model, transform, chunk, args.ten_crop).float().cpu() for chunk in chunks])

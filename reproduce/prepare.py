@@ -11,14 +11,13 @@ continues where it stopped; run on a finished store, it does nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from paper_alexnet.data import DataError, prepare_store, synthetic_source
 from paper_alexnet.data.imagenet import sort_imagenet_val
 from paper_alexnet.data.sources import open_dataset, parse_spec
-from reproduce.args import exit_code
+from reproduce.args import add_data_flag, add_reading_flags, add_workers_flag, check_workers, exit_code
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -26,15 +25,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m reproduce.prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Decode every image once, cut it to the paper's 256x256 (§2) and write it with its label "
                     "into one memory-mapped store, with the training set's mean image (§2) and RGB PCA (§4.1).")
-    parser.add_argument("--data", default=None, metavar="SPEC",
-                        help="synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech101:ROOT | "
-                             "folder:ROOT, options after '?', e.g. folder:ROOT?val=0.2&seed=1")
+    add_data_flag(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="the store folder (new, or one to continue)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes decoding images (0: in this process)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
-    parser.add_argument("--download", action="store_true", help="download cifar10 / cifar100 / caltech101 if absent")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_workers_flag(parser)
+    add_reading_flags(parser)
     parser.add_argument("--sort-imagenet-val", metavar="VAL_DIR", default=None,
                         help="instead: move ILSVRC-2012's flat validation images into class folders")
     parser.add_argument("--devkit", metavar="PATH", default=None,
@@ -57,10 +51,9 @@ def run(args) -> int:
             raise DataError("--sort-imagenet-val needs --devkit PATH")
         sort_imagenet_val(args.sort_imagenet_val, args.devkit)
         return 0
-    if not args.data or not args.out:
-        raise DataError("give --data SPEC and --out DIR (see --help)")
-    if args.workers < 0:
-        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    if not args.out:
+        raise DataError("give --out DIR for the store (and --data SPEC for what goes in it; see --help)")
+    check_workers(args.workers)
     spec = parse_spec(args.data)
     if spec.kind == "store":
         raise DataError(f"{args.data} is already a store")

@@ -1,37 +1,93 @@
-"""A trained net and its data statistics, back from a checkpoint: for evaluate, predict and visualize."""
+"""A trained net back from its checkpoint, ready to score images: the one path of evaluate, predict and
+visualize.
+
+``restore(path, args, dataset)`` gives the net (its variant, init and weights, in eval mode, placed on the
+devices ``args`` ask for), its test-time transform (the §2 mean image and §4.1 settings it was trained
+with), its placement and its classes. One rule for the classes: the checkpoint's list is the truth; data
+given alongside must have the same classes in the same order; a checkpoint old enough to list none takes
+the data's, and without data it cannot name what it predicts.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
-from typing import Optional
+from typing import List, Optional
 
-import numpy as np
 import torch
 
-from paper_alexnet.data import DataSet, DataStats, open_dataset
+from paper_alexnet import checkpoint
+from paper_alexnet.checkpoint import Checkpoint, CheckpointError
+from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.networks import get_network
 from reproduce.args import UsageError
-from reproduce.placement import Placement, build_placed
+from reproduce.placement import Placement, build_placed, place
 
 
-def restore_model(payload: dict, num_classes: int, placement: Placement) -> torch.nn.Module:
-    """The checkpoint's net (its variant and init) with its weights, in eval mode, placed as asked."""
-    config = get_network(payload["variant"], num_classes=num_classes, init=payload.get("init", "paper"))
-    model = build_placed(config, placement)       # either layout loads the one (grouped) checkpoint format
-    model.load_state_dict(payload["model"])
-    return model.eval()
+@dataclasses.dataclass
+class Restored:
+    checkpoint: Checkpoint
+    model: torch.nn.Module          # in eval mode, on placement's devices
+    transform: PaperTransform       # the test-time crops of §4.1 with the net's own mean image and scale
+    placement: Placement
+    classes: List[str]              # fc8's outputs, in order
 
 
-def restore_stats(payload: dict, dataset: Optional[DataSet] = None) -> DataStats:
-    """The §2 mean image and §4.1 PCA the net was trained with: saved in the checkpoint, or (older
-    checkpoints) recomputed from the training split of ``dataset`` or of the data the checkpoint names."""
-    if "stats" in payload:
-        saved = payload["stats"]
-        return DataStats(saved["mean_image"].numpy().astype(np.float32), saved["eigval"].numpy(),
-                         saved["eigvec"].numpy(), pca_source=saved.get("pca_source", "training set"))
-    report = lambda line: print(line, file=sys.stderr)  # noqa: E731
+def _report(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def checkpoint_data(ckpt: Checkpoint, path: str, spec: Optional[str], cache: Optional[dict] = None) -> DataSet:
+    """The data set ``spec`` names, else the one the checkpoint was trained on (opened once per ``cache``)."""
+    spec = spec or ckpt.data
+    if not spec:
+        raise UsageError(f"{path} does not name its data: give --data SPEC")
+    cache = {} if cache is None else cache
+    if spec not in cache:
+        cache[spec] = open_dataset(spec, report=_report)
+    return cache[spec]
+
+
+def classes_for(ckpt: Checkpoint, path: str, dataset: Optional[DataSet] = None) -> List[str]:
+    """The module docstring's one rule for classes."""
+    if ckpt.classes:
+        if dataset is not None and list(ckpt.classes) != list(dataset.classes):
+            raise UsageError(f"{path} was trained on {len(ckpt.classes)} classes ({', '.join(ckpt.classes[:3])}, "
+                             f"...) that are not the {len(dataset.classes)} of {dataset.spec} "
+                             f"({', '.join(dataset.classes[:3])}, ...) in the same order")
+        return list(ckpt.classes)
     if dataset is None:
-        if not payload.get("data"):
+        raise UsageError(f"{path} does not list its classes (an old checkpoint): give the data it was trained on")
+    return list(dataset.classes)
+
+
+def stats_for(ckpt: Checkpoint, dataset: Optional[DataSet] = None) -> DataStats:
+    """The §2 mean image and §4.1 PCA the net was trained with: saved in the checkpoint, or (the oldest
+    files) recomputed from the training split of ``dataset`` or of the data the checkpoint names."""
+    saved = ckpt.data_stats()
+    if saved is not None:
+        return saved
+    if dataset is None:
+        if not ckpt.data:
             raise UsageError("the checkpoint holds no data statistics and names no data: give --data SPEC")
-        dataset = open_dataset(payload["data"], report=report)
-    return dataset.stats(report=report)
+        dataset = open_dataset(ckpt.data, report=_report)
+    return dataset.stats(report=_report)
+
+
+def restore(path: str, args: argparse.Namespace, dataset: Optional[DataSet] = None,
+            ckpt: Optional[Checkpoint] = None) -> Restored:
+    """The net in ``path`` (or the already loaded ``ckpt``) for inference, placed as ``args`` (--device,
+    --two-gpu, --devices) say."""
+    ckpt = ckpt if ckpt is not None else checkpoint.load(path)
+    classes = classes_for(ckpt, path, dataset)
+    placement = place(args, get_network(ckpt.variant))
+    config = get_network(ckpt.variant, num_classes=len(classes), init=ckpt.init)
+    model = build_placed(config, placement)        # either layout loads the one (grouped) checkpoint format
+    try:
+        model.load_state_dict(ckpt.model)
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its weights do not fit a '{ckpt.variant}' net with {len(classes)} "
+                              f"classes ({str(err).strip().splitlines()[-1].strip()})") from None
+    transform = PaperTransform(stats_for(ckpt, dataset), Augment(**ckpt.augment), device=placement.first)
+    return Restored(ckpt, model.eval(), transform, placement, classes)

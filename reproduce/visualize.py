@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 from paper_alexnet import ArchConfig
-from paper_alexnet.data import Augment, PaperTransform, open_dataset
-from paper_alexnet.engine import load_checkpoint
+from paper_alexnet import checkpoint
+from paper_alexnet.data import PaperTransform
 from paper_alexnet.networks import get_network
-from reproduce.args import UsageError, exit_code
-from reproduce.figures import pyplot, save
-from reproduce.placement import add_device_arguments, place
-from reproduce.restore import restore_model, restore_stats
+from reproduce.args import UsageError, add_data_flag, exit_code
+from reproduce.figures import plot_curves, pyplot, save
+from reproduce.placement import add_device_arguments
+from reproduce.restore import checkpoint_data, restore
 
 
 # --- Figure 3: the conv1 kernels ------------------------------------------------------------------------------
@@ -58,11 +58,11 @@ def filter_mosaic(weight: torch.Tensor, towers: int = 2, columns: int = 12, zoom
 
 
 def filters(args) -> str:
-    payload = load_checkpoint(args.checkpoint)
-    weight = payload["model"].get("conv1.weight")
+    ckpt = checkpoint.load(args.checkpoint)
+    weight = ckpt.model.get("conv1.weight")
     if weight is None:
         raise UsageError(f"{args.checkpoint} has no conv1 layer")
-    config = get_network(payload["variant"])
+    config = get_network(ckpt.variant)
     towers = config.towers if isinstance(config, ArchConfig) and weight.shape[0] % config.towers == 0 else 1
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "filters.png")
     Image.fromarray(filter_mosaic(weight, towers, args.columns, args.zoom)).save(out)
@@ -98,19 +98,12 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> Tuple[torch.Te
 
 
 def neighbors(args) -> str:
-    payload = load_checkpoint(args.checkpoint)
-    spec = args.data or payload.get("data")
-    if not spec:
-        raise UsageError(f"{args.checkpoint} does not name its data: give --data SPEC")
-    dataset = open_dataset(spec, report=lambda line: print(line, file=sys.stderr))
-    if list(payload.get("classes", dataset.classes)) != list(dataset.classes):
-        raise UsageError(f"{args.checkpoint} was trained on other classes than {spec}'s")
     if args.queries < 1 or args.k < 1:
         raise UsageError("--queries and -k must be at least 1")
-    placement = place(args, get_network(payload["variant"]))
-    model = restore_model(payload, len(dataset.classes), placement)
-    stats = restore_stats(payload, dataset)
-    transform = PaperTransform(stats, Augment(**payload.get("augment", {})), device=placement.first)
+    ckpt = checkpoint.load(args.checkpoint)
+    dataset = checkpoint_data(ckpt, args.checkpoint, args.data)
+    net = restore(args.checkpoint, args, dataset, ckpt)
+    model, transform, placement = net.model, net.transform, net.placement
     rng = np.random.default_rng(args.seed)
     train_split, val_split = dataset.split("train"), dataset.split("val")
     if args.bank and args.bank < len(train_split):
@@ -173,12 +166,11 @@ def curves(args) -> str:
     import pandas as pd
 
     from reproduce import ablate
-    from reproduce.train import plot_curves
 
     if len(args.run) == 1 and os.path.exists(os.path.join(args.run[0], "ablation.csv")):
         folder = args.run[0]
-        rows = pd.read_csv(os.path.join(folder, "ablation.csv"))
-        cells = [ablate.parse_cell(label, int(seed)) for label, seed in zip(rows["variant"], rows["seed"])]
+        cells = [ablate.parse_cell(label, seed)
+                 for label, seed in ablate.tables.read_cells(os.path.join(folder, "ablation.csv"))]
         ablate.collect(cells, folder, f"ablation: {os.path.basename(os.path.abspath(folder))}")
         return os.path.join(folder, "ablation.png")
     runs = {}
@@ -212,7 +204,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     two = commands.add_parser("neighbors", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                               help="Figure 4: validation images and their nearest training images by fc7 features")
     two.add_argument("--checkpoint", required=True, metavar="PATH")
-    two.add_argument("--data", default=None, metavar="SPEC", help="default: the checkpoint's data")
+    add_data_flag(two, from_checkpoint=True)
     two.add_argument("--queries", type=int, default=5, help="validation images shown")
     two.add_argument("-k", type=int, default=6, help="neighbours per query (the paper shows 6)")
     two.add_argument("--bank", type=int, default=10000, help="training images searched (seeded; 0: all)")

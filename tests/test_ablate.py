@@ -15,9 +15,7 @@ TINY = ["--data", "synthetic?classes=4&train=16&val=8", "--epochs", "2", "-b", "
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _png_size(path):
@@ -69,19 +67,19 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     assert ablate.main(argv) == 0
     rows = pd.read_csv(out / "ablation.csv")
     assert list(rows.columns) == list(ablation_tables.COLUMNS)
-    assert len(rows) == 4 and sorted(zip(rows["variant"], rows["seed"])) == [
+    assert len(rows) == 4 and sorted(zip(rows["cell"], rows["seed"])) == [
         ("figure1", 0), ("figure1", 1), ("figure1+tanh", 0), ("figure1+tanh", 1)]
     assert set(rows["status"]) == {"done"} and set(rows["epochs"]) == {2} and set(rows["input_size"]) == {224}
     assert set(rows["switches"].fillna("")) == {"", "tanh"}
     assert (rows[list(ablation_tables.ERRORS)].stack().between(0, 1)).all()
     for _, row in rows.iterrows():                             # each row is its cell's own run
-        metrics = pd.read_csv(out / "cells" / f"{row['variant']}-seed{row['seed']}" / "metrics.csv")
+        metrics = pd.read_csv(out / "cells" / f"{row['cell']}-seed{row['seed']}" / "metrics.csv")
         assert row["final_val_top1_err"] == pytest.approx(metrics["val_top1_err"].iloc[-1])
         assert row["val_top1_err"] == pytest.approx(metrics["val_top1_err"].min())
-        config = (out / "cells" / f"{row['variant']}-seed{row['seed']}" / "config.json").read_text()
+        config = (out / "cells" / f"{row['cell']}-seed{row['seed']}" / "config.json").read_text()
         assert '"wd": 0.0' in config and '"schedule": "none"' in config      # the relu-tanh grid's flags
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["variant"]) == ["figure1", "figure1+tanh"] and list(summary["seeds"]) == [2, 2]
+    assert list(summary["cell"]) == ["figure1", "figure1+tanh"] and list(summary["seeds"]) == [2, 2]
     assert "Figure 1" in (out / "summary.md").read_text()
     assert _png_size(out / "ablation.png") == (1600, 450)     # bars, and the curves against epochs and seconds
 
@@ -121,19 +119,19 @@ def test_the_default_grid_runs_in_smoke_mode(tmp_path):
     out = tmp_path / "smoke"
     assert ablate.main(["--smoke", "--out", str(out), "--quiet"]) == 0
     rows = pd.read_csv(out / "ablation.csv")
-    assert list(rows["variant"]) == list(ablate.GRIDS["paper"].cells)
+    assert list(rows["cell"]) == list(ablate.GRIDS["paper"].cells)
     assert set(rows["status"]) == {"done"} and rows["ten_crop_top1_err"].notna().all()
-    assert list(rows.loc[rows["variant"] == "paper+no-pca", "net"]) == ["paper"]     # a data switch, same net
-    assert rows.loc[rows["variant"] == "torchvision", "input_size"].item() == 224
-    summary = pd.read_csv(out / "summary.csv").set_index("variant")
+    assert list(rows.loc[rows["cell"] == "paper+no-pca", "variant"]) == ["paper"]     # a data switch, same net
+    assert rows.loc[rows["cell"] == "torchvision", "input_size"].item() == 224
+    summary = pd.read_csv(out / "summary.csv").set_index("cell")
     assert summary.loc["paper+no-lrn", "paper_delta_top1_pct"] == 1.4       # §3.3, beside the measured delta
     assert summary.loc["one-tower", "paper_delta_top5_pct"] == 1.2          # §3.2
     assert _png_size(out / "ablation.png")[0] == 900
 
 
 def test_summary_arithmetic_on_a_hand_made_table():
-    def row(variant, seed, top1, top5, epochs25=math.nan, status="done"):
-        return {"variant": variant, "seed": seed, "status": status, "val_top1_err": top1, "val_top5_err": top5,
+    def row(cell, seed, top1, top5, epochs25=math.nan, status="done"):
+        return {"cell": cell, "seed": seed, "status": status, "val_top1_err": top1, "val_top5_err": top5,
                 "ten_crop_top1_err": top1 - 0.01, "ten_crop_top5_err": top5 - 0.01, "epochs_to_25": epochs25,
                 "seconds_to_25": 10 * epochs25, "images_per_s": 100.0}
 
@@ -142,7 +140,7 @@ def test_summary_arithmetic_on_a_hand_made_table():
                          row("paper+no-lrn", 2, 0.9, 0.9, status="diverged"),
                          row("figure1", 0, 0.5, 0.1, epochs25=4), row("figure1", 1, 0.5, 0.1, epochs25=6),
                          row("figure1+tanh", 0, 0.6, 0.1, epochs25=30)])
-    summary = ablation_tables.summarize(rows).set_index("variant")
+    summary = ablation_tables.summarize(rows).set_index("cell")
     assert summary.loc["paper", "seeds"] == 3 and summary.loc["paper+no-lrn", "seeds"] == 2   # diverged left out
     assert summary.loc["paper", "val_top1_err_pct_mean"] == pytest.approx(42.0)
     assert summary.loc["paper", "val_top1_err_pct_std"] == pytest.approx(2.0)       # sample std of 40, 44, 42

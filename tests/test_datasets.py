@@ -13,9 +13,7 @@ from paper_alexnet.data.imagenet import sort_imagenet_val
 from data_fixtures import cifar_batches, image_tree
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_spec_parsing_and_errors():

@@ -15,9 +15,7 @@ from data_fixtures import colour_image, write_bad_files
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture
@@ -86,15 +84,12 @@ def test_curves_of_several_runs_share_one_chart(run, tmp_path):
 
 
 def test_fc7_features_are_the_relu_outputs_of_fc7(run):
-    from paper_alexnet.data import Augment, PaperTransform, open_dataset
-    from paper_alexnet.engine import load_checkpoint
-    from reproduce.placement import place
-    from reproduce.restore import restore_model, restore_stats
+    from paper_alexnet.data import open_dataset
+    from reproduce.restore import restore
 
-    payload = load_checkpoint(str(run / "best.pt"))
-    placement = place(visualize.get_args_parser().parse_args(["neighbors", "--checkpoint", "x"]))
-    model = restore_model(payload, 4, placement)
-    transform = PaperTransform(restore_stats(payload), Augment(**payload["augment"]))
+    net = restore(str(run / "best.pt"), visualize.get_args_parser().parse_args(["neighbors", "--checkpoint", "x"]))
+    model, transform = net.model, net.transform
+    assert len(net.classes) == 4
     split = open_dataset("synthetic?classes=4&train=16&val=8").split("val")
     features = visualize.fc7_features(model, split, transform, torch.device("cpu"), batch_size=3)
     images, _, _ = split.batch(range(len(split)))
@@ -129,24 +124,22 @@ def test_predict_prints_the_top_classes_of_image_files(run, tmp_path, capsys):
 
 def test_predict_is_the_softmax_of_the_centre_crop(run):
     """The probabilities of predict are the softmax of the net on the §4.1 centre crop, computed here by hand."""
-    from paper_alexnet import build_model
-    from paper_alexnet.engine import load_checkpoint
+    from paper_alexnet import build_model, checkpoint
 
-    payload = load_checkpoint(str(run / "best.pt"))
+    saved = checkpoint.load(str(run / "best.pt"))
     model = build_model("paper", 4, init="he")
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(saved.model)
     model.eval()
     array = np.array(colour_image(5, size=(256, 256)))
-    mean = payload["stats"]["mean_image"]
-    scale = payload["augment"]["scale"]
+    mean = saved.stats["mean_image"]
+    scale = saved.augment["scale"]
     at = (256 - 227) // 2
     x = (torch.from_numpy(array).permute(2, 0, 1).float() - mean)[:, at:at + 227, at:at + 227] * scale
     with torch.no_grad():
         expected = torch.softmax(model(x[None]), dim=1)[0]
     from paper_alexnet.data import Augment, PaperTransform
-    from reproduce.restore import restore_stats
 
-    transform = PaperTransform(restore_stats(payload), Augment(**payload["augment"]))
+    transform = PaperTransform(saved.data_stats(), Augment(**saved.augment))
     got = predict.predict(model, transform, torch.from_numpy(array).permute(2, 0, 1)[None].contiguous(), False)[0]
     assert torch.allclose(got, expected, atol=1e-5)
 

@@ -11,7 +11,9 @@ import time
 import pytest
 import torch
 
-from paper_alexnet.engine import NonFiniteLoss, is_stalled, load_checkpoint, save_checkpoint, share_checkpoint
+from paper_alexnet import checkpoint
+from paper_alexnet.checkpoint import Checkpoint
+from paper_alexnet.engine import NonFiniteLoss, is_stalled
 from reproduce import train
 from data_fixtures import image_tree, write_bad_files
 
@@ -20,9 +22,7 @@ TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", 
 TIMING = ("images_per_s", "seconds")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _rows(path):
@@ -48,12 +48,15 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
 
 def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):
     latest, best = tmp_path / "checkpoint.pt", tmp_path / "best.pt"
-    save_checkpoint(str(latest), {"model": {}, "epoch": 1})
-    share_checkpoint(str(latest), str(best))
-    save_checkpoint(str(latest), {"model": {}, "epoch": 2})            # epoch 2 is not an improvement
-    assert load_checkpoint(str(best))["epoch"] == 1 and load_checkpoint(str(latest))["epoch"] == 2
-    share_checkpoint(str(latest), str(best))                            # ... and epoch 3 would be
-    assert load_checkpoint(str(best))["epoch"] == 2 and not (tmp_path / "best.pt.tmp").exists()
+    def at(epoch):
+        return Checkpoint(model={}, variant="paper", classes=[], augment={}, epoch=epoch)
+
+    checkpoint.save(str(latest), at(1))
+    checkpoint.share(str(latest), str(best))
+    checkpoint.save(str(latest), at(2))                                  # epoch 2 is not an improvement
+    assert checkpoint.load(str(best)).epoch == 1 and checkpoint.load(str(latest)).epoch == 2
+    checkpoint.share(str(latest), str(best))                            # ... and epoch 3 would be
+    assert checkpoint.load(str(best)).epoch == 2 and not (tmp_path / "best.pt.tmp").exists()
 
 
 def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):

@@ -182,7 +182,7 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
     return DataSet(spec.text, classes, splits, notes, imagenet_pca=spec.kind == "imagenet")
 
 
-def _open_imagenet(spec: DataSpec, download: bool) -> DataSet:
+def _open_imagenet(spec: DataSpec) -> DataSet:
     root = spec.root
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     if not os.path.isdir(root):
@@ -196,7 +196,7 @@ def _open_imagenet(spec: DataSpec, download: bool) -> DataSet:
     return _open_folder(spec, train_dir, val_dir)
 
 
-def _open_plain_folder(spec: DataSpec, download: bool) -> DataSet:
+def _open_plain_folder(spec: DataSpec) -> DataSet:
     root = spec.root
     if not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist")
@@ -281,7 +281,7 @@ def _open_caltech(spec: DataSpec, download: bool) -> DataSet:
     return DataSet(spec.text, keep, splits, notes)
 
 
-def _open_store(spec: DataSpec, download: bool) -> DataSet:
+def _open_store(spec: DataSpec) -> DataSet:
     store = Store(spec.root)
     return DataSet(spec.text, store.classes, dict(store.splits),
                    [f"store {spec.root}: {store.meta['spec']}, {len(store.bad)} unreadable files left out"],
@@ -308,7 +308,7 @@ def _render(label, index, split, seed, num_classes, level):
     return synthetic.render(label, index, split, seed, num_classes=num_classes, level=level)
 
 
-def _open_synthetic(spec: DataSpec, download: bool, progress: bool = True, report=print) -> DataSet:
+def _open_synthetic(spec: DataSpec, progress: bool = True, report=print) -> DataSet:
     o = spec.options
     source = synthetic_source(spec)
     folder = os.path.join(cache_dir(),
@@ -328,7 +328,7 @@ def open_dataset(text: str = "synthetic", download: bool = False, progress: bool
     if download and spec.kind not in DOWNLOADABLE:
         raise DataError(f"--download works for {', '.join(DOWNLOADABLE)}, not {spec.kind}")
     if spec.kind == "synthetic":
-        return _open_synthetic(spec, download, progress, report)
-    opener = {"imagenet": _open_imagenet, "cifar10": _open_cifar, "cifar100": _open_cifar,
-              "caltech101": _open_caltech, "folder": _open_plain_folder, "store": _open_store}[spec.kind]
-    return opener(spec, download)
+        return _open_synthetic(spec, progress, report)
+    if spec.kind in DOWNLOADABLE:
+        return {"cifar10": _open_cifar, "cifar100": _open_cifar, "caltech101": _open_caltech}[spec.kind](spec, download)
+    return {"imagenet": _open_imagenet, "folder": _open_plain_folder, "store": _open_store}[spec.kind](spec)

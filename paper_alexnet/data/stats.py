@@ -12,12 +12,12 @@ convention of the widely used ImageNet eigenvalues below; the lighting adds
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .images import DataError
 
 # The ImageNet PCA that most reproductions use (fb.resnet.torch, MXNet, Caffe2 recipes): eigenvalues
@@ -57,10 +57,9 @@ class DataStats:
                          "ImageNet (published)")
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp.npz"
-        np.savez(tmp, mean_image=self.mean_image, eigval=self.eigval, eigvec=self.eigvec,
-                 count=np.int64(self.count), pca_source=np.array(self.pca_source))
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as handle:
+            np.savez(handle, mean_image=self.mean_image, eigval=self.eigval, eigvec=self.eigvec,
+                     count=np.int64(self.count), pca_source=np.array(self.pca_source))
 
     @classmethod
     def load(cls, path: str) -> "DataStats":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import paper
+from ..atomic import atomic_write
 from .images import BadImageError, DataError
 from .splits import Split
 from .stats import DataStats, StatsAccumulator
@@ -34,10 +35,8 @@ SPLIT_ORDER = ("train", "val", "test")
 
 
 def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         json.dump(payload, handle, indent=1)
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> dict:

@@ -1,0 +1,43 @@
+"""Every file a run writes is written whole or not at all: a temporary file beside it, flushed and
+synced to disk, then renamed over it.
+
+A kill, a full disk or a power cut mid-write leaves the previous version of the
+file in place (the rename is atomic on POSIX and Windows filesystems), never
+half of the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import IO, Iterator
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, no permission, ...); what was there before is untouched."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"could not write {path}: {reason}; what was there before is kept")
+        self.path, self.reason = path, reason
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open ``path + ".tmp"`` for writing; when the block ends, flush, fsync and rename it over ``path``.
+    If the block or the write fails, the temporary file is removed and ``path`` keeps its old content;
+    an OSError becomes a :class:`WriteError` naming ``path``."""
+    tmp = f"{path}.tmp"
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    try:
+        with open(tmp, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err.strerror or str(err)) from None
+        raise
