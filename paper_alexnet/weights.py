@@ -54,7 +54,7 @@ def load_pretrained(model: AlexNet, state: Mapping[str, torch.Tensor], source: s
     (fine-tuning to other classes); returns whether it was. Weights of another net are a CheckpointError in
     one line."""
     fc8 = tuple(model.fc8.weight.shape)
-    if any(key in state for key in TORCHVISION_NAMES):
+    if any(f"{prefix}.weight" in state for prefix in TORCHVISION_NAMES):
         new_head = tuple(state.get("classifier.6.weight", torch.empty(0)).shape) != fc8
         try:
             load_torchvision_weights(model, state, skip=("fc8",) if new_head else ())

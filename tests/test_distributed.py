@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -71,3 +73,69 @@ def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
             for x, y in zip(expected, csv.DictReader(handle)):
                 for key in ("train_loss", "val_loss", "val_top1_err", "val_top5_err", "train_top1_err"):
                     assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-4, abs=1e-6), (name, key)
+
+
+VOTE = """
+import json, sys
+import numpy as np, torch
+from paper_alexnet import distributed
+from paper_alexnet.data import Augment, DataStats, PaperTransform
+from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.data.splits import ArraySplit
+from paper_alexnet.engine import train_one_epoch
+
+process = distributed.from_env()
+distributed.start(process, torch.device("cpu"))
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 3))
+net = distributed.wrap(model, process, None)
+split = ArraySplit("train", np.zeros((24, 256, 256, 3), dtype=np.uint8), np.arange(24) % 3)
+stats = DataStats(np.zeros((3, 256, 256), np.float32), np.ones(3), np.eye(3))
+loader = BatchLoader(split, 4, rank=process.rank, world=process.world)
+asked = []
+def stop():                      # only rank 1 is signalled, during its step 3 of 6
+    asked.append(1)
+    return process.rank == 1 and len(asked) >= 3
+progress = train_one_epoch(net, loader, PaperTransform(stats, Augment()), torch.optim.SGD(model.parameters(), 0.1),
+                           torch.Generator().manual_seed(0), device=torch.device("cpu"), rank=process.rank,
+                           world=process.world, stop=stop)
+with open(sys.argv[1] + f"/rank{process.rank}.json", "w") as handle:
+    json.dump({"steps": progress.steps, "stopped": progress.stopped, "seen": progress.seen}, handle)
+distributed.stop()
+"""
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    script = tmp_path / "vote.py"
+    script.write_text(VOTE)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)], env)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] == {"steps": 3, "stopped": True, "seen": 12}     # 3 global batches of 4, not 6
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(tmp_path):
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    args = [a if a != "synthetic?classes=4&train=16&val=8" else "synthetic?classes=4&train=48&val=8" for a in ARGS]
+    _run(["-m", "reproduce.train", *args, "--out", str(tmp_path / "single")], env)
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "reproduce.train", *args, "--out", str(out)]
+    agent = subprocess.Popen(torchrun, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.csv").exists() and agent.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    agent.send_signal(signal.SIGTERM)                  # as SLURM or Kubernetes would; torchrun passes it on
+    err = agent.communicate(timeout=300)[1]
+    assert agent.returncode != 0 and err.count("stopped by SIGTERM") == 1, err[-3000:]   # rank 0 alone says so
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] >= 1
+    _run(torchrun[1:] + ["--resume"], env)
+    one = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    two = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert one["epoch"] == two["epoch"] == 2
+    _close(two, one)
+    with open(tmp_path / "single" / "metrics.csv") as a, open(out / "metrics.csv") as b:
+        for x, y in zip(csv.DictReader(a), csv.DictReader(b)):
+            for key in ("train_loss", "val_loss", "val_top1_err", "train_top1_err"):
+                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-4, abs=1e-6), key

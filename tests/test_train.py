@@ -159,3 +159,80 @@ def test_evaluate_one_checkpoint_and_a_folder(tmp_path, capsys):
     assert all(0 <= float(r["top5_err"]) <= float(r["top1_err"]) <= 1 for r in rows)
     assert rows[0]["top1_err"] == rows[1]["top1_err"]           # one epoch: best.pt is checkpoint.pt
     assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+
+
+# --- stopping on a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) --------------------------------------------
+
+SIGNALLED = TINY[:1] + ["synthetic?classes=4&train=40&val=8"] + TINY[2:] + ["--epochs", "3", "--recipe", "paper",
+                                                                           "--lr", "0.001"]
+
+
+def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                                       capsys):
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert train.main(SIGNALLED + ["--out", str(whole)]) == 0
+    real = train.train_one_epoch
+    steps = []
+
+    def signal_at_step_3_of_epoch_2(*args, **kwargs):
+        inner = kwargs["on_step"]
+
+        def on_step(step, value):
+            inner(step, value)
+            steps.append(step)
+            if len(steps) == 5 + 3:                       # epoch 1 has 5 steps; this is step 3 of epoch 2
+                signal.raise_signal(signal.SIGTERM)       # a real signal, to the handler train installed
+
+        return real(*args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(train, "train_one_epoch", signal_at_step_3_of_epoch_2)
+    capsys.readouterr()
+    assert train.main(SIGNALLED + ["--out", str(stopped)]) == 143
+    assert len(steps) == 8                                 # it finished the step it was in, and no other
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after step 3 of 5 of epoch 2" in err
+    saved = checkpoint.load(str(stopped / "checkpoint.pt"))
+    assert (saved.epoch, saved.step, saved.progress["steps"], saved.progress["seen"]) == (1, 3, 3, 24)
+    assert len(_rows(stopped / "metrics.csv")) == 1
+    monkeypatch.setattr(train, "train_one_epoch", real)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the handler is gone with the run
+    assert train.main(SIGNALLED + ["--out", str(stopped), "--resume"]) == 0
+    assert "and 3 steps of epoch 2" in capsys.readouterr().err
+    a, b = _rows(whole / "metrics.csv"), _rows(stopped / "metrics.csv")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+    final_a, final_b = checkpoint.load(str(whole / "checkpoint.pt")), checkpoint.load(str(stopped / "checkpoint.pt"))
+    assert all(torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model)           # bit for bit
+    assert all(torch.equal(final_a.optimizer["state"][i]["velocity"], final_b.optimizer["state"][i]["velocity"])
+               for i in final_a.optimizer["state"])
+
+
+def test_ctrl_c_in_a_real_run_exits_130_with_a_checkpoint_that_resumes(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *SIGNALLED, "--out", str(out)], cwd=ROOT,
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)                      # at the end of epoch 1 or in epoch 2
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 130, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err
+    saved = checkpoint.load(str(out / "checkpoint.pt"))
+    assert saved.epoch >= 1 and len(saved.metrics) == saved.epoch
+    assert train.main(SIGNALLED + ["--out", str(out), "--resume"]) == 0
+    assert len(_rows(out / "metrics.csv")) == 3
+
+
+def test_a_second_signal_exits_at_once():
+    script = ("import os, signal, time\n"
+              "from paper_alexnet.signals import StopOnSignal\n"
+              "with StopOnSignal() as stop:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+              "    print('first:', stop(), stop.exit_code, flush=True)\n"
+              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+              "    print('not reached', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143 and done.stdout == "first: True 143\n"
+    assert "SIGTERM again: exiting now" in done.stderr
