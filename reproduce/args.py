@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Optional
 
 from paper_alexnet import ConfigError, paper
-from paper_alexnet.atomic import WriteError
+from paper_alexnet.atomic import WriteError, atomic_write
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
 
@@ -45,6 +45,15 @@ def exit_code(action: Callable[[], int]) -> int:
     except (UsageError, DataError, ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def write_csv(rows: list, path: str) -> None:
+    """A command's table as CSV, whole or not at all (atomic.py), and the line that says where it went."""
+    import pandas as pd
+
+    with atomic_write(path, newline="") as handle:
+        pd.DataFrame(rows).to_csv(handle, index=False)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def add_data_flag(parser, from_checkpoint: bool = False) -> None:

@@ -34,7 +34,7 @@ from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data import DataError
 from paper_alexnet.data.synthetic import render
-from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers
+from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, write_csv
 from reproduce.placement import pick_device
 
 
@@ -317,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (", freed memory kept (glibc)" if kept else ", freed memory returned to the system"))
     print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}"))
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        write_csv(rows, args.csv)
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet import checkpoint
 from paper_alexnet.engine import evaluate
-from reproduce.args import UsageError, add_data_flag, add_workers_flag, check_workers, exit_code
+from reproduce.args import UsageError, add_data_flag, add_workers_flag, check_workers, exit_code, write_csv
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
 
@@ -66,8 +66,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args) -> int:
-    import pandas as pd
-
     if bool(args.checkpoint) == bool(args.all):
         raise UsageError("give --checkpoint PATH or --all DIR")
     if args.batch_size < 1:
@@ -87,8 +85,7 @@ def run(args) -> int:
                      f"top-5 {100 * row['ten_crop_top5_err']:.2f}%")
         print(line)
     if args.csv:
-        pd.DataFrame(rows).to_csv(args.csv, index=False)
-        print(f"wrote {args.csv}", file=sys.stderr)
+        write_csv(rows, args.csv)
     return 0
 
 

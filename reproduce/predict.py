@@ -19,7 +19,7 @@ import torch
 
 from paper_alexnet import checkpoint
 from paper_alexnet.data import BadImageError, PaperTransform, average_softmax, load_rgb
-from reproduce.args import UsageError, exit_code
+from reproduce.args import UsageError, exit_code, write_csv
 from reproduce.placement import add_device_arguments
 from reproduce.restore import restore
 
@@ -76,10 +76,7 @@ def run(args) -> int:
             print(f"  {rank}. {classes[index]:<24} {100 * value:6.2f}%")
             rows.append({"image": path, "rank": rank, "class": classes[index], "probability": value})
     if args.csv:
-        import pandas as pd
-
-        pd.DataFrame(rows).to_csv(args.csv, index=False)
-        print(f"wrote {args.csv}", file=sys.stderr)
+        write_csv(rows, args.csv)
     return 0
 
 
