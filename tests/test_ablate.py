@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from paper_alexnet.networks import build_network, get_network, network_cost
-from reproduce import ablate, ablation_tables, evaluate
+from reproduce import ablate, ablation_tables, evaluate, visualize
 
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "--epochs", "2", "-b", "8", "--workers", "0", "--quiet"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -109,6 +109,14 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     after = pd.read_csv(resumed / "metrics.csv")
     assert list(after["epoch"]) == [1, 2] and after["train_loss"].iloc[0] == before["train_loss"].iloc[0]
     assert len(pd.read_csv(out / "ablation.csv")) == 4 and len(pd.read_csv(killed_early / "metrics.csv")) == 2
+
+    # a grid written before the columns were renamed (variant held the label, net the variant) still collects
+    rows = pd.read_csv(out / "ablation.csv")
+    rows.rename(columns={"variant": "net"}).rename(columns={"cell": "variant"}).to_csv(out / "ablation.csv",
+                                                                                     index=False)
+    assert visualize.main(["curves", "--run", str(out)]) == 0
+    assert list(pd.read_csv(out / "ablation.csv").columns) == list(ablation_tables.COLUMNS)
+    assert ablate.main(argv) == 0 and capsys.readouterr().err.count("finished earlier, skipped") == 4
 
     # the same folder with other flags is refused, not silently reused
     assert ablate.main(argv + ["--lr", "0.01"]) == 2
