@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .data import BatchLoader, PaperTransform, average_softmax
 from .data.splits import Split
 from .distributed import all_sum
-from .metrics import topk_correct
+from .metrics import top5_applies, topk_correct
 
 
 class NonFiniteLoss(RuntimeError):
@@ -102,13 +102,14 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
 def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *, device: torch.device,
              batch_size: int = 128, ten_crop: bool = False, workers: int = 0, strict: bool = False,
              amp: bool = False, progress: bool = False, rank: int = 0, world: int = 1) -> dict:
-    """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax.
+    """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax (top-5:
+    None with 5 classes or fewer, where it is 0 by construction).
     Under data parallelism each process scores its share of every batch and the sums are combined."""
     from tqdm.auto import tqdm
 
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict, rank=rank, world=world)
-    loss_sum, hits, seen = 0.0, {1: 0, 5: 0}, 0
+    loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
     for images, labels in tqdm(loader, desc="ten-crop" if ten_crop else "eval", unit="batch", leave=False,
                                disable=not progress):
         y = labels.to(device)
@@ -120,12 +121,14 @@ def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *,
             else:
                 scores = model(transform.center(images)).float()
                 loss_sum += float(F.cross_entropy(scores, y, reduction="sum"))
+        classes = scores.shape[1]
         for k, v in topk_correct(scores, y, (1, 5)).items():
             hits[k] += v
         seen += len(y)
     loss_sum, hit1, hit5, seen, skipped = all_sum([loss_sum, hits[1], hits[5], seen, len(loader.skipped)])
     n = max(seen, 1)
-    return {"loss": loss_sum / n, "top1_err": 1 - hit1 / n, "top5_err": 1 - hit5 / n, "images": int(seen),
+    top5 = 1 - hit5 / n if classes is None or top5_applies(classes) else None     # None: n/a with <= 5 classes
+    return {"loss": loss_sum / n, "top1_err": 1 - hit1 / n, "top5_err": top5, "images": int(seen),
             "skipped_files": int(skipped)}
 
 

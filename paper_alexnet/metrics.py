@@ -19,3 +19,9 @@ def topk_errors(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = 
     """{k: top-k error rate} of one batch of scores (logits or probabilities)."""
     correct = topk_correct(scores, labels, ks)
     return {k: 1.0 - correct[k] / len(labels) for k in ks}
+
+
+def top5_applies(num_classes: int) -> bool:
+    """Top-5 error says something only with more than 5 classes (with 5 or fewer every label is in the top 5:
+    the error is 0 by construction); below that it is reported as n/a (None)."""
+    return num_classes > 5

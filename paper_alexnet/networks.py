@@ -24,7 +24,8 @@ from . import layers, paper
 from .config import ArchConfig, ConfigError
 from .geometry import layer_shapes, totals
 from .model import AlexNet
-from .variants import get_config
+from .cli import closest
+from .variants import VARIANTS, get_config
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ Network = Union[ArchConfig, OtherNet]
 def get_network(name: str, **overrides) -> Network:
     """The AlexNet variant ``name`` (with switches, see get_config) or a comparison net."""
     base, *switches = str(name).split("+")
+    if base not in OTHER_NETS and base not in VARIANTS:
+        raise ConfigError(f"unknown variant {base!r}{closest(base, (*VARIANTS, *OTHER_NETS))}: choose an AlexNet "
+                          f"({', '.join(VARIANTS)}) or a net to compare with ({', '.join(OTHER_NETS)})")
     if base not in OTHER_NETS:
         return get_config(name, **overrides)
     config = OTHER_NETS[base]

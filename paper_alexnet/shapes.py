@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .cli import HelpFormatter
 from . import paper
 from .config import ArchConfig, ConfigError
 from .geometry import layer_shapes, totals, window_output
@@ -221,7 +222,7 @@ def render(configs: Sequence[ArchConfig], fmt: str = "table") -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m paper_alexnet.shapes", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m paper_alexnet.shapes", formatter_class=HelpFormatter,
         description="Layer-by-layer shape arithmetic, parameters and multiply-adds of an AlexNet (§3.5), "
                     "checked against a forward pass of the built model.")
     parser.add_argument("--variant", default="paper",
@@ -247,6 +248,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for config in configs:
             verify(config)
         text = render(configs, args.format)
+        for config in configs:
+            print(f"checked: every layer's output shape and parameter count, and the total, of '{config.name}' at "
+                  f"{config.input_size}x{config.input_size} against a forward pass of the built model (meta device)",
+                  file=sys.stderr)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

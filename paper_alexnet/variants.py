@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Dict, Tuple
 
 from . import paper
+from .cli import closest
 from .config import ArchConfig, ConfigError, config_fields
 
 PAPER = ArchConfig()
@@ -67,11 +68,12 @@ def get_config(variant: str = "paper", **overrides) -> ArchConfig:
     else:
         base, *switches = str(variant).split("+")
         if base not in VARIANTS:
-            raise ConfigError(f"unknown variant {base!r}; choose from: {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown variant {base!r}{closest(base, VARIANTS)}; choose from: {', '.join(VARIANTS)}")
         config = VARIANTS[base]
         for switch in switches:
             if switch not in SWITCHES:
-                raise ConfigError(f"unknown switch {switch!r} in {variant!r}; choose from: {', '.join(SWITCHES)}")
+                raise ConfigError(f"unknown switch {switch!r} in {variant!r}{closest(switch, SWITCHES)}; choose from: "
+                                  f"{', '.join(SWITCHES)}")
             config = replace(config, name=f"{config.name}+{switch}", **SWITCHES[switch])
     unknown = sorted(set(overrides) - set(config_fields()))
     if unknown:

@@ -29,7 +29,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
+from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
 from reproduce import train
@@ -59,6 +61,9 @@ GRIDS: Dict[str, Grid] = {
 }
 # --smoke: the whole grid in a few minutes on a CPU (checks that everything runs; the numbers mean nothing).
 SMOKE = ("--limit-train", "32", "--limit-val", "16", "--epochs", "1", "-b", "16", "--workers", "0")
+SMOKE_NOTE = ("--smoke: every cell trained 1 epoch on 32 images and was scored on 16: these numbers show that each "
+              "cell runs, and say nothing about the variants; their differences from the paper net, and the paper's "
+              "deltas beside them, are noise here.")
 OWNED = ("--variant", "--seed", "--out", "--resume", "--ten-crop")   # set by ablate for each cell
 
 
@@ -95,7 +100,7 @@ def parse_cell(label: str, seed: int) -> Cell:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.ablate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        prog="python -m reproduce.ablate", formatter_class=HelpFormatter, allow_abbrev=False,
         description="Train and evaluate a grid of variants x seeds with reproduce.train, and tabulate the "
                     "errors against the paper's reported deltas. Any other reproduce.train flag (--data, "
                     "--epochs, -b, --lr, --recipe, --limit-train, --device, ...) applies to every cell.",
@@ -163,8 +168,8 @@ def finished(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> boo
     return True
 
 
-def collect(cells: Sequence[Cell], out: str, title: str) -> Optional[pd.DataFrame]:
-    """Rewrite ablation.csv, summary.csv, summary.md and ablation.png from the cells finished so far."""
+def gather(cells: Sequence[Cell], out: str) -> Tuple[Optional[pd.DataFrame], Dict[str, List[pd.DataFrame]]]:
+    """The rows of the cells finished so far (None when there is none) and each cell label's metrics.csv."""
     rows, curves = [], {}
     for cell in cells:
         row = tables.cell_row(cell.folder(out), cell.label, cell.seed, cell.switches)
@@ -174,12 +179,17 @@ def collect(cells: Sequence[Cell], out: str, title: str) -> Optional[pd.DataFram
         metrics = os.path.join(cell.folder(out), "metrics.csv")
         if os.path.exists(metrics):
             curves.setdefault(cell.label, []).append(pd.read_csv(metrics))
-    if not rows:
+    return (pd.DataFrame(rows, columns=list(tables.COLUMNS)) if rows else None), curves
+
+
+def collect(cells: Sequence[Cell], out: str, title: str, note: str = "") -> Optional[pd.DataFrame]:
+    """Rewrite ablation.csv, summary.csv, summary.md and ablation.png from the cells finished so far."""
+    frame, curves = gather(cells, out)
+    if frame is None:
         return None
-    frame = pd.DataFrame(rows, columns=list(tables.COLUMNS))
     summary = tables.summarize(frame)
-    for name, text in (("ablation.csv", frame.to_csv(index=False)), ("summary.csv", summary.to_csv(index=False)),
-                       ("summary.md", tables.markdown(summary, title))):
+    for name, text in (("ablation.csv", tables.to_csv(frame)), ("summary.csv", tables.to_csv(summary)),
+                       ("summary.md", tables.markdown(summary, title, note))):
         with atomic_write(os.path.join(out, name), newline="") as handle:
             handle.write(text)
     tables.plot(summary, curves, os.path.join(out, "ablation.png"), title)
@@ -200,8 +210,12 @@ def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int
                   "wall_seconds": time.perf_counter() - start, "argv": argv}
         with atomic_write(os.path.join(folder, "cell.json")) as handle:
             json.dump(marker, handle, indent=1)
-        # checkpoint.pt only serves to resume (weights and optimiser state, 0.65 GB for the paper net with
-        # Adam): a finished cell keeps best.pt, so that a grid takes half the disk
+        # a finished cell keeps best.pt's weights and statistics, for evaluate, predict and visualize: not the
+        # optimiser's state, nor checkpoint.pt, which only serve to resume (0.65 GB each for the paper net with
+        # Adam, against 0.23 GB of weights)
+        best = os.path.join(folder, "best.pt")
+        if os.path.exists(best):
+            checkpoint.save(best, checkpoint.load(best).weights_only())
         if os.path.exists(os.path.join(folder, "checkpoint.pt")):
             os.remove(os.path.join(folder, "checkpoint.pt"))
     return code
@@ -247,7 +261,9 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
     done = [finished(cell, common, args.out, ten_crop) for cell in cells]
     os.makedirs(args.out, exist_ok=True)
     title = f"ablation: {name} grid ({' '.join(common) or 'reproduce.train defaults'})"
-    print(f"{len(cells)} cells ({len(labels)} variants x {len(seeds)} seeds) into {args.out}", file=sys.stderr)
+    note = SMOKE_NOTE if args.smoke else ""
+    print(f"{plural(len(cells), 'cell')} ({plural(len(labels), 'variant')} x {plural(len(seeds), 'seed')}) "
+          f"into {args.out}", file=sys.stderr)
     for k, (cell, skip) in enumerate(zip(cells, done), 1):
         if skip:
             print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
@@ -262,10 +278,10 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
             print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
                   f"cells are kept, the same command continues", file=sys.stderr)
             return code
-        collect(cells, args.out, title)
-    frame = collect(cells, args.out, title)
+        collect(cells, args.out, title, note)
+    frame = collect(cells, args.out, title, note)
     if frame is not None:
-        print(tables.markdown(tables.summarize(frame), title))
+        print(tables.markdown(tables.summarize(frame), title, note))
     print(f"wrote {os.path.join(args.out, 'ablation.csv')}, summary.csv, summary.md, ablation.png", file=sys.stderr)
     return 0
 

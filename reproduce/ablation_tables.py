@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 from paper_alexnet import paper
+from paper_alexnet.cli import FLOAT_FORMAT
 from paper_alexnet.networks import get_network, network_cost
-from reproduce.figures import pyplot, save
+from reproduce.figures import epoch_axis, pyplot, save
 
 # cell: the grid's label (NET[+switch...][@flag=value...]); variant: the net it trains (--variant), switches
 # included; data switches (no-pca, no-flip) and @flags are only in the label.
@@ -143,9 +144,15 @@ def _signed(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:+.1f}"
 
 
-def markdown(summary: pd.DataFrame, title: str) -> str:
-    """summary.md: the table a person reads, errors in %, deltas in percentage points."""
-    lines = [f"# {title}", "",
+def to_csv(frame: pd.DataFrame) -> str:
+    """A table as CSV text, floats as files hold them (cli.FLOAT_FORMAT)."""
+    return frame.to_csv(index=False, float_format=FLOAT_FORMAT)
+
+
+def markdown(summary: pd.DataFrame, title: str, note: str = "") -> str:
+    """summary.md: the table a person reads, errors in %, deltas in percentage points; ``note`` (a caveat,
+    e.g. of a --smoke grid) under the title."""
+    lines = [f"# {title}", "", *([f"**{note}**", ""] if note else []),
              "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1); Δ: change of "
              "the mean against `paper`, in points; paper Δ: what the paper reports for the same change.", "",
              "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 | Δ top-5 | "
@@ -199,8 +206,9 @@ def plot(summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str
                 colour = colours.setdefault(label, f"C{len(colours)}")
                 style = "--" if "+tanh" in label else "-"
                 for axis, x in ((axes[0][1], run["epoch"]), (axes[0][2], seconds)):
-                    axis.plot(x, 100 * run["train_top1_err"], style, color=colour,
+                    axis.plot(x, 100 * run["train_top1_err"], style, color=colour, marker="o", markersize=3,
                               label=label if run is runs[0] else None)
+        epoch_axis(axes[0][1], [e for runs in curves.values() for run in runs for e in run["epoch"]])
         for axis, xlabel in ((axes[0][1], "epoch"), (axes[0][2], "training seconds")):
             axis.axhline(100 * paper.RELU_TARGET_TRAIN_ERROR, color="grey", lw=0.8)
             axis.set(xlabel=xlabel, ylabel="training error (%)", ylim=(0, 100),

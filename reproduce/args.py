@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from paper_alexnet import ConfigError, paper
 from paper_alexnet.atomic import WriteError, atomic_write
+from paper_alexnet.cli import FLOAT_FORMAT
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
 
@@ -52,7 +53,7 @@ def write_csv(rows: list, path: str) -> None:
     import pandas as pd
 
     with atomic_write(path, newline="") as handle:
-        pd.DataFrame(rows).to_csv(handle, index=False)
+        pd.DataFrame(rows).to_csv(handle, index=False, float_format=FLOAT_FORMAT)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -74,12 +75,13 @@ def add_device_flag(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 
-def add_reading_flags(parser, quiet_help: str = "no progress bars") -> None:
+def add_reading_flags(parser) -> None:
     """--strict, --download and --quiet: how a command that reads a whole data set treats files and output."""
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unreadable image instead of skipping it")
     parser.add_argument("--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent")
-    parser.add_argument("--quiet", action="store_true", help=quiet_help)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars; what the run says (splits, notes, warnings, results) is still printed")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -34,6 +34,7 @@ from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data import DataError
 from paper_alexnet.data.synthetic import render
+from paper_alexnet.cli import HelpFormatter
 from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, write_csv
 from reproduce.placement import pick_device
 
@@ -263,7 +264,7 @@ def bench_models(args) -> list[dict]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproduce.bench",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      description="Measure throughput; prints a table, optionally writes CSV.")
     parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
     add_device_flag(parser)

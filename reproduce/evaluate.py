@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet import checkpoint
+from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
 from reproduce.args import UsageError, add_data_flag, add_workers_flag, check_workers, exit_code, write_csv
 from reproduce.placement import add_device_arguments
@@ -26,7 +27,7 @@ from reproduce.restore import checkpoint_data, restore
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproduce.evaluate",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      description="Evaluate checkpoints: top-1/top-5 error on centre and ten crops.")
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt")
     parser.add_argument("--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each")
@@ -40,11 +41,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate_checkpoint(path: str, args, cache: dict) -> dict:
+def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
+    """One row of the table: what was scored (checkpoint, data, split, images) and its errors (fractions)."""
     ckpt = checkpoint.load(path)
     dataset = checkpoint_data(ckpt, path, args.data, cache)
     net = restore(path, args, dataset, ckpt)
-    print(net.placement.note, file=sys.stderr)
+    if net.placement.note not in said:                     # once, when the first net is in place
+        said.add(net.placement.note)
+        print(net.placement.note, file=sys.stderr)
     device = net.placement.first
     split = dataset.split(args.split)
     row = {"checkpoint": path, "epoch": ckpt.epoch, "variant": ckpt.variant, "data": dataset.spec,
@@ -75,14 +79,16 @@ def run(args) -> int:
     if not paths:
         raise UsageError(f"no *.pt files in {args.all}")
     cache: dict = {}
+    said: set = set()
     rows = []
     for path in paths:
-        row = evaluate_checkpoint(path, args, cache)
+        row = evaluate_checkpoint(path, args, cache, said)
         rows.append(row)
-        line = f"{path}: top-1 {100 * row['top1_err']:.2f}% top-5 {100 * row['top5_err']:.2f}%"
+        line = (f"{path} on {row['data']} {row['split']} ({plural(row['images'], 'image')}): "
+                f"top-1 {percent(row['top1_err'], 2)} top-5 {percent(row['top5_err'], 2)}")
         if args.ten_crop:
-            line += (f" | ten crops: top-1 {100 * row['ten_crop_top1_err']:.2f}% "
-                     f"top-5 {100 * row['ten_crop_top5_err']:.2f}%")
+            line += (f" | ten crops: top-1 {percent(row['ten_crop_top1_err'], 2)} "
+                     f"top-5 {percent(row['ten_crop_top5_err'], 2)}")
         print(line)
     if args.csv:
         write_csv(rows, args.csv)

@@ -5,7 +5,9 @@
 Each image goes through the paper's test pipeline: shorter side to 256, the
 central 256x256 (§2), the mean image subtracted, then the centre crop or the
 ten crops whose softmax outputs are averaged (§4.1). The mean image comes from
-the checkpoint, so the training data need not be at hand.
+the checkpoint, so the training data need not be at hand. A file that is not a
+readable image is reported and skipped; the command fails (exit 2) only when
+none of the files given could be read.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from paper_alexnet import checkpoint
 from paper_alexnet.data import BadImageError, PaperTransform, average_softmax, load_rgb
+from paper_alexnet.cli import HelpFormatter
 from reproduce.args import UsageError, exit_code, write_csv
 from reproduce.placement import add_device_arguments
 from reproduce.restore import restore
@@ -26,7 +29,7 @@ from reproduce.restore import restore
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproduce.predict",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      description="Top-k classes with probabilities for image files (§4.1 test "
                                                  "crops), from a checkpoint of reproduce.train.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
@@ -56,12 +59,17 @@ def run(args) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
     ckpt = checkpoint.load(args.checkpoint)
-    arrays = []
-    for path in args.images:                   # every file is checked before the net is built
+    arrays, paths = [], []
+    for path in args.images:                   # every file is read before the net is built
         try:
             arrays.append(load_rgb(path))
+            paths.append(path)
         except BadImageError as err:
-            raise UsageError(f"{path} is not a readable image: {err.reason}") from None
+            if len(args.images) == 1:
+                raise UsageError(f"{path} is not a readable image: {err.reason}") from None
+            print(f"skipped {path}: not a readable image ({err.reason})", file=sys.stderr)
+    if not arrays:
+        raise UsageError(f"none of the {len(args.images)} files is a readable image")
     net = restore(args.checkpoint, args, ckpt=ckpt)
     model, transform, classes = net.model, net.transform, net.classes
     chunks = [torch.from_numpy(np.stack(arrays[i:i + 32])).permute(0, 3, 1, 2).contiguous()
@@ -69,7 +77,7 @@ def run(args) -> int:
     probs = torch.cat([predict(model, transform, chunk, args.ten_crop).float().cpu() for chunk in chunks])
     top = min(args.top, len(classes))
     rows = []
-    for path, p in zip(args.images, probs):
+    for path, p in zip(paths, probs):
         values, indices = p.topk(top)
         print(f"{path} ({'ten crops' if args.ten_crop else 'centre crop'}):")
         for rank, (value, index) in enumerate(zip(values.tolist(), indices.tolist()), 1):

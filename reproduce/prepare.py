@@ -17,12 +17,13 @@ from typing import Optional, Sequence
 from paper_alexnet.data import DataError, prepare_store, synthetic_source
 from paper_alexnet.data.imagenet import sort_imagenet_val
 from paper_alexnet.data.sources import open_dataset, parse_spec
+from paper_alexnet.cli import HelpFormatter
 from reproduce.args import add_data_flag, add_reading_flags, add_workers_flag, check_workers, exit_code
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m reproduce.prepare", formatter_class=HelpFormatter,
         description="Decode every image once, cut it to the paper's 256x256 (§2) and write it with its label "
                     "into one memory-mapped store, with the training set's mean image (§2) and RGB PCA (§4.1).")
     add_data_flag(parser)

@@ -31,6 +31,7 @@ import paper_alexnet
 from paper_alexnet import ArchConfig, checkpoint, distributed, list_switches, list_variants, paper
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
+from paper_alexnet.cli import HelpFormatter, for_file, percent, plural
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
@@ -50,13 +51,9 @@ METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_
            "images_per_s", "seconds", "skipped_files")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each flag, and the recipe tables of the epilog kept as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.train", formatter_class=_HelpFormatter, epilog=recipes.describe(),
+        prog="python -m reproduce.train", formatter_class=HelpFormatter, epilog=recipes.describe(),
         description="Train an AlexNet with the paper's recipe (§5) and data pipeline (§2, §4.1); "
                     "report top-1/top-5 error (§6).")
     parser.add_argument("--variant", default="paper",
@@ -157,8 +154,7 @@ class Context:
     args: argparse.Namespace
     process: distributed.Process
     placement: Placement
-    log: Callable[[str], None]          # information lines (silenced by --quiet and on ranks > 0)
-    say: Callable[[str], None]          # lines rank 0 always prints
+    say: Callable[[str], None]          # the lines rank 0 prints (--quiet hides progress bars, never these)
 
     def path(self, name: str) -> str:
         return os.path.join(self.args.out, name)
@@ -191,7 +187,7 @@ def _run(args: argparse.Namespace, process: distributed.Process) -> int:
     distributed.start(process, placement.first)     # after the checks: bad input stops every rank alike
     args.quiet = args.quiet or not process.main
     say = (lambda line: print(line, file=sys.stderr)) if process.main else (lambda line: None)
-    ctx = Context(args, process, placement, (lambda line: None) if args.quiet else say, say)
+    ctx = Context(args, process, placement, say)
     data = open_data(ctx)
     net = build_net(ctx, data, resumed, pretrained)
     record_config(ctx, data, net)
@@ -238,10 +234,10 @@ def open_data(ctx: Context) -> Data:
     """The data set, its §2 mean image and §4.1 PCA (computed once, cached), and the splits used."""
     args = ctx.args
     with distributed.main_first(ctx.process):   # rank 0 builds any cached store and statistics first
-        dataset = open_dataset(args.data, download=args.download, progress=not args.quiet, report=ctx.log)
-        stats = dataset.stats(progress=not args.quiet, report=ctx.log)
+        dataset = open_dataset(args.data, download=args.download, progress=not args.quiet, report=ctx.say)
+        stats = dataset.stats(progress=not args.quiet, report=ctx.say)
     for note in dataset.notes:
-        ctx.log(note)
+        ctx.say(note)
     return Data(dataset, stats, _subset(dataset.split("train"), args.limit_train, args.seed),
                 _subset(dataset.split("val"), args.limit_val, args.seed + 1))
 
@@ -263,7 +259,7 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     model = build_placed(config, ctx.placement)
     if pretrained is not None:
         new_head = load_pretrained(model, pretrained, args.pretrained)
-        ctx.log(f"pretrained weights from {args.pretrained}" + (" (fc8 re-initialised for the new classes)"
+        ctx.say(f"pretrained weights from {args.pretrained}" + (" (fc8 re-initialised for the new classes)"
                                                                 if new_head else ""))
     if args.freeze_features:
         for name, weight in model.named_parameters():
@@ -287,9 +283,9 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
 
 # --- 4. the record ---------------------------------------------------------------------------------------
 
-def write_json(path: str, value) -> None:
+def write_json(path: str, value: dict) -> None:
     with atomic_write(path) as handle:
-        json.dump(value, handle, indent=1, default=str)
+        json.dump({k: for_file(v) for k, v in value.items()}, handle, indent=1, default=str)
 
 
 def record_config(ctx: Context, data: Data, net: Net) -> None:
@@ -311,7 +307,7 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
     say(f"{net.config.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {args.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
         + (f" x {ctx.process.world} processes (rows of each batch shared out)" if ctx.process.world > 1 else "")
-        + f"; {args.epochs} epochs of batch {args.batch_size}")
+        + f"; {plural(args.epochs, 'epoch')} of batch {args.batch_size}")
     changes = None
     if args.recipe == "quick":
         changes = {"init": recipe.init, "scale": "1/pixel std", "optimizer": recipe.optimizer, "lr": recipe.lr}
@@ -336,7 +332,7 @@ def write_metrics(path: str, rows: List[dict]) -> None:
     with atomic_write(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRICS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: for_file(v) for k, v in row.items()} for row in rows)
 
 
 def _save(ctx: Context, data: Data, net: Net, epoch: int, best: float, rows: List[dict],
@@ -438,9 +434,9 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         dropped = net.schedule.step(val["top1_err"])
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
-        ctx.say(f"epoch {epoch}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1_err']:.1f}% | "
-                f"val loss {row['val_loss']:.3f} top-1 {100 * row['val_top1_err']:.1f}% "
-                f"top-5 {100 * row['val_top5_err']:.1f}% | {row['images_per_s']:.1f} img/s, "
+        ctx.say(f"epoch {epoch}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
+                f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
+                f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, "
                 f"{row['seconds']:.0f} s"
                 + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
                 + (f" | lr -> {net.optimizer.param_groups[0]['lr']:g}" if dropped else ""))
@@ -452,7 +448,8 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
             plot_curves(rows, ctx.path("curves.png"), f"{net.config.name} on {args.data}")
             if writer is not None:
                 for key in METRICS[1:]:
-                    writer.add_scalar(key, row[key], epoch)
+                    if row[key] is not None:
+                        writer.add_scalar(key, row[key], epoch)
                 writer.flush()
         if distributed.all_sum([float(stop())])[0] and epoch < args.epochs:   # a signal during validation
             return _stopped(ctx, stop, f"at the end of epoch {epoch}"), rows
@@ -485,13 +482,13 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
                        ten_crop=True, workers=args.workers, amp=args.amp, progress=not args.quiet,
                        rank=ctx.process.rank, world=ctx.process.world)
         result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
-        ctx.say(f"best.pt (epoch {best.epoch}), ten crops: top-1 {100 * val['top1_err']:.1f}% "
-                f"top-5 {100 * val['top5_err']:.1f}%")
+        ctx.say(f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
+                f"top-5 {percent(val['top5_err'])}")
     if ctx.process.main:
         write_json(ctx.path("result.json"), result)
     if stopped and args.ten_crop:
         return _stopped(ctx, stop, "before the ten-crop evaluation")
-    ctx.say(f"done: best val top-1 error {100 * best_row['val_top1_err']:.1f}% (chance "
+    ctx.say(f"done: best val top-1 error {percent(best_row['val_top1_err'])} (chance "
             f"{100 * (1 - 1 / len(data.dataset.classes)):.0f}%); results in {args.out}")
     return 0
 

@@ -5,7 +5,8 @@
     python -m reproduce.visualize curves --run runs/paper-synthetic                          # or an ablation folder
     python -m reproduce.visualize curves --run runs/a runs/b --out compare.png              # several runs, one chart
 
-Each writes a PNG (by default next to the checkpoint or in the run folder) and prints its path.
+Each writes a PNG and prints its path: filters and neighbors by default beside the checkpoint; curves by
+default a new file in the current folder, never over the run's own curves.png or a grid's ablation.png.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from paper_alexnet import ArchConfig
 from paper_alexnet import checkpoint
 from paper_alexnet.data import PaperTransform
 from paper_alexnet.networks import get_network
+from paper_alexnet.cli import HelpFormatter
 from reproduce.args import UsageError, add_data_flag, exit_code
-from reproduce.figures import plot_curves, pyplot, save
+from reproduce.figures import plot_curves, pyplot, runs_figure, save
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
 
@@ -113,22 +115,35 @@ def neighbors(args) -> str:
     queries = fc7_features(model, query_split, transform, placement.first)
     distances, indices = nearest(queries, bank, args.k)
 
-    plt = pyplot()
-    columns = indices.shape[1] + 1
-    fig, axes = plt.subplots(len(query_split), columns, figsize=(1.5 * columns, 1.6 * len(query_split)),
-                             squeeze=False)
-    for q in range(len(query_split)):
-        row = [(query_split, q, "query: ")] + [(train_split, int(i), f"{d:.0f}: ") for i, d in
-                                               zip(indices[q], distances[q])]
-        for axis, (split, i, prefix) in zip(axes[q], row):
-            axis.imshow(split.load(i))
-            axis.set_title(prefix + str(dataset.classes[split.labels[i]])[:14], fontsize=7)
-            axis.axis("off")
-    fig.suptitle("Figure 4 (§6.1): validation images (left) and the training images nearest in fc7 space",
-                 fontsize=9)
+    fig = neighbours_figure(query_split, train_split, dataset.classes, distances, indices)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "neighbors.png")
     save(fig, out)
     return out
+
+
+def distance_label(distance: float) -> str:
+    """A neighbour's fc7 distance as its title shows it: 3 significant digits, whatever the scale."""
+    return f"d = {distance:.3g}"
+
+
+def neighbours_figure(query_split, train_split, classes, distances: torch.Tensor, indices: torch.Tensor):
+    """Figure 4: one row per query, the query then its neighbours, each titled with its class; a neighbour's
+    title also gives its Euclidean fc7 distance to the query."""
+    plt = pyplot()
+    columns = indices.shape[1] + 1
+    fig, axes = plt.subplots(len(query_split), columns, figsize=(1.5 * columns, 1.7 * len(query_split)),
+                             squeeze=False)
+    for q in range(len(query_split)):
+        row = [(query_split, q, "query")] + [(train_split, int(i), distance_label(float(d)))
+                                             for i, d in zip(indices[q], distances[q])]
+        for axis, (split, i, head) in zip(axes[q], row):
+            axis.imshow(split.load(i))
+            axis.set_title(f"{head}\n{str(classes[split.labels[i]])[:14]}", fontsize=7)
+            axis.axis("off")
+    fig.suptitle("Figure 4 (§6.1): validation images (left) and the training images nearest in fc7 space;\n"
+                 "d: Euclidean distance between their 4096-d fc7 feature vectors (after the ReLU)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 # --- curves ----------------------------------------------------------------------------------------------------
@@ -143,36 +158,34 @@ def _run_label(folder: str) -> str:
         return label
 
 
-def plot_runs(runs: dict, path: str) -> None:
-    """Several runs on one chart: training and validation loss, and validation top-1 error (§6), per epoch."""
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for (label, rows), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
-        epochs = [r["epoch"] for r in rows]
-        left.plot(epochs, [r["train_loss"] for r in rows], "--", color=colour, label=f"{label}: train")
-        left.plot(epochs, [r["val_loss"] for r in rows], "o-", color=colour, label=f"{label}: validation")
-        right.plot(epochs, [100 * r["val_top1_err"] for r in rows], "o-", color=colour, label=label)
-    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    right.set(xlabel="epoch", ylabel="validation top-1 error (%)", title="validation top-1 error", ylim=(0, 100))
-    for axis in (left, right):
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
-    fig.tight_layout()
-    save(fig, path)
+def _run_title(folder: str) -> str:
+    """The title train gives a run's curves ("paper on folder:..."), from its config.json; else its folder name."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+        return f"{config['model']['name']} on {config['args']['data']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return os.path.basename(os.path.abspath(folder))
 
 
 def curves(args) -> str:
+    """Only reads the runs: the chart goes to --out, or to a new file in the current folder, never over a run's
+    own curves.png or a grid's ablation.png."""
     import pandas as pd
 
     from reproduce import ablate
 
+    name = os.path.basename(os.path.abspath(args.run[0]))
     if len(args.run) == 1 and os.path.exists(os.path.join(args.run[0], "ablation.csv")):
         folder = args.run[0]
         cells = [ablate.parse_cell(label, seed)
                  for label, seed in ablate.tables.read_cells(os.path.join(folder, "ablation.csv"))]
-        ablate.collect(cells, folder, f"ablation: {os.path.basename(os.path.abspath(folder))}")
-        return os.path.join(folder, "ablation.png")
+        frame, runs = ablate.gather(cells, folder)
+        if frame is None:
+            raise UsageError(f"{folder}: no finished cell to chart yet")
+        out = args.out or f"ablation-{name}.png"
+        ablate.tables.plot(ablate.tables.summarize(frame), runs, out, f"ablation: {name}")
+        return out
     runs = {}
     for folder in args.run:
         metrics = os.path.join(folder, "metrics.csv")
@@ -183,25 +196,25 @@ def curves(args) -> str:
     if len(runs) < len(args.run):
         raise UsageError("two --run folders have the same name and recipe; their curves could not be told apart")
     if len(args.run) == 1:
-        out = args.out or os.path.join(args.run[0], "curves.png")
-        plot_curves(next(iter(runs.values())), out, os.path.basename(os.path.abspath(args.run[0])))
+        out = args.out or f"curves-{name}.png"
+        plot_curves(next(iter(runs.values())), out, _run_title(args.run[0]))
         return out
     out = args.out or "curves-compare.png"
-    plot_runs(runs, out)
+    save(runs_figure(runs), out)
     return out
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproduce.visualize", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("filters", help="Figure 3: the conv1 kernels, tower by tower",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=HelpFormatter)
     one.add_argument("--checkpoint", required=True, metavar="PATH")
     one.add_argument("--columns", type=int, default=12, help="kernels per row")
     one.add_argument("--zoom", type=int, default=4, help="pixels per kernel weight")
     one.add_argument("--out", default=None, metavar="PNG", help="default: filters.png beside the checkpoint")
-    two = commands.add_parser("neighbors", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    two = commands.add_parser("neighbors", formatter_class=HelpFormatter,
                               help="Figure 4: validation images and their nearest training images by fc7 features")
     two.add_argument("--checkpoint", required=True, metavar="PATH")
     add_data_flag(two, from_checkpoint=True)
@@ -211,13 +224,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     two.add_argument("--seed", type=int, default=0, help="which queries and bank images")
     two.add_argument("--out", default=None, metavar="PNG", help="default: neighbors.png beside the checkpoint")
     add_device_arguments(two)
-    three = commands.add_parser("curves", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    three = commands.add_parser("curves", formatter_class=HelpFormatter,
                                 help="loss and error curves of a run (several runs: on one chart), or the chart of "
                                      "an ablation")
     three.add_argument("--run", required=True, nargs="+", metavar="DIR",
                        help="reproduce.train --out folders, or one reproduce.ablate --out")
     three.add_argument("--out", default=None, metavar="PNG",
-                       help="default: curves.png in the run folder; curves-compare.png here for several runs")
+                       help="default: a new file in the current folder (curves-RUN.png, ablation-GRID.png, or "
+                            "curves-compare.png for several runs); a run's own files are never replaced")
     return parser
 
 

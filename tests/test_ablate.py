@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from paper_alexnet.networks import build_network, get_network, network_cost
-from reproduce import ablate, ablation_tables, evaluate, visualize
+from paper_alexnet import checkpoint
+from reproduce import ablate, ablation_tables, evaluate, train, visualize
 
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "--epochs", "2", "-b", "8", "--workers", "0", "--quiet"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +72,8 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
         ("figure1", 0), ("figure1", 1), ("figure1+tanh", 0), ("figure1+tanh", 1)]
     assert set(rows["status"]) == {"done"} and set(rows["epochs"]) == {2} and set(rows["input_size"]) == {224}
     assert set(rows["switches"].fillna("")) == {"", "tanh"}
-    assert (rows[list(ablation_tables.ERRORS)].stack().between(0, 1)).all()
+    assert (rows[["val_top1_err", "ten_crop_top1_err"]].stack().between(0, 1)).all()
+    assert rows[["val_top5_err", "ten_crop_top5_err"]].isna().all().all()     # 4 classes: top-5 is n/a
     for _, row in rows.iterrows():                             # each row is its cell's own run
         metrics = pd.read_csv(out / "cells" / f"{row['cell']}-seed{row['seed']}" / "metrics.csv")
         assert row["final_val_top1_err"] == pytest.approx(metrics["val_top1_err"].iloc[-1])
@@ -87,17 +89,22 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     best = out / "cells" / "figure1-seed0" / "best.pt"
     assert evaluate.main(["--checkpoint", str(best), "--device", "cpu"]) == 0
 
-    # a finished cell keeps best.pt, not the checkpoint it could resume from
+    # a finished cell keeps best.pt's weights (without the optimiser's state), not the checkpoint it could
+    # resume from
     assert not list(out.glob("cells/*/checkpoint.pt")) and len(list(out.glob("cells/*/best.pt"))) == 4
+    kept = checkpoint.load(str(best))
+    assert kept.optimizer is None and kept.stats is not None and set(kept.model) >= {"conv1.weight", "fc4.bias"}
 
     # run again: nothing trains; a cell killed after its first epoch resumes, one killed before any is redone
     stamp = (out / "cells" / "figure1-seed0" / "metrics.csv").stat().st_mtime_ns
     resumed = out / "cells" / "figure1-seed1"
     before = pd.read_csv(resumed / "metrics.csv")
-    payload = torch.load(resumed / "best.pt", weights_only=True)
-    payload["metrics"], payload["epoch"] = payload["metrics"][:1], 1
-    torch.save(payload, resumed / "checkpoint.pt")        # a checkpoint after epoch 1: as if killed in epoch 2
-    os.remove(resumed / "cell.json")
+    cell = ablate.parse_cell("figure1", 1)
+    common = [*ablate.GRIDS["relu-tanh"].flags, *TINY]
+    for name in os.listdir(resumed):
+        os.remove(resumed / name)
+    assert train.main(ablate.train_argv(cell, common, str(out), True) + ["--epochs", "1"]) == 0
+    os.remove(resumed / "result.json")                    # a checkpoint after epoch 1: as if killed in epoch 2
     killed_early = out / "cells" / "figure1+tanh-seed1"
     for name in ("cell.json", "best.pt", "metrics.csv", "result.json"):
         os.remove(killed_early / name)
@@ -114,9 +121,13 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     rows = pd.read_csv(out / "ablation.csv")
     rows.rename(columns={"variant": "net"}).rename(columns={"cell": "variant"}).to_csv(out / "ablation.csv",
                                                                                      index=False)
-    assert visualize.main(["curves", "--run", str(out)]) == 0
-    assert list(pd.read_csv(out / "ablation.csv").columns) == list(ablation_tables.COLUMNS)
+    chart = (out / "ablation.png").read_bytes()
+    assert visualize.main(["curves", "--run", str(out), "--out", str(tmp_path / "chart.png")]) == 0
+    assert _png_size(tmp_path / "chart.png") == (1600, 450)
+    assert (out / "ablation.png").read_bytes() == chart                     # reading a grid changes none of it
+    assert "net" in pd.read_csv(out / "ablation.csv").columns
     assert ablate.main(argv) == 0 and capsys.readouterr().err.count("finished earlier, skipped") == 4
+    assert list(pd.read_csv(out / "ablation.csv").columns) == list(ablation_tables.COLUMNS)
 
     # the same folder with other flags is refused, not silently reused
     assert ablate.main(argv + ["--lr", "0.01"]) == 2

@@ -51,6 +51,7 @@ class DataSpec:
     root: Optional[str]
     options: dict
     text: str
+    given: tuple = ()          # the options the spec itself set (the rest are defaults)
 
 
 def parse_spec(text: str) -> DataSpec:
@@ -73,7 +74,8 @@ def parse_spec(text: str) -> DataSpec:
             options[key] = type(defaults[key])(value)
         except ValueError:
             raise DataError(f"--data {kind}: option {key}={value!r} is not a {type(defaults[key]).__name__}") from None
-    return DataSpec(kind, os.path.expanduser(root) if root else None, options, str(text))
+    given = tuple(key for key, _ in parse_qsl(query, keep_blank_values=True))
+    return DataSpec(kind, os.path.expanduser(root) if root else None, options, str(text), given)
 
 
 def cache_dir() -> str:
@@ -205,6 +207,10 @@ def _open_plain_folder(spec: DataSpec) -> DataSet:
         return _open_folder(spec, root, None)
     val_dir = next((os.path.join(root, d) for d in ("val", "valid", "validation", "test")
                     if os.path.isdir(os.path.join(root, d))), None)
+    if val_dir is not None and "val" in spec.given:
+        raise DataError(f"--data {spec.text}: {root} has its own {os.path.basename(val_dir)}/ folder, which is the "
+                        f"validation set, so ?val= has nothing to split: drop it to use that folder, or give a tree "
+                        f"without one")
     return _open_folder(spec, train_dir, val_dir)
 
 

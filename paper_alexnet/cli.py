@@ -1,0 +1,47 @@
+"""What every command of the package (``python -m paper_alexnet.shapes``, ``python -m reproduce.*``) shares in
+how it talks: its --help, and counted words."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Sequence
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default after its help, once: not when the help already says what the default is, and not
+    for a flag with no value by default (a switch that is off, a required or derived value). Descriptions
+    and epilogs (tables) are kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
+def plural(count: int, word: str, many: str = "") -> str:
+    """'1 epoch', '3 epochs' (``many`` for an irregular plural)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
+def percent(fraction, digits: int = 1) -> str:
+    """An error kept as a fraction (0.125), as the console shows it ("12.5%"); None (top-5 with 5 classes or
+    fewer) as "n/a"."""
+    return "n/a" if fraction is None else f"{100 * fraction:.{digits}f}%"
+
+
+# Numbers in files (CSV, JSON): errors as fractions (val_top1_err 0.45 = 45%), every float to 6 significant
+# digits, enough for any count of images up to a million and free of binary noise (0.44999999999999996).
+FLOAT_FORMAT = "%.6g"
+
+
+def for_file(value):
+    """``value`` as files hold it: a float to 6 significant digits, anything else as it is."""
+    return float(FLOAT_FORMAT % value) if isinstance(value, float) else value
+
+
+def closest(name: str, names: Sequence[str]) -> str:
+    """" (did you mean 'vgg11'?)" for a misspelt name, or "" when nothing is close."""
+    match = difflib.get_close_matches(str(name).lower(), list(names), n=1, cutoff=0.65)
+    return f" (did you mean {match[0]!r}?)" if match else ""
