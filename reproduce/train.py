@@ -120,7 +120,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
               (args.limit_train is None or args.limit_train >= 1, "--limit-train must be at least 1"),
               (args.limit_val is None or args.limit_val >= 1, "--limit-val must be at least 1"),
               (not args.freeze_features or args.pretrained, "--freeze-features needs --pretrained PATH")]
-    alexnet = isinstance(get_network(args.variant), ArchConfig)       # an unknown name stops here
+    network = get_network(args.variant)                                  # an unknown name stops here
+    augment_from_args(args, network.input_size)                         # and a crop the images cannot give
+    alexnet = isinstance(network, ArchConfig)
     checks.append((alexnet or not args.pretrained, f"--pretrained loads AlexNet weights, not {args.variant}'s"))
     for ok, message in checks:
         if not ok:

@@ -131,7 +131,7 @@ def neighbours_figure(query_split, train_split, classes, distances: torch.Tensor
     title also gives its Euclidean fc7 distance to the query."""
     plt = pyplot()
     columns = indices.shape[1] + 1
-    fig, axes = plt.subplots(len(query_split), columns, figsize=(1.5 * columns, 1.7 * len(query_split)),
+    fig, axes = plt.subplots(len(query_split), columns, figsize=(1.5 * columns, 1.6 * len(query_split)),
                              squeeze=False)
     for q in range(len(query_split)):
         row = [(query_split, q, "query")] + [(train_split, int(i), distance_label(float(d)))
