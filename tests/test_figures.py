@@ -1,7 +1,6 @@
 """The paper's figures and predict: Figure 3's kernel mosaic, Figure 4's nearest neighbours (checked against a
 brute-force search on hand-made features), curves, and top-5 predictions for image files."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
