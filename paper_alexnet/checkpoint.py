@@ -11,7 +11,8 @@ Format history (``upgrade`` reads every older one):
   fields less ``step``/``progress``; the oldest lack ``stats``, ``init``,
   ``two_tower``.
 - 2: ``format``; ``step`` and ``progress``, so that a run stopped by a signal
-  mid-epoch resumes at the very next batch.
+  mid-epoch resumes at the very next batch; ``origin`` for converted weights;
+  ``augment["resize"]`` ("warp" for BVLC's weights).
 
 A file of a newer format, or not a checkpoint at all, is a :class:`CheckpointError`
 with one line for the user.
@@ -62,6 +63,8 @@ class Checkpoint:
     schedule: Optional[Dict[str, Any]] = None
     rng: Dict[str, Any] = dataclasses.field(default_factory=dict)            # generator states by name
     progress: Optional[Dict[str, Any]] = None       # the unfinished epoch's running sums (step > 0)
+    # --- where the weights came from when not trained here (reproduce.convert): source, sha1, format ---
+    origin: Optional[Dict[str, Any]] = None
 
     def data_stats(self) -> Optional[DataStats]:
         """The §2 mean image and §4.1 PCA the net was trained with, or None (the oldest files lack them)."""

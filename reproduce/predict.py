@@ -59,10 +59,11 @@ def run(args) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
     ckpt = checkpoint.load(args.checkpoint)
+    resize = ckpt.augment.get("resize", "shorter")      # §2's cut, or Caffe's warp for converted BVLC weights
     arrays, paths = [], []
     for path in args.images:                   # every file is read before the net is built
         try:
-            arrays.append(load_rgb(path))
+            arrays.append(load_rgb(path, resize=resize))
             paths.append(path)
         except BadImageError as err:
             if len(args.images) == 1:

@@ -4,14 +4,16 @@ visualize.
 ``restore(path, args, dataset)`` gives the net (its variant, init and weights, in eval mode, placed on the
 devices ``args`` ask for), its test-time transform (the §2 mean image and §4.1 settings it was trained
 with), its placement and its classes. One rule for the classes: the checkpoint's list is the truth; data
-given alongside must have the same classes in the same order; a checkpoint old enough to list none takes
-the data's, and without data it cannot name what it predicts.
+given alongside must have the same classes in the same order (converted ImageNet weights, which name their
+classes, match ImageNet's wnid folders by their sorted order); a checkpoint old enough to list none takes the
+data's, and without data it cannot name what it predicts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from typing import List, Optional
 
@@ -52,6 +54,9 @@ def checkpoint_data(ckpt: Checkpoint, path: str, spec: Optional[str], cache: Opt
 def classes_for(ckpt: Checkpoint, path: str, dataset: Optional[DataSet] = None) -> List[str]:
     """The module docstring's one rule for classes."""
     if ckpt.classes:
+        if (dataset is not None and ckpt.origin and len(ckpt.classes) == len(dataset.classes)
+                and all(re.fullmatch(r"n\d{8}", str(c)) for c in dataset.classes)):
+            return list(ckpt.classes)      # converted ImageNet weights: names in the sorted-wnid order of the folders
         if dataset is not None and list(ckpt.classes) != list(dataset.classes):
             raise UsageError(f"{path} was trained on {len(ckpt.classes)} classes ({', '.join(ckpt.classes[:3])}, "
                              f"...) that are not the {len(dataset.classes)} of {dataset.spec} "
@@ -89,5 +94,11 @@ def restore(path: str, args: argparse.Namespace, dataset: Optional[DataSet] = No
     except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: its weights do not fit a '{ckpt.variant}' net with {len(classes)} "
                               f"classes ({str(err).strip().splitlines()[-1].strip()})") from None
-    transform = PaperTransform(stats_for(ckpt, dataset), Augment(**ckpt.augment), device=placement.first)
+    augment = Augment(**ckpt.augment)
+    transform = PaperTransform(stats_for(ckpt, dataset), augment, device=placement.first)
+    if dataset is not None and augment.resize != "shorter":
+        if not all([split.use_resize(augment.resize) for split in dataset.splits.values()]):
+            _report(f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
+                    f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
+                    f"evaluate it on the image folder instead")
     return Restored(ckpt, model.eval(), transform, placement, classes)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from paper_alexnet import ArchConfig
 from paper_alexnet import checkpoint
+from paper_alexnet.atomic import atomic_write
 from paper_alexnet.data import PaperTransform
 from paper_alexnet.networks import get_network
 from paper_alexnet.cli import HelpFormatter
@@ -59,6 +60,27 @@ def filter_mosaic(weight: torch.Tensor, towers: int = 2, columns: int = 12, zoom
     return mosaic
 
 
+def kernel_chroma(weight: torch.Tensor) -> torch.Tensor:
+    """How coloured each conv1 kernel (K x 3 x h x w) is: stretched to 0-1 on its own as Figure 3 shows it,
+    the mean over its pixels of max(R, G, B) - min(R, G, B). 0 for a grey (colour-agnostic) kernel."""
+    flat = weight.detach().float().cpu().flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    span = (high - low).clamp_min(1e-12)
+    pictures = (weight.detach().float().cpu() - low[:, None, None, None]) / span[:, None, None, None]
+    return (pictures.max(1).values - pictures.min(1).values).flatten(1).mean(1)
+
+
+def chroma_report(weight: torch.Tensor, towers: int) -> list:
+    """One line per tower: its kernels' mean chroma (§6.1: one GPU's kernels are "largely color-agnostic",
+    the other's "largely color-specific")."""
+    chroma = kernel_chroma(weight)
+    per = len(chroma) // towers
+    lines = [f"tower {t + 1} (kernels {t * per + 1}-{(t + 1) * per}): mean chroma "
+             f"{float(chroma[t * per:(t + 1) * per].mean()):.3f}" for t in range(towers)]
+    return lines + ["chroma: max(R,G,B) - min(R,G,B) of each kernel as drawn, 0 = grey; §6.1 finds one tower's "
+                    "kernels largely colour-agnostic, the other's colour-specific"]
+
+
 def filters(args) -> str:
     ckpt = checkpoint.load(args.checkpoint)
     weight = ckpt.model.get("conv1.weight")
@@ -67,7 +89,10 @@ def filters(args) -> str:
     config = get_network(ckpt.variant)
     towers = config.towers if isinstance(config, ArchConfig) and weight.shape[0] % config.towers == 0 else 1
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "filters.png")
-    Image.fromarray(filter_mosaic(weight, towers, args.columns, args.zoom)).save(out)
+    for line in chroma_report(weight, towers):
+        print(line)
+    with atomic_write(out, "wb") as handle:
+        Image.fromarray(filter_mosaic(weight, towers, args.columns, args.zoom)).save(handle, format="PNG")
     return out
 
 

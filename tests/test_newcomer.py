@@ -190,7 +190,8 @@ def test_help_gives_each_default_once_and_none_for_required_or_unset_flags():
 
 
 def test_words(tmp_path, capsys):
-    assert plural(1, "epoch") == "1 epoch" and plural(2, "seed") == "2 seeds" and plural(1200, "image") == "1,200 images"
+    assert plural(1, "epoch") == "1 epoch" and plural(2, "seed") == "2 seeds"
+    assert plural(1200, "image") == "1,200 images"
     assert train.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "one")]) == 0
     assert "; 1 epoch of batch 8" in capsys.readouterr().err
     from paper_alexnet import shapes

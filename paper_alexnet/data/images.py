@@ -18,6 +18,7 @@ from PIL import Image
 
 from .. import paper
 
+RESIZE_MODES = ("shorter", "warp")      # §2's resize and centre crop; Caffe's warp of both sides
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -64,8 +65,17 @@ def resize_and_center_crop(image: Image.Image, size: int = paper.IMAGE_SIZE) -> 
     return image.crop((left, top, left + size, top + size))
 
 
-def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE) -> np.ndarray:
-    """The image at ``path`` as a ``size`` x ``size`` x 3 uint8 array (§2); ``size=None`` keeps its own size.
+def fit(image: Image.Image, size: int = paper.IMAGE_SIZE, resize: str = "shorter") -> Image.Image:
+    """``image`` as a ``size`` x ``size`` patch: §2's shorter side and centre crop, or ("warp") both sides
+    resized to ``size`` whatever the aspect, as Caffe's ``convert_imageset --resize_height/width`` did."""
+    if resize == "warp":
+        return image if image.size == (size, size) else image.resize((size, size), Image.BILINEAR)
+    return resize_and_center_crop(image, size)
+
+
+def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE, resize: str = "shorter") -> np.ndarray:
+    """The image at ``path`` as a ``size`` x ``size`` x 3 uint8 array (§2, or ``resize="warp"``: see fit);
+    ``size=None`` keeps its own size.
 
     Raises :class:`BadImageError` for an empty, truncated, unrecognised or absurdly large file.
     """
@@ -76,12 +86,12 @@ def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                if size is not None and image.format == "JPEG":
+                if size is not None and image.format == "JPEG" and resize == "shorter":
                     image.draft("RGB", (size, size))   # decode a big JPEG at a reduced scale >= size
                 image.load()
                 image = _to_rgb(image)
         if size is not None:
-            image = resize_and_center_crop(image, size)
+            image = fit(image, size, resize)
         return np.asarray(image, dtype=np.uint8)
     except BadImageError:
         raise

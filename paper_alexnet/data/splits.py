@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .. import paper
-from .images import BadImageError, load_rgb, resize_and_center_crop
+from .images import BadImageError, fit, load_rgb
 
 Skipped = list  # of (path, reason)
 
@@ -56,6 +56,13 @@ class Split:
     def subset(self, indices: Sequence[int]) -> "Split":
         return SubsetSplit(self, indices)
 
+    resize = "shorter"          # how a file becomes 256x256 (images.fit); only splits that cut images use it
+
+    def use_resize(self, resize: str) -> bool:
+        """Cut images this way from now on (images.fit); False where the images are stored already cut (a
+        store, the synthetic set), which then stay as they are."""
+        return resize == "shorter"
+
 
 class FileSplit(Split):
     """Image files on disk (JPEG, PNG, ...), decoded and cut to 256x256 on every read."""
@@ -68,7 +75,11 @@ class FileSplit(Split):
         return self.paths[i]
 
     def load(self, i: int) -> np.ndarray:
-        return load_rgb(self.paths[i])
+        return load_rgb(self.paths[i], resize=self.resize)
+
+    def use_resize(self, resize: str) -> bool:
+        self.resize = resize
+        return True
 
 
 class ArraySplit(Split):
@@ -79,7 +90,11 @@ class ArraySplit(Split):
         self.arrays = arrays
 
     def load(self, i: int) -> np.ndarray:
-        return np.asarray(resize_and_center_crop(Image.fromarray(self.arrays[i], "RGB")), dtype=np.uint8)
+        return np.asarray(fit(Image.fromarray(self.arrays[i], "RGB"), resize=self.resize), dtype=np.uint8)
+
+    def use_resize(self, resize: str) -> bool:
+        self.resize = resize
+        return True
 
 
 class RenderSplit(Split):
@@ -108,6 +123,9 @@ class SubsetSplit(Split):
 
     def batch(self, indices, strict=False):
         return self.parent.batch(self.indices[np.asarray(indices, dtype=np.int64)], strict)
+
+    def use_resize(self, resize: str) -> bool:
+        return self.parent.use_resize(resize)
 
 
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .. import paper
+from .images import RESIZE_MODES
 from .stats import IMAGENET_MEAN, IMAGENET_STD, DataStats
 
 MEAN_MODES = ("image", "channel", "torchvision", "none")
@@ -53,8 +54,13 @@ class Augment:
     pca_sigma: float = paper.PCA_SIGMA
     mean: str = "image"
     scale: float = 1.0   # multiply after the mean is subtracted (1: the paper's raw 0-255 scale, §2)
+    # how a file becomes the 256x256 image at test time: "shorter" (§2: shorter side to 256, centre crop) or
+    # "warp" (both sides to 256, as Caffe's convert_imageset made BVLC's training data; caffe.py)
+    resize: str = "shorter"
 
     def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize {self.resize!r}: choose one of {', '.join(RESIZE_MODES)}")
         if self.mean not in MEAN_MODES:
             raise ValueError(f"unknown mean mode {self.mean!r}: choose one of {', '.join(MEAN_MODES)}")
         if not 1 <= self.crop <= paper.IMAGE_SIZE:
