@@ -165,9 +165,17 @@ def test_a_caffemodel_converts_to_the_net_caffe_computes(files, weights, tmp_pat
     paper_lrn = lambda x: _caffe_lrn(x, alpha=1e-4 * 5, k=2.0)          # noqa: E731
     assert not _close(got, _caffe_forward(weights, image, mean_bgr, lrn=paper_lrn))
     assert not _close(got, _caffe_forward(weights, image, mean_bgr, rgb_input=True))
-    # predict takes it as it is, with class names
+    # predict, visualize and train --pretrained take it as it is
     assert predict.main([str(tmp_path / "photo.png"), "--checkpoint", str(out), "--top", "2"]) == 0
     assert "1. " in capsys.readouterr().out
+    if version == 2:
+        assert visualize.main(["filters", "--checkpoint", str(out), "--out", str(tmp_path / "f.png")]) == 0
+        printed = capsys.readouterr().out
+        assert "tower 1 (kernels 1-48): mean chroma" in printed and "tower 2 (kernels 49-96)" in printed
+        assert train.main(["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet",
+                           "--epochs", "1", "--variant", "caffe", "--pretrained", str(out),
+                           "--out", str(tmp_path / "tuned")]) == 0
+        assert "fc8 re-initialised" in capsys.readouterr().err
 
 
 def test_without_a_mean_file_caffes_channel_means_are_used(files, tmp_path, capsys):
