@@ -31,9 +31,11 @@ class Recipe:
 
 RECIPES: Dict[str, Recipe] = {
     "paper": Recipe("paper", False, "sgd", paper.LEARNING_RATE,
-                    "§5 exactly: N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7, raw pixels, SGD 0.01"),
+                    "§5's init, input and rule: N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7, raw pixels, SGD "
+                    "0.01 with --wd inside the velocity (batch and epochs: the data kind's, below)"),
     "quick": Recipe("he", True, "adam", 1e-4,
-                    "the measured remedy for §5's stall at ln(classes) on short runs (docs/training.md)"),
+                    "the measured remedy for §5's stall at ln(classes) on short runs (docs/training.md); --wd "
+                    "(0.0005) goes to Adam as an L2 term added to the gradient"),
 }
 # The learning rate an optimiser starts from when --optimizer is given without --lr.
 OPTIMIZER_LR: Dict[str, float] = {"sgd": paper.LEARNING_RATE, "adam": 1e-4, "adamw": 1e-4}

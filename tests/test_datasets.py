@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from paper_alexnet.data import DataError, open_dataset, parse_spec, resize_and_center_crop
+from paper_alexnet.data import DataError, load_rgb, open_dataset, parse_spec, resize_and_center_crop
 from paper_alexnet.data.imagenet import sort_imagenet_val
 from data_fixtures import cifar_batches, image_tree
 
@@ -76,12 +76,43 @@ def test_caltech101_seeded_stratified_8_1_1(tmp_path):
 
 
 def test_folder_with_train_and_val(tmp_path):
-    image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2, "empty": 0})
+    image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2})
     image_tree(str(tmp_path / "val"), {"apple": 1, "banana": 1}, start_seed=50)
     data = open_dataset(f"folder:{tmp_path}")
-    assert data.classes == ["apple", "banana", "empty"]
+    assert data.classes == ["apple", "banana"]
     assert data.split("train").labels.tolist() == [0, 0, 0, 1, 1] and data.split("val").labels.tolist() == [0, 1]
-    assert any("'empty' has no images" in note for note in data.notes)
+    shutil.rmtree(tmp_path / "val" / "banana")
+    os.makedirs(tmp_path / "val" / "banana")                   # a validation class may be empty: said, not refused
+    assert any("'banana' has no images" in note for note in open_dataset(f"folder:{tmp_path}").notes)
+
+
+def test_an_empty_or_single_training_class_is_refused(tmp_path):
+    image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2, "empty": 0})
+    with pytest.raises(DataError, match=r"train/empty holds no image files"):       # not "3 classes, chance 67%"
+        open_dataset(f"folder:{tmp_path}")
+    os.rmdir(tmp_path / "train" / "empty")
+    shutil.rmtree(tmp_path / "train" / "banana")
+    with pytest.raises(DataError, match="one class folder"):                      # not 0.0% error
+        open_dataset(f"folder:{tmp_path}")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    """A JPEG stored as a camera stores it, with EXIF orientation 1-8, reads back upright (the EXIF spec:
+    2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise,
+    each applied to the stored pixels to show them)."""
+    upright = np.zeros((120, 80, 3), dtype=np.uint8)          # tall: red top half, blue bottom-left, green rest
+    upright[:60] = (255, 0, 0)
+    upright[60:, :40] = (0, 0, 255)
+    upright[60:, 40:] = (0, 255, 0)
+    stored = {1: upright, 2: upright[:, ::-1], 3: upright[::-1, ::-1], 4: upright[::-1],
+              5: upright.transpose(1, 0, 2), 6: np.rot90(upright, 1), 7: upright[::-1, ::-1].transpose(1, 0, 2),
+              8: np.rot90(upright, -1)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    got = load_rgb(str(tmp_path / "photo.jpg"), size=None)
+    assert got.shape == upright.shape and np.abs(got.astype(int) - upright).mean() < 4, orientation
 
 
 def test_folder_single_tree_split_by_ratio(tmp_path):
@@ -94,7 +125,7 @@ def test_empty_data_set_and_foreign_val_class(tmp_path):
     os.makedirs(tmp_path / "train" / "a")
     with pytest.raises(DataError, match="no images found"):
         open_dataset(f"folder:{tmp_path}")
-    image_tree(str(tmp_path / "train"), {"a": 2})
+    image_tree(str(tmp_path / "train"), {"a": 2, "b": 2})
     image_tree(str(tmp_path / "val"), {"zebra": 1})
     with pytest.raises(DataError, match="zebra"):
         open_dataset(f"folder:{tmp_path}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from paper_alexnet import paper
 from paper_alexnet.data import Augment, DataStats, PaperTransform, average_softmax, ten_crop_offsets
 
 
@@ -27,6 +28,7 @@ def test_ten_crop_coordinates_are_the_corners_and_centre():
     assert offsets[:5] == [(0, 0, False), (0, 32, False), (32, 0, False), (32, 32, False), (16, 16, False)]
     assert offsets[5:] == [(y, x, True) for y, x, _ in offsets[:5]]
     assert ten_crop_offsets(256, 227)[3][:2] == (29, 29) and ten_crop_offsets(256, 227)[4][:2] == (14, 14)
+    assert len(offsets) == len(set(offsets)) == paper.TEN_CROP                  # the count §4.1 states
 
 
 @pytest.mark.parametrize("crop", [224, 227])

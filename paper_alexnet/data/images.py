@@ -14,7 +14,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .. import paper
 
@@ -54,6 +54,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation (phones store portraits sideways) applied."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, OSError, KeyError, TypeError):      # a damaged EXIF block: as stored
+        return image
+
+
 def resize_and_center_crop(image: Image.Image, size: int = paper.IMAGE_SIZE) -> Image.Image:
     """§2: shorter side to ``size`` (antialiased bilinear), then the central ``size`` x ``size`` patch."""
     width, height = image.size
@@ -89,7 +97,7 @@ def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE, resize: str = "shor
                 if size is not None and image.format == "JPEG" and resize == "shorter":
                     image.draft("RGB", (size, size))   # decode a big JPEG at a reduced scale >= size
                 image.load()
-                image = _to_rgb(image)
+                image = _to_rgb(_upright(image))
         if size is not None:
             image = fit(image, size, resize)
         return np.asarray(image, dtype=np.uint8)

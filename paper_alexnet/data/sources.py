@@ -168,6 +168,13 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
     if len(train) == 0:
         raise DataError(f"no images found under {train_dir} (looked for class folders of "
                         f".jpg/.jpeg/.png/.bmp/... files)")
+    empty = [c for c in classes if not (train.labels == classes.index(c)).any()]
+    if empty:            # a class the net could never learn, and a chance level that would be wrong
+        raise DataError(f"{os.path.join(train_dir, empty[0])} holds no image files: every training class needs "
+                        f"images (remove the folder, or fill it)"
+                        + (f"; also empty: {', '.join(empty[1:4])}" if len(empty) > 1 else ""))
+    if len(classes) < 2:
+        raise DataError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs at least two")
     if val_dir is not None:
         _, val, more = _tree_split("val", val_dir, classes)
         splits = {"train": train, "val": val}
