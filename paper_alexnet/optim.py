@@ -56,19 +56,26 @@ class PaperSGD(torch.optim.Optimizer):
 class PlateauSchedule:
     """§5: divide the learning rate by ``factor`` when the validation error stops improving, at most
     ``max_drops`` times. "Stops improving": no new best (by more than ``threshold``, absolute) for
-    ``patience`` epochs in a row."""
+    ``patience`` epochs in a row. An error that has never left chance (``chance``: at or above it, less
+    ``margin``) never started improving, so it is no reason to divide: a slow start is not made a stall."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, factor: float = paper.LR_DROP_FACTOR,
-                 max_drops: int = paper.LR_DROPS, patience: int = 1, threshold: float = 0.0):
+                 max_drops: int = paper.LR_DROPS, patience: int = 1, threshold: float = 0.0,
+                 chance: Optional[float] = None, margin: float = 0.0):
         self.optimizer, self.factor, self.max_drops = optimizer, factor, max_drops
-        self.patience, self.threshold = patience, threshold
+        self.patience, self.threshold, self.chance, self.margin = patience, threshold, chance, margin
         self.best: Optional[float] = None
         self.bad_epochs = self.drops = 0
+
+    def left_chance(self) -> bool:
+        return self.chance is None or (self.best is not None and self.best < self.chance - self.margin)
 
     def step(self, val_error: float) -> bool:
         """Record one epoch's validation error; True when the rate was just divided."""
         if self.best is None or val_error < self.best - self.threshold:
             self.best, self.bad_epochs = val_error, 0
+            return False
+        if not self.left_chance():
             return False
         self.bad_epochs += 1
         if self.bad_epochs < self.patience or self.drops >= self.max_drops:
@@ -132,7 +139,9 @@ def build_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     raise ValueError(f"unknown optimiser {name!r}: sgd, adam or adamw")
 
 
-def build_schedule(name: str, optimizer, epochs: int, patience: int = 1, step_size: int = 30):
+def build_schedule(name: str, optimizer, epochs: int, patience: int = 1, step_size: int = 30,
+                   chance: Optional[float] = None, margin: float = 0.0):
+    """The schedule by name; ``plateau`` divides only once the validation error has left ``chance``."""
     if name == "plateau":
-        return PlateauSchedule(optimizer, patience=patience)
+        return PlateauSchedule(optimizer, patience=patience, chance=chance, margin=margin)
     return EpochSchedule(optimizer, name, epochs, step_size=step_size)

@@ -77,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     opt.add_argument("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5)")
     opt.add_argument("--wd", type=float, default=paper.WEIGHT_DECAY, help="weight decay (§5: inside the velocity)")
     opt.add_argument("--schedule", choices=("plateau", "step", "cosine", "none"), default="plateau",
-                     help="plateau: divide by 10 when val error stops improving, at most 3 times (§5)")
+                     help="plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while "
+                          "it is still at chance")
     opt.add_argument("--patience", type=int, default=1, help="plateau: epochs without a new best before a drop")
     opt.add_argument("--step-size", type=int, default=30, help="step: epochs between drops by 10")
     run_group = parser.add_argument_group("run")
@@ -272,7 +273,11 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     trained = distributed.wrap(model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first)
     optimizer = build_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad],
                                 args.lr, args.momentum, args.wd)
-    schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size)
+    # §5 divides when the error "stopped improving"; at chance it never started (two standard deviations of a
+    # guesser's error on this validation set is the margin by which it must have left chance)
+    chance = 1 - 1 / len(data.dataset.classes)
+    schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size, chance=chance,
+                              margin=2 * math.sqrt(chance * (1 - chance) / max(len(data.val), 1)))
     generator = torch.Generator().manual_seed(args.seed)
     if resumed is not None:
         model.load_state_dict(resumed.model)

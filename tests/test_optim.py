@@ -98,3 +98,17 @@ def test_topk_error_on_hand_made_scores():
     errors = topk_errors(scores, torch.tensor([1, 6, 2]))
     assert errors[1] == pytest.approx(2 / 3) and errors[5] == pytest.approx(1 / 3)
     assert topk_errors(torch.tensor([[0.2, 0.8]]), torch.tensor([0]))[5] == 0.0   # k capped at 2 classes
+
+
+def test_plateau_never_divides_while_the_error_is_at_chance():
+    """§5 divides when the validation error "stopped improving": an error still at chance never started."""
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.01)
+    schedule = PlateauSchedule(optimizer, patience=1, chance=0.9, margin=0.04)
+    for error in (0.9, 0.91, 0.9, 0.87, 0.92, 0.9):          # a stall, with noise: no cut
+        assert not schedule.step(error)
+    assert optimizer.param_groups[0]["lr"] == 0.01
+    assert not schedule.step(0.5) and schedule.step(0.55)      # left chance, then stopped improving: cut
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+    plain = PlateauSchedule(torch.optim.SGD([weight], lr=0.01), patience=1)      # without a chance level: as before
+    assert not plain.step(0.9) and plain.step(0.91)

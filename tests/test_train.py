@@ -236,3 +236,13 @@ def test_a_second_signal_exits_at_once():
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 143 and done.stdout == "first: True 143\n"
     assert "SIGTERM again: exiting now" in done.stderr
+
+
+def test_a_run_stuck_at_chance_keeps_its_learning_rate(tmp_path):
+    """A forced stall (§5's recipe with a learning rate too small to move): the plateau rule never divides."""
+    out = tmp_path / "stuck"
+    assert train.main(TINY + ["--epochs", "3", "--recipe", "paper", "--lr", "1e-9", "--out", str(out)]) == 0
+    rows = _rows(out / "metrics.csv")
+    assert all(float(r["val_top1_err"]) >= 0.5 for r in rows)                 # at chance (75%) throughout
+    assert [float(r["lr"]) for r in rows] == [1e-9] * 3
+    assert checkpoint.load(str(out / "checkpoint.pt")).optimizer["param_groups"][0]["lr"] == 1e-9
