@@ -102,6 +102,8 @@ progress = train_one_epoch(net, loader, PaperTransform(stats, Augment()), torch.
                            world=process.world, stop=stop)
 with open(sys.argv[1] + f"/rank{process.rank}.json", "w") as handle:
     json.dump({"steps": progress.steps, "stopped": progress.stopped, "seen": progress.seen}, handle)
+del net                          # DDP before its process group, as reproduce.train ends
+distributed.barrier()
 distributed.stop()
 """
 
