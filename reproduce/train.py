@@ -89,7 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout")
     run_group.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     run_group.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    run_group.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to DIR/tb")
+    run_group.add_argument("--tensorboard", action="store_true",
+                           help="also write TensorBoard events to DIR/tb (the tensorboard extra)")
     run_group.add_argument("--pretrained", default=None, metavar="PATH",
                            help="start from a local weights file: a checkpoint of this package or a torchvision "
                                 "AlexNet state dict (with --variant torchvision); fc8 is re-initialised when the "
@@ -128,6 +129,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if args.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401 - needs the tensorboard package
+        except ImportError:
+            raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"') from None
     if args.out is None:
         args.out = os.path.join("runs", f"{args.variant}-{kind}")
     return args

@@ -1,0 +1,85 @@
+"""Every command of docs/recipes.md, read from the page itself (so the page cannot drift from the code), run on
+fixtures in each data set's real on-disk layout and file names, shortened to one epoch on a few images."""
+
+import os
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from reproduce import ablate, evaluate, predict, prepare, train, visualize
+from data_fixtures import cifar_batches, colour_image, image_tree
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "recipes.md")
+COMMANDS = {"train": train, "evaluate": evaluate, "ablate": ablate, "prepare": prepare, "visualize": visualize,
+            "predict": predict}
+SHORT_TRAIN = ["--epochs", "1", "--limit-train", "20", "--limit-val", "10", "--workers", "0", "--quiet"]
+
+
+def doc_commands() -> list:
+    """The page's ``python -m reproduce.*`` commands, continuation lines joined, trailing comments dropped."""
+    commands, current = [], None
+    with open(DOC, encoding="utf-8") as handle:
+        for line in handle:
+            text = line.rstrip("\n")
+            if current is None and text.startswith("    python -m reproduce."):
+                current = ""
+            if current is None:
+                continue
+            part = text.strip().split("  #")[0].strip()
+            current += " " + part.rstrip("\\").strip()
+            if not part.endswith("\\"):
+                commands.append(shlex.split(current.strip()))
+                current = None
+    return commands
+
+
+def _shortened(argv: list) -> list:
+    name, rest = argv[2].split(".")[1], list(argv[3:])
+    rest = [os.path.expanduser(word) for word in rest]
+    rest = ["0" if word == "0,1,2" else word for word in rest]                # one seed
+    if name in ("train", "ablate"):
+        rest += SHORT_TRAIN + (["-b", "8", "--no-ten-crop"] if name == "ablate" else [])
+    if name in ("evaluate", "prepare"):
+        rest += ["--workers", "0"]
+    return [name, *rest]
+
+
+def test_the_page_has_the_documents_commands():
+    names = [argv[2] for argv in doc_commands()]
+    assert names.count("reproduce.train") >= 5 and "reproduce.ablate" in names and "reproduce.prepare" in names
+
+
+def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    cifar_batches(str(tmp_path / "data"), per_class=3)                      # data/cifar-10-batches-py
+    image_tree(str(tmp_path / "data" / "caltech101" / "101_ObjectCategories"),
+               {"BACKGROUND_Google": 2, "accordion": 10, "airplanes": 10, "anchor": 10})
+    os.makedirs(tmp_path / "data_fruit")
+    image_tree(str(tmp_path / "data_fruit"), {"apple": 12, "banana": 12, "cherry": 12}, size=(120, 90))
+    import torchvision
+
+    hub = tmp_path / ".cache" / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), hub / "alexnet-owt-7be5be79.pth")
+    colour_image(1, size=(300, 200)).save(tmp_path / "my_photo.jpg")
+    ran = []
+    for argv in doc_commands():
+        argv = [("folder:" + str(tmp_path / "data_fruit")) if word == "folder:/data/fruit" else word for word in argv]
+        name, *rest = _shortened(argv)
+        capsys.readouterr()
+        code = COMMANDS[name].main(rest)
+        out, err = capsys.readouterr()
+        assert code == 0, (" ".join(argv), err[-2000:])
+        ran.append(name)
+        if name == "train":
+            out_dir = rest[rest.index("--out") + 1] if "--out" in rest else os.path.join("runs", "paper-synthetic")
+            assert err.splitlines()[0].startswith("recipe:") or any(l.startswith("recipe:") for l in err.splitlines())
+            assert os.path.exists(os.path.join(out_dir, "best.pt")) and os.path.exists(os.path.join(out_dir, "metrics.csv"))
+            if "--tensorboard" in rest:
+                assert os.listdir(os.path.join(out_dir, "tb"))
+    assert ran.count("train") >= 5 and {"evaluate", "ablate", "prepare", "visualize", "predict"} <= set(ran)
+    assert np.isfinite(float(open("runs/cifar10-finetune/metrics.csv").read().splitlines()[1].split(",")[2]))
