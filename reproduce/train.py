@@ -131,7 +131,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(message)
     if args.tensorboard:
         try:
-            import torch.utils.tensorboard  # noqa: F401 - needs the tensorboard package
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - needs the tensorboard package
         except ImportError:
             raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"') from None
     if args.out is None:
