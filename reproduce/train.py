@@ -8,7 +8,7 @@ ones with ``--ten-crop``), curves.png, and TensorBoard events
 with ``--tensorboard``. A killed run continues with ``--resume``; SIGTERM or
 Ctrl-C stop it after the current step with a checkpoint of that step.
 
-A run is five steps, in this order (``run``): check what is resumed, open the
+A run is six steps, in this order (``_run``): check what is resumed, open the
 data, build the net, record the config, train the epochs, and finish.
 """
 
