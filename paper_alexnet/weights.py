@@ -15,6 +15,11 @@ TORCHVISION_NAMES = {
 }
 
 
+def is_torchvision_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is in torchvision's AlexNet key layout (``features.0.weight``, ...)."""
+    return any(f"{prefix}.weight" in state for prefix in TORCHVISION_NAMES)
+
+
 def load_torchvision_weights(model: AlexNet, state_dict: Mapping[str, torch.Tensor],
                              skip: Iterable[str] = ()) -> List[str]:
     """Copy a torchvision AlexNet state dict into ``model`` (built as variant "torchvision").
@@ -54,7 +59,7 @@ def load_pretrained(model: AlexNet, state: Mapping[str, torch.Tensor], source: s
     (fine-tuning to other classes); returns whether it was. Weights of another net are a CheckpointError in
     one line."""
     fc8 = tuple(model.fc8.weight.shape)
-    if any(f"{prefix}.weight" in state for prefix in TORCHVISION_NAMES):
+    if is_torchvision_state(state):
         new_head = tuple(state.get("classifier.6.weight", torch.empty(0)).shape) != fc8
         try:
             load_torchvision_weights(model, state, skip=("fc8",) if new_head else ())

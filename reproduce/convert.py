@@ -26,7 +26,7 @@ from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.data import Augment, DataStats
 from paper_alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
-from paper_alexnet.weights import TORCHVISION_NAMES, load_torchvision_weights
+from paper_alexnet.weights import is_torchvision_state, load_torchvision_weights
 from reproduce.args import UsageError, exit_code
 
 
@@ -108,7 +108,7 @@ def run(args) -> int:
     except Exception:  # noqa: BLE001 - not a PyTorch file: a caffemodel, or nothing
         loaded = None
     try:
-        if isinstance(loaded, dict) and any(f"{p}.weight" in loaded for p in TORCHVISION_NAMES):
+        if isinstance(loaded, dict) and is_torchvision_state(loaded):
             state, variant, augment, stats = from_torchvision(loaded, args.source, say)
             source = "torchvision"
         elif loaded is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -129,11 +130,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    if args.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - needs the tensorboard package
-        except ImportError:
-            raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"') from None
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
     if args.out is None:
         args.out = os.path.join("runs", f"{args.variant}-{kind}")
     return args

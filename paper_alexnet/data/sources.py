@@ -66,7 +66,8 @@ def parse_spec(text: str) -> DataSpec:
         raise DataError(f"--data {kind} needs a folder: --data {kind}:ROOT")
     defaults = OPTIONS.get(kind, {})
     options = dict(defaults)
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    pairs = parse_qsl(query, keep_blank_values=True)
+    for key, value in pairs:
         if key not in defaults:
             allowed = ", ".join(defaults) or "none"
             raise DataError(f"unknown option {key!r} for --data {kind} (options: {allowed})")
@@ -74,8 +75,7 @@ def parse_spec(text: str) -> DataSpec:
             options[key] = type(defaults[key])(value)
         except ValueError:
             raise DataError(f"--data {kind}: option {key}={value!r} is not a {type(defaults[key]).__name__}") from None
-    given = tuple(key for key, _ in parse_qsl(query, keep_blank_values=True))
-    return DataSpec(kind, os.path.expanduser(root) if root else None, options, str(text), given)
+    return DataSpec(kind, os.path.expanduser(root) if root else None, options, str(text), tuple(k for k, _ in pairs))
 
 
 def cache_dir() -> str:
@@ -144,7 +144,8 @@ def scan_tree(root: str) -> tuple[list, list, list, list]:
     return classes, paths, labels, empty
 
 
-def _tree_split(name: str, root: str, classes: list | None = None) -> tuple[list, FileSplit, list]:
+def _tree_split(name: str, root: str, classes: list | None = None) -> tuple[list, FileSplit, list, list]:
+    """(classes found, the split, notes, classes with no image files) of one ImageFolder tree."""
     found, paths, labels, empty = scan_tree(root)
     if classes is not None:
         extra = sorted(set(found) - set(classes))
@@ -152,7 +153,7 @@ def _tree_split(name: str, root: str, classes: list | None = None) -> tuple[list
             raise DataError(f"{root} has classes that the training folder lacks: {', '.join(extra[:5])}")
         labels = [classes.index(found[label]) for label in labels]
     notes = [f"warning: class {c!r} has no images in {os.path.join(root, c)}" for c in empty]
-    return found, FileSplit(name, paths, labels), notes
+    return found, FileSplit(name, paths, labels), notes, empty
 
 
 def _check_nonempty(spec: str, splits: dict) -> None:
@@ -164,11 +165,11 @@ def _check_nonempty(spec: str, splits: dict) -> None:
 def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> DataSet:
     if not os.path.isdir(train_dir):
         raise DataError(f"data folder {train_dir} does not exist")
-    classes, train, notes = _tree_split("train", train_dir)
+    classes, train, _, empty = _tree_split("train", train_dir)
+    notes = []
     if len(train) == 0:
         raise DataError(f"no images found under {train_dir} (looked for class folders of "
                         f".jpg/.jpeg/.png/.bmp/... files)")
-    empty = [c for c in classes if not (train.labels == classes.index(c)).any()]
     if empty:            # a class the net could never learn, and a chance level that would be wrong
         raise DataError(f"{os.path.join(train_dir, empty[0])} holds no image files: every training class needs "
                         f"images (remove the folder, or fill it)"
@@ -176,7 +177,7 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
     if len(classes) < 2:
         raise DataError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs at least two")
     if val_dir is not None:
-        _, val, more = _tree_split("val", val_dir, classes)
+        _, val, more, _ = _tree_split("val", val_dir, classes)
         splits = {"train": train, "val": val}
         notes += more
     else:
