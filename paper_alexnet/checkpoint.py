@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -167,7 +167,14 @@ def share(source: str, path: str) -> None:
 
 def read_weights(path: str, what: str = "weights file") -> Dict[str, torch.Tensor]:
     """The state dict in ``path``: a checkpoint's weights, or a bare state dict (torchvision's file)."""
+    return read_trained(path, what)[0]
+
+
+def read_trained(path: str, what: str = "weights file") -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+    """The state dict in ``path`` and the input it was trained on (the checkpoint's ``augment``; None for a bare
+    state dict)."""
     payload = _read(path, what)
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return payload
-    return _from_payload(payload, path).model
+        return payload, None
+    trained = _from_payload(payload, path)
+    return trained.model, trained.augment

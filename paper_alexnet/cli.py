@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import shlex
 from typing import Sequence
 
 
@@ -45,3 +46,17 @@ def closest(name: str, names: Sequence[str]) -> str:
     """" (did you mean 'vgg11'?)" for a misspelt name, or "" when nothing is close."""
     match = difflib.get_close_matches(str(name).lower(), list(names), n=1, cutoff=0.65)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def command_line(module: str, argv: Sequence[str], drop: Sequence[str] = (), add: Sequence[str] = ()) -> str:
+    """``python -m module ARGV`` as a shell line, without the flags in ``drop`` (and their values: the next
+    word unless it is a flag, or ``--flag=value``), with ``add`` at the end."""
+    kept, skip = [], False
+    for word in argv:
+        if skip and not word.startswith("-"):
+            skip = False
+            continue
+        skip = word in drop
+        if not skip and word.split("=", 1)[0] not in drop:
+            kept.append(word)
+    return shlex.join(["python", "-m", module, *kept, *add])

@@ -49,7 +49,7 @@ class EpochProgress:
 def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: PaperTransform,
                     optimizer: torch.optim.Optimizer, generator: torch.Generator, *, device: torch.device,
                     amp: bool = False, channels_last: bool = False, rank: int = 0, world: int = 1,
-                    on_step: Optional[Callable[[int, float], None]] = None,
+                    on_step: Optional[Callable[[int, float, int, int], None]] = None,
                     progress: Optional[EpochProgress] = None, stop: Optional[Callable[[], bool]] = None,
                     step_seed: Optional[Callable[[int], int]] = None) -> EpochProgress:
     """Train over ``loader`` (global batches, this process's rows), continuing ``progress`` (a fresh epoch by
@@ -60,6 +60,7 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
     applies its rows' share; its loss is its rows' summed loss scaled so that DDP's gradient average
     is the gradient of the mean loss over the global batch. ``step_seed(step)`` seeds torch's RNG (dropout,
     §4.2) before each step, so that a run resumed at any step draws the masks an uninterrupted one draws.
+    ``on_step(step, loss, hits, images)`` hears each step's mean loss and top-1 hits of the global batch.
     ``stop()`` is asked before each step's sums are shared (and, with one process, again after the step);
     when any process says yes, every process ends the epoch after that same step (``progress.stopped``).
     """
@@ -89,7 +90,7 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
         progress.loss_sum, progress.correct, progress.seen = (progress.loss_sum + value, progress.correct + int(hits),
                                                               progress.seen + int(total))
         if on_step is not None:
-            on_step(step, value / max(total, 1))
+            on_step(step, value / max(total, 1), int(hits), int(total))
         if stops or (world == 1 and stop is not None and stop()):     # one process: a signal during this step
             progress.stopped = True
             break
@@ -130,12 +131,3 @@ def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *,
     top5 = 1 - hit5 / n if classes is None or top5_applies(classes) else None     # None: n/a with <= 5 classes
     return {"loss": loss_sum / n, "top1_err": 1 - hit1 / n, "top5_err": top5, "images": int(seen),
             "skipped_files": int(skipped)}
-
-
-def is_stalled(losses: list, num_classes: int, window: int = 20, tolerance: float = 0.05) -> bool:
-    """§5's known stall: the last ``window`` losses all within ``tolerance`` (relative) of ln(classes),
-    the loss of a net that outputs the uniform distribution."""
-    if len(losses) < window:
-        return False
-    chance = math.log(num_classes)
-    return all(abs(value - chance) <= tolerance * chance for value in losses[-window:])

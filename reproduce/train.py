@@ -32,17 +32,18 @@ import paper_alexnet
 from paper_alexnet import ArchConfig, checkpoint, distributed, list_switches, list_variants, paper
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
-from paper_alexnet.cli import HelpFormatter, for_file, percent, plural
+from paper_alexnet.cli import HelpFormatter, command_line, for_file, percent, plural
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.data.splits import Split
-from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, is_stalled, train_one_epoch
+from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
 from paper_alexnet.networks import OTHER_NETS, Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
-from paper_alexnet.weights import load_pretrained
+from paper_alexnet.watch import LearningWatch
+from paper_alexnet.weights import is_torchvision_state, load_pretrained
 from reproduce import recipes
 from reproduce.args import UsageError, add_data_arguments, add_reading_flags, augment_from_args, exit_code
 from reproduce.figures import plot_curves
@@ -77,9 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                           + ", ".join(f"{k} {v:g}" for k, v in recipes.OPTIMIZER_LR.items()) + ")")
     opt.add_argument("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5)")
     opt.add_argument("--wd", type=float, default=paper.WEIGHT_DECAY, help="weight decay (§5: inside the velocity)")
-    opt.add_argument("--schedule", choices=("plateau", "step", "cosine", "none"), default="plateau",
+    opt.add_argument("--schedule", choices=("plateau", "step", "cosine", "none"), default=None,
                      help="plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while "
-                          "it is still at chance")
+                          "it is still at chance; cosine: from --lr to zero over the epochs (default: the recipe's)")
     opt.add_argument("--patience", type=int, default=1, help="plateau: epochs without a new best before a drop")
     opt.add_argument("--step-size", type=int, default=30, help="step: epochs between drops by 10")
     run_group = parser.add_argument_group("run")
@@ -87,6 +88,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                            help="continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was "
                                 "written")
+    run_group.add_argument("--on-stall", choices=("stop", "warn"), default=None,
+                           help="a run whose loss sits at ln(classes) with its batches at chance, by the end of its "
+                                "first epoch or 10%% of its steps: stop (exit 4, checkpoint kept, the command that "
+                                "avoids it printed) or warn and go on (default: the data kind's, below)")
     run_group.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout")
     run_group.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     run_group.add_argument("--channels-last", action="store_true", help="channels-last memory format")
@@ -108,14 +113,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on the data and recipe (recipes.py); refuse bad values before any work."""
     kind = parse_spec(args.data).kind                  # a bad spec stops here
     defaults = recipes.DATA_DEFAULTS[kind]
+    args.recipe_reason = f"--recipe auto on {kind} data" if args.recipe == "auto" else f"--recipe {args.recipe}"
     if args.recipe == "auto":
         args.recipe = defaults.recipe
-    recipe = recipes.RECIPES[args.recipe]
+    args.from_recipe = [name for name in ("optimizer", "lr", "schedule") if getattr(args, name) is None]
+    fill_from_recipe(args)
+    args.on_stall = defaults.on_stall if args.on_stall is None else args.on_stall
     args.epochs = defaults.epochs if args.epochs is None else args.epochs
     args.batch_size = defaults.batch_size if args.batch_size is None else args.batch_size
-    args.optimizer = recipe.optimizer if args.optimizer is None else args.optimizer
-    if args.lr is None:
-        args.lr = recipe.lr if args.optimizer == recipe.optimizer else recipes.OPTIMIZER_LR[args.optimizer]
     checks = [(args.epochs >= 1, f"--epochs must be at least 1, not {args.epochs}"),
               (args.batch_size >= 1, f"--batch-size must be at least 1, not {args.batch_size}"),
               (args.lr > 0, f"--lr must be positive, not {args.lr}"),
@@ -137,8 +142,21 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def fill_from_recipe(args: argparse.Namespace) -> None:
+    """The optimiser, learning rate and schedule not given as flags (``args.from_recipe``): the recipe's."""
+    recipe = recipes.RECIPES[args.recipe]
+    if "optimizer" in args.from_recipe:
+        args.optimizer = recipe.optimizer
+    if "lr" in args.from_recipe:
+        args.lr = recipe.lr if args.optimizer == recipe.optimizer else recipes.OPTIMIZER_LR[args.optimizer]
+    if "schedule" in args.from_recipe:
+        args.schedule = recipe.schedule
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
+    args.command = argv                 # the user's words, for the command a stall message suggests
     keep_freed_memory()                 # glibc: no page faults on conv1's 37 MB maps every step (cpu_memory.py)
     return exit_code(lambda: run(args))
 
@@ -225,8 +243,44 @@ def check_resume(args: argparse.Namespace, placement: Placement):
         raise UsageError(f"{args.out} already holds a run: --resume to continue it, or choose another --out")
     pretrained = None
     if args.pretrained and resumed is None:
-        pretrained = checkpoint.read_weights(args.pretrained, "--pretrained")
+        pretrained, trained_on = checkpoint.read_trained(args.pretrained, "--pretrained")
+        match_recipe_to_weights(args, weights_input(pretrained, trained_on))
     return resumed, pretrained
+
+
+INPUTS = {"torchvision": "ImageNet's mean and std (x/255; --mean torchvision)",
+          "unit std": "pixels minus the mean, scaled to unit std (--recipe quick)",
+          "raw": "raw 0-255 pixels minus the mean (--recipe paper, §2)"}
+
+
+def weights_input(state, trained_on: Optional[dict]) -> str:
+    """The input pretrained weights expect: a key of INPUTS."""
+    if trained_on is None:                             # a bare state dict: torchvision's, or raw pixels
+        return "torchvision" if is_torchvision_state(state) else "raw"
+    if trained_on.get("mean") == "torchvision":
+        return "torchvision"
+    return "unit std" if trained_on.get("scale", 1.0) != 1.0 else "raw"
+
+
+def match_recipe_to_weights(args: argparse.Namespace, expected: str) -> None:
+    """Fine-tuning feeds the weights the input they learned on: ``--recipe auto`` picks the recipe whose input
+    that is (and says why); a recipe or --mean given that feeds them another is refused, never mixed."""
+    def run_input(recipe: str) -> str:
+        return "torchvision" if args.mean == "torchvision" else (
+            "unit std" if recipes.RECIPES[recipe].unit_std else "raw")
+
+    if run_input(args.recipe) == expected:
+        return
+    if expected != "torchvision" and args.mean != "torchvision" and args.recipe_reason.startswith("--recipe auto"):
+        args.recipe = "quick" if expected == "unit std" else "paper"
+        args.recipe_reason += f", with --pretrained weights trained on {INPUTS[expected]}"
+        fill_from_recipe(args)
+        return
+    remedy = ("add --mean torchvision" if expected == "torchvision" else
+              "drop --mean torchvision" if args.mean == "torchvision" else
+              f"use --recipe {'quick' if expected == 'unit std' else 'paper'}")
+    raise UsageError(f"--pretrained {args.pretrained} was trained on {INPUTS[expected]}, but this run would feed "
+                     f"it {INPUTS[run_input(args.recipe)]}: {remedy}")
 
 
 # --- 2. the data -----------------------------------------------------------------------------------------
@@ -302,18 +356,19 @@ def write_json(path: str, value: dict) -> None:
 def record_config(ctx: Context, data: Data, net: Net) -> None:
     """Say what runs in the first lines, and write the same into config.json."""
     args, recipe, say = ctx.args, recipes.RECIPES[ctx.args.recipe], ctx.say
+    chosen = f"chosen by {args.recipe_reason}"
     if args.recipe == "quick":
-        say("recipe: quick (not the paper's §5 recipe, which stalls at ln(classes) on short runs; see "
-            f"docs/training.md): {'He init with zero biases' if net.alexnet else 'the net keeps its own init'}, "
-            f"pixels scaled to unit std, {args.optimizer} lr {args.lr}. The paper's recipe: --recipe paper")
+        say(f"recipe: quick, {chosen} (§5's recipe stalls at ln(classes) on small data sets: docs/training.md): "
+            f"{'He init with zero biases' if net.alexnet else 'the net keeps its own init'}, pixels scaled to unit "
+            f"std, {args.optimizer} lr {args.lr:g}, {args.schedule} schedule. §5's recipe: --recipe paper")
     elif not net.alexnet:
-        say(f"recipe: paper (§5) optimiser and data for {net.config.name}, which keeps its own init; "
-            f"{args.optimizer} lr {args.lr}")
+        say(f"recipe: paper (§5) optimiser and data for {net.config.name}, which keeps its own init, {chosen}; "
+            f"{args.optimizer} lr {args.lr:g}, {args.schedule} schedule")
     else:
         mean = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing",
                 "torchvision": "ImageNet mean/std (torchvision)"}[net.augment.mean]
-        say(f"recipe: paper (§5): init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus "
-            f"{mean}; {args.optimizer} lr {args.lr}")
+        say(f"recipe: paper (§5), {chosen}: init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus "
+            f"{mean}; {args.optimizer} lr {args.lr:g}, {args.schedule} schedule")
     classes = data.dataset.classes
     say(f"{net.config.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {args.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
@@ -321,10 +376,12 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
         + f"; {plural(args.epochs, 'epoch')} of batch {args.batch_size}")
     changes = None
     if args.recipe == "quick":
-        changes = {"init": recipe.init, "scale": "1/pixel std", "optimizer": recipe.optimizer, "lr": recipe.lr}
+        changes = {"init": recipe.init, "scale": "1/pixel std", "optimizer": recipe.optimizer, "lr": recipe.lr,
+                   "schedule": recipe.schedule}
         if not net.alexnet:
             del changes["init"]
-    config = {"args": vars(args), "recipe": args.recipe, "quick_changes": changes,
+    config = {"args": vars(args), "recipe": args.recipe, "recipe_reason": args.recipe_reason,
+              "quick_changes": changes,
               "recipe_settings": dataclasses.asdict(recipe),
               "model": dataclasses.asdict(net.config), "augment": dataclasses.asdict(net.augment),
               "classes": classes, "train_images": len(data.train), "val_images": len(data.val),
@@ -362,14 +419,17 @@ def _save(ctx: Context, data: Data, net: Net, epoch: int, best: float, rows: Lis
     checkpoint.save(ctx.path("checkpoint.pt"), ckpt)
 
 
-def _stall_warning(classes: int, steps: int, own_init: bool) -> str:
-    return (f"warning: the loss has stayed at ln({classes}) = {math.log(classes):.3f} for {steps} steps: the net "
-            f"predicts the uniform distribution. " + (
-                "With He init (or a net's own) this usually means too high a learning rate: try a lower --lr."
-                if own_init else
-                "The paper's init (§5: N(0, 0.01), biases 1) is known to stall like this (BVLC/caffe#401, "
-                "#2085). Try --recipe quick, or a lower --lr, or wait: the paper's own runs left it after many "
-                "epochs."))
+def avoiding_command(ctx: Context, net: Net) -> str:
+    """The command that avoids the stall this run met: the user's own, with the recipe (or, for a recipe
+    that already starts well, the learning rate) changed, into a new --out."""
+    args = ctx.args
+    if args.recipe == "paper" and net.alexnet and args.optimizer == "sgd":
+        change, suffix = ["--recipe", "quick"], "quick"
+    else:
+        change, suffix = ["--lr", f"{args.lr / 10:g}"], "lower-lr"
+    return command_line("reproduce.train", args.command, drop=("--recipe", "--lr", "--out", "--resume",
+                                                              "--on-stall"),
+                        add=[*change, "--out", f"{args.out.rstrip(os.sep)}-{suffix}"])
 
 
 def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoint],
@@ -394,8 +454,13 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
 
         writer = SummaryWriter(ctx.path("tb"))
     classes = len(data.dataset.classes)
-    losses: list = []
-    warned = False
+    per_epoch = math.ceil(len(data.train) / args.batch_size)
+    watch = LearningWatch(classes, per_epoch, per_epoch * args.epochs)
+    stalled = False
+
+    def halt() -> bool:                         # a signal, or a stall that --on-stall stop ends
+        return stop() or stalled
+
     for epoch in range(start_epoch, args.epochs + 1):
         loader = BatchLoader(data.train, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
                              strict=args.strict, pin_memory=ctx.placement.first.type == "cuda",
@@ -404,22 +469,27 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         bar = tqdm(total=steps, initial=progress.steps, desc=f"epoch {epoch}/{args.epochs}", unit="batch",
                    disable=args.quiet, leave=False)
 
-        def on_step(step, value):
-            nonlocal warned
-            losses.append(value)
-            del losses[:-20]
+        def on_step(step, value, hits, images):
+            nonlocal stalled
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}")
-            if not warned and is_stalled(losses, classes):
-                warned = True
-                bar.write(_stall_warning(classes, len(losses), args.recipe == "quick" or not net.alexnet))
+            verdict = watch.step(value, hits, images)
+            if verdict is None:
+                return
+            if verdict.kind == "stall" and args.on_stall == "stop":
+                stalled = True                    # the step ends, is saved, and the run stops: _stalled
+            elif process.main:
+                bar.write(file=sys.stderr, s=f"warning: at step {verdict.step}: {verdict.text}" + (
+                    f". It may recover, or sink to chance. Avoid it with: {avoiding_command(ctx, net)}"
+                    if verdict.kind == "blow-up" else
+                    f". Going on (--on-stall warn); what avoids it: {avoiding_command(ctx, net)}"))
 
         lr = net.optimizer.param_groups[0]["lr"]
         try:
             progress = train_one_epoch(
                 net.trained, loader, net.transform, net.optimizer, net.generator,
                 device=ctx.placement.first, amp=args.amp, channels_last=args.channels_last, rank=process.rank,
-                world=process.world, on_step=on_step, progress=progress, stop=stop,
+                world=process.world, on_step=on_step, progress=progress, stop=halt,
                 step_seed=lambda step: distributed.dropout_seed(args.seed, epoch, process.rank, step))
         except NonFiniteLoss as err:
             bar.close()
@@ -430,6 +500,8 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         if progress.stopped and progress.steps < steps:            # mid-epoch: save this very step
             if process.main:
                 _save(ctx, data, net, epoch - 1, best, rows, progress)
+            if stalled:
+                return _stalled(ctx, net, watch), rows
             return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"), rows
         val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first,
                        batch_size=args.batch_size, workers=args.workers, strict=args.strict, amp=args.amp,
@@ -462,11 +534,25 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
                     if row[key] is not None:
                         writer.add_scalar(key, row[key], epoch)
                 writer.flush()
+        if stalled and epoch < args.epochs:                           # at the epoch's last step
+            return _stalled(ctx, net, watch), rows
         if distributed.all_sum([float(stop())])[0] and epoch < args.epochs:   # a signal during validation
             return _stopped(ctx, stop, f"at the end of epoch {epoch}"), rows
     if writer is not None:
         writer.close()
     return None, rows
+
+
+STALLED = 4     # the exit status of a run that --on-stall stop ended
+
+
+def _stalled(ctx: Context, net: Net, watch: LearningWatch) -> int:
+    why = ("§5's init stalls like this on small data sets (BVLC/caffe#401, docs/training.md)"
+           if ctx.args.recipe == "paper" and net.alexnet else "the learning rate is too high or too low here")
+    ctx.say(f"stopped at step {watch.steps}: {watch.last.text}; {why}. Run instead: {avoiding_command(ctx, net)}"
+            f"   (this run's checkpoint is in {ctx.args.out}; to go on watching it: the same command with --resume "
+            f"--on-stall warn)")
+    return STALLED
 
 
 def _stopped(ctx: Context, stop: StopOnSignal, where: str) -> int:

@@ -3,17 +3,20 @@
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
-from paper_alexnet.engine import NonFiniteLoss, is_stalled
+from paper_alexnet.engine import NonFiniteLoss
 from reproduce import train
 from data_fixtures import image_tree, write_bad_files
 
@@ -137,14 +140,6 @@ def test_non_finite_loss_stops_with_exit_3_and_keeps_the_last_checkpoint(tmp_pat
     assert len(_rows(out / "metrics.csv")) == 1
 
 
-def test_stall_detector():
-    import math
-
-    flat = [math.log(10) + 0.01 * (-1) ** i for i in range(25)]
-    assert is_stalled(flat, 10) and not is_stalled(flat[:10], 10)
-    assert not is_stalled(flat[:-1] + [1.0], 10)
-
-
 def test_evaluate_one_checkpoint_and_a_folder(tmp_path, capsys):
     from reproduce import evaluate
 
@@ -177,8 +172,8 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
     def signal_at_step_3_of_epoch_2(*args, **kwargs):
         inner = kwargs["on_step"]
 
-        def on_step(step, value):
-            inner(step, value)
+        def on_step(step, *heard):
+            inner(step, *heard)
             steps.append(step)
             if len(steps) == 5 + 3:                       # epoch 1 has 5 steps; this is step 3 of epoch 2
                 signal.raise_signal(signal.SIGTERM)       # a real signal, to the handler train installed
@@ -238,11 +233,47 @@ def test_a_second_signal_exits_at_once():
     assert "SIGTERM again: exiting now" in done.stderr
 
 
-def test_a_run_stuck_at_chance_keeps_its_learning_rate(tmp_path):
-    """A forced stall (§5's recipe with a learning rate too small to move): the plateau rule never divides."""
+def _stuck(tmp_path):
+    """A user's folder on which §5's recipe stalls: 4 classes of 40 grey JPEGs no net can tell apart, at batch 8
+    (20 steps an epoch, so the first epoch or 10% of 2 epochs ends at step 10 at most)."""
+    root, rng = tmp_path / "photos", np.random.default_rng(0)
+    for split, count in (("train", 40), ("val", 4)):
+        for c in "abcd":
+            os.makedirs(root / split / c)
+            for k in range(count):
+                pixels = (120 + rng.integers(0, 16, size=(48, 64, 3))).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{k}.jpg")
+    return ["--data", f"folder:{root}", "--recipe", "paper", "-b", "8", "--workers", "0", "--quiet"]
+
+
+def test_a_stalled_run_stops_by_the_deadline_keeps_its_checkpoint_and_names_the_command_that_avoids_it(
+        tmp_path, capsys):
     out = tmp_path / "stuck"
-    assert train.main(TINY + ["--epochs", "3", "--recipe", "paper", "--lr", "1e-9", "--out", str(out)]) == 0
+    assert train.main(_stuck(tmp_path) + ["--epochs", "2", "--out", str(out)]) == train.STALLED
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("stopped at step")]
+    assert len(line) == 1 and "stopped at step 10:" in line[0] and "chance 25.0%" in line[0]
+    saved = checkpoint.load(str(out / "checkpoint.pt"))               # nothing lost: --resume continues
+    assert (saved.epoch, saved.step) == (0, 10)
+    command = line[0].split("Run instead: ")[1].split("   (")[0]
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "reproduce.train"] and words[words.index("--recipe") + 1] == "quick"
+    assert "--lr" not in words and words[words.index("--out") + 1] == f"{out}-quick"
+    # the command runs as printed (here one epoch), with the recipe it names
+    assert train.main(words[3:] + ["--epochs", "1"]) == 0
+    assert json.loads((tmp_path / "stuck-quick" / "config.json").read_text())["recipe"] == "quick"
+
+
+def test_a_run_stuck_at_chance_with_on_stall_warn_is_told_once_in_its_first_epoch_and_keeps_its_rate(
+        tmp_path, capsys):
+    """The plateau rule never divides at chance, and the warning comes before the first epoch ends."""
+    out = tmp_path / "stuck"
+    assert train.main(_stuck(tmp_path) + ["--epochs", "3", "--on-stall", "warn", "--out", str(out)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    warned = [i for i, x in enumerate(lines) if x.startswith("warning: at step 10:") and "at chance" in x]
+    first_epoch = [i for i, x in enumerate(lines) if x.startswith("epoch 1:")]
+    assert len(warned) == 1 and warned[0] < first_epoch[0] and "--recipe quick" in lines[warned[0]]
     rows = _rows(out / "metrics.csv")
     assert all(float(r["val_top1_err"]) >= 0.5 for r in rows)                 # at chance (75%) throughout
-    assert [float(r["lr"]) for r in rows] == [1e-9] * 3
-    assert checkpoint.load(str(out / "checkpoint.pt")).optimizer["param_groups"][0]["lr"] == 1e-9
+    assert [float(r["lr"]) for r in rows] == [0.01] * 3
+    assert checkpoint.load(str(out / "checkpoint.pt")).optimizer["param_groups"][0]["lr"] == 0.01
