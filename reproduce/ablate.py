@@ -65,6 +65,9 @@ SMOKE_NOTE = ("--smoke: every cell trained 1 epoch on 32 images and was scored o
               "cell runs, and say nothing about the variants; their differences from the paper net, and the paper's "
               "deltas beside them, are noise here.")
 OWNED = ("--variant", "--seed", "--out", "--resume", "--ten-crop")   # set by ablate for each cell
+# Every cell spends the grid's whole budget: a cell at chance is a result to compare, not a run to stop
+# (reproduce.train's --on-stall; a user's own --on-stall comes later and wins).
+CELL_FLAGS = ("--on-stall", "warn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +245,7 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if not seeds:
         raise UsageError("--seeds needs at least one seed")
     grid = GRIDS[args.grid]
-    common = [*grid.flags, *(SMOKE if args.smoke else ()), *rest]
+    common = [*CELL_FLAGS, *grid.flags, *(SMOKE if args.smoke else ()), *rest]
     name = "custom" if args.variants else args.grid
     args.out = args.out or os.path.join("runs", f"ablate-{name}")
     if args.variants:
@@ -260,7 +263,7 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         check_cell(cell, common, args.out)
     done = [finished(cell, common, args.out, ten_crop) for cell in cells]
     os.makedirs(args.out, exist_ok=True)
-    title = f"ablation: {name} grid ({' '.join(common) or 'reproduce.train defaults'})"
+    title = f"ablation: {name} grid ({' '.join(common[len(CELL_FLAGS):]) or 'reproduce.train defaults'})"
     note = SMOKE_NOTE if args.smoke else ""
     print(f"{plural(len(cells), 'cell')} ({plural(len(labels), 'variant')} x {plural(len(seeds), 'seed')}) "
           f"into {args.out}", file=sys.stderr)

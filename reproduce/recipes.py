@@ -5,7 +5,7 @@ Two tables, printed in ``python -m reproduce.train --help``:
 - RECIPES: how a net is started and optimised. ``paper`` is §5's init, input,
   rule and schedule; ``quick`` is what learns on small real data sets, where
   §5's init stalls (docs/training.md).
-- DATA_DEFAULTS: per data kind (``parse_spec(...).kind``), the epochs, the batch
+- DATA_DEFAULTS: per data kind (``data_kind``), the epochs, the batch
   size, the recipe ``--recipe auto`` picks (§5's on ImageNet, ``quick`` on every
   other data set, as measured in docs/training.md) and what a stalled run does.
 
@@ -15,10 +15,12 @@ A flag given on the command line always wins over both.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Dict
 
 from paper_alexnet import paper
-from paper_alexnet.data.sources import KINDS, parse_spec
+from paper_alexnet.data.sources import KINDS, DataError, parse_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +71,17 @@ DATA_DEFAULTS: Dict[str, DataDefaults] = {
 }
 
 
-def data_defaults(spec: str) -> DataDefaults:
-    """The row of DATA_DEFAULTS for a --data spec (a bad spec is a DataError)."""
-    return DATA_DEFAULTS[parse_spec(spec).kind]
+def data_kind(spec: str) -> str:
+    """The kind of data a --data spec holds: a store (``prepare``'s) counts as the data it was made from, so that
+    a store of ImageNet gets ImageNet's defaults. A bad spec is a DataError."""
+    parsed = parse_spec(spec)
+    if parsed.kind != "store":
+        return parsed.kind
+    try:
+        with open(os.path.join(parsed.root, "store.json"), encoding="utf-8") as handle:
+            return parse_spec(json.load(handle)["spec"]).kind
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return "store"                  # not a store yet: opening it says why
 
 
 def describe() -> str:

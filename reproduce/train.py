@@ -111,7 +111,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on the data and recipe (recipes.py); refuse bad values before any work."""
-    kind = parse_spec(args.data).kind                  # a bad spec stops here
+    kind = recipes.data_kind(args.data)                # a bad spec stops here; a store: the data it was made of
     defaults = recipes.DATA_DEFAULTS[kind]
     args.recipe_reason = f"--recipe auto on {kind} data" if args.recipe == "auto" else f"--recipe {args.recipe}"
     if args.recipe == "auto":
@@ -138,7 +138,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
     if args.out is None:
-        args.out = os.path.join("runs", f"{args.variant}-{kind}")
+        args.out = os.path.join("runs", f"{args.variant}-{parse_spec(args.data).kind}")
     return args
 
 
@@ -353,22 +353,31 @@ def write_json(path: str, value: dict) -> None:
         json.dump({k: for_file(v) for k, v in value.items()}, handle, indent=1, default=str)
 
 
+SCHEDULES = {"plateau": "÷10 when val error stops improving (§5)", "cosine": "cosine decay over the epochs",
+             "step": "÷10 every --step-size epochs", "none": "a constant rate"}
+MEANS = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing"}
+
+
+def recipe_line(args: argparse.Namespace, net: Net) -> str:
+    """The run's first line: the recipe, why it was chosen, and what it does here."""
+    recipe = recipes.RECIPES[args.recipe]
+    auto_quick = args.recipe == "quick" and args.recipe_reason.startswith("--recipe auto on")
+    init = ("weights from --pretrained" if args.pretrained else "the net's own init" if not net.alexnet else
+            "He init with zero biases" if recipe.init == "he" else
+            "init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7 (§5)")
+    pixels = ("pixels normalised by ImageNet's mean and std (torchvision)" if net.augment.mean == "torchvision"
+              else f"pixels minus {MEANS[net.augment.mean]}, scaled to unit std" if net.augment.scale != 1.0
+              else f"raw 0-255 pixels minus {MEANS[net.augment.mean]}")
+    return (f"recipe: {args.recipe}, chosen by {args.recipe_reason}"
+            + (" (§5's recipe stalls at ln(classes) on small data sets: docs/training.md)" if auto_quick else "")
+            + f": {init}; {pixels}; {args.optimizer} lr {args.lr:g}, {SCHEDULES[args.schedule]}"
+            + (". §5's recipe: --recipe paper" if args.recipe == "quick" else ""))
+
+
 def record_config(ctx: Context, data: Data, net: Net) -> None:
     """Say what runs in the first lines, and write the same into config.json."""
     args, recipe, say = ctx.args, recipes.RECIPES[ctx.args.recipe], ctx.say
-    chosen = f"chosen by {args.recipe_reason}"
-    if args.recipe == "quick":
-        say(f"recipe: quick, {chosen} (§5's recipe stalls at ln(classes) on small data sets: docs/training.md): "
-            f"{'He init with zero biases' if net.alexnet else 'the net keeps its own init'}, pixels scaled to unit "
-            f"std, {args.optimizer} lr {args.lr:g}, {args.schedule} schedule. §5's recipe: --recipe paper")
-    elif not net.alexnet:
-        say(f"recipe: paper (§5) optimiser and data for {net.config.name}, which keeps its own init, {chosen}; "
-            f"{args.optimizer} lr {args.lr:g}, {args.schedule} schedule")
-    else:
-        mean = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing",
-                "torchvision": "ImageNet mean/std (torchvision)"}[net.augment.mean]
-        say(f"recipe: paper (§5), {chosen}: init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7; raw pixels minus "
-            f"{mean}; {args.optimizer} lr {args.lr:g}, {args.schedule} schedule")
+    say(recipe_line(args, net))
     classes = data.dataset.classes
     say(f"{net.config.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {args.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"

@@ -86,6 +86,19 @@ def test_folder_with_train_and_val(tmp_path):
     assert any("'banana' has no images" in note for note in open_dataset(f"folder:{tmp_path}").notes)
 
 
+def test_a_validation_class_that_is_not_a_training_class_is_refused_by_name(tmp_path, capsys):
+    from reproduce import train
+
+    image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2})
+    image_tree(str(tmp_path / "val"), {"apple": 1, "cherry": 1}, start_seed=50)
+    with pytest.raises(DataError, match=r"val has classes that the training folder lacks: cherry"):
+        open_dataset(f"folder:{tmp_path}")
+    out = tmp_path / "run"
+    assert train.main(["--data", f"folder:{tmp_path}", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cherry" in err[0] and not out.exists()
+
+
 def test_an_empty_or_single_training_class_is_refused(tmp_path):
     image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2, "empty": 0})
     with pytest.raises(DataError, match=r"train/empty holds no image files"):       # not "3 classes, chance 67%"

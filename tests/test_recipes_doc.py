@@ -18,10 +18,21 @@ SHORT_TRAIN = ["--epochs", "1", "--limit-train", "20", "--limit-val", "10", "--w
 
 def doc_commands() -> list:
     """The page's ``python -m reproduce.*`` commands, continuation lines joined, trailing comments dropped."""
-    commands, current = [], None
+    return [argv for argv, _ in doc_runs()]
+
+
+def doc_runs() -> list:
+    """(command, the recipe line the page says it prints first, or None) for every command of the page: the
+    indented ``recipe: ...`` lines that follow a block of commands belong, in order, to its train commands."""
+    runs, current, said = [], None, 0
     with open(DOC, encoding="utf-8") as handle:
         for line in handle:
             text = line.rstrip("\n")
+            if current is None and text.startswith("    recipe: "):
+                said = next(k for k in range(said, len(runs)) if runs[k][0][2] == "reproduce.train")
+                runs[said] = (runs[said][0], text.strip())
+                said += 1
+                continue
             if current is None and text.startswith("    python -m reproduce."):
                 current = ""
             if current is None:
@@ -29,9 +40,9 @@ def doc_commands() -> list:
             part = text.strip().split("  #")[0].strip()
             current += " " + part.rstrip("\\").strip()
             if not part.endswith("\\"):
-                commands.append(shlex.split(current.strip()))
+                runs.append((shlex.split(current.strip()), None))
                 current = None
-    return commands
+    return runs
 
 
 def _shortened(argv: list) -> list:
@@ -45,9 +56,10 @@ def _shortened(argv: list) -> list:
     return [name, *rest]
 
 
-def test_the_page_has_the_documents_commands():
+def test_the_page_has_the_documents_commands_and_what_each_training_run_prints_first():
     names = [argv[2] for argv in doc_commands()]
     assert names.count("reproduce.train") >= 5 and "reproduce.ablate" in names and "reproduce.prepare" in names
+    assert all(says for argv, says in doc_runs() if argv[2] == "reproduce.train")
 
 
 def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, capsys):
@@ -66,7 +78,7 @@ def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, c
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), hub / "alexnet-owt-7be5be79.pth")
     colour_image(1, size=(300, 200)).save(tmp_path / "my_photo.jpg")
     ran = []
-    for argv in doc_commands():
+    for argv, says in doc_runs():
         argv = [("folder:" + str(tmp_path / "data_fruit")) if word == "folder:/data/fruit" else word for word in argv]
         name, *rest = _shortened(argv)
         capsys.readouterr()
@@ -76,7 +88,8 @@ def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, c
         ran.append(name)
         if name == "train":
             out_dir = rest[rest.index("--out") + 1] if "--out" in rest else os.path.join("runs", "paper-synthetic")
-            assert any(line.startswith("recipe:") for line in err.splitlines())          # says which recipe ran
+            first = [line for line in err.splitlines() if line.startswith("recipe:")]
+            assert first == [says], (" ".join(argv), first)          # the recipe line the page quotes under it
             assert all(os.path.exists(os.path.join(out_dir, f)) for f in ("best.pt", "metrics.csv", "config.json"))
             if "--tensorboard" in rest:
                 assert os.listdir(os.path.join(out_dir, "tb"))

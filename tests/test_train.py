@@ -203,6 +203,24 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
                for i in final_a.optimizer["state"])
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(tmp_path):
+    """A scheduler (Slurm) or `kill -- -PGID` signals every process of the job, the loader's workers too."""
+    out = tmp_path / "run"
+    argv = [w for w in SIGNALLED if w not in ("--workers", "0")] + ["--workers", "2", "--epochs", "20"]
+    process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *argv, "--out", str(out)], cwd=ROOT,
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)                                         # in epoch 2, its workers running
+    os.killpg(process.pid, signal.SIGTERM)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert checkpoint.load(str(out / "checkpoint.pt")).epoch >= 1
+
+
 def test_ctrl_c_in_a_real_run_exits_130_with_a_checkpoint_that_resumes(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *SIGNALLED, "--out", str(out)], cwd=ROOT,

@@ -10,6 +10,7 @@ one stops the run with its path and reason.
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Iterator
 
@@ -44,6 +45,14 @@ def _as_is(batch):
     return batch
 
 
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A SIGTERM or Ctrl-C sent to the whole process group (a scheduler's, a terminal's) reaches the workers
+    too; the main process answers it with a checkpoint at the step (signals.py), which needs them alive.
+    They end with the main process either way (the DataLoader watches its parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class BatchLoader:
     """Iterate (uint8 images, labels) over one epoch of ``split``; ``skipped`` lists the files left out."""
 
@@ -58,7 +67,8 @@ class BatchLoader:
         self.loader = torch.utils.data.DataLoader(
             _Batches(split), sampler=[b[rank::world] for b in self.batches], batch_size=None, collate_fn=_as_is,
             num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
-            prefetch_factor=2 if workers else None)
+            prefetch_factor=2 if workers else None,
+            worker_init_fn=_leave_signals_to_the_main_process if workers else None)
 
     def __len__(self) -> int:
         return len(self.batches)
