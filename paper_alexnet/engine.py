@@ -38,12 +38,13 @@ class EpochProgress:
     correct: int = 0               # top-1 hits
     seen: int = 0                  # images
     seconds: float = 0.0           # training time (this process)
+    data_seconds: float = 0.0      # of which waiting for the loader's next batch: a loader bottleneck
     skipped: int = 0               # unreadable files left out
     stopped: bool = False          # the epoch ended early because ``stop`` asked for it
 
     def result(self) -> dict:
         return {"train_loss": self.loss_sum / max(self.seen, 1), "train_top1_err": 1 - self.correct / max(self.seen, 1),
-                "images": self.seen, "seconds": self.seconds}
+                "images": self.seen, "seconds": self.seconds, "data_seconds": self.data_seconds}
 
 
 def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: PaperTransform,
@@ -66,8 +67,9 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
     """
     model.train()
     progress = progress if progress is not None else EpochProgress()
-    start = time.perf_counter()
+    start = waited = time.perf_counter()
     for count, images, labels in loader.global_batches():
+        progress.data_seconds += time.perf_counter() - waited
         step = progress.steps
         if step_seed is not None:
             torch.manual_seed(step_seed(step))
@@ -94,6 +96,7 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
         if stops or (world == 1 and stop is not None and stop()):     # one process: a signal during this step
             progress.stopped = True
             break
+        waited = time.perf_counter()
     progress.seconds += time.perf_counter() - start
     progress.skipped += len(loader.skipped)
     return progress

@@ -11,8 +11,9 @@ Sections (``--only``, default: both):
          the median of the repetitions' ratios, so that a slow moment of a shared machine, which slows
          neighbours in time alike, cancels, with a 95% interval for that median (``*_low``/``*_high``).
   data   the loader's images/s into the training transform (§2/§4.1 crop, flip, mean image, PCA
-         lighting), from a prepared store and from a folder of ImageNet-sized JPEGs, made in a
-         temporary folder from the synthetic set.
+         lighting), from a raw store, a JPEG store (prepare --format jpeg) and a folder of
+         ImageNet-sized JPEGs, made in a temporary folder from the synthetic set; the stores' bytes
+         per image, and the JPEG store's speed against the folder's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, laye
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data import DataError
+from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
 from paper_alexnet.cli import HelpFormatter
 from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, write_csv
@@ -58,19 +60,31 @@ def bench_data(args) -> list[dict]:
         made = time.perf_counter() - start
         print(f"made {args.images} JPEGs of 500x375 in {made:.1f} s", file=sys.stderr)
         stats = jpeg.stats(progress=False, report=lambda _: None)
-        start = time.perf_counter()
-        store = prepare_store(jpeg.spec, jpeg.classes, jpeg.splits, os.path.join(tmp, "store"),
-                              workers=args.workers, progress=False, report=lambda _: None)
-        prepare_s = time.perf_counter() - start
         total = sum(len(s) for s in jpeg.splits.values())
-        rows.append({"section": "data", "what": f"prepare (decode + write store), {args.workers} workers",
-                     "images_per_s": total / prepare_s})
+        stores = {}
+        for encoding, name in (("raw", "store"), ("jpeg", f"jpeg store (quality {args.quality})")):
+            start = time.perf_counter()
+            stores[name] = prepare_store(jpeg.spec, jpeg.classes, jpeg.splits, os.path.join(tmp, encoding),
+                                         workers=args.workers, progress=False, report=lambda _: None,
+                                         encoding=encoding, quality=args.quality)
+            rows.append({"section": "data", "what": f"prepare {name} (decode + write), {args.workers} workers",
+                         "images_per_s": total / (time.perf_counter() - start)})
+        raw_bytes = os.path.getsize(os.path.join(tmp, "raw", "images.u8"))
+        jpeg_bytes = sum(os.path.getsize(os.path.join(tmp, "jpeg", f)) for f in ("images.jpg", "offsets.i8"))
+        rows.append({"section": "data", "what": f"store bytes per image: raw {raw_bytes / total:,.0f}, jpeg "
+                                                f"{jpeg_bytes / total:,.0f}", "ratio": jpeg_bytes / raw_bytes})
         transform = PaperTransform(stats, Augment(crop=227), device=args.device)
-        for name, split in (("store", store.splits["train"]), ("jpeg folder", jpeg.split("train"))):
+        speeds = {}
+        splits = [(name, store.splits["train"]) for name, store in stores.items()]
+        for name, split in splits + [("jpeg folder (500x375 files)", jpeg.split("train"))]:
             for workers in sorted({0, args.workers}):
-                speed = loader_throughput(split, transform, args.batch_size, args.batches, workers, args.device)
+                speeds[name, workers] = loader_throughput(split, transform, args.batch_size, args.batches, workers,
+                                                          args.device)
                 rows.append({"section": "data", "what": f"{name} -> train transform, {workers} workers",
-                             "images_per_s": speed})
+                             "images_per_s": speeds[name, workers]})
+        for workers in sorted({0, args.workers}):
+            rows.append({"section": "data", "what": f"jpeg store / jpeg folder, {workers} workers",
+                         "ratio": speeds[splits[1][0], workers] / speeds["jpeg folder (500x375 files)", workers]})
     return rows
 
 
@@ -278,6 +292,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=1024, help="data: JPEGs to generate for the folder")
+    parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="data: the JPEG store's quality")
     add_workers_flag(parser)
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's malloc as it comes (freed blocks over its mmap threshold go back to the "
@@ -294,6 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
         print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
+        return 2
+    if not 1 <= args.quality <= 100:
+        print(f"error: --quality must be between 1 and 100, not {args.quality}", file=sys.stderr)
         return 2
     try:
         check_workers(args.workers)

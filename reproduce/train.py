@@ -50,7 +50,7 @@ from reproduce.figures import plot_curves
 from reproduce.placement import Placement, add_device_arguments, build_placed, place
 
 METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
-           "images_per_s", "seconds", "skipped_files")
+           "images_per_s", "seconds", "data_wait_s", "skipped_files")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -481,7 +481,8 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         def on_step(step, value, hits, images):
             nonlocal stalled
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}")
+            rate = bar.format_dict.get("rate")                # batches/s, smoothed
+            bar.set_postfix({"loss": f"{value:.3f}", **({"img/s": f"{rate * images:.0f}"} if rate else {})})
             verdict = watch.step(value, hits, images)
             if verdict is None:
                 return
@@ -520,6 +521,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
                "train_top1_err": result["train_top1_err"], "val_loss": val["loss"],
                "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
                "images_per_s": result["images"] / max(result["seconds"], 1e-9), "seconds": result["seconds"],
+               "data_wait_s": result["data_seconds"],
                "skipped_files": progress.skipped + val["skipped_files"]}
         rows.append(row)
         progress = EpochProgress()

@@ -64,3 +64,19 @@ def test_step_flops_count_three_passes_but_no_input_gradient_for_conv1():
     rest = (256 * 1200 * 27 * 27 + 384 * 2304 * 169 + 384 * 1728 * 169 + 256 * 1728 * 169
             + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
     assert bench.step_flops(layers) == 2 * (3 * rest + 2 * conv1)
+
+
+def test_the_data_bench_times_a_raw_store_a_jpeg_store_and_a_jpeg_folder(tmp_path):
+    path = tmp_path / "data.csv"
+    assert bench.main(["--only", "data", "--images", "100", "-b", "8", "--batches", "2", "--workers", "0",
+                       "--csv", str(path)]) == 0
+    import pandas as pd
+
+    rows = pd.read_csv(path).set_index("what")
+    speeds = rows["images_per_s"].dropna()
+    assert any(w.startswith("jpeg store (quality 90) -> train transform") for w in speeds.index)
+    assert any(w.startswith("jpeg folder (500x375 files) -> train transform") for w in speeds.index)
+    assert (speeds > 0).all()
+    size = rows.loc[[w for w in rows.index if w.startswith("store bytes per image")][0], "ratio"]
+    assert 0 < size < 0.5                             # a JPEG at quality 90 against 196,608 raw bytes
+    assert bench.main(["--only", "data", "--quality", "0"]) == 2

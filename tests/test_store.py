@@ -154,3 +154,71 @@ def test_epoch_order_is_seeded_and_complete():
                                       report=lambda _: None).split("train"), 4, start_batch=1)
     assert len(loader) == 1 and [len(y) for _, y in loader] == [2]
     assert torch.is_tensor(next(iter(BatchLoader(loader.split, 2)))[0])
+
+
+# --- the JPEG store (prepare --format jpeg) --------------------------------------------------------------------
+
+def test_a_jpeg_store_holds_each_image_as_a_256_jpeg_close_to_the_raw_store_and_a_tenth_of_its_size(fruit, tmp_path):
+    root, bad = fruit
+    data = open_dataset(f"folder:{root}")
+    raw, _ = _prepare(data, tmp_path / "raw", chunk=4)
+    jpeg, lines = _prepare(data, tmp_path / "jpeg", chunk=4, encoding="jpeg", quality=90)
+    assert {row[1] for row in jpeg.bad} == set(bad.values()) and jpeg.encoding == "jpeg"
+    for name in ("train", "val"):
+        a, la, _ = raw.splits[name].batch(np.arange(len(raw.splits[name])))
+        b, lb, skipped = jpeg.splits[name].batch(np.arange(len(jpeg.splits[name])))
+        assert skipped == [] and la.tolist() == lb.tolist() and b.shape == a.shape and b.dtype == torch.uint8
+        assert (b.float() - a.float()).abs().mean() < 3                  # quality 90: a few grey levels
+    # the statistics come from the decoded images
+    assert np.abs(jpeg.stats().mean_image - raw.stats().mean_image).mean() < 3
+    size = (tmp_path / "jpeg" / "images.jpg").stat().st_size + (tmp_path / "jpeg" / "offsets.i8").stat().st_size
+    assert size <= 0.15 * (tmp_path / "raw" / "images.u8").stat().st_size
+    reopened = open_dataset(f"store:{tmp_path / 'jpeg'}")
+    assert len(reopened.split("train")) == 15
+
+
+def test_an_interrupted_jpeg_store_continues_to_the_same_bytes(fruit, tmp_path):
+    root, _ = fruit
+    data = open_dataset(f"folder:{root}")
+
+    def stop(done):
+        if done >= 8:
+            with open(tmp_path / "a" / "images.jpg", "ab") as handle:      # a chunk half written when killed
+                handle.write(b"\xff\xd8 half an image")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(data, tmp_path / "a", chunk=4, on_chunk=stop, encoding="jpeg")
+    _, lines = _prepare(data, tmp_path / "a", chunk=4, encoding="jpeg")
+    assert any("continuing at image 8" in line for line in lines)
+    _prepare(data, tmp_path / "b", chunk=4, encoding="jpeg")
+    for name in ("images.jpg", "offsets.i8", "labels.npy", "progress.json", "store.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_a_corrupt_entry_of_a_jpeg_store_is_skipped_and_counted_never_a_crash(fruit, tmp_path):
+    from paper_alexnet.data import BatchLoader
+
+    root, _ = fruit
+    out = tmp_path / "jpeg"
+    assert prepare.main(["--data", f"folder:{root}", "--out", str(out), "--format", "jpeg", "--quality", "75",
+                         "--quiet", "--workers", "0"]) == 0
+    store = Store(str(out))
+    offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
+    row = int(store.splits["train"].index[3])
+    blob = bytearray((out / "images.jpg").read_bytes())
+    blob[offsets[row]:offsets[row + 1]] = b"\x00" * int(offsets[row + 1] - offsets[row])   # the entry wiped
+    (out / "images.jpg").write_bytes(bytes(blob))
+    loader = BatchLoader(Store(str(out)).splits["train"], 4, shuffle=False, workers=2)
+    images = sum(len(batch[0]) for batch in loader)
+    assert images == 14 and len(loader.skipped) == 1 and "does not decode" in loader.skipped[0][1]
+    with pytest.raises(BadImageError):
+        Store(str(out)).splits["train"].batch([3], strict=True)
+
+
+def test_prepare_refuses_a_bad_quality_or_format_before_any_work(fruit, tmp_path, capsys):
+    root, _ = fruit
+    for flags in (["--format", "jpeg", "--quality", "0"], ["--format", "jpeg", "--quality", "101"]):
+        assert prepare.main(["--data", f"folder:{root}", "--out", str(tmp_path / "s"), "--quiet", *flags]) == 2
+        assert "--quality must be between 1 and 100" in capsys.readouterr().err
+        assert not (tmp_path / "s").exists()

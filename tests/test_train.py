@@ -22,7 +22,7 @@ from data_fixtures import image_tree, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet"]
-TIMING = ("images_per_s", "seconds")
+TIMING = ("images_per_s", "seconds", "data_wait_s")
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -47,6 +47,23 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
         assert payload["variant"] == "paper" and set(payload["model"]) >= {"conv1.weight", "fc8.bias"}
         assert "augment" in payload["rng"] and payload["epoch"] in (1, 2)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_count_the_seconds_the_training_loop_waited_for_data(tmp_path, monkeypatch):
+    """A slow loader shows in metrics.csv's data_wait_s, without a profiler."""
+    from paper_alexnet.data import loader
+
+    real = loader._Batches.__getitem__
+
+    def slow(self, indices):
+        time.sleep(0.25)
+        return real(self, indices)
+
+    monkeypatch.setattr(loader._Batches, "__getitem__", slow)
+    out = tmp_path / "slow"
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+    row = _rows(out / "metrics.csv")[0]
+    assert 2 * 0.25 <= float(row["data_wait_s"]) <= float(row["seconds"])         # 2 batches of 8, each 0.25 s late
 
 
 def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):

@@ -1,23 +1,29 @@
-"""The prepared store: every image once at 256x256 uint8 (§2) in one memory-mapped file.
+"""The prepared store: every image once at 256x256 (§2), raw or as JPEG, in one memory-mapped file.
 
 Layout of a store folder::
 
-    store.json     what it holds: the data spec, class names, splits (start, count), image size
-    images.u8      all images, N x 3 x 256 x 256 uint8, one memory-mapped file (train, then val, then test)
+    store.json     what it holds: the data spec, class names, splits (start, count), image size, encoding
+    images.u8      (raw, the default) all images, N x 3 x 256 x 256 uint8 (train, then val, then test)
+    images.jpg     (jpeg) the N images' JPEG files end to end, about a tenth of images.u8 at quality 90
+    offsets.i8     (jpeg) N + 1 int64: image i is bytes offsets[i]:offsets[i + 1] of images.jpg
     labels.npy     N int64 labels
     progress.json  how many images are written, and the files that could not be read (path, reason)
     stats.npz      the training split's mean image (§2) and RGB PCA (§4.1), written last
 
 Writing goes in chunks; after each chunk the images are flushed and then
 progress.json is replaced atomically, so an interrupted ``prepare`` continues
-from the last chunk and a finished one does nothing when run again. Reading
-never decodes a JPEG: a batch is one fancy index into the memory map.
+from the last chunk and a finished one does nothing when run again. Reading a
+raw store never decodes: a batch is one fancy index into the memory map. A
+JPEG store decodes each 256x256 image (torchvision.io.decode_jpeg, in the
+loader's workers); an entry that does not decode is skipped and counted like
+an unreadable file, never a crash.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Optional, Sequence
 
@@ -32,6 +38,11 @@ from .stats import DataStats, StatsAccumulator
 
 FORMAT = "paper_alexnet.store/1"
 SPLIT_ORDER = ("train", "val", "test")
+ENCODINGS = ("raw", "jpeg")
+# torchvision 0.29 marks its JPEG codec as deprecated in favour of TorchCodec; it is the one this package pins
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+JPEG_QUALITY = 90           # prepare --quality: about a tenth of the raw bytes (docs/data.md)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -52,25 +63,27 @@ def is_store(path: str) -> bool:
 
 
 class StoreSplit(Split):
-    """One split of a store; reads whole batches from the memory map (opened lazily in each process)."""
+    """One split of a raw store; reads whole batches from the memory map (opened lazily in each process)."""
 
     def __init__(self, name: str, root: str, index: np.ndarray, labels: np.ndarray, total: int):
         super().__init__(name, labels)
         self.root, self.index, self.total = root, np.asarray(index, dtype=np.int64), total
-        self._images = None
+        self._maps: dict = {}
 
-    def __getstate__(self):           # a DataLoader worker re-opens the map instead of copying it
+    def __getstate__(self):           # a DataLoader worker re-opens the maps instead of copying them
         state = dict(self.__dict__)
-        state["_images"] = None
+        state["_maps"] = {}
         return state
+
+    def _map(self, name: str, dtype, shape) -> np.memmap:
+        if name not in self._maps:
+            self._maps[name] = np.memmap(os.path.join(self.root, name), dtype=dtype, mode="r", shape=shape)
+        return self._maps[name]
 
     @property
     def images(self) -> np.memmap:
-        if self._images is None:
-            size = paper.IMAGE_SIZE
-            self._images = np.memmap(os.path.join(self.root, "images.u8"), dtype=np.uint8, mode="r",
-                                     shape=(self.total, 3, size, size))
-        return self._images
+        size = paper.IMAGE_SIZE
+        return self._map("images.u8", np.uint8, (self.total, 3, size, size))
 
     def describe(self, i: int) -> str:
         return f"{self.root} image #{int(self.index[i])}"
@@ -85,6 +98,43 @@ class StoreSplit(Split):
         out = np.empty((len(rows), 3, paper.IMAGE_SIZE, paper.IMAGE_SIZE), dtype=np.uint8)
         out[order] = self.images[rows[order]]
         return torch.from_numpy(out), torch.from_numpy(self.labels[indices]), []
+
+
+class JpegStoreSplit(StoreSplit):
+    """One split of a JPEG store: each image's bytes found by offsets.i8, decoded at 256x256."""
+
+    def _decode(self, i: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        offsets = self._map("offsets.i8", np.int64, (self.total + 1,))
+        row = int(self.index[i])
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        size = paper.IMAGE_SIZE
+        try:
+            data = torch.from_numpy(np.array(self._map("images.jpg", np.uint8, (int(offsets[-1]),))[start:end]))
+            image = decode_jpeg(data, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as err:
+            raise BadImageError(self.describe(i), f"the stored JPEG does not decode ({err})") from None
+        if tuple(image.shape) != (3, size, size):
+            raise BadImageError(self.describe(i), f"the stored JPEG is {tuple(image.shape)}, not 3x{size}x{size}")
+        return image
+
+    def load(self, i: int) -> np.ndarray:
+        return self._decode(i).permute(1, 2, 0).contiguous().numpy()
+
+    def batch(self, indices: Sequence[int], strict: bool = False):
+        images, labels, skipped = [], [], []
+        for i in indices:
+            try:
+                images.append(self._decode(int(i)))
+                labels.append(int(self.labels[int(i)]))
+            except BadImageError as err:
+                if strict:
+                    raise
+                skipped.append((err.path, err.reason))
+        size = paper.IMAGE_SIZE
+        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        return stacked, torch.as_tensor(labels, dtype=torch.int64), skipped
 
 
 class Store:
@@ -105,6 +155,8 @@ class Store:
             raise DataError(f"store {root} is unfinished ({progress['done']} of {total} images): run "
                             f"python -m reproduce.prepare --data {self.meta['spec']} --out {root} to finish it")
         self.classes = list(self.meta["classes"])
+        self.encoding = self.meta.get("encoding", "raw")
+        kind = JpegStoreSplit if self.encoding == "jpeg" else StoreSplit
         self.bad = progress["bad"]
         labels = np.load(os.path.join(root, "labels.npy"))
         valid = np.ones(total, dtype=bool)
@@ -113,7 +165,7 @@ class Store:
         for name, (start, count) in self.meta["splits"].items():
             rows = np.arange(start, start + count)
             rows = rows[valid[rows]]
-            self.splits[name] = StoreSplit(name, root, rows, labels[rows], total)
+            self.splits[name] = kind(name, root, rows, labels[rows], total)
 
     def stats(self) -> DataStats:
         return DataStats.load(os.path.join(self.root, "stats.npz"))
@@ -121,44 +173,110 @@ class Store:
 
 # -- writing --------------------------------------------------------------------------------------
 
-_WORKER_SPLITS: dict = {}
+_WORKER: dict = {"splits": {}, "quality": None}
 
 
-def _init_worker(splits):
-    _WORKER_SPLITS.update(splits)
+def _init_worker(splits, quality=None):
+    _WORKER["splits"].update(splits)
+    _WORKER["quality"] = quality
 
 
 def _load_one(job):
+    """(image, None): 3x256x256 uint8, or its JPEG bytes for a JPEG store (encoded here, in the worker); or
+    (None, (path, reason)) for a file that cannot be read."""
     name, i = job
-    split = _WORKER_SPLITS[name]
+    split = _WORKER["splits"][name]
     try:
-        return split.load(i).transpose(2, 0, 1), None
+        image = split.load(i).transpose(2, 0, 1)
     except BadImageError as err:
         return None, (err.path, err.reason)
+    if _WORKER["quality"] is None:
+        return image, None
+    from torchvision.io import encode_jpeg
+
+    return encode_jpeg(torch.from_numpy(np.ascontiguousarray(image)), quality=_WORKER["quality"]).numpy(), None
 
 
-def _plan(spec: str, classes: Sequence[str], splits: dict[str, Split]) -> dict:
+class _RawWriter:
+    """images.u8: row i at its place in the memory map."""
+
+    def __init__(self, out: str, total: int, done: int):
+        size = paper.IMAGE_SIZE
+        path = os.path.join(out, "images.u8")
+        self.images = np.memmap(path, dtype=np.uint8, mode="r+" if os.path.exists(path) else "w+",
+                                shape=(total, 3, size, size))
+
+    def put(self, row: int, image: Optional[np.ndarray]) -> None:
+        if image is not None:
+            self.images[row] = image
+
+    def flush(self) -> None:
+        self.images.flush()
+
+    def close(self) -> None:
+        del self.images
+
+
+class _JpegWriter:
+    """images.jpg appended in row order, offsets.i8 marking each row's end; a restart cuts images.jpg back to
+    the end of the last saved chunk (offsets[done])."""
+
+    def __init__(self, out: str, total: int, done: int):
+        path = os.path.join(out, "offsets.i8")
+        self.offsets = np.memmap(path, dtype=np.int64, mode="r+" if os.path.exists(path) else "w+",
+                                 shape=(total + 1,))
+        if done == 0:
+            self.offsets[0] = 0
+        self.handle = open(os.path.join(out, "images.jpg"), "r+b" if done else "wb")
+        self.handle.truncate(int(self.offsets[done]))
+        self.handle.seek(int(self.offsets[done]))
+
+    def put(self, row: int, data: Optional[np.ndarray]) -> None:
+        if data is not None:
+            self.handle.write(data.tobytes())
+        self.offsets[row + 1] = self.offsets[row] + (0 if data is None else len(data))
+
+    def flush(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.offsets.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        del self.offsets
+
+
+def _plan(spec: str, classes: Sequence[str], splits: dict[str, Split], encoding: str, quality: int) -> dict:
     layout, start = {}, 0
     for name in SPLIT_ORDER:
         if name in splits:
             layout[name] = [start, len(splits[name])]
             start += len(splits[name])
-    return {"format": FORMAT, "spec": spec, "classes": list(classes), "image_size": paper.IMAGE_SIZE,
+    plan = {"format": FORMAT, "spec": spec, "classes": list(classes), "image_size": paper.IMAGE_SIZE,
             "splits": layout, "total": start}
+    if encoding == "jpeg":              # a raw store's store.json stays as before (no encoding: raw)
+        plan.update(encoding="jpeg", quality=quality)
+    return plan
 
 
 def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], out: str, *,
                   imagenet_pca: bool = False, workers: int = 0, strict: bool = False, chunk: int = 64,
                   progress: bool = True, report: Callable[[str], None] = print,
-                  on_chunk: Optional[Callable[[int], None]] = None) -> Store:
+                  on_chunk: Optional[Callable[[int], None]] = None, encoding: str = "raw",
+                  quality: int = JPEG_QUALITY) -> Store:
     """Write ``splits`` into a store at ``out`` (continuing an interrupted one), then its statistics.
+    ``encoding`` "jpeg" keeps each 256x256 image as a JPEG of ``quality`` (1-100) instead of raw bytes.
 
     Unreadable files are reported through ``report`` with path and reason and left out; with ``strict``
     the first one raises :class:`BadImageError`. ``on_chunk(done)`` is called after every saved chunk.
     """
     from tqdm.auto import tqdm
 
-    plan = _plan(spec, classes, splits)
+    if encoding not in ENCODINGS:
+        raise DataError(f"unknown store encoding {encoding!r}: {' or '.join(ENCODINGS)}")
+    if not 1 <= quality <= 100:
+        raise DataError(f"JPEG quality must be between 1 and 100, not {quality}")
+    plan = _plan(spec, classes, splits, encoding, quality)
     if plan["total"] == 0:
         raise DataError(f"{spec}: no images to write")
     meta_path, progress_path = os.path.join(out, "store.json"), os.path.join(out, "progress.json")
@@ -171,7 +289,7 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
         raise DataError(f"{out} is not empty and is not a store; choose an empty or new folder for --out")
     os.makedirs(out, exist_ok=True)
     state = _read_json(progress_path) if os.path.exists(progress_path) else {"done": 0, "bad": []}
-    total, size = plan["total"], paper.IMAGE_SIZE
+    total = plan["total"]
     if state["done"] >= total and os.path.isfile(os.path.join(out, "stats.npz")):
         report(f"{out}: complete ({total} images, {len(state['bad'])} unreadable); nothing to do")
         return Store(out)
@@ -179,29 +297,29 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
     _write_json(meta_path, plan)
     labels = np.concatenate([splits[name].labels for name in plan["splits"]])
     np.save(os.path.join(out, "labels.npy"), labels)
-    image_path = os.path.join(out, "images.u8")
-    images = np.memmap(image_path, dtype=np.uint8, mode="r+" if os.path.exists(image_path) else "w+",
-                       shape=(total, 3, size, size))
+    writer = (_JpegWriter if encoding == "jpeg" else _RawWriter)(out, total, state["done"])
     jobs = [(name, i) for name in plan["splits"] for i in range(len(splits[name]))]
     if state["done"]:
         report(f"{out}: continuing at image {state['done']} of {total}")
     bar = tqdm(total=total, initial=state["done"], unit="img", desc="prepare", disable=not progress)
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(splits,)) if workers > 0 else None
+    quality = quality if encoding == "jpeg" else None
+    pool = (ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(splits, quality)) if workers > 0
+            else None)
     if pool is None:
-        _init_worker(splits)
+        _init_worker(splits, quality)
     try:
         for start in range(state["done"], total, chunk):
             todo = jobs[start:start + chunk]
             results = pool.map(_load_one, todo, chunksize=4) if pool else map(_load_one, todo)
             for row, (array, bad) in enumerate(results, start):
+                writer.put(row, array)
                 if bad is None:
-                    images[row] = array
                     continue
                 if strict:
                     raise BadImageError(*bad)
                 state["bad"].append([row, bad[0], bad[1]])
                 (bar.write if progress else report)(f"skipped {bad[0]}: {bad[1]}")
-            images.flush()
+            writer.flush()
             state["done"] = min(start + chunk, total)
             _write_json(progress_path, state)
             bar.update(len(todo))
@@ -211,13 +329,14 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        del images
+        writer.close()
 
     train = _train_rows(out, plan, state["bad"])
+    reader = (JpegStoreSplit if encoding == "jpeg" else StoreSplit)("train", out, train, labels[train], total)
     accumulator = StatsAccumulator()
-    memmap = np.memmap(image_path, dtype=np.uint8, mode="r", shape=(total, 3, size, size))
     for begin in range(0, len(train), 32):
-        accumulator.update(memmap[train[begin:begin + 32]])
+        images, _, _ = reader.batch(range(begin, min(begin + 32, len(train))))
+        accumulator.update(images.numpy())
     stats = accumulator.result()
     if imagenet_pca:
         stats = stats.with_imagenet_pca()
