@@ -23,11 +23,14 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
+import torch
 
 from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
@@ -36,7 +39,7 @@ from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
 from reproduce import train
 from reproduce.args import UsageError, exit_code
-from reproduce.placement import place
+from reproduce.placement import pick_device, place
 
 DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip"}   # §4.1's augmentations, as train flags
 
@@ -117,6 +120,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true",
                         help=f"tiny settings that run the whole grid in minutes on a CPU: {' '.join(SMOKE)}")
     parser.add_argument("--no-ten-crop", action="store_true", help="skip the ten-crop evaluation of each cell")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells trained at once, each a process of its own on its own device (one per GPU); 1: "
+                             "one at a time, in this process")
+    parser.add_argument("--job-devices", default=None, metavar="D,D,...",
+                        help="with --jobs: each job's device (default: cuda:0 ... cuda:N-1); cpu,cpu runs two on "
+                             "the CPU. (train's --devices is the two towers' pair of one cell)")
     return parser
 
 
@@ -199,29 +208,116 @@ def collect(cells: Sequence[Cell], out: str, title: str, note: str = "") -> Opti
     return frame
 
 
-def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int:
-    """Train one cell (resuming a killed one); write cell.json when it has ended. Returns train's exit code."""
+def open_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> Tuple[List[str], bool]:
+    """reproduce.train's argv for the cell, and whether it resumes a killed run (a cell killed before its first
+    epoch ended is started again)."""
     folder = cell.folder(out)
     resume = os.path.exists(os.path.join(folder, "checkpoint.pt"))
     if not resume and os.path.isdir(folder):
         shutil.rmtree(folder)           # killed before its first epoch ended: nothing to keep
-    argv = train_argv(cell, common, out, ten_crop)
+    return train_argv(cell, common, out, ten_crop), resume
+
+
+def close_cell(cell: Cell, out: str, code: int, argv: List[str], resume: bool, seconds: float) -> None:
+    """After train ended with ``code``: a finished cell (done, or stopped on a non-finite loss, a result too)
+    gets cell.json and keeps best.pt as weights only."""
+    if code not in (0, 3):
+        return
+    folder = cell.folder(out)
+    marker = {"status": "done" if code == 0 else "diverged", "exit_code": code, "resumed": resume,
+              "wall_seconds": seconds, "argv": argv}
+    with atomic_write(os.path.join(folder, "cell.json")) as handle:
+        json.dump(marker, handle, indent=1)
+    # a finished cell keeps best.pt's weights and statistics, for evaluate, predict and visualize: not the
+    # optimiser's state, nor checkpoint.pt, which only serve to resume (0.65 GB each for the paper net with
+    # Adam, against 0.23 GB of weights)
+    best = os.path.join(folder, "best.pt")
+    if os.path.exists(best):
+        checkpoint.save(best, checkpoint.load(best).weights_only())
+    if os.path.exists(os.path.join(folder, "checkpoint.pt")):
+        os.remove(os.path.join(folder, "checkpoint.pt"))
+
+
+def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int:
+    """Train one cell in this process (resuming a killed one); write cell.json when it has ended. Returns
+    train's exit code."""
+    argv, resume = open_cell(cell, common, out, ten_crop)
     start = time.perf_counter()
     code = train.main(argv + (["--resume"] if resume else []))
-    if code in (0, 3):                  # done, or stopped on a non-finite loss (a result too)
-        marker = {"status": "done" if code == 0 else "diverged", "exit_code": code, "resumed": resume,
-                  "wall_seconds": time.perf_counter() - start, "argv": argv}
-        with atomic_write(os.path.join(folder, "cell.json")) as handle:
-            json.dump(marker, handle, indent=1)
-        # a finished cell keeps best.pt's weights and statistics, for evaluate, predict and visualize: not the
-        # optimiser's state, nor checkpoint.pt, which only serve to resume (0.65 GB each for the paper net with
-        # Adam, against 0.23 GB of weights)
-        best = os.path.join(folder, "best.pt")
-        if os.path.exists(best):
-            checkpoint.save(best, checkpoint.load(best).weights_only())
-        if os.path.exists(os.path.join(folder, "checkpoint.pt")):
-            os.remove(os.path.join(folder, "checkpoint.pt"))
+    close_cell(cell, out, code, argv, resume, time.perf_counter() - start)
     return code
+
+
+def job_devices(jobs: int, given: Optional[str]) -> List[str]:
+    """One device per job: ``given`` (D,D,...), or cuda:0..cuda:jobs-1; more jobs than GPUs is a UsageError."""
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    devices = [d.strip() for d in given.split(",") if d.strip()] if given else [f"cuda:{k}" for k in range(jobs)]
+    if len(devices) != jobs:
+        raise UsageError(f"--job-devices names {plural(len(devices), 'device')} for --jobs {jobs}: give one per job")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = sum(1 for d in devices if d.startswith("cuda"))
+    if not given and wanted > visible:
+        raise UsageError(f"--jobs {jobs} runs one cell per GPU and {plural(visible, 'GPU')} "
+                         f"{'is' if visible == 1 else 'are'} visible here: lower --jobs, or give --job-devices "
+                         f"(cpu,cpu runs two cells on the CPU)")
+    for device in devices:
+        pick_device(device)             # a device that is not here: one line, before any work
+    return devices
+
+
+def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], out: str, ten_crop: bool,
+             devices: List[str], after_each: Callable[[], None]) -> int:
+    """Train the cells ``todo`` (numbered of ``total``) as processes of their own, one per device at a time;
+    each one's output goes to its folder's train.log. A SIGINT/SIGTERM reaches every running cell, which
+    checkpoints at its step (reproduce.train); the grid then stops with that exit code."""
+    pending, running, failed, stopped = list(todo), {}, 0, 0
+
+    def forward(signum, frame):
+        nonlocal stopped
+        stopped = stopped or 128 + signum
+        for process in list(running):
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while running or (pending and not failed and not stopped):
+            while pending and devices and not failed and not stopped:
+                k, cell = pending.pop(0)
+                device = devices.pop(0)
+                argv, resume = open_cell(cell, common, out, ten_crop)
+                os.makedirs(cell.folder(out), exist_ok=True)
+                log = open(os.path.join(cell.folder(out), "train.log"), "a", encoding="utf-8")
+                process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *argv, "--device", device,
+                                            *(["--resume"] if resume else [])], stdout=log, stderr=log)
+                running[process] = (k, cell, device, argv, resume, time.perf_counter(), log)
+                print(f"[{k}/{total}] {cell.label}, seed {cell.seed}: started on {device} "
+                      f"(log: {os.path.join(cell.folder(out), 'train.log')})", file=sys.stderr)
+            time.sleep(0.2)
+            for process in [p for p in running if p.poll() is not None]:
+                k, cell, device, argv, resume, start, log = running.pop(process)
+                log.close()
+                devices.append(device)
+                code = process.returncode
+                close_cell(cell, out, code, argv, resume, time.perf_counter() - start)
+                print(f"[{k}/{total}] {cell.label}, seed {cell.seed}: ended on {device} with exit code {code}",
+                      file=sys.stderr)
+                if code in (0, 3):
+                    after_each()
+                elif code not in (130, 143):
+                    failed = failed or code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        print(f"interrupted: finished cells are kept in {out}, and the running ones resume at their step; the "
+              f"same command continues the grid", file=sys.stderr)
+        return stopped
+    if failed:
+        print(f"error: a cell stopped with exit code {failed} (its train.log says why); the finished cells are "
+              f"kept, the same command continues", file=sys.stderr)
+    return failed
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -259,6 +355,9 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         raise UsageError("--variants names no variant")
     cells = [parse_cell(label, seed) for label in labels for seed in seeds]
     ten_crop = not args.no_ten_crop
+    devices = job_devices(args.jobs, args.job_devices) if args.jobs != 1 or args.job_devices else None
+    if devices and any(flag.split("=")[0] == "--device" for flag in rest):
+        raise UsageError("with --jobs, each job's device comes from --job-devices, not --device")
     for cell in cells:                   # every cell is checked before the first one trains
         check_cell(cell, common, args.out)
     done = [finished(cell, common, args.out, ten_crop) for cell in cells]
@@ -270,6 +369,14 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
     for k, (cell, skip) in enumerate(zip(cells, done), 1):
         if skip:
             print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
+    if devices:
+        todo = [(k, cell) for k, (cell, skip) in enumerate(zip(cells, done), 1) if not skip]
+        code = run_jobs(todo, len(cells), common, args.out, ten_crop, devices,
+                        lambda: collect(cells, args.out, title, note))
+        if code:
+            return code
+    for k, (cell, skip) in enumerate(zip(cells, done), 1):
+        if skip or devices:
             continue
         print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
         code = run_cell(cell, common, args.out, ten_crop)

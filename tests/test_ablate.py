@@ -3,6 +3,10 @@ and the comparison nets it trains (Figure 1's four-layer net, torchvision's VGG-
 
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -207,9 +211,50 @@ def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
     (["--variants", "paper@batch-size=0"], "--batch-size must be at least 1"),
     (["--variants", "torchvision", "--two-gpu"], "--two-gpu needs a net split in two"),
     (["--variants", "paper@colour=red"], "does not accept these flags"),
+    (["--jobs", "2"], "--jobs 2 runs one cell per GPU and 0 GPUs are visible here"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--jobs", "2", "--job-devices", "cpu"], "--job-devices names 1 device for --jobs 2"),
+    (["--jobs", "2", "--job-devices", "cpu,cuda:3"], "no such CUDA device"),
+    (["--jobs", "2", "--job-devices", "cpu,cpu", "--device", "cpu"], "not --device"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "never"
     assert ablate.main(argv + ["--out", str(out), *TINY]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_jobs_train_cells_at_once_as_processes_of_their_own_with_the_results_of_one_at_a_time(tmp_path, capsys):
+    argv = ["--grid", "relu-tanh", "--variants", "figure1,figure1+tanh", "--no-ten-crop", *TINY]
+    assert ablate.main(argv + ["--out", str(tmp_path / "serial")]) == 0
+    assert ablate.main(argv + ["--out", str(tmp_path / "jobs"), "--jobs", "2", "--job-devices", "cpu,cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "figure1, seed 0: started on cpu" in err and "figure1+tanh, seed 0: started on cpu" in err
+    serial, jobs = (pd.read_csv(tmp_path / name / "ablation.csv").set_index("cell") for name in ("serial", "jobs"))
+    for column in ("val_top1_err", "final_val_top1_err", "epochs"):
+        assert jobs[column].to_dict() == pytest.approx(serial[column].to_dict())
+    log = (tmp_path / "jobs" / "cells" / "figure1-seed0" / "train.log").read_text()
+    assert "recipe:" in log and "done:" in log
+    assert not (tmp_path / "jobs" / "cells" / "figure1-seed0" / "checkpoint.pt").exists()       # finished
+
+
+def test_sigterm_to_a_grid_of_jobs_checkpoints_every_running_cell_and_the_same_command_continues(tmp_path):
+    out = tmp_path / "grid"
+    argv = ["--grid", "relu-tanh", "--variants", "figure1,figure1+tanh", "--no-ten-crop", "--out", str(out),
+            "--jobs", "2", "--job-devices", "cpu,cpu", *TINY[:2], "--epochs", "6", *TINY[4:]]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-m", "reproduce.ablate", *argv], cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    cells = [out / "cells" / f"{name}-seed0" for name in ("figure1", "figure1+tanh")]
+    deadline = time.time() + 300
+    while not all((c / "metrics.csv").exists() for c in cells) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)                     # to ablate alone: it passes the signal on
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert all((c / "checkpoint.pt").exists() and "stopped by SIGTERM" in (c / "train.log").read_text()
+               for c in cells)
+    assert ablate.main(argv) == 0                           # the same command finishes the grid
+    rows = pd.read_csv(out / "ablation.csv")
+    assert len(rows) == 2 and set(rows["epochs"]) == {6}
