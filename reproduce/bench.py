@@ -37,7 +37,8 @@ from paper_alexnet.data import DataError
 from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
 from paper_alexnet.cli import HelpFormatter
-from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, write_csv
+from reproduce import gpu_suite
+from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, exit_code, write_csv
 from reproduce.placement import pick_device
 
 
@@ -281,8 +282,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter,
                                      description="Measure throughput; prints a table, optionally writes CSV.")
     parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
+    parser.add_argument("--suite", choices=("gpu",), default=None,
+                        help="gpu: the CUDA tests, the models (bf16, channels-last, eager and compiled), the data "
+                             "and reproduce.train from a store on the GPU, with issue 19's targets, into --out DIR "
+                             "(reproduce/gpu_suite.py; about 8 minutes on one GPU)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="--suite gpu: the report's folder")
+    parser.add_argument("--suite-tests", default="", metavar="EXPR",
+                        help="--suite gpu: only the CUDA tests pytest -k EXPR selects (default: all)")
     add_device_flag(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per batch")
+    parser.add_argument("-b", "--batch-size", type=int, default=None,
+                        help="images per batch (default: 32; 128 with --suite gpu, §5's)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
                              "single steps on a shared machine vary by up to 20%%, and with 31 the ratios' intervals "
@@ -306,6 +315,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import pandas as pd
 
     kept = not args.system_malloc and keep_freed_memory()   # as train runs (cpu_memory.py); alike for every net
+    if args.batch_size is None:
+        args.batch_size = 128 if args.suite else 32
 
     if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
         print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
@@ -315,6 +326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         check_workers(args.workers)
+        if args.suite:
+            args.device = gpu_suite.suite_device()
         args.device = str(pick_device(args.device))
         torch.empty(0, device=args.device)
     except (UsageError, DataError) as err:
@@ -323,6 +336,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (RuntimeError, AssertionError) as err:
         print(f"error: --device {args.device} is not usable here ({str(err).splitlines()[0]})", file=sys.stderr)
         return 2
+    if args.suite:
+        return exit_code(lambda: gpu_suite.run_suite(args, bench_models, bench_data))
     threads = torch.get_num_threads()
     rows = []
     if args.only in (None, "models"):

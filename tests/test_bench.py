@@ -1,5 +1,8 @@
 """reproduce.bench: a smoke run with tiny settings checks the table's shape (never the timings)."""
 
+import json
+
+import pytest
 import pandas as pd
 import torch
 
@@ -80,3 +83,28 @@ def test_the_data_bench_times_a_raw_store_a_jpeg_store_and_a_jpeg_folder(tmp_pat
     size = rows.loc[[w for w in rows.index if w.startswith("store bytes per image")][0], "ratio"]
     assert 0 < size < 0.5                             # a JPEG at quality 90 against 196,608 raw bytes
     assert bench.main(["--only", "data", "--quality", "0"]) == 2
+
+
+def test_the_gpu_suite_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the suite would run")
+    assert bench.main(["--suite", "gpu", "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --suite gpu needs a CUDA GPU")
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(tmp_path, monkeypatch):
+    """PAPER_ALEXNET_TEST_DEVICE=cpu: the suite's own code, end to end, with tiny settings."""
+    monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
+    out = tmp_path / "report"
+    assert bench.main(["--suite", "gpu", "--out", str(out), "--suite-tests", "deterministic", "--repeats", "1",
+                       "-b", "2", "--images", "100", "--batches", "1", "--workers", "0"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Targets (issue 19)" in report and "passed" in report
+    targets = json.loads((out / "targets.json").read_text())
+    assert [t["at_least"] for t in targets] == [0.95, 0.95, 0.9, 10000.0]
+    assert all(t["measured"] is not None and t["measured"] > 0 for t in targets)
+    assert "passed" in (out / "cuda-tests.txt").read_text()
+    rows = pd.read_csv(out / "report.csv")
+    assert set(rows["section"]) >= {"tests", "models", "data", "train"}

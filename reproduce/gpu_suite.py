@@ -1,0 +1,152 @@
+"""``python -m reproduce.bench --suite gpu --out DIR``: the one command that proves the GPU path (issue 19).
+
+It runs, on the first CUDA GPU: the tests marked ``cuda`` (tests/test_cuda.py), the model bench with bf16
+autocast and channels-last, eager and compiled, against a bf16 matrix-multiply peak, the data bench, and
+``reproduce.train`` for one epoch from a JPEG store; then writes DIR/report.md (the figures, and each target
+of issue 19 with its measured value) and DIR/report.csv (every row). Sized to finish within about 8 minutes
+on one GPU.
+
+PAPER_ALEXNET_TEST_DEVICE=cpu runs it on the CPU: a dry run of the suite's own code (the tests do this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List
+
+import torch
+
+import paper_alexnet
+from paper_alexnet.atomic import atomic_write
+from reproduce.args import UsageError, write_csv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = (   # issue 19: (what, how it is read from the rows, at least)
+    ("paper net training img/s vs torchvision's, same run (bf16, channels-last)", "vs_torchvision", 0.95),
+    ("two towers on one GPU vs the grouped net, training img/s", "towers_vs_grouped", 0.95),
+    ("reproduce.train from a JPEG store vs the bench's synthetic-input rate", "train_vs_bench", 0.90),
+    ("paper net training img/s on this GPU (goal on one H100/H200)", "paper_train_images_per_s", 10000.0),
+)
+
+
+def suite_device() -> str:
+    """The device the suite runs on; a UsageError (one line, exit 2) where there is no GPU."""
+    device = os.environ.get("PAPER_ALEXNET_TEST_DEVICE", "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--suite gpu needs a CUDA GPU, and none is visible here (torch.cuda.is_available() is "
+                         "False); on a CPU: python -m reproduce.bench")
+    return device
+
+
+def _tests(device: str, out: str, select: str) -> dict:
+    env = dict(os.environ, PAPER_ALEXNET_TEST_DEVICE=device)
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+               os.path.join(ROOT, "tests", "test_cuda.py")] + (["-k", select] if select else [])
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    with atomic_write(os.path.join(out, "cuda-tests.txt")) as handle:
+        handle.write(done.stdout + done.stderr)
+    lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
+    return {"section": "tests", "what": lines[-1].strip("= ") if lines else "no output", "exit_code": done.returncode,
+            "seconds": time.perf_counter() - start}
+
+
+def _train_from_store(args: argparse.Namespace, device: str, tmp: str) -> dict:
+    """One epoch of reproduce.train from a JPEG store of the synthetic set: its img/s and data wait."""
+    images = max(4 * args.batch_size, 64)
+    store, run = os.path.join(tmp, "store"), os.path.join(tmp, "run")
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=os.path.join(tmp, "cache"))
+    spec = f"synthetic?classes=10&train={images}&val={args.batch_size}"
+    for command in (["reproduce.prepare", "--data", spec, "--out", store, "--format", "jpeg", "--quiet",
+                     "--workers", str(args.workers)],
+                    ["reproduce.train", "--data", f"store:{store}", "--epochs", "1", "-b", str(args.batch_size),
+                     "--device", device, "--workers", str(args.workers), "--quiet", "--out", run,
+                     "--on-stall", "warn"] + (["--amp", "--channels-last"] if device.startswith("cuda") else [])):
+        done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode:
+            return {"section": "train", "what": f"{command[0]} failed ({done.returncode}): "
+                                                f"{done.stderr.strip().splitlines()[-1:]}"}
+    with open(os.path.join(run, "metrics.csv"), newline="") as handle:
+        row = next(csv.DictReader(handle))
+    return {"section": "train", "what": f"reproduce.train from a JPEG store, 1 epoch of {images} images, "
+                                        f"{args.workers} workers",
+            "train_images_per_s": float(row["images_per_s"]), "data_wait_s": float(row["data_wait_s"]),
+            "seconds": float(row["seconds"])}
+
+
+def _targets(rows: List[dict]) -> List[dict]:
+    models = {(r["what"], r.get("compiled")): r for r in rows if r.get("section") == "models"}
+    paper, towers = models.get(("paper", False), {}), models.get(("paper two-tower", False), {})
+    train = next((r for r in rows if r.get("section") == "train" and "train_images_per_s" in r), {})
+    value = {"vs_torchvision": paper.get("vs_torchvision"),
+             "towers_vs_grouped": (towers["train_images_per_s"] / paper["train_images_per_s"]
+                                   if towers and paper else None),
+             "train_vs_bench": (train["train_images_per_s"] / paper["train_images_per_s"]
+                                if train and paper else None),
+             "paper_train_images_per_s": max((r["train_images_per_s"] for (what, _), r in models.items()
+                                              if what == "paper"), default=None)}
+    return [{"target": what, "measured": value[key], "at_least": bound,
+             "met": None if value[key] is None else value[key] >= bound} for what, key, bound in TARGETS]
+
+
+def _markdown(rows: List[dict], columns: List[str]) -> List[str]:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
+    """The whole suite into ``args.out`` (bench_models and bench_data are reproduce.bench's sections)."""
+    device = suite_device()
+    if not args.out:
+        raise UsageError("--suite gpu writes its report into a folder: give --out DIR")
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    rows = [_tests(device, args.out, args.suite_tests)]
+    print(f"tests: {rows[0]['what']}", file=sys.stderr)
+    for compiled in (False, True) if device.startswith("cuda") else (False,):     # a CPU dry run: eager only
+        models = argparse.Namespace(**{**vars(args), "device": device, "amp": device.startswith("cuda"),
+                                       "channels_last": True, "compile": compiled})
+        rows += [dict(r, compiled=compiled) for r in bench_models(models)]
+    rows += bench_data(argparse.Namespace(**{**vars(args), "device": device}))
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.append(_train_from_store(args, device, tmp))
+    targets = _targets(rows)
+    minutes = (time.perf_counter() - start) / 60
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "CPU"
+    lines = [f"# The GPU path on {name}", "",
+             f"`python -m reproduce.bench --suite gpu --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
+             f"{paper_alexnet.__version__}, torch {torch.__version__}, CUDA {torch.version.cuda}, batch "
+             f"{args.batch_size}, {args.repeats} repetitions.", "",
+             "## Tests (cuda marker)", "", f"{rows[0]['what']} (exit code {rows[0]['exit_code']}; "
+                                            f"cuda-tests.txt has the output)", "",
+             "## Targets (issue 19)", ""] + _markdown(targets, ["target", "measured", "at_least", "met"])
+    lines += ["", "## Models (bf16 autocast, channels-last)", ""] + _markdown(
+        [r for r in rows if r.get("section") == "models"],
+        ["what", "compiled", "train_images_per_s", "infer_images_per_s", "utilisation", "vs_torchvision",
+         "train_memory_mb"])
+    lines += ["", "## Data and training from a store", ""] + _markdown(
+        [r for r in rows if r.get("section") in ("data", "train")],
+        ["what", "images_per_s", "ratio", "train_images_per_s", "data_wait_s"])
+    with atomic_write(os.path.join(args.out, "report.md")) as handle:
+        handle.write("\n".join(lines) + "\n")
+    write_csv(rows, os.path.join(args.out, "report.csv"))
+    with atomic_write(os.path.join(args.out, "targets.json")) as handle:
+        json.dump(targets, handle, indent=1)
+    print("\n".join(lines))
+    print(f"wrote {args.out}/report.md, report.csv, targets.json, cuda-tests.txt ({minutes:.1f} minutes)",
+          file=sys.stderr)
+    return 0 if rows[0]["exit_code"] == 0 else 1

@@ -1,0 +1,178 @@
+"""The GPU path (issue 19), marked ``cuda``: collected everywhere, skipped where no GPU is, so that the README's
+test command runs them on a GPU machine (and ``python -m reproduce.bench --suite gpu`` runs them alone).
+
+PAPER_ALEXNET_TEST_DEVICE=cpu runs the same tests on the CPU (a dry run of the tests' own code where no GPU
+is; nccl becomes gloo there).
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import paper_reference as ref
+from paper_alexnet import LocalResponseNorm, TwoTowerAlexNet, build_model
+from data_fixtures import colour_image
+
+DEVICE = os.environ.get("PAPER_ALEXNET_TEST_DEVICE", "cuda")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _usable(device: str) -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_available()
+    return device == "cpu"
+
+
+GPUS = torch.cuda.device_count() if DEVICE.startswith("cuda") and torch.cuda.is_available() else 0
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not _usable(DEVICE), reason="no CUDA GPU here: the GPU path is tested where one "
+                                                             "is (python -m reproduce.bench --suite gpu)")]
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """float32 as float32: TF32 matmuls and convolutions would be the tolerance, not the code."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _activations(shape=(2, 96, 13, 13), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=gen, dtype=torch.float64) * 60.0      # ReLU-like, far from k
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 3e-2, 2e-1)])
+def test_lrn_on_the_device_is_the_section_3_3_equation_forward_and_backward(dtype, rtol, atol):
+    a64 = _activations()
+    a = a64.to(DEVICE, dtype).requires_grad_()
+    upstream = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = LocalResponseNorm(groups=2)(a)
+    assert out.dtype == dtype and out.device.type == torch.device(DEVICE).type
+    (out * upstream.to(DEVICE, dtype)).sum().backward()
+    b = a.detach().double().cpu().requires_grad_()           # the equation, at the very inputs the device saw
+    want = ref.lrn(b, groups=2)
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(out.double().cpu(), want.detach(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(a.grad.double().cpu(), b.grad, rtol=rtol, atol=atol * 0.1)
+
+
+def test_lrn_on_the_device_is_deterministic_under_deterministic_algorithms():
+    grads = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            a = _activations().to(DEVICE, torch.float32).requires_grad_()
+            LocalResponseNorm(groups=2)(a).square().sum().backward()
+            grads.append(a.grad.cpu())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(grads[0], grads[1])
+
+
+def _net(variant="paper+no-dropout"):
+    torch.manual_seed(0)
+    return build_model(variant, num_classes=10, init="he")
+
+
+def test_the_paper_net_forward_and_backward_on_the_device_equal_the_cpu():
+    cpu = _net()
+    dev = _net().to(DEVICE)
+    x = torch.randn(4, 3, 227, 227, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([1, 4, 7, 9])
+    out_cpu, out_dev = cpu(x), dev(x.to(DEVICE))
+    assert out_cpu.std() > 0.1
+    torch.testing.assert_close(out_dev.cpu(), out_cpu, rtol=1e-4, atol=1e-4)
+    torch.nn.functional.cross_entropy(out_cpu, y).backward()
+    torch.nn.functional.cross_entropy(out_dev, y.to(DEVICE)).backward()
+    for name in ("conv1", "conv2", "conv5", "fc6", "fc8"):
+        g_cpu, g_dev = getattr(cpu, name).weight.grad, getattr(dev, name).weight.grad.cpu()
+        torch.testing.assert_close(g_dev, g_cpu, rtol=1e-3, atol=1e-3 * float(g_cpu.abs().max()), msg=name)
+
+
+def _step(model, x, y, amp=False, channels_last=False):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+def test_a_training_step_with_bf16_channels_last_and_compile_is_finite_and_close_to_float32_eager():
+    x = torch.randn(8, 3, 227, 227, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    y = torch.arange(8).to(DEVICE) % 10
+    eager = _net().to(DEVICE)
+    want = _step(eager, x, y)
+    fast = _net().to(DEVICE).to(memory_format=torch.channels_last)
+    got = _step(torch.compile(fast), x, y, amp=True, channels_last=True)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=0.05)
+    for (name, a), b in zip(eager.named_parameters(), fast.parameters()):
+        assert torch.isfinite(b).all(), name
+        step = float((a.detach() - _net().to(DEVICE).state_dict()[name]).abs().max())
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=0.1 * step + 1e-6, msg=name)
+
+
+@pytest.mark.parametrize("pair", [(f"{DEVICE}", f"{DEVICE}"), ("cuda:0", "cuda:1")])
+def test_the_two_towers_on_the_device_equal_the_grouped_net(pair):
+    if pair[1] == "cuda:1" and GPUS < 2:
+        pytest.skip("one GPU: the towers on two GPUs need two")
+    grouped = _net()
+    towers = TwoTowerAlexNet.from_grouped(_net(), devices=pair)
+    x = torch.randn(3, 3, 227, 227, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(towers(x.to(pair[0])).cpu(), grouped(x), rtol=1e-4, atol=1e-4)
+
+
+TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
+        "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.001", "--device", DEVICE]
+
+
+def _train(args, env, processes=0):
+    launch = (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes
+              else [])
+    done = subprocess.run([sys.executable, *launch, "-m", "reproduce.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_data_parallel_on_the_device_equals_one_process(tmp_path, processes):
+    if processes > max(GPUS, 1) or (processes > 1 and not DEVICE.startswith("cuda")):
+        pytest.skip(f"{processes} processes need {processes} GPUs")
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    args = [w for w in TINY if w not in ("--device", DEVICE)] + ["--device", "cuda" if GPUS else DEVICE]
+    _train(args + ["--out", str(tmp_path / "single")], env)
+    _train(args + ["--out", str(tmp_path / "ddp")], env, processes)
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["processes"] == processes
+    with open(tmp_path / "single" / "metrics.csv") as a, open(tmp_path / "ddp" / "metrics.csv") as b:
+        for x, y in zip(csv.DictReader(a), csv.DictReader(b)):
+            for key in ("train_loss", "val_loss", "val_top1_err"):
+                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-3, abs=1e-5), key
+
+
+def test_prepare_train_evaluate_predict_on_the_device_from_a_store(tmp_path, monkeypatch, capsys):
+    from reproduce import evaluate, predict, prepare, train
+
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    store, out = tmp_path / "store", tmp_path / "run"
+    assert prepare.main(["--data", "synthetic?classes=4&train=16&val=8", "--out", str(store), "--format", "jpeg",
+                         "--quiet", "--workers", "0"]) == 0
+    assert train.main([*TINY[2:], "--data", f"store:{store}", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["devices"][0].startswith(torch.device(DEVICE).type)
+    assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--device", DEVICE, "--ten-crop"]) == 0
+    colour_image(5, size=(300, 200)).save(tmp_path / "photo.jpg")
+    assert predict.main([str(tmp_path / "photo.jpg"), "--checkpoint", str(out / "best.pt"), "--device", DEVICE]) == 0
+    assert "photo.jpg" in capsys.readouterr().out
