@@ -116,6 +116,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.recipe_reason = f"--recipe auto on {kind} data" if args.recipe == "auto" else f"--recipe {args.recipe}"
     if args.recipe == "auto":
         args.recipe = defaults.recipe
+    if args.schedule is None:
+        args.schedule = defaults.schedule               # None: the recipe's
     args.from_recipe = [name for name in ("optimizer", "lr", "schedule") if getattr(args, name) is None]
     fill_from_recipe(args)
     args.on_stall = defaults.on_stall if args.on_stall is None else args.on_stall
