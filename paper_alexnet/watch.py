@@ -58,12 +58,14 @@ class LearningWatch:
         self.first: Optional[float] = None
         self.steps = 0
         self.told = {"stall": False, "blow-up": False}
-        self.last: Optional[Verdict] = None
+        self.stall: Optional[Verdict] = None
         self.blown: Optional[tuple] = None     # (step, loss) of the blow-up
 
     def step(self, loss: float, hits: int, images: int) -> Optional[Verdict]:
-        self.last = self._judge(loss, hits, images)
-        return self.last
+        verdict = self._judge(loss, hits, images)
+        if verdict is not None and verdict.kind == "stall":
+            self.stall = verdict        # kept: under data parallelism the run stops a step later
+        return verdict
 
     def _judge(self, loss: float, hits: int, images: int) -> Optional[Verdict]:
         self.steps += 1

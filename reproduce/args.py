@@ -93,9 +93,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     group.add_argument("--no-flip", action="store_true", help="no random horizontal reflections (§4.1)")
     group.add_argument("--no-pca", action="store_true", help="no PCA lighting (§4.1)")
     group.add_argument("--pca-sigma", type=float, default=paper.PCA_SIGMA, help="std of the PCA lighting a_i (§4.1)")
-    group.add_argument("--mean", choices=MEAN_MODES, default="image",
+    group.add_argument("--mean", choices=MEAN_MODES, default=None,
                        help="what to subtract: the training set's mean image (§2), its per-channel mean, "
-                            "torchvision's ImageNet mean/std (for torchvision weights), or nothing")
+                            "torchvision's ImageNet mean/std (for torchvision weights), or nothing (default: "
+                            "image; torchvision when --pretrained weights were trained that way)")
     add_workers_flag(group)
     return group
 
@@ -111,6 +112,6 @@ def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
     check_workers(args.workers)
     try:
         return Augment(crop=crop, flip=not args.no_flip, pca=not args.no_pca, pca_sigma=args.pca_sigma,
-                       mean=args.mean)
+                       mean=args.mean or "image")
     except ValueError as err:
         raise DataError(str(err)) from None

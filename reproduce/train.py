@@ -271,6 +271,10 @@ def match_recipe_to_weights(args: argparse.Namespace, expected: str) -> None:
         return "torchvision" if args.mean == "torchvision" else (
             "unit std" if recipes.RECIPES[recipe].unit_std else "raw")
 
+    if expected == "torchvision" and args.mean is None:            # the input torchvision's weights learned on
+        args.mean = "torchvision"
+        args.recipe_reason += f", with --mean torchvision for --pretrained weights trained on {INPUTS[expected]}"
+        return
     if run_input(args.recipe) == expected:
         return
     if expected != "torchvision" and args.mean != "torchvision" and args.recipe_reason.startswith("--recipe auto"):
@@ -523,7 +527,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
                "train_top1_err": result["train_top1_err"], "val_loss": val["loss"],
                "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
                "images_per_s": result["images"] / max(result["seconds"], 1e-9), "seconds": result["seconds"],
-               "data_wait_s": result["data_seconds"],
+               "data_wait_s": round(result["data_seconds"], 3),          # to the millisecond: what it means
                "skipped_files": progress.skipped + val["skipped_files"]}
         rows.append(row)
         progress = EpochProgress()
@@ -562,7 +566,7 @@ STALLED = 4     # the exit status of a run that --on-stall stop ended
 def _stalled(ctx: Context, net: Net, watch: LearningWatch) -> int:
     why = ("§5's init stalls like this on small data sets (BVLC/caffe#401, docs/training.md)"
            if ctx.args.recipe == "paper" and net.alexnet else "the learning rate is too high or too low here")
-    ctx.say(f"stopped at step {watch.steps}: {watch.last.text}; {why}. Run instead: {avoiding_command(ctx, net)}"
+    ctx.say(f"stopped at step {watch.stall.step} of the run: {watch.stall.text}; {why}. Run instead: {avoiding_command(ctx, net)}"
             f"   (this run's checkpoint is in {ctx.args.out}; to go on watching it: the same command with --resume "
             f"--on-stall warn)")
     return STALLED

@@ -111,12 +111,12 @@ def test_pretrained_takes_a_checkpoint_or_torchvision_weights_and_refuses_anothe
              for prefix, name in TORCHVISION_NAMES.items() for part in ("weight", "bias")}
     torch.save(state, tmp_path / "alexnet-owt.pth")
     assert train.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "tv"), "--variant", "torchvision",
-                              "--pretrained", str(tmp_path / "alexnet-owt.pth")]) == 0
+                              "--pretrained", str(tmp_path / "alexnet-owt.pth"), "--mean", "torchvision"]) == 0
     capsys.readouterr()
-    assert train.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "wrong"),
+    assert train.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "wrong"), "--mean", "torchvision",
                               "--pretrained", str(tmp_path / "alexnet-owt.pth")]) == 2       # into the paper net
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--pretrained" in errors[0] and not (tmp_path / "wrong").exists()
+    assert len(errors) == 1 and "variant 'torchvision'" in errors[0] and not (tmp_path / "wrong").exists()
 
 
 def _no_space(*args, **kwargs):

@@ -117,9 +117,24 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert ranks[0] == ranks[1] == {"steps": 3, "stopped": True, "seen": 12}     # 3 global batches of 4, not 6
 
 
+def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoint(tmp_path):
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    args = [a if a != "synthetic?classes=4&train=16&val=8" else "synthetic?classes=4&train=48&val=8" for a in ARGS]
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "reproduce.train", *args, "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    # §5's recipe leaps at step 5 here and is at chance at step 10, the deadline: every rank stops, exit 4
+    assert done.returncode != 0 and "exitcode  : 4" in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("stopped at step 10 of the run:") == 1 and "AttributeError" not in done.stderr
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)           # 6 steps an epoch: epoch 2, step 4+
+    assert saved["epoch"] == 1 and saved["step"] >= 4
+
+
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(tmp_path):
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     args = [a if a != "synthetic?classes=4&train=16&val=8" else "synthetic?classes=4&train=48&val=8" for a in ARGS]
+    args += ["--on-stall", "warn"]          # §5's recipe at lr 0.001 leaps at step 5 here: watched, not stopped
     _run(["-m", "reproduce.train", *args, "--out", str(tmp_path / "single")], env)
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -81,7 +81,7 @@ def test_auto_picks_the_recipe_whose_input_the_pretrained_weights_learned_on_and
     ("raw", ["--recipe", "quick"], "use --recipe paper"),
     ("unit", ["--recipe", "paper"], "use --recipe quick"),
     ("raw", ["--mean", "torchvision"], "drop --mean torchvision"),
-    ("torchvision", ["--variant", "torchvision"], "add --mean torchvision"),
+    ("torchvision", ["--variant", "torchvision", "--mean", "image"], "add --mean torchvision"),
 ])
 def test_a_recipe_that_would_feed_pretrained_weights_another_input_is_refused_before_any_work(
         tmp_path, capsys, weights, flags, remedy):
@@ -98,3 +98,18 @@ def test_a_recipe_that_would_feed_pretrained_weights_another_input_is_refused_be
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --pretrained") and err[0].endswith(remedy)
     assert not out.exists()
+
+
+def test_torchvision_weights_without_a_mean_get_torchvision_normalisation_and_the_run_says_so(tmp_path, capsys):
+    import torchvision
+
+    path = str(tmp_path / "alexnet-owt-7be5be79.pth")
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    out = tmp_path / "run"
+    assert train.main(["--data", "synthetic?classes=4&train=8&val=4", "-b", "4", "--epochs", "1", "--workers", "0",
+                       "--quiet", "--variant", "torchvision", "--pretrained", path, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["augment"]["mean"] == "torchvision" and config["args"]["mean"] == "torchvision"
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("recipe:")][0]
+    assert "with --mean torchvision for --pretrained weights trained on ImageNet's mean and std" in line
+    assert "pixels normalised by ImageNet's mean and std (torchvision)" in line

@@ -287,7 +287,7 @@ def test_a_stalled_run_stops_by_the_deadline_keeps_its_checkpoint_and_names_the_
     assert train.main(_stuck(tmp_path) + ["--epochs", "2", "--out", str(out)]) == train.STALLED
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("stopped at step")]
-    assert len(line) == 1 and "stopped at step 10:" in line[0] and "chance 25.0%" in line[0]
+    assert len(line) == 1 and "stopped at step 10 of the run:" in line[0] and "chance 25.0%" in line[0]
     saved = checkpoint.load(str(out / "checkpoint.pt"))               # nothing lost: --resume continues
     assert (saved.epoch, saved.step) == (0, 10)
     command = line[0].split("Run instead: ")[1].split("   (")[0]
