@@ -222,3 +222,19 @@ def test_prepare_refuses_a_bad_quality_or_format_before_any_work(fruit, tmp_path
         assert prepare.main(["--data", f"folder:{root}", "--out", str(tmp_path / "s"), "--quiet", *flags]) == 2
         assert "--quality must be between 1 and 100" in capsys.readouterr().err
         assert not (tmp_path / "s").exists()
+
+
+def test_a_jpeg_store_made_by_workers_after_torch_has_run_does_not_hang(tmp_path):
+    """The bench computes statistics with torch before it prepares: workers forked after that must not run torch
+    ops (they hung in the JPEG encoder); a subprocess with a timeout, so that a hang fails instead of stalling."""
+    script = textwrap.dedent(f"""
+        import torch
+        from paper_alexnet.data import prepare_store, synthetic_source, parse_spec
+        torch.mm(torch.randn(512, 512), torch.randn(512, 512)).sum()          # the thread pool has run
+        data = synthetic_source(parse_spec("synthetic?classes=3&train=12&val=3"))
+        prepare_store(data.spec, data.classes, data.splits, {str(tmp_path / 'store')!r}, workers=2,
+                      progress=False, encoding="jpeg")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Store(str(tmp_path / "store")).encoding == "jpeg"

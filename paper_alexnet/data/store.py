@@ -21,6 +21,7 @@ an unreadable file, never a crash.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -29,6 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import paper
 from ..atomic import atomic_write
@@ -192,9 +194,10 @@ def _load_one(job):
         return None, (err.path, err.reason)
     if _WORKER["quality"] is None:
         return image, None
-    from torchvision.io import encode_jpeg
-
-    return encode_jpeg(torch.from_numpy(np.ascontiguousarray(image)), quality=_WORKER["quality"]).numpy(), None
+    # PIL, not torch: a worker forked from a process whose torch thread pool has run would hang in a torch op
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(buffer, "JPEG", quality=_WORKER["quality"])
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8), None
 
 
 class _RawWriter:
