@@ -39,10 +39,16 @@ def deadline(steps_per_epoch: int, total_steps: int) -> int:
     return max(MIN_STEPS, min(steps_per_epoch, math.ceil(0.1 * total_steps)))
 
 
-def at_chance(hits: int, images: int, classes: int) -> bool:
-    """The batches' top-1 hits are not above a guesser's by two standard deviations."""
+def chance_margin(classes: int, images: int) -> float:
+    """Two standard deviations of a guesser's hit (or error) rate over ``images``: how far a rate must be from
+    chance to say the net has left it (here, and for optim.PlateauSchedule)."""
     p = 1 / classes
-    return hits / max(images, 1) <= p + 2 * math.sqrt(p * (1 - p) / max(images, 1))
+    return 2 * math.sqrt(p * (1 - p) / max(images, 1))
+
+
+def at_chance(hits: int, images: int, classes: int) -> bool:
+    """The batches' top-1 hits are not above a guesser's by chance_margin."""
+    return hits / max(images, 1) <= 1 / classes + chance_margin(classes, images)
 
 
 class LearningWatch:
@@ -53,46 +59,39 @@ class LearningWatch:
     def __init__(self, classes: int, steps_per_epoch: int, total_steps: int):
         self.classes, self.chance_loss = classes, math.log(classes)
         self.deadline = deadline(steps_per_epoch, total_steps)
-        self.window = max(MIN_STEPS, min(WINDOW, self.deadline))
+        self.window = min(WINDOW, self.deadline)
         self.recent: deque = deque(maxlen=self.window)
         self.first: Optional[float] = None
         self.steps = 0
-        self.told = {"stall": False, "blow-up": False}
-        self.stall: Optional[Verdict] = None
-        self.blown: Optional[tuple] = None     # (step, loss) of the blow-up
+        self.blown: Optional[tuple] = None      # (step, loss) of the blow-up
+        self.stall: Optional[Verdict] = None    # kept: under data parallelism the run stops a step later
 
     def step(self, loss: float, hits: int, images: int) -> Optional[Verdict]:
-        verdict = self._judge(loss, hits, images)
-        if verdict is not None and verdict.kind == "stall":
-            self.stall = verdict        # kept: under data parallelism the run stops a step later
-        return verdict
-
-    def _judge(self, loss: float, hits: int, images: int) -> Optional[Verdict]:
         self.steps += 1
         self.first = loss if self.first is None else self.first
         self.recent.append((loss, hits, images))
-        ceiling = BLOW_UP * max(self.first, self.chance_loss)
-        if loss > ceiling and not self.told["blow-up"]:
-            self.told["blow-up"], self.blown = True, (self.steps, loss)
+        if self.blown is None and loss > BLOW_UP * max(self.first, self.chance_loss):
+            self.blown = (self.steps, loss)
             return Verdict("blow-up", self.steps,
                            f"the loss jumped to {loss:.2f} (it started at {self.first:.2f}): "
                            f"the learning rate is too high for this net and data")
-        if self.told["stall"] or len(self.recent) < self.window:
-            return None
+        if self.stall is None and len(self.recent) == self.window:
+            self.stall = self._stalled()
+            return self.stall
+        return None
+
+    def _stalled(self) -> Optional[Verdict]:
         hits, images = sum(h for _, h, _ in self.recent), sum(n for _, _, n in self.recent)
+        if not at_chance(hits, images, self.classes):
+            return None
         right = f"{100 * hits / images:.1f}% right, chance {100 / self.classes:.1f}%"
-        if self._uniform() and at_chance(hits, images, self.classes):
-            self.told["stall"] = True
+        if all(abs(loss - self.chance_loss) <= LOSS_TOLERANCE * self.chance_loss for loss, _, _ in self.recent):
             return Verdict("stall", self.steps,
                            f"the loss has stayed at ln({self.classes}) = {self.chance_loss:.3f} for the last "
                            f"{self.window} steps, and their batches are at chance ({right}): the net outputs the "
                            f"uniform distribution")
-        if self.steps == self.deadline and self.blown is not None and at_chance(hits, images, self.classes):
-            self.told["stall"] = True
+        if self.steps == self.deadline and self.blown is not None:
             return Verdict("stall", self.steps,
                            f"the loss blew up at step {self.blown[0]} (to {self.blown[1]:.2f}) and the net is "
                            f"still at chance at step {self.steps} ({right} in the last {self.window} steps)")
         return None
-
-    def _uniform(self) -> bool:
-        return all(abs(loss - self.chance_loss) <= LOSS_TOLERANCE * self.chance_loss for loss, _, _ in self.recent)

@@ -42,7 +42,7 @@ from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_o
 from paper_alexnet.networks import OTHER_NETS, Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
-from paper_alexnet.watch import LearningWatch
+from paper_alexnet.watch import LearningWatch, chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
 from reproduce import recipes
 from reproduce.args import UsageError, add_data_arguments, add_reading_flags, augment_from_args, exit_code
@@ -337,11 +337,11 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     trained = distributed.wrap(model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first)
     optimizer = build_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad],
                                 args.lr, args.momentum, args.wd)
-    # §5 divides when the error "stopped improving"; at chance it never started (two standard deviations of a
-    # guesser's error on this validation set is the margin by which it must have left chance)
-    chance = 1 - 1 / len(data.dataset.classes)
-    schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size, chance=chance,
-                              margin=2 * math.sqrt(chance * (1 - chance) / max(len(data.val), 1)))
+    # §5 divides when the error "stopped improving"; at chance it never started (chance_margin: how far below a
+    # guesser's error on this validation set it must be to have left chance)
+    classes = len(data.dataset.classes)
+    schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size,
+                              chance=1 - 1 / classes, margin=chance_margin(classes, len(data.val)))
     generator = torch.Generator().manual_seed(args.seed)
     if resumed is not None:
         model.load_state_dict(resumed.model)
@@ -434,11 +434,16 @@ def _save(ctx: Context, data: Data, net: Net, epoch: int, best: float, rows: Lis
     checkpoint.save(ctx.path("checkpoint.pt"), ckpt)
 
 
+def papers_init(args: argparse.Namespace, net: Net) -> bool:
+    """An AlexNet started with §5's init, the one that stalls on small data sets."""
+    return args.recipe == "paper" and net.alexnet and not args.pretrained
+
+
 def avoiding_command(ctx: Context, net: Net) -> str:
-    """The command that avoids the stall this run met: the user's own, with the recipe (or, for a recipe
-    that already starts well, the learning rate) changed, into a new --out."""
+    """The command that avoids the stall this run met: the user's own, with the recipe (or, for a run that
+    does not start from §5's init, the learning rate) changed, into a new --out."""
     args = ctx.args
-    if args.recipe == "paper" and net.alexnet and args.optimizer == "sgd":
+    if papers_init(args, net):
         change, suffix = ["--recipe", "quick"], "quick"
     else:
         change, suffix = ["--lr", f"{args.lr / 10:g}"], "lower-lr"
@@ -471,10 +476,12 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
     classes = len(data.dataset.classes)
     per_epoch = math.ceil(len(data.train) / args.batch_size)
     watch = LearningWatch(classes, per_epoch, per_epoch * args.epochs)
-    stalled = False
 
-    def halt() -> bool:                         # a signal, or a stall that --on-stall stop ends
-        return stop() or stalled
+    def stalled() -> bool:                      # a stall that --on-stall stop ends: _stalled
+        return args.on_stall == "stop" and watch.stall is not None
+
+    def halt() -> bool:                         # the step ends, is saved, and the run stops
+        return stop() or stalled()
 
     for epoch in range(start_epoch, args.epochs + 1):
         loader = BatchLoader(data.train, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
@@ -485,16 +492,11 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
                    disable=args.quiet, leave=False)
 
         def on_step(step, value, hits, images):
-            nonlocal stalled
             bar.update(1)
             rate = bar.format_dict.get("rate")                # batches/s, smoothed
             bar.set_postfix({"loss": f"{value:.3f}", **({"img/s": f"{rate * images:.0f}"} if rate else {})})
             verdict = watch.step(value, hits, images)
-            if verdict is None:
-                return
-            if verdict.kind == "stall" and args.on_stall == "stop":
-                stalled = True                    # the step ends, is saved, and the run stops: _stalled
-            elif process.main:
+            if verdict is not None and not stalled() and process.main:
                 bar.write(file=sys.stderr, s=f"warning: at step {verdict.step}: {verdict.text}" + (
                     f". It may recover, or sink to chance. Avoid it with: {avoiding_command(ctx, net)}"
                     if verdict.kind == "blow-up" else
@@ -516,7 +518,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         if progress.stopped and progress.steps < steps:            # mid-epoch: save this very step
             if process.main:
                 _save(ctx, data, net, epoch - 1, best, rows, progress)
-            if stalled:
+            if stalled():
                 return _stalled(ctx, net, watch), rows
             return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"), rows
         val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first,
@@ -551,7 +553,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
                     if row[key] is not None:
                         writer.add_scalar(key, row[key], epoch)
                 writer.flush()
-        if stalled and epoch < args.epochs:                           # at the epoch's last step
+        if stalled() and epoch < args.epochs:                           # at the epoch's last step
             return _stalled(ctx, net, watch), rows
         if distributed.all_sum([float(stop())])[0] and epoch < args.epochs:   # a signal during validation
             return _stopped(ctx, stop, f"at the end of epoch {epoch}"), rows
@@ -565,10 +567,10 @@ STALLED = 4     # the exit status of a run that --on-stall stop ended
 
 def _stalled(ctx: Context, net: Net, watch: LearningWatch) -> int:
     why = ("§5's init stalls like this on small data sets (BVLC/caffe#401, docs/training.md)"
-           if ctx.args.recipe == "paper" and net.alexnet else "the learning rate is too high or too low here")
-    ctx.say(f"stopped at step {watch.stall.step} of the run: {watch.stall.text}; {why}. Run instead: {avoiding_command(ctx, net)}"
-            f"   (this run's checkpoint is in {ctx.args.out}; to go on watching it: the same command with --resume "
-            f"--on-stall warn)")
+           if papers_init(ctx.args, net) else "the learning rate is too high or too low here")
+    ctx.say(f"stopped at step {watch.stall.step} of the run: {watch.stall.text}; {why}. Run instead: "
+            f"{avoiding_command(ctx, net)}   (this run's checkpoint is in {ctx.args.out}; to go on watching it: "
+            f"the same command with --resume --on-stall warn)")
     return STALLED
 
 
