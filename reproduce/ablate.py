@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,7 +42,8 @@ from reproduce import train
 from reproduce.args import UsageError, exit_code
 from reproduce.placement import pick_device, place
 
-DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip"}   # §4.1's augmentations, as train flags
+DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip",     # §4.1's augmentations, as train flags
+                 "no-translate": "--no-translate"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +51,21 @@ class Grid:
     cells: Tuple[str, ...]
     flags: Tuple[str, ...]     # reproduce.train flags every cell of this grid gets (before the user's)
     what: str
+    lrs: Tuple[float, ...] = ()   # a learning-rate search for each cell before its seeds (none: the flags' rate)
 
 
 GRIDS: Dict[str, Grid] = {
     "paper": Grid(("paper", "torchvision", "paper+no-lrn", "paper+pool-2x2", "one-tower", "paper+no-pca",
                    "paper+no-flip"), (),
                   "each of the paper's ablations (§3.2-§4.1) and torchvision's net against the paper net"),
-    # Figure 1: "no regularization of any kind"; a constant learning rate, so that only the unit differs.
-    "relu-tanh": Grid(("figure1", "figure1+tanh", "paper", "paper+tanh"), ("--wd", "0", "--schedule", "none"),
-                      "§3.1, Figure 1: epochs and seconds to 25% training error, ReLU against tanh"),
+    # Figure 1 (§3.1): "no regularization of any kind" (no weight decay, no random crops, flips or lighting;
+    # figure1 has no dropout), the paper's SGD at a constant rate, and "the learning rates for each network
+    # were chosen independently to make training as fast as possible": a search, factor 2 apart.
+    "relu-tanh": Grid(("figure1", "figure1+tanh"),
+                      ("--optimizer", "sgd", "--wd", "0", "--schedule", "none", "--no-translate", "--no-flip",
+                       "--no-pca"),
+                      "§3.1, Figure 1: epochs and seconds to 25% training error, ReLU against tanh, each at the "
+                      "fastest rate of a search", lrs=(0.005, 0.01, 0.02, 0.04, 0.08)),
     "baselines": Grid(("paper", "vgg11", "googlenet", "resnet18"), (),
                       "the paper net against later torchvision nets trained the same way"),
     "hparams": Grid(("paper",), (), "sweeps of epochs, batch size and learning rate around the defaults"),
@@ -116,6 +124,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="instead of the grid's variants (the grid's flags still apply): "
                              "NET[+switch...][@flag=value...], e.g. paper,paper+no-lrn,paper@lr=0.001")
     parser.add_argument("--seeds", default="0", metavar="S,S,...", help="seeds; each variant runs once per seed")
+    parser.add_argument("--lrs", default=None, metavar="LR,LR,...",
+                        help="search these learning rates for each variant first, on the first seed, each judged by "
+                             "its epochs (then seconds) to 25%% training error (Figure 1's measure); then run the "
+                             "seeds at each variant's fastest rate. Written to lr_search.csv. 'none': no search "
+                             "(default: the grid's: " + "; ".join(f"{n}: {','.join(f'{x:g}' for x in g.lrs)}"
+                                                                  for n, g in GRIDS.items() if g.lrs) + ")")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/ablate-<grid>)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"tiny settings that run the whole grid in minutes on a CPU: {' '.join(SMOKE)}")
@@ -194,18 +208,59 @@ def gather(cells: Sequence[Cell], out: str) -> Tuple[Optional[pd.DataFrame], Dic
     return (pd.DataFrame(rows, columns=list(tables.COLUMNS)) if rows else None), curves
 
 
-def collect(cells: Sequence[Cell], out: str, title: str, note: str = "") -> Optional[pd.DataFrame]:
-    """Rewrite ablation.csv, summary.csv, summary.md and ablation.png from the cells finished so far."""
+def collect(cells: Sequence[Cell], out: str, title: str, note: str = "", command: str = "") -> Optional[pd.DataFrame]:
+    """Rewrite ablation.csv, summary.csv, summary.md and ablation.png (and figure1.png when tanh cells are in the
+    grid) from the cells finished so far."""
     frame, curves = gather(cells, out)
     if frame is None:
         return None
     summary = tables.summarize(frame)
     for name, text in (("ablation.csv", tables.to_csv(frame)), ("summary.csv", tables.to_csv(summary)),
-                       ("summary.md", tables.markdown(summary, title, note))):
+                       ("summary.md", tables.markdown(summary, title, note, frame, command))):
         with atomic_write(os.path.join(out, name), newline="") as handle:
             handle.write(text)
-    tables.plot(summary, curves, os.path.join(out, "ablation.png"), title)
+    tables.plot(summary, os.path.join(out, "ablation.png"), title)
+    if any("+tanh" in label.split("@")[0] for label in curves):
+        tables.plot_figure1(curves, os.path.join(out, "figure1.png"), f"Figure 1 (§3.1): {title}")
     return frame
+
+
+def compare(frame: pd.DataFrame, common: Sequence[str], out: str, title: str, command: str) -> Optional[str]:
+    """comparison.md: the paper net beside torchvision's variant (both cells in the grid): parameters,
+    multiply-adds, training img/s from the bench run now (synthetic input, the grid's batch and device) and in
+    the grid's cells (with their data), and the errors on the same data and budget. None without both cells."""
+    from reproduce import bench
+
+    nets = (tables.BASELINE, "torchvision")
+    if not all((frame["cell"] == net).any() for net in nets):
+        return None
+    base = train.resolve(train.get_args_parser().parse_args([*common, "--out", out]))
+    options = bench.get_args_parser().parse_args(["-b", str(base.batch_size), "--device",
+                                                  str(pick_device(base.device))])
+    print(f"timing the training step of {' and '.join(nets)} (reproduce.bench, batch {base.batch_size})",
+          file=sys.stderr)
+    speeds = {row["what"]: row for row in bench.bench_models(options, only=nets)}
+    text = tables.comparison(tables.summarize(frame), frame, speeds, options, title, command)
+    with atomic_write(os.path.join(out, "comparison.md")) as handle:
+        handle.write(text)
+    return text
+
+
+def search(cells: Sequence[Cell], out: str) -> pd.DataFrame:
+    """lr_search.csv's rows: each searched cell's learning rate and its epochs and seconds to 25% training
+    error ("not reached" when it never got there in its epochs)."""
+    rows = []
+    for cell in cells:
+        row = tables.cell_row(cell.folder(out), cell.label, cell.seed, cell.switches)
+        if row is None:
+            continue
+        reached = row["status"] == "done" and not pd.isna(row["epochs_to_25"])
+        rows.append({"cell": cell.label.split("@")[0], "activation": "tanh" if "tanh" in cell.variant.split("+")
+                     else "relu", "lr": row["lr"], "seed": cell.seed,
+                     "epochs_to_25": row["epochs_to_25"] if reached else tables.NOT_REACHED,
+                     "seconds_to_25": row["seconds_to_25"] if reached else tables.NOT_REACHED,
+                     "epochs": row["epochs"], "final_train_top1_err": row["train_top1_err"], "status": row["status"]})
+    return pd.DataFrame(rows, columns=list(tables.SEARCH_COLUMNS))
 
 
 def open_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> Tuple[List[str], bool]:
@@ -321,13 +376,66 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = get_args_parser().parse_known_args(argv)
+    args.command = shlex.join(["python", "-m", "reproduce.ablate", *argv])
     try:
         return exit_code(lambda: run(args, rest))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are kept in {args.out}; the same command continues the grid",
               file=sys.stderr)
         return 130
+
+
+def train_cells(cells: Sequence[Cell], common: Sequence[str], out: str, ten_crop: bool,
+                devices: Optional[List[str]], after_each: Callable[[], None]) -> int:
+    """Train the cells not finished yet, one at a time in this process or as jobs on ``devices``; call
+    ``after_each`` when a cell has ended. Returns 0, or the exit code that stopped the grid."""
+    done = [finished(cell, common, out, ten_crop) for cell in cells]
+    for k, (cell, skip) in enumerate(zip(cells, done), 1):
+        if skip:
+            print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
+    if devices:
+        todo = [(k, cell) for k, (cell, skip) in enumerate(zip(cells, done), 1) if not skip]
+        return run_jobs(todo, len(cells), common, out, ten_crop, devices, after_each)
+    for k, (cell, skip) in enumerate(zip(cells, done), 1):
+        if skip:
+            continue
+        print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
+        code = run_cell(cell, common, out, ten_crop)
+        if code in (130, 143):           # SIGINT / SIGTERM: the cell wrote a checkpoint at its step
+            print(f"interrupted: finished cells are kept in {out}, and this one resumes at its step; the "
+                  f"same command continues the grid", file=sys.stderr)
+            return code
+        if code not in (0, 3):           # bad data or a bad flag would stop every other cell alike
+            print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
+                  f"cells are kept, the same command continues", file=sys.stderr)
+            return code
+        after_each()
+    return 0
+
+
+def parse_lrs(text: Optional[str], grid: Grid) -> Tuple[float, ...]:
+    if text is None:
+        return grid.lrs
+    if text.strip() == "none":
+        return ()
+    try:
+        lrs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--lrs takes learning rates separated by commas (or 'none'), not {text!r}") from None
+    if len(lrs) < 2 or any(not lr > 0 for lr in lrs):
+        raise UsageError(f"--lrs needs two or more positive learning rates to search, not {text!r}")
+    return lrs
+
+
+def describe(name: str, common: Sequence[str], seeds: Sequence[int]) -> str:
+    """The charts' and tables' title: the grid, the data and the seeds; the flags go under it in summary.md."""
+    data = train.get_args_parser().parse_known_args(list(common))[0].data
+    kind, _, where = data.partition(":")
+    where = where.split("?")[0].rstrip("/")
+    shown = f"{kind}:{os.path.basename(where)}" if where else kind
+    return f"{name} grid on {shown}, {plural(len(seeds), 'seed')}"
 
 
 def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -341,6 +449,7 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if not seeds:
         raise UsageError("--seeds needs at least one seed")
     grid = GRIDS[args.grid]
+    lrs = parse_lrs(args.lrs, grid)
     common = [*CELL_FLAGS, *grid.flags, *(SMOKE if args.smoke else ()), *rest]
     name = "custom" if args.variants else args.grid
     args.out = args.out or os.path.join("runs", f"ablate-{name}")
@@ -353,46 +462,56 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         labels = grid.cells
     if not labels:
         raise UsageError("--variants names no variant")
+    if lrs and any("@lr=" in label for label in labels):
+        raise UsageError("a variant with its own @lr= cannot take part in a learning-rate search: drop the @lr, or "
+                         "give --lrs none")
+    if lrs and any(flag.split("=")[0] == "--lr" for flag in rest):
+        raise UsageError("--lr is what the search chooses: give the rates to try with --lrs, or --lrs none")
+    searched = [parse_cell(f"{label}@lr={lr:g}", seeds[0]) for label in labels for lr in lrs]
     cells = [parse_cell(label, seed) for label in labels for seed in seeds]
     ten_crop = not args.no_ten_crop
     devices = job_devices(args.jobs, args.job_devices) if args.jobs != 1 or args.job_devices else None
     if devices and any(flag.split("=")[0] == "--device" for flag in rest):
         raise UsageError("with --jobs, each job's device comes from --job-devices, not --device")
-    for cell in cells:                   # every cell is checked before the first one trains
+    for cell in searched or cells:       # every cell is checked before the first one trains
         check_cell(cell, common, args.out)
-    done = [finished(cell, common, args.out, ten_crop) for cell in cells]
     os.makedirs(args.out, exist_ok=True)
-    title = f"ablation: {name} grid ({' '.join(common[len(CELL_FLAGS):]) or 'reproduce.train defaults'})"
+    title = describe(name, common, seeds)
     note = SMOKE_NOTE if args.smoke else ""
-    print(f"{plural(len(cells), 'cell')} ({plural(len(labels), 'variant')} x {plural(len(seeds), 'seed')}) "
-          f"into {args.out}", file=sys.stderr)
-    for k, (cell, skip) in enumerate(zip(cells, done), 1):
-        if skip:
-            print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
-    if devices:
-        todo = [(k, cell) for k, (cell, skip) in enumerate(zip(cells, done), 1) if not skip]
-        code = run_jobs(todo, len(cells), common, args.out, ten_crop, devices,
-                        lambda: collect(cells, args.out, title, note))
+    if searched:
+        print(f"learning-rate search: {plural(len(searched), 'cell')} ({plural(len(labels), 'variant')} x "
+              f"{plural(len(lrs), 'rate')}: {', '.join(f'{lr:g}' for lr in lrs)}; seed {seeds[0]}) into {args.out}",
+              file=sys.stderr)
+        path = os.path.join(args.out, "lr_search.csv")
+
+        def write_search():
+            with atomic_write(path, newline="") as handle:
+                handle.write(tables.to_csv(search(searched, args.out)))
+
+        code = train_cells(searched, common, args.out, ten_crop, devices and list(devices), write_search)
         if code:
             return code
-    for k, (cell, skip) in enumerate(zip(cells, done), 1):
-        if skip or devices:
-            continue
-        print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
-        code = run_cell(cell, common, args.out, ten_crop)
-        if code in (130, 143):           # SIGINT / SIGTERM: the cell wrote a checkpoint at its step
-            print(f"interrupted: finished cells are kept in {args.out}, and this one resumes at its step; the "
-                  f"same command continues the grid", file=sys.stderr)
-            return code
-        if code not in (0, 3):           # bad data or a bad flag would stop every other cell alike
-            print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
-                  f"cells are kept, the same command continues", file=sys.stderr)
-            return code
-        collect(cells, args.out, title, note)
-    frame = collect(cells, args.out, title, note)
+        write_search()
+        chosen = tables.pick_rates(pd.read_csv(path), lrs)
+        for label in labels:
+            lr, why = chosen[label.split("@")[0]]
+            print(f"{label}: lr {lr:g} ({why})", file=sys.stderr)
+        cells = [parse_cell(f"{label}@lr={chosen[label.split('@')[0]][0]:g}", seed) for label in labels
+                 for seed in seeds]
+    print(f"{plural(len(cells), 'cell')} ({plural(len(labels), 'variant')} x {plural(len(seeds), 'seed')}) "
+          f"into {args.out}", file=sys.stderr)
+    code = train_cells(cells, common, args.out, ten_crop, devices,
+                       lambda: collect(cells, args.out, title, note, args.command))
+    if code:
+        return code
+    frame = collect(cells, args.out, title, note, args.command)
     if frame is not None:
-        print(tables.markdown(tables.summarize(frame), title, note))
-    print(f"wrote {os.path.join(args.out, 'ablation.csv')}, summary.csv, summary.md, ablation.png", file=sys.stderr)
+        print(tables.markdown(tables.summarize(frame), title, note, frame, args.command))
+        compared = compare(frame, common, args.out, title, args.command)
+        if compared:
+            print(compared)
+    print(f"wrote {os.path.join(args.out, 'ablation.csv')}, summary.csv, summary.md, ablation.png"
+          + (", lr_search.csv" if searched else ""), file=sys.stderr)
     return 0
 
 

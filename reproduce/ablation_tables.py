@@ -17,6 +17,7 @@ import pandas as pd
 from paper_alexnet import paper
 from paper_alexnet.cli import FLOAT_FORMAT
 from paper_alexnet.networks import get_network, network_cost
+from reproduce import intervals
 from reproduce.figures import epoch_axis, pyplot, save
 
 # cell: the grid's label (NET[+switch...][@flag=value...]); variant: the net it trains (--variant), switches
@@ -25,6 +26,10 @@ COLUMNS = ("cell", "variant", "switches", "status", "params", "macs", "input_siz
            "seed", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "ten_crop_top1_err",
            "ten_crop_top5_err", "best_epoch", "final_val_top1_err", "epochs_to_25", "seconds_to_25",
            "images_per_s", "wall_seconds")
+# lr_search.csv: one row per searched (cell, learning rate), on the search's seed
+SEARCH_COLUMNS = ("cell", "activation", "lr", "seed", "epochs_to_25", "seconds_to_25", "epochs", "final_train_top1_err",
+                  "status")
+NOT_REACHED = "not reached"
 ERRORS = ("val_top1_err", "val_top5_err", "ten_crop_top1_err", "ten_crop_top5_err")
 BASELINE = "paper"
 
@@ -88,6 +93,29 @@ def cell_row(folder: str, label: str, seed: int, switches: str) -> Optional[dict
     return row
 
 
+def pick_rates(rows: pd.DataFrame, lrs=()) -> Dict[str, Tuple[float, str]]:
+    """Each cell's learning rate from lr_search.csv's rows: the fewest epochs to 25% training error, then the
+    fewest seconds; when no rate got there, the lowest final training error. With the searched ``lrs``, a pick
+    at the end of the range is said to be (a faster rate may lie beyond it)."""
+    chosen = {}
+    for cell, group in rows.groupby("cell", sort=False):
+        group = group.assign(e=pd.to_numeric(group["epochs_to_25"], errors="coerce"),
+                             s=pd.to_numeric(group["seconds_to_25"], errors="coerce"))
+        reached = group[group["e"].notna()]
+        if len(reached):
+            best = reached.sort_values(["e", "s", "lr"]).iloc[0]
+            why = (f"the fastest to {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error: epoch {best['e']:g}, "
+                   f"{best['s']:.0f} s")
+        else:
+            best = group.sort_values(["final_train_top1_err", "lr"]).iloc[0]
+            why = (f"no rate reached {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error; the lowest final "
+                   f"training error, {100 * best['final_train_top1_err']:.1f}%")
+        if lrs and best["lr"] in (min(lrs), max(lrs)) and len(lrs) > 1:
+            why += "; at the end of the searched range, so a faster rate may lie beyond it"
+        chosen[cell] = (float(best["lr"]), why)
+    return chosen
+
+
 def read_cells(path: str) -> List[Tuple[str, int]]:
     """The (cell label, seed) pairs of an ablation.csv, also one written before the columns were renamed
     (then ``variant`` held the label and ``net`` the variant)."""
@@ -96,9 +124,14 @@ def read_cells(path: str) -> List[Tuple[str, int]]:
     return [(str(label), int(seed)) for label, seed in zip(labels, frame["seed"])]
 
 
+def _pct(group: pd.DataFrame, key: str) -> List[float]:
+    return list(100 * group[key].astype(float))
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Per variant: seeds, mean and std (n - 1) of the errors in %, epochs/seconds to 25% training error,
-    images/s; the change of the mean errors against ``paper``; the paper's reported change."""
+    images/s; the change of the mean errors against ``paper`` with Welch's 95% interval over the seeds, and
+    whether that interval excludes zero; the paper's reported change."""
     done = rows[rows["status"] == "done"]
     out = []
     base = done[done["cell"] == BASELINE]
@@ -113,8 +146,11 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             entry[f"{key}_mean"] = group[key].astype(float).mean()
         for short, key in (("top1", "val_top1_err"), ("top5", "val_top5_err"),
                            ("ten_crop_top1", "ten_crop_top1_err"), ("ten_crop_top5", "ten_crop_top5_err")):
-            entry[f"delta_{short}_pct"] = (100 * (group[key].astype(float).mean() - base[key].astype(float).mean())
-                                           if len(base) and label != BASELINE else math.nan)
+            delta = (intervals.difference_interval(_pct(group, key), _pct(base, key))
+                     if len(base) and len(group) and label != BASELINE else intervals.NAN)
+            entry[f"delta_{short}_pct"] = delta.value
+            entry[f"delta_{short}_low"], entry[f"delta_{short}_high"] = delta.low, delta.high
+            entry[f"delta_{short}_excludes_zero"] = delta.excludes_zero
         (top1, top5), where = _reported(label)
         entry["paper_delta_top1_pct"] = math.nan if top1 is None else top1
         entry["paper_delta_top5_pct"] = math.nan if top5 is None else top5
@@ -123,14 +159,33 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def relu_speedups(summary: pd.DataFrame) -> List[Tuple[str, float]]:
-    """§3.1: for each '+tanh' variant with its ReLU twin, (twin, tanh epochs / ReLU epochs to 25%)."""
-    epochs = dict(zip(summary["cell"], summary["epochs_to_25_mean"]))
+def _head(label: str) -> str:
+    """A cell's net and switches, without its @flags (figure1+tanh@lr=0.02 -> figure1+tanh)."""
+    return label.split("@")[0]
+
+
+def relu_speedups(rows: pd.DataFrame) -> List[dict]:
+    """§3.1, Figure 1: for each '+tanh' cell with a ReLU twin (the same net and switches, each at its own
+    @flags, e.g. its own learning rate), tanh's epochs and seconds to 25% training error over ReLU's, seed by
+    seed, as a geometric mean with its 95% interval; ``missing``: seeds where one of them never got there."""
+    done = rows[rows["status"] == "done"]
+    labels = list(dict.fromkeys(done["cell"]))
     pairs = []
-    for label, value in epochs.items():
-        twin = label.replace("+tanh", "")
-        if "+tanh" in label and twin in epochs:
-            pairs.append((twin, value / epochs[twin] if epochs[twin] else math.nan))
+    for tanh in labels:
+        if "+tanh" not in _head(tanh):
+            continue
+        twins = [label for label in labels if _head(label) == _head(tanh).replace("+tanh", "")]
+        if len(twins) != 1:
+            continue
+        a = done[done["cell"] == tanh].set_index("seed")
+        b = done[done["cell"] == twins[0]].set_index("seed")
+        seeds = sorted(set(a.index) & set(b.index))
+        both = [s for s in seeds if not (math.isnan(a.loc[s, "epochs_to_25"]) or math.isnan(b.loc[s, "epochs_to_25"]))]
+        pairs.append({"relu": twins[0], "tanh": tanh, "seeds": len(seeds), "missing": len(seeds) - len(both),
+                      "epochs": intervals.ratio_interval([a.loc[s, "epochs_to_25"] for s in both],
+                                                         [b.loc[s, "epochs_to_25"] for s in both]),
+                      "seconds": intervals.ratio_interval([a.loc[s, "seconds_to_25"] for s in both],
+                                                          [b.loc[s, "seconds_to_25"] for s in both])})
     return pairs
 
 
@@ -144,19 +199,40 @@ def _signed(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:+.1f}"
 
 
+def _delta(row, short: str) -> str:
+    """'+4.0 [+0.5, +7.5]' and whether the interval excludes zero."""
+    value, low, high = row[f"delta_{short}_pct"], row[f"delta_{short}_low"], row[f"delta_{short}_high"]
+    if math.isnan(value):
+        return "–"
+    if math.isnan(low):
+        return f"{value:+.1f}"
+    return f"{value:+.1f} [{low:+.1f}, {high:+.1f}]" + (" **yes**" if row[f"delta_{short}_excludes_zero"] else " no")
+
+
+def _times(interval: intervals.Interval) -> str:
+    if math.isnan(interval.value):
+        return "–"
+    bounds = "" if math.isnan(interval.low) else f" [{interval.low:.2f}, {interval.high:.2f}]"
+    return f"{interval.value:.2f}×{bounds}"
+
+
 def to_csv(frame: pd.DataFrame) -> str:
     """A table as CSV text, floats as files hold them (cli.FLOAT_FORMAT)."""
     return frame.to_csv(index=False, float_format=FLOAT_FORMAT)
 
 
-def markdown(summary: pd.DataFrame, title: str, note: str = "") -> str:
-    """summary.md: the table a person reads, errors in %, deltas in percentage points; ``note`` (a caveat,
-    e.g. of a --smoke grid) under the title."""
-    lines = [f"# {title}", "", *([f"**{note}**", ""] if note else []),
-             "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1); Δ: change of "
-             "the mean against `paper`, in points; paper Δ: what the paper reports for the same change.", "",
-             "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 | Δ top-5 | "
-             "paper Δ top-1 / top-5 | epochs to 25% train err | img/s |",
+def markdown(summary: pd.DataFrame, title: str, note: str = "", rows: Optional[pd.DataFrame] = None,
+             command: str = "") -> str:
+    """summary.md: the table a person reads, errors in %, deltas in percentage points with their 95% interval;
+    ``note`` (a caveat, e.g. of a --smoke grid) under the title; with ``rows`` (ablation.csv) Figure 1's
+    tanh/ReLU ratios."""
+    lines = [f"# {title}", "", *([f"`{command}`", ""] if command else []), *([f"**{note}**", ""] if note else []),
+             "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1). Δ: the change of "
+             "the mean against `paper`, in points, with Welch's 95% interval over the seeds, and whether that "
+             "interval excludes zero (a change bigger than the noise between seeds). Paper Δ: what the paper "
+             "reports for the same change.", "",
+             "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 [95%], beyond noise? | "
+             "Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs to 25% train err | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         reported = "–" if not r["paper_source"] else (
@@ -166,55 +242,119 @@ def markdown(summary: pd.DataFrame, title: str, note: str = "") -> str:
             f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top5_err_pct_mean'], r['ten_crop_top5_err_pct_std'])} | "
-            f"{_signed(r['delta_top1_pct'])} | {_signed(r['delta_top5_pct'])} | {reported} | "
+            f"{_delta(r, 'top1')} | {_delta(r, 'top5')} | {reported} | "
             f"{'not reached' if math.isnan(r['epochs_to_25_mean']) else format(r['epochs_to_25_mean'], '.1f')} | "
             f"{r['images_per_s_mean']:.1f} |")
-    speedups = relu_speedups(summary)
+    speedups = relu_speedups(rows) if rows is not None else []
     if speedups:
-        lines += ["", f"§3.1, Figure 1: epochs to {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error, tanh "
-                      f"over ReLU (the paper: {paper.RELU_SPEEDUP}×):"]
-        lines += [f"- {twin}: {'not measurable (one of them never got there)' if math.isnan(x) else f'{x:.1f}×'}"
-                  for twin, x in speedups]
+        target = f"{100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}%"
+        lines += ["", f"§3.1, Figure 1: tanh's epochs (and seconds) to {target} training error over ReLU's, the "
+                      f"geometric mean over paired seeds with its 95% interval (the paper: {paper.RELU_SPEEDUP}×):",
+                  ""]
+        for pair in speedups:
+            missing = (f"; on {pair['missing']} of {pair['seeds']} seeds one of them never got to {target}, and "
+                       f"those seeds are left out" if pair["missing"] else "")
+            lines.append(f"- {pair['tanh']} over {pair['relu']}: "
+                         + ("not measurable (never both at the target on one seed)"
+                            if math.isnan(pair["epochs"].value) else
+                            f"{_times(pair['epochs'])} in epochs, {_times(pair['seconds'])} in seconds") + missing)
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str,
-         title: str) -> None:
-    """ablation.png: error bars per variant (mean ± std over seeds); with '+tanh' variants also Figure 1's
-    training-error curves against epochs and seconds."""
-    plt = pyplot()
+def comparison(summary: pd.DataFrame, rows: pd.DataFrame, speeds: Dict[str, dict], options, title: str,
+               command: str = "") -> str:
+    """comparison.md: the paper net and torchvision's variant side by side. ``speeds``: reproduce.bench's rows by
+    net name, timed with ``options`` (its parsed flags)."""
+    nets = [net for net in (BASELINE, "torchvision") if net in speeds]
+    by = summary.set_index("cell")
+    lines = [f"# The paper net against torchvision's variant: {title}", "", *([f"`{command}`", ""] if command else []),
+             f"Training img/s: reproduce.bench's step on random input (no data loading; batch "
+             f"{options.batch_size}, {options.device}, median of {options.repeats} round-robin repetitions), and "
+             f"the grid's own cells (with their data loading and evaluation). Errors in % over the grid's seeds "
+             f"(mean ± std), on the same data and budget.", "",
+             "| net | parameters | multiply-adds | input | train img/s (bench) | train img/s (grid) | top-1 | top-5 | "
+             "ten-crop top-1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for net in nets:
+        cells = rows[rows["cell"] == net]
+        r = by.loc[net]
+        lines.append(f"| {net} | {int(cells['params'].iloc[0]):,} | {int(cells['macs'].iloc[0]) / 1e6:,.0f}M | "
+                     f"{int(cells['input_size'].iloc[0])} | {speeds[net]['train_images_per_s']:.1f} | "
+                     f"{r['images_per_s_mean']:.1f} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
+                     f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
+                     f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} |")
+    if len(nets) == 2:
+        ratio = speeds[BASELINE]["train_images_per_s"] / speeds["torchvision"]["train_images_per_s"]
+        lines += ["", f"The paper net trains at {ratio:.2f}× torchvision's speed in the bench; torchvision minus "
+                      f"paper, top-1: {_delta(by.loc['torchvision'], 'top1')} (Welch's 95% interval; "
+                      f"**yes**: beyond the noise between seeds)."]
+    return "\n".join(lines) + "\n"
 
-    show_curves = any("+tanh" in label for label in curves)
-    fig, axes = plt.subplots(1, 3 if show_curves else 1, figsize=(16 if show_curves else 9, 4.5), squeeze=False)
-    bars = axes[0][0]
-    labels = list(summary["cell"])
-    width = 0.2
-    for k, (key, name) in enumerate((("val_top1_err", "top-1"), ("val_top5_err", "top-5"),
-                                     ("ten_crop_top1_err", "ten-crop top-1"), ("ten_crop_top5_err", "ten-crop top-5"))):
-        means, stds = summary[f"{key}_pct_mean"].fillna(0), summary[f"{key}_pct_std"].fillna(0)
-        bars.bar([i + (k - 1.5) * width for i in range(len(labels))], means, width, yerr=stds, capsize=3, label=name)
-    bars.set_xticks(range(len(labels)))
-    bars.set_xticklabels(labels, rotation=30, ha="right")
-    bars.set(ylabel="validation error (%)", ylim=(0, 115), title="errors (mean ± std over seeds)")
-    bars.legend(fontsize=8, ncol=4, loc="upper center")
-    bars.grid(axis="y", alpha=0.3)
-    if show_curves:
-        colours = {}
-        for label, runs in curves.items():
-            for run in runs:
-                seconds = run["seconds"].cumsum()
-                colour = colours.setdefault(label, f"C{len(colours)}")
-                style = "--" if "+tanh" in label else "-"
-                for axis, x in ((axes[0][1], run["epoch"]), (axes[0][2], seconds)):
-                    axis.plot(x, 100 * run["train_top1_err"], style, color=colour, marker="o", markersize=3,
-                              label=label if run is runs[0] else None)
-        epoch_axis(axes[0][1], [e for runs in curves.values() for run in runs for e in run["epoch"]])
-        for axis, xlabel in ((axes[0][1], "epoch"), (axes[0][2], "training seconds")):
-            axis.axhline(100 * paper.RELU_TARGET_TRAIN_ERROR, color="grey", lw=0.8)
-            axis.set(xlabel=xlabel, ylabel="training error (%)", ylim=(0, 100),
-                     title="Figure 1 (§3.1): ReLU (solid) vs tanh (dashed)")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
+
+def plot(summary: pd.DataFrame, path: str, title: str) -> None:
+    """ablation.png, read at a glance: each variant's top-1 error (mean ± std over seeds) and, beside it, its
+    change against the paper net with the 95% interval, the paper's reported change marked."""
+    plt = pyplot()
+    others = summary[summary["cell"] != BASELINE]
+    with_deltas = len(others) and summary["cell"].eq(BASELINE).any()
+    fig, axes = plt.subplots(1, 2 if with_deltas else 1, figsize=(13 if with_deltas else 7, 0.5 * len(summary) + 2),
+                             squeeze=False)
+    errors = axes[0][0]
+    ys = range(len(summary))
+    errors.barh(ys, summary["val_top1_err_pct_mean"].fillna(0), xerr=summary["val_top1_err_pct_std"].fillna(0),
+                capsize=3, color="C0")
+    errors.set_yticks(list(ys))
+    errors.set_yticklabels(summary["cell"])
+    errors.invert_yaxis()
+    errors.set(xlabel="validation top-1 error (%), mean ± std over seeds", title="error")
+    errors.grid(axis="x", alpha=0.3)
+    if with_deltas:
+        axis = axes[0][1]
+        ys = list(range(len(others)))
+        deltas = others["delta_top1_pct"]
+        spread = [(deltas - others["delta_top1_low"]).fillna(0), (others["delta_top1_high"] - deltas).fillna(0)]
+        colours = ["C3" if beyond else "C7" for beyond in others["delta_top1_excludes_zero"]]
+        axis.barh(ys, deltas.fillna(0), xerr=spread, capsize=3, color=colours, height=0.5,
+                  label="measured (95% interval over seeds)")
+        reported = others["paper_delta_top1_pct"]
+        shown = reported.notna()
+        axis.scatter(reported[shown], [y + 0.32 for y, s in zip(ys, shown) if s], marker="D", color="black",
+                     zorder=3, label="the paper's reported change")
+        axis.axvline(0, color="black", lw=0.8)
+        axis.set_yticks(ys)
+        axis.set_yticklabels(others["cell"])
+        axis.invert_yaxis()
+        axis.set(xlabel="Δ top-1 error against the paper net (points); + means worse without the feature",
+                 title="change against the paper net (red: the interval excludes 0)")
+        axis.grid(axis="x", alpha=0.3)
+        axis.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_figure1(curves: Dict[str, List[pd.DataFrame]], path: str, title: str) -> None:
+    """figure1.png, Figure 1 of §3.1: training error against epochs and against seconds, each cell one colour
+    (tanh dashed), each seed a thin line, the mean over seeds bold; the 25% target drawn."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for k, (label, runs) in enumerate(curves.items()):
+        colour, style = f"C{k}", "--" if "+tanh" in _head(label) else "-"
+        for run in runs:
+            for axis, x in ((axes[0], run["epoch"]), (axes[1], run["seconds"].cumsum())):
+                axis.plot(x, 100 * run["train_top1_err"], style, color=colour, lw=0.7, alpha=0.5)
+        together = pd.concat(runs)
+        together = together.assign(clock=pd.concat([run["seconds"].cumsum() for run in runs]))
+        mean = together.groupby("epoch")[["train_top1_err", "clock"]].mean()
+        seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
+        axes[0].plot(mean.index, 100 * mean["train_top1_err"], style, color=colour, lw=2.2,
+                     label=f"{label} (mean of {seeds})")
+        axes[1].plot(mean["clock"], 100 * mean["train_top1_err"], style, color=colour, lw=2.2)
+    epoch_axis(axes[0], [e for runs in curves.values() for run in runs for e in run["epoch"]])
+    for axis, xlabel in ((axes[0], "epochs"), (axes[1], "training seconds")):
+        axis.axhline(100 * paper.RELU_TARGET_TRAIN_ERROR, color="grey", lw=0.8)
+        axis.set(xlabel=xlabel, ylabel="training error (%)", ylim=(0, 100))
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path)

@@ -90,6 +90,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     add_data_flag(group)
     group.add_argument("--crop", type=int, default=None,
                        help="crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)")
+    group.add_argument("--no-translate", action="store_true",
+                       help="train on the centre crop: no random crop positions (§4.1's translations)")
     group.add_argument("--no-flip", action="store_true", help="no random horizontal reflections (§4.1)")
     group.add_argument("--no-pca", action="store_true", help="no PCA lighting (§4.1)")
     group.add_argument("--pca-sigma", type=float, default=paper.PCA_SIGMA, help="std of the PCA lighting a_i (§4.1)")
@@ -111,7 +113,7 @@ def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
     crop = args.crop if args.crop is not None else input_size
     check_workers(args.workers)
     try:
-        return Augment(crop=crop, flip=not args.no_flip, pca=not args.no_pca, pca_sigma=args.pca_sigma,
-                       mean=args.mean or "image")
+        return Augment(crop=crop, translate=not args.no_translate, flip=not args.no_flip, pca=not args.no_pca,
+                       pca_sigma=args.pca_sigma, mean=args.mean or "image")
     except ValueError as err:
         raise DataError(str(err)) from None

@@ -173,7 +173,9 @@ def _saved_bytes(model, x, y, amp: bool = False) -> int:
     return total
 
 
-def bench_models(args) -> list[dict]:
+def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
+    """Training and inference img/s of each net on synthetic input (no data loading), timed round robin;
+    ``only``: these nets (of the names below) and no others."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -193,6 +195,8 @@ def bench_models(args) -> list[dict]:
             "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), "")}
     if kernel == "torch ops":           # the two paper rows would be the same
         del nets["paper, LRN in torch ops"]
+    if only is not None:
+        nets = {name: nets[name] for name in only}
     native_bf16 = cuda or (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if args.amp and not native_bf16:
         print("note: this CPU has no native bfloat16 (oneDNN reports none), so --amp runs emulated and far slower "
@@ -266,13 +270,16 @@ def bench_models(args) -> list[dict]:
         return [b / a for a, b in zip(times[name][0], times[other][0])]
 
     for row in rows:
-        if row["lrn"]:
+        if row["lrn"] and "paper+no-lrn" in by:
             row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))   # 1 - step(no LRN) / step(net)
         for column, other in (("vs_torchvision", "torchvision"), ("vs_naive", "naive faithful")):
+            if other not in by:
+                continue
             paired = ratios(row["what"], other)
             row[column] = _median(paired)
             row[f"{column}_low"], row[f"{column}_high"] = median_interval(paired)     # 95% for the median
-        row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
+        if "torchvision" in by:
+            row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
     print(f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s (median over the repetitions)", file=sys.stderr)
     return rows
 

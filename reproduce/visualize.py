@@ -209,7 +209,7 @@ def curves(args) -> str:
         if frame is None:
             raise UsageError(f"{folder}: no finished cell to chart yet")
         out = args.out or f"ablation-{name}.png"
-        ablate.tables.plot(ablate.tables.summarize(frame), runs, out, f"ablation: {name}")
+        ablate.tables.plot(ablate.tables.summarize(frame), out, f"ablation: {name}")
         return out
     runs = {}
     for folder in args.run:

@@ -1,6 +1,7 @@
 """reproduce.ablate: the grid's files and schema, skipping finished cells, the summary arithmetic, bad input;
 and the comparison nets it trains (Figure 1's four-layer net, torchvision's VGG-11, GoogLeNet, ResNet-18)."""
 
+import json
 import math
 import os
 import signal
@@ -68,7 +69,8 @@ def test_comparison_nets_refuse_switches_and_the_paper_init():
 
 def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys):
     out = tmp_path / "grid"
-    argv = ["--grid", "relu-tanh", "--variants", "figure1,figure1+tanh", "--seeds", "0,1", "--out", str(out), *TINY]
+    argv = ["--grid", "relu-tanh", "--lrs", "none", "--variants", "figure1,figure1+tanh", "--seeds", "0,1", "--out",
+            str(out), *TINY]
     assert ablate.main(argv) == 0
     rows = pd.read_csv(out / "ablation.csv")
     assert list(rows.columns) == list(ablation_tables.COLUMNS)
@@ -87,7 +89,8 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["cell"]) == ["figure1", "figure1+tanh"] and list(summary["seeds"]) == [2, 2]
     assert "Figure 1" in (out / "summary.md").read_text()
-    assert _png_size(out / "ablation.png") == (1600, 450)     # bars, and the curves against epochs and seconds
+    assert _png_size(out / "ablation.png") == (700, 300)      # the errors (no paper net: no deltas)
+    assert _png_size(out / "figure1.png") == (1300, 450)      # training error against epochs and seconds
 
     # a checkpoint of a comparison net evaluates like any other
     best = out / "cells" / "figure1-seed0" / "best.pt"
@@ -127,7 +130,7 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
                                                                                      index=False)
     chart = (out / "ablation.png").read_bytes()
     assert visualize.main(["curves", "--run", str(out), "--out", str(tmp_path / "chart.png")]) == 0
-    assert _png_size(tmp_path / "chart.png") == (1600, 450)
+    assert _png_size(tmp_path / "chart.png") == (700, 300)
     assert (out / "ablation.png").read_bytes() == chart                     # reading a grid changes none of it
     assert "net" in pd.read_csv(out / "ablation.csv").columns
     assert ablate.main(argv) == 0 and capsys.readouterr().err.count("finished earlier, skipped") == 4
@@ -149,7 +152,11 @@ def test_the_default_grid_runs_in_smoke_mode(tmp_path):
     summary = pd.read_csv(out / "summary.csv").set_index("cell")
     assert summary.loc["paper+no-lrn", "paper_delta_top1_pct"] == 1.4       # §3.3, beside the measured delta
     assert summary.loc["one-tower", "paper_delta_top5_pct"] == 1.2          # §3.2
-    assert _png_size(out / "ablation.png")[0] == 900
+    assert _png_size(out / "ablation.png") == (1300, 550)    # errors, and the deltas with the paper's beside them
+    comparison = (out / "comparison.md").read_text()        # torchvision's net beside the paper's, timed now
+    for net, params in (("paper", "56,909,194"), ("torchvision", "57,044,810")):
+        assert f"| {net} | {params} |" in comparison
+    assert "trains at" in comparison and "× torchvision's speed in the bench" in comparison
 
 
 def test_summary_arithmetic_on_a_hand_made_table():
@@ -176,9 +183,78 @@ def test_summary_arithmetic_on_a_hand_made_table():
         == (1.4, 1.2)
     assert math.isnan(summary.loc["figure1", "paper_delta_top1_pct"])
     assert summary.loc["figure1", "epochs_to_25_mean"] == 5
-    assert ablation_tables.relu_speedups(summary.reset_index()) == [("figure1", 6.0)]
+    [pair] = ablation_tables.relu_speedups(rows)             # seed 0 is the only seed both ran: 30 / 4
+    assert (pair["relu"], pair["tanh"], pair["seeds"], pair["missing"]) == ("figure1", "figure1+tanh", 1, 0)
+    assert pair["epochs"].value == pytest.approx(7.5) and math.isnan(pair["epochs"].low)
+    text = ablation_tables.markdown(summary.reset_index(), "t", rows=rows)
+    assert "| paper+no-lrn | 2 | 46.0 ± 1.4 | 23.0 ± 2.8 |" in text and "figure1+tanh over figure1: 7.50×" in text
+
+
+def test_deltas_carry_welchs_interval_worked_by_hand():
+    def row(cell, seed, top1):
+        return {"cell": cell, "seed": seed, "status": "done", "val_top1_err": top1, "val_top5_err": top1 / 2,
+                "ten_crop_top1_err": top1, "ten_crop_top5_err": top1 / 2, "epochs_to_25": math.nan,
+                "seconds_to_25": math.nan, "images_per_s": 1.0}
+
+    rows = pd.DataFrame([row(cell, seed, value / 100) for cell, values in
+                         (("paper", (20, 22, 24)), ("paper+no-lrn", (25, 27, 29)), ("paper+no-pca", (21, 23, 25)))
+                         for seed, value in enumerate(values)])
+    summary = ablation_tables.summarize(rows).set_index("cell")
+    # each variance 4 over 3 seeds: se sqrt(8/3), Welch's df 4, t(0.975, 4) = 2.776 from a printed table
+    half = 2.776 * math.sqrt(8 / 3)
+    for cell, delta, beyond in (("paper+no-lrn", 5.0, True), ("paper+no-pca", 1.0, False)):
+        assert summary.loc[cell, "delta_top1_pct"] == pytest.approx(delta)
+        assert summary.loc[cell, ["delta_top1_low", "delta_top1_high"]].tolist() == pytest.approx(
+            [delta - half, delta + half], abs=2e-3)
+        assert bool(summary.loc[cell, "delta_top1_excludes_zero"]) is beyond
     text = ablation_tables.markdown(summary.reset_index(), "t")
-    assert "| paper+no-lrn | 2 | 46.0 ± 1.4 | 23.0 ± 2.8 |" in text and "- figure1: 6.0×" in text
+    assert "| +5.0 [+0.5, +9.5] **yes** |" in text and "| +1.0 [-3.5, +5.5] no |" in text
+
+
+def test_the_search_picks_the_fastest_rate_of_a_hand_made_lr_search_csv(tmp_path):
+    path = tmp_path / "lr_search.csv"
+    path.write_text("cell,activation,lr,seed,epochs_to_25,seconds_to_25,epochs,final_train_top1_err,status\n"
+                    "figure1,relu,0.005,0,8,40,20,0.1,done\n"
+                    "figure1,relu,0.01,0,7,35,20,0.1,done\n"
+                    "figure1,relu,0.02,0,7,30,20,0.1,done\n"          # as few epochs as 0.01, fewer seconds
+                    "figure1,relu,0.04,0,not reached,not reached,20,0.9,done\n"
+                    "figure1+tanh,tanh,0.005,0,12,50,20,0.1,done\n"
+                    "figure1+tanh,tanh,0.01,0,9,45,20,0.1,done\n"
+                    "figure1+tanh,tanh,0.02,0,not reached,not reached,20,0.9,diverged\n"
+                    "figure1+tanh,tanh,0.04,0,4,20,20,0.1,done\n"
+                    "paper,relu,0.005,0,not reached,not reached,2,0.6,done\n"
+                    "paper,relu,0.01,0,not reached,not reached,2,0.4,done\n"
+                    "paper,relu,0.02,0,not reached,not reached,2,0.7,done\n")
+    chosen = ablation_tables.pick_rates(pd.read_csv(path), (0.005, 0.01, 0.02, 0.04))
+    assert {cell: lr for cell, (lr, _) in chosen.items()} == {"figure1": 0.02, "figure1+tanh": 0.04, "paper": 0.01}
+    assert "epoch 7, 30 s" in chosen["figure1"][1] and "end of the searched range" not in chosen["figure1"][1]
+    assert "end of the searched range" in chosen["figure1+tanh"][1]
+    assert "no rate reached 25%" in chosen["paper"][1] and "40.0%" in chosen["paper"][1]
+
+
+def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regularization(tmp_path, capsys):
+    out = tmp_path / "figure1"
+    argv = ["--grid", "relu-tanh", "--smoke", "--seeds", "0,1", "--lrs", "0.01,0.1", "--no-ten-crop", "--out",
+            str(out), "--quiet"]
+    assert ablate.main(argv) == 0
+    search = pd.read_csv(out / "lr_search.csv")
+    assert list(search.columns) == list(ablation_tables.SEARCH_COLUMNS)
+    assert sorted(zip(search["cell"], search["activation"], search["lr"], search["seed"])) == [
+        ("figure1", "relu", 0.01, 0), ("figure1", "relu", 0.1, 0), ("figure1+tanh", "tanh", 0.01, 0),
+        ("figure1+tanh", "tanh", 0.1, 0)]
+    assert set(search["epochs_to_25"]) <= {"not reached"} | {str(e) for e in range(1, 2)}
+    chosen = ablation_tables.pick_rates(search)
+    rows = pd.read_csv(out / "ablation.csv")
+    assert sorted(zip(rows["cell"], rows["seed"])) == sorted(
+        (f"{cell}@lr={chosen[cell][0]:g}", seed) for cell in ("figure1", "figure1+tanh") for seed in (0, 1))
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 2     # seed 0 at the chosen rate: searched
+    for folder in out.glob("cells/*"):                       # "no regularization of any kind" (§3.1), read back
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["args"]["wd"], config["args"]["schedule"], config["args"]["optimizer"]) == (0.0, "none", "sgd")
+        assert (config["augment"]["translate"], config["augment"]["flip"], config["augment"]["pca"]) == (False,) * 3
+        assert not any(isinstance(m, torch.nn.Dropout) for m in build_network(get_network(config["args"]["variant"])).modules())
+    assert "tanh's epochs (and seconds) to 25% training error over ReLU's" in (out / "summary.md").read_text()
+    assert _png_size(out / "figure1.png") == (1300, 450)
 
 
 def test_epochs_to_25_percent_training_error():
@@ -216,6 +292,10 @@ def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
     (["--jobs", "2", "--job-devices", "cpu"], "--job-devices names 1 device for --jobs 2"),
     (["--jobs", "2", "--job-devices", "cpu,cuda:3"], "no such CUDA device"),
     (["--jobs", "2", "--job-devices", "cpu,cpu", "--device", "cpu"], "not --device"),
+    (["--lrs", "0.01"], "two or more positive learning rates"),
+    (["--lrs", "fast,slow"], "--lrs takes learning rates"),
+    (["--grid", "relu-tanh", "--lr", "0.1"], "--lr is what the search chooses"),
+    (["--grid", "relu-tanh", "--variants", "figure1@lr=0.1"], "its own @lr= cannot take part"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "never"
@@ -225,7 +305,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, argv
 
 
 def test_jobs_train_cells_at_once_as_processes_of_their_own_with_the_results_of_one_at_a_time(tmp_path, capsys):
-    argv = ["--grid", "relu-tanh", "--variants", "figure1,figure1+tanh", "--no-ten-crop", *TINY]
+    argv = ["--grid", "relu-tanh", "--lrs", "none", "--variants", "figure1,figure1+tanh", "--no-ten-crop", *TINY]
     assert ablate.main(argv + ["--out", str(tmp_path / "serial")]) == 0
     assert ablate.main(argv + ["--out", str(tmp_path / "jobs"), "--jobs", "2", "--job-devices", "cpu,cpu"]) == 0
     err = capsys.readouterr().err
@@ -240,7 +320,8 @@ def test_jobs_train_cells_at_once_as_processes_of_their_own_with_the_results_of_
 
 def test_sigterm_to_a_grid_of_jobs_checkpoints_every_running_cell_and_the_same_command_continues(tmp_path):
     out = tmp_path / "grid"
-    argv = ["--grid", "relu-tanh", "--variants", "figure1,figure1+tanh", "--no-ten-crop", "--out", str(out),
+    argv = ["--grid", "relu-tanh", "--lrs", "none", "--variants", "figure1,figure1+tanh", "--no-ten-crop", "--out",
+            str(out),
             "--jobs", "2", "--job-devices", "cpu,cpu", *TINY[:2], "--epochs", "6", *TINY[4:]]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen([sys.executable, "-m", "reproduce.ablate", *argv], cwd=root, stdout=subprocess.DEVNULL,

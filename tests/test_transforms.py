@@ -138,3 +138,13 @@ def test_every_part_switches_from_the_command_line():
     assert off == Augment(crop=224, flip=False, pca=False, mean="channel")
     with pytest.raises(DataError, match="256"):
         augment_from_args(parser.parse_args(["--crop", "300"]), 227)
+
+
+def test_no_translate_trains_on_the_centre_crop_and_keeps_the_flip_and_lighting_draws():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    fixed = PaperTransform(_stats(size=8), Augment(crop=4, translate=False, flip=False, pca=False, mean="none"))
+    centre = images[:, :, 2:6, 2:6].float()                  # (8 - 4) // 2 = 2 on both axes
+    assert torch.equal(fixed.train(images, torch.Generator().manual_seed(0)), centre)
+    flips = PaperTransform(_stats(size=8), Augment(crop=4, translate=False, pca=False, mean="none"))
+    out = flips.train(images, torch.Generator().manual_seed(1))
+    assert all(torch.equal(o, c) or torch.equal(o, c.flip(-1)) for o, c in zip(out, centre))

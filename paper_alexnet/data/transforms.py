@@ -57,6 +57,7 @@ class Augment:
     # how a file becomes the 256x256 image at test time: "shorter" (§2: shorter side to 256, centre crop) or
     # "warp" (both sides to 256, as Caffe's convert_imageset made BVLC's training data; caffe.py)
     resize: str = "shorter"
+    translate: bool = True   # §4.1's random crop position; False: training sees the centre crop too
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -122,8 +123,11 @@ class PaperTransform:
     def draw(self, n: int, generator: Optional[torch.Generator] = None, image_size: int = paper.IMAGE_SIZE) -> dict:
         """§4.1's random choices for n images: crop offsets, reflections and the PCA coefficients a_i."""
         room = image_size - self.augment.crop + 1
-        ys = torch.randint(room, (n,), generator=generator)
-        xs = torch.randint(room, (n,), generator=generator)
+        if self.augment.translate:
+            ys = torch.randint(room, (n,), generator=generator)
+            xs = torch.randint(room, (n,), generator=generator)
+        else:
+            ys = xs = torch.full((n,), (image_size - self.augment.crop) // 2, dtype=torch.long)
         mirror = torch.rand(n, generator=generator) < 0.5 if self.augment.flip else None
         shift = None
         if self.augment.pca:
@@ -139,7 +143,7 @@ class PaperTransform:
         return self._finish(images, draw["ys"], draw["xs"], draw["mirror"], draw["shift"])
 
     def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image."""
+        """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image (those switched on)."""
         return self.apply(images, self.draw(images.shape[0], generator, images.shape[-1]))
 
     def center(self, images: torch.Tensor) -> torch.Tensor:
