@@ -209,6 +209,10 @@ def _delta(row, short: str) -> str:
     return f"{value:+.1f} [{low:+.1f}, {high:+.1f}]" + (" **yes**" if row[f"delta_{short}_excludes_zero"] else " no")
 
 
+def _to_25(row) -> str:
+    return f"{row['epochs_to_25_mean']:.1f} ({row['seconds_to_25_mean']:.0f} s)"
+
+
 def _times(interval: intervals.Interval) -> str:
     if math.isnan(interval.value):
         return "–"
@@ -232,7 +236,7 @@ def markdown(summary: pd.DataFrame, title: str, note: str = "", rows: Optional[p
              "interval excludes zero (a change bigger than the noise between seeds). Paper Δ: what the paper "
              "reports for the same change.", "",
              "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 [95%], beyond noise? | "
-             "Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs to 25% train err | img/s |",
+             "Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs (seconds) to 25% train err | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         reported = "–" if not r["paper_source"] else (
@@ -243,7 +247,7 @@ def markdown(summary: pd.DataFrame, title: str, note: str = "", rows: Optional[p
             f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top5_err_pct_mean'], r['ten_crop_top5_err_pct_std'])} | "
             f"{_delta(r, 'top1')} | {_delta(r, 'top5')} | {reported} | "
-            f"{'not reached' if math.isnan(r['epochs_to_25_mean']) else format(r['epochs_to_25_mean'], '.1f')} | "
+            f"{'not reached' if math.isnan(r['epochs_to_25_mean']) else _to_25(r)} | "
             f"{r['images_per_s_mean']:.1f} |")
     speedups = relu_speedups(rows) if rows is not None else []
     if speedups:
