@@ -327,6 +327,10 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
     each one's output goes to its folder's train.log. A SIGINT/SIGTERM reaches every running cell, which
     checkpoints at its step (reproduce.train); the grid then stops with that exit code."""
     pending, running, failed, stopped = list(todo), {}, 0, 0
+    # cells on the CPU share its cores: each gets its share of threads, or every one spins on all the cores and
+    # they run many times slower together than one after another (a user's OMP_NUM_THREADS is kept)
+    on_cpu = sum(1 for device in devices if device == "cpu")
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, on_cpu)))
 
     def forward(signum, frame):
         nonlocal stopped
@@ -344,8 +348,10 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
                 argv, resume = open_cell(cell, common, out, ten_crop)
                 os.makedirs(cell.folder(out), exist_ok=True)
                 log = open(os.path.join(cell.folder(out), "train.log"), "a", encoding="utf-8")
+                env = os.environ if device != "cpu" or "OMP_NUM_THREADS" in os.environ else \
+                    dict(os.environ, OMP_NUM_THREADS=threads)
                 process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *argv, "--device", device,
-                                            *(["--resume"] if resume else [])], stdout=log, stderr=log)
+                                            *(["--resume"] if resume else [])], stdout=log, stderr=log, env=env)
                 running[process] = (k, cell, device, argv, resume, time.perf_counter(), log)
                 print(f"[{k}/{total}] {cell.label}, seed {cell.seed}: started on {device} "
                       f"(log: {os.path.join(cell.folder(out), 'train.log')})", file=sys.stderr)

@@ -339,3 +339,26 @@ def test_sigterm_to_a_grid_of_jobs_checkpoints_every_running_cell_and_the_same_c
     assert ablate.main(argv) == 0                           # the same command finishes the grid
     rows = pd.read_csv(out / "ablation.csv")
     assert len(rows) == 2 and set(rows["epochs"]) == {6}
+
+
+def test_cpu_jobs_share_the_cores_instead_of_each_spinning_on_all(tmp_path, monkeypatch):
+    seen = []
+
+    class Finished:                                   # a train process that has already ended well
+        returncode = 0
+
+        def __init__(self, argv, env=None, **kwargs):
+            seen.append(env.get("OMP_NUM_THREADS"))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(ablate.subprocess, "Popen", Finished)
+    monkeypatch.setattr(ablate.os, "cpu_count", lambda: 8)
+    cells = [(k, ablate.parse_cell("figure1", k)) for k in (1, 2)]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert ablate.run_jobs(cells, 2, TINY, str(tmp_path / "a"), False, ["cpu", "cpu"], lambda: None) == 0
+    assert seen == ["4", "4"]                         # 8 cores, two cells on them
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")        # the user's choice is kept
+    assert ablate.run_jobs(cells, 2, TINY, str(tmp_path / "b"), False, ["cpu", "cpu"], lambda: None) == 0
+    assert seen[2:] == ["3", "3"]
