@@ -134,8 +134,9 @@ def test_every_part_switches_from_the_command_line():
     add_data_arguments(parser)
     default = augment_from_args(parser.parse_args([]), 227)
     assert default == Augment(crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image")   # the paper's
-    off = augment_from_args(parser.parse_args(["--no-pca", "--no-flip", "--crop", "224", "--mean", "channel"]), 227)
-    assert off == Augment(crop=224, flip=False, pca=False, mean="channel")
+    off = augment_from_args(parser.parse_args(["--no-pca", "--no-flip", "--no-translate", "--crop", "224", "--mean",
+                                                "channel"]), 227)
+    assert off == Augment(crop=224, flip=False, pca=False, mean="channel", translate=False)
     with pytest.raises(DataError, match="256"):
         augment_from_args(parser.parse_args(["--crop", "300"]), 227)
 
