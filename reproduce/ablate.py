@@ -4,15 +4,23 @@ Each cell of the grid is a (variant, seed) pair, trained and evaluated by
 reproduce.train with the same data, budget and flags, into ``OUT/cells/``.
 After every cell the tables are rewritten: ablation.csv (one row per cell),
 summary.csv and summary.md (mean ± std per variant, the change against
-``paper``, the paper's reported change beside it) and ablation.png. Finished
-cells are skipped on a re-run and keep best.pt (their checkpoint.pt is
-removed); a cell killed mid-way resumes from its checkpoint, so a killed grid
-continues where it stopped.
+``paper`` with its 95% interval over the seeds, the paper's reported change
+beside it) and ablation.png; with tanh cells also figure1.png (§3.1). At the
+end, with ``paper`` and ``torchvision`` in the grid, comparison.md.
+
+A grid with a learning-rate search (``--lrs``; the relu-tanh grid has its
+own, as Figure 1 chose each unit's rate) first trains each variant at each
+rate on the first seed and writes lr_search.csv, then runs the seeds at each
+variant's fastest rate.
+
+Finished cells are skipped on a re-run and keep best.pt (their checkpoint.pt
+is removed); a cell killed mid-way resumes from its checkpoint, so a killed
+grid continues where it stopped.
 
 A variant is ``NET[+switch...][@flag=value...]``: a net of reproduce.train
 (paper, torchvision, one-tower, figure1, resnet18, ...), the net's switches
-(no-lrn, pool-2x2, tanh, no-groups, no-dropout), the data switches no-pca and
-no-flip (§4.1), and reproduce.train flags for that cell alone, e.g.
+(no-lrn, pool-2x2, tanh, no-groups, no-dropout), the data switches no-pca,
+no-flip and no-translate (§4.1), and reproduce.train flags for that cell alone, e.g.
 ``paper@lr=0.001@batch-size=64``.
 """
 
