@@ -153,6 +153,9 @@ def test_the_default_grid_runs_in_smoke_mode(tmp_path):
     assert summary.loc["paper+no-lrn", "paper_delta_top1_pct"] == 1.4       # §3.3, beside the measured delta
     assert summary.loc["one-tower", "paper_delta_top5_pct"] == 1.2          # §3.2
     assert _png_size(out / "ablation.png") == (1300, 550)    # errors, and the deltas with the paper's beside them
+    title, _, command = (out / "summary.md").read_text().splitlines()[:3]
+    assert title == "# paper grid on synthetic, 1 seed"      # the chart's title too: no flags in it
+    assert command == f"`python -m reproduce.ablate --smoke --out {out} --quiet`"   # they are under it
     comparison = (out / "comparison.md").read_text()        # torchvision's net beside the paper's, timed now
     for net, params in (("paper", "56,909,194"), ("torchvision", "57,044,810")):
         assert f"| {net} | {params} |" in comparison
