@@ -327,7 +327,7 @@ def plot(summary: pd.DataFrame, path: str, title: str) -> None:
         axis.set_yticks(ys)
         axis.set_yticklabels(others["cell"])
         axis.invert_yaxis()
-        axis.set(xlabel="Δ top-1 error against the paper net (points); + means worse without the feature",
+        axis.set(xlabel="Δ top-1 error against the paper net (points; +: worse)",
                  title="change against the paper net (red: the interval excludes 0)")
         axis.grid(axis="x", alpha=0.3)
         axis.legend(fontsize=8, loc="best")
