@@ -288,9 +288,12 @@ def comparison(summary: pd.DataFrame, rows: pd.DataFrame, speeds: Dict[str, dict
                      f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} |")
     if len(nets) == 2:
         ratio = speeds[BASELINE]["train_images_per_s"] / speeds["torchvision"]["train_images_per_s"]
-        lines += ["", f"The paper net trains at {ratio:.2f}× torchvision's speed in the bench; torchvision minus "
-                      f"paper, top-1: {_delta(by.loc['torchvision'], 'top1')} (Welch's 95% interval; "
-                      f"**yes**: beyond the noise between seeds)."]
+        tv = by.loc["torchvision"]
+        lines += ["", f"The paper net trains at {ratio:.2f}× torchvision's speed in the bench."]
+        if not math.isnan(tv["delta_top1_low"]):
+            lines[-1] += (f" torchvision's top-1 error minus the paper net's: {tv['delta_top1_pct']:+.1f} points, "
+                          f"95% interval [{tv['delta_top1_low']:+.1f}, {tv['delta_top1_high']:+.1f}] (Welch): "
+                          f"{'beyond' if tv['delta_top1_excludes_zero'] else 'within'} the noise between seeds.")
     return "\n".join(lines) + "\n"
 
 
