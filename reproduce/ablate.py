@@ -227,9 +227,7 @@ def collect(cells: Sequence[Cell], out: str, title: str, note: str = "", command
                        ("summary.md", tables.markdown(summary, title, note, frame, command))):
         with atomic_write(os.path.join(out, name), newline="") as handle:
             handle.write(text)
-    tables.plot(summary, os.path.join(out, "ablation.png"), title)
-    if any("+tanh" in label.split("@")[0] for label in curves):
-        tables.plot_figure1(curves, os.path.join(out, "figure1.png"), f"Figure 1 (§3.1): {title}")
+    tables.charts(summary, curves, os.path.join(out, "ablation.png"), os.path.join(out, "figure1.png"), title)
     return frame
 
 
@@ -334,7 +332,7 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
     """Train the cells ``todo`` (numbered of ``total``) as processes of their own, one per device at a time;
     each one's output goes to its folder's train.log. A SIGINT/SIGTERM reaches every running cell, which
     checkpoints at its step (reproduce.train); the grid then stops with that exit code."""
-    pending, running, failed, stopped = list(todo), {}, 0, 0
+    pending, running, failed, stopped, devices = list(todo), {}, 0, 0, list(devices)
     # cells on the CPU share its cores: each gets its share of threads, or every one spins on all the cores and
     # they run many times slower together than one after another (a user's OMP_NUM_THREADS is kept)
     on_cpu = sum(1 for device in devices if device == "cpu")
@@ -502,7 +500,7 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
             with atomic_write(path, newline="") as handle:
                 handle.write(tables.to_csv(search(searched, args.out)))
 
-        code = train_cells(searched, common, args.out, ten_crop, devices and list(devices), write_search)
+        code = train_cells(searched, common, args.out, ten_crop, devices, write_search)
         if code:
             return code
         write_search()

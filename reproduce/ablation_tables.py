@@ -339,6 +339,16 @@ def plot(summary: pd.DataFrame, path: str, title: str) -> None:
     save(fig, path)
 
 
+def charts(summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str, figure1_path: str,
+           title: str) -> List[str]:
+    """ablation.png at ``path``; with tanh cells also Figure 1's curves at ``figure1_path``. Returns the paths."""
+    plot(summary, path, title)
+    if not any("+tanh" in _head(label) for label in curves):
+        return [path]
+    plot_figure1(curves, figure1_path, f"Figure 1 (§3.1): {title}")
+    return [path, figure1_path]
+
+
 def plot_figure1(curves: Dict[str, List[pd.DataFrame]], path: str, title: str) -> None:
     """figure1.png, Figure 1 of §3.1: training error against epochs and against seconds, each cell one colour
     (tanh dashed), each seed a thin line, the mean over seeds bold; the 25% target drawn."""

@@ -209,8 +209,8 @@ def curves(args) -> str:
         if frame is None:
             raise UsageError(f"{folder}: no finished cell to chart yet")
         out = args.out or f"ablation-{name}.png"
-        ablate.tables.plot(ablate.tables.summarize(frame), out, f"ablation: {name}")
-        return out
+        return ", ".join(ablate.tables.charts(ablate.tables.summarize(frame), runs, out,
+                                              f"{os.path.splitext(out)[0]}-figure1.png", f"ablation: {name}"))
     runs = {}
     for folder in args.run:
         metrics = os.path.join(folder, "metrics.csv")

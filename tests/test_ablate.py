@@ -131,6 +131,7 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     chart = (out / "ablation.png").read_bytes()
     assert visualize.main(["curves", "--run", str(out), "--out", str(tmp_path / "chart.png")]) == 0
     assert _png_size(tmp_path / "chart.png") == (700, 300)
+    assert _png_size(tmp_path / "chart-figure1.png") == (1300, 450)      # tanh cells: Figure 1's curves too
     assert (out / "ablation.png").read_bytes() == chart                     # reading a grid changes none of it
     assert "net" in pd.read_csv(out / "ablation.csv").columns
     assert ablate.main(argv) == 0 and capsys.readouterr().err.count("finished earlier, skipped") == 4
@@ -245,7 +246,7 @@ def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regul
     assert sorted(zip(search["cell"], search["activation"], search["lr"], search["seed"])) == [
         ("figure1", "relu", 0.01, 0), ("figure1", "relu", 0.1, 0), ("figure1+tanh", "tanh", 0.01, 0),
         ("figure1+tanh", "tanh", 0.1, 0)]
-    assert set(search["epochs_to_25"]) <= {"not reached"} | {str(e) for e in range(1, 2)}
+    assert (search["epochs_to_25"] == "not reached").all()    # 1 epoch on 32 images: no rate gets to 25%
     chosen = ablation_tables.pick_rates(search)
     rows = pd.read_csv(out / "ablation.csv")
     assert sorted(zip(rows["cell"], rows["seed"])) == sorted(

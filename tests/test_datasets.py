@@ -232,3 +232,21 @@ def test_synthetic_levels_place_objects_as_documented(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["synthetic-easy-c2-t2-v1-s0", "synthetic-hard-c2-t2-v1-s0"]
     with pytest.raises(DataError, match="level='medium' is not one of easy, hard"):
         open_dataset("synthetic?level=medium", progress=False)
+
+
+def test_runs_started_at_once_each_get_the_synthetic_set_whole(tmp_path):
+    """ablate --jobs and torchrun start several runs together on a cold cache: none may fail on another's
+    half-written folder, and one folder is left."""
+    import subprocess
+    import sys
+
+    code = ("from paper_alexnet.data import open_dataset; "
+            "d = open_dataset('synthetic?classes=4&train=64&val=16', progress=False, report=lambda _: None); "
+            "print(len(d.split('train')))")
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(4)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err for _, err in results]
+    assert [out.strip() for out, _ in results] == ["64"] * 4
+    assert os.listdir(tmp_path) == ["synthetic-easy-c4-t64-v16-s0"]

@@ -25,6 +25,8 @@ import functools
 import hashlib
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import parse_qsl
@@ -322,15 +324,33 @@ def _render(label, index, split, seed, num_classes, level):
     return synthetic.render(label, index, split, seed, num_classes=num_classes, level=level)
 
 
+def _complete(folder: str) -> bool:
+    return is_store(folder) and os.path.isfile(os.path.join(folder, "stats.npz"))
+
+
 def _open_synthetic(spec: DataSpec, progress: bool = True, report=print) -> DataSet:
     o = spec.options
     source = synthetic_source(spec)
     folder = os.path.join(cache_dir(),
                           f"synthetic-{o['level']}-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}")
-    if not is_store(folder) or not os.path.isfile(os.path.join(folder, "stats.npz")):
+    if not _complete(folder):
         report(f"generating the built-in synthetic data set into {folder} (once)")
-        prepare_store(source.spec, source.classes, source.splits, folder, workers=0, progress=progress,
-                      report=report)
+        # written beside and renamed into place whole: runs started at once (ablate --jobs, torchrun ranks)
+        # each build their own and the first rename wins, instead of writing into one folder together
+        os.makedirs(cache_dir(), exist_ok=True)
+        building = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".building-", dir=cache_dir())
+        try:
+            prepare_store(source.spec, source.classes, source.splits, building, workers=0, progress=progress,
+                          report=report)
+            if not _complete(folder):
+                shutil.rmtree(folder, ignore_errors=True)        # a folder left half-written by a killed run
+                try:
+                    os.rename(building, folder)
+                except OSError:
+                    if not _complete(folder):                    # not another run's finished copy: a real error
+                        raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     store = Store(folder)
     return DataSet(spec.text, store.classes, dict(store.splits), [f"synthetic data cached in {folder}"], store=store)
 
