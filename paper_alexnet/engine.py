@@ -105,14 +105,16 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *, device: torch.device,
              batch_size: int = 128, ten_crop: bool = False, workers: int = 0, strict: bool = False,
-             amp: bool = False, progress: bool = False, rank: int = 0, world: int = 1) -> dict:
+             amp: bool = False, progress: bool = False, rank: int = 0, world: int = 1,
+             decode: str = "workers") -> dict:
     """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax (top-5:
     None with 5 classes or fewer, where it is 0 by construction).
     Under data parallelism each process scores its share of every batch and the sums are combined."""
     from tqdm.auto import tqdm
 
     model.eval()
-    loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict, rank=rank, world=world)
+    loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict, rank=rank, world=world,
+                         device=device, decode=decode, pin_memory=torch.device(device).type == "cuda")
     loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
     for images, labels in tqdm(loader, desc="ten-crop" if ten_crop else "eval", unit="batch", leave=False,
                                disable=not progress):

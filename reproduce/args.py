@@ -4,6 +4,7 @@ and the way a command ends (one ``error:`` line and an exit status, never a trac
     --data      train, prepare, evaluate, visualize neighbors (default: synthetic; the checkpoint's data
                 for the commands that read a checkpoint)
     --workers   train, prepare, evaluate, bench
+    --decode    train (where a JPEG store is decoded)
     --device    train, evaluate, predict, visualize neighbors, bench (with --two-gpu/--devices: placement.py)
     --strict, --download, --quiet   train, prepare
 """
@@ -20,6 +21,7 @@ from paper_alexnet.atomic import WriteError, atomic_write
 from paper_alexnet.cli import FLOAT_FORMAT
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
+from paper_alexnet.data.loader import DECODE_CHOICES
 
 # Loader / decoder processes: enough to keep a GPU fed on a workstation, no more than the cores there are.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -71,6 +73,13 @@ def add_workers_flag(parser) -> None:
                         help="processes that read and decode images (0: in the main process)")
 
 
+def add_decode_flag(parser) -> None:
+    parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
+                        help="where a JPEG store's images are decoded: in the --workers on the CPU, or on the "
+                             "net's device, a batch at a time (nvjpeg on a GPU); auto: the device on a GPU, "
+                             "the workers elsewhere. Other data is decoded by the workers")
+
+
 def add_device_flag(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
@@ -100,6 +109,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
                             "torchvision's ImageNet mean/std (for torchvision weights), or nothing (default: "
                             "image; torchvision when --pretrained weights were trained that way)")
     add_workers_flag(group)
+    add_decode_flag(group)
     return group
 
 

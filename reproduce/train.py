@@ -486,7 +486,8 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
     for epoch in range(start_epoch, args.epochs + 1):
         loader = BatchLoader(data.train, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
                              strict=args.strict, pin_memory=ctx.placement.first.type == "cuda",
-                             rank=process.rank, world=process.world, start_batch=progress.steps)
+                             rank=process.rank, world=process.world, start_batch=progress.steps,
+                             device=ctx.placement.first, decode=args.decode)
         steps = progress.steps + len(loader)
         bar = tqdm(total=steps, initial=progress.steps, desc=f"epoch {epoch}/{args.epochs}", unit="batch",
                    disable=args.quiet, leave=False)
@@ -523,7 +524,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
             return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"), rows
         val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first,
                        batch_size=args.batch_size, workers=args.workers, strict=args.strict, amp=args.amp,
-                       rank=process.rank, world=process.world)
+                       decode=args.decode, rank=process.rank, world=process.world)
         result = progress.result()
         row = {"epoch": epoch, "lr": lr, "train_loss": result["train_loss"],
                "train_top1_err": result["train_top1_err"], "val_loss": val["loss"],
@@ -596,7 +597,7 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         net.model.load_state_dict(best.model)
         val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first, batch_size=args.batch_size,
                        ten_crop=True, workers=args.workers, amp=args.amp, progress=not args.quiet,
-                       rank=ctx.process.rank, world=ctx.process.world)
+                       decode=args.decode, rank=ctx.process.rank, world=ctx.process.world)
         result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
         ctx.say(f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
                 f"top-5 {percent(val['top5_err'])}")

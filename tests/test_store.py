@@ -216,6 +216,48 @@ def test_a_corrupt_entry_of_a_jpeg_store_is_skipped_and_counted_never_a_crash(fr
         Store(str(out)).splits["train"].batch([3], strict=True)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_jpeg_store_decoded_on_the_device_gives_the_batches_the_workers_decode(fruit, tmp_path, workers):
+    """--decode device: the workers hand over the bytes and the batch is decoded in one call where the net is
+    (here the CPU, as nvjpeg does on a GPU); the same images, labels and skipped entry as decoding in the workers."""
+    root, _ = fruit
+    out = tmp_path / "jpeg"
+    assert prepare.main(["--data", f"folder:{root}", "--out", str(out), "--format", "jpeg", "--quiet",
+                         "--workers", "0"]) == 0
+    store = Store(str(out))
+    offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
+    row = int(store.splits["train"].index[5])
+    with open(out / "images.jpg", "r+b") as handle:                       # one entry cut short
+        handle.seek(int(offsets[row]) + 200)
+        handle.write(b"\x00" * int(offsets[row + 1] - offsets[row] - 200))
+    split = Store(str(out)).splits["train"]
+    there, here = (BatchLoader(split, 4, seed=1, workers=workers, device="cpu", decode=way)
+                   for way in ("device", "workers"))
+    assert there.decode_on_device and not here.decode_on_device
+    got, want = list(there.global_batches()), list(here.global_batches())
+    assert len(got) == len(want) == 4
+    for (n, images, labels), (n_want, images_want, labels_want) in zip(got, want):
+        assert n == n_want and torch.equal(images, images_want) and torch.equal(labels, labels_want)
+    assert there.skipped == here.skipped and len(there.skipped) == 1 and "does not decode" in there.skipped[0][1]
+    kept = [i for i in range(len(split)) if i != 5]
+    assert torch.equal(torch.cat([images for _, images, _ in got]).sum(0),
+                       torch.stack([torch.from_numpy(split.load(i)).permute(2, 0, 1) for i in kept]).sum(0))
+    with pytest.raises(BadImageError, match="does not decode"):
+        list(BatchLoader(split, 4, shuffle=False, device="cpu", decode="device", strict=True))
+    assert BatchLoader(split.subset([0, 1, 2]), 2, decode="device").decode_on_device        # --limit's subset
+    raw = open_dataset("synthetic?classes=2&train=4&val=2", progress=False).split("train")
+    assert not BatchLoader(raw, 2, decode="device").decode_on_device                         # nothing to defer
+
+
+def test_decode_auto_is_the_device_on_a_gpu_and_the_workers_elsewhere():
+    from paper_alexnet.data.loader import decode_where
+
+    assert decode_where("auto", "cuda:1") == "device" and decode_where("auto", "cpu") == "workers"
+    assert decode_where("workers", "cuda") == "workers" and decode_where("device", "cpu") == "device"
+    with pytest.raises(ValueError, match="auto, workers, device"):
+        decode_where("gpu", "cpu")
+
+
 def test_prepare_refuses_a_bad_quality_or_format_before_any_work(fruit, tmp_path, capsys):
     root, _ = fruit
     for flags in (["--format", "jpeg", "--quality", "0"], ["--format", "jpeg", "--quality", "101"]):

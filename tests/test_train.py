@@ -66,6 +66,36 @@ def test_metrics_count_the_seconds_the_training_loop_waited_for_data(tmp_path, m
     assert 2 * 0.25 <= float(row["data_wait_s"]) <= float(row["seconds"])         # 2 batches of 8, each 0.25 s late
 
 
+def test_a_jpeg_store_decoded_on_the_device_trains_as_decoded_in_the_workers(tmp_path, monkeypatch):
+    """--decode device (nvjpeg on a GPU; here the CPU's decoder in the main process) changes where the store's
+    JPEGs are decoded, not a number of the run."""
+    from paper_alexnet.data import loader
+    from reproduce import prepare
+
+    where, stage = [], loader.BatchLoader._stage
+
+    def seen(self, batch):
+        where.append(self.decode_on_device)
+        return stage(self, batch)
+
+    monkeypatch.setattr(loader.BatchLoader, "_stage", seen)
+
+    store = tmp_path / "store"
+    assert prepare.main(["--data", "synthetic?classes=4&train=16&val=8", "--out", str(store), "--format", "jpeg",
+                         "--quiet", "--workers", "0"]) == 0
+    runs = {}
+    for way in ("device", "workers"):
+        runs[way] = tmp_path / way
+        assert train.main(TINY[2:] + ["--data", f"store:{store}", "--workers", "2", "--decode", way, "--epochs", "2",
+                                      "--out", str(runs[way])]) == 0
+        assert set(where) == {way == "device"} and len(where) == 2 * (2 + 1)      # 2 epochs of 2 train, 1 val batches
+        where.clear()
+    a, b = _rows(runs["device"] / "metrics.csv"), _rows(runs["workers"] / "metrics.csv")
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
 def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):
     latest, best = tmp_path / "checkpoint.pt", tmp_path / "best.pt"
     def at(epoch):

@@ -10,6 +10,19 @@ from paper_alexnet import paper
 from paper_alexnet.data import Augment, DataStats, PaperTransform, average_softmax, ten_crop_offsets
 
 
+@pytest.fixture(autouse=True, params=[False, True], ids=["loop", "gather"])
+def both_ways(request, monkeypatch):
+    """Every test here runs on both ways of cutting a batch: one image at a time (the CPU's default) and one
+    gather for the whole batch (the GPU's)."""
+    init = PaperTransform.__init__
+
+    def forced(self, *args, batched=request.param, **kwargs):
+        init(self, *args, batched=batched, **kwargs)
+
+    monkeypatch.setattr(PaperTransform, "__init__", forced)
+    return request.param
+
+
 def _coded_images(n, size=256):
     """Images whose pixel (c, y, x) encodes its own position, so a crop tells where it came from."""
     y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -149,3 +162,16 @@ def test_no_translate_trains_on_the_centre_crop_and_keeps_the_flip_and_lighting_
     flips = PaperTransform(_stats(size=8), Augment(crop=4, translate=False, pca=False, mean="none"))
     out = flips.train(images, torch.Generator().manual_seed(1))
     assert all(torch.equal(o, c) or torch.equal(o, c.flip(-1)) for o, c in zip(out, centre))
+
+
+@pytest.mark.parametrize("mean", ["image", "channel", "torchvision", "none"])
+def test_the_loop_and_the_gather_give_the_same_numbers(mean, both_ways):
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (12, 3, 256, 256), dtype=torch.uint8, generator=gen)
+    stats = _stats((torch.rand(3, 256, 256, generator=gen) * 255).numpy())
+    augment = Augment(crop=227, mean=mean, scale=1 / 64)
+    ways = [PaperTransform(stats, augment, batched=b) for b in (False, True)]
+    assert [w.batched for w in ways] == [False, True]
+    train = [w.train(images, torch.Generator().manual_seed(9)) for w in ways]
+    assert torch.equal(train[0], train[1])
+    assert torch.equal(ways[0].ten_crops(images), ways[1].ten_crops(images))

@@ -6,13 +6,19 @@ same batches as an uninterrupted one. Under data parallelism (``rank`` of
 only its rows of each (rank, rank + world, ...). Files that cannot be read are left out
 of their batch and counted (``BatchLoader.skipped``); with ``strict`` the first
 one stops the run with its path and reason.
+
+Given the ``device`` the net is on, the loader hands over batches already
+there. On a GPU the next batch is copied on a side stream while the current
+step runs, and a JPEG store's batch can travel encoded from the workers and be
+decoded on the GPU in one call (nvjpeg; ``decode="device"``), so that the
+workers only read bytes.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,14 +37,28 @@ def epoch_order(count: int, batch_size: int, seed: int = 0, epoch: int = 0, shuf
     return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
-class _Batches(torch.utils.data.Dataset):
-    """dataset[list of indices] -> one whole batch; bad files are reported, never raised, in workers."""
+DECODE_CHOICES = ("auto", "workers", "device")
 
-    def __init__(self, split: Split):
-        self.split = split
+
+def decode_where(choice: str, device) -> str:
+    """--decode: "workers" (the loader's processes, on the CPU) or "device" (batched on the net's device);
+    auto: the device on a GPU (nvjpeg), the workers elsewhere."""
+    if choice not in DECODE_CHOICES:
+        raise ValueError(f"unknown --decode {choice!r}: choose one of {', '.join(DECODE_CHOICES)}")
+    if choice == "auto":
+        return "device" if torch.device(device).type == "cuda" else "workers"
+    return choice
+
+
+class _Batches(torch.utils.data.Dataset):
+    """dataset[list of indices] -> one whole batch (or, ``encoded``, its undecoded bytes); bad files are
+    reported, never raised, in workers."""
+
+    def __init__(self, split: Split, encoded: bool = False):
+        self.split, self.encoded = split, encoded
 
     def __getitem__(self, indices):
-        return self.split.batch(indices, strict=False)
+        return self.split.encoded(indices) if self.encoded else self.split.batch(indices, strict=False)
 
 
 def _as_is(batch):
@@ -54,29 +74,70 @@ def _leave_signals_to_the_main_process(worker_id: int) -> None:
 
 
 class BatchLoader:
-    """Iterate (uint8 images, labels) over one epoch of ``split``; ``skipped`` lists the files left out."""
+    """Iterate (uint8 images, labels) over one epoch of ``split``; ``skipped`` lists the files left out.
+    With ``device`` they arrive there (see the module's note); ``decode`` is :func:`decode_where`'s answer."""
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  drop_last: bool = False, workers: int = 0, strict: bool = False, start_batch: int = 0,
-                 pin_memory: bool = False, rank: int = 0, world: int = 1):
+                 pin_memory: bool = False, rank: int = 0, world: int = 1, device=None, decode: str = "workers"):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of {world} processes")
         self.split, self.strict = split, strict
+        self.device = None if device is None else torch.device(device)
+        self.decode_on_device = decode_where(decode, self.device or "cpu") == "device" and split.defers_decoding
         self.batches = epoch_order(len(split), batch_size, seed, epoch, shuffle, drop_last)[start_batch:]
         self.skipped: list = []
         self.loader = torch.utils.data.DataLoader(
-            _Batches(split), sampler=[b[rank::world] for b in self.batches], batch_size=None, collate_fn=_as_is,
-            num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
-            prefetch_factor=2 if workers else None,
+            _Batches(split, encoded=self.decode_on_device), sampler=[b[rank::world] for b in self.batches],
+            batch_size=None, collate_fn=_as_is, num_workers=workers, pin_memory=pin_memory,
+            persistent_workers=False, prefetch_factor=2 if workers else None,
             worker_init_fn=_leave_signals_to_the_main_process if workers else None)
 
     def __len__(self) -> int:
         return len(self.batches)
 
+    def _stage(self, batch):
+        """One batch from the workers -> (images, labels, skipped) on the device: decoded there, or copied."""
+        if self.decode_on_device:
+            from .store import decode_jpegs
+
+            batch = decode_jpegs(*batch, device=self.device or "cpu", strict=False)
+        images, labels, skipped = batch
+        if self.device is not None:
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        return images, labels, skipped
+
+    def _staged(self) -> Iterator[tuple]:
+        """The batches, staged; on a GPU each one's copy (or decode) is queued on a side stream before the
+        previous one is handed over, so it travels while that one's step runs."""
+        if self.device is None or self.device.type != "cuda":
+            yield from map(self._stage, self.loader)
+            return
+        side, pending = torch.cuda.Stream(self.device), None
+        for batch in self.loader:
+            with torch.cuda.stream(side):
+                staged = self._stage(batch)
+                ready = torch.cuda.Event()
+                ready.record(side)
+            if pending is not None:
+                yield self._hand_over(*pending)
+            pending = staged, ready
+        if pending is not None:
+            yield self._hand_over(*pending)
+
+    def _hand_over(self, staged: tuple, ready) -> tuple:
+        """The compute stream waits for the side stream's work on this batch (and no later one's), and the
+        tensors are marked as used there, so their memory is not reused while the step reads them."""
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(ready)
+        for tensor in staged[:2]:
+            tensor.record_stream(current)
+        return staged
+
     def global_batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(size of the global batch, this process's images, labels) for every batch, even an empty share:
         data-parallel processes must all take every step."""
-        for indices, (images, labels, skipped) in zip(self.batches, self.loader):
+        for indices, (images, labels, skipped) in zip(self.batches, self._staged()):
             if skipped and self.strict:
                 raise BadImageError(*skipped[0])
             self.skipped += skipped
@@ -89,15 +150,18 @@ class BatchLoader:
 
 
 def loader_throughput(split: Split, transform, batch_size: int = 128, batches: int = 8, workers: int = 0,
-                      device: str = "cpu", warmup: int = 1) -> float:
-    """Images per second through loader + training transform (crop, flip, mean, PCA) onto ``device``."""
+                      device: str = "cpu", warmup: int = 1, decode: str = "workers") -> float:
+    """Images per second through loader + training transform (crop, flip, mean, PCA) onto ``device``, as
+    training reads them (pinned, staged ahead, ``decode`` where :func:`decode_where` says)."""
     generator = torch.Generator().manual_seed(0)
-    loader = BatchLoader(split, batch_size, workers=workers, shuffle=True)
+    device = torch.device(device)
+    loader = BatchLoader(split, batch_size, workers=workers, shuffle=True, device=device, decode=decode,
+                         pin_memory=device.type == "cuda")
     seen, start = 0, None
     for step, (images, _) in enumerate(loader):
         if step == warmup:
             start, seen = time.perf_counter(), 0
-        out = transform.train(images.to(device), generator)
+        out = transform.train(images, generator)
         if out.is_cuda:
             torch.cuda.synchronize()
         seen += len(images)

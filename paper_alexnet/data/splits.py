@@ -56,6 +56,8 @@ class Split:
     def subset(self, indices: Sequence[int]) -> "Split":
         return SubsetSplit(self, indices)
 
+    defers_decoding = False     # True where a batch can come encoded (encoded()) and be decoded on the device
+
     resize = "shorter"          # how a file becomes 256x256 (images.fit); only splits that cut images use it
 
     def use_resize(self, resize: str) -> bool:
@@ -123,6 +125,13 @@ class SubsetSplit(Split):
 
     def batch(self, indices, strict=False):
         return self.parent.batch(self.indices[np.asarray(indices, dtype=np.int64)], strict)
+
+    @property
+    def defers_decoding(self) -> bool:
+        return self.parent.defers_decoding
+
+    def encoded(self, indices):
+        return self.parent.encoded(self.indices[np.asarray(indices, dtype=np.int64)])
 
     def use_resize(self, resize: str) -> bool:
         return self.parent.use_resize(resize)

@@ -105,38 +105,68 @@ class StoreSplit(Split):
 class JpegStoreSplit(StoreSplit):
     """One split of a JPEG store: each image's bytes found by offsets.i8, decoded at 256x256."""
 
-    def _decode(self, i: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_jpeg
+    defers_decoding = True      # its batches can travel encoded and be decoded where the net is (decode_jpegs)
 
+    def _bytes(self, i: int) -> torch.Tensor:
         offsets = self._map("offsets.i8", np.int64, (self.total + 1,))
         row = int(self.index[i])
         start, end = int(offsets[row]), int(offsets[row + 1])
-        size = paper.IMAGE_SIZE
-        try:
-            data = torch.from_numpy(np.array(self._map("images.jpg", np.uint8, (int(offsets[-1]),))[start:end]))
-            image = decode_jpeg(data, mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as err:
-            raise BadImageError(self.describe(i), f"the stored JPEG does not decode ({err})") from None
-        if tuple(image.shape) != (3, size, size):
-            raise BadImageError(self.describe(i), f"the stored JPEG is {tuple(image.shape)}, not 3x{size}x{size}")
-        return image
+        return torch.from_numpy(np.array(self._map("images.jpg", np.uint8, (int(offsets[-1]),))[start:end]))
 
     def load(self, i: int) -> np.ndarray:
-        return self._decode(i).permute(1, 2, 0).contiguous().numpy()
+        return _decode_one(self._bytes(i), self.describe(i), "cpu").permute(1, 2, 0).contiguous().numpy()
 
     def batch(self, indices: Sequence[int], strict: bool = False):
-        images, labels, skipped = [], [], []
-        for i in indices:
-            try:
-                images.append(self._decode(int(i)))
-                labels.append(int(self.labels[int(i)]))
-            except BadImageError as err:
-                if strict:
-                    raise
-                skipped.append((err.path, err.reason))
-        size = paper.IMAGE_SIZE
-        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
-        return stacked, torch.as_tensor(labels, dtype=torch.int64), skipped
+        return decode_jpegs(*self.encoded(indices), device="cpu", strict=strict)
+
+    def encoded(self, indices: Sequence[int]):
+        """(the images' JPEG bytes, one 1-D uint8 tensor each, their labels, their names): a batch not yet
+        decoded, for :func:`decode_jpegs` on the training device."""
+        indices = [int(i) for i in indices]
+        return ([self._bytes(i) for i in indices], torch.as_tensor(self.labels[indices], dtype=torch.int64),
+                [self.describe(i) for i in indices])
+
+
+def _decode_one(data: torch.Tensor, name: str, device) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    size = paper.IMAGE_SIZE
+    try:
+        image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except (RuntimeError, ValueError) as err:
+        raise BadImageError(name, f"the stored JPEG does not decode ({err})") from None
+    if tuple(image.shape) != (3, size, size):
+        raise BadImageError(name, f"the stored JPEG is {tuple(image.shape)}, not 3x{size}x{size}")
+    return image
+
+
+def decode_jpegs(datas: list, labels: torch.Tensor, names: list, device="cpu", strict: bool = False):
+    """A JPEG store's batch decoded on ``device`` (on a GPU: nvjpeg, the batch in one call) -> (uint8 N x 3 x
+    256 x 256 on ``device``, the labels of the images kept, [(name, reason) of entries that did not decode]).
+    The one-call decode fails whole on a bad entry; the batch is then decoded one by one to find it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    size = paper.IMAGE_SIZE
+    if not datas:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8, device=device), labels, []
+    try:
+        images = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
+        if all(tuple(image.shape) == (3, size, size) for image in images):
+            return torch.stack(images), labels, []
+    except (RuntimeError, ValueError):
+        pass
+    images, kept, skipped = [], [], []
+    for k, (data, name) in enumerate(zip(datas, names)):
+        try:
+            images.append(_decode_one(data, name, device))
+            kept.append(k)
+        except BadImageError as err:
+            if strict:
+                raise
+            skipped.append((err.path, err.reason))
+    stacked = (torch.stack(images) if images
+               else torch.empty(0, 3, size, size, dtype=torch.uint8, device=device))
+    return stacked, labels[kept], skipped
 
 
 class Store:
