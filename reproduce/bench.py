@@ -12,8 +12,10 @@ Sections (``--only``, default: both):
          neighbours in time alike, cancels, with a 95% interval for that median (``*_low``/``*_high``).
   data   the loader's images/s into the training transform (§2/§4.1 crop, flip, mean image, PCA
          lighting), from a raw store, a JPEG store (prepare --format jpeg) and a folder of
-         ImageNet-sized JPEGs, made in a temporary folder from the synthetic set; the stores' bytes
-         per image, and the JPEG store's speed against the folder's.
+         ImageNet-sized JPEGs, made in a temporary folder from the synthetic set; the JPEG store
+         decoded in the loader's workers and on the device (--decode); the transform alone, one
+         image at a time and one gather per batch; the stores' bytes per image, and the JPEG
+         store's speed against the folder's.
 """
 
 from __future__ import annotations
@@ -75,17 +77,38 @@ def bench_data(args) -> list[dict]:
         rows.append({"section": "data", "what": f"store bytes per image: raw {raw_bytes / total:,.0f}, jpeg "
                                                 f"{jpeg_bytes / total:,.0f}", "ratio": jpeg_bytes / raw_bytes})
         transform = PaperTransform(stats, Augment(crop=227), device=args.device)
+        rows += _transform_ways(stats, args)
         speeds = {}
         splits = [(name, store.splits["train"]) for name, store in stores.items()]
-        for name, split in splits + [("jpeg folder (500x375 files)", jpeg.split("train"))]:
+        ways = splits + [(f"{splits[1][0]}, decoded on the device", splits[1][1]),
+                         ("jpeg folder (500x375 files)", jpeg.split("train"))]
+        for name, split in ways:
             for workers in sorted({0, args.workers}):
                 speeds[name, workers] = loader_throughput(split, transform, args.batch_size, args.batches, workers,
-                                                          args.device)
+                                                          args.device, decode="device" if "device" in name else
+                                                          "workers")
                 rows.append({"section": "data", "what": f"{name} -> train transform, {workers} workers",
                              "images_per_s": speeds[name, workers]})
         for workers in sorted({0, args.workers}):
             rows.append({"section": "data", "what": f"jpeg store / jpeg folder, {workers} workers",
                          "ratio": speeds[splits[1][0], workers] / speeds["jpeg folder (500x375 files)", workers]})
+    return rows
+
+
+def _transform_ways(stats, args) -> list[dict]:
+    """The training transform alone on a batch already on the device: one image at a time (the CPU's way)
+    and one gather for the batch (the GPU's), so that each device's default is a measured choice."""
+    device = torch.device(args.device)
+    images = torch.randint(0, 256, (args.batch_size, 3, 256, 256), dtype=torch.uint8).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for batched, way in ((False, "one image at a time"), (True, "one gather per batch")):
+        transform = PaperTransform(stats, Augment(crop=227), device=device, batched=batched)
+        generator = torch.Generator().manual_seed(0)
+        seconds = _median_seconds(lambda: transform.train(images, generator), max(args.batches, 1), 1, sync)
+        rows.append({"section": "data", "what": f"train transform alone on {device.type}, {way}"
+                                                + (" (the default)" if batched == (device.type != "cpu") else ""),
+                     "images_per_s": args.batch_size / seconds})
     return rows
 
 
@@ -294,6 +317,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "and reproduce.train from a store on the GPU, with issue 19's targets, into --out DIR "
                              "(reproduce/gpu_suite.py; about 8 minutes on one GPU)")
     parser.add_argument("--out", default=None, metavar="DIR", help="--suite gpu: the report's folder")
+    parser.add_argument("--budget-min", type=float, default=gpu_suite.BUDGET_MIN, metavar="MIN",
+                        help="--suite gpu: minutes after which no further section starts (it is listed as not run)")
     parser.add_argument("--suite-tests", default="", metavar="EXPR",
                         help="--suite gpu: only the CUDA tests pytest -k EXPR selects (default: all)")
     add_device_flag(parser)
@@ -327,6 +352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
         print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
+        return 2
+    if args.budget_min < 0:
+        print(f"error: --budget-min must be 0 or more minutes, not {args.budget_min:g}", file=sys.stderr)
         return 2
     if not 1 <= args.quality <= 100:
         print(f"error: --quality must be between 1 and 100, not {args.quality}", file=sys.stderr)

@@ -103,8 +103,22 @@ def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(tm
     report = (out / "report.md").read_text()
     assert "## Targets (issue 19)" in report and "passed" in report
     targets = json.loads((out / "targets.json").read_text())
-    assert [t["at_least"] for t in targets] == [0.95, 0.95, 0.9, 10000.0]
+    assert [t["at_least"] for t in targets] == [0.95, 0.95, 0.9, 10000.0, None]
+    assert targets[-1]["at_most"] == 8.0 and targets[-1]["met"] == (targets[-1]["measured"] <= 8.0)
     assert all(t["measured"] is not None and t["measured"] > 0 for t in targets)
     assert "passed" in (out / "cuda-tests.txt").read_text()
     rows = pd.read_csv(out / "report.csv")
     assert set(rows["section"]) >= {"tests", "models", "data", "train"}
+
+
+def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
+    out = tmp_path / "report"
+    assert bench.main(["--suite", "gpu", "--out", str(out), "--suite-tests", "deterministic", "--budget-min", "0"]) == 0
+    report = (out / "report.md").read_text()
+    left = report.split("## Not run")[1].strip().splitlines()
+    assert [line.split(":")[0] for line in left] == ["- models, eager", "- train from a store", "- data"]
+    targets = json.loads((out / "targets.json").read_text())
+    assert [t["measured"] is None for t in targets] == [True] * 4 + [False]
+    assert bench.main(["--suite", "gpu", "--out", str(out), "--budget-min", "-1"]) == 2
+    assert "--budget-min must be 0 or more" in capsys.readouterr().err

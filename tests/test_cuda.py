@@ -133,6 +133,81 @@ def test_the_two_towers_on_the_device_equal_the_grouped_net(pair):
     torch.testing.assert_close(towers(x.to(pair[0])).cpu(), grouped(x), rtol=1e-4, atol=1e-4)
 
 
+def test_the_transform_on_the_device_is_the_cpus_transform():
+    """On a GPU the batch is cut with one gather (transforms.PaperTransform._gather), on the CPU one image at a
+    time: the same crops, reflections, mean image and lighting."""
+    from paper_alexnet.data import Augment, DataStats, PaperTransform
+
+    gen = torch.Generator().manual_seed(6)
+    images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8, generator=gen)
+    stats = DataStats((torch.rand(3, 256, 256, generator=gen) * 255).numpy(), np.array([0.3, 0.02, 0.005]),
+                      np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0])
+    cpu, dev = (PaperTransform(stats, Augment(crop=227), device=d) for d in ("cpu", DEVICE))
+    assert not cpu.batched and dev.batched == torch.device(DEVICE).type.startswith("cuda")
+    want, got = (t.train(images, torch.Generator().manual_seed(7)) for t in (cpu, dev))
+    assert got.device.type == torch.device(DEVICE).type
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(dev.ten_crops(images.to(DEVICE)).cpu(), cpu.ten_crops(images), rtol=0, atol=1e-4)
+
+
+def _jpeg_store(tmp_path, monkeypatch, wipe: int):
+    """A JPEG store of the synthetic set with training entry ``wipe`` overwritten (a corrupt entry)."""
+    from paper_alexnet.data import Store
+    from reproduce import prepare
+
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "store"
+    assert prepare.main(["--data", "synthetic?classes=4&train=16&val=8", "--out", str(out), "--format", "jpeg",
+                         "--quiet", "--workers", "0"]) == 0
+    offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
+    row = int(Store(str(out)).splits["train"].index[wipe])
+    with open(out / "images.jpg", "r+b") as handle:
+        handle.seek(int(offsets[row]))
+        handle.write(b"\x00" * int(offsets[row + 1] - offsets[row]))
+    return Store(str(out)).splits["train"]
+
+
+def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips_a_corrupt_entry(tmp_path,
+                                                                                                   monkeypatch):
+    """--decode device: nvjpeg, a batch in one call. Its IDCT and chroma upsampling are not libjpeg-turbo's, so
+    pixels may differ by a few levels: at most 2 levels on average and 1% of pixels beyond 8."""
+    from paper_alexnet.data import BatchLoader
+
+    split = _jpeg_store(tmp_path, monkeypatch, wipe=5)
+    cuda = torch.device(DEVICE).type == "cuda"
+    there = BatchLoader(split, 8, seed=1, device=DEVICE, decode="device", pin_memory=cuda)
+    here = BatchLoader(split, 8, seed=1, decode="workers")
+    assert there.decode_on_device
+    pairs = list(zip(there.global_batches(), here.global_batches()))
+    assert len(pairs) == 2
+    for (n, images, labels), (n_want, images_want, labels_want) in pairs:
+        assert images.device.type == torch.device(DEVICE).type and images.shape == images_want.shape
+        assert n == n_want and torch.equal(labels.cpu(), labels_want)
+        diff = (images.cpu().int() - images_want.int()).abs()
+        assert diff.float().mean() <= 2 and (diff > 8).float().mean() <= 0.01
+    assert there.skipped == here.skipped and len(there.skipped) == 1
+
+
+def test_batches_staged_ahead_on_a_side_stream_are_the_batches_the_cpu_loads():
+    """On a GPU the next batch is copied on a side stream while the current one is used; work queued between
+    batches must not see a batch before its copy is done, nor a batch's memory reused while it is read."""
+    from paper_alexnet.data import BatchLoader, open_dataset
+
+    split = open_dataset("synthetic?classes=3&train=40&val=3", progress=False).split("train")
+    cuda = torch.device(DEVICE).type == "cuda"
+    weight = torch.randn(1024, 1024, device=DEVICE)
+    got = []
+    for images, labels in BatchLoader(split, 8, seed=2, device=DEVICE, pin_memory=cuda):
+        assert images.device.type == labels.device.type == torch.device(DEVICE).type
+        for _ in range(20):                                  # a step's worth of work on the compute stream
+            weight = torch.tanh(weight @ weight)
+        got.append((images.float().sum((1, 2, 3)), labels))
+    want = [(images.float().sum((1, 2, 3)), labels) for images, labels in BatchLoader(split, 8, seed=2)]
+    assert len(got) == len(want) == 5
+    for (a, la), (b, lb) in zip(got, want):
+        assert torch.equal(a.cpu(), b) and torch.equal(la.cpu(), lb)
+
+
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
         "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.001", "--device", DEVICE]
 
