@@ -106,21 +106,40 @@ def _step(model, x, y, amp=False, channels_last=False):
     loss = torch.nn.functional.cross_entropy(logits.float(), y)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
-def test_a_training_step_with_bf16_channels_last_and_compile_is_finite_and_close_to_float32_eager():
+def _updates(amp: bool):
+    """One SGD step of float32 eager and of channels-last + compile (+ bf16 autocast with ``amp``) from the
+    same weights: (their losses, [(name, eager's update, the other's update)])."""
     x = torch.randn(8, 3, 227, 227, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     y = torch.arange(8).to(DEVICE) % 10
+    init = _net().to(DEVICE).state_dict()
     eager = _net().to(DEVICE)
     want = _step(eager, x, y)
     fast = _net().to(DEVICE).to(memory_format=torch.channels_last)
-    got = _step(torch.compile(fast), x, y, amp=True, channels_last=True)
-    assert np.isfinite(got) and got == pytest.approx(want, rel=0.05)
-    for (name, a), b in zip(eager.named_parameters(), fast.parameters()):
+    got = _step(torch.compile(fast), x, y, amp=amp, channels_last=True)
+    return (want, got), [(name, a.detach() - init[name], b.detach() - init[name])
+                         for (name, a), b in zip(eager.named_parameters(), fast.parameters())]
+
+
+def test_a_training_step_compiled_and_channels_last_in_float32_is_float32_eagers_step():
+    (want, got), updates = _updates(amp=False)
+    assert got == pytest.approx(want, rel=1e-4)
+    for name, a, b in updates:
+        torch.testing.assert_close(b, a, rtol=0, atol=0.01 * float(a.abs().max()) + 1e-7, msg=name)
+
+
+def test_a_training_step_with_bf16_channels_last_and_compile_is_finite_and_points_where_float32_does():
+    """bf16 keeps 8 bits of mantissa: the loss is within 1%, but rounding flips some ReLUs, and the error
+    grows as the gradient goes down (on a CPU, 1% of fc8's update and 25% of conv1's); what must hold is the
+    direction of every layer's update (cosine >= 0.95; 0.97 and above measured on a CPU)."""
+    (want, got), updates = _updates(amp=True)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=0.01)
+    for name, a, b in updates:
         assert torch.isfinite(b).all(), name
-        step = float((a.detach() - _net().to(DEVICE).state_dict()[name]).abs().max())
-        torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=0.1 * step + 1e-6, msg=name)
+        cosine = float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+        assert cosine >= 0.95, (name, cosine)
 
 
 @pytest.mark.parametrize("pair", [(f"{DEVICE}", f"{DEVICE}"), ("cuda:0", "cuda:1")])
