@@ -4,7 +4,7 @@ and the way a command ends (one ``error:`` line and an exit status, never a trac
     --data      train, prepare, evaluate, visualize neighbors (default: synthetic; the checkpoint's data
                 for the commands that read a checkpoint)
     --workers   train, prepare, evaluate, bench
-    --decode    train (where a JPEG store is decoded)
+    --decode    train, evaluate (where a JPEG store is decoded)
     --device    train, evaluate, predict, visualize neighbors, bench (with --two-gpu/--devices: placement.py)
     --strict, --download, --quiet   train, prepare
 """

@@ -20,7 +20,8 @@ from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet import checkpoint
 from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
-from reproduce.args import UsageError, add_data_flag, add_workers_flag, check_workers, exit_code, write_csv
+from reproduce.args import (UsageError, add_data_flag, add_decode_flag, add_workers_flag, check_workers, exit_code,
+                            write_csv)
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
 
@@ -36,6 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
     add_workers_flag(parser)
+    add_decode_flag(parser)
     parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
     add_device_arguments(parser)
     return parser
@@ -54,11 +56,11 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
     row = {"checkpoint": path, "epoch": ckpt.epoch, "variant": ckpt.variant, "data": dataset.spec,
            "split": args.split, "images": len(split)}
     centre = evaluate(net.model, split, net.transform, device=device, batch_size=args.batch_size,
-                      workers=args.workers)
+                      workers=args.workers, decode=args.decode)
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
     if args.ten_crop:
         ten = evaluate(net.model, split, net.transform, device=device, batch_size=args.batch_size, ten_crop=True,
-                       workers=args.workers, progress=True)
+                       workers=args.workers, decode=args.decode, progress=True)
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
     return row
 
