@@ -244,6 +244,9 @@ def test_a_jpeg_store_decoded_on_the_device_gives_the_batches_the_workers_decode
                        torch.stack([torch.from_numpy(split.load(i)).permute(2, 0, 1) for i in kept]).sum(0))
     with pytest.raises(BadImageError, match="does not decode"):
         list(BatchLoader(split, 4, shuffle=False, device="cpu", decode="device", strict=True))
+    blob, bounds, labels, names = split.encoded([0, 1, 2, 3])    # a worker hands over 3 tensors, whatever the batch
+    assert blob.ndim == 1 and bounds.tolist()[0] == 0 and len(bounds) == 5 and bounds[-1] == len(blob)
+    assert bytes(blob[bounds[1]:bounds[2]].numpy())[:2] == b"\xff\xd8" and names[1] == split.describe(1)
     assert BatchLoader(split.subset([0, 1, 2]), 2, decode="device").decode_on_device        # --limit's subset
     raw = open_dataset("synthetic?classes=2&train=4&val=2", progress=False).split("train")
     assert not BatchLoader(raw, 2, decode="device").decode_on_device                         # nothing to defer

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import torch

@@ -107,24 +107,28 @@ class JpegStoreSplit(StoreSplit):
 
     defers_decoding = True      # its batches can travel encoded and be decoded where the net is (decode_jpegs)
 
-    def _bytes(self, i: int) -> torch.Tensor:
+    def _bytes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The JPEG files of store rows ``rows``, end to end in one array, and where each begins and ends."""
         offsets = self._map("offsets.i8", np.int64, (self.total + 1,))
-        row = int(self.index[i])
-        start, end = int(offsets[row]), int(offsets[row + 1])
-        return torch.from_numpy(np.array(self._map("images.jpg", np.uint8, (int(offsets[-1]),))[start:end]))
+        blob = self._map("images.jpg", np.uint8, (int(offsets[-1]),))
+        parts = [blob[offsets[row]:offsets[row + 1]] for row in rows]
+        return np.concatenate(parts) if parts else np.empty(0, np.uint8), np.cumsum([0] + [len(p) for p in parts])
 
     def load(self, i: int) -> np.ndarray:
-        return _decode_one(self._bytes(i), self.describe(i), "cpu").permute(1, 2, 0).contiguous().numpy()
+        blob, _ = self._bytes(self.index[[i]])
+        return _decode_one(torch.from_numpy(blob), self.describe(i), "cpu").permute(1, 2, 0).contiguous().numpy()
 
     def batch(self, indices: Sequence[int], strict: bool = False):
         return decode_jpegs(*self.encoded(indices), device="cpu", strict=strict)
 
     def encoded(self, indices: Sequence[int]):
-        """(the images' JPEG bytes, one 1-D uint8 tensor each, their labels, their names): a batch not yet
-        decoded, for :func:`decode_jpegs` on the training device."""
-        indices = [int(i) for i in indices]
-        return ([self._bytes(i) for i in indices], torch.as_tensor(self.labels[indices], dtype=torch.int64),
-                [self.describe(i) for i in indices])
+        """(the images' JPEG files end to end in one uint8 tensor, the N + 1 bounds between them, their labels,
+        their names): a batch not yet decoded, for :func:`decode_jpegs` on the training device. One tensor, not
+        N: each tensor a loader worker hands over takes a file descriptor of shared memory."""
+        indices = np.asarray(indices, dtype=np.int64)
+        blob, bounds = self._bytes(self.index[indices])
+        return (torch.from_numpy(blob), torch.from_numpy(bounds), torch.as_tensor(self.labels[indices]),
+                [self.describe(int(i)) for i in indices])
 
 
 def _decode_one(data: torch.Tensor, name: str, device) -> torch.Tensor:
@@ -140,13 +144,17 @@ def _decode_one(data: torch.Tensor, name: str, device) -> torch.Tensor:
     return image
 
 
-def decode_jpegs(datas: list, labels: torch.Tensor, names: list, device="cpu", strict: bool = False):
-    """A JPEG store's batch decoded on ``device`` (on a GPU: nvjpeg, the batch in one call) -> (uint8 N x 3 x
-    256 x 256 on ``device``, the labels of the images kept, [(name, reason) of entries that did not decode]).
-    The one-call decode fails whole on a bad entry; the batch is then decoded one by one to find it."""
+def decode_jpegs(blob: torch.Tensor, bounds: torch.Tensor, labels: torch.Tensor, names: list, device="cpu",
+                 strict: bool = False):
+    """A JPEG store's batch (:meth:`JpegStoreSplit.encoded`) decoded on ``device`` (on a GPU: nvjpeg, the batch
+    in one call) -> (uint8 N x 3 x 256 x 256 on ``device``, the labels of the images kept, [(name, reason) of
+    entries that did not decode]). The one-call decode fails whole on a bad entry; the batch is then decoded
+    one by one to find it."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     size = paper.IMAGE_SIZE
+    at = bounds.tolist()
+    datas = [blob[start:end] for start, end in zip(at[:-1], at[1:])]
     if not datas:
         return torch.empty(0, 3, size, size, dtype=torch.uint8, device=device), labels, []
     try:

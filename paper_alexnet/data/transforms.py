@@ -78,7 +78,7 @@ class PaperTransform:
             raise ValueError("the mean image / PCA lighting need the training set's statistics (stats=None)")
         self.augment, self.device = augment, torch.device(device)
         # one gather for the whole batch on a GPU (a handful of kernels, where the loop launches ~2 per image);
-        # the loop on the CPU, where it is 4x faster (docs/performance.md). The same numbers either way.
+        # the loop on the CPU, where it is 3-4x faster (docs/data.md). The same numbers either way.
         self.batched = self.device.type != "cpu" if batched is None else batched
         self.mean_image = self.mean_image_mirrored = None
         if augment.mean == "image":
