@@ -114,7 +114,7 @@ def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *,
 
     model.eval()
     loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict, rank=rank, world=world,
-                         device=device, decode=decode, pin_memory=torch.device(device).type == "cuda")
+                         device=device, decode=decode)
     loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
     for images, labels in tqdm(loader, desc="ten-crop" if ten_crop else "eval", unit="batch", leave=False,
                                disable=not progress):

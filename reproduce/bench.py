@@ -80,13 +80,13 @@ def bench_data(args) -> list[dict]:
         rows += _transform_ways(stats, args)
         speeds = {}
         splits = [(name, store.splits["train"]) for name, store in stores.items()]
-        ways = splits + [(f"{splits[1][0]}, decoded on the device", splits[1][1]),
-                         ("jpeg folder (500x375 files)", jpeg.split("train"))]
-        for name, split in ways:
+        ways = [(name, split, "workers") for name, split in splits] + [
+            (f"{splits[1][0]}, decoded on the device", splits[1][1], "device"),
+            ("jpeg folder (500x375 files)", jpeg.split("train"), "workers")]
+        for name, split, decode in ways:
             for workers in sorted({0, args.workers}):
                 speeds[name, workers] = loader_throughput(split, transform, args.batch_size, args.batches, workers,
-                                                          args.device, decode="device" if "device" in name else
-                                                          "workers")
+                                                          args.device, decode=decode)
                 rows.append({"section": "data", "what": f"{name} -> train transform, {workers} workers",
                              "images_per_s": speeds[name, workers]})
         for workers in sorted({0, args.workers}):

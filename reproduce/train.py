@@ -485,8 +485,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
 
     for epoch in range(start_epoch, args.epochs + 1):
         loader = BatchLoader(data.train, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
-                             strict=args.strict, pin_memory=ctx.placement.first.type == "cuda",
-                             rank=process.rank, world=process.world, start_batch=progress.steps,
+                             strict=args.strict, rank=process.rank, world=process.world, start_batch=progress.steps,
                              device=ctx.placement.first, decode=args.decode)
         steps = progress.steps + len(loader)
         bar = tqdm(total=steps, initial=progress.steps, desc=f"epoch {epoch}/{args.epochs}", unit="batch",

@@ -193,8 +193,7 @@ def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips
     from paper_alexnet.data import BatchLoader
 
     split = _jpeg_store(tmp_path, monkeypatch, wipe=5)
-    cuda = torch.device(DEVICE).type == "cuda"
-    there = BatchLoader(split, 8, seed=1, device=DEVICE, decode="device", pin_memory=cuda)
+    there = BatchLoader(split, 8, seed=1, device=DEVICE, decode="device")
     here = BatchLoader(split, 8, seed=1, decode="workers")
     assert there.decode_on_device
     pairs = list(zip(there.global_batches(), here.global_batches()))
@@ -213,10 +212,9 @@ def test_batches_staged_ahead_on_a_side_stream_are_the_batches_the_cpu_loads():
     from paper_alexnet.data import BatchLoader, open_dataset
 
     split = open_dataset("synthetic?classes=3&train=40&val=3", progress=False).split("train")
-    cuda = torch.device(DEVICE).type == "cuda"
     weight = torch.randn(1024, 1024, device=DEVICE)
     got = []
-    for images, labels in BatchLoader(split, 8, seed=2, device=DEVICE, pin_memory=cuda):
+    for images, labels in BatchLoader(split, 8, seed=2, device=DEVICE):
         assert images.device.type == labels.device.type == torch.device(DEVICE).type
         for _ in range(20):                                  # a step's worth of work on the compute stream
             weight = torch.tanh(weight @ weight)

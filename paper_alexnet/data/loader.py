@@ -25,6 +25,7 @@ import torch
 
 from .images import BadImageError
 from .splits import Split
+from .store import decode_jpegs
 
 
 def epoch_order(count: int, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
@@ -75,11 +76,12 @@ def _leave_signals_to_the_main_process(worker_id: int) -> None:
 
 class BatchLoader:
     """Iterate (uint8 images, labels) over one epoch of ``split``; ``skipped`` lists the files left out.
-    With ``device`` they arrive there (see the module's note); ``decode`` is :func:`decode_where`'s answer."""
+    With ``device`` they arrive there (see the module's note; pinned on the way to a GPU); ``decode`` is
+    :func:`decode_where`'s answer."""
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  drop_last: bool = False, workers: int = 0, strict: bool = False, start_batch: int = 0,
-                 pin_memory: bool = False, rank: int = 0, world: int = 1, device=None, decode: str = "workers"):
+                 rank: int = 0, world: int = 1, device=None, decode: str = "workers"):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of {world} processes")
         self.split, self.strict = split, strict
@@ -89,7 +91,8 @@ class BatchLoader:
         self.skipped: list = []
         self.loader = torch.utils.data.DataLoader(
             _Batches(split, encoded=self.decode_on_device), sampler=[b[rank::world] for b in self.batches],
-            batch_size=None, collate_fn=_as_is, num_workers=workers, pin_memory=pin_memory,
+            batch_size=None, collate_fn=_as_is, num_workers=workers,
+            pin_memory=self.device is not None and self.device.type == "cuda",
             persistent_workers=False, prefetch_factor=2 if workers else None,
             worker_init_fn=_leave_signals_to_the_main_process if workers else None)
 
@@ -99,8 +102,6 @@ class BatchLoader:
     def _stage(self, batch):
         """One batch from the workers -> (images, labels, skipped) on the device: decoded there, or copied."""
         if self.decode_on_device:
-            from .store import decode_jpegs
-
             batch = decode_jpegs(*batch, device=self.device or "cpu", strict=False)
         images, labels, skipped = batch
         if self.device is not None:
@@ -154,9 +155,7 @@ def loader_throughput(split: Split, transform, batch_size: int = 128, batches: i
     """Images per second through loader + training transform (crop, flip, mean, PCA) onto ``device``, as
     training reads them (pinned, staged ahead, ``decode`` where :func:`decode_where` says)."""
     generator = torch.Generator().manual_seed(0)
-    device = torch.device(device)
-    loader = BatchLoader(split, batch_size, workers=workers, shuffle=True, device=device, decode=decode,
-                         pin_memory=device.type == "cuda")
+    loader = BatchLoader(split, batch_size, workers=workers, shuffle=True, device=device, decode=decode)
     seen, start = 0, None
     for step, (images, _) in enumerate(loader):
         if step == warmup:

@@ -155,11 +155,9 @@ def decode_jpegs(blob: torch.Tensor, bounds: torch.Tensor, labels: torch.Tensor,
     size = paper.IMAGE_SIZE
     at = bounds.tolist()
     datas = [blob[start:end] for start, end in zip(at[:-1], at[1:])]
-    if not datas:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8, device=device), labels, []
     try:
-        images = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
-        if all(tuple(image.shape) == (3, size, size) for image in images):
+        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device) if datas else []
+        if images and all(tuple(image.shape) == (3, size, size) for image in images):
             return torch.stack(images), labels, []
     except (RuntimeError, ValueError):
         pass
