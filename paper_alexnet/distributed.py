@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Iterator
+import sys
+import time
+from typing import Iterator, List
 
 import torch
 import torch.distributed as dist
@@ -46,8 +48,10 @@ def start(process: Process, device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def stop() -> None:
+def stop(timeout_s: float = 10.0) -> None:
+    """Leave the process group, once no backend thread holds a tensor of ours (see ``settle``)."""
     if dist.is_available() and dist.is_initialized():
+        settle(timeout_s)
         dist.destroy_process_group()
 
 
@@ -66,6 +70,13 @@ def main_first(process: Process) -> Iterator[None]:
         barrier()
 
 
+# The tensors all_sum has summed that a backend thread may still hold. gloo's worker thread lets go of a
+# collective's tensors just after the collective returns, and that release takes the GIL: a process that
+# reaches interpreter shutdown first is aborted ("terminate called without an active exception", SIGABRT),
+# in rank 1 of a torchrun job that ends at once while rank 0 writes its files. stop() waits for them.
+_SUMMED: List[torch.Tensor] = []
+
+
 def all_sum(values: list) -> list:
     """Sum numbers over the data-parallel processes (as they are when there is only one)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -74,7 +85,33 @@ def all_sum(values: list) -> list:
     device = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
     total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)
-    return total.tolist()
+    sums = total.tolist()
+    _SUMMED.append(total)
+    del total
+    _SUMMED[:] = held_elsewhere(_SUMMED)
+    return sums
+
+
+def held_elsewhere(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """The tensors of the list that something besides the list holds. A reference held in C++ (a
+    collective's work) counts in the Python object's reference count; a new tensor, held by the list
+    alone, gives the count to compare with."""
+    tensors.append(torch.empty(0))
+    counts = [sys.getrefcount(tensors[i]) for i in range(len(tensors))]
+    tensors.pop()
+    return [tensor for tensor, count in zip(tensors, counts) if count > counts[-1]]
+
+
+def settle(timeout_s: float) -> bool:
+    """Wait (the GIL released) until no backend thread holds a tensor all_sum summed; False after
+    ``timeout_s`` with some still held."""
+    deadline = time.monotonic() + timeout_s
+    while _SUMMED and time.monotonic() < deadline:
+        time.sleep(0.001)
+        _SUMMED[:] = held_elsewhere(_SUMMED)
+    settled = not _SUMMED
+    _SUMMED.clear()
+    return settled
 
 
 def wrap(model: torch.nn.Module, process: Process, device) -> torch.nn.Module:

@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from paper_alexnet import distributed
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import ArraySplit
 from reproduce import train
@@ -35,6 +37,45 @@ def test_each_rank_reads_its_rows_of_the_same_global_batches():
         assert rows[0] == batch[0::3] and rows[1] == batch[1::3] and rows[2] == batch[2::3]
     with pytest.raises(ValueError):
         BatchLoader(split, 4, rank=2, world=2)
+
+
+@pytest.fixture
+def gloo_of_one(tmp_path):
+    """A process group of this process alone: collectives run on gloo's worker threads, as under torchrun."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    distributed.stop()
+
+
+def test_a_tensor_a_gloo_work_holds_is_held_elsewhere(gloo_of_one):
+    tensors = [torch.zeros(2)]
+    work = torch.distributed.all_reduce(tensors[0], async_op=True)
+    work.wait()
+    assert distributed.held_elsewhere(tensors) == tensors
+    del work                                         # the work, with its reference, is gone
+    deadline = time.monotonic() + 5
+    while distributed.held_elsewhere(tensors) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert distributed.held_elsewhere(tensors) == []
+
+
+def test_stop_outwaits_a_backend_thread_that_still_holds_a_summed_tensor(gloo_of_one, monkeypatch):
+    """gloo's worker lets go of a collective's tensor after the collective returns, and takes the GIL to do
+    so: a process already shutting down then aborts (SIGABRT, rank 1 of a torchrun job that ends at once).
+    Here a thread stands for that worker and holds the tensor 0.3 s after the sum returns."""
+    let_go = []
+    real = torch.distributed.all_reduce
+
+    def all_reduce_let_go_late(tensor, *args, **kwargs):
+        real(tensor, *args, **kwargs)
+        threading.Thread(target=lambda held: (time.sleep(0.3), let_go.append(held.shape)), args=(tensor,)).start()
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce_let_go_late)
+    assert distributed.all_sum([1.0, 2.0]) == [1.0, 2.0] and not let_go
+    assert distributed.settle(0.05) is False                  # a bounded wait, never a hang
+    assert distributed.all_sum([3.0]) == [3.0]
+    distributed.stop()
+    assert len(let_go) == 2                                    # both holds were over before stop returned
 
 
 def _run(args, env):
