@@ -156,7 +156,7 @@ def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
         rows += section()
     minutes = (time.perf_counter() - start) / 60
     targets = _targets(rows, minutes)
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "CPU"
+    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU"
     lines = [f"# The GPU path on {name}", "",
              f"`python -m reproduce.bench --suite gpu --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
              f"{paper_alexnet.__version__}, torch {torch.__version__}, CUDA {torch.version.cuda}, batch "
