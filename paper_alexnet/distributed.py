@@ -92,6 +92,13 @@ def all_sum(values: list) -> list:
     return sums
 
 
+def each(value: float, process: Process) -> list:
+    """Every process's ``value``, in rank order (``[value]`` for one process): one sum of one-hot rows."""
+    row = [0.0] * process.world
+    row[process.rank] = float(value)
+    return all_sum(row)
+
+
 def held_elsewhere(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
     """The tensors of the list that something besides the list holds. A reference held in C++ (a
     collective's work) counts in the Python object's reference count; a new tensor, held by the list

@@ -520,7 +520,8 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
                 _save(ctx, data, net, epoch - 1, best, rows, progress)
             if stalled():
                 return _stalled(ctx, net, watch), rows
-            return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"), rows
+            return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"
+                            + _every_process_at(ctx.process, progress.steps)), rows
         val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first,
                        batch_size=args.batch_size, workers=args.workers, strict=args.strict, amp=args.amp,
                        decode=args.decode, rank=process.rank, world=process.world)
@@ -556,13 +557,24 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         if stalled() and epoch < args.epochs:                           # at the epoch's last step
             return _stalled(ctx, net, watch), rows
         if distributed.all_sum([float(stop())])[0] and epoch < args.epochs:   # a signal during validation
-            return _stopped(ctx, stop, f"at the end of epoch {epoch}"), rows
+            return _stopped(ctx, stop, f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps)), rows
     if writer is not None:
         writer.close()
     return None, rows
 
 
 STALLED = 4     # the exit status of a run that --on-stall stop ended
+
+
+def _every_process_at(process: distributed.Process, steps: int) -> str:
+    """" on all N processes" once each process has said it stopped after ``steps`` steps too (the vote in
+    engine.train_one_epoch makes them stop together; rank 0's checkpoint is then every rank's state)."""
+    if process.world == 1:
+        return ""
+    each = [int(n) for n in distributed.each(steps, process)]
+    if len(set(each)) > 1:
+        raise RuntimeError(f"the processes stopped after different steps ({each}): the checkpoint is rank 0's")
+    return f" on all {process.world} processes"
 
 
 def _stalled(ctx: Context, net: Net, watch: LearningWatch) -> int:

@@ -84,3 +84,18 @@ def write_bad_files(folder: str) -> dict:
     with open(files["text"], "w") as handle:
         handle.write("this is not a picture\n")
     return files
+
+
+def blank_tree(root: str, classes: str = "abcd", train: int = 10, val: int = 2, size=(64, 48)) -> str:
+    """``root/{train,val}/<class>/<k>.jpg``: a folder data set no net can learn, every image the same grey
+    JPEG. Once §2's mean image is subtracted every input is exactly 0 (and §4.1's crops, flips and lighting
+    leave it 0: a constant image has no principal components), so every image gets the same output,
+    whatever the weights and on any CPU: a balanced validation set is scored at chance, and a net with zero
+    biases (He init, --recipe quick) outputs the uniform distribution, its loss ln(classes)."""
+    grey = Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8), "RGB")
+    for split, count in (("train", train), ("val", val)):
+        for name in classes:
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for k in range(count):
+                grey.save(os.path.join(root, split, name, f"{k}.jpg"))
+    return root

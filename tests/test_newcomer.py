@@ -23,7 +23,26 @@ pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 DATA = "synthetic?classes=4&train=16&val=8"
 TINY = ["--data", DATA, "-b", "8", "--workers", "0", "--quiet"]
-LONG_FLOAT = re.compile(r"\d\.\d{7,}")                 # 0.44999999999999996, not 0.45
+# A float as written in a file: digits with a point, or with an exponent (1e-05); not a path's or a name's digits.
+FLOAT = re.compile(r"(?<![\w.])[-+]?(\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
+
+
+def too_precise(text, digits=6):
+    """The floats in ``text`` written with more than ``digits`` significant digits (0.44999999999999996, where
+    0.45 was meant), counted from the first non-zero digit of the mantissa: 0.0205559 has 6, 1234.5678 has 8."""
+    found = []
+    for match in FLOAT.finditer(text):
+        mantissa = re.split("[eE]", match.group(1))[0]
+        if len(mantissa.replace(".", "").lstrip("0")) > digits:
+            found.append(match.group(0))
+    return found
+
+
+def test_too_precise_counts_significant_digits_not_decimals():
+    assert too_precise("0.0205559,0.45,1e-05,12.5,100.0,0.000123457") == []
+    assert too_precise("0.44999999999999996 1234.5678 -3.14159265e-03") == ["0.44999999999999996", "1234.5678",
+                                                                          "-3.14159265e-03"]
+    assert too_precise("runs/seed12345678/x.csv v3.11.7 1,234,567") == []      # no float there
 
 
 @pytest.fixture
@@ -143,7 +162,7 @@ def test_predict_skips_an_unreadable_file_and_scores_the_rest(run, tmp_path, cap
     out, err = capsys.readouterr()
     assert f"{good} (centre crop)" in out and str(notes) not in out and f"skipped {notes}" in err
     assert {r["image"] for r in _csv(tmp_path / "p.csv")} == {str(good)}
-    assert not LONG_FLOAT.search((tmp_path / "p.csv").read_text())
+    assert not too_precise((tmp_path / "p.csv").read_text())
     assert predict.main([str(notes), str(tmp_path / "missing.jpg"), "--checkpoint", str(run / "best.pt")]) == 2
     assert "none of the 2 files" in capsys.readouterr().err
 
@@ -153,7 +172,7 @@ def test_evaluate_says_what_it_scored_and_the_device_once(run, tmp_path, capsys)
     out, err = capsys.readouterr()
     assert out.count(f"on {DATA} val (8 images)") == 2 and err.count("device: cpu") == 1
     text = (tmp_path / "all.csv").read_text()
-    assert not LONG_FLOAT.search(text)
+    assert not too_precise(text)
     assert evaluate.main(["--checkpoint", str(run / "best.pt"), "--data", "synthetic?classes=5"]) == 2
     err = capsys.readouterr().err
     assert "device:" not in err and "other classes than" not in err
@@ -162,7 +181,7 @@ def test_evaluate_says_what_it_scored_and_the_device_once(run, tmp_path, capsys)
 
 def test_numbers_in_files_are_fractions_rounded_to_what_they_mean(run):
     for name in ("metrics.csv", "result.json"):
-        assert not LONG_FLOAT.search((run / name).read_text()), name
+        assert not too_precise((run / name).read_text()), name
     row = _csv(run / "metrics.csv")[0]
     for key in ("train_top1_err", "val_top1_err"):
         assert 0 <= float(row[key]) <= 1

@@ -6,6 +6,7 @@ import torch
 
 from paper_alexnet import TwoTowerAlexNet, build_model
 from paper_alexnet.two_tower import crossing_bytes
+from trajectory import moved_alike
 
 
 def _pair(variant="paper+no-dropout", classes=10):
@@ -114,7 +115,7 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
 
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
     args = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
-            "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.001"]
+            "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.0001"]   # no leap (trajectory.py)
     assert train.main(args + ["--out", str(tmp_path / "grouped")]) == 0
     assert train.main(args + ["--out", str(tmp_path / "towers"), "--two-gpu"]) == 0
     assert "two towers (§3.2) both on the CPU" in capsys.readouterr().err
@@ -129,8 +130,7 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
     one = torch.load(tmp_path / "grouped" / "checkpoint.pt", weights_only=True)
     two = torch.load(tmp_path / "towers" / "checkpoint.pt", weights_only=True)
     assert two["two_tower"] and set(two["model"]) == set(one["model"])
-    for key in one["model"]:
-        torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-3, atol=1e-6, msg=key)
+    moved_alike(two, one, args, steps=4)            # two convolutions sum in another order than one grouped
     # either checkpoint evaluates with either layout, to the same error
     outputs = []
     for path, flags in ((tmp_path / "towers" / "best.pt", []), (tmp_path / "grouped" / "best.pt", ["--two-gpu"])):
