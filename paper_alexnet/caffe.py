@@ -118,12 +118,12 @@ def read_caffemodel(path: str) -> Tuple[Dict[str, List[np.ndarray]], int]:
         raise CaffeError(f"{path} is empty")
     net = _parse("NetParameter", data, path)
     if len(net.layer):
-        layers, version = [(l.name, LEARNED.get(l.type), l.blobs) for l in net.layer], 2
+        layers, version = [(layer.name, LEARNED.get(layer.type), layer.blobs) for layer in net.layer], 2
     elif len(net.layers):
-        if any(l.HasField("layer") for l in net.layers):
+        if any(layer.HasField("layer") for layer in net.layers):
             raise CaffeError(f"{path} is a V0 Caffe net (before 2014): upgrade it with Caffe's "
                              f"upgrade_net_proto_binary, then convert that")
-        layers, version = [(l.name, V1_LEARNED.get(l.type), l.blobs) for l in net.layers], 1
+        layers, version = [(layer.name, V1_LEARNED.get(layer.type), layer.blobs) for layer in net.layers], 1
     else:
         raise CaffeError(f"{path} holds no Caffe layers (not a .caffemodel)")
     learned = {name: [_array(b, f"{path}: {name}") for b in blobs] for name, kind, blobs in layers if kind and blobs}

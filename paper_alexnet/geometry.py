@@ -155,8 +155,8 @@ def layer_map(config: ArchConfig, height: Optional[int] = None, width: Optional[
 
 def totals(layers: Sequence[Layer]) -> Dict[str, int]:
     """Parameters, multiply-adds and neurons of the learned layers."""
-    return {"params": sum(l.params for l in layers), "macs": sum(l.macs for l in layers),
-            "neurons": sum(l.neurons for l in layers)}
+    return {"params": sum(layer.params for layer in layers), "macs": sum(layer.macs for layer in layers),
+            "neurons": sum(layer.neurons for layer in layers)}
 
 
 def is_built_input(config: ArchConfig, shape: Sequence[int]) -> bool:

@@ -5,7 +5,7 @@ The comparison nets are not AlexNet and have no ArchConfig:
 - ``figure1``: the four-layer convolutional net of Figure 1 (§3.1), on which the
   paper measures ReLU against tanh (``figure1+tanh``) on CIFAR-10;
 - ``vgg11``, ``googlenet``, ``resnet18``: torchvision's nets, untrained, for the
-  comparison table of the user's fruit-data document.
+  comparison with later nets trained the same way (ablate's ``baselines`` grid).
 
 ``get_network(name, **overrides)`` returns an :class:`ArchConfig` or an
 :class:`OtherNet`; ``build_network(config)`` the module; ``network_cost`` its

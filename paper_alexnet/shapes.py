@@ -143,8 +143,10 @@ def _text_table(headers: Sequence[str], body: Sequence[Sequence[str]], markdown:
     columns = list(zip(*body))
     widths = [max(len(x) for x in (h, *col)) for h, col in zip(headers, columns)]
     numeric = [all(re.fullmatch(r"[+\-]?[\d,]+|—|", cell) for cell in col) for col in columns]
-    text = lambda cells: "  ".join(c.rjust(w) if right else c.ljust(w)
-                                   for c, w, right in zip(cells, widths, numeric)).rstrip()
+
+    def text(cells):
+        return "  ".join(c.rjust(w) if right else c.ljust(w) for c, w, right in zip(cells, widths, numeric)).rstrip()
+
     return "\n".join([text(headers), text(["-" * w for w in widths])] + [text(cells) for cells in body])
 
 
@@ -154,7 +156,10 @@ def _single(config: ArchConfig, markdown: bool) -> str:
     body = []
     for r in rows(config):
         tower = f"{r['tower_channels']}×{r['out_height']}×{r['out_width']}" if r["tower_channels"] else "—"
-        dash = lambda key: str(r[key]) if r[key] else "—"
+
+        def dash(key, r=r):
+            return str(r[key]) if r[key] else "—"
+
         windowed = r["type"] in ("conv", "maxpool")
         body.append([r["layer"], r["type"], dash("kernel"), dash("stride"), str(r["padding"]) if windowed else "—",
                      str(r["groups"]) if r["type"] in ("conv", "lrn") else "—", _io(r, "in"), _io(r, "out"), tower,

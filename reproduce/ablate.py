@@ -47,7 +47,7 @@ from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
 from reproduce import train
-from reproduce.args import UsageError, exit_code
+from reproduce.args import Exit, UsageError, exit_code
 from reproduce.placement import pick_device, place
 
 DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip",     # §4.1's augmentations, as train flags
@@ -152,7 +152,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def hparam_cells(base: argparse.Namespace) -> Tuple[str, ...]:
-    """The fruit-data document's sweeps, around the resolved defaults: epochs and batch size halved and
+    """Sweeps around the resolved defaults, as a fine-tuning study would run them: epochs and batch size halved and
     doubled, the learning rate divided and multiplied by about 3."""
     def number(x):
         return f"{x:g}"
@@ -282,10 +282,10 @@ def open_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> Tu
 def close_cell(cell: Cell, out: str, code: int, argv: List[str], resume: bool, seconds: float) -> None:
     """After train ended with ``code``: a finished cell (done, or stopped on a non-finite loss, a result too)
     gets cell.json and keeps best.pt as weights only."""
-    if code not in (0, 3):
+    if not Exit.ended(code):
         return
     folder = cell.folder(out)
-    marker = {"status": "done" if code == 0 else "diverged", "exit_code": code, "resumed": resume,
+    marker = {"status": "done" if code == Exit.OK else "diverged", "exit_code": code, "resumed": resume,
               "wall_seconds": seconds, "argv": argv}
     with atomic_write(os.path.join(folder, "cell.json")) as handle:
         json.dump(marker, handle, indent=1)
@@ -370,9 +370,9 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
                 close_cell(cell, out, code, argv, resume, time.perf_counter() - start)
                 print(f"[{k}/{total}] {cell.label}, seed {cell.seed}: ended on {device} with exit code {code}",
                       file=sys.stderr)
-                if code in (0, 3):
+                if Exit.ended(code):
                     after_each()
-                elif code not in (130, 143):
+                elif not Exit.interrupted(code):
                     failed = failed or code
     finally:
         for s, handler in previous.items():
@@ -396,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are kept in {args.out}; the same command continues the grid",
               file=sys.stderr)
-        return 130
+        return Exit.SIGINT
 
 
 def train_cells(cells: Sequence[Cell], common: Sequence[str], out: str, ten_crop: bool,
@@ -415,11 +415,11 @@ def train_cells(cells: Sequence[Cell], common: Sequence[str], out: str, ten_crop
             continue
         print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
         code = run_cell(cell, common, out, ten_crop)
-        if code in (130, 143):           # SIGINT / SIGTERM: the cell wrote a checkpoint at its step
+        if Exit.interrupted(code):       # the cell wrote a checkpoint at its step
             print(f"interrupted: finished cells are kept in {out}, and this one resumes at its step; the "
                   f"same command continues the grid", file=sys.stderr)
             return code
-        if code not in (0, 3):           # bad data or a bad flag would stop every other cell alike
+        if not Exit.ended(code):         # bad data or a bad flag would stop every other cell alike
             print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
                   f"cells are kept, the same command continues", file=sys.stderr)
             return code

@@ -12,7 +12,9 @@ and the way a command ends (one ``error:`` line and an exit status, never a trac
 from __future__ import annotations
 
 import argparse
+import enum
 import os
+import signal
 import sys
 from typing import Callable, Optional
 
@@ -29,6 +31,28 @@ DATA_HELP = ("synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech
              "store:DIR; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")
 
 
+class Exit(enum.IntEnum):
+    """Every exit status of the commands: what a shell script or a scheduler reads."""
+
+    OK = 0
+    FAILED = 1              # an unreadable image under --strict, a file that could not be written
+    USAGE = 2               # bad input: a flag, a data spec, a checkpoint; nothing was written
+    DIVERGED = 3            # train: the loss became NaN or infinite (a result: the last good checkpoint stays)
+    STALLED = 4             # train: stuck at chance, stopped by --on-stall stop (checkpoint kept)
+    SIGINT = 128 + signal.SIGINT        # Ctrl-C: stopped at a step, with its checkpoint
+    SIGTERM = 128 + signal.SIGTERM      # a scheduler's stop: the same
+
+    @classmethod
+    def ended(cls, code: int) -> bool:
+        """A training run that ran to its end: done, or diverged (both are results to tabulate)."""
+        return code in (cls.OK, cls.DIVERGED)
+
+    @classmethod
+    def interrupted(cls, code: int) -> bool:
+        """Stopped by a signal at a step, with a checkpoint to resume from."""
+        return code in (cls.SIGINT, cls.SIGTERM)
+
+
 class UsageError(ValueError):
     """Bad command-line input: one line, exit code 2, nothing written."""
 
@@ -41,13 +65,13 @@ def exit_code(action: Callable[[], int]) -> int:
     except BadImageError as err:
         print(f"error: unreadable image {err.path}: {err.reason} (--strict; without it such files are skipped)",
               file=sys.stderr)
-        return 1
+        return Exit.FAILED
     except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return Exit.FAILED
     except (UsageError, DataError, ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
 
 
 def write_csv(rows: list, path: str) -> None:

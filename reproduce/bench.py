@@ -35,7 +35,6 @@ import torch
 from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
-from paper_alexnet.data import DataError
 from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
 from paper_alexnet.cli import HelpFormatter
@@ -315,7 +314,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
     parser.add_argument("--suite", choices=("gpu",), default=None,
                         help="gpu: the CUDA tests, the models (bf16, channels-last, eager and compiled), the data "
-                             "and reproduce.train from a store on the GPU, with issue 19's targets, into --out DIR "
+                             "and reproduce.train from a store on the GPU, with the GPU path's targets, into --out DIR "
                              "(reproduce/gpu_suite.py; about 8 minutes on one GPU)")
     parser.add_argument("--out", default=None, metavar="DIR", help="--suite gpu: the report's folder")
     parser.add_argument("--budget-min", type=float, default=gpu_suite.BUDGET_MIN, metavar="MIN",
@@ -345,35 +344,36 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
+    return exit_code(lambda: run(args))
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse bad flags and a device that is not here before any work (UsageError: one line, exit 2)."""
+    if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
+        raise UsageError("--batch-size, --repeats and --batches must be at least 1")
+    if args.budget_min < 0:
+        raise UsageError(f"--budget-min must be 0 or more minutes, not {args.budget_min:g}")
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be between 1 and 100, not {args.quality}")
+    check_workers(args.workers)
+    if args.suite:
+        args.device = gpu_suite.suite_device()
+    args.device = str(pick_device(args.device))
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as err:
+        raise UsageError(f"--device {args.device} is not usable here ({str(err).splitlines()[0]})") from None
+
+
+def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     kept = not args.system_malloc and keep_freed_memory()   # as train runs (cpu_memory.py); alike for every net
     if args.batch_size is None:
         args.batch_size = 128 if args.suite else 32
-
-    if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
-        print("error: --batch-size, --repeats and --batches must be at least 1", file=sys.stderr)
-        return 2
-    if args.budget_min < 0:
-        print(f"error: --budget-min must be 0 or more minutes, not {args.budget_min:g}", file=sys.stderr)
-        return 2
-    if not 1 <= args.quality <= 100:
-        print(f"error: --quality must be between 1 and 100, not {args.quality}", file=sys.stderr)
-        return 2
-    try:
-        check_workers(args.workers)
-        if args.suite:
-            args.device = gpu_suite.suite_device()
-        args.device = str(pick_device(args.device))
-        torch.empty(0, device=args.device)
-    except (UsageError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (RuntimeError, AssertionError) as err:
-        print(f"error: --device {args.device} is not usable here ({str(err).splitlines()[0]})", file=sys.stderr)
-        return 2
+    check(args)
     if args.suite:
-        return exit_code(lambda: gpu_suite.run_suite(args, bench_models, bench_data))
+        return gpu_suite.run_suite(args, bench_models, bench_data)
     threads = torch.get_num_threads()
     rows = []
     if args.only in (None, "models"):

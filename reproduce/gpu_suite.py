@@ -1,9 +1,9 @@
-"""``python -m reproduce.bench --suite gpu --out DIR``: the one command that proves the GPU path (issue 19).
+"""``python -m reproduce.bench --suite gpu --out DIR``: the one command that proves the GPU path.
 
 It runs, on the first CUDA GPU: the tests marked ``cuda`` (tests/test_cuda.py), the model bench with bf16
 autocast and channels-last against a bf16 matrix-multiply peak, ``reproduce.train`` for one epoch from a
 JPEG store, the data bench, and the paper and torchvision nets compiled; then writes DIR/report.md (the
-figures, and each target of issue 19 with its measured value) and DIR/report.csv (every row). Within 8
+figures, and each of the GPU path's targets with its measured value) and DIR/report.csv (every row). Within 8
 minutes (``--budget-min``): a section that would start after them is not run, and the report says so.
 
 PAPER_ALEXNET_TEST_DEVICE=cpu runs it on the CPU: a dry run of the suite's own code (the tests do this).
@@ -29,7 +29,7 @@ from paper_alexnet.atomic import atomic_write
 from reproduce.args import UsageError, write_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGETS = (   # issue 19: (what, how it is read from the rows, at least, at most)
+TARGETS = (   # the GPU path's: (what, how it is read from the rows, at least, at most)
     ("paper net training img/s vs torchvision's, same run (bf16, channels-last)", "vs_torchvision", 0.95, None),
     ("two towers on one GPU vs the grouped net, training img/s", "towers_vs_grouped", 0.95, None),
     ("reproduce.train from a JPEG store vs the bench's synthetic-input rate", "train_vs_bench", 0.90, None),
@@ -39,7 +39,7 @@ TARGETS = (   # issue 19: (what, how it is read from the rows, at least, at most
 
 
 COMPILED = ("paper", "torchvision")    # the nets timed under torch.compile: does compiling pay, and is the ratio kept?
-BUDGET_MIN = 8.0                       # issue 19: the whole suite within 8 minutes on one GPU
+BUDGET_MIN = 8.0                       # the whole suite within 8 minutes on one GPU
 
 
 def suite_device() -> str:
@@ -163,7 +163,7 @@ def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
              f"{args.batch_size}, {args.repeats} repetitions.", "",
              "## Tests (cuda marker)", "", f"{rows[0]['what']} (exit code {rows[0]['exit_code']}; "
                                             f"cuda-tests.txt has the output)", "",
-             "## Targets (issue 19)", ""] + _markdown(targets, ["target", "measured", "at_least", "at_most", "met"])
+             "## Targets", ""] + _markdown(targets, ["target", "measured", "at_least", "at_most", "met"])
     lines += ["", "## Models (bf16 autocast, channels-last)", ""] + _markdown(
         [r for r in rows if r.get("section") == "models"],
         ["what", "compiled", "train_images_per_s", "infer_images_per_s", "utilisation", "vs_torchvision",

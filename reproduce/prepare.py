@@ -19,7 +19,7 @@ from paper_alexnet.data.imagenet import sort_imagenet_val
 from paper_alexnet.data.store import ENCODINGS, JPEG_QUALITY
 from paper_alexnet.data.sources import open_dataset, parse_spec
 from paper_alexnet.cli import HelpFormatter
-from reproduce.args import add_data_flag, add_reading_flags, add_workers_flag, check_workers, exit_code
+from reproduce.args import Exit, add_data_flag, add_reading_flags, add_workers_flag, check_workers, exit_code
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sort-imagenet-val", metavar="VAL_DIR", default=None,
                         help="instead: move ILSVRC-2012's flat validation images into class folders")
     parser.add_argument("--devkit", metavar="PATH", default=None,
-                        help="with --sort-imagenet-val: ILSVRC2012_devkit_t12 (folder or .tar.gz) or LOC_val_solution.csv")
+                        help="with --sort-imagenet-val: ILSVRC2012_devkit_t12 (folder or .tar.gz) or "
+                             "LOC_val_solution.csv")
     return parser
 
 
@@ -49,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exit_code(lambda: run(args))
     except KeyboardInterrupt:
         print("\ninterrupted: what was written is kept; run the same command again to continue", file=sys.stderr)
-        return 130
+        return Exit.SIGINT
 
 
 def run(args) -> int:

@@ -45,7 +45,7 @@ from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import LearningWatch, chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
 from reproduce import recipes
-from reproduce.args import UsageError, add_data_arguments, add_reading_flags, augment_from_args, exit_code
+from reproduce.args import Exit, UsageError, add_data_arguments, add_reading_flags, augment_from_args, exit_code
 from reproduce.figures import plot_curves
 from reproduce.placement import Placement, add_device_arguments, build_placed, place
 
@@ -455,7 +455,7 @@ def avoiding_command(ctx: Context, net: Net) -> str:
 def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoint],
                  stop: StopOnSignal) -> Tuple[Optional[int], List[dict]]:
     """The epochs of §5, each with its validation, checkpoint, metrics.csv row and curves. Returns the exit
-    status, None when every epoch ran (3: the loss became NaN/inf; 128 + signal: stopped by SIGTERM/SIGINT),
+    status, None when every epoch ran (Exit.DIVERGED: the loss became NaN/inf; Exit.SIGTERM/SIGINT: stopped),
     and metrics.csv's rows."""
     from tqdm.auto import tqdm
 
@@ -513,7 +513,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
             bar.close()
             ctx.say(f"error: {err}; stopped. The last good checkpoint ({ctx.path('checkpoint.pt')}) is kept. "
                     f"Lower --lr, or use --recipe quick.")
-            return 3, rows
+            return Exit.DIVERGED, rows
         bar.close()
         if progress.stopped and progress.steps < steps:            # mid-epoch: save this very step
             if process.main:
@@ -563,7 +563,7 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
     return None, rows
 
 
-STALLED = 4     # the exit status of a run that --on-stall stop ended
+STALLED = Exit.STALLED     # the exit status of a run that --on-stall stop ended
 
 
 def _every_process_at(process: distributed.Process, steps: int) -> str:
@@ -589,7 +589,7 @@ def _stalled(ctx: Context, net: Net, watch: LearningWatch) -> int:
 def _stopped(ctx: Context, stop: StopOnSignal, where: str) -> int:
     ctx.say(f"stopped by {stop.name or 'a signal on another process'} {where}: checkpoint written to "
             f"{ctx.path('checkpoint.pt')}; continue with the same command and --resume")
-    return stop.exit_code if stop.received else 128 + 15
+    return stop.exit_code if stop.received else Exit.SIGTERM
 
 
 # --- 6. the end ------------------------------------------------------------------------------------------

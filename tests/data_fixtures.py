@@ -61,7 +61,7 @@ def cifar_batches(root: str, hundred: bool = False, per_class: int = 3, classes:
     with open(os.path.join(folder, meta_name), "wb") as handle:
         pickle.dump(meta, handle)
     data = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return data, sum((l for _, l in train), [])
+    return data, sum((labels for _, labels in train), [])
 
 
 def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:

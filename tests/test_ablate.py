@@ -256,7 +256,8 @@ def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regul
         config = json.loads((folder / "config.json").read_text())
         assert (config["args"]["wd"], config["args"]["schedule"], config["args"]["optimizer"]) == (0.0, "none", "sgd")
         assert (config["augment"]["translate"], config["augment"]["flip"], config["augment"]["pca"]) == (False,) * 3
-        assert not any(isinstance(m, torch.nn.Dropout) for m in build_network(get_network(config["args"]["variant"])).modules())
+        net = build_network(get_network(config["args"]["variant"]))
+        assert not any(isinstance(m, torch.nn.Dropout) for m in net.modules())
     assert "tanh's epochs (and seconds) to 25% training error over ReLU's" in (out / "summary.md").read_text()
     assert _png_size(out / "figure1.png") == (1300, 450)
 

@@ -5,7 +5,8 @@ numbers recorded in tests/fixtures/behaviour.json.
 Every column is compared but the timings. The tolerances hold across CPU kinds: AVX2 and AVX-512 kernels
 sum in other orders, which moves a loss in its last digits and may flip one image's prediction, so a loss
 is compared to 1e-3 of itself, an error to one validation image (two in a difference of errors), and
-everything else exactly. The flags keep the trajectory smooth (He init, SGD at 0.0001 on unit-std pixels: no loss leaps).
+everything else exactly. The flags keep the trajectory smooth (He init, SGD at 0.0001 on unit-std pixels:
+no loss leaps).
 
 After a change that is meant to move these numbers, record them again and say why in the commit:
 

@@ -1,4 +1,4 @@
-"""The GPU path (issue 19), marked ``cuda``: collected everywhere, skipped where no GPU is, so that the README's
+"""The GPU path, marked ``cuda``: collected everywhere, skipped where no GPU is, so that the README's
 test command runs them on a GPU machine (and ``python -m reproduce.bench --suite gpu`` runs them alone).
 
 PAPER_ALEXNET_TEST_DEVICE=cpu runs the same tests on the CPU (a dry run of the tests' own code where no GPU

@@ -16,7 +16,6 @@ import torch
 from paper_alexnet import distributed
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import ArraySplit
-from reproduce import train
 from data_fixtures import blank_tree
 from trajectory import moved_alike
 

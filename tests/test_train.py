@@ -9,10 +9,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint

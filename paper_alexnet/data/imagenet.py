@@ -56,7 +56,7 @@ def val_labels(devkit: str) -> dict[int, str]:
         try:
             return {int(_VAL_NUMBER.search(r["ImageId"]).group(1)): r["PredictionString"].split()[0] for r in rows}
         except (KeyError, AttributeError, IndexError):
-            raise DataError(f"{devkit}: expected the columns ImageId,PredictionString of LOC_val_solution.csv") from None
+            raise DataError(f"{devkit}: LOC_val_solution.csv needs the columns ImageId,PredictionString") from None
     meta_bytes, truth_bytes = _devkit_files(devkit)
     try:
         from scipy.io import loadmat

@@ -278,10 +278,10 @@ def _open_caltech(spec: DataSpec, download: bool) -> DataSet:
     classes, paths, labels, empty = scan_tree(root)
     keep = [c for c in classes if c != "BACKGROUND_Google"]        # as torchvision does
     mapping = {classes.index(c): k for k, c in enumerate(keep)}
-    pairs = [(p, mapping[l]) for p, l in zip(paths, labels) if l in mapping]
+    pairs = [(p, mapping[y]) for p, y in zip(paths, labels) if y in mapping]
     if not pairs:
         raise DataError(f"caltech101: no images under {root}")
-    whole = FileSplit("all", [p for p, _ in pairs], [l for _, l in pairs])
+    whole = FileSplit("all", [p for p, _ in pairs], [y for _, y in pairs])
     try:
         ratios = [float(r) for r in spec.options["split"].split(":")]
         assert len(ratios) == 3 and min(ratios) >= 0 and sum(ratios) > 0
