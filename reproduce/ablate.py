@@ -48,6 +48,7 @@ from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
 from reproduce import train
 from reproduce.args import Exit, UsageError, exit_code
+from reproduce.labels import Label
 from reproduce.placement import pick_device, place
 
 DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip",     # §4.1's augmentations, as train flags
@@ -98,7 +99,8 @@ class Cell:
 
     @property
     def switches(self) -> str:
-        return "+".join(self.label.split("@")[0].split("+")[1:] + self.label.split("@")[1:])
+        label = Label.parse(self.label)
+        return "+".join(label.switches + label.settings)
 
     def folder(self, out: str) -> str:
         return os.path.join(out, "cells", f"{self.label.replace('/', '_')}-seed{self.seed}")
@@ -106,11 +108,10 @@ class Cell:
 
 def parse_cell(label: str, seed: int) -> Cell:
     """``NET[+switch...][@flag=value...]`` -> the --variant and the extra flags of one cell."""
-    head, *settings = label.split("@")
-    net, *switches = head.split("+")
-    flags: List[str] = [DATA_SWITCHES[s] for s in switches if s in DATA_SWITCHES]
-    variant = "+".join([net] + [s for s in switches if s not in DATA_SWITCHES])
-    for setting in settings:
+    parsed = Label.parse(label)
+    flags: List[str] = [DATA_SWITCHES[s] for s in parsed.switches if s in DATA_SWITCHES]
+    variant = "+".join([parsed.net] + [s for s in parsed.switches if s not in DATA_SWITCHES])
+    for setting in parsed.settings:
         key, equals, value = setting.partition("=")
         if not equals or not key:
             raise UsageError(f"variant {label!r}: write a flag as @name=value, e.g. paper@lr=0.001")
@@ -261,7 +262,7 @@ def search(cells: Sequence[Cell], out: str) -> pd.DataFrame:
         if row is None:
             continue
         reached = row["status"] == "done" and not pd.isna(row["epochs_to_25"])
-        rows.append({"cell": cell.label.split("@")[0], "activation": "tanh" if "tanh" in cell.variant.split("+")
+        rows.append({"cell": Label.parse(cell.label).head, "activation": "tanh" if "tanh" in cell.variant.split("+")
                      else "relu", "lr": row["lr"], "seed": cell.seed,
                      "epochs_to_25": row["epochs_to_25"] if reached else tables.NOT_REACHED,
                      "seconds_to_25": row["seconds_to_25"] if reached else tables.NOT_REACHED,
@@ -474,7 +475,7 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         labels = grid.cells
     if not labels:
         raise UsageError("--variants names no variant")
-    if lrs and any("@lr=" in label for label in labels):
+    if lrs and any(s.startswith("lr=") for label in labels for s in Label.parse(label).settings):
         raise UsageError("a variant with its own @lr= cannot take part in a learning-rate search: drop the @lr, or "
                          "give --lrs none")
     if lrs and any(flag.split("=")[0] == "--lr" for flag in rest):
@@ -506,9 +507,9 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         write_search()
         chosen = tables.pick_rates(pd.read_csv(path), lrs)
         for label in labels:
-            lr, why = chosen[label.split("@")[0]]
+            lr, why = chosen[Label.parse(label).head]
             print(f"{label}: lr {lr:g} ({why})", file=sys.stderr)
-        cells = [parse_cell(f"{label}@lr={chosen[label.split('@')[0]][0]:g}", seed) for label in labels
+        cells = [parse_cell(f"{label}@lr={chosen[Label.parse(label).head][0]:g}", seed) for label in labels
                  for seed in seeds]
     print(f"{plural(len(cells), 'cell')} ({plural(len(labels), 'variant')} x {plural(len(seeds), 'seed')}) "
           f"into {args.out}", file=sys.stderr)

@@ -18,6 +18,7 @@ from paper_alexnet import paper
 from paper_alexnet.cli import FLOAT_FORMAT
 from paper_alexnet.networks import get_network, network_cost
 from reproduce import intervals
+from reproduce.labels import Label
 from reproduce.figures import epoch_axis, pyplot, save
 
 # cell: the grid's label (NET[+switch...][@flag=value...]); variant: the net it trains (--variant), switches
@@ -43,7 +44,8 @@ REPORTED: Dict[str, Tuple[Tuple[Optional[float], Optional[float]], str]] = {
 
 
 def _reported(label: str):
-    parts = label.split("@")[0].split("+")
+    parsed = Label.parse(label)
+    parts = [parsed.net, *parsed.switches]
     hits = [REPORTED[p] for p in parts if p in REPORTED]
     return hits[0] if len(hits) == 1 and len(parts) <= 2 else ((None, None), "")
 
@@ -161,7 +163,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _head(label: str) -> str:
     """A cell's net and switches, without its @flags (figure1+tanh@lr=0.02 -> figure1+tanh)."""
-    return label.split("@")[0]
+    return Label.parse(label).head
 
 
 def relu_speedups(rows: pd.DataFrame) -> List[dict]:

@@ -375,3 +375,12 @@ def test_cpu_jobs_share_the_cores_instead_of_each_spinning_on_all(tmp_path, monk
     monkeypatch.setenv("OMP_NUM_THREADS", "3")        # the user's choice is kept
     assert ablate.run_jobs(cells, 2, TINY, str(tmp_path / "b"), False, ["cpu", "cpu"], lambda: None) == 0
     assert seen[2:] == ["3", "3"]
+
+
+def test_a_cell_label_is_its_net_its_switches_and_its_settings():
+    from reproduce.labels import Label
+
+    label = Label.parse("figure1+tanh+no-pca@lr=0.02@batch-size=64")
+    assert (label.net, label.switches, label.settings) == ("figure1", ("tanh", "no-pca"), ("lr=0.02", "batch-size=64"))
+    assert label.head == "figure1+tanh+no-pca" and Label.parse("paper").head == "paper"
+    assert ablate.parse_cell(label.text, 1).switches == "tanh+no-pca+lr=0.02+batch-size=64"
