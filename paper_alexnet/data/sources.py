@@ -35,7 +35,7 @@ import numpy as np
 
 from .images import DataError, is_image_file
 from .splits import ArraySplit, FileSplit, RenderSplit, Split, SubsetSplit, stratified_split
-from .stats import DataStats, StatsAccumulator
+from .stats import DataStats, split_stats
 from .store import Store, is_store, prepare_store
 from . import synthetic
 
@@ -115,12 +115,8 @@ class DataSet:
         from tqdm.auto import tqdm
 
         report(f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})")
-        accumulator = StatsAccumulator()
-        for start in tqdm(range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress):
-            images, _, _ = train.batch(range(start, min(start + 64, len(train))))
-            if len(images):
-                accumulator.update(images.numpy())
-        stats = accumulator.result()
+        starts = tqdm(range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress)
+        stats = split_stats(train, 64, starts)
         if self.imagenet_pca:
             stats = stats.with_imagenet_pca()
         os.makedirs(os.path.dirname(path), exist_ok=True)

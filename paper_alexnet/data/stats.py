@@ -13,7 +13,7 @@ convention of the widely used ImageNet eigenvalues below; the lighting adds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -105,8 +105,17 @@ class StatsAccumulator:
 
 
 def compute_stats(batches: Iterable[np.ndarray]) -> DataStats:
-    """Mean image and RGB PCA of all images in ``batches`` (uint8, N x 3 x H x W), in one pass."""
+    """Mean image and RGB PCA of all images in ``batches`` (uint8, N x 3 x H x W), in one pass; an empty
+    batch (a batch of unreadable files) adds nothing."""
     accumulator = StatsAccumulator()
     for batch in batches:
-        accumulator.update(batch)
+        if len(batch):
+            accumulator.update(batch)
     return accumulator.result()
+
+
+def split_stats(split, batch_size: int, starts: Optional[Iterable[int]] = None) -> DataStats:
+    """compute_stats over a split's images (splits.Split), ``batch_size`` at a time; ``starts``: the batches'
+    first indices, e.g. wrapped in a progress bar (default: every ``batch_size``-th)."""
+    starts = range(0, len(split), batch_size) if starts is None else starts
+    return compute_stats(split.batch(range(s, min(s + batch_size, len(split))))[0].numpy() for s in starts)

@@ -36,7 +36,7 @@ from .. import paper
 from ..atomic import atomic_write
 from .images import BadImageError, DataError
 from .splits import Split
-from .stats import DataStats, StatsAccumulator
+from .stats import DataStats, split_stats
 
 FORMAT = "paper_alexnet.store/1"
 SPLIT_ORDER = ("train", "val", "test")
@@ -372,11 +372,7 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
 
     train = _train_rows(out, plan, state["bad"])
     reader = (JpegStoreSplit if encoding == "jpeg" else StoreSplit)("train", out, train, labels[train], total)
-    accumulator = StatsAccumulator()
-    for begin in range(0, len(train), 32):
-        images, _, _ = reader.batch(range(begin, min(begin + 32, len(train))))
-        accumulator.update(images.numpy())
-    stats = accumulator.result()
+    stats = split_stats(reader, 32)
     if imagenet_pca:
         stats = stats.with_imagenet_pca()
     stats.save(os.path.join(out, "stats.npz"))
