@@ -153,8 +153,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def hparam_cells(base: argparse.Namespace) -> Tuple[str, ...]:
-    """Sweeps around the resolved defaults, as a fine-tuning study would run them: epochs and batch size halved and
-    doubled, the learning rate divided and multiplied by about 3."""
+    """Sweeps around the resolved defaults: epochs and batch size halved and doubled, the learning rate
+    divided and multiplied by about 3."""
     def number(x):
         return f"{x:g}"
 

@@ -567,8 +567,8 @@ STALLED = Exit.STALLED     # the exit status of a run that --on-stall stop ended
 
 
 def _every_process_at(process: distributed.Process, steps: int) -> str:
-    """" on all N processes" once each process has said it stopped after ``steps`` steps too (the vote in
-    engine.train_one_epoch makes them stop together; rank 0's checkpoint is then every rank's state)."""
+    """The words " on all N processes", once every process has said it stopped after ``steps`` steps too (the
+    vote in engine.train_one_epoch makes them stop together; rank 0's checkpoint is then every rank's state)."""
     if process.world == 1:
         return ""
     each = [int(n) for n in distributed.each(steps, process)]

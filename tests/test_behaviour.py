@@ -55,13 +55,15 @@ def measure(folder: str) -> dict:
 
 
 def tolerance(column: str) -> dict:
+    """How far a number may move on another CPU's kernels: a loss in its last digits, an error by one
+    validation image (a fraction, or in percent), a difference of two errors (delta_*) by two; the rest not."""
     if "loss" in column:
         return {"rel": 1e-3, "abs": 1e-6}
-    if "err" in column or "delta" in column or column.endswith(("_low", "_high")):
-        one = 100 / VAL_IMAGES if ("pct" in column or "delta" in column or column.endswith(("_low", "_high"))) \
-            else 1 / VAL_IMAGES
-        return {"rel": 0, "abs": (2 if "delta" in column or column.endswith(("_low", "_high")) else 1) * one + 1e-9}
-    return {"rel": 1e-9, "abs": 0}
+    if "err" not in column and "delta" not in column:
+        return {"rel": 1e-9, "abs": 0}
+    images = 2 if column.startswith("delta") else 1
+    unit = 1 / VAL_IMAGES if column.endswith("_err") else 100 / VAL_IMAGES
+    return {"rel": 0, "abs": images * unit + 1e-9}
 
 
 def _same(got, want, column):
