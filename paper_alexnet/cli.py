@@ -1,11 +1,14 @@
 """What every command of the package (``python -m paper_alexnet.shapes``, ``python -m reproduce.*``) shares in
-how it talks: its --help, and counted words."""
+how it talks: its --help, counted words, and where the library's log lines go."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import logging
 import shlex
+import sys
 from typing import Sequence
 
 
@@ -60,3 +63,35 @@ def command_line(module: str, argv: Sequence[str], drop: Sequence[str] = (), add
         if not skip and word.split("=", 1)[0] not in drop:
             kept.append(word)
     return shlex.join(["python", "-m", module, *kept, *add])
+
+
+class _Stderr(logging.Handler):
+    """Each record as one line on the sys.stderr of the moment (a test's captured one too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def log_to_stderr(main: bool = True) -> None:
+    """The library logs (``logging.getLogger(__name__)``) what it does on its own (a data set generated, the
+    statistics computed, a store continued); a command shows those lines as its own on stderr. ``main``: this
+    process speaks (under torchrun only rank 0 does; the others keep their warnings)."""
+    logger = logging.getLogger("paper_alexnet")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if main else logging.WARNING)
+
+
+@contextlib.contextmanager
+def library_quiet():
+    """The library's info lines held back for a while (warnings still show): a benchmark's own data."""
+    logger = logging.getLogger("paper_alexnet")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -1,7 +1,8 @@
 """Re-measure the paper's ablations, side by side with torchvision's net: ``python -m reproduce.ablate``.
 
-Each cell of the grid is a (variant, seed) pair, trained and evaluated by
-reproduce.train with the same data, budget and flags, into ``OUT/cells/``.
+Each cell of the grid is a (variant, seed) pair: the grid's run config (reproduce.train's flags, parsed
+once) with the cell's settings, trained and evaluated by ``train.run`` in this process (or, with
+``--jobs``, by a reproduce.train process each), with the same data and budget, into ``OUT/cells/``.
 After every cell the tables are rewritten: ablation.csv (one row per cell),
 summary.csv and summary.md (mean ± std per variant, the change against
 ``paper`` with its 95% interval over the seeds, the paper's reported change
@@ -21,7 +22,7 @@ A variant is ``NET[+switch...][@flag=value...]``: a net of reproduce.train
 (paper, torchvision, one-tower, figure1, resnet18, ...), the net's switches
 (no-lrn, pool-2x2, tanh, no-groups, no-dropout), the data switches no-pca,
 no-flip and no-translate (§4.1), and reproduce.train flags for that cell alone, e.g.
-``paper@lr=0.001@batch-size=64``.
+``paper@lr=0.001@batch-size=64``, or a switch alone, e.g. ``paper@amp``.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ from paper_alexnet.atomic import atomic_write
 from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
-from reproduce import train
+from reproduce import run_config, train
 from reproduce.args import Exit, UsageError, exit_code
 from reproduce.labels import Label
 from reproduce.placement import pick_device, place
+from reproduce.run_config import RunConfig
 
-DATA_SWITCHES = {"no-pca": "--no-pca", "no-flip": "--no-flip",     # §4.1's augmentations, as train flags
-                 "no-translate": "--no-translate"}
+DATA_SWITCHES = {"no-pca": "no_pca", "no-flip": "no_flip",     # §4.1's augmentations, as train's settings
+                 "no-translate": "no_translate"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,41 +86,55 @@ SMOKE = ("--limit-train", "32", "--limit-val", "16", "--epochs", "1", "-b", "16"
 SMOKE_NOTE = ("--smoke: every cell trained 1 epoch on 32 images and was scored on 16: these numbers show that each "
               "cell runs, and say nothing about the variants; their differences from the paper net, and the paper's "
               "deltas beside them, are noise here.")
-OWNED = ("--variant", "--seed", "--out", "--resume", "--ten-crop")   # set by ablate for each cell
+OWNED = ("variant", "seed", "out", "resume", "ten-crop")   # train's flags that ablate sets for each cell
 # Every cell spends the grid's whole budget: a cell at chance is a result to compare, not a run to stop
 # (reproduce.train's --on-stall; a user's own --on-stall comes later and wins).
 CELL_FLAGS = ("--on-stall", "warn")
+# What may differ between a finished cell and the same cell asked for again: where and how it ran, not what.
+NOT_COMPARED = {"out", "resume", "quiet", "workers", "decode", "device", "download"}
+TRAIN = train.get_args_parser()
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
     label: str            # the variant as written in the grid
-    variant: str          # the net with its switches, for --variant
-    flags: Tuple[str, ...]
     seed: int
+    folder: str           # OUT/cells/LABEL-seedN
+    config: Optional[RunConfig] = None  # its run: the grid's settings, the label's, the seed (None: only read)
 
     @property
     def switches(self) -> str:
         label = Label.parse(self.label)
         return "+".join(label.switches + label.settings)
 
-    def folder(self, out: str) -> str:
-        return os.path.join(out, "cells", f"{self.label.replace('/', '_')}-seed{self.seed}")
+    @classmethod
+    def read(cls, out: str, label: str, seed: int) -> "Cell":
+        """A cell of the grid in ``out``, to read its results (visualize)."""
+        return cls(label, seed, cell_folder(out, label, seed))
 
 
-def parse_cell(label: str, seed: int) -> Cell:
-    """``NET[+switch...][@flag=value...]`` -> the --variant and the extra flags of one cell."""
+def cell_folder(out: str, label: str, seed: int) -> str:
+    return os.path.join(out, "cells", f"{label.replace('/', '_')}-seed{seed}")
+
+
+def make_cell(base: RunConfig, label: str, seed: int, out: str, ten_crop: bool) -> Cell:
+    """``NET[+switch...][@flag=value...]`` on the grid's settings ``base``: one cell's settled run, checked."""
     parsed = Label.parse(label)
-    flags: List[str] = [DATA_SWITCHES[s] for s in parsed.switches if s in DATA_SWITCHES]
-    variant = "+".join([parsed.net] + [s for s in parsed.switches if s not in DATA_SWITCHES])
+    fields = {"variant": "+".join([parsed.net] + [s for s in parsed.switches if s not in DATA_SWITCHES]),
+              "seed": seed, "out": cell_folder(out, label, seed), "ten_crop": ten_crop,
+              **{DATA_SWITCHES[s]: True for s in parsed.switches if s in DATA_SWITCHES}}
     for setting in parsed.settings:
         key, equals, value = setting.partition("=")
-        if not equals or not key:
-            raise UsageError(f"variant {label!r}: write a flag as @name=value, e.g. paper@lr=0.001")
-        if f"--{key}" in OWNED:
-            raise UsageError(f"variant {label!r}: --{key} is set by ablate")
-        flags += [f"--{key}", value]
-    return Cell(label, variant, tuple(flags), seed)
+        if not key or key in OWNED:
+            raise UsageError(f"variant {label!r}: " + (f"--{key} is set by ablate" if key else
+                                                       "write a flag as @name=value, e.g. paper@lr=0.001"))
+        try:
+            fields.update(run_config.setting(TRAIN, key, value if equals else None))
+        except UsageError as err:
+            raise UsageError(f"variant {label!r}: {err}") from None
+    config = run_config.change(base, **fields)
+    config = dataclasses.replace(config, command=tuple(run_config.to_argv(config, TRAIN)))
+    return Cell(label, seed, config.out, config)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -152,8 +168,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def hparam_cells(base: argparse.Namespace) -> Tuple[str, ...]:
-    """Sweeps around the resolved defaults: epochs and batch size halved and doubled, the learning rate
+def hparam_cells(base: RunConfig) -> Tuple[str, ...]:
+    """Sweeps around the settled defaults: epochs and batch size halved and doubled, the learning rate
     divided and multiplied by about 3."""
     def number(x):
         return f"{x:g}"
@@ -166,52 +182,47 @@ def hparam_cells(base: argparse.Namespace) -> Tuple[str, ...]:
                        for value in values if value != default))
 
 
-def train_argv(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> List[str]:
-    """reproduce.train's flags for a cell: the grid's and the user's, then the cell's own (last wins)."""
-    argv = [*common, *cell.flags, "--variant", cell.variant, "--seed", str(cell.seed), "--out", cell.folder(out)]
-    return argv + (["--ten-crop"] if ten_crop else [])
-
-
-def check_cell(cell: Cell, common: Sequence[str], out: str) -> None:
-    """Refuse a bad cell before any work: its flags parse and resolve, its net exists and can be placed."""
-    parser = train.get_args_parser()
+def grid_config(words: Sequence[str]) -> RunConfig:
+    """The settings every cell shares: the grid's flags and the user's reproduce.train flags, parsed once."""
     try:
-        args = parser.parse_args(train_argv(cell, common, out, False))
-    except SystemExit:
-        raise UsageError(f"variant {cell.label!r}: reproduce.train does not accept these flags "
-                         f"(see python -m reproduce.train --help)") from None
-    train.resolve(args)
-    place(args, get_network(cell.variant))
+        args, unknown = TRAIN.parse_known_args(list(words))
+    except SystemExit:                   # argparse refused a value, and has said why
+        raise UsageError("reproduce.train does not accept these flags (see python -m reproduce.train --help)") \
+            from None
+    if unknown:
+        raise UsageError(f"{' '.join(unknown)}: reproduce.train does not accept these flags "
+                         f"(see python -m reproduce.train --help)")
+    return run_config.from_args(args, words)
 
 
-def finished(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> bool:
-    """Whether the cell has run to its end with these very flags; a cell of another grid or other flags in
-    the same folder is an error, never silently reused."""
-    marker = os.path.join(cell.folder(out), "cell.json")
+def finished(cell: Cell) -> bool:
+    """Whether the cell has run to its end with these very settings; a cell of another grid or other settings
+    in the same folder is an error, never silently reused."""
+    marker = os.path.join(cell.folder, "cell.json")
     if not os.path.exists(marker):
         return False
     with open(marker, encoding="utf-8") as handle:
-        argv = json.load(handle).get("argv") or []
-
-    def flags(words):                    # the folder may have moved: compare all but --out
-        at = words.index("--out") if "--out" in words else len(words)
-        return words[:at] + words[at + 2:]
-
-    if flags(argv) != flags(train_argv(cell, common, out, ten_crop)):
-        raise UsageError(f"{cell.folder(out)} was run with other flags ({' '.join(flags(argv))}); "
+        saved = json.load(handle)
+    record = saved.get("config")
+    if record is None:                   # a cell.json written before configs were kept: its argv
+        record = run_config.as_record(grid_config(saved.get("argv") or []))
+    compared = [name for name in run_config.flag_fields() if name not in NOT_COMPARED]
+    changed = run_config.differences(record, cell.config, compared)
+    if changed:
+        raise UsageError(f"{cell.folder} was run with other flags ({'; '.join(changed)}); "
                          f"give this grid another --out")
     return True
 
 
-def gather(cells: Sequence[Cell], out: str) -> Tuple[Optional[pd.DataFrame], Dict[str, List[pd.DataFrame]]]:
+def gather(cells: Sequence[Cell]) -> Tuple[Optional[pd.DataFrame], Dict[str, List[pd.DataFrame]]]:
     """The rows of the cells finished so far (None when there is none) and each cell label's metrics.csv."""
     rows, curves = [], {}
     for cell in cells:
-        row = tables.cell_row(cell.folder(out), cell.label, cell.seed, cell.switches)
+        row = tables.cell_row(cell.folder, cell.label, cell.seed, cell.switches)
         if row is None:
             continue
         rows.append(row)
-        metrics = os.path.join(cell.folder(out), "metrics.csv")
+        metrics = os.path.join(cell.folder, "metrics.csv")
         if os.path.exists(metrics):
             curves.setdefault(cell.label, []).append(pd.read_csv(metrics))
     return (pd.DataFrame(rows, columns=list(tables.COLUMNS)) if rows else None), curves
@@ -220,7 +231,7 @@ def gather(cells: Sequence[Cell], out: str) -> Tuple[Optional[pd.DataFrame], Dic
 def collect(cells: Sequence[Cell], out: str, title: str, note: str = "", command: str = "") -> Optional[pd.DataFrame]:
     """Rewrite ablation.csv, summary.csv, summary.md and ablation.png (and figure1.png when tanh cells are in the
     grid) from the cells finished so far."""
-    frame, curves = gather(cells, out)
+    frame, curves = gather(cells)
     if frame is None:
         return None
     summary = tables.summarize(frame)
@@ -232,7 +243,7 @@ def collect(cells: Sequence[Cell], out: str, title: str, note: str = "", command
     return frame
 
 
-def compare(frame: pd.DataFrame, common: Sequence[str], out: str, title: str, command: str) -> Optional[str]:
+def compare(frame: pd.DataFrame, base: RunConfig, out: str, title: str, command: str) -> Optional[str]:
     """comparison.md: the paper net beside torchvision's variant (both cells in the grid): parameters,
     multiply-adds, training img/s from the bench run now (synthetic input, the grid's batch and device) and in
     the grid's cells (with their data), and the errors on the same data and budget. None without both cells."""
@@ -241,7 +252,6 @@ def compare(frame: pd.DataFrame, common: Sequence[str], out: str, title: str, co
     nets = (tables.BASELINE, "torchvision")
     if not all((frame["cell"] == net).any() for net in nets):
         return None
-    base = train.resolve(train.get_args_parser().parse_args([*common, "--out", out]))
     options = bench.get_args_parser().parse_args(["-b", str(base.batch_size), "--device",
                                                   str(pick_device(base.device))])
     print(f"timing the training step of {' and '.join(nets)} (reproduce.bench, batch {base.batch_size})",
@@ -253,60 +263,59 @@ def compare(frame: pd.DataFrame, common: Sequence[str], out: str, title: str, co
     return text
 
 
-def search(cells: Sequence[Cell], out: str) -> pd.DataFrame:
+def search(cells: Sequence[Cell]) -> pd.DataFrame:
     """lr_search.csv's rows: each searched cell's learning rate and its epochs and seconds to 25% training
     error ("not reached" when it never got there in its epochs)."""
     rows = []
     for cell in cells:
-        row = tables.cell_row(cell.folder(out), cell.label, cell.seed, cell.switches)
+        row = tables.cell_row(cell.folder, cell.label, cell.seed, cell.switches)
         if row is None:
             continue
         reached = row["status"] == "done" and not pd.isna(row["epochs_to_25"])
-        rows.append({"cell": Label.parse(cell.label).head, "activation": "tanh" if "tanh" in cell.variant.split("+")
-                     else "relu", "lr": row["lr"], "seed": cell.seed,
+        label = Label.parse(cell.label)
+        rows.append({"cell": label.head, "activation": "tanh" if "tanh" in label.switches else "relu",
+                     "lr": row["lr"], "seed": cell.seed,
                      "epochs_to_25": row["epochs_to_25"] if reached else tables.NOT_REACHED,
                      "seconds_to_25": row["seconds_to_25"] if reached else tables.NOT_REACHED,
                      "epochs": row["epochs"], "final_train_top1_err": row["train_top1_err"], "status": row["status"]})
     return pd.DataFrame(rows, columns=list(tables.SEARCH_COLUMNS))
 
 
-def open_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> Tuple[List[str], bool]:
-    """reproduce.train's argv for the cell, and whether it resumes a killed run (a cell killed before its first
-    epoch ended is started again)."""
-    folder = cell.folder(out)
-    resume = os.path.exists(os.path.join(folder, "checkpoint.pt"))
-    if not resume and os.path.isdir(folder):
-        shutil.rmtree(folder)           # killed before its first epoch ended: nothing to keep
-    return train_argv(cell, common, out, ten_crop), resume
+def open_cell(cell: Cell) -> bool:
+    """Whether the cell resumes a killed run (a cell killed before its first epoch ended is started again)."""
+    resume = os.path.exists(os.path.join(cell.folder, "checkpoint.pt"))
+    if not resume and os.path.isdir(cell.folder):
+        shutil.rmtree(cell.folder)           # killed before its first epoch ended: nothing to keep
+    return resume
 
 
-def close_cell(cell: Cell, out: str, code: int, argv: List[str], resume: bool, seconds: float) -> None:
+def close_cell(cell: Cell, code: int, resume: bool, seconds: float) -> None:
     """After train ended with ``code``: a finished cell (done, or stopped on a non-finite loss, a result too)
-    gets cell.json and keeps best.pt as weights only."""
+    gets cell.json (its config, and the train command that runs it alone) and keeps best.pt as weights only."""
     if not Exit.ended(code):
         return
-    folder = cell.folder(out)
-    marker = {"status": "done" if code == Exit.OK else "diverged", "exit_code": code, "resumed": resume,
-              "wall_seconds": seconds, "argv": argv}
-    with atomic_write(os.path.join(folder, "cell.json")) as handle:
+    marker = {"status": "done" if code == Exit.OK else "diverged", "exit_code": int(code), "resumed": resume,
+              "wall_seconds": seconds, "argv": list(cell.config.command),
+              "config": run_config.as_record(cell.config)}
+    with atomic_write(os.path.join(cell.folder, "cell.json")) as handle:
         json.dump(marker, handle, indent=1)
     # a finished cell keeps best.pt's weights and statistics, for evaluate, predict and visualize: not the
     # optimiser's state, nor checkpoint.pt, which only serve to resume (0.65 GB each for the paper net with
     # Adam, against 0.23 GB of weights)
-    best = os.path.join(folder, "best.pt")
+    best = os.path.join(cell.folder, "best.pt")
     if os.path.exists(best):
         checkpoint.save(best, checkpoint.load(best).weights_only())
-    if os.path.exists(os.path.join(folder, "checkpoint.pt")):
-        os.remove(os.path.join(folder, "checkpoint.pt"))
+    if os.path.exists(os.path.join(cell.folder, "checkpoint.pt")):
+        os.remove(os.path.join(cell.folder, "checkpoint.pt"))
 
 
-def run_cell(cell: Cell, common: Sequence[str], out: str, ten_crop: bool) -> int:
+def run_cell(cell: Cell) -> int:
     """Train one cell in this process (resuming a killed one); write cell.json when it has ended. Returns
-    train's exit code."""
-    argv, resume = open_cell(cell, common, out, ten_crop)
+    train's exit status."""
+    resume = open_cell(cell)
     start = time.perf_counter()
-    code = train.main(argv + (["--resume"] if resume else []))
-    close_cell(cell, out, code, argv, resume, time.perf_counter() - start)
+    code = exit_code(lambda: train.run(dataclasses.replace(cell.config, resume="" if resume else None)))
+    close_cell(cell, code, resume, time.perf_counter() - start)
     return code
 
 
@@ -328,8 +337,7 @@ def job_devices(jobs: int, given: Optional[str]) -> List[str]:
     return devices
 
 
-def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], out: str, ten_crop: bool,
-             devices: List[str], after_each: Callable[[], None]) -> int:
+def run_jobs(todo: List[Tuple[int, Cell]], total: int, devices: List[str], after_each: Callable[[], None]) -> int:
     """Train the cells ``todo`` (numbered of ``total``) as processes of their own, one per device at a time;
     each one's output goes to its folder's train.log. A SIGINT/SIGTERM reaches every running cell, which
     checkpoints at its step (reproduce.train); the grid then stops with that exit code."""
@@ -352,23 +360,24 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
             while pending and devices and not failed and not stopped:
                 k, cell = pending.pop(0)
                 device = devices.pop(0)
-                argv, resume = open_cell(cell, common, out, ten_crop)
-                os.makedirs(cell.folder(out), exist_ok=True)
-                log = open(os.path.join(cell.folder(out), "train.log"), "a", encoding="utf-8")
+                resume = open_cell(cell)
+                os.makedirs(cell.folder, exist_ok=True)
+                log = open(os.path.join(cell.folder, "train.log"), "a", encoding="utf-8")
                 env = os.environ if device != "cpu" or "OMP_NUM_THREADS" in os.environ else \
                     dict(os.environ, OMP_NUM_THREADS=threads)
-                process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *argv, "--device", device,
-                                            *(["--resume"] if resume else [])], stdout=log, stderr=log, env=env)
-                running[process] = (k, cell, device, argv, resume, time.perf_counter(), log)
+                process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *cell.config.command,
+                                            "--device", device, *(["--resume"] if resume else [])],
+                                           stdout=log, stderr=log, env=env)
+                running[process] = (k, cell, device, resume, time.perf_counter(), log)
                 print(f"[{k}/{total}] {cell.label}, seed {cell.seed}: started on {device} "
-                      f"(log: {os.path.join(cell.folder(out), 'train.log')})", file=sys.stderr)
+                      f"(log: {os.path.join(cell.folder, 'train.log')})", file=sys.stderr)
             time.sleep(0.2)
             for process in [p for p in running if p.poll() is not None]:
-                k, cell, device, argv, resume, start, log = running.pop(process)
+                k, cell, device, resume, start, log = running.pop(process)
                 log.close()
                 devices.append(device)
                 code = process.returncode
-                close_cell(cell, out, code, argv, resume, time.perf_counter() - start)
+                close_cell(cell, code, resume, time.perf_counter() - start)
                 print(f"[{k}/{total}] {cell.label}, seed {cell.seed}: ended on {device} with exit code {code}",
                       file=sys.stderr)
                 if Exit.ended(code):
@@ -378,14 +387,19 @@ def run_jobs(todo: List[Tuple[int, Cell]], total: int, common: Sequence[str], ou
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stopped:
-        print(f"interrupted: finished cells are kept in {out}, and the running ones resume at their step; the "
-              f"same command continues the grid", file=sys.stderr)
-        return stopped
-    if failed:
-        print(f"error: a cell stopped with exit code {failed} (its train.log says why); the finished cells are "
-              f"kept, the same command continues", file=sys.stderr)
-    return failed
+    return _ended(stopped or failed, "the running ones resume at their step" if stopped else
+                  "its train.log says why")
+
+
+def _ended(code: int, what: str) -> int:
+    """How a grid that stopped early says so; ``what``: about the cell(s) that stopped it."""
+    if Exit.interrupted(code):
+        print(f"interrupted: finished cells are kept, and {what}; the same command continues the grid",
+              file=sys.stderr)
+    elif code:
+        print(f"error: a cell stopped with exit code {code} ({what}); the finished cells are kept, the same "
+              f"command continues", file=sys.stderr)
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -400,30 +414,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return Exit.SIGINT
 
 
-def train_cells(cells: Sequence[Cell], common: Sequence[str], out: str, ten_crop: bool,
-                devices: Optional[List[str]], after_each: Callable[[], None]) -> int:
+def train_cells(cells: Sequence[Cell], devices: Optional[List[str]], after_each: Callable[[], None]) -> int:
     """Train the cells not finished yet, one at a time in this process or as jobs on ``devices``; call
     ``after_each`` when a cell has ended. Returns 0, or the exit code that stopped the grid."""
-    done = [finished(cell, common, out, ten_crop) for cell in cells]
+    done = [finished(cell) for cell in cells]
     for k, (cell, skip) in enumerate(zip(cells, done), 1):
         if skip:
             print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}: finished earlier, skipped", file=sys.stderr)
+    todo = [(k, cell) for k, (cell, skip) in enumerate(zip(cells, done), 1) if not skip]
     if devices:
-        todo = [(k, cell) for k, (cell, skip) in enumerate(zip(cells, done), 1) if not skip]
-        return run_jobs(todo, len(cells), common, out, ten_crop, devices, after_each)
-    for k, (cell, skip) in enumerate(zip(cells, done), 1):
-        if skip:
-            continue
+        return run_jobs(todo, len(cells), devices, after_each)
+    for k, cell in todo:
         print(f"[{k}/{len(cells)}] {cell.label}, seed {cell.seed}", file=sys.stderr)
-        code = run_cell(cell, common, out, ten_crop)
+        code = run_cell(cell)
         if Exit.interrupted(code):       # the cell wrote a checkpoint at its step
-            print(f"interrupted: finished cells are kept in {out}, and this one resumes at its step; the "
-                  f"same command continues the grid", file=sys.stderr)
-            return code
+            return _ended(code, "this one resumes at its step")
         if not Exit.ended(code):         # bad data or a bad flag would stop every other cell alike
-            print(f"error: cell {cell.label} (seed {cell.seed}) stopped with exit code {code}; the finished "
-                  f"cells are kept, the same command continues", file=sys.stderr)
-            return code
+            return _ended(code, f"cell {cell.label}, seed {cell.seed}")
         after_each()
     return 0
 
@@ -442,9 +449,8 @@ def parse_lrs(text: Optional[str], grid: Grid) -> Tuple[float, ...]:
     return lrs
 
 
-def describe(name: str, common: Sequence[str], seeds: Sequence[int]) -> str:
+def describe(name: str, data: str, seeds: Sequence[int]) -> str:
     """The charts' and tables' title: the grid, the data and the seeds; the flags go under it in summary.md."""
-    data = train.get_args_parser().parse_known_args(list(common))[0].data
     kind, _, where = data.partition(":")
     where = where.split("?")[0].rstrip("/")
     shown = f"{kind}:{os.path.basename(where)}" if where else kind
@@ -452,7 +458,7 @@ def describe(name: str, common: Sequence[str], seeds: Sequence[int]) -> str:
 
 
 def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    owned = [flag for flag in rest if flag.split("=")[0] in OWNED]
+    owned = [word for word in rest if word.startswith("--") and word[2:].split("=")[0] in OWNED]
     if owned:
         raise UsageError(f"{', '.join(owned)}: set by ablate for each cell (use --out DIR for the grid's folder)")
     try:
@@ -463,45 +469,43 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         raise UsageError("--seeds needs at least one seed")
     grid = GRIDS[args.grid]
     lrs = parse_lrs(args.lrs, grid)
-    common = [*CELL_FLAGS, *grid.flags, *(SMOKE if args.smoke else ()), *rest]
+    base = grid_config([*CELL_FLAGS, *grid.flags, *(SMOKE if args.smoke else ()), *rest])
     name = "custom" if args.variants else args.grid
-    args.out = args.out or os.path.join("runs", f"ablate-{name}")
+    out = args.out = args.out or os.path.join("runs", f"ablate-{name}")
     if args.variants:
         labels = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    elif args.grid == "hparams":
-        base = train.resolve(train.get_args_parser().parse_args([*common, "--out", args.out]))
-        labels = hparam_cells(base)
     else:
-        labels = grid.cells
+        labels = hparam_cells(base) if args.grid == "hparams" else grid.cells
     if not labels:
         raise UsageError("--variants names no variant")
     if lrs and any(s.startswith("lr=") for label in labels for s in Label.parse(label).settings):
         raise UsageError("a variant with its own @lr= cannot take part in a learning-rate search: drop the @lr, or "
                          "give --lrs none")
-    if lrs and any(flag.split("=")[0] == "--lr" for flag in rest):
+    if lrs and "lr" not in base.defaulted:
         raise UsageError("--lr is what the search chooses: give the rates to try with --lrs, or --lrs none")
-    searched = [parse_cell(f"{label}@lr={lr:g}", seeds[0]) for label in labels for lr in lrs]
-    cells = [parse_cell(label, seed) for label in labels for seed in seeds]
     ten_crop = not args.no_ten_crop
+    # every cell is made, and so checked, before the first one trains
+    searched = [make_cell(base, f"{label}@lr={lr:g}", seeds[0], out, ten_crop) for label in labels for lr in lrs]
+    cells = [make_cell(base, label, seed, out, ten_crop) for label in labels for seed in seeds]
     devices = job_devices(args.jobs, args.job_devices) if args.jobs != 1 or args.job_devices else None
-    if devices and any(flag.split("=")[0] == "--device" for flag in rest):
+    if devices and base.device != "auto":
         raise UsageError("with --jobs, each job's device comes from --job-devices, not --device")
-    for cell in searched or cells:       # every cell is checked before the first one trains
-        check_cell(cell, common, args.out)
-    os.makedirs(args.out, exist_ok=True)
-    title = describe(name, common, seeds)
+    for cell in searched or cells:
+        place(cell.config, get_network(cell.config.variant))
+    os.makedirs(out, exist_ok=True)
+    title = describe(name, base.data, seeds)
     note = SMOKE_NOTE if args.smoke else ""
     if searched:
         print(f"learning-rate search: {plural(len(searched), 'cell')} ({plural(len(labels), 'variant')} x "
-              f"{plural(len(lrs), 'rate')}: {', '.join(f'{lr:g}' for lr in lrs)}; seed {seeds[0]}) into {args.out}",
+              f"{plural(len(lrs), 'rate')}: {', '.join(f'{lr:g}' for lr in lrs)}; seed {seeds[0]}) into {out}",
               file=sys.stderr)
-        path = os.path.join(args.out, "lr_search.csv")
+        path = os.path.join(out, "lr_search.csv")
 
         def write_search():
             with atomic_write(path, newline="") as handle:
-                handle.write(tables.to_csv(search(searched, args.out)))
+                handle.write(tables.to_csv(search(searched)))
 
-        code = train_cells(searched, common, args.out, ten_crop, devices, write_search)
+        code = train_cells(searched, devices, write_search)
         if code:
             return code
         write_search()
@@ -509,21 +513,20 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         for label in labels:
             lr, why = chosen[Label.parse(label).head]
             print(f"{label}: lr {lr:g} ({why})", file=sys.stderr)
-        cells = [parse_cell(f"{label}@lr={chosen[Label.parse(label).head][0]:g}", seed) for label in labels
-                 for seed in seeds]
+        cells = [make_cell(base, f"{label}@lr={chosen[Label.parse(label).head][0]:g}", seed, out, ten_crop)
+                 for label in labels for seed in seeds]
     print(f"{plural(len(cells), 'cell')} ({plural(len(labels), 'variant')} x {plural(len(seeds), 'seed')}) "
-          f"into {args.out}", file=sys.stderr)
-    code = train_cells(cells, common, args.out, ten_crop, devices,
-                       lambda: collect(cells, args.out, title, note, args.command))
+          f"into {out}", file=sys.stderr)
+    code = train_cells(cells, devices, lambda: collect(cells, out, title, note, args.command))
     if code:
         return code
-    frame = collect(cells, args.out, title, note, args.command)
+    frame = collect(cells, out, title, note, args.command)
     if frame is not None:
         print(tables.markdown(tables.summarize(frame), title, note, frame, args.command))
-        compared = compare(frame, common, args.out, title, args.command)
+        compared = compare(frame, base, out, title, args.command)
         if compared:
             print(compared)
-    print(f"wrote {os.path.join(args.out, 'ablation.csv')}, summary.csv, summary.md, ablation.png"
+    print(f"wrote {os.path.join(out, 'ablation.csv')}, summary.csv, summary.md, ablation.png"
           + (", lr_search.csv" if searched else ""), file=sys.stderr)
     return 0
 

@@ -17,7 +17,7 @@ import pandas as pd
 from paper_alexnet import paper
 from paper_alexnet.cli import FLOAT_FORMAT
 from paper_alexnet.networks import get_network, network_cost
-from reproduce import intervals
+from reproduce import intervals, run_config
 from reproduce.labels import Label
 from reproduce.figures import epoch_axis, pyplot, save
 
@@ -67,21 +67,20 @@ def cell_row(folder: str, label: str, seed: int, switches: str) -> Optional[dict
         return None
     with open(marker, encoding="utf-8") as handle:
         cell = json.load(handle)
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
+    config = run_config.read_record(folder)
     metrics = pd.read_csv(os.path.join(folder, "metrics.csv"))
     result_path = os.path.join(folder, "result.json")
     result = {}
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
             result = json.load(handle)
-    variant = config["args"]["variant"]
+    variant = config["variant"]
     cost = network_cost(get_network(variant, num_classes=len(config["classes"])))
     last = metrics.iloc[-1] if len(metrics) else {}
     epochs25, seconds25 = epochs_to(metrics) if len(metrics) else (math.nan, math.nan)
     row = {"cell": label, "variant": variant, "switches": switches, "status": cell["status"],
            "params": cost["params"], "macs": cost["macs"], "input_size": config["augment"]["crop"],
-           "epochs": len(metrics), "batch_size": config["args"]["batch_size"], "lr": config["args"]["lr"],
+           "epochs": len(metrics), "batch_size": config["batch_size"], "lr": config["lr"],
            "seed": seed, "train_loss": last.get("train_loss", math.nan),
            "train_top1_err": last.get("train_top1_err", math.nan), "val_loss": last.get("val_loss", math.nan),
            "best_epoch": result.get("best_epoch", math.nan),

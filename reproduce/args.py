@@ -20,15 +20,16 @@ from typing import Callable, Optional
 
 from paper_alexnet import ConfigError, paper
 from paper_alexnet.atomic import WriteError, atomic_write
-from paper_alexnet.cli import FLOAT_FORMAT
+from paper_alexnet.cli import FLOAT_FORMAT, log_to_stderr
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
 from paper_alexnet.data.loader import DECODE_CHOICES
+from paper_alexnet.data.sources import SOURCES
 
 # Loader / decoder processes: enough to keep a GPU fed on a workstation, no more than the cores there are.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
-DATA_HELP = ("synthetic | imagenet:ROOT | cifar10:ROOT | cifar100:ROOT | caltech101:ROOT | folder:ROOT | "
-             "store:DIR; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")
+DATA_HELP = (" | ".join(kind + (":ROOT" if source.needs_root else "") for kind, source in SOURCES.items())
+             + "; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")
 
 
 class Exit(enum.IntEnum):
@@ -53,13 +54,30 @@ class Exit(enum.IntEnum):
         return code in (cls.SIGINT, cls.SIGTERM)
 
 
+# What mends a DataError (its ``remedy``), as the command to run; ``{...}``: the error's facts.
+REMEDIES = {
+    "make-store": "make it with python -m reproduce.prepare --data SPEC --out {out}",
+    "finish-store": "finish it with python -m reproduce.prepare --data {data} --out {out}",
+    "sort-val": "sort them with python -m reproduce.prepare --sort-imagenet-val {val} --devkit "
+                "ILSVRC2012_devkit_t12.tar.gz",
+    "install": "python -m pip install {package}",
+}
+
+
+def explain(err: Exception) -> str:
+    """An error's line for the user: the fault, and for a DataError with a remedy, the command that mends it."""
+    remedy = getattr(err, "remedy", "")
+    return f"{err}: {REMEDIES[remedy].format(**err.facts)}" if remedy in REMEDIES else str(err)
+
+
 class UsageError(ValueError):
     """Bad command-line input: one line, exit code 2, nothing written."""
 
 
 def exit_code(action: Callable[[], int]) -> int:
     """Run a command; bad input becomes one ``error:`` line and exit 2, an unreadable file under --strict or a
-    file that could not be written exit 1, never a traceback."""
+    file that could not be written exit 1, never a traceback. The library's log lines go to stderr."""
+    log_to_stderr()
     try:
         return action()
     except BadImageError as err:
@@ -70,7 +88,7 @@ def exit_code(action: Callable[[], int]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return Exit.FAILED
     except (UsageError, DataError, ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {explain(err)}", file=sys.stderr)
         return Exit.USAGE
 
 

@@ -37,8 +37,7 @@ from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
 from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
-from paper_alexnet.cli import HelpFormatter
-from reproduce import gpu_suite
+from paper_alexnet.cli import HelpFormatter, library_quiet
 from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, exit_code, write_csv
 from reproduce.placement import pick_device
 
@@ -55,20 +54,20 @@ def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:
 
 def bench_data(args) -> list[dict]:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, library_quiet():
         start = time.perf_counter()
         _jpeg_folder(tmp, args.images)
         jpeg = open_dataset(f"folder:{tmp}?val=0.1")
         made = time.perf_counter() - start
         print(f"made {args.images} JPEGs of 500x375 in {made:.1f} s", file=sys.stderr)
-        stats = jpeg.stats(progress=False, report=lambda _: None)
+        stats = jpeg.stats(progress=False)
         total = sum(len(s) for s in jpeg.splits.values())
         stores = {}
         for encoding, name in (("raw", "store"), ("jpeg", f"jpeg store (quality {args.quality})")):
             start = time.perf_counter()
             stores[name] = prepare_store(jpeg.spec, jpeg.classes, jpeg.splits, os.path.join(tmp, encoding),
-                                         workers=args.workers, progress=False, report=lambda _: None,
-                                         encoding=encoding, quality=args.quality)
+                                         workers=args.workers, progress=False, encoding=encoding,
+                                         quality=args.quality)
             rows.append({"section": "data", "what": f"prepare {name} (decode + write), {args.workers} workers",
                          "images_per_s": total / (time.perf_counter() - start)})
         raw_bytes = os.path.getsize(os.path.join(tmp, "raw", "images.u8"))
@@ -307,30 +306,14 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     return rows
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.bench",
-                                     formatter_class=HelpFormatter,
-                                     description="Measure throughput; prints a table, optionally writes CSV.")
-    parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
-    parser.add_argument("--suite", choices=("gpu",), default=None,
-                        help="gpu: the CUDA tests, the models (bf16, channels-last, eager and compiled), the data "
-                             "and reproduce.train from a store on the GPU, with the GPU path's targets, into --out DIR "
-                             "(reproduce/gpu_suite.py; about 8 minutes on one GPU)")
-    parser.add_argument("--out", default=None, metavar="DIR", help="--suite gpu: the report's folder")
-    parser.add_argument("--budget-min", type=float, default=gpu_suite.BUDGET_MIN, metavar="MIN",
-                        help="--suite gpu: minutes after which no further section starts (it is listed as not run)")
-    parser.add_argument("--suite-tests", default="", metavar="EXPR",
-                        help="--suite gpu: only the CUDA tests pytest -k EXPR selects (default: all)")
+def add_measure_flags(parser: argparse.ArgumentParser, batch: str) -> None:
+    """The flags that say how much to measure and where: the bench's, and the GPU suite's (gpu_suite.py)."""
     add_device_flag(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=None,
-                        help="images per batch (default: 32; 128 with --suite gpu, §5's)")
+    parser.add_argument("-b", "--batch-size", type=int, default=None, help=f"images per batch (default: {batch})")
     parser.add_argument("--repeats", type=int, default=5,
                         help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
                              "single steps on a shared machine vary by up to 20%%, and with 31 the ratios' intervals "
                              "were about +-0.06 on a 2-core CPU (docs/performance.md)")
-    parser.add_argument("--amp", action="store_true", help="models: bfloat16 autocast")
-    parser.add_argument("--channels-last", action="store_true", help="models: channels-last memory format")
-    parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=1024, help="data: JPEGs to generate for the folder")
     parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="data: the JPEG store's quality")
@@ -338,12 +321,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's malloc as it comes (freed blocks over its mmap threshold go back to the "
                              "system) instead of keeping freed memory as train and evaluate do")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reproduce.bench",
+                                     formatter_class=HelpFormatter,
+                                     description="Measure throughput; prints a table, optionally writes CSV.")
+    parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
+    parser.add_argument("--suite", choices=("gpu",), default=None,
+                        help="gpu: python -m reproduce.gpu_suite, with the flags given here (--out DIR, "
+                             "--budget-min MIN, --tests EXPR and the ones below): the CUDA tests, the models, the "
+                             "data and reproduce.train from a store on the GPU, with the GPU path's targets")
+    add_measure_flags(parser, "32")
+    parser.add_argument("--amp", action="store_true", help="models: bfloat16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="models: channels-last memory format")
+    parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
     parser.add_argument("--csv", default=None, metavar="PATH", help="also write the rows as CSV")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = get_args_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.suite:                      # the suite's own command, with every flag but --suite handed through
+        from reproduce import gpu_suite
+
+        return gpu_suite.main([w for k, w in enumerate(argv) if w not in ("--suite", "--suite=gpu")
+                               and not (w == "gpu" and k and argv[k - 1] == "--suite")])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return exit_code(lambda: run(args))
 
 
@@ -351,13 +358,9 @@ def check(args: argparse.Namespace) -> None:
     """Refuse bad flags and a device that is not here before any work (UsageError: one line, exit 2)."""
     if args.batch_size < 1 or args.repeats < 1 or args.batches < 1:
         raise UsageError("--batch-size, --repeats and --batches must be at least 1")
-    if args.budget_min < 0:
-        raise UsageError(f"--budget-min must be 0 or more minutes, not {args.budget_min:g}")
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be between 1 and 100, not {args.quality}")
     check_workers(args.workers)
-    if args.suite:
-        args.device = gpu_suite.suite_device()
     args.device = str(pick_device(args.device))
     try:
         torch.empty(0, device=args.device)
@@ -369,11 +372,8 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     kept = not args.system_malloc and keep_freed_memory()   # as train runs (cpu_memory.py); alike for every net
-    if args.batch_size is None:
-        args.batch_size = 128 if args.suite else 32
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
     check(args)
-    if args.suite:
-        return gpu_suite.run_suite(args, bench_models, bench_data)
     threads = torch.get_num_threads()
     rows = []
     if args.only in (None, "models"):

@@ -1,4 +1,5 @@
-"""``python -m reproduce.bench --suite gpu --out DIR``: the one command that proves the GPU path.
+"""``python -m reproduce.gpu_suite --out DIR`` (also ``python -m reproduce.bench --suite gpu --out DIR``): the
+one command that proves the GPU path.
 
 It runs, on the first CUDA GPU: the tests marked ``cuda`` (tests/test_cuda.py), the model bench with bf16
 autocast and channels-last against a bf16 matrix-multiply peak, ``reproduce.train`` for one epoch from a
@@ -26,7 +27,10 @@ import torch
 
 import paper_alexnet
 from paper_alexnet.atomic import atomic_write
-from reproduce.args import UsageError, write_csv
+from paper_alexnet.cli import HelpFormatter
+from paper_alexnet.cpu_memory import keep_freed_memory
+from reproduce import bench
+from reproduce.args import UsageError, exit_code, write_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = (   # the GPU path's: (what, how it is read from the rows, at least, at most)
@@ -46,7 +50,7 @@ def suite_device() -> str:
     """The device the suite runs on; a UsageError (one line, exit 2) where there is no GPU."""
     device = os.environ.get("PAPER_ALEXNET_TEST_DEVICE", "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--suite gpu needs a CUDA GPU, and none is visible here (torch.cuda.is_available() is "
+        raise UsageError("the GPU suite needs a CUDA GPU, and none is visible here (torch.cuda.is_available() is "
                          "False); on a CPU: python -m reproduce.bench")
     return device
 
@@ -120,21 +124,50 @@ def _markdown(rows: List[dict], columns: List[str]) -> List[str]:
     return lines
 
 
-def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
-    """The whole suite into ``args.out`` (bench_models and bench_data are reproduce.bench's sections)."""
-    device = suite_device()
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reproduce.gpu_suite", formatter_class=HelpFormatter,
+                                     description=__doc__.split("\n\n")[1])
+    parser.add_argument("--out", default=None, metavar="DIR", help="the report's folder (required)")
+    parser.add_argument("--budget-min", type=float, default=BUDGET_MIN, metavar="MIN",
+                        help="minutes after which no further section starts (it is listed as not run)")
+    parser.add_argument("--tests", "--suite-tests", default="", metavar="EXPR",
+                        help="only the CUDA tests pytest -k EXPR selects (default: all)")
+    bench.add_measure_flags(parser, "128, §5's")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return exit_code(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the flags and that there is a GPU, then run the suite (no GPU: one line, exit 2, nothing written)."""
+    if args.budget_min < 0:
+        raise UsageError(f"--budget-min must be 0 or more minutes, not {args.budget_min:g}")
+    args.device = suite_device()
+    args.batch_size = 128 if args.batch_size is None else args.batch_size
+    bench.check(args)
+    if not args.system_malloc:
+        keep_freed_memory()             # as train runs (cpu_memory.py)
+    return run_suite(args)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """The whole suite into ``args.out``, with reproduce.bench's sections."""
+    device = args.device
     if not args.out:
-        raise UsageError("--suite gpu writes its report into a folder: give --out DIR")
+        raise UsageError("the GPU suite writes its report into a folder: give --out DIR")
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    rows = [_tests(device, args.out, args.suite_tests)]
+    rows = [_tests(device, args.out, args.tests)]
     print(f"tests: {rows[0]['what']}", file=sys.stderr)
     cuda = device.startswith("cuda")
 
     def models(compiled: bool, only=None):
         settings = argparse.Namespace(**{**vars(args), "device": device, "amp": cuda, "channels_last": True,
                                          "compile": compiled})
-        return [dict(r, compiled=compiled) for r in bench_models(settings, only=only)]
+        return [dict(r, compiled=compiled) for r in bench.bench_models(settings, only=only)]
 
     def train():
         with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +176,7 @@ def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
     # the targets' figures first; what costs most and decides least (compiling) last, and skipped with a row
     # that says so once the budget is spent, so that the command ends in about its minutes
     sections = [("models, eager", lambda: models(False)), ("train from a store", train),
-                ("data", lambda: bench_data(argparse.Namespace(**{**vars(args), "device": device})))]
+                ("data", lambda: bench.bench_data(argparse.Namespace(**{**vars(args), "device": device})))]
     if cuda:                                                    # a CPU dry run: eager only
         sections.append(("models, compiled", lambda: models(True, only=COMPILED)))
     for name, section in sections:
@@ -158,7 +191,7 @@ def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
     targets = _targets(rows, minutes)
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU"
     lines = [f"# The GPU path on {name}", "",
-             f"`python -m reproduce.bench --suite gpu --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
+             f"`python -m reproduce.gpu_suite --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
              f"{paper_alexnet.__version__}, torch {torch.__version__}, CUDA {torch.version.cuda}, batch "
              f"{args.batch_size}, {args.repeats} repetitions.", "",
              "## Tests (cuda marker)", "", f"{rows[0]['what']} (exit code {rows[0]['exit_code']}; "
@@ -183,3 +216,7 @@ def run_suite(args: argparse.Namespace, bench_models, bench_data) -> int:
     print(f"wrote {args.out}/report.md, report.csv, targets.json, cuda-tests.txt ({minutes:.1f} minutes)",
           file=sys.stderr)
     return 0 if rows[0]["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,8 +75,8 @@ def run(args) -> int:
           f"{', '.join(f'{name} {len(split)}' for name, split in dataset.splits.items())} images -> {args.out}",
           file=sys.stderr)
     prepare_store(args.data, dataset.classes, dataset.splits, args.out, imagenet_pca=dataset.imagenet_pca,
-                  workers=args.workers, strict=args.strict, progress=not args.quiet,
-                  report=lambda line: print(line, file=sys.stderr), encoding=args.format, quality=args.quality)
+                  workers=args.workers, strict=args.strict, progress=not args.quiet, encoding=args.format,
+                  quality=args.quality)
     print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
     return 0
 

@@ -36,10 +36,6 @@ class Restored:
     classes: List[str]              # fc8's outputs, in order
 
 
-def _report(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def checkpoint_data(ckpt: Checkpoint, path: str, spec: Optional[str], cache: Optional[dict] = None) -> DataSet:
     """The data set ``spec`` names, else the one the checkpoint was trained on (opened once per ``cache``)."""
     spec = spec or ckpt.data
@@ -47,7 +43,7 @@ def checkpoint_data(ckpt: Checkpoint, path: str, spec: Optional[str], cache: Opt
         raise UsageError(f"{path} does not name its data: give --data SPEC")
     cache = {} if cache is None else cache
     if spec not in cache:
-        cache[spec] = open_dataset(spec, report=_report)
+        cache[spec] = open_dataset(spec)
     return cache[spec]
 
 
@@ -76,8 +72,8 @@ def stats_for(ckpt: Checkpoint, dataset: Optional[DataSet] = None) -> DataStats:
     if dataset is None:
         if not ckpt.data:
             raise UsageError("the checkpoint holds no data statistics and names no data: give --data SPEC")
-        dataset = open_dataset(ckpt.data, report=_report)
-    return dataset.stats(report=_report)
+        dataset = open_dataset(ckpt.data)
+    return dataset.stats()
 
 
 def restore(path: str, args: argparse.Namespace, dataset: Optional[DataSet] = None,
@@ -98,7 +94,7 @@ def restore(path: str, args: argparse.Namespace, dataset: Optional[DataSet] = No
     transform = PaperTransform(stats_for(ckpt, dataset), augment, device=placement.first)
     if dataset is not None and augment.resize != "shorter":
         if not all([split.use_resize(augment.resize) for split in dataset.splits.values()]):
-            _report(f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
-                    f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
-                    f"evaluate it on the image folder instead")
+            print(f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
+                  f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
+                  f"evaluate it on the image folder instead", file=sys.stderr)
     return Restored(ckpt, model.eval(), transform, placement, classes)

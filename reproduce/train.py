@@ -8,17 +8,16 @@ ones with ``--ten-crop``), curves.png, and TensorBoard events
 with ``--tensorboard``. A killed run continues with ``--resume``; SIGTERM or
 Ctrl-C stop it after the current step with a checkpoint of that step.
 
-A run is six steps, in this order (``_run``): check what is resumed, open the
-data, build the net, record the config, train the epochs, and finish.
+The flags are parsed once into a frozen ``RunConfig`` (run_config.py); ``run(config)`` trains in-process
+(reproduce.ablate calls it for each cell). A run is six steps, in this order (``_run``): check what is
+resumed, open the data, build the net, record the config, train the epochs, and finish. What it writes,
+RunWriter writes (run_writer.py); what it says about how it learns, RunWatch says (run_watch.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import importlib.util
-import json
 import math
 import os
 import platform
@@ -30,28 +29,24 @@ import torch
 
 import paper_alexnet
 from paper_alexnet import ArchConfig, checkpoint, distributed, list_switches, list_variants, paper
-from paper_alexnet.atomic import atomic_write
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
-from paper_alexnet.cli import HelpFormatter, command_line, for_file, percent, plural
+from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
-from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.data.splits import Split
 from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
 from paper_alexnet.networks import OTHER_NETS, Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
-from paper_alexnet.watch import LearningWatch, chance_margin
+from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
-from reproduce import recipes
+from reproduce import recipes, run_config
 from reproduce.args import Exit, UsageError, add_data_arguments, add_reading_flags, augment_from_args, exit_code
-from reproduce.figures import plot_curves
 from reproduce.placement import Placement, add_device_arguments, build_placed, place
-
-METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
-           "images_per_s", "seconds", "data_wait_s", "skipped_files")
-
+from reproduce.run_config import RunConfig
+from reproduce.run_watch import RunWatch
+from reproduce.run_writer import RunWriter
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -109,65 +104,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on the data and recipe (recipes.py); refuse bad values before any work."""
-    kind = recipes.data_kind(args.data)                # a bad spec stops here; a store: the data it was made of
-    defaults = recipes.DATA_DEFAULTS[kind]
-    args.recipe_reason = f"--recipe auto on {kind} data" if args.recipe == "auto" else f"--recipe {args.recipe}"
-    if args.recipe == "auto":
-        args.recipe = defaults.recipe
-    if args.schedule is None:
-        args.schedule = defaults.schedule               # None: the recipe's
-    args.from_recipe = [name for name in ("optimizer", "lr", "schedule") if getattr(args, name) is None]
-    fill_from_recipe(args)
-    args.on_stall = defaults.on_stall if args.on_stall is None else args.on_stall
-    args.epochs = defaults.epochs if args.epochs is None else args.epochs
-    args.batch_size = defaults.batch_size if args.batch_size is None else args.batch_size
-    checks = [(args.epochs >= 1, f"--epochs must be at least 1, not {args.epochs}"),
-              (args.batch_size >= 1, f"--batch-size must be at least 1, not {args.batch_size}"),
-              (args.lr > 0, f"--lr must be positive, not {args.lr}"),
-              (args.patience >= 1, "--patience must be at least 1"),
-              (args.limit_train is None or args.limit_train >= 1, "--limit-train must be at least 1"),
-              (args.limit_val is None or args.limit_val >= 1, "--limit-val must be at least 1"),
-              (not args.freeze_features or args.pretrained, "--freeze-features needs --pretrained PATH")]
-    network = get_network(args.variant)                                  # an unknown name stops here
-    augment_from_args(args, network.input_size)                         # and a crop the images cannot give
-    alexnet = isinstance(network, ArchConfig)
-    checks.append((alexnet or not args.pretrained, f"--pretrained loads AlexNet weights, not {args.variant}'s"))
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
-    if args.out is None:
-        args.out = os.path.join("runs", f"{args.variant}-{parse_spec(args.data).kind}")
-    return args
-
-
-def fill_from_recipe(args: argparse.Namespace) -> None:
-    """The optimiser, learning rate and schedule not given as flags (``args.from_recipe``): the recipe's."""
-    recipe = recipes.RECIPES[args.recipe]
-    if "optimizer" in args.from_recipe:
-        args.optimizer = recipe.optimizer
-    if "lr" in args.from_recipe:
-        args.lr = recipe.lr if args.optimizer == recipe.optimizer else recipes.OPTIMIZER_LR[args.optimizer]
-    if "schedule" in args.from_recipe:
-        args.schedule = recipe.schedule
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
-    args.command = argv                 # the user's words, for the command a stall message suggests
+    args = get_args_parser().parse_args(argv)           # the one parse: a bad flag exits 2 here
+    return exit_code(lambda: run(run_config.from_args(args, argv)))
+
+
+def run(config: RunConfig) -> int:
+    """Train as ``config`` says, in this process (under torchrun: as this rank); returns the exit status
+    (``Exit``). Bad settings raise (UsageError, DataError, ...), before anything is written."""
+    config = run_config.settle(config)
     keep_freed_memory()                 # glibc: no page faults on conv1's 37 MB maps every step (cpu_memory.py)
-    return exit_code(lambda: run(args))
-
-
-def run(args: argparse.Namespace) -> int:
-    args = resolve(args)
     process = distributed.from_env()
     try:
-        return _run(args, process)
+        return _run(config, process)
     finally:
         distributed.stop()
 
@@ -176,15 +126,13 @@ def run(args: argparse.Namespace) -> int:
 
 @dataclasses.dataclass
 class Context:
-    """The run's settings, where it runs, and how it speaks."""
+    """The run's settings, where it runs, what it writes, and how it speaks."""
 
-    args: argparse.Namespace
+    config: RunConfig
     process: distributed.Process
     placement: Placement
+    writer: RunWriter
     say: Callable[[str], None]          # the lines rank 0 prints (--quiet hides progress bars, never these)
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.args.out, name)
 
 
 @dataclasses.dataclass
@@ -197,7 +145,7 @@ class Data:
 
 @dataclasses.dataclass
 class Net:
-    config: Network
+    network: Network
     alexnet: bool                       # an AlexNet (takes the recipe's init), not a comparison net
     model: torch.nn.Module              # what is saved and scored
     trained: torch.nn.Module            # what trains: the model, or DDP around it under torchrun
@@ -208,31 +156,38 @@ class Net:
     generator: torch.Generator          # the augmentation draws (§4.1)
 
 
-def _run(args: argparse.Namespace, process: distributed.Process) -> int:
-    placement = place(args, get_network(args.variant), process.local_rank)
-    resumed, pretrained = check_resume(args, placement)
+def _run(config: RunConfig, process: distributed.Process) -> int:
+    placement = place(config, get_network(config.variant), process.local_rank)
+    config, resumed, pretrained = check_resume(config, placement)
     distributed.start(process, placement.first)     # after the checks: bad input stops every rank alike
-    args.quiet = args.quiet or not process.main
+    config = dataclasses.replace(config, quiet=config.quiet or not process.main)
+    log_to_stderr(process.main)
     say = (lambda line: print(line, file=sys.stderr)) if process.main else (lambda line: None)
-    ctx = Context(args, process, placement, say)
+    writer = RunWriter(config.out, process.main, f"{get_network(config.variant).name} on {config.data}",
+                       tensorboard=config.tensorboard)
+    ctx = Context(config, process, placement, writer, say)
     data = open_data(ctx)
     net = build_net(ctx, data, resumed, pretrained)
     record_config(ctx, data, net)
     with StopOnSignal() as stop:            # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
-        code, rows = train_epochs(ctx, data, net, resumed, stop)
+        try:
+            code, rows = train_epochs(ctx, data, net, resumed, stop)
+        finally:
+            writer.close()
         return code if code is not None else finish(ctx, data, net, rows, stop)
 
 
 # --- 1. what is resumed ----------------------------------------------------------------------------------
 
-def check_resume(args: argparse.Namespace, placement: Placement):
-    """The checkpoint to continue (``--resume``), checked against the flags, and the ``--pretrained``
-    weights, read; or a refusal before anything is written: a run already in ``--out`` is never overwritten."""
+def check_resume(config: RunConfig, placement: Placement):
+    """The checkpoint to continue (``--resume``), checked against the settings, and the ``--pretrained``
+    weights, read (the recipe then fits their input); or a refusal before anything is written: a run already
+    in ``--out`` is never overwritten. Returns the config, the checkpoint resumed and the weights."""
     resumed = None
-    if args.resume is not None:
-        path = args.resume or os.path.join(args.out, "checkpoint.pt")
+    if config.resume is not None:
+        path = config.resume or os.path.join(config.out, "checkpoint.pt")
         resumed = checkpoint.load(path)
-        variant = get_network(args.variant).name
+        variant = get_network(config.variant).name
         if resumed.variant != variant:
             raise CheckpointError(f"{path} is a checkpoint of '{resumed.variant}', not '{variant}'")
         if resumed.two_tower != placement.two_tower:
@@ -241,52 +196,27 @@ def check_resume(args: argparse.Namespace, placement: Placement):
         if resumed.optimizer is None:
             raise CheckpointError(f"{path} holds weights only (no optimiser state): start a new run from it with "
                                   f"--pretrained {path}")
-    elif any(os.path.exists(os.path.join(args.out, name)) for name in ("config.json", "checkpoint.pt")):
-        raise UsageError(f"{args.out} already holds a run: --resume to continue it, or choose another --out")
+        saved = run_config.read_record(os.path.dirname(os.path.abspath(path)))
+        changed = run_config.differences(saved, config) if saved else []
+        if changed:
+            raise UsageError(f"{path} is a run with other settings ({'; '.join(changed)}): resume it with its "
+                             f"own (what may change: --epochs, --on-stall, --workers, --quiet, --device)")
+    elif any(os.path.exists(os.path.join(config.out, name)) for name in ("config.json", "checkpoint.pt")):
+        raise UsageError(f"{config.out} already holds a run: --resume to continue it, or choose another --out")
     pretrained = None
-    if args.pretrained and resumed is None:
-        pretrained, trained_on = checkpoint.read_trained(args.pretrained, "--pretrained")
-        match_recipe_to_weights(args, weights_input(pretrained, trained_on))
-    return resumed, pretrained
-
-
-INPUTS = {"torchvision": "ImageNet's mean and std (x/255; --mean torchvision)",
-          "unit std": "pixels minus the mean, scaled to unit std (--recipe quick)",
-          "raw": "raw 0-255 pixels minus the mean (--recipe paper, §2)"}
+    if config.pretrained and resumed is None:
+        pretrained, trained_on = checkpoint.read_trained(config.pretrained, "--pretrained")
+        config = run_config.change(config, pretrained_input=weights_input(pretrained, trained_on))
+    return config, resumed, pretrained
 
 
 def weights_input(state, trained_on: Optional[dict]) -> str:
-    """The input pretrained weights expect: a key of INPUTS."""
+    """The input pretrained weights expect: a key of run_config.INPUTS."""
     if trained_on is None:                             # a bare state dict: torchvision's, or raw pixels
         return "torchvision" if is_torchvision_state(state) else "raw"
     if trained_on.get("mean") == "torchvision":
         return "torchvision"
     return "unit std" if trained_on.get("scale", 1.0) != 1.0 else "raw"
-
-
-def match_recipe_to_weights(args: argparse.Namespace, expected: str) -> None:
-    """Fine-tuning feeds the weights the input they learned on: ``--recipe auto`` picks the recipe whose input
-    that is (and says why); a recipe or --mean given that feeds them another is refused, never mixed."""
-    def run_input(recipe: str) -> str:
-        return "torchvision" if args.mean == "torchvision" else (
-            "unit std" if recipes.RECIPES[recipe].unit_std else "raw")
-
-    if expected == "torchvision" and args.mean is None:            # the input torchvision's weights learned on
-        args.mean = "torchvision"
-        args.recipe_reason += f", with --mean torchvision for --pretrained weights trained on {INPUTS[expected]}"
-        return
-    if run_input(args.recipe) == expected:
-        return
-    if expected != "torchvision" and args.mean != "torchvision" and args.recipe_reason.startswith("--recipe auto"):
-        args.recipe = "quick" if expected == "unit std" else "paper"
-        args.recipe_reason += f", with --pretrained weights trained on {INPUTS[expected]}"
-        fill_from_recipe(args)
-        return
-    remedy = ("add --mean torchvision" if expected == "torchvision" else
-              "drop --mean torchvision" if args.mean == "torchvision" else
-              f"use --recipe {'quick' if expected == 'unit std' else 'paper'}")
-    raise UsageError(f"--pretrained {args.pretrained} was trained on {INPUTS[expected]}, but this run would feed "
-                     f"it {INPUTS[run_input(args.recipe)]}: {remedy}")
 
 
 # --- 2. the data -----------------------------------------------------------------------------------------
@@ -299,14 +229,14 @@ def _subset(split: Split, limit: Optional[int], seed: int) -> Split:
 
 def open_data(ctx: Context) -> Data:
     """The data set, its §2 mean image and §4.1 PCA (computed once, cached), and the splits used."""
-    args = ctx.args
+    config = ctx.config
     with distributed.main_first(ctx.process):   # rank 0 builds any cached store and statistics first
-        dataset = open_dataset(args.data, download=args.download, progress=not args.quiet, report=ctx.say)
-        stats = dataset.stats(progress=not args.quiet, report=ctx.say)
+        dataset = open_dataset(config.data, download=config.download, progress=not config.quiet)
+        stats = dataset.stats(progress=not config.quiet)
     for note in dataset.notes:
         ctx.say(note)
-    return Data(dataset, stats, _subset(dataset.split("train"), args.limit_train, args.seed),
-                _subset(dataset.split("val"), args.limit_val, args.seed + 1))
+    return Data(dataset, stats, _subset(dataset.split("train"), config.limit_train, config.seed),
+                _subset(dataset.split("val"), config.limit_val, config.seed + 1))
 
 
 # --- 3. the net ------------------------------------------------------------------------------------------
@@ -314,253 +244,210 @@ def open_data(ctx: Context) -> Data:
 def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretrained) -> Net:
     """The net with the recipe's init (or the pretrained or resumed weights), its optimiser, schedule and
     data transform, placed on its devices."""
-    args, recipe = ctx.args, recipes.RECIPES[ctx.args.recipe]
-    torch.manual_seed(args.seed)
-    config = get_network(args.variant, num_classes=len(data.dataset.classes))
-    alexnet = isinstance(config, ArchConfig)           # the comparison nets keep their own init
+    config, recipe = ctx.config, recipes.RECIPES[ctx.config.recipe]
+    torch.manual_seed(config.seed)
+    network = get_network(config.variant, num_classes=len(data.dataset.classes))
+    alexnet = isinstance(network, ArchConfig)           # the comparison nets keep their own init
     if alexnet:
-        config = dataclasses.replace(config, init=recipe.init)
-    augment = augment_from_args(args, config.input_size)
+        network = dataclasses.replace(network, init=recipe.init)
+    augment = augment_from_args(config, network.input_size)
     if recipe.unit_std and augment.mean != "torchvision":
         augment.scale = float(1.0 / data.stats.channel_std.mean())
-    model = build_placed(config, ctx.placement)
+    model = build_placed(network, ctx.placement)
     if pretrained is not None:
-        new_head = load_pretrained(model, pretrained, args.pretrained)
-        ctx.say(f"pretrained weights from {args.pretrained}" + (" (fc8 re-initialised for the new classes)"
-                                                                if new_head else ""))
-    if args.freeze_features:
+        new_head = load_pretrained(model, pretrained, config.pretrained)
+        ctx.say(f"pretrained weights from {config.pretrained}" + (" (fc8 re-initialised for the new classes)"
+                                                                  if new_head else ""))
+    if config.freeze_features:
         for name, weight in model.named_parameters():
             if name.split(".")[-2].startswith("conv"):
                 weight.requires_grad_(False)
-    if args.channels_last:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
     trained = distributed.wrap(model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first)
-    optimizer = build_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad],
-                                args.lr, args.momentum, args.wd)
+    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                config.lr, config.momentum, config.wd)
     # §5 divides when the error "stopped improving"; at chance it never started (chance_margin: how far below a
     # guesser's error on this validation set it must be to have left chance)
     classes = len(data.dataset.classes)
-    schedule = build_schedule(args.schedule, optimizer, args.epochs, args.patience, args.step_size,
+    schedule = build_schedule(config.schedule, optimizer, config.epochs, config.patience, config.step_size,
                               chance=1 - 1 / classes, margin=chance_margin(classes, len(data.val)))
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     if resumed is not None:
         model.load_state_dict(resumed.model)
         optimizer.load_state_dict(resumed.optimizer)
         schedule.load_state_dict(resumed.schedule)
         generator.set_state(resumed.rng["augment"])
     transform = PaperTransform(data.stats, augment, device=ctx.placement.first)
-    return Net(config, alexnet, model, trained, augment, transform, optimizer, schedule, generator)
+    return Net(network, alexnet, model, trained, augment, transform, optimizer, schedule, generator)
 
 
 # --- 4. the record ---------------------------------------------------------------------------------------
-
-def write_json(path: str, value: dict) -> None:
-    with atomic_write(path) as handle:
-        json.dump({k: for_file(v) for k, v in value.items()}, handle, indent=1, default=str)
-
 
 SCHEDULES = {"plateau": "÷10 when val error stops improving (§5)", "cosine": "cosine decay over the epochs",
              "step": "÷10 every --step-size epochs", "none": "a constant rate"}
 MEANS = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing"}
 
 
-def recipe_line(args: argparse.Namespace, net: Net) -> str:
+def recipe_line(config: RunConfig, net: Net) -> str:
     """The run's first line: the recipe, why it was chosen, and what it does here."""
-    recipe = recipes.RECIPES[args.recipe]
-    auto_quick = args.recipe == "quick" and args.recipe_reason.startswith("--recipe auto on")
-    init = ("weights from --pretrained" if args.pretrained else "the net's own init" if not net.alexnet else
+    recipe = recipes.RECIPES[config.recipe]
+    auto_quick = config.recipe == "quick" and "recipe" in config.defaulted
+    init = ("weights from --pretrained" if config.pretrained else "the net's own init" if not net.alexnet else
             "He init with zero biases" if recipe.init == "he" else
             "init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7 (§5)")
-    pixels = ("pixels normalised by ImageNet's mean and std (torchvision)" if net.augment.mean == "torchvision"
-              else f"pixels minus {MEANS[net.augment.mean]}, scaled to unit std" if net.augment.scale != 1.0
-              else f"raw 0-255 pixels minus {MEANS[net.augment.mean]}")
-    return (f"recipe: {args.recipe}, chosen by {args.recipe_reason}"
+    mean = net.augment.mean
+    pixels = ("pixels normalised by ImageNet's mean and std (torchvision)" if mean == "torchvision"
+              else f"pixels minus {MEANS[mean]}, scaled to unit std" if net.augment.scale != 1.0
+              else f"raw 0-255 pixels minus {MEANS[mean]}")
+    return (f"recipe: {config.recipe}, chosen by {config.recipe_reason}"
             + (" (§5's recipe stalls at ln(classes) on small data sets: docs/training.md)" if auto_quick else "")
-            + f": {init}; {pixels}; {args.optimizer} lr {args.lr:g}, {SCHEDULES[args.schedule]}"
-            + (". §5's recipe: --recipe paper" if args.recipe == "quick" else ""))
+            + f": {init}; {pixels}; {config.optimizer} lr {config.lr:g}, {SCHEDULES[config.schedule]}"
+            + (". §5's recipe: --recipe paper" if config.recipe == "quick" else ""))
 
 
 def record_config(ctx: Context, data: Data, net: Net) -> None:
     """Say what runs in the first lines, and write the same into config.json."""
-    args, recipe, say = ctx.args, recipes.RECIPES[ctx.args.recipe], ctx.say
-    say(recipe_line(args, net))
+    config, recipe, say = ctx.config, recipes.RECIPES[ctx.config.recipe], ctx.say
+    say(recipe_line(config, net))
     classes = data.dataset.classes
-    say(f"{net.config.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {args.data}: "
+    say(f"{net.network.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {config.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
         + (f" x {ctx.process.world} processes (rows of each batch shared out)" if ctx.process.world > 1 else "")
-        + f"; {plural(args.epochs, 'epoch')} of batch {args.batch_size}")
+        + f"; {plural(config.epochs, 'epoch')} of batch {config.batch_size}")
     changes = None
-    if args.recipe == "quick":
+    if config.recipe == "quick":
         changes = {"init": recipe.init, "scale": "1/pixel std", "optimizer": recipe.optimizer, "lr": recipe.lr,
                    "schedule": recipe.schedule}
         if not net.alexnet:
             del changes["init"]
-    config = {"args": vars(args), "recipe": args.recipe, "recipe_reason": args.recipe_reason,
-              "quick_changes": changes,
-              "recipe_settings": dataclasses.asdict(recipe),
-              "model": dataclasses.asdict(net.config), "augment": dataclasses.asdict(net.augment),
-              "classes": classes, "train_images": len(data.train), "val_images": len(data.val),
-              "pca_source": data.stats.pca_source, "devices": [str(d) for d in ctx.placement.devices],
-              "processes": ctx.process.world,
-              "versions": {"paper_alexnet": paper_alexnet.__version__, "torch": torch.__version__,
-                           "python": platform.python_version(), "checkpoint_format": checkpoint.FORMAT}}
-    if ctx.process.main:
-        os.makedirs(args.out, exist_ok=True)
-        write_json(ctx.path("config.json"), config)
+    ctx.writer.config({
+        **run_config.as_record(config), "quick_changes": changes, "recipe_settings": dataclasses.asdict(recipe),
+        "model": dataclasses.asdict(net.network), "augment": dataclasses.asdict(net.augment),
+        "classes": classes, "train_images": len(data.train), "val_images": len(data.val),
+        "pca_source": data.stats.pca_source, "devices": [str(d) for d in ctx.placement.devices],
+        "processes": ctx.process.world,
+        "versions": {"paper_alexnet": paper_alexnet.__version__, "torch": torch.__version__,
+                     "python": platform.python_version(), "checkpoint_format": checkpoint.FORMAT}})
 
 
 # --- 5. the epochs ---------------------------------------------------------------------------------------
 
-def write_metrics(path: str, rows: List[dict]) -> None:
-    with atomic_write(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows({k: for_file(v) for k, v in row.items()} for row in rows)
-
-
-def _save(ctx: Context, data: Data, net: Net, epoch: int, best: float, rows: List[dict],
-          progress: Optional[EpochProgress] = None) -> None:
-    """checkpoint.pt after ``epoch`` epochs, and ``progress.steps`` batches into the next when stopped there."""
-    ckpt = Checkpoint(
-        model=net.model.state_dict(), variant=net.config.name, classes=list(data.dataset.classes),
-        augment=dataclasses.asdict(net.augment), init=net.config.init,
+def snapshot(ctx: Context, data: Data, net: Net, epoch: int, best: float, rows: List[dict],
+             progress: Optional[EpochProgress] = None) -> Checkpoint:
+    """The checkpoint after ``epoch`` epochs, and ``progress.steps`` batches into the next when stopped there."""
+    return Checkpoint(
+        model=net.model.state_dict(), variant=net.network.name, classes=list(data.dataset.classes),
+        augment=dataclasses.asdict(net.augment), init=net.network.init,
         stats=Checkpoint.stats_entry(data.stats),   # §2/§4.1 travel with the weights: predict needs no data
-        data=ctx.args.data, two_tower=ctx.placement.two_tower, epoch=epoch, best_val_top1_err=best,
+        data=ctx.config.data, two_tower=ctx.placement.two_tower, epoch=epoch, best_val_top1_err=best,
         metrics=[dict(r) for r in rows], optimizer=net.optimizer.state_dict(), schedule=net.schedule.state_dict(),
         # dropout's RNG is seeded from (seed, epoch, rank, step) at every step: distributed.dropout_seed
         rng={"augment": net.generator.get_state()},
         step=progress.steps if progress else 0,
         progress={k: v for k, v in dataclasses.asdict(progress).items() if k != "stopped"} if progress else None)
-    checkpoint.save(ctx.path("checkpoint.pt"), ckpt)
-
-
-def papers_init(args: argparse.Namespace, net: Net) -> bool:
-    """An AlexNet started with §5's init, the one that stalls on small data sets."""
-    return args.recipe == "paper" and net.alexnet and not args.pretrained
-
-
-def avoiding_command(ctx: Context, net: Net) -> str:
-    """The command that avoids the stall this run met: the user's own, with the recipe (or, for a run that
-    does not start from §5's init, the learning rate) changed, into a new --out."""
-    args = ctx.args
-    if papers_init(args, net):
-        change, suffix = ["--recipe", "quick"], "quick"
-    else:
-        change, suffix = ["--lr", f"{args.lr / 10:g}"], "lower-lr"
-    return command_line("reproduce.train", args.command, drop=("--recipe", "--lr", "--out", "--resume",
-                                                              "--on-stall"),
-                        add=[*change, "--out", f"{args.out.rstrip(os.sep)}-{suffix}"])
 
 
 def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoint],
                  stop: StopOnSignal) -> Tuple[Optional[int], List[dict]]:
-    """The epochs of §5, each with its validation, checkpoint, metrics.csv row and curves. Returns the exit
-    status, None when every epoch ran (Exit.DIVERGED: the loss became NaN/inf; Exit.SIGTERM/SIGINT: stopped),
-    and metrics.csv's rows."""
-    from tqdm.auto import tqdm
-
-    args, process = ctx.args, ctx.process
+    """The epochs of §5, each trained, validated and written. Returns the exit status, None when every epoch
+    ran (Exit.DIVERGED: the loss became NaN/inf; Exit.STALLED; Exit.SIGTERM/SIGINT: stopped), and
+    metrics.csv's rows."""
+    config = ctx.config
     rows, best, start_epoch, progress = [], math.inf, 1, EpochProgress()
     if resumed is not None:
         rows, best = [dict(r) for r in resumed.metrics], resumed.best_val_top1_err
         start_epoch = resumed.epoch + 1
         if resumed.step:
             progress = EpochProgress(**resumed.progress)
-        ctx.say(f"resuming {args.resume or ctx.path('checkpoint.pt')} after epoch {resumed.epoch}"
+        ctx.say(f"resuming {config.resume or ctx.writer.path('checkpoint.pt')} after epoch {resumed.epoch}"
                 + (f" and {resumed.step} steps of epoch {start_epoch}" if resumed.step else ""))
-    writer = None
-    if args.tensorboard and process.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(ctx.path("tb"))
-    classes = len(data.dataset.classes)
-    per_epoch = math.ceil(len(data.train) / args.batch_size)
-    watch = LearningWatch(classes, per_epoch, per_epoch * args.epochs)
-
-    def stalled() -> bool:                      # a stall that --on-stall stop ends: _stalled
-        return args.on_stall == "stop" and watch.stall is not None
-
-    def halt() -> bool:                         # the step ends, is saved, and the run stops
-        return stop() or stalled()
-
-    for epoch in range(start_epoch, args.epochs + 1):
-        loader = BatchLoader(data.train, args.batch_size, seed=args.seed, epoch=epoch, workers=args.workers,
-                             strict=args.strict, rank=process.rank, world=process.world, start_batch=progress.steps,
-                             device=ctx.placement.first, decode=args.decode)
-        steps = progress.steps + len(loader)
-        bar = tqdm(total=steps, initial=progress.steps, desc=f"epoch {epoch}/{args.epochs}", unit="batch",
-                   disable=args.quiet, leave=False)
-
-        def on_step(step, value, hits, images):
-            bar.update(1)
-            rate = bar.format_dict.get("rate")                # batches/s, smoothed
-            bar.set_postfix({"loss": f"{value:.3f}", **({"img/s": f"{rate * images:.0f}"} if rate else {})})
-            verdict = watch.step(value, hits, images)
-            if verdict is not None and not stalled() and process.main:
-                bar.write(file=sys.stderr, s=f"warning: at step {verdict.step}: {verdict.text}" + (
-                    f". It may recover, or sink to chance. Avoid it with: {avoiding_command(ctx, net)}"
-                    if verdict.kind == "blow-up" else
-                    f". Going on (--on-stall warn); what avoids it: {avoiding_command(ctx, net)}"))
-
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
+    watch = RunWatch(config, net.alexnet, len(data.dataset.classes), per_epoch)
+    for epoch in range(start_epoch, config.epochs + 1):
         lr = net.optimizer.param_groups[0]["lr"]
         try:
-            progress = train_one_epoch(
-                net.trained, loader, net.transform, net.optimizer, net.generator,
-                device=ctx.placement.first, amp=args.amp, channels_last=args.channels_last, rank=process.rank,
-                world=process.world, on_step=on_step, progress=progress, stop=halt,
-                step_seed=lambda step: distributed.dropout_seed(args.seed, epoch, process.rank, step))
+            progress, steps = one_epoch(ctx, data, net, epoch, progress, watch, stop)
         except NonFiniteLoss as err:
-            bar.close()
-            ctx.say(f"error: {err}; stopped. The last good checkpoint ({ctx.path('checkpoint.pt')}) is kept. "
-                    f"Lower --lr, or use --recipe quick.")
+            ctx.say(f"error: {err}; stopped. The last good checkpoint ({ctx.writer.path('checkpoint.pt')}) is "
+                    f"kept. Lower --lr, or use --recipe quick.")
             return Exit.DIVERGED, rows
-        bar.close()
         if progress.stopped and progress.steps < steps:            # mid-epoch: save this very step
-            if process.main:
-                _save(ctx, data, net, epoch - 1, best, rows, progress)
-            if stalled():
-                return _stalled(ctx, net, watch), rows
+            ctx.writer.checkpoint(snapshot(ctx, data, net, epoch - 1, best, rows, progress))
+            if watch.stopping:
+                ctx.say(watch.stopped())
+                return Exit.STALLED, rows
             return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"
                             + _every_process_at(ctx.process, progress.steps)), rows
         val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first,
-                       batch_size=args.batch_size, workers=args.workers, strict=args.strict, amp=args.amp,
-                       decode=args.decode, rank=process.rank, world=process.world)
-        result = progress.result()
-        row = {"epoch": epoch, "lr": lr, "train_loss": result["train_loss"],
-               "train_top1_err": result["train_top1_err"], "val_loss": val["loss"],
-               "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
-               "images_per_s": result["images"] / max(result["seconds"], 1e-9), "seconds": result["seconds"],
-               "data_wait_s": round(result["data_seconds"], 3),          # to the millisecond: what it means
-               "skipped_files": progress.skipped + val["skipped_files"]}
-        rows.append(row)
+                       batch_size=config.batch_size, workers=config.workers, strict=config.strict, amp=config.amp,
+                       decode=config.decode, rank=ctx.process.rank, world=ctx.process.world)
+        rows.append(metrics_row(epoch, lr, progress, val))
         progress = EpochProgress()
         dropped = net.schedule.step(val["top1_err"])
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
-        ctx.say(f"epoch {epoch}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
-                f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
-                f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, "
-                f"{row['seconds']:.0f} s"
-                + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
-                + (f" | lr -> {net.optimizer.param_groups[0]['lr']:g}" if dropped else ""))
-        if process.main:
-            _save(ctx, data, net, epoch, best, rows)
-            if improved:                          # the same bytes: a link, not a second 0.65 GB write
-                checkpoint.share(ctx.path("checkpoint.pt"), ctx.path("best.pt"))
-            write_metrics(ctx.path("metrics.csv"), rows)
-            plot_curves(rows, ctx.path("curves.png"), f"{net.config.name} on {args.data}")
-            if writer is not None:
-                for key in METRICS[1:]:
-                    if row[key] is not None:
-                        writer.add_scalar(key, row[key], epoch)
-                writer.flush()
-        if stalled() and epoch < args.epochs:                           # at the epoch's last step
-            return _stalled(ctx, net, watch), rows
-        if distributed.all_sum([float(stop())])[0] and epoch < args.epochs:   # a signal during validation
+        ctx.say(epoch_line(rows[-1], net.optimizer.param_groups[0]["lr"] if dropped else None))
+        ctx.writer.epoch(rows, snapshot(ctx, data, net, epoch, best, rows), improved)
+        if watch.stopping and epoch < config.epochs:                    # at the epoch's last step
+            ctx.say(watch.stopped())
+            return Exit.STALLED, rows
+        if distributed.all_sum([float(stop())])[0] and epoch < config.epochs:   # a signal during validation
             return _stopped(ctx, stop, f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps)), rows
-    if writer is not None:
-        writer.close()
     return None, rows
+
+
+def one_epoch(ctx: Context, data: Data, net: Net, epoch: int, progress: EpochProgress, watch: RunWatch,
+              stop: StopOnSignal) -> Tuple[EpochProgress, int]:
+    """One epoch's steps (from ``progress.steps`` on), with its progress bar and the watch's warnings; stops
+    after the step at which a signal came or a stall ends the run. Returns the progress and the epoch's
+    steps."""
+    from tqdm.auto import tqdm
+
+    config, process = ctx.config, ctx.process
+    loader = BatchLoader(data.train, config.batch_size, seed=config.seed, epoch=epoch, workers=config.workers,
+                         strict=config.strict, rank=process.rank, world=process.world, start_batch=progress.steps,
+                         device=ctx.placement.first, decode=config.decode)
+    steps = progress.steps + len(loader)
+    bar = tqdm(total=steps, initial=progress.steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+               disable=config.quiet, leave=False)
+
+    def on_step(step, value, hits, images):
+        bar.update(1)
+        rate = bar.format_dict.get("rate")                # batches/s, smoothed
+        bar.set_postfix({"loss": f"{value:.3f}", **({"img/s": f"{rate * images:.0f}"} if rate else {})})
+        warning = watch.step(value, hits, images)
+        if warning is not None and process.main:
+            bar.write(file=sys.stderr, s=warning)
+
+    try:
+        progress = train_one_epoch(
+            net.trained, loader, net.transform, net.optimizer, net.generator,
+            device=ctx.placement.first, amp=config.amp, channels_last=config.channels_last, rank=process.rank,
+            world=process.world, on_step=on_step, progress=progress, stop=lambda: stop() or watch.stopping,
+            step_seed=lambda step: distributed.dropout_seed(config.seed, epoch, process.rank, step))
+    finally:
+        bar.close()
+    return progress, steps
+
+
+def metrics_row(epoch: int, lr: float, progress: EpochProgress, val: dict) -> dict:
+    """metrics.csv's row for an epoch (run_writer.METRICS)."""
+    result = progress.result()
+    return {"epoch": epoch, "lr": lr, "train_loss": result["train_loss"],
+            "train_top1_err": result["train_top1_err"], "val_loss": val["loss"],
+            "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
+            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "seconds": result["seconds"],
+            "data_wait_s": round(result["data_seconds"], 3),          # to the millisecond: what it means
+            "skipped_files": progress.skipped + val["skipped_files"]}
+
+
+def epoch_line(row: dict, dropped_to: Optional[float]) -> str:
+    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
+            f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
+            f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
+            + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
+            + (f" | lr -> {dropped_to:g}" if dropped_to is not None else ""))
 
 
 STALLED = Exit.STALLED     # the exit status of a run that --on-stall stop ended
@@ -577,18 +464,9 @@ def _every_process_at(process: distributed.Process, steps: int) -> str:
     return f" on all {process.world} processes"
 
 
-def _stalled(ctx: Context, net: Net, watch: LearningWatch) -> int:
-    why = ("§5's init stalls like this on small data sets (BVLC/caffe#401, docs/training.md)"
-           if papers_init(ctx.args, net) else "the learning rate is too high or too low here")
-    ctx.say(f"stopped at step {watch.stall.step} of the run: {watch.stall.text}; {why}. Run instead: "
-            f"{avoiding_command(ctx, net)}   (this run's checkpoint is in {ctx.args.out}; to go on watching it: "
-            f"the same command with --resume --on-stall warn)")
-    return STALLED
-
-
 def _stopped(ctx: Context, stop: StopOnSignal, where: str) -> int:
     ctx.say(f"stopped by {stop.name or 'a signal on another process'} {where}: checkpoint written to "
-            f"{ctx.path('checkpoint.pt')}; continue with the same command and --resume")
+            f"{ctx.writer.path('checkpoint.pt')}; continue with the same command and --resume")
     return stop.exit_code if stop.received else Exit.SIGTERM
 
 
@@ -597,28 +475,27 @@ def _stopped(ctx: Context, stop: StopOnSignal, where: str) -> int:
 def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSignal) -> int:
     """result.json: the best epoch's errors (what best.pt holds), and its ten-crop errors when asked (skipped
     when a signal came: ``--resume`` then does only this)."""
-    args = ctx.args
+    config = ctx.config
     best_row = min(rows, key=lambda r: r["val_top1_err"])
     result = {"best_epoch": best_row["epoch"], "val_top1_err": best_row["val_top1_err"],
               "val_top5_err": best_row["val_top5_err"], "ten_crop_top1_err": None, "ten_crop_top5_err": None}
     stopped = distributed.all_sum([float(stop())])[0] > 0
-    if args.ten_crop and not stopped:
+    if config.ten_crop and not stopped:
         distributed.barrier()                # best.pt is written by rank 0
-        best = checkpoint.load(ctx.path("best.pt"))
+        best = ctx.writer.best()
         net.model.load_state_dict(best.model)
-        val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first, batch_size=args.batch_size,
-                       ten_crop=True, workers=args.workers, amp=args.amp, progress=not args.quiet,
-                       decode=args.decode, rank=ctx.process.rank, world=ctx.process.world)
+        val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first, batch_size=config.batch_size,
+                       ten_crop=True, workers=config.workers, amp=config.amp, progress=not config.quiet,
+                       decode=config.decode, rank=ctx.process.rank, world=ctx.process.world)
         result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
         ctx.say(f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
                 f"top-5 {percent(val['top5_err'])}")
-    if ctx.process.main:
-        write_json(ctx.path("result.json"), result)
-    if stopped and args.ten_crop:
+    ctx.writer.result(result)
+    if stopped and config.ten_crop:
         return _stopped(ctx, stop, "before the ten-crop evaluation")
     ctx.say(f"done: best val top-1 error {percent(best_row['val_top1_err'])} (chance "
-            f"{100 * (1 - 1 / len(data.dataset.classes)):.0f}%); results in {args.out}")
-    return 0
+            f"{100 * (1 - 1 / len(data.dataset.classes)):.0f}%); results in {config.out}")
+    return Exit.OK
 
 
 if __name__ == "__main__":

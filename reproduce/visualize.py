@@ -12,7 +12,6 @@ default a new file in the current folder, never over the run's own curves.png or
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Optional, Sequence, Tuple
@@ -27,6 +26,7 @@ from paper_alexnet.atomic import atomic_write
 from paper_alexnet.data import PaperTransform
 from paper_alexnet.networks import get_network
 from paper_alexnet.cli import HelpFormatter
+from reproduce import run_config
 from reproduce.args import UsageError, add_data_flag, exit_code
 from reproduce.figures import plot_curves, pyplot, runs_figure, save
 from reproduce.placement import add_device_arguments
@@ -177,18 +177,16 @@ def _run_label(folder: str) -> str:
     """A run's folder name with its recipe (from config.json), e.g. "seed1 (quick recipe)"."""
     label = os.path.basename(os.path.abspath(folder))
     try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-            return f"{label} ({json.load(handle)['recipe']} recipe)"
-    except (OSError, ValueError, KeyError):
+        return f"{label} ({run_config.read_record(folder)['recipe']} recipe)"
+    except (OSError, ValueError, KeyError, TypeError):
         return label
 
 
 def _run_title(folder: str) -> str:
     """The title train gives a run's curves ("paper on folder:..."), from its config.json; else its folder name."""
     try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-            config = json.load(handle)
-        return f"{config['model']['name']} on {config['args']['data']}"
+        config = run_config.read_record(folder)
+        return f"{config['model']['name']} on {config['data']}"
     except (OSError, ValueError, KeyError, TypeError):
         return os.path.basename(os.path.abspath(folder))
 
@@ -203,9 +201,9 @@ def curves(args) -> str:
     name = os.path.basename(os.path.abspath(args.run[0]))
     if len(args.run) == 1 and os.path.exists(os.path.join(args.run[0], "ablation.csv")):
         folder = args.run[0]
-        cells = [ablate.parse_cell(label, seed)
+        cells = [ablate.Cell.read(folder, label, seed)
                  for label, seed in ablate.tables.read_cells(os.path.join(folder, "ablation.csv"))]
-        frame, runs = ablate.gather(cells, folder)
+        frame, runs = ablate.gather(cells)
         if frame is None:
             raise UsageError(f"{folder}: no finished cell to chart yet")
         out = args.out or f"ablation-{name}.png"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import pickle
 
@@ -99,3 +101,23 @@ def blank_tree(root: str, classes: str = "abcd", train: int = 10, val: int = 2, 
             for k in range(count):
                 grey.save(os.path.join(root, split, name, f"{k}.jpg"))
     return root
+
+
+@contextlib.contextmanager
+def log_lines():
+    """The lines the library logs (logging.getLogger("paper_alexnet...")) while the block runs."""
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("paper_alexnet"), Keep()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -106,11 +106,11 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     stamp = (out / "cells" / "figure1-seed0" / "metrics.csv").stat().st_mtime_ns
     resumed = out / "cells" / "figure1-seed1"
     before = pd.read_csv(resumed / "metrics.csv")
-    cell = ablate.parse_cell("figure1", 1)
-    common = [*ablate.GRIDS["relu-tanh"].flags, *TINY]
+    base = ablate.grid_config([*ablate.CELL_FLAGS, *ablate.GRIDS["relu-tanh"].flags, *TINY])
+    cell = ablate.make_cell(base, "figure1", 1, str(out), True)
     for name in os.listdir(resumed):
         os.remove(resumed / name)
-    assert train.main(ablate.train_argv(cell, common, str(out), True) + ["--epochs", "1"]) == 0
+    assert train.main([*cell.config.command, "--epochs", "1"]) == 0
     os.remove(resumed / "result.json")                    # a checkpoint after epoch 1: as if killed in epoch 2
     killed_early = out / "cells" / "figure1+tanh-seed1"
     for name in ("cell.json", "best.pt", "metrics.csv", "result.json"):
@@ -137,9 +137,11 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     assert ablate.main(argv) == 0 and capsys.readouterr().err.count("finished earlier, skipped") == 4
     assert list(pd.read_csv(out / "ablation.csv").columns) == list(ablation_tables.COLUMNS)
 
-    # the same folder with other flags is refused, not silently reused
-    assert ablate.main(argv + ["--lr", "0.01"]) == 2
-    assert "was run with other flags" in capsys.readouterr().err
+    # the same folder with other settings is refused, not silently reused; the same settings written out
+    # (the rate SGD takes anyway) are the same cells
+    assert ablate.main(argv + ["--lr", "0.02"]) == 2
+    assert "was run with other flags (lr: 0.01 -> 0.02)" in capsys.readouterr().err
+    assert ablate.main(argv + ["--lr", "0.01"]) == 0 and capsys.readouterr().err.count("finished earlier") == 4
 
 
 def test_the_default_grid_runs_in_smoke_mode(tmp_path):
@@ -254,9 +256,9 @@ def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regul
     assert capsys.readouterr().err.count("finished earlier, skipped") == 2     # seed 0 at the chosen rate: searched
     for folder in out.glob("cells/*"):                       # "no regularization of any kind" (§3.1), read back
         config = json.loads((folder / "config.json").read_text())
-        assert (config["args"]["wd"], config["args"]["schedule"], config["args"]["optimizer"]) == (0.0, "none", "sgd")
+        assert (config["wd"], config["schedule"], config["optimizer"]) == (0.0, "none", "sgd")
         assert (config["augment"]["translate"], config["augment"]["flip"], config["augment"]["pca"]) == (False,) * 3
-        net = build_network(get_network(config["args"]["variant"]))
+        net = build_network(get_network(config["variant"]))
         assert not any(isinstance(m, torch.nn.Dropout) for m in net.modules())
     assert "tanh's epochs (and seconds) to 25% training error over ReLU's" in (out / "summary.md").read_text()
     assert _png_size(out / "figure1.png") == (1300, 450)
@@ -270,28 +272,34 @@ def test_epochs_to_25_percent_training_error():
 
 
 def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
-    from reproduce import train
 
-    base = train.resolve(train.get_args_parser().parse_args(["--out", str(tmp_path)]))
+    base = ablate.grid_config(["--out", str(tmp_path)])
     assert (base.epochs, base.batch_size, base.lr) == (4, 16, 1e-4)
     assert ablate.hparam_cells(base) == ("paper", "paper@epochs=2", "paper@epochs=8", "paper@batch-size=8",
                                          "paper@batch-size=32", "paper@lr=3e-05", "paper@lr=0.0003")
-    smoke = train.resolve(train.get_args_parser().parse_args([*ablate.SMOKE, "--out", str(tmp_path)]))
+    smoke = ablate.grid_config([*ablate.SMOKE, "--out", str(tmp_path)])
     assert ablate.hparam_cells(smoke)[:3] == ("paper", "paper@epochs=2", "paper@batch-size=8")   # no 1 // 2
-    cell = ablate.parse_cell("paper+no-lrn+no-flip@lr=0.01", 3)
-    assert (cell.variant, cell.flags, cell.switches) == ("paper+no-lrn", ("--no-flip", "--lr", "0.01"),
-                                                         "no-lrn+no-flip+lr=0.01")
+    cell = ablate.make_cell(base, "paper+no-lrn+no-flip@lr=0.01", 3, str(tmp_path), False)
+    assert (cell.config.variant, cell.config.no_flip, cell.config.lr, cell.switches) == (
+        "paper+no-lrn", True, 0.01, "no-lrn+no-flip+lr=0.01")
+    assert cell.config.optimizer == base.optimizer and "lr" not in cell.config.defaulted
+    # a setting of the label re-derives what it governs: another recipe brings its rule and rate
+    sgd = ablate.make_cell(base, "paper@recipe=paper", 0, str(tmp_path), False).config
+    assert (sgd.recipe, sgd.optimizer, sgd.lr, sgd.schedule) == ("paper", "sgd", 0.01, "plateau")
+    assert ablate.make_cell(base, "paper@amp", 0, str(tmp_path), False).config.amp     # a bare switch
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--variants", "paper,alexnet9"], "unknown variant 'alexnet9'"),
-    (["--variants", "paper@lr"], "@name=value"),
+    (["--variants", "paper@lr"], "write @lr=VALUE"),
+    (["--variants", "paper@amp=fast"], "--amp is a switch"),
     (["--variants", "paper@seed=3"], "set by ablate"),
     (["--seed", "3"], "set by ablate"),
     (["--seeds", "a,b"], "--seeds takes integers"),
     (["--variants", "paper@batch-size=0"], "--batch-size must be at least 1"),
     (["--variants", "torchvision", "--two-gpu"], "--two-gpu needs a net split in two"),
-    (["--variants", "paper@colour=red"], "does not accept these flags"),
+    (["--variants", "paper@colour=red"], "--colour is not a flag of reproduce.train"),
+    (["--colour", "red"], "does not accept these flags"),
     (["--jobs", "2"], "--jobs 2 runs one cell per GPU and 0 GPUs are visible here"),
     (["--jobs", "0"], "--jobs must be at least 1"),
     (["--jobs", "2", "--job-devices", "cpu"], "--job-devices names 1 device for --jobs 2"),
@@ -368,12 +376,16 @@ def test_cpu_jobs_share_the_cores_instead_of_each_spinning_on_all(tmp_path, monk
 
     monkeypatch.setattr(ablate.subprocess, "Popen", Finished)
     monkeypatch.setattr(ablate.os, "cpu_count", lambda: 8)
-    cells = [(k, ablate.parse_cell("figure1", k)) for k in (1, 2)]
+    base = ablate.grid_config(TINY)
+
+    def cells(out):
+        return [(k, ablate.make_cell(base, "figure1", k, str(tmp_path / out), False)) for k in (1, 2)]
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert ablate.run_jobs(cells, 2, TINY, str(tmp_path / "a"), False, ["cpu", "cpu"], lambda: None) == 0
+    assert ablate.run_jobs(cells("a"), 2, ["cpu", "cpu"], lambda: None) == 0
     assert seen == ["4", "4"]                         # 8 cores, two cells on them
     monkeypatch.setenv("OMP_NUM_THREADS", "3")        # the user's choice is kept
-    assert ablate.run_jobs(cells, 2, TINY, str(tmp_path / "b"), False, ["cpu", "cpu"], lambda: None) == 0
+    assert ablate.run_jobs(cells("b"), 2, ["cpu", "cpu"], lambda: None) == 0
     assert seen[2:] == ["3", "3"]
 
 
@@ -383,4 +395,5 @@ def test_a_cell_label_is_its_net_its_switches_and_its_settings():
     label = Label.parse("figure1+tanh+no-pca@lr=0.02@batch-size=64")
     assert (label.net, label.switches, label.settings) == ("figure1", ("tanh", "no-pca"), ("lr=0.02", "batch-size=64"))
     assert label.head == "figure1+tanh+no-pca" and Label.parse("paper").head == "paper"
-    assert ablate.parse_cell(label.text, 1).switches == "tanh+no-pca+lr=0.02+batch-size=64"
+    cell = ablate.make_cell(ablate.grid_config(TINY), label.text, 1, "grid", False)
+    assert cell.switches == "tanh+no-pca+lr=0.02+batch-size=64"

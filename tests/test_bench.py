@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from paper_alexnet import fused_lrn
-from reproduce import bench
+from reproduce import bench, gpu_suite
 
 
 def test_models_section_writes_one_row_per_net(tmp_path, capsys):
@@ -90,8 +90,10 @@ def test_the_gpu_suite_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
         pytest.skip("a GPU is here: the suite would run")
     assert bench.main(["--suite", "gpu", "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --suite gpu needs a CUDA GPU")
+    assert len(err) == 1 and err[0].startswith("error: the GPU suite needs a CUDA GPU")
     assert not (tmp_path / "report").exists()
+    assert gpu_suite.main(["--out", str(tmp_path / "report")]) == 2          # the suite's own command alike
+    assert capsys.readouterr().err.startswith("error: the GPU suite needs a CUDA GPU")
 
 
 def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(tmp_path, monkeypatch):
@@ -114,7 +116,7 @@ def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(tm
 def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
     out = tmp_path / "report"
-    assert bench.main(["--suite", "gpu", "--out", str(out), "--suite-tests", "deterministic", "--budget-min", "0"]) == 0
+    assert gpu_suite.main(["--out", str(out), "--tests", "deterministic", "--budget-min", "0"]) == 0
     report = (out / "report.md").read_text()
     left = report.split("## Not run")[1].strip().splitlines()
     assert [line.split(":")[0] for line in left] == ["- models, eager", "- train from a store", "- data"]

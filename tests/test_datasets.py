@@ -10,7 +10,8 @@ from PIL import Image
 
 from paper_alexnet.data import DataError, load_rgb, open_dataset, parse_spec, resize_and_center_crop
 from paper_alexnet.data.imagenet import sort_imagenet_val
-from data_fixtures import cifar_batches, image_tree
+from reproduce.args import explain
+from data_fixtures import cifar_batches, image_tree, log_lines
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -169,15 +170,17 @@ def test_imagenet_layout_and_validation_sorting(tmp_path):
     os.makedirs(root / "val")
     for k in range(1, 5):
         Image.new("RGB", (50, 40), (k, k, k)).save(root / "val" / f"ILSVRC2012_val_{k:08d}.JPEG")
-    with pytest.raises(DataError, match="--sort-imagenet-val"):
+    with pytest.raises(DataError, match="not sorted into class folders") as caught:
         open_dataset(f"imagenet:{root}")
+    assert "python -m" not in str(caught.value)                   # the library states the fault; the command
+    assert "--sort-imagenet-val " + str(root / "val") in explain(caught.value)            # adds the remedy
     devkit = tmp_path / "ILSVRC2012_devkit_t12" / "data"
     os.makedirs(devkit)
     synsets = np.array([(1, "n02119789", 0), (2, "n01440764", 0), (1001, "n00001740", 2)],
                        dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
     scipy_io.savemat(devkit / "meta.mat", {"synsets": synsets})
     (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n2\n1\n")
-    assert sort_imagenet_val(str(root / "val"), str(tmp_path / "ILSVRC2012_devkit_t12"), report=lambda _: None) == 4
+    assert sort_imagenet_val(str(root / "val"), str(tmp_path / "ILSVRC2012_devkit_t12")) == 4
     assert sorted(os.listdir(root / "val" / "n02119789")) == ["ILSVRC2012_val_00000001.JPEG",
                                                                "ILSVRC2012_val_00000004.JPEG"]
     data = open_dataset(f"imagenet:{root}")
@@ -191,14 +194,15 @@ def test_imagenet_sorting_from_kaggle_csv(tmp_path):
     Image.new("RGB", (8, 8)).save(val / "ILSVRC2012_val_00000002.JPEG")
     csv = tmp_path / "LOC_val_solution.csv"
     csv.write_text("ImageId,PredictionString\nILSVRC2012_val_00000002,n03000134 1 2 3 4\n")
-    sort_imagenet_val(str(val), str(csv), report=lambda _: None)
+    sort_imagenet_val(str(val), str(csv))
     assert os.listdir(val / "n03000134") == ["ILSVRC2012_val_00000002.JPEG"]
 
 
 def test_synthetic_is_deterministic_and_cached(tmp_path):
-    a = open_dataset("synthetic?classes=4&train=8&val=4", progress=False, report=lambda _: None)
-    b = open_dataset("synthetic?classes=4&train=8&val=4", progress=False,
-                     report=lambda line: pytest.fail(f"regenerated: {line}"))
+    a = open_dataset("synthetic?classes=4&train=8&val=4", progress=False)
+    with log_lines() as lines:
+        b = open_dataset("synthetic?classes=4&train=8&val=4", progress=False)
+    assert not lines, f"regenerated: {lines}"
     assert a.classes == ["disc", "ring", "square", "frame"]
     x, y, _ = a.split("train").batch(range(8))
     assert np.array_equal(x, b.split("train").batch(range(8))[0]) and y.tolist() == [0, 1, 2, 3] * 2
@@ -226,8 +230,8 @@ def test_synthetic_levels_place_objects_as_documented(tmp_path, monkeypatch):
     assert max(offsets["easy"]) < 0.2 * 128 * (1 - 0.25) + 3       # radius >= 0.25 of the side
     assert max(offsets["hard"]) > 40
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path))
-    easy = open_dataset("synthetic?classes=2&train=2&val=1", progress=False, report=lambda _: None)
-    hard = open_dataset("synthetic?classes=2&train=2&val=1&level=hard", progress=False, report=lambda _: None)
+    easy = open_dataset("synthetic?classes=2&train=2&val=1", progress=False)
+    hard = open_dataset("synthetic?classes=2&train=2&val=1&level=hard", progress=False)
     assert not np.array_equal(easy.split("train").batch([0])[0], hard.split("train").batch([0])[0])
     assert sorted(os.listdir(tmp_path)) == ["synthetic-easy-c2-t2-v1-s0", "synthetic-hard-c2-t2-v1-s0"]
     with pytest.raises(DataError, match="level='medium' is not one of easy, hard"):
@@ -241,7 +245,7 @@ def test_runs_started_at_once_each_get_the_synthetic_set_whole(tmp_path):
     import sys
 
     code = ("from paper_alexnet.data import open_dataset; "
-            "d = open_dataset('synthetic?classes=4&train=64&val=16', progress=False, report=lambda _: None); "
+            "d = open_dataset('synthetic?classes=4&train=64&val=16', progress=False); "
             "print(len(d.split('train')))")
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""Which recipe runs (reproduce/recipes.py, train.resolve): §5's on ImageNet, quick elsewhere, per data kind and
+"""Which recipe runs (reproduce/recipes.py, run_config.settle): §5's on ImageNet, quick elsewhere, per data kind and
 for a store by the data it was made of; and fine-tuning feeds pretrained weights the input they learned on."""
 
 import json
@@ -9,13 +9,13 @@ import torch
 
 from paper_alexnet import build_model, checkpoint
 from paper_alexnet.checkpoint import Checkpoint
-from reproduce import recipes, train
+from reproduce import recipes, run_config, train
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _resolved(*argv):
-    return train.resolve(train.get_args_parser().parse_args(list(argv)))
+    return run_config.from_args(train.get_args_parser().parse_args(list(argv)), argv)
 
 
 @pytest.mark.parametrize("spec, recipe, schedule, on_stall", [
@@ -71,7 +71,7 @@ def test_auto_picks_the_recipe_whose_input_the_pretrained_weights_learned_on_and
     data = ["--data", "synthetic?classes=4&train=8&val=4", "-b", "4", "--epochs", "1", "--workers", "0", "--quiet"]
     assert train.main(data + ["--pretrained", raw, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["recipe"] == "paper" and config["args"]["optimizer"] == "sgd"
+    assert config["recipe"] == "paper" and config["optimizer"] == "sgd"
     assert config["recipe_reason"] == ("--recipe auto on synthetic data, with --pretrained weights trained on raw "
                                        "0-255 pixels minus the mean (--recipe paper, §2)")
     assert "recipe: paper, chosen by --recipe auto on synthetic data, with --pretrained" in capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_torchvision_weights_without_a_mean_get_torchvision_normalisation_and_th
     assert train.main(["--data", "synthetic?classes=4&train=8&val=4", "-b", "4", "--epochs", "1", "--workers", "0",
                        "--quiet", "--variant", "torchvision", "--pretrained", path, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["augment"]["mean"] == "torchvision" and config["args"]["mean"] == "torchvision"
+    assert config["augment"]["mean"] == "torchvision" and config["mean"] == "torchvision"
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("recipe:")][0]
     assert "with --mean torchvision for --pretrained weights trained on ImageNet's mean and std" in line
     assert "pixels normalised by ImageNet's mean and std (torchvision)" in line

@@ -15,7 +15,7 @@ import torch
 from paper_alexnet.data import (BadImageError, BatchLoader, DataError, Store, epoch_order, load_rgb, open_dataset,
                                 prepare_store)
 from reproduce import prepare
-from data_fixtures import image_tree, write_bad_files
+from data_fixtures import image_tree, log_lines, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,9 +34,9 @@ def fruit(tmp_path):
 
 
 def _prepare(data, out, **kwargs):
-    lines = []
-    store = prepare_store(data.spec, data.classes, data.splits, str(out), progress=False, report=lines.append,
-                          imagenet_pca=data.imagenet_pca, **kwargs)
+    with log_lines() as lines:
+        store = prepare_store(data.spec, data.classes, data.splits, str(out), progress=False,
+                              imagenet_pca=data.imagenet_pca, **kwargs)
     return store, lines
 
 
@@ -150,8 +150,8 @@ def test_epoch_order_is_seeded_and_complete():
     assert sorted(np.concatenate(a).tolist()) == list(range(103))
     assert not np.array_equal(np.concatenate(a), np.concatenate(epoch_order(103, 10, seed=1, epoch=3)))
     assert len(epoch_order(103, 10, drop_last=True)) == 10
-    loader = BatchLoader(open_dataset("synthetic?classes=2&train=6&val=2", progress=False,
-                                      report=lambda _: None).split("train"), 4, start_batch=1)
+    tiny = open_dataset("synthetic?classes=2&train=6&val=2", progress=False)
+    loader = BatchLoader(tiny.split("train"), 4, start_batch=1)
     assert len(loader) == 1 and [len(y) for _, y in loader] == [2]
     assert torch.is_tensor(next(iter(BatchLoader(loader.split, 2)))[0])
 

@@ -15,7 +15,7 @@ import torch
 from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.engine import NonFiniteLoss
-from reproduce import train
+from reproduce import run_writer, train
 from data_fixtures import blank_tree, image_tree, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,10 +36,10 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
     assert train.main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"] == "quick" and config["quick_changes"]["init"] == "he"
-    assert config["args"]["batch_size"] == 8 and config["versions"]["torch"] == torch.__version__
+    assert config["batch_size"] == 8 and config["versions"]["torch"] == torch.__version__
     assert config["model"]["name"] == "paper" and config["model"]["num_classes"] == 4
     rows = _rows(out / "metrics.csv")
-    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(train.METRICS)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(run_writer.METRICS)
     for name in ("checkpoint.pt", "best.pt"):
         payload = torch.load(out / name, weights_only=True)
         assert payload["variant"] == "paper" and set(payload["model"]) >= {"conv1.weight", "fc8.bias"}

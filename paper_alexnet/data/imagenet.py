@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import tarfile
-from typing import Callable
-
 from .images import DataError, is_image_file
+
+_logger = logging.getLogger(__name__)
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 META = "meta.mat"
@@ -61,21 +62,21 @@ def val_labels(devkit: str) -> dict[int, str]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise DataError("reading the devkit's meta.mat needs scipy: python -m pip install scipy") from None
+        raise DataError("reading the devkit's meta.mat needs scipy", "install", package="scipy") from None
     synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
     wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
     ids = [int(line) for line in truth_bytes.decode().split()]
     return {number: wnid[i] for number, i in enumerate(ids, start=1)}
 
 
-def sort_imagenet_val(val_dir: str, devkit: str, report: Callable[[str], None] = print) -> int:
+def sort_imagenet_val(val_dir: str, devkit: str) -> int:
     """Move every ``ILSVRC2012_val_*.JPEG`` in ``val_dir`` into ``val_dir/<wnid>/``; returns how many moved."""
     if not os.path.isdir(val_dir):
         raise DataError(f"validation folder {val_dir} does not exist")
     labels = val_labels(devkit)
     files = sorted(f for f in os.listdir(val_dir) if is_image_file(f) and _VAL_NUMBER.search(f))
     if not files:
-        report(f"{val_dir}: no flat ILSVRC2012_val_* images; nothing to do")
+        _logger.info(f"{val_dir}: no flat ILSVRC2012_val_* images; nothing to do")
         return 0
     unknown = [f for f in files if int(_VAL_NUMBER.search(f).group(1)) not in labels]
     if unknown:
@@ -84,5 +85,5 @@ def sort_imagenet_val(val_dir: str, devkit: str, report: Callable[[str], None] =
         target = os.path.join(val_dir, labels[int(_VAL_NUMBER.search(name).group(1))])
         os.makedirs(target, exist_ok=True)
         os.replace(os.path.join(val_dir, name), os.path.join(target, name))
-    report(f"{val_dir}: sorted {len(files)} images into {len(set(labels.values()))} class folders")
+    _logger.info(f"{val_dir}: sorted {len(files)} images into {len(set(labels.values()))} class folders")
     return len(files)

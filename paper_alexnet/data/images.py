@@ -23,7 +23,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".t
 
 
 class DataError(ValueError):
-    """A data set that cannot be used at all (missing root, no images, bad spec): one line for the user."""
+    """A data set that cannot be used at all (missing root, no images, bad spec): one line for the user,
+    stating the fault. ``remedy`` names what would mend it (a key the commands phrase as the command to run)
+    and ``facts`` fill that phrase in."""
+
+    def __init__(self, message: str, remedy: str = "", **facts: str):
+        super().__init__(message)
+        self.remedy, self.facts = remedy, facts
 
 
 class BadImageError(DataError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import pickle
 import shutil
@@ -39,12 +40,26 @@ from .stats import DataStats, split_stats
 from .store import Store, is_store, prepare_store
 from . import synthetic
 
-KINDS = ("synthetic", "imagenet", "cifar10", "cifar100", "caltech101", "folder", "store")
-OPTIONS = {"synthetic": {"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"},
-           "folder": {"val": 0.1, "seed": 0},
-           "caltech101": {"split": "8:1:1", "seed": 0}}
-NEEDS_ROOT = ("imagenet", "cifar10", "cifar100", "caltech101", "folder", "store")
-DOWNLOADABLE = ("cifar10", "cifar100", "caltech101")
+_logger = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class Opening:
+    """How a data set is opened: whether it may be downloaded, and whether long work shows a bar."""
+
+    download: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of data set (``SOURCES`` at the end of this module): a new kind is one entry there."""
+
+    open: Callable[["DataSpec", Opening], "DataSet"]
+    needs_root: bool = True
+    options: dict = field(default_factory=dict)     # ?key=value options and their defaults (the type is theirs)
+    downloadable: bool = False
 
 
 @dataclass
@@ -61,12 +76,12 @@ def parse_spec(text: str) -> DataSpec:
     head, _, query = str(text).partition("?")
     kind, _, root = head.partition(":")
     kind = kind.strip().lower()
-    if kind not in KINDS:
+    if kind not in SOURCES:
         raise DataError(f"unknown data set {kind!r} in --data {text!r}: use one of "
-                        f"{', '.join(k + (':ROOT' if k in NEEDS_ROOT else '') for k in KINDS)}")
-    if kind in NEEDS_ROOT and not root:
+                        f"{', '.join(k + (':ROOT' if s.needs_root else '') for k, s in SOURCES.items())}")
+    if SOURCES[kind].needs_root and not root:
         raise DataError(f"--data {kind} needs a folder: --data {kind}:ROOT")
-    defaults = OPTIONS.get(kind, {})
+    defaults = SOURCES[kind].options
     options = dict(defaults)
     pairs = parse_qsl(query, keep_blank_values=True)
     for key, value in pairs:
@@ -102,7 +117,7 @@ class DataSet:
             raise DataError(f"--data {self.spec} has no {name!r} split (it has {', '.join(self.splits)})")
         return self.splits[name]
 
-    def stats(self, progress: bool = True, report: Callable[[str], None] = print) -> DataStats:
+    def stats(self, progress: bool = True) -> DataStats:
         """§2/§4.1 statistics of the training split: from the store, else computed once and cached."""
         if self.store is not None:
             return self.store.stats()
@@ -114,7 +129,7 @@ class DataSet:
             return DataStats.load(path)
         from tqdm.auto import tqdm
 
-        report(f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})")
+        _logger.info(f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})")
         starts = tqdm(range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress)
         stats = split_stats(train, 64, starts)
         if self.imagenet_pca:
@@ -190,7 +205,7 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
     return DataSet(spec.text, classes, splits, notes, imagenet_pca=spec.kind == "imagenet")
 
 
-def _open_imagenet(spec: DataSpec) -> DataSet:
+def _open_imagenet(spec: DataSpec, opening: Opening) -> DataSet:
     root = spec.root
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     if not os.path.isdir(root):
@@ -199,12 +214,12 @@ def _open_imagenet(spec: DataSpec) -> DataSet:
         raise DataError(f"ImageNet folder {root} needs train/ and val/ class folders (ILSVRC-2012 layout)")
     flat = [f for f in os.listdir(val_dir) if is_image_file(f)]
     if flat:
-        raise DataError(f"{val_dir} holds {len(flat)} images not sorted into class folders: run python -m "
-                        f"reproduce.prepare --sort-imagenet-val {val_dir} --devkit ILSVRC2012_devkit_t12.tar.gz")
+        raise DataError(f"{val_dir} holds {len(flat)} images not sorted into class folders", "sort-val",
+                        val=val_dir)
     return _open_folder(spec, train_dir, val_dir)
 
 
-def _open_plain_folder(spec: DataSpec) -> DataSet:
+def _open_plain_folder(spec: DataSpec, opening: Opening) -> DataSet:
     root = spec.root
     if not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist")
@@ -228,11 +243,11 @@ def _unpickle(path: str) -> dict:
         raise DataError(f"cannot read the CIFAR batch {path}: {err}") from None
 
 
-def _open_cifar(spec: DataSpec, download: bool) -> DataSet:
+def _open_cifar(spec: DataSpec, opening: Opening) -> DataSet:
     hundred = spec.kind == "cifar100"
     folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
     root = spec.root if os.path.basename(os.path.normpath(spec.root)) == folder else os.path.join(spec.root, folder)
-    if not os.path.isdir(root) and download:
+    if not os.path.isdir(root) and opening.download:
         import torchvision
 
         dataset = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
@@ -258,12 +273,12 @@ def _open_cifar(spec: DataSpec, download: bool) -> DataSet:
     return DataSet(spec.text, classes, splits, ["val = the CIFAR test set (10,000 images)"])
 
 
-def _open_caltech(spec: DataSpec, download: bool) -> DataSet:
+def _open_caltech(spec: DataSpec, opening: Opening) -> DataSet:
     candidates = [os.path.join(spec.root, *p) for p in
                   ((), ("101_ObjectCategories",), ("caltech101", "101_ObjectCategories"))]
     root = next((c for c in candidates if os.path.basename(os.path.normpath(c)) == "101_ObjectCategories"
                  and os.path.isdir(c)), None)
-    if root is None and download:
+    if root is None and opening.download:
         import torchvision
 
         torchvision.datasets.Caltech101(spec.root, download=True)
@@ -293,7 +308,7 @@ def _open_caltech(spec: DataSpec, download: bool) -> DataSet:
     return DataSet(spec.text, keep, splits, notes)
 
 
-def _open_store(spec: DataSpec) -> DataSet:
+def _open_store(spec: DataSpec, opening: Opening) -> DataSet:
     store = Store(spec.root)
     return DataSet(spec.text, store.classes, dict(store.splits),
                    [f"store {spec.root}: {store.meta['spec']}, {len(store.bad)} unreadable files left out"],
@@ -324,20 +339,20 @@ def _complete(folder: str) -> bool:
     return is_store(folder) and os.path.isfile(os.path.join(folder, "stats.npz"))
 
 
-def _open_synthetic(spec: DataSpec, progress: bool = True, report=print) -> DataSet:
+def _open_synthetic(spec: DataSpec, opening: Opening) -> DataSet:
     o = spec.options
     source = synthetic_source(spec)
     folder = os.path.join(cache_dir(),
                           f"synthetic-{o['level']}-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}")
     if not _complete(folder):
-        report(f"generating the built-in synthetic data set into {folder} (once)")
+        _logger.info(f"generating the built-in synthetic data set into {folder} (once)")
         # written beside and renamed into place whole: runs started at once (ablate --jobs, torchrun ranks)
         # each build their own and the first rename wins, instead of writing into one folder together
         os.makedirs(cache_dir(), exist_ok=True)
         building = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".building-", dir=cache_dir())
         try:
-            prepare_store(source.spec, source.classes, source.splits, building, workers=0, progress=progress,
-                          report=report)
+            prepare_store(source.spec, source.classes, source.splits, building, workers=0,
+                          progress=opening.progress)
             if not _complete(folder):
                 shutil.rmtree(folder, ignore_errors=True)        # a folder left half-written by a killed run
                 try:
@@ -351,14 +366,25 @@ def _open_synthetic(spec: DataSpec, progress: bool = True, report=print) -> Data
     return DataSet(spec.text, store.classes, dict(store.splits), [f"synthetic data cached in {folder}"], store=store)
 
 
-def open_dataset(text: str = "synthetic", download: bool = False, progress: bool = True,
-                 report: Callable[[str], None] = print) -> DataSet:
+def open_dataset(text: str = "synthetic", download: bool = False, progress: bool = True) -> DataSet:
     """Open the data set named by ``text`` (see the module docstring); errors are :class:`DataError`."""
     spec = parse_spec(text)
-    if download and spec.kind not in DOWNLOADABLE:
-        raise DataError(f"--download works for {', '.join(DOWNLOADABLE)}, not {spec.kind}")
-    if spec.kind == "synthetic":
-        return _open_synthetic(spec, progress, report)
-    if spec.kind in DOWNLOADABLE:
-        return {"cifar10": _open_cifar, "cifar100": _open_cifar, "caltech101": _open_caltech}[spec.kind](spec, download)
-    return {"imagenet": _open_imagenet, "folder": _open_plain_folder, "store": _open_store}[spec.kind](spec)
+    source = SOURCES[spec.kind]
+    if download and not source.downloadable:
+        raise DataError(f"--download works for {', '.join(k for k, s in SOURCES.items() if s.downloadable)}, "
+                        f"not {spec.kind}")
+    return source.open(spec, Opening(download, progress))
+
+
+# Every kind of data set: how it opens, whether it needs a root folder, its options, whether it downloads.
+SOURCES = {
+    "synthetic": Source(_open_synthetic, needs_root=False,
+                        options={"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"}),
+    "imagenet": Source(_open_imagenet),
+    "cifar10": Source(_open_cifar, downloadable=True),
+    "cifar100": Source(_open_cifar, downloadable=True),
+    "caltech101": Source(_open_caltech, options={"split": "8:1:1", "seed": 0}, downloadable=True),
+    "folder": Source(_open_plain_folder, options={"val": 0.1, "seed": 0}),
+    "store": Source(_open_store),
+}
+KINDS = tuple(SOURCES)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +38,8 @@ from ..atomic import atomic_write
 from .images import BadImageError, DataError
 from .splits import Split
 from .stats import DataStats, split_stats
+
+_logger = logging.getLogger(__name__)
 
 FORMAT = "paper_alexnet.store/1"
 SPLIT_ORDER = ("train", "val", "test")
@@ -180,9 +183,9 @@ class Store:
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
-            raise DataError(f"store {root} does not exist: make it with python -m reproduce.prepare --out {root}")
+            raise DataError(f"store {root} does not exist", "make-store", out=root)
         if not is_store(root):
-            raise DataError(f"{root} is not a store (no store.json): make one with python -m reproduce.prepare")
+            raise DataError(f"{root} is not a store (no store.json)", "make-store", out=root)
         self.root = root
         self.meta = _read_json(os.path.join(root, "store.json"))
         if self.meta.get("format") != FORMAT:
@@ -190,8 +193,8 @@ class Store:
         progress = _read_json(os.path.join(root, "progress.json"))
         total = self.meta["total"]
         if progress["done"] < total or not os.path.isfile(os.path.join(root, "stats.npz")):
-            raise DataError(f"store {root} is unfinished ({progress['done']} of {total} images): run "
-                            f"python -m reproduce.prepare --data {self.meta['spec']} --out {root} to finish it")
+            raise DataError(f"store {root} is unfinished ({progress['done']} of {total} images)", "finish-store",
+                            data=self.meta["spec"], out=root)
         self.classes = list(self.meta["classes"])
         self.encoding = self.meta.get("encoding", "raw")
         kind = JpegStoreSplit if self.encoding == "jpeg" else StoreSplit
@@ -300,13 +303,13 @@ def _plan(spec: str, classes: Sequence[str], splits: dict[str, Split], encoding:
 
 def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], out: str, *,
                   imagenet_pca: bool = False, workers: int = 0, strict: bool = False, chunk: int = 64,
-                  progress: bool = True, report: Callable[[str], None] = print,
+                  progress: bool = True,
                   on_chunk: Optional[Callable[[int], None]] = None, encoding: str = "raw",
                   quality: int = JPEG_QUALITY) -> Store:
     """Write ``splits`` into a store at ``out`` (continuing an interrupted one), then its statistics.
     ``encoding`` "jpeg" keeps each 256x256 image as a JPEG of ``quality`` (1-100) instead of raw bytes.
 
-    Unreadable files are reported through ``report`` with path and reason and left out; with ``strict``
+    Unreadable files are logged (a warning) with path and reason and left out; with ``strict``
     the first one raises :class:`BadImageError`. ``on_chunk(done)`` is called after every saved chunk.
     """
     from tqdm.auto import tqdm
@@ -330,7 +333,7 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
     state = _read_json(progress_path) if os.path.exists(progress_path) else {"done": 0, "bad": []}
     total = plan["total"]
     if state["done"] >= total and os.path.isfile(os.path.join(out, "stats.npz")):
-        report(f"{out}: complete ({total} images, {len(state['bad'])} unreadable); nothing to do")
+        _logger.info(f"{out}: complete ({total} images, {len(state['bad'])} unreadable); nothing to do")
         return Store(out)
 
     _write_json(meta_path, plan)
@@ -339,7 +342,7 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
     writer = (_JpegWriter if encoding == "jpeg" else _RawWriter)(out, total, state["done"])
     jobs = [(name, i) for name in plan["splits"] for i in range(len(splits[name]))]
     if state["done"]:
-        report(f"{out}: continuing at image {state['done']} of {total}")
+        _logger.info(f"{out}: continuing at image {state['done']} of {total}")
     bar = tqdm(total=total, initial=state["done"], unit="img", desc="prepare", disable=not progress)
     quality = quality if encoding == "jpeg" else None
     pool = (ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(splits, quality)) if workers > 0
@@ -357,7 +360,7 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
                 if strict:
                     raise BadImageError(*bad)
                 state["bad"].append([row, bad[0], bad[1]])
-                (bar.write if progress else report)(f"skipped {bad[0]}: {bad[1]}")
+                (bar.write if progress else _logger.warning)(f"skipped {bad[0]}: {bad[1]}")
             writer.flush()
             state["done"] = min(start + chunk, total)
             _write_json(progress_path, state)
@@ -376,8 +379,8 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
     if imagenet_pca:
         stats = stats.with_imagenet_pca()
     stats.save(os.path.join(out, "stats.npz"))
-    report(f"{out}: {total - len(state['bad'])} images written, {len(state['bad'])} unreadable; "
-           f"mean image and PCA of {stats.count} training images saved")
+    _logger.info(f"{out}: {total - len(state['bad'])} images written, {len(state['bad'])} unreadable; "
+                 f"mean image and PCA of {stats.count} training images saved")
     return Store(out)
 
 
