@@ -44,9 +44,30 @@ import struct
 import numpy as np
 from PIL import Image
 
-PHOTOS = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
-          "TwoWings")
-FASHION = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+PHOTOS = (
+    "Aqua",
+    "Blinds",
+    "Dune",
+    "FreshFlower",
+    "Garden",
+    "GreenMeadow",
+    "LadyBird",
+    "RainDrops",
+    "Storm",
+    "TwoWings",
+)
+FASHION = (
+    "tshirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "boot",
+)
 
 
 def crop(photo: Image.Image, box, area: tuple, rng: random.Random) -> Image.Image:
@@ -70,37 +91,53 @@ def photos(source: str, out: str, train: int, val: int, seed: int, layout: str) 
         photo = Image.open(os.path.join(source, name + ".jpg")).convert("RGB")
         width, height = photo.size
         if layout == "sides":
-            boxes = {"train": [(0, 0, int(0.6 * width), height)], "val": [(int(0.6 * width), 0, width, height)]}
-            areas = {box: (0.05 * width * height, 0.40 * width * height) for split in boxes.values() for box in split}
+            boxes = {
+                "train": [(0, 0, int(0.6 * width), height)],
+                "val": [(int(0.6 * width), 0, width, height)],
+            }
+            areas = {
+                box: (0.05 * width * height, 0.40 * width * height)
+                for split in boxes.values()
+                for box in split
+            }
         else:
-            cells = [(i * width // 4, j * height // 4, (i + 1) * width // 4, (j + 1) * height // 4)
-                     for i in range(4) for j in range(4)]
+            cells = [
+                (i * width // 4, j * height // 4, (i + 1) * width // 4, (j + 1) * height // 4)
+                for i in range(4)
+                for j in range(4)
+            ]
             rng.shuffle(cells)
             boxes = {"val": cells[:3], "train": cells[3:]}
-            areas = {(x0, y0, x1, y1): (0.3 * (x1 - x0) * (y1 - y0), (x1 - x0) * (y1 - y0))
-                     for x0, y0, x1, y1 in cells}
+            areas = {
+                (x0, y0, x1, y1): (0.3 * (x1 - x0) * (y1 - y0), (x1 - x0) * (y1 - y0))
+                for x0, y0, x1, y1 in cells
+            }
         for split, count in (("train", train), ("val", val)):
             folder = os.path.join(out, split, name.lower())
             os.makedirs(folder, exist_ok=True)
             for i in range(count):
                 box = boxes[split][0] if len(boxes[split]) == 1 else rng.choice(boxes[split])
                 image = crop(photo, box, areas[box], rng)
-                image.save(os.path.join(folder, f"{name.lower()}_{i:04d}.jpg"), quality=rng.randint(75, 95))
+                image.save(
+                    os.path.join(folder, f"{name.lower()}_{i:04d}.jpg"), quality=rng.randint(75, 95)
+                )
 
 
 def _idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
         data = handle.read()
     dims = data[3]
-    shape = struct.unpack(">" + "I" * dims, data[4:4 + 4 * dims])
+    shape = struct.unpack(">" + "I" * dims, data[4 : 4 + 4 * dims])
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def small(images: np.ndarray, labels: np.ndarray, names, out: str, train: int, val: int, seed: int) -> None:
+def small(
+    images: np.ndarray, labels: np.ndarray, names, out: str, train: int, val: int, seed: int
+) -> None:
     """``train`` + ``val`` images per class, drawn without overlap."""
     rng = np.random.default_rng(seed)
     for label, name in enumerate(names):
-        index = rng.permutation(np.flatnonzero(labels == label))[:train + val]
+        index = rng.permutation(np.flatnonzero(labels == label))[: train + val]
         for split, part in (("train", index[:train]), ("val", index[train:])):
             folder = os.path.join(out, split, name)
             os.makedirs(folder, exist_ok=True)
@@ -116,8 +153,12 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=150, help="training images per class")
     parser.add_argument("--val", type=int, default=40, help="validation images per class")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=("cells", "sides"), default="cells", help="photos: where the "
-                        "validation crops come from (above)")
+    parser.add_argument(
+        "--layout",
+        choices=("cells", "sides"),
+        default="cells",
+        help="photos: where the validation crops come from (above)",
+    )
     args = parser.parse_args()
     if args.kind == "photos":
         photos(args.source, args.out, args.train, args.val, args.seed, args.layout)
@@ -132,8 +173,15 @@ def main() -> None:
                 flat = np.asarray(json.load(handle)["data"], np.float32).reshape(-1, 28, 28)
             images.append(np.round(flat * 255).astype(np.uint8))
             labels.append(np.full(len(flat), digit))
-        small(np.concatenate(images), np.concatenate(labels), [str(d) for d in range(10)], args.out, args.train,
-              args.val, args.seed)
+        small(
+            np.concatenate(images),
+            np.concatenate(labels),
+            [str(d) for d in range(10)],
+            args.out,
+            args.train,
+            args.val,
+            args.seed,
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,20 @@ from .weights import load_torchvision_weights
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlexNet", "ArchConfig", "ConfigError", "Layer", "LocalResponseNorm", "ShapeError", "build_model",
-    "get_config", "layer_shapes", "list_switches", "list_variants", "load_torchvision_weights",
-    "local_response_norm", "paper", "totals", "TwoTowerAlexNet",
+    "AlexNet",
+    "ArchConfig",
+    "ConfigError",
+    "Layer",
+    "LocalResponseNorm",
+    "ShapeError",
+    "build_model",
+    "get_config",
+    "layer_shapes",
+    "list_switches",
+    "list_variants",
+    "load_torchvision_weights",
+    "local_response_norm",
+    "paper",
+    "totals",
+    "TwoTowerAlexNet",
 ]

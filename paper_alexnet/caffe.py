@@ -28,10 +28,10 @@ from . import paper
 
 # bvlc_alexnet.caffemodel as BVLC/caffe's models/bvlc_alexnet/readme.md gives it
 BVLC_SHA1 = "9116a64c0fbe4459d18f4bb6b56d647b63920377"
-BVLC_TOP1_TOP5 = (0.571, 0.802)          # ILSVRC-2012 val accuracy, centre crop (the readme)
-BGR_MEAN = (104.0, 117.0, 123.0)         # Caffe's usual per-channel mean when no mean file is given
-LEARNED = {"Convolution": "conv", "InnerProduct": "fc"}          # V2 layer types that hold weights
-V1_LEARNED = {4: "conv", 14: "fc"}      # V1LayerParameter.LayerType CONVOLUTION, INNER_PRODUCT
+BVLC_TOP1_TOP5 = (0.571, 0.802)  # ILSVRC-2012 val accuracy, centre crop (the readme)
+BGR_MEAN = (104.0, 117.0, 123.0)  # Caffe's usual per-channel mean when no mean file is given
+LEARNED = {"Convolution": "conv", "InnerProduct": "fc"}  # V2 layer types that hold weights
+V1_LEARNED = {4: "conv", 14: "fc"}  # V1LayerParameter.LayerType CONVOLUTION, INNER_PRODUCT
 
 
 class CaffeError(ValueError):
@@ -48,10 +48,13 @@ def _messages() -> dict:
     try:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     except ImportError:
-        raise CaffeError("reading Caffe files needs the protobuf package: pip install -e \".[caffe]\"") from None
+        raise CaffeError(
+            'reading Caffe files needs the protobuf package: pip install -e ".[caffe]"'
+        ) from None
     F = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(name="paper_alexnet_caffe.proto", package="paper_alexnet_caffe",
-                                              syntax="proto2")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="paper_alexnet_caffe.proto", package="paper_alexnet_caffe", syntax="proto2"
+    )
 
     def message(name, *fields):
         m = file.message_type.add(name=name)
@@ -64,24 +67,53 @@ def _messages() -> dict:
 
     opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
     message("BlobShape", ("dim", 1, F.TYPE_INT64, rep, None, True))
-    message("BlobProto", ("num", 1, F.TYPE_INT32, opt, None, False), ("channels", 2, F.TYPE_INT32, opt, None, False),
-            ("height", 3, F.TYPE_INT32, opt, None, False), ("width", 4, F.TYPE_INT32, opt, None, False),
-            ("data", 5, F.TYPE_FLOAT, rep, None, True), ("shape", 7, F.TYPE_MESSAGE, opt, "BlobShape", False),
-            ("double_data", 8, F.TYPE_DOUBLE, rep, None, True))
-    message("LayerParameter", ("name", 1, F.TYPE_STRING, opt, None, False),
-            ("type", 2, F.TYPE_STRING, opt, None, False), ("blobs", 7, F.TYPE_MESSAGE, rep, "BlobProto", False))
-    message("V0LayerParameter", ("name", 1, F.TYPE_STRING, opt, None, False),
-            ("type", 2, F.TYPE_STRING, opt, None, False))
-    message("V1LayerParameter", ("layer", 1, F.TYPE_MESSAGE, opt, "V0LayerParameter", False),
-            ("name", 4, F.TYPE_STRING, opt, None, False), ("type", 5, F.TYPE_INT32, opt, None, False),
-            ("blobs", 6, F.TYPE_MESSAGE, rep, "BlobProto", False))
-    message("NetParameter", ("name", 1, F.TYPE_STRING, opt, None, False),
-            ("layers", 2, F.TYPE_MESSAGE, rep, "V1LayerParameter", False),
-            ("layer", 100, F.TYPE_MESSAGE, rep, "LayerParameter", False))
+    message(
+        "BlobProto",
+        ("num", 1, F.TYPE_INT32, opt, None, False),
+        ("channels", 2, F.TYPE_INT32, opt, None, False),
+        ("height", 3, F.TYPE_INT32, opt, None, False),
+        ("width", 4, F.TYPE_INT32, opt, None, False),
+        ("data", 5, F.TYPE_FLOAT, rep, None, True),
+        ("shape", 7, F.TYPE_MESSAGE, opt, "BlobShape", False),
+        ("double_data", 8, F.TYPE_DOUBLE, rep, None, True),
+    )
+    message(
+        "LayerParameter",
+        ("name", 1, F.TYPE_STRING, opt, None, False),
+        ("type", 2, F.TYPE_STRING, opt, None, False),
+        ("blobs", 7, F.TYPE_MESSAGE, rep, "BlobProto", False),
+    )
+    message(
+        "V0LayerParameter",
+        ("name", 1, F.TYPE_STRING, opt, None, False),
+        ("type", 2, F.TYPE_STRING, opt, None, False),
+    )
+    message(
+        "V1LayerParameter",
+        ("layer", 1, F.TYPE_MESSAGE, opt, "V0LayerParameter", False),
+        ("name", 4, F.TYPE_STRING, opt, None, False),
+        ("type", 5, F.TYPE_INT32, opt, None, False),
+        ("blobs", 6, F.TYPE_MESSAGE, rep, "BlobProto", False),
+    )
+    message(
+        "NetParameter",
+        ("name", 1, F.TYPE_STRING, opt, None, False),
+        ("layers", 2, F.TYPE_MESSAGE, rep, "V1LayerParameter", False),
+        ("layer", 100, F.TYPE_MESSAGE, rep, "LayerParameter", False),
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    for name in ("BlobShape", "BlobProto", "LayerParameter", "V0LayerParameter", "V1LayerParameter", "NetParameter"):
-        _CLASSES[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"paper_alexnet_caffe.{name}"))
+    for name in (
+        "BlobShape",
+        "BlobProto",
+        "LayerParameter",
+        "V0LayerParameter",
+        "V1LayerParameter",
+        "NetParameter",
+    ):
+        _CLASSES[name] = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"paper_alexnet_caffe.{name}")
+        )
     return _CLASSES
 
 
@@ -92,7 +124,9 @@ def _parse(kind: str, data: bytes, path: str):
     try:
         msg.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as err:
-        raise CaffeError(f"{path} is not a Caffe {kind} (truncated, or not a protobuf file: {err})") from None
+        raise CaffeError(
+            f"{path} is not a Caffe {kind} (truncated, or not a protobuf file: {err})"
+        ) from None
     return msg
 
 
@@ -104,7 +138,9 @@ def _array(blob, where: str) -> np.ndarray:
     else:
         shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
     if int(np.prod(shape)) != values.size:
-        raise CaffeError(f"{where}: {values.size} values for a blob of shape {shape} (a damaged file)")
+        raise CaffeError(
+            f"{where}: {values.size} values for a blob of shape {shape} (a damaged file)"
+        )
     return values.reshape(shape)
 
 
@@ -118,15 +154,27 @@ def read_caffemodel(path: str) -> Tuple[Dict[str, List[np.ndarray]], int]:
         raise CaffeError(f"{path} is empty")
     net = _parse("NetParameter", data, path)
     if len(net.layer):
-        layers, version = [(layer.name, LEARNED.get(layer.type), layer.blobs) for layer in net.layer], 2
+        layers, version = (
+            [(layer.name, LEARNED.get(layer.type), layer.blobs) for layer in net.layer],
+            2,
+        )
     elif len(net.layers):
         if any(layer.HasField("layer") for layer in net.layers):
-            raise CaffeError(f"{path} is a V0 Caffe net (before 2014): upgrade it with Caffe's "
-                             f"upgrade_net_proto_binary, then convert that")
-        layers, version = [(layer.name, V1_LEARNED.get(layer.type), layer.blobs) for layer in net.layers], 1
+            raise CaffeError(
+                f"{path} is a V0 Caffe net (before 2014): upgrade it with Caffe's "
+                f"upgrade_net_proto_binary, then convert that"
+            )
+        layers, version = (
+            [(layer.name, V1_LEARNED.get(layer.type), layer.blobs) for layer in net.layers],
+            1,
+        )
     else:
         raise CaffeError(f"{path} holds no Caffe layers (not a .caffemodel)")
-    learned = {name: [_array(b, f"{path}: {name}") for b in blobs] for name, kind, blobs in layers if kind and blobs}
+    learned = {
+        name: [_array(b, f"{path}: {name}") for b in blobs]
+        for name, kind, blobs in layers
+        if kind and blobs
+    }
     return learned, version
 
 
@@ -144,32 +192,43 @@ def read_mean(path: str) -> np.ndarray:
 def bgr_mean_image() -> np.ndarray:
     """Caffe's per-channel mean (B 104, G 117, R 123) as an RGB 3 x 256 x 256 image."""
     side = paper.IMAGE_SIZE
-    return np.broadcast_to(np.array(BGR_MEAN[::-1], dtype=np.float32)[:, None, None], (3, side, side)).copy()
+    return np.broadcast_to(
+        np.array(BGR_MEAN[::-1], dtype=np.float32)[:, None, None], (3, side, side)
+    ).copy()
 
 
-def to_state_dict(blobs: Dict[str, List[np.ndarray]], expected: Dict[str, torch.Tensor], path: str
-                  ) -> Dict[str, torch.Tensor]:
+def to_state_dict(
+    blobs: Dict[str, List[np.ndarray]], expected: Dict[str, torch.Tensor], path: str
+) -> Dict[str, torch.Tensor]:
     """The ``caffe`` variant's state dict from a caffemodel's blobs: every learned layer present with the shape
     ``expected`` has (inner products may come as 1 x 1 x out x in), conv1 turned from BGR to RGB input."""
     names = list(dict.fromkeys(key.split(".")[0] for key in expected))
     extra = [name for name in blobs if name not in names]
     if extra:
-        raise CaffeError(f"{path}: learned layer {extra[0]!r} is not in AlexNet ({', '.join(names)}): another net")
+        raise CaffeError(
+            f"{path}: learned layer {extra[0]!r} is not in AlexNet ({', '.join(names)}): another net"
+        )
     state = {}
     for name in names:
         if name not in blobs:
             raise CaffeError(f"{path}: no learned layer {name!r}: not AlexNet")
         if len(blobs[name]) != 2:
-            raise CaffeError(f"{path}: layer {name!r} has {len(blobs[name])} blobs, not weights and bias")
+            raise CaffeError(
+                f"{path}: layer {name!r} has {len(blobs[name])} blobs, not weights and bias"
+            )
         for part, array in zip(("weight", "bias"), blobs[name]):
             want = tuple(expected[f"{name}.{part}"].shape)
             shape = array.shape
-            while array.ndim > len(want) and array.shape[0] == 1:         # V1's 1 x 1 x out x in, 1 x 1 x 1 x out
+            while (
+                array.ndim > len(want) and array.shape[0] == 1
+            ):  # V1's 1 x 1 x out x in, 1 x 1 x 1 x out
                 array = array[0]
             if array.shape != want:
-                raise CaffeError(f"{path}: layer {name!r} {part} has shape {shape}, AlexNet's is {want}")
+                raise CaffeError(
+                    f"{path}: layer {name!r} {part} has shape {shape}, AlexNet's is {want}"
+                )
             state[f"{name}.{part}"] = torch.from_numpy(np.ascontiguousarray(array))
-    state["conv1.weight"] = state["conv1.weight"].flip(1).contiguous()     # BGR -> RGB input channels
+    state["conv1.weight"] = state["conv1.weight"].flip(1).contiguous()  # BGR -> RGB input channels
     return state
 
 

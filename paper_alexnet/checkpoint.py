@@ -46,23 +46,25 @@ class Checkpoint:
     """A net's weights and everything needed to use it (inference) or to continue training it (resume)."""
 
     # --- the net and what it expects (inference) ---
-    model: Dict[str, torch.Tensor]                  # the grouped layout's state dict (two_tower.py)
-    variant: str                                    # get_network name, switches included, e.g. paper+no-lrn
-    classes: List[str]                              # fc8's outputs, in order
-    augment: Dict[str, Any]                         # data.Augment's fields: crop, mean mode, scale, ...
-    init: str = "paper"                             # ArchConfig.init (§5 or "he"): rebuilds the same net
-    stats: Optional[Dict[str, Any]] = None          # §2 mean image and §4.1 PCA (see data_stats)
-    data: Optional[str] = None                      # the data spec it was trained on
-    two_tower: bool = False                         # trained with --two-gpu (resume the same way)
+    model: Dict[str, torch.Tensor]  # the grouped layout's state dict (two_tower.py)
+    variant: str  # get_network name, switches included, e.g. paper+no-lrn
+    classes: List[str]  # fc8's outputs, in order
+    augment: Dict[str, Any]  # data.Augment's fields: crop, mean mode, scale, ...
+    init: str = "paper"  # ArchConfig.init (§5 or "he"): rebuilds the same net
+    stats: Optional[Dict[str, Any]] = None  # §2 mean image and §4.1 PCA (see data_stats)
+    data: Optional[str] = None  # the data spec it was trained on
+    two_tower: bool = False  # trained with --two-gpu (resume the same way)
     # --- where training stands (resume) ---
-    epoch: int = 0                                  # epochs finished
-    step: int = 0                                   # batches of epoch + 1 done: > 0 after a stop mid-epoch
+    epoch: int = 0  # epochs finished
+    step: int = 0  # batches of epoch + 1 done: > 0 after a stop mid-epoch
     best_val_top1_err: float = math.inf
-    metrics: List[Dict[str, Any]] = dataclasses.field(default_factory=list)   # metrics.csv's rows so far
+    metrics: List[Dict[str, Any]] = dataclasses.field(
+        default_factory=list
+    )  # metrics.csv's rows so far
     optimizer: Optional[Dict[str, Any]] = None
     schedule: Optional[Dict[str, Any]] = None
-    rng: Dict[str, Any] = dataclasses.field(default_factory=dict)            # generator states by name
-    progress: Optional[Dict[str, Any]] = None       # the unfinished epoch's running sums (step > 0)
+    rng: Dict[str, Any] = dataclasses.field(default_factory=dict)  # generator states by name
+    progress: Optional[Dict[str, Any]] = None  # the unfinished epoch's running sums (step > 0)
     # --- where the weights came from when not trained here (reproduce.convert): source, sha1, format ---
     origin: Optional[Dict[str, Any]] = None
 
@@ -71,42 +73,66 @@ class Checkpoint:
         if self.stats is None:
             return None
         saved = self.stats
-        return DataStats(saved["mean_image"].numpy().astype(np.float32), saved["eigval"].numpy(),
-                         saved["eigvec"].numpy(), pca_source=saved.get("pca_source", "training set"))
+        return DataStats(
+            saved["mean_image"].numpy().astype(np.float32),
+            saved["eigval"].numpy(),
+            saved["eigvec"].numpy(),
+            pca_source=saved.get("pca_source", "training set"),
+        )
 
     @staticmethod
     def stats_entry(stats: DataStats) -> Dict[str, Any]:
         """What ``stats`` holds, as the checkpoint stores it (tensors, so that weights_only loading reads it)."""
-        return {"mean_image": torch.as_tensor(stats.mean_image), "eigval": torch.as_tensor(stats.eigval),
-                "eigvec": torch.as_tensor(stats.eigvec), "pca_source": stats.pca_source}
+        return {
+            "mean_image": torch.as_tensor(stats.mean_image),
+            "eigval": torch.as_tensor(stats.eigval),
+            "eigvec": torch.as_tensor(stats.eigvec),
+            "pca_source": stats.pca_source,
+        }
 
     def weights_only(self) -> "Checkpoint":
         """The same net for inference, without what only resuming needs (the optimiser's state: for Adam twice
         the weights' size, 0.45 GB for the paper net)."""
-        return dataclasses.replace(self, optimizer=None, schedule=None, rng={}, progress=None, step=0)
+        return dataclasses.replace(
+            self, optimizer=None, schedule=None, rng={}, progress=None, step=0
+        )
 
     def payload(self) -> Dict[str, Any]:
         """The dict written to disk (fields by reference: no copy of the weights)."""
-        return {"format": FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return {
+            "format": FORMAT,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+        }
 
 
 def _version(payload: dict, path: str) -> int:
     """The format version of a loaded dict; CheckpointError when it is not a checkpoint or is too new."""
     if not isinstance(payload, dict):
-        raise CheckpointError(f"{path} is not a paper_alexnet checkpoint (it holds a {type(payload).__name__})")
+        raise CheckpointError(
+            f"{path} is not a paper_alexnet checkpoint (it holds a {type(payload).__name__})"
+        )
     tag = payload.get("format")
     if tag is None:
         if "model" in payload and "variant" in payload:
             return 1
-        raise CheckpointError(f"{path} is not a paper_alexnet checkpoint (no 'format' or 'model' entry)"
-                              + (": it looks like a bare state dict" if all(isinstance(v, torch.Tensor)
-                                                                             for v in payload.values()) else ""))
+        raise CheckpointError(
+            f"{path} is not a paper_alexnet checkpoint (no 'format' or 'model' entry)"
+            + (
+                ": it looks like a bare state dict"
+                if all(isinstance(v, torch.Tensor) for v in payload.values())
+                else ""
+            )
+        )
     name, _, number = str(tag).rpartition("/")
     if name != NAME or not number.isdigit():
-        raise CheckpointError(f"{path} has an unknown format {tag!r} (this version reads {NAME}/1..{VERSION})")
+        raise CheckpointError(
+            f"{path} has an unknown format {tag!r} (this version reads {NAME}/1..{VERSION})"
+        )
     if int(number) > VERSION:
-        raise CheckpointError(f"{path} is of format {tag}, newer than this paper_alexnet reads ({FORMAT}): "
-                              f"upgrade paper_alexnet to use it")
+        raise CheckpointError(
+            f"{path} is of format {tag}, newer than this paper_alexnet reads ({FORMAT}): "
+            f"upgrade paper_alexnet to use it"
+        )
     return int(number)
 
 
@@ -115,7 +141,9 @@ def upgrade(payload: dict, version: int) -> dict:
     fields = {f.name for f in dataclasses.fields(Checkpoint)}
     payload = {k: v for k, v in payload.items() if k in fields}
     if version < 2:
-        payload.setdefault("classes", [])           # the oldest files: classes, augment and rng not yet saved
+        payload.setdefault(
+            "classes", []
+        )  # the oldest files: classes, augment and rng not yet saved
         payload.setdefault("augment", {})
         payload["step"], payload["progress"] = 0, None
     return payload
@@ -128,8 +156,10 @@ def _read(path: str, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         reason = (str(err).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(f"{what} {path} is unreadable or corrupt: not a PyTorch file, or truncated "
-                              f"({type(err).__name__}: {reason})") from None
+        raise CheckpointError(
+            f"{what} {path} is unreadable or corrupt: not a PyTorch file, or truncated "
+            f"({type(err).__name__}: {reason})"
+        ) from None
 
 
 def _from_payload(payload: Any, path: str) -> Checkpoint:
@@ -170,11 +200,17 @@ def read_weights(path: str, what: str = "weights file") -> Dict[str, torch.Tenso
     return read_trained(path, what)[0]
 
 
-def read_trained(path: str, what: str = "weights file") -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+def read_trained(
+    path: str, what: str = "weights file"
+) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
     """The state dict in ``path`` and the input it was trained on (the checkpoint's ``augment``; None for a bare
     state dict)."""
     payload = _read(path, what)
-    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+    if (
+        isinstance(payload, dict)
+        and payload
+        and all(isinstance(v, torch.Tensor) for v in payload.values())
+    ):
         return payload, None
     trained = _from_payload(payload, path)
     return trained.model, trained.augment

@@ -19,7 +19,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.required:
+        if (
+            "default" in text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.required
+        ):
             return text
         return super()._get_help_string(action)
 
@@ -46,12 +50,14 @@ def for_file(value):
 
 
 def closest(name: str, names: Sequence[str]) -> str:
-    """" (did you mean 'vgg11'?)" for a misspelt name, or "" when nothing is close."""
+    """ " (did you mean 'vgg11'?)" for a misspelt name, or "" when nothing is close."""
     match = difflib.get_close_matches(str(name).lower(), list(names), n=1, cutoff=0.65)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def command_line(module: str, argv: Sequence[str], drop: Sequence[str] = (), add: Sequence[str] = ()) -> str:
+def command_line(
+    module: str, argv: Sequence[str], drop: Sequence[str] = (), add: Sequence[str] = ()
+) -> str:
     """``python -m module ARGV`` as a shell line, without the flags in ``drop`` (and their values: the next
     word unless it is a flag, or ``--flag=value``), with ``add`` at the end."""
     kept, skip = [], False

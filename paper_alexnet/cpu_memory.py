@@ -19,8 +19,8 @@ import ctypes
 import ctypes.util
 import os
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # mallopt parameters, <malloc.h>
-KEEP_BELOW = 1 << 30                             # blocks under 1 GiB come from, and go back to, the heap
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
+KEEP_BELOW = 1 << 30  # blocks under 1 GiB come from, and go back to, the heap
 
 
 def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
@@ -31,7 +31,7 @@ def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-    except (OSError, AttributeError):        # not glibc (macOS, Windows, musl without mallopt)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))

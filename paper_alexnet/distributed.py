@@ -128,10 +128,12 @@ def wrap(model: torch.nn.Module, process: Process, device) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device is not None and device.type == "cuda" else None)
+    return DistributedDataParallel(
+        model, device_ids=[device] if device is not None and device.type == "cuda" else None
+    )
 
 
 def dropout_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
     """The torch RNG seed of one training step on one process: a run resumed at any step draws the dropout
     (§4.2) masks an uninterrupted one draws, without saving RNG states, and masks differ across ranks."""
-    return (seed * 1_000_003 + epoch * 10_007 + rank + step * 7_919_413) % (2 ** 63)
+    return (seed * 1_000_003 + epoch * 10_007 + rank + step * 7_919_413) % (2**63)

@@ -33,26 +33,42 @@ class EpochProgress:
     mid-epoch saves it in its checkpoint (checkpoint.Checkpoint.progress) and the resumed run continues it,
     so the epoch's row in metrics.csv is the one an uninterrupted run writes."""
 
-    steps: int = 0                 # global batches done
-    loss_sum: float = 0.0          # summed cross-entropy over the images seen
-    correct: int = 0               # top-1 hits
-    seen: int = 0                  # images
-    seconds: float = 0.0           # training time (this process)
-    data_seconds: float = 0.0      # of which waiting for the loader's next batch: a loader bottleneck
-    skipped: int = 0               # unreadable files left out
-    stopped: bool = False          # the epoch ended early because ``stop`` asked for it
+    steps: int = 0  # global batches done
+    loss_sum: float = 0.0  # summed cross-entropy over the images seen
+    correct: int = 0  # top-1 hits
+    seen: int = 0  # images
+    seconds: float = 0.0  # training time (this process)
+    data_seconds: float = 0.0  # of which waiting for the loader's next batch: a loader bottleneck
+    skipped: int = 0  # unreadable files left out
+    stopped: bool = False  # the epoch ended early because ``stop`` asked for it
 
     def result(self) -> dict:
-        return {"train_loss": self.loss_sum / max(self.seen, 1), "train_top1_err": 1 - self.correct / max(self.seen, 1),
-                "images": self.seen, "seconds": self.seconds, "data_seconds": self.data_seconds}
+        return {
+            "train_loss": self.loss_sum / max(self.seen, 1),
+            "train_top1_err": 1 - self.correct / max(self.seen, 1),
+            "images": self.seen,
+            "seconds": self.seconds,
+            "data_seconds": self.data_seconds,
+        }
 
 
-def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: PaperTransform,
-                    optimizer: torch.optim.Optimizer, generator: torch.Generator, *, device: torch.device,
-                    amp: bool = False, channels_last: bool = False, rank: int = 0, world: int = 1,
-                    on_step: Optional[Callable[[int, float, int, int], None]] = None,
-                    progress: Optional[EpochProgress] = None, stop: Optional[Callable[[], bool]] = None,
-                    step_seed: Optional[Callable[[int], int]] = None) -> EpochProgress:
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: BatchLoader,
+    transform: PaperTransform,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    on_step: Optional[Callable[[int, float, int, int], None]] = None,
+    progress: Optional[EpochProgress] = None,
+    stop: Optional[Callable[[], bool]] = None,
+    step_seed: Optional[Callable[[int], int]] = None,
+) -> EpochProgress:
     """Train over ``loader`` (global batches, this process's rows), continuing ``progress`` (a fresh epoch by
     default; the loader then starts at its ``steps``); returns it with the loss, top-1 hits and images of the
     whole global batches, and this process's seconds.
@@ -82,18 +98,27 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
             logits = model(x)
         local = F.cross_entropy(logits.float(), y, reduction="sum")
         hits = topk_correct(logits.detach().float(), y, (1,))[1]
-        total, value, hits, stops = all_sum([len(y), float(local.detach()), hits, float(bool(stop and stop()))])
+        total, value, hits, stops = all_sum(
+            [len(y), float(local.detach()), hits, float(bool(stop and stop()))]
+        )
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"the training loss became {value / max(total, 1)} at step {step + 1} of the epoch")
+            raise NonFiniteLoss(
+                f"the training loss became {value / max(total, 1)} at step {step + 1} of the epoch"
+            )
         optimizer.zero_grad(set_to_none=True)
         (local * (world / max(total, 1))).backward()
         optimizer.step()
         progress.steps += 1
-        progress.loss_sum, progress.correct, progress.seen = (progress.loss_sum + value, progress.correct + int(hits),
-                                                              progress.seen + int(total))
+        progress.loss_sum, progress.correct, progress.seen = (
+            progress.loss_sum + value,
+            progress.correct + int(hits),
+            progress.seen + int(total),
+        )
         if on_step is not None:
             on_step(step, value / max(total, 1), int(hits), int(total))
-        if stops or (world == 1 and stop is not None and stop()):     # one process: a signal during this step
+        if stops or (
+            world == 1 and stop is not None and stop()
+        ):  # one process: a signal during this step
             progress.stopped = True
             break
         waited = time.perf_counter()
@@ -103,21 +128,47 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, transform: Pape
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *, device: torch.device,
-             batch_size: int = 128, ten_crop: bool = False, workers: int = 0, strict: bool = False,
-             amp: bool = False, progress: bool = False, rank: int = 0, world: int = 1,
-             decode: str = "workers") -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    split: Split,
+    transform: PaperTransform,
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    ten_crop: bool = False,
+    workers: int = 0,
+    strict: bool = False,
+    amp: bool = False,
+    progress: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    decode: str = "workers",
+) -> dict:
     """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax (top-5:
     None with 5 classes or fewer, where it is 0 by construction).
     Under data parallelism each process scores its share of every batch and the sums are combined."""
     from tqdm.auto import tqdm
 
     model.eval()
-    loader = BatchLoader(split, batch_size, shuffle=False, workers=workers, strict=strict, rank=rank, world=world,
-                         device=device, decode=decode)
+    loader = BatchLoader(
+        split,
+        batch_size,
+        shuffle=False,
+        workers=workers,
+        strict=strict,
+        rank=rank,
+        world=world,
+        device=device,
+        decode=decode,
+    )
     loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
-    for images, labels in tqdm(loader, desc="ten-crop" if ten_crop else "eval", unit="batch", leave=False,
-                               disable=not progress):
+    for images, labels in tqdm(
+        loader,
+        desc="ten-crop" if ten_crop else "eval",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+    ):
         y = labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if ten_crop:
@@ -131,8 +182,17 @@ def evaluate(model: torch.nn.Module, split: Split, transform: PaperTransform, *,
         for k, v in topk_correct(scores, y, (1, 5)).items():
             hits[k] += v
         seen += len(y)
-    loss_sum, hit1, hit5, seen, skipped = all_sum([loss_sum, hits[1], hits[5], seen, len(loader.skipped)])
+    loss_sum, hit1, hit5, seen, skipped = all_sum(
+        [loss_sum, hits[1], hits[5], seen, len(loader.skipped)]
+    )
     n = max(seen, 1)
-    top5 = 1 - hit5 / n if classes is None or top5_applies(classes) else None     # None: n/a with <= 5 classes
-    return {"loss": loss_sum / n, "top1_err": 1 - hit1 / n, "top5_err": top5, "images": int(seen),
-            "skipped_files": int(skipped)}
+    top5 = (
+        1 - hit5 / n if classes is None or top5_applies(classes) else None
+    )  # None: n/a with <= 5 classes
+    return {
+        "loss": loss_sum / n,
+        "top1_err": 1 - hit1 / n,
+        "top5_err": top5,
+        "images": int(seen),
+        "skipped_files": int(skipped),
+    }

@@ -32,17 +32,32 @@ from .geometry import window_output
 
 SOURCE = Path(__file__).with_name("lrn_kernel.cpp")
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-_CTYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double, torch.uint8: ctypes.c_uint8}
+_CTYPES = {
+    torch.float32: ctypes.c_float,
+    torch.float64: ctypes.c_double,
+    torch.uint8: ctypes.c_uint8,
+}
 _state: dict = {"library": None, "tried": False, "enabled": None}
 
 
 def _flags() -> list:
-    arch = ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
-    return ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-pthread", *arch]
+    arch = (
+        ["-mavx2", "-mfma"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
+    )
+    return [
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-pthread",
+        *arch,
+    ]
 
 
 def _cache_dir() -> Path:
-    from .data.sources import cache_dir      # the package's one cache folder (data and kernels)
+    from .data.sources import cache_dir  # the package's one cache folder (data and kernels)
 
     return Path(cache_dir()) / "kernels"
 
@@ -52,13 +67,19 @@ def _build() -> ctypes.CDLL:
     if not compiler:
         raise RuntimeError("no C++ compiler (c++ or g++, or $CXX) found")
     flags = _flags()
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[
+        :16
+    ]
     target = _cache_dir() / f"lrn-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as work:   # same file system: atomic rename
+        with tempfile.TemporaryDirectory(
+            dir=target.parent
+        ) as work:  # same file system: atomic rename
             built = os.path.join(work, target.name)
-            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", built], capture_output=True, text=True)
+            done = subprocess.run(
+                [compiler, *flags, str(SOURCE), "-o", built], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
             os.replace(built, target)
@@ -66,11 +87,24 @@ def _build() -> ctypes.CDLL:
     i64, f64, u8 = ctypes.c_int64, ctypes.c_double, ctypes.POINTER(ctypes.c_uint8)
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         t = ctypes.POINTER(real)
-        window = [i64, i64, f64, f64, f64]            # before, after, alpha, beta, k
-        lrn = [i64, i64, i64, *window, ctypes.c_int]                      # blocks, channels, positions
-        stage = [i64, i64, i64, i64, *window, i64, i64, ctypes.c_int]      # ..., height, width, ..., pool
-        for name, pointers, sizes in (("lrn_forward", [t, t], lrn), ("lrn_backward", [t, t, t], lrn),
-                                      ("stage_forward", [t, t, u8], stage), ("stage_backward", [t, u8, t, t], stage)):
+        window = [i64, i64, f64, f64, f64]  # before, after, alpha, beta, k
+        lrn = [i64, i64, i64, *window, ctypes.c_int]  # blocks, channels, positions
+        stage = [
+            i64,
+            i64,
+            i64,
+            i64,
+            *window,
+            i64,
+            i64,
+            ctypes.c_int,
+        ]  # ..., height, width, ..., pool
+        for name, pointers, sizes in (
+            ("lrn_forward", [t, t], lrn),
+            ("lrn_backward", [t, t, t], lrn),
+            ("stage_forward", [t, t, u8], stage),
+            ("stage_backward", [t, u8, t, t], stage),
+        ):
             getattr(library, f"{name}_{suffix}").argtypes = pointers + sizes
     return library
 
@@ -82,7 +116,10 @@ def library() -> Optional[ctypes.CDLL]:
         try:
             _state["library"] = _build()
         except (OSError, RuntimeError) as err:
-            warnings.warn(f"fused LRN kernel unavailable ({err}); using the eager LRN (slower on CPU)", stacklevel=2)
+            warnings.warn(
+                f"fused LRN kernel unavailable ({err}); using the eager LRN (slower on CPU)",
+                stacklevel=2,
+            )
     return _state["library"]
 
 
@@ -106,27 +143,48 @@ def use_eager(eager: bool = True) -> Iterator[None]:
 def applies(*tensors: torch.Tensor) -> bool:
     """True when the kernel can take these tensors: contiguous, float32/64, on the CPU, it is on, and
     torch.compile is not tracing (it compiles the torch-ops path instead)."""
-    return (not torch.compiler.is_compiling() and enabled()
-            and all(t.device.type == "cpu" and t.dtype in _DTYPES and t.is_contiguous() for t in tensors)
-            and len({t.dtype for t in tensors}) == 1 and library() is not None)
+    return (
+        not torch.compiler.is_compiling()
+        and enabled()
+        and all(
+            t.device.type == "cpu" and t.dtype in _DTYPES and t.is_contiguous() for t in tensors
+        )
+        and len({t.dtype for t in tensors}) == 1
+        and library() is not None
+    )
 
 
-def _call(kind: str, tensors: list, sizes: tuple, window: tuple, groups: int, pool: tuple = ()) -> None:
+def _call(
+    kind: str, tensors: list, sizes: tuple, window: tuple, groups: int, pool: tuple = ()
+) -> None:
     """Run entry ``kind`` on ``tensors`` (input first); ``sizes`` are the input's sizes after (N, C)."""
     a = tensors[0]
     n, c = a.shape[:2]
     size, alpha, beta, k = window
     kind_of = _DTYPES[a.dtype]
     pointers = [ctypes.cast(t.data_ptr(), ctypes.POINTER(_CTYPES[t.dtype])) for t in tensors]
-    getattr(library(), f"{kind}_{kind_of}")(*pointers, n * groups, c // groups, *sizes, size // 2, (size - 1) // 2,
-                                            alpha, beta, k, *pool, torch.get_num_threads())
+    getattr(library(), f"{kind}_{kind_of}")(
+        *pointers,
+        n * groups,
+        c // groups,
+        *sizes,
+        size // 2,
+        (size - 1) // 2,
+        alpha,
+        beta,
+        k,
+        *pool,
+        torch.get_num_threads(),
+    )
 
 
 def _positions(a: torch.Tensor) -> tuple:
     return (a[0, 0].numel() if a.dim() > 2 else 1,)
 
 
-def forward(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+def forward(
+    a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+) -> torch.Tensor:
     """b = a / (k + alpha * window sum of a^2)^beta, per group of channels (§3.3)."""
     out = torch.empty_like(a)
     if a.numel():
@@ -134,8 +192,15 @@ def forward(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, gro
     return out
 
 
-def backward(a: torch.Tensor, grad_out: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-             groups: int) -> torch.Tensor:
+def backward(
+    a: torch.Tensor,
+    grad_out: torch.Tensor,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    groups: int,
+) -> torch.Tensor:
     """d loss / d a for the forward above, given d loss / d b."""
     grad = torch.empty_like(a)
     if a.numel():
@@ -150,7 +215,9 @@ def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> t
     (row * size + column, uint8).
     """
     n, c, h, w = z.shape
-    sides = (window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w))   # §3.4, floor
+    sides = (
+        window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w)
+    )  # §3.4, floor
     out = z.new_empty((n, c, *sides))
     at = torch.empty(out.shape, dtype=torch.uint8)
     if z.numel():
@@ -158,8 +225,14 @@ def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> t
     return out, at
 
 
-def stage_backward(z: torch.Tensor, at: torch.Tensor, grad_out: torch.Tensor, window: tuple, groups: int,
-                   pool: tuple) -> torch.Tensor:
+def stage_backward(
+    z: torch.Tensor,
+    at: torch.Tensor,
+    grad_out: torch.Tensor,
+    window: tuple,
+    groups: int,
+    pool: tuple,
+) -> torch.Tensor:
     """d loss / d z for :func:`stage_forward`, given d loss / d out (the pooled map's gradient)."""
     grad = torch.empty_like(z)
     if z.numel():

@@ -26,19 +26,19 @@ class ShapeError(ConfigError):
 class Layer:
     """One row of the shape arithmetic: what a layer takes, gives and costs."""
 
-    name: str                # conv1, norm1, pool1, ..., fc8 (the model's attribute of the same name)
-    kind: str                # conv, lrn, maxpool, avgpool, fc
+    name: str  # conv1, norm1, pool1, ..., fc8 (the model's attribute of the same name)
+    kind: str  # conv, lrn, maxpool, avgpool, fc
     in_shape: Shape
-    out_shape: Shape         # fc layers: (features, 1, 1)
+    out_shape: Shape  # fc layers: (features, 1, 1)
     kernel: int = 0
     stride: int = 0
     padding: int = 0
     groups: int = 1
-    edge_pad: int = 0        # zero padding added on the right/bottom edge by ceil rounding (convs)
-    towers: int = 1          # the output is split into this many per-GPU halves (§3.2)
+    edge_pad: int = 0  # zero padding added on the right/bottom edge by ceil rounding (convs)
+    towers: int = 1  # the output is split into this many per-GPU halves (§3.2)
     params: int = 0
-    macs: int = 0            # multiply-adds of the weights (bias, ReLU, LRN, pooling not counted)
-    arithmetic: str = ""     # the height formula, e.g. "(227 − 11 + 2·0) / 4 + 1 = 55"
+    macs: int = 0  # multiply-adds of the weights (bias, ReLU, LRN, pooling not counted)
+    arithmetic: str = ""  # the height formula, e.g. "(227 − 11 + 2·0) / 4 + 1 = 55"
 
     @property
     def learned(self) -> bool:
@@ -61,8 +61,15 @@ def _fmt(x: float) -> str:
     return f"{x:g}" if x == int(x) else f"{x:.4g}"
 
 
-def window_output(size: int, kernel: int, stride: int, padding: int, rounding: str,
-                  layer: str, pooling: bool = False) -> Tuple[int, int, str]:
+def window_output(
+    size: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    rounding: str,
+    layer: str,
+    pooling: bool = False,
+) -> Tuple[int, int, str]:
     """Output side, right/bottom edge padding and the formula, for one spatial dimension.
 
     ``pooling`` with ceil rounding follows PyTorch's rule that the last window
@@ -72,8 +79,10 @@ def window_output(size: int, kernel: int, stride: int, padding: int, rounding: s
     exact = span / stride + 1
     formula = f"({size} − {kernel} + 2·{padding}) / {stride} + 1 = {_fmt(exact)}"
     if span < 0:
-        raise ShapeError(f"the map vanishes at {layer}: {formula} "
-                         f"(a {kernel}×{kernel} window does not fit in {size}×{size} with padding {padding})")
+        raise ShapeError(
+            f"the map vanishes at {layer}: {formula} "
+            f"(a {kernel}×{kernel} window does not fit in {size}×{size} with padding {padding})"
+        )
     if rounding == "ceil":
         out = -(-span // stride) + 1
         if pooling and (out - 1) * stride >= size + padding:
@@ -87,7 +96,9 @@ def window_output(size: int, kernel: int, stride: int, padding: int, rounding: s
 
 
 @functools.lru_cache(maxsize=256)
-def layer_shapes(config: ArchConfig, height: Optional[int] = None, width: Optional[int] = None) -> Tuple[Layer, ...]:
+def layer_shapes(
+    config: ArchConfig, height: Optional[int] = None, width: Optional[int] = None
+) -> Tuple[Layer, ...]:
     """Every layer of ``config`` for a ``height`` × ``width`` input (default: config.input_size).
 
     Raises ShapeError, naming the layer, when the input is too small for the net.
@@ -97,8 +108,10 @@ def layer_shapes(config: ArchConfig, height: Optional[int] = None, width: Option
     try:
         return _layer_shapes(config, height, width)
     except ShapeError as err:
-        raise ShapeError(f"a {config.in_channels}×{height}×{width} input is too small for the "
-                         f"'{config.name}' net: {err}") from None
+        raise ShapeError(
+            f"a {config.in_channels}×{height}×{width} input is too small for the "
+            f"'{config.name}' net: {err}"
+        ) from None
 
 
 def _layer_shapes(config: ArchConfig, height: int, width: int) -> Tuple[Layer, ...]:
@@ -115,65 +128,136 @@ def _layer_shapes(config: ArchConfig, height: int, width: int) -> Tuple[Layer, .
 
     for i in range(5):
         name = f"conv{i + 1}"
-        k, s, p, g = config.conv_kernels[i], config.conv_strides[i], config.conv_paddings[i], config.conv_groups(i)
+        k, s, p, g = (
+            config.conv_kernels[i],
+            config.conv_strides[i],
+            config.conv_paddings[i],
+            config.conv_groups(i),
+        )
         out_c = config.conv_channels[i]
         oh, ow, edge, formula = spatial(name, k, s, p, config.conv_rounding, pooling=False)
         weights = out_c * (c // g) * k * k
-        rows.append(Layer(name, "conv", (c, h, w), (out_c, oh, ow), k, s, p, g, edge, towers,
-                          params=weights + out_c, macs=weights * oh * ow, arithmetic=formula))
+        rows.append(
+            Layer(
+                name,
+                "conv",
+                (c, h, w),
+                (out_c, oh, ow),
+                k,
+                s,
+                p,
+                g,
+                edge,
+                towers,
+                params=weights + out_c,
+                macs=weights * oh * ow,
+                arithmetic=formula,
+            )
+        )
         c, h, w = out_c, oh, ow
         if i in (0, 1) and config.lrn:
-            rows.append(Layer(f"norm{i + 1}", "lrn", (c, h, w), (c, h, w), kernel=config.lrn_size,
-                              groups=config.lrn_groups, towers=towers, arithmetic="same size"))
+            rows.append(
+                Layer(
+                    f"norm{i + 1}",
+                    "lrn",
+                    (c, h, w),
+                    (c, h, w),
+                    kernel=config.lrn_size,
+                    groups=config.lrn_groups,
+                    towers=towers,
+                    arithmetic="same size",
+                )
+            )
         if i in (0, 1, 4):
             name = f"pool{i + 1}"
-            oh, ow, _, formula = spatial(name, config.pool_size, config.pool_stride, 0,
-                                         config.pool_rounding, pooling=True)
-            rows.append(Layer(name, "maxpool", (c, h, w), (c, oh, ow), config.pool_size, config.pool_stride,
-                              towers=towers, arithmetic=formula))
+            oh, ow, _, formula = spatial(
+                name, config.pool_size, config.pool_stride, 0, config.pool_rounding, pooling=True
+            )
+            rows.append(
+                Layer(
+                    name,
+                    "maxpool",
+                    (c, h, w),
+                    (c, oh, ow),
+                    config.pool_size,
+                    config.pool_stride,
+                    towers=towers,
+                    arithmetic=formula,
+                )
+            )
             h, w = oh, ow
     if config.adaptive_pool:
         a = config.adaptive_pool
-        rows.append(Layer("avgpool", "avgpool", (c, h, w), (c, a, a),
-                          arithmetic=f"adaptive average pool: {h}×{w} → {a}×{a}"))
+        rows.append(
+            Layer(
+                "avgpool",
+                "avgpool",
+                (c, h, w),
+                (c, a, a),
+                arithmetic=f"adaptive average pool: {h}×{w} → {a}×{a}",
+            )
+        )
         h = w = a
     features = c * h * w
     widths = (*config.fc_sizes, config.num_classes)
     arithmetic = f"{c}·{h}·{w} = {features} inputs"
     for j, out_f in enumerate(widths):
-        rows.append(Layer(f"fc{6 + j}", "fc", (features, 1, 1), (out_f, 1, 1), towers=towers if j < 2 else 1,
-                          params=features * out_f + out_f, macs=features * out_f, arithmetic=arithmetic))
+        rows.append(
+            Layer(
+                f"fc{6 + j}",
+                "fc",
+                (features, 1, 1),
+                (out_f, 1, 1),
+                towers=towers if j < 2 else 1,
+                params=features * out_f + out_f,
+                macs=features * out_f,
+                arithmetic=arithmetic,
+            )
+        )
         features, arithmetic = out_f, f"{out_f} inputs"
     return tuple(rows)
 
 
 @functools.lru_cache(maxsize=256)
-def layer_map(config: ArchConfig, height: Optional[int] = None, width: Optional[int] = None) -> Mapping[str, Layer]:
+def layer_map(
+    config: ArchConfig, height: Optional[int] = None, width: Optional[int] = None
+) -> Mapping[str, Layer]:
     """:func:`layer_shapes` by layer name (read-only)."""
     return MappingProxyType({layer.name: layer for layer in layer_shapes(config, height, width)})
 
 
 def totals(layers: Sequence[Layer]) -> Dict[str, int]:
     """Parameters, multiply-adds and neurons of the learned layers."""
-    return {"params": sum(layer.params for layer in layers), "macs": sum(layer.macs for layer in layers),
-            "neurons": sum(layer.neurons for layer in layers)}
+    return {
+        "params": sum(layer.params for layer in layers),
+        "macs": sum(layer.macs for layer in layers),
+        "neurons": sum(layer.neurons for layer in layers),
+    }
 
 
 def is_built_input(config: ArchConfig, shape: Sequence[int]) -> bool:
     """Whether ``shape`` is a batch of the images the net is built for (N, C, input_size, input_size):
     the nets then use the geometry they looked up when built, so that torch.compile traces none of it."""
-    return len(shape) == 4 and tuple(shape[1:]) == (config.in_channels, config.input_size, config.input_size)
+    return len(shape) == 4 and tuple(shape[1:]) == (
+        config.in_channels,
+        config.input_size,
+        config.input_size,
+    )
 
 
 def check_input(config: ArchConfig, shape: Sequence[int]) -> Mapping[str, Layer]:
     """The layers for an (N, C, H, W) input, or a ShapeError saying why the net cannot take it."""
     label = f"the '{config.name}' net"
     if len(shape) != 4:
-        raise ShapeError(f"{label} takes a batch of images (N, C, H, W); got a tensor of shape {tuple(shape)}")
+        raise ShapeError(
+            f"{label} takes a batch of images (N, C, H, W); got a tensor of shape {tuple(shape)}"
+        )
     _, c, h, w = shape
     if c != config.in_channels:
-        raise ShapeError(f"{label} takes {config.in_channels}-channel images; got {c} channels "
-                         f"(shape {tuple(shape)})")
+        raise ShapeError(
+            f"{label} takes {config.in_channels}-channel images; got {c} channels "
+            f"(shape {tuple(shape)})"
+        )
     here = layer_map(config, h, w)
     if not config.adaptive_pool:
         built = layer_map(config)
@@ -184,5 +268,6 @@ def check_input(config: ArchConfig, shape: Sequence[int]) -> Mapping[str, Layer]
                 f"{label} is built for {config.in_channels}×{config.input_size}×{config.input_size} input "
                 f"(fc6 reads {'×'.join(map(str, want_pool5))} = {want} values); a {c}×{h}×{w} input gives "
                 f"{'×'.join(map(str, pool5))} = {got} at pool5. Resize the input, or build the model with "
-                f"input_size={h}" + (" (or use variant 'paper-224')" if h == 224 else ""))
+                f"input_size={h}" + (" (or use variant 'paper-224')" if h == 224 else "")
+            )
     return here

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from .config import ArchConfig
 
 
-def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1, transpose: bool = False) -> torch.Tensor:
+def channel_window_sum(
+    x: torch.Tensor, size: int, groups: int = 1, transpose: bool = False
+) -> torch.Tensor:
     """Sum of ``x`` over a window of ``size`` adjacent channels, per position.
 
     Channel i sums channels i - size//2 .. i + (size-1)//2 of its own group,
@@ -38,9 +40,9 @@ def channel_window_sum(x: torch.Tensor, size: int, groups: int = 1, transpose: b
         below, above = above, below
     grouped = x.reshape(n, groups, c // groups, -1)
     total = grouped.clone()
-    for offset in range(1, below + 1):                # channels below: i - offset
+    for offset in range(1, below + 1):  # channels below: i - offset
         total[:, :, offset:] += grouped[:, :, :-offset]
-    for offset in range(1, above + 1):                # channels above: i + offset
+    for offset in range(1, above + 1):  # channels above: i + offset
         total[:, :, :-offset] += grouped[:, :, offset:]
     return total.reshape(x.shape)
 
@@ -57,7 +59,9 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k, groups):
-        ctx.save_for_backward(a)          # only the input: s is rebuilt in backward (memory, not time, is short)
+        ctx.save_for_backward(
+            a
+        )  # only the input: s is rebuilt in backward (memory, not time, is short)
         ctx.hyper, ctx.k = (size, alpha, beta, groups), k
         if fused_lrn.applies(a):
             return fused_lrn.forward(a, size, alpha, beta, k, groups)
@@ -74,10 +78,19 @@ class _LRNFunction(torch.autograd.Function):
             cross = channel_window_sum(grad_out * a * inv / scale, size, groups, transpose=True)
             return grad_out * inv - (2.0 * alpha * beta) * a * cross, None, None, None, None, None
         if fused_lrn.applies(a, grad_out):
-            return fused_lrn.backward(a, grad_out, size, alpha, beta, ctx.k, groups), None, None, None, None, None
+            return (
+                fused_lrn.backward(a, grad_out, size, alpha, beta, ctx.k, groups),
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(ctx.k)
         inv = _neg_pow(scale, beta)
-        cross = channel_window_sum((grad_out * a).mul_(inv).div_(scale), size, groups, transpose=True)
+        cross = channel_window_sum(
+            (grad_out * a).mul_(inv).div_(scale), size, groups, transpose=True
+        )
         grad_a = (grad_out * inv).addcmul_(a, cross, value=-2.0 * alpha * beta)
         return grad_a, None, None, None, None, None
 
@@ -108,11 +121,15 @@ class _ReluLRNPoolFunction(torch.autograd.Function):
         z, at = ctx.saved_tensors
         window, groups, pool = ctx.hyper
         grad_out = grad_out.contiguous()
-        if torch.is_grad_enabled() or not fused_lrn.applies(z, grad_out):  # double backward: through torch ops
+        if torch.is_grad_enabled() or not fused_lrn.applies(
+            z, grad_out
+        ):  # double backward: through torch ops
             with torch.enable_grad():
                 source = z if z.requires_grad else z.detach().requires_grad_()
                 out = F.max_pool2d(local_response_norm(F.relu(source), *window, groups), *pool)
-                grad = torch.autograd.grad(out, source, grad_out, create_graph=torch.is_grad_enabled())[0]
+                grad = torch.autograd.grad(
+                    out, source, grad_out, create_graph=torch.is_grad_enabled()
+                )[0]
             return grad, None, None, None
         return fused_lrn.stage_backward(z, at, grad_out, window, groups, pool), None, None, None
 
@@ -120,12 +137,22 @@ class _ReluLRNPoolFunction(torch.autograd.Function):
 def _fusable(act: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
     """Whether act -> norm -> pool is ReLU -> §3.3 LRN -> plain max-pool that the fused kernel computes."""
     modules = (act, norm, pool)
-    return (type(act) is nn.ReLU and type(norm) is LocalResponseNorm and type(pool) is nn.MaxPool2d
-            and 0 < (_square(pool.kernel_size) or 0) <= 15    # a window position fits in one byte
-            and _square(pool.stride) and _square(pool.padding) == 0
-            and _square(pool.dilation) == 1 and not pool.ceil_mode and not pool.return_indices
-            and x.dim() == 4 and min(x.shape[2:]) >= _square(pool.kernel_size) and x.shape[1] % norm.groups == 0
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in modules) and fused_lrn.applies(x))
+    return (
+        type(act) is nn.ReLU
+        and type(norm) is LocalResponseNorm
+        and type(pool) is nn.MaxPool2d
+        and 0 < (_square(pool.kernel_size) or 0) <= 15  # a window position fits in one byte
+        and _square(pool.stride)
+        and _square(pool.padding) == 0
+        and _square(pool.dilation) == 1
+        and not pool.ceil_mode
+        and not pool.return_indices
+        and x.dim() == 4
+        and min(x.shape[2:]) >= _square(pool.kernel_size)
+        and x.shape[1] % norm.groups == 0
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+        and fused_lrn.applies(x)
+    )
 
 
 def _square(value):
@@ -135,7 +162,9 @@ def _square(value):
     return value[0] if len(value) == 2 and value[0] == value[1] else None
 
 
-def relu_norm_pool(x: torch.Tensor, act: nn.Module, norm: nn.Module, pool: nn.Module) -> torch.Tensor:
+def relu_norm_pool(
+    x: torch.Tensor, act: nn.Module, norm: nn.Module, pool: nn.Module
+) -> torch.Tensor:
     """``pool(norm(act(x)))``: §3.5's order after conv1 and conv2 (ReLU §3.1, LRN §3.3, pooling §3.4).
 
     When these are the paper's ReLU, LRN and max-pooling (no hooks) on a contiguous float CPU tensor, one
@@ -144,16 +173,28 @@ def relu_norm_pool(x: torch.Tensor, act: nn.Module, norm: nn.Module, pool: nn.Mo
     if not _fusable(act, norm, pool, x):
         return pool(norm(act(x)))
     window = (norm.size, norm.alpha, norm.beta, norm.k)
-    return _ReluLRNPoolFunction.apply(x, window, norm.groups, (_square(pool.kernel_size), _square(pool.stride)))
+    return _ReluLRNPoolFunction.apply(
+        x, window, norm.groups, (_square(pool.kernel_size), _square(pool.stride))
+    )
 
 
-def local_response_norm(x: torch.Tensor, size: int = paper.LRN_SIZE, alpha: float = paper.LRN_ALPHA,
-                        beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1) -> torch.Tensor:
+def local_response_norm(
+    x: torch.Tensor,
+    size: int = paper.LRN_SIZE,
+    alpha: float = paper.LRN_ALPHA,
+    beta: float = paper.LRN_BETA,
+    k: float = paper.LRN_K,
+    groups: int = 1,
+) -> torch.Tensor:
     """Functional form of :class:`LocalResponseNorm` (§3.3); x is (N, C, ...)."""
     if x.dim() < 2:
-        raise ValueError(f"local_response_norm expects (N, C, ...) input, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"local_response_norm expects (N, C, ...) input, got shape {tuple(x.shape)}"
+        )
     if x.shape[1] % groups:
-        raise ValueError(f"local_response_norm: {x.shape[1]} channels do not split into {groups} equal groups")
+        raise ValueError(
+            f"local_response_norm: {x.shape[1]} channels do not split into {groups} equal groups"
+        )
     return _LRNFunction.apply(x, size, alpha, beta, k, groups)
 
 
@@ -164,11 +205,19 @@ class LocalResponseNorm(nn.Module):
     ``groups=2`` normalises each half of the channels on its own (one GPU each, §3.2).
     """
 
-    def __init__(self, size: int = paper.LRN_SIZE, alpha: float = paper.LRN_ALPHA,
-                 beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1):
+    def __init__(
+        self,
+        size: int = paper.LRN_SIZE,
+        alpha: float = paper.LRN_ALPHA,
+        beta: float = paper.LRN_BETA,
+        k: float = paper.LRN_K,
+        groups: int = 1,
+    ):
         super().__init__()
         if size < 1 or groups < 1:
-            raise ValueError(f"LocalResponseNorm needs size >= 1 and groups >= 1, got size={size}, groups={groups}")
+            raise ValueError(
+                f"LocalResponseNorm needs size >= 1 and groups >= 1, got size={size}, groups={groups}"
+            )
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +229,7 @@ class LocalResponseNorm(nn.Module):
 
 # --- the one place a layer of the nets is made (AlexNet, the two towers, Figure 1's net) -----------------------
 
+
 def activation(kind: str) -> nn.Module:
     """§3.1: the ReLU, or tanh for Figure 1's comparison."""
     if kind not in ("relu", "tanh"):
@@ -187,7 +237,9 @@ def activation(kind: str) -> nn.Module:
     return nn.ReLU(inplace=True) if kind == "relu" else nn.Tanh()
 
 
-def max_pool(size: int = paper.POOL_SIZE, stride: int = paper.POOL_STRIDE, rounding: str = "floor") -> nn.MaxPool2d:
+def max_pool(
+    size: int = paper.POOL_SIZE, stride: int = paper.POOL_STRIDE, rounding: str = "floor"
+) -> nn.MaxPool2d:
     """§3.4: max-pooling, overlapping with the paper's 3/2; ``rounding="ceil"`` is Caffe's and cuda-convnet's."""
     return nn.MaxPool2d(size, stride, ceil_mode=rounding == "ceil")
 
@@ -197,8 +249,13 @@ def norm(cfg: "ArchConfig", groups: Optional[int] = None) -> nn.Module:
     nothing when the config has no LRN."""
     if not cfg.lrn:
         return nn.Identity()
-    return LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k,
-                             cfg.lrn_groups if groups is None else groups)
+    return LocalResponseNorm(
+        cfg.lrn_size,
+        cfg.lrn_alpha,
+        cfg.lrn_beta,
+        cfg.lrn_k,
+        cfg.lrn_groups if groups is None else groups,
+    )
 
 
 def pool(cfg: "ArchConfig") -> nn.MaxPool2d:

@@ -8,14 +8,18 @@ from typing import Sequence
 import torch
 
 
-def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+def topk_correct(
+    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[int, int]:
     """{k: number of rows whose label is among the k largest scores}; k is capped at the class count."""
     top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hit = top == labels.view(-1, 1)
     return {k: int(hit[:, :k].any(dim=1).sum()) for k in ks}
 
 
-def topk_errors(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+def topk_errors(
+    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[int, float]:
     """{k: top-k error rate} of one batch of scores (logits or probabilities)."""
     correct = topk_correct(scores, labels, ks)
     return {k: 1.0 - correct[k] / len(labels) for k in ks}

@@ -31,22 +31,44 @@ class AlexNet(nn.Module):
         chans = (cfg.in_channels, *cfg.conv_channels)
 
         def conv(i):
-            return nn.Conv2d(chans[i], chans[i + 1], cfg.conv_kernels[i], cfg.conv_strides[i],
-                             cfg.conv_paddings[i], groups=cfg.conv_groups(i))
+            return nn.Conv2d(
+                chans[i],
+                chans[i + 1],
+                cfg.conv_kernels[i],
+                cfg.conv_strides[i],
+                cfg.conv_paddings[i],
+                groups=cfg.conv_groups(i),
+            )
 
-        self.act = layers.activation(cfg.activation)                               # §3.1
-        self.conv1, self.norm1, self.pool1 = conv(0), layers.norm(cfg), layers.pool(cfg)   # 96 x 11x11x3, stride 4
-        self.conv2, self.norm2, self.pool2 = conv(1), layers.norm(cfg), layers.pool(cfg)   # 256 x 5x5x48 (groups 2)
-        self.conv3 = conv(2)                                           # 384 x 3x3x256 (both towers)
-        self.conv4 = conv(3)                                           # 384 x 3x3x192 (groups 2)
-        self.conv5, self.pool5 = conv(4), layers.pool(cfg)             # 256 x 3x3x192 (groups 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
-        self._rows = layer_map(cfg)                                    # the geometry at the built input size
-        fc6_in = self._rows["fc6"].in_shape[0]                         # 256*6*6 = 9216
-        self.drop5 = layers.dropout(cfg, "pool5")                      # torchvision only
-        self.fc6, self.drop6 = nn.Linear(fc6_in, cfg.fc_sizes[0]), layers.dropout(cfg, "fc6")            # 4096, §4.2
-        self.fc7, self.drop7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), layers.dropout(cfg, "fc7")  # 4096, §4.2
-        self.fc8 = nn.Linear(cfg.fc_sizes[1], cfg.num_classes)                                # 1000
+        self.act = layers.activation(cfg.activation)  # §3.1
+        self.conv1, self.norm1, self.pool1 = (
+            conv(0),
+            layers.norm(cfg),
+            layers.pool(cfg),
+        )  # 96 x 11x11x3, stride 4
+        self.conv2, self.norm2, self.pool2 = (
+            conv(1),
+            layers.norm(cfg),
+            layers.pool(cfg),
+        )  # 256 x 5x5x48 (groups 2)
+        self.conv3 = conv(2)  # 384 x 3x3x256 (both towers)
+        self.conv4 = conv(3)  # 384 x 3x3x192 (groups 2)
+        self.conv5, self.pool5 = conv(4), layers.pool(cfg)  # 256 x 3x3x192 (groups 2)
+        self.avgpool = (
+            nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
+        )
+        self._rows = layer_map(cfg)  # the geometry at the built input size
+        fc6_in = self._rows["fc6"].in_shape[0]  # 256*6*6 = 9216
+        self.drop5 = layers.dropout(cfg, "pool5")  # torchvision only
+        self.fc6, self.drop6 = (
+            nn.Linear(fc6_in, cfg.fc_sizes[0]),
+            layers.dropout(cfg, "fc6"),
+        )  # 4096, §4.2
+        self.fc7, self.drop7 = (
+            nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]),
+            layers.dropout(cfg, "fc7"),
+        )  # 4096, §4.2
+        self.fc8 = nn.Linear(cfg.fc_sizes[1], cfg.num_classes)  # 1000
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -54,7 +76,7 @@ class AlexNet(nn.Module):
         cfg = self.config
         for i, name in enumerate(paper.LAYER_NAMES):
             layer = getattr(self, name)
-            if cfg.init == "he":              # not §5: fan-in scaled weights, zero biases
+            if cfg.init == "he":  # not §5: fan-in scaled weights, zero biases
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
             elif cfg.weight_std is None:
@@ -71,20 +93,22 @@ class AlexNet(nn.Module):
         shape = tuple(x.shape)
         rows = self._rows if is_built_input(self.config, shape) else check_input(self.config, shape)
         # ReLU -> LRN -> pool after conv1 and conv2 (one fused kernel on the CPU, layers.relu_norm_pool)
-        x = self.conv1(self._edge(x, rows["conv1"].edge_pad))                   # 96x55x55
-        x = relu_norm_pool(x, self.act, self.norm1, self.pool1)                 # 96x27x27
-        x = self.conv2(self._edge(x, rows["conv2"].edge_pad))                   # 256x27x27
-        x = relu_norm_pool(x, self.act, self.norm2, self.pool2)                 # 256x13x13
-        x = self.act(self.conv3(self._edge(x, rows["conv3"].edge_pad)))         # 384x13x13
-        x = self.act(self.conv4(self._edge(x, rows["conv4"].edge_pad)))         # 384x13x13
+        x = self.conv1(self._edge(x, rows["conv1"].edge_pad))  # 96x55x55
+        x = relu_norm_pool(x, self.act, self.norm1, self.pool1)  # 96x27x27
+        x = self.conv2(self._edge(x, rows["conv2"].edge_pad))  # 256x27x27
+        x = relu_norm_pool(x, self.act, self.norm2, self.pool2)  # 256x13x13
+        x = self.act(self.conv3(self._edge(x, rows["conv3"].edge_pad)))  # 384x13x13
+        x = self.act(self.conv4(self._edge(x, rows["conv4"].edge_pad)))  # 384x13x13
         x = self.pool5(self.act(self.conv5(self._edge(x, rows["conv5"].edge_pad))))  # 256x6x6
-        x = self.drop5(torch.flatten(self.avgpool(x), 1))                       # 9216
-        x = self.drop6(self.act(self.fc6(x)))                                   # 4096
-        x = self.drop7(self.act(self.fc7(x)))                                   # 4096
-        return self.fc8(x)                                                      # 1000 logits (softmax in the loss)
+        x = self.drop5(torch.flatten(self.avgpool(x), 1))  # 9216
+        x = self.drop6(self.act(self.fc6(x)))  # 4096
+        x = self.drop7(self.act(self.fc7(x)))  # 4096
+        return self.fc8(x)  # 1000 logits (softmax in the loss)
 
 
-def build_model(variant: str = "paper", num_classes: int = paper.NUM_CLASSES, **overrides) -> AlexNet:
+def build_model(
+    variant: str = "paper", num_classes: int = paper.NUM_CLASSES, **overrides
+) -> AlexNet:
     """An AlexNet by variant name (see list_variants), e.g. ``build_model("paper+no-lrn", 10)``.
 
     ``overrides`` are ArchConfig fields: lrn=False, pool_size=2, pool_stride=2,

@@ -34,10 +34,10 @@ class OtherNet:
 
     name: str
     description: str
-    input_size: int = 224                 # the crop it reads (§4.1 crops from the 256x256 images of §2)
+    input_size: int = 224  # the crop it reads (§4.1 crops from the 256x256 images of §2)
     num_classes: int = paper.NUM_CLASSES
-    activation: str = paper.ACTIVATION    # figure1 only: "relu" or "tanh"
-    init: str = "default"                 # its own (PyTorch's or torchvision's), never the §5 init
+    activation: str = paper.ACTIVATION  # figure1 only: "relu" or "tanh"
+    init: str = "default"  # its own (PyTorch's or torchvision's), never the §5 init
 
 
 class Figure1Net(nn.Module):
@@ -51,11 +51,20 @@ class Figure1Net(nn.Module):
 
     def __init__(self, num_classes: int = 10, activation: str = "relu"):
         super().__init__()
-        self.shrink = nn.AvgPool2d(7)                                          # 3x224x224 -> 3x32x32
+        self.shrink = nn.AvgPool2d(7)  # 3x224x224 -> 3x32x32
         self.act = layers.activation(activation)
-        self.conv1, self.pool1 = nn.Conv2d(3, 32, 5, padding=2), layers.max_pool(3, 2)   # 32x32x32 -> 32x15x15
-        self.conv2, self.pool2 = nn.Conv2d(32, 32, 5, padding=2), layers.max_pool(3, 2)  # 32x15x15 -> 32x7x7
-        self.conv3, self.pool3 = nn.Conv2d(32, 64, 5, padding=2), layers.max_pool(3, 2)  # 64x7x7 -> 64x3x3
+        self.conv1, self.pool1 = (
+            nn.Conv2d(3, 32, 5, padding=2),
+            layers.max_pool(3, 2),
+        )  # 32x32x32 -> 32x15x15
+        self.conv2, self.pool2 = (
+            nn.Conv2d(32, 32, 5, padding=2),
+            layers.max_pool(3, 2),
+        )  # 32x15x15 -> 32x7x7
+        self.conv3, self.pool3 = (
+            nn.Conv2d(32, 64, 5, padding=2),
+            layers.max_pool(3, 2),
+        )  # 64x7x7 -> 64x3x3
         self.fc4 = nn.Linear(64 * 3 * 3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,9 +76,13 @@ class Figure1Net(nn.Module):
 
 
 OTHER_NETS: Dict[str, OtherNet] = {
-    "figure1": OtherNet("figure1", "Figure 1's four-layer conv net (§3.1), 32x32 (the 224 crop averaged 7x7)"),
+    "figure1": OtherNet(
+        "figure1", "Figure 1's four-layer conv net (§3.1), 32x32 (the 224 crop averaged 7x7)"
+    ),
     "vgg11": OtherNet("vgg11", "torchvision's VGG-11 (2014), untrained, its own init"),
-    "googlenet": OtherNet("googlenet", "torchvision's GoogLeNet (2014) without auxiliary heads, untrained"),
+    "googlenet": OtherNet(
+        "googlenet", "torchvision's GoogLeNet (2014) without auxiliary heads, untrained"
+    ),
     "resnet18": OtherNet("resnet18", "torchvision's ResNet-18 (2015), untrained, its own init"),
 }
 # The only switch a comparison net takes: Figure 1's tanh (§3.1).
@@ -82,20 +95,26 @@ def get_network(name: str, **overrides) -> Network:
     """The AlexNet variant ``name`` (with switches, see get_config) or a comparison net."""
     base, *switches = str(name).split("+")
     if base not in OTHER_NETS and base not in VARIANTS:
-        raise ConfigError(f"unknown variant {base!r}{closest(base, (*VARIANTS, *OTHER_NETS))}: choose an AlexNet "
-                          f"({', '.join(VARIANTS)}) or a net to compare with ({', '.join(OTHER_NETS)})")
+        raise ConfigError(
+            f"unknown variant {base!r}{closest(base, (*VARIANTS, *OTHER_NETS))}: choose an AlexNet "
+            f"({', '.join(VARIANTS)}) or a net to compare with ({', '.join(OTHER_NETS)})"
+        )
     if base not in OTHER_NETS:
         return get_config(name, **overrides)
     config = OTHER_NETS[base]
     for switch in switches:
         allowed = OTHER_SWITCHES.get(base, {})
         if switch not in allowed:
-            raise ConfigError(f"{base!r} takes no switch {switch!r}" + (f"; it takes: {', '.join(allowed)}"
-                                                                         if allowed else ""))
+            raise ConfigError(
+                f"{base!r} takes no switch {switch!r}"
+                + (f"; it takes: {', '.join(allowed)}" if allowed else "")
+            )
         config = replace(config, name=f"{config.name}+{switch}", **allowed[switch])
     unknown = sorted(set(overrides) - {f.name for f in fields(OtherNet)} - {"name", "description"})
     if unknown or overrides.get("init", "default") != "default":
-        raise ConfigError(f"{base!r} keeps its own init and takes only num_classes; got {sorted(overrides)}")
+        raise ConfigError(
+            f"{base!r} keeps its own init and takes only num_classes; got {sorted(overrides)}"
+        )
     return replace(config, **overrides)
 
 
@@ -108,7 +127,9 @@ def build_network(config: Network) -> nn.Module:
     import torchvision.models as tvm
 
     if config.name == "googlenet":
-        return tvm.googlenet(weights=None, num_classes=config.num_classes, aux_logits=False, init_weights=True)
+        return tvm.googlenet(
+            weights=None, num_classes=config.num_classes, aux_logits=False, init_weights=True
+        )
     return getattr(tvm, config.name)(weights=None, num_classes=config.num_classes)
 
 
@@ -124,12 +145,18 @@ def network_cost(config: Network) -> Dict[str, int]:
 
     def count(layer, inputs, output):
         if isinstance(layer, nn.Conv2d):
-            per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            per_output = (
+                layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            )
             macs.append(output[0].numel() * per_output)
         elif isinstance(layer, nn.Linear):
             macs.append(layer.in_features * layer.out_features)
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.empty(1, 3, config.input_size, config.input_size, device="meta"))
     for hook in hooks:

@@ -28,8 +28,25 @@ from .model import AlexNet
 from .variants import PAPER, get_config, list_switches, list_variants
 from .two_tower import crossing_bytes, splits_in_two
 
-COLUMNS = ("layer", "type", "kernel", "stride", "padding", "groups", "in_channels", "in_height", "in_width",
-           "out_channels", "out_height", "out_width", "tower_channels", "neurons", "params", "macs", "arithmetic")
+COLUMNS = (
+    "layer",
+    "type",
+    "kernel",
+    "stride",
+    "padding",
+    "groups",
+    "in_channels",
+    "in_height",
+    "in_width",
+    "out_channels",
+    "out_height",
+    "out_width",
+    "tower_channels",
+    "neurons",
+    "params",
+    "macs",
+    "arithmetic",
+)
 
 
 class ReportMismatch(RuntimeError):
@@ -41,15 +58,29 @@ def rows(config: ArchConfig) -> List[Dict[str, object]]:
     out = []
     for layer in layer_shapes(config):
         tower = layer.tower_shape
-        out.append({
-            "layer": layer.name, "type": layer.kind, "kernel": layer.kernel, "stride": layer.stride,
-            "padding": layer.padding if not layer.edge_pad else f"{layer.padding}+{layer.edge_pad}",
-            "groups": layer.groups, "in_channels": layer.in_shape[0], "in_height": layer.in_shape[1],
-            "in_width": layer.in_shape[2], "out_channels": layer.out_shape[0], "out_height": layer.out_shape[1],
-            "out_width": layer.out_shape[2], "tower_channels": tower[0] if tower else "",
-            "neurons": layer.neurons, "params": layer.params, "macs": layer.macs,
-            "arithmetic": layer.arithmetic,
-        })
+        out.append(
+            {
+                "layer": layer.name,
+                "type": layer.kind,
+                "kernel": layer.kernel,
+                "stride": layer.stride,
+                "padding": layer.padding
+                if not layer.edge_pad
+                else f"{layer.padding}+{layer.edge_pad}",
+                "groups": layer.groups,
+                "in_channels": layer.in_shape[0],
+                "in_height": layer.in_shape[1],
+                "in_width": layer.in_shape[2],
+                "out_channels": layer.out_shape[0],
+                "out_height": layer.out_shape[1],
+                "out_width": layer.out_shape[2],
+                "tower_channels": tower[0] if tower else "",
+                "neurons": layer.neurons,
+                "params": layer.params,
+                "macs": layer.macs,
+                "arithmetic": layer.arithmetic,
+            }
+        )
     return out
 
 
@@ -61,22 +92,31 @@ def verify(config: ArchConfig) -> None:
     seen = {}
     for layer in layers:
         getattr(model, layer.name).register_forward_hook(
-            lambda module, args, output, name=layer.name: seen.__setitem__(name, tuple(output.shape[1:])))
+            lambda module, args, output, name=layer.name: seen.__setitem__(
+                name, tuple(output.shape[1:])
+            )
+        )
     with torch.no_grad():
-        model(torch.empty(1, config.in_channels, config.input_size, config.input_size, device="meta"))
+        model(
+            torch.empty(1, config.in_channels, config.input_size, config.input_size, device="meta")
+        )
     problems = []
     for layer in layers:
         want = layer.out_shape if layer.kind != "fc" else layer.out_shape[:1]
         params = sum(p.numel() for p in getattr(model, layer.name).parameters())
         if seen.get(layer.name) != want:
-            problems.append(f"{layer.name}: arithmetic {_shape(want)}, forward pass {_shape(seen.get(layer.name))}")
+            problems.append(
+                f"{layer.name}: arithmetic {_shape(want)}, forward pass {_shape(seen.get(layer.name))}"
+            )
         if params != layer.params:
             problems.append(f"{layer.name}: arithmetic {layer.params} parameters, model {params}")
     total = sum(p.numel() for p in model.parameters())
     if total != totals(layers)["params"]:
         problems.append(f"total: arithmetic {totals(layers)['params']} parameters, model {total}")
     if problems:
-        raise ReportMismatch(f"the shape report disagrees with the '{config.name}' model: " + "; ".join(problems))
+        raise ReportMismatch(
+            f"the shape report disagrees with the '{config.name}' model: " + "; ".join(problems)
+        )
 
 
 def _shape(shape: Optional[Sequence[int]]) -> str:
@@ -90,26 +130,38 @@ def paper_notes() -> List[str]:
     _, _, stated = window_output(paper.STATED_INPUT_SIZE, k, s, p, "floor", "conv1")
     _, edge, ceil = window_output(paper.STATED_INPUT_SIZE, k, s, p, "ceil", "conv1")
     _, _, arith = window_output(paper.INPUT_SIZE, k, s, p, "floor", "conv1")
-    notes.append(f"Input: §3.5 states {paper.STATED_INPUT_SIZE}×{paper.STATED_INPUT_SIZE}×3, but {stated}: "
-                 f"conv1 cannot give 55×55 from it. A {paper.INPUT_SIZE} input gives {arith} exactly "
-                 f"(variant 'paper'). cuda-convnet, the authors' code, rounds up: {ceil}, i.e. {edge} zero "
-                 f"rows/columns on the bottom/right edge (variant 'paper-224').")
+    notes.append(
+        f"Input: §3.5 states {paper.STATED_INPUT_SIZE}×{paper.STATED_INPUT_SIZE}×3, but {stated}: "
+        f"conv1 cannot give 55×55 from it. A {paper.INPUT_SIZE} input gives {arith} exactly "
+        f"(variant 'paper'). cuda-convnet, the authors' code, rounds up: {ceil}, i.e. {edge} zero "
+        f"rows/columns on the bottom/right edge (variant 'paper-224')."
+    )
     layers = [layer for layer in layer_shapes(PAPER) if layer.learned]
     for layer, said in zip(layers, paper.STATED_NEURONS):
         c, h, w = layer.out_shape
         product = f"{h}·{w}·{c}" if layer.kind == "conv" else f"{c}"
         if said != layer.neurons:
-            notes.append(f"Neurons of {layer.name}: §3.5 states {said:,}; the arithmetic gives "
-                         f"{product} = {layer.neurons:,}.")
-    matching = [layer.name for layer, said in zip(layers, paper.STATED_NEURONS) if said == layer.neurons]
+            notes.append(
+                f"Neurons of {layer.name}: §3.5 states {said:,}; the arithmetic gives "
+                f"{product} = {layer.neurons:,}."
+            )
+    matching = [
+        layer.name for layer, said in zip(layers, paper.STATED_NEURONS) if said == layer.neurons
+    ]
     notes.append(f"The other stated neuron counts ({', '.join(matching)}) match the arithmetic.")
     total = totals(layers)
-    notes.append(f"Neurons in all: the paper says {paper.STATED_TOTAL_NEURONS:,}; the sum is {total['neurons']:,} "
-                 f"({sum(paper.STATED_NEURONS):,} with the stated counts).")
-    notes.append(f"Parameters: the paper says {paper.STATED_TOTAL_PARAMS // 10**6} million; "
-                 f"the exact count is {total['params']:,}.")
-    notes.append("Multiply-adds count the weights of conv and fc layers only (not biases, ReLU, LRN or pooling); "
-                 "the paper states none.")
+    notes.append(
+        f"Neurons in all: the paper says {paper.STATED_TOTAL_NEURONS:,}; the sum is {total['neurons']:,} "
+        f"({sum(paper.STATED_NEURONS):,} with the stated counts)."
+    )
+    notes.append(
+        f"Parameters: the paper says {paper.STATED_TOTAL_PARAMS // 10**6} million; "
+        f"the exact count is {total['params']:,}."
+    )
+    notes.append(
+        "Multiply-adds count the weights of conv and fc layers only (not biases, ReLU, LRN or pooling); "
+        "the paper states none."
+    )
     return notes
 
 
@@ -120,11 +172,13 @@ def crossing_notes(config: ArchConfig, batch: int = paper.BATCH_SIZE) -> List[st
     crossing = crossing_bytes(config)
     forward = sum(crossing.values())
     parts = ", ".join(f"into {name} {value:,} B" for name, value in crossing.items())
-    return [f"Activations cross between the two GPUs only into conv3, fc6, fc7 and fc8 (float32, per image): "
-            f"{parts}; {forward:,} B forward and the same again backward (their gradients), "
-            f"{2 * forward:,} B per image, {2 * forward * batch / 2**20:.1f} MiB per batch of {batch}. "
-            f"Besides, each GPU gets its own copy of the input image "
-            f"({4 * config.in_channels * config.input_size ** 2:,} B)."]
+    return [
+        f"Activations cross between the two GPUs only into conv3, fc6, fc7 and fc8 (float32, per image): "
+        f"{parts}; {forward:,} B forward and the same again backward (their gradients), "
+        f"{2 * forward:,} B per image, {2 * forward * batch / 2**20:.1f} MiB per batch of {batch}. "
+        f"Besides, each GPU gets its own copy of the input image "
+        f"({4 * config.in_channels * config.input_size**2:,} B)."
+    ]
 
 
 def _fmt(value) -> str:
@@ -145,29 +199,78 @@ def _text_table(headers: Sequence[str], body: Sequence[Sequence[str]], markdown:
     numeric = [all(re.fullmatch(r"[+\-]?[\d,]+|—|", cell) for cell in col) for col in columns]
 
     def text(cells):
-        return "  ".join(c.rjust(w) if right else c.ljust(w) for c, w, right in zip(cells, widths, numeric)).rstrip()
+        return "  ".join(
+            c.rjust(w) if right else c.ljust(w) for c, w, right in zip(cells, widths, numeric)
+        ).rstrip()
 
-    return "\n".join([text(headers), text(["-" * w for w in widths])] + [text(cells) for cells in body])
+    return "\n".join(
+        [text(headers), text(["-" * w for w in widths])] + [text(cells) for cells in body]
+    )
 
 
 def _single(config: ArchConfig, markdown: bool) -> str:
-    headers = ["layer", "type", "k", "s", "p", "g", "input", "output", "per tower",
-               "neurons", "params", "MACs", "arithmetic (height)"]
+    headers = [
+        "layer",
+        "type",
+        "k",
+        "s",
+        "p",
+        "g",
+        "input",
+        "output",
+        "per tower",
+        "neurons",
+        "params",
+        "MACs",
+        "arithmetic (height)",
+    ]
     body = []
     for r in rows(config):
-        tower = f"{r['tower_channels']}×{r['out_height']}×{r['out_width']}" if r["tower_channels"] else "—"
+        tower = (
+            f"{r['tower_channels']}×{r['out_height']}×{r['out_width']}"
+            if r["tower_channels"]
+            else "—"
+        )
 
         def dash(key, r=r):
             return str(r[key]) if r[key] else "—"
 
         windowed = r["type"] in ("conv", "maxpool")
-        body.append([r["layer"], r["type"], dash("kernel"), dash("stride"), str(r["padding"]) if windowed else "—",
-                     str(r["groups"]) if r["type"] in ("conv", "lrn") else "—", _io(r, "in"), _io(r, "out"), tower,
-                     _fmt(r["neurons"]) if r["neurons"] else "—", _fmt(r["params"]), _fmt(r["macs"]),
-                     r["arithmetic"]])
+        body.append(
+            [
+                r["layer"],
+                r["type"],
+                dash("kernel"),
+                dash("stride"),
+                str(r["padding"]) if windowed else "—",
+                str(r["groups"]) if r["type"] in ("conv", "lrn") else "—",
+                _io(r, "in"),
+                _io(r, "out"),
+                tower,
+                _fmt(r["neurons"]) if r["neurons"] else "—",
+                _fmt(r["params"]),
+                _fmt(r["macs"]),
+                r["arithmetic"],
+            ]
+        )
     total = totals(layer_shapes(config))
-    body.append(["total", "", "", "", "", "", "", "", "", _fmt(total["neurons"]), _fmt(total["params"]),
-                 _fmt(total["macs"]), ""])
+    body.append(
+        [
+            "total",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            _fmt(total["neurons"]),
+            _fmt(total["params"]),
+            _fmt(total["macs"]),
+            "",
+        ]
+    )
     return _text_table(headers, body, markdown)
 
 
@@ -181,7 +284,9 @@ def _merged_names(a: Sequence[str], b: Sequence[str]) -> List[str]:
 
 def _compare(a: ArchConfig, b: ArchConfig, markdown: bool) -> str:
     ra, rb = ({r["layer"]: r for r in rows(c)} for c in (a, b))
-    headers = ["layer"] + [f"{c.name}: {what}" for c in (a, b) for what in ("output", "params", "MACs")]
+    headers = ["layer"] + [
+        f"{c.name}: {what}" for c in (a, b) for what in ("output", "params", "MACs")
+    ]
     body = []
     for name in _merged_names(list(ra), list(rb)):
         cells = [name]
@@ -190,9 +295,28 @@ def _compare(a: ArchConfig, b: ArchConfig, markdown: bool) -> str:
             cells += [_io(r, "out"), _fmt(r["params"]), _fmt(r["macs"])] if r else ["—", "—", "—"]
         body.append(cells)
     ta, tb = totals(layer_shapes(a)), totals(layer_shapes(b))
-    body.append(["total", "", _fmt(ta["params"]), _fmt(ta["macs"]), "", _fmt(tb["params"]), _fmt(tb["macs"])])
-    body.append([f"{a.name} − {b.name}", "", f"{ta['params'] - tb['params']:+,}", f"{ta['macs'] - tb['macs']:+,}",
-                 "", "", ""])
+    body.append(
+        [
+            "total",
+            "",
+            _fmt(ta["params"]),
+            _fmt(ta["macs"]),
+            "",
+            _fmt(tb["params"]),
+            _fmt(tb["macs"]),
+        ]
+    )
+    body.append(
+        [
+            f"{a.name} − {b.name}",
+            "",
+            f"{ta['params'] - tb['params']:+,}",
+            f"{ta['macs'] - tb['macs']:+,}",
+            "",
+            "",
+            "",
+        ]
+    )
     return _text_table(headers, body, markdown)
 
 
@@ -207,39 +331,85 @@ def render(configs: Sequence[ArchConfig], fmt: str = "table") -> str:
                 writer.writerow({"variant": config.name, **r})
         return buffer.getvalue()
     if fmt == "json":
-        return json.dumps({
-            "variants": [{"name": c.name, "description": c.description, "input_size": c.input_size,
-                          "layers": rows(c), "totals": totals(layer_shapes(c))} for c in configs],
-            "crossings_bytes_per_image": {c.name: crossing_bytes(c) for c in configs if splits_in_two(c)},
-            "paper_notes": paper_notes()}, indent=2, ensure_ascii=False) + "\n"
+        return (
+            json.dumps(
+                {
+                    "variants": [
+                        {
+                            "name": c.name,
+                            "description": c.description,
+                            "input_size": c.input_size,
+                            "layers": rows(c),
+                            "totals": totals(layer_shapes(c)),
+                        }
+                        for c in configs
+                    ],
+                    "crossings_bytes_per_image": {
+                        c.name: crossing_bytes(c) for c in configs if splits_in_two(c)
+                    },
+                    "paper_notes": paper_notes(),
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
     markdown = fmt == "markdown"
-    heading = "\n".join(f"{'## ' if markdown else ''}{c.name}: {c.description}; "
-                        f"input {c.in_channels}×{c.input_size}×{c.input_size}" for c in configs)
+    heading = "\n".join(
+        f"{'## ' if markdown else ''}{c.name}: {c.description}; "
+        f"input {c.in_channels}×{c.input_size}×{c.input_size}"
+        for c in configs
+    )
     table = _single(configs[0], markdown) if len(configs) == 1 else _compare(*configs, markdown)
     bullet = "- " if markdown else "  * "
-    notes = "\n".join([("### " if markdown else "") + "Where the paper's own numbers disagree with the arithmetic"]
-                      + [bullet + note for note in paper_notes()])
+    notes = "\n".join(
+        [
+            ("### " if markdown else "")
+            + "Where the paper's own numbers disagree with the arithmetic"
+        ]
+        + [bullet + note for note in paper_notes()]
+    )
     crossings = [f"{bullet}{c.name}: {note}" for c in configs for note in crossing_notes(c)]
-    between = ("\n".join([("### " if markdown else "") + "Between the two GPUs (§3.2)"] + crossings)
-               if crossings else "")
+    between = (
+        "\n".join([("### " if markdown else "") + "Between the two GPUs (§3.2)"] + crossings)
+        if crossings
+        else ""
+    )
     return "\n\n".join(part for part in (heading, table, between, notes) if part) + "\n"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m paper_alexnet.shapes", formatter_class=HelpFormatter,
+        prog="python -m paper_alexnet.shapes",
+        formatter_class=HelpFormatter,
         description="Layer-by-layer shape arithmetic, parameters and multiply-adds of an AlexNet (§3.5), "
-                    "checked against a forward pass of the built model.")
-    parser.add_argument("--variant", default="paper",
-                        help=f"network: {', '.join(list_variants())}; add switches with '+' "
-                             f"({', '.join(list_switches())}), e.g. paper+no-lrn")
-    parser.add_argument("--compare", metavar="VARIANT", default=None, help="a second network to show beside it")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="input side in pixels (default: the variant's own; fc6 is sized to match)")
+        "checked against a forward pass of the built model.",
+    )
+    parser.add_argument(
+        "--variant",
+        default="paper",
+        help=f"network: {', '.join(list_variants())}; add switches with '+' "
+        f"({', '.join(list_switches())}), e.g. paper+no-lrn",
+    )
+    parser.add_argument(
+        "--compare", metavar="VARIANT", default=None, help="a second network to show beside it"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the variant's own; fc6 is sized to match)",
+    )
     parser.add_argument("--num-classes", type=int, default=paper.NUM_CLASSES, help="outputs of fc8")
-    parser.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
-                        help="output format")
-    parser.add_argument("-o", "--output", default=None, help="write the report to this file instead of stdout")
+    parser.add_argument(
+        "--format",
+        choices=("table", "markdown", "csv", "json"),
+        default="table",
+        help="output format",
+    )
+    parser.add_argument(
+        "-o", "--output", default=None, help="write the report to this file instead of stdout"
+    )
     return parser
 
 
@@ -249,14 +419,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.input_size is not None:
         overrides["input_size"] = args.input_size
     try:
-        configs = [get_config(name, **overrides) for name in filter(None, (args.variant, args.compare))]
+        configs = [
+            get_config(name, **overrides) for name in filter(None, (args.variant, args.compare))
+        ]
         for config in configs:
             verify(config)
         text = render(configs, args.format)
         for config in configs:
-            print(f"checked: every layer's output shape and parameter count, and the total, of '{config.name}' at "
-                  f"{config.input_size}x{config.input_size} against a forward pass of the built model (meta device)",
-                  file=sys.stderr)
+            print(
+                f"checked: every layer's output shape and parameter count, and the total, of '{config.name}' at "
+                f"{config.input_size}x{config.input_size} against a forward pass of the built model (meta device)",
+                file=sys.stderr,
+            )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -50,8 +50,11 @@ class StopOnSignal:
         return 128 + int(self.received or 0)
 
     def _handle(self, number: int, frame) -> None:
-        if self.received is not None:      # the second signal: no more waiting
-            os.write(2, f"\n{signal.Signals(number).name} again: exiting now, without a checkpoint of this "
-                        f"step (the last one written is whole)\n".encode())
+        if self.received is not None:  # the second signal: no more waiting
+            os.write(
+                2,
+                f"\n{signal.Signals(number).name} again: exiting now, without a checkpoint of this "
+                f"step (the last one written is whole)\n".encode(),
+            )
             os._exit(128 + number)
         self.received = number

@@ -33,9 +33,14 @@ CROSSINGS = ("conv3", "fc6", "fc7", "fc8")
 
 def splits_in_two(config: ArchConfig) -> bool:
     """Whether ``config`` is a §3.2 two-tower net (the paper's, or one of its ablation switches)."""
-    return (isinstance(config, ArchConfig) and config.towers == 2
-            and tuple(config.conv_grouped) == paper.CONV_GROUPED and config.lrn_per_tower
-            and config.conv_rounding == "floor" and not config.adaptive_pool)
+    return (
+        isinstance(config, ArchConfig)
+        and config.towers == 2
+        and tuple(config.conv_grouped) == paper.CONV_GROUPED
+        and config.lrn_per_tower
+        and config.conv_rounding == "floor"
+        and not config.adaptive_pool
+    )
 
 
 class Tower(nn.Module):
@@ -43,26 +48,32 @@ class Tower(nn.Module):
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
-        half = [c // 2 for c in cfg.conv_channels]                 # 48, 128, 192, 192, 128
-        ins = (cfg.in_channels, half[0], 2 * half[1], half[2], half[3])   # conv3 reads both towers
+        half = [c // 2 for c in cfg.conv_channels]  # 48, 128, 192, 192, 128
+        ins = (cfg.in_channels, half[0], 2 * half[1], half[2], half[3])  # conv3 reads both towers
         self.conv1, self.conv2, self.conv3, self.conv4, self.conv5 = (
-            nn.Conv2d(ins[i], half[i], cfg.conv_kernels[i], cfg.conv_strides[i], cfg.conv_paddings[i])
-            for i in range(5))
+            nn.Conv2d(
+                ins[i], half[i], cfg.conv_kernels[i], cfg.conv_strides[i], cfg.conv_paddings[i]
+            )
+            for i in range(5)
+        )
 
-        self.norm1, self.norm2 = layers.norm(cfg, groups=1), layers.norm(cfg, groups=1)   # within the tower
+        self.norm1, self.norm2 = (
+            layers.norm(cfg, groups=1),
+            layers.norm(cfg, groups=1),
+        )  # within the tower
         self.pool = layers.pool(cfg)
         self.act = layers.activation(cfg.activation)
-        fc6_in = layer_map(cfg)["fc6"].in_shape[0]                 # 9216: both towers' pool5
-        self.fc6 = nn.Linear(fc6_in, cfg.fc_sizes[0] // 2)          # 2048
+        fc6_in = layer_map(cfg)["fc6"].in_shape[0]  # 9216: both towers' pool5
+        self.fc6 = nn.Linear(fc6_in, cfg.fc_sizes[0] // 2)  # 2048
         self.fc7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1] // 2)  # 2048 from both towers' fc6
-        self.drop6, self.drop7 = layers.dropout(cfg, "fc6"), layers.dropout(cfg, "fc7")   # §4.2
+        self.drop6, self.drop7 = layers.dropout(cfg, "fc6"), layers.dropout(cfg, "fc7")  # §4.2
 
     def front(self, x: torch.Tensor) -> torch.Tensor:
-        x = relu_norm_pool(self.conv1(x), self.act, self.norm1, self.pool)     # 48x27x27
+        x = relu_norm_pool(self.conv1(x), self.act, self.norm1, self.pool)  # 48x27x27
         return relu_norm_pool(self.conv2(x), self.act, self.norm2, self.pool)  # 128x13x13
 
     def middle(self, both: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv4(self.act(self.conv3(both))))      # 192x13x13
+        x = self.act(self.conv4(self.act(self.conv3(both))))  # 192x13x13
         return torch.flatten(self.pool(self.act(self.conv5(x))), 1)  # 128x6x6 -> 4608
 
 
@@ -72,13 +83,17 @@ class TwoTowerAlexNet(nn.Module):
     def __init__(self, config: ArchConfig = ArchConfig(), devices: Sequence = ("cpu", "cpu")):
         super().__init__()
         if not splits_in_two(config):
-            raise ValueError(f"{config.name!r} is not a two-tower net as §3.2 lays it out (towers 2, conv2/4/5 and "
-                             f"LRN within a tower, PyTorch's conv rounding, no adaptive pooling)")
+            raise ValueError(
+                f"{config.name!r} is not a two-tower net as §3.2 lays it out (towers 2, conv2/4/5 and "
+                f"LRN within a tower, PyTorch's conv rounding, no adaptive pooling)"
+            )
         if len(devices) != 2:
             raise ValueError(f"two devices, one per tower, not {list(devices)}")
         self.config = config
         self.devices = tuple(torch.device(d) for d in devices)
-        grouped = AlexNet(config).state_dict()       # §5 init drawn as the grouped net draws it (same seed, same net)
+        grouped = AlexNet(
+            config
+        ).state_dict()  # §5 init drawn as the grouped net draws it (same seed, same net)
         self.towers = nn.ModuleList(Tower(config).to(d) for d in self.devices)
         self.fc8 = nn.Linear(config.fc_sizes[1], config.num_classes).to(self.devices[0])
         self.load_state_dict(grouped)
@@ -89,12 +104,22 @@ class TwoTowerAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not is_built_input(self.config, tuple(x.shape)):
-            check_input(self.config, tuple(x.shape))      # a ShapeError naming the layer, or the geometry fits
-        front = [t.front(x.to(d, non_blocking=True)) for t, d in zip(self.towers, self.devices)]   # 128x13x13 each
-        pooled = [t.middle(both) for t, both in zip(self.towers, self._across(front))]           # 4608 each
-        fc6 = [t.drop6(t.act(t.fc6(both))) for t, both in zip(self.towers, self._across(pooled))]  # 2048 each
-        fc7 = [t.drop7(t.act(t.fc7(both))) for t, both in zip(self.towers, self._across(fc6))]    # 2048 each
-        return self.fc8(torch.cat([fc7[0], fc7[1].to(self.devices[0], non_blocking=True)], 1))   # logits
+            check_input(
+                self.config, tuple(x.shape)
+            )  # a ShapeError naming the layer, or the geometry fits
+        front = [
+            t.front(x.to(d, non_blocking=True)) for t, d in zip(self.towers, self.devices)
+        ]  # 128x13x13 each
+        pooled = [t.middle(both) for t, both in zip(self.towers, self._across(front))]  # 4608 each
+        fc6 = [
+            t.drop6(t.act(t.fc6(both))) for t, both in zip(self.towers, self._across(pooled))
+        ]  # 2048 each
+        fc7 = [
+            t.drop7(t.act(t.fc7(both))) for t, both in zip(self.towers, self._across(fc6))
+        ]  # 2048 each
+        return self.fc8(
+            torch.cat([fc7[0], fc7[1].to(self.devices[0], non_blocking=True)], 1)
+        )  # logits
 
     # --- the grouped layout, the one checkpoint format ---------------------------------------------------
 
@@ -103,8 +128,13 @@ class TwoTowerAlexNet(nn.Module):
         return [self.fc8] if name == "fc8" else [getattr(t, name) for t in self.towers]
 
     def state_dict(self, *args, **kwargs) -> dict:  # noqa: D102 - see the module docstring
-        return {f"{name}.{kind}": torch.cat([getattr(m, kind).detach().cpu() for m in self._halves(name)])
-                for name in paper.LAYER_NAMES for kind in ("weight", "bias")}
+        return {
+            f"{name}.{kind}": torch.cat(
+                [getattr(m, kind).detach().cpu() for m in self._halves(name)]
+            )
+            for name in paper.LAYER_NAMES
+            for kind in ("weight", "bias")
+        }
 
     def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
         """Load the grouped layout (a checkpoint of either net); with ``strict=False`` absent layers are kept."""
@@ -120,15 +150,21 @@ class TwoTowerAlexNet(nn.Module):
                     for module, part in zip(modules, state[key].chunk(len(modules))):
                         target = getattr(module, kind)
                         if target.shape != part.shape:
-                            raise ValueError(f"{key}: {tuple(part.shape)} per tower, not {tuple(target.shape)}")
+                            raise ValueError(
+                                f"{key}: {tuple(part.shape)} per tower, not {tuple(target.shape)}"
+                            )
                         target.copy_(part)
         unexpected = [k for k in state if k.split(".")[0] not in paper.LAYER_NAMES]
         if strict and (missing or unexpected):
-            raise RuntimeError(f"TwoTowerAlexNet.load_state_dict: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"TwoTowerAlexNet.load_state_dict: missing {missing}, unexpected {unexpected}"
+            )
         return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
 
     @classmethod
-    def from_grouped(cls, model: AlexNet, devices: Sequence = ("cuda:0", "cuda:1")) -> "TwoTowerAlexNet":
+    def from_grouped(
+        cls, model: AlexNet, devices: Sequence = ("cuda:0", "cuda:1")
+    ) -> "TwoTowerAlexNet":
         """The same weights, split across ``devices``."""
         net = cls(model.config, devices)
         net.load_state_dict(model.state_dict())

@@ -20,17 +20,17 @@ import math
 from collections import deque
 from typing import Optional
 
-WINDOW = 20             # steps judged together at most
-MIN_STEPS = 10          # never judged on fewer
-LOSS_TOLERANCE = 0.02   # a stalled step's loss is within 2% of ln(classes)
-BLOW_UP = 4.0           # a loss this many times the first step's (or ln(classes), if higher) is a blow-up
+WINDOW = 20  # steps judged together at most
+MIN_STEPS = 10  # never judged on fewer
+LOSS_TOLERANCE = 0.02  # a stalled step's loss is within 2% of ln(classes)
+BLOW_UP = 4.0  # a loss this many times the first step's (or ln(classes), if higher) is a blow-up
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    kind: str           # "stall" or "blow-up"
-    step: int           # steps seen when it was found (1-based)
-    text: str           # what is happening, in one sentence
+    kind: str  # "stall" or "blow-up"
+    step: int  # steps seen when it was found (1-based)
+    text: str  # what is happening, in one sentence
 
 
 def deadline(steps_per_epoch: int, total_steps: int) -> int:
@@ -63,8 +63,10 @@ class LearningWatch:
         self.recent: deque = deque(maxlen=self.window)
         self.first: Optional[float] = None
         self.steps = 0
-        self.blown: Optional[tuple] = None      # (step, loss) of the blow-up
-        self.stall: Optional[Verdict] = None    # kept: under data parallelism the run stops a step later
+        self.blown: Optional[tuple] = None  # (step, loss) of the blow-up
+        self.stall: Optional[Verdict] = (
+            None  # kept: under data parallelism the run stops a step later
+        )
 
     def step(self, loss: float, hits: int, images: int) -> Optional[Verdict]:
         self.steps += 1
@@ -72,9 +74,12 @@ class LearningWatch:
         self.recent.append((loss, hits, images))
         if self.blown is None and loss > BLOW_UP * max(self.first, self.chance_loss):
             self.blown = (self.steps, loss)
-            return Verdict("blow-up", self.steps,
-                           f"the loss jumped to {loss:.2f} (it started at {self.first:.2f}): "
-                           f"the learning rate is too high for this net and data")
+            return Verdict(
+                "blow-up",
+                self.steps,
+                f"the loss jumped to {loss:.2f} (it started at {self.first:.2f}): "
+                f"the learning rate is too high for this net and data",
+            )
         if self.stall is None and len(self.recent) == self.window:
             self.stall = self._stalled()
             return self.stall
@@ -85,13 +90,22 @@ class LearningWatch:
         if not at_chance(hits, images, self.classes):
             return None
         right = f"{100 * hits / images:.1f}% right, chance {100 / self.classes:.1f}%"
-        if all(abs(loss - self.chance_loss) <= LOSS_TOLERANCE * self.chance_loss for loss, _, _ in self.recent):
-            return Verdict("stall", self.steps,
-                           f"the loss has stayed at ln({self.classes}) = {self.chance_loss:.3f} for the last "
-                           f"{self.window} steps, and their batches are at chance ({right}): the net outputs the "
-                           f"uniform distribution")
+        if all(
+            abs(loss - self.chance_loss) <= LOSS_TOLERANCE * self.chance_loss
+            for loss, _, _ in self.recent
+        ):
+            return Verdict(
+                "stall",
+                self.steps,
+                f"the loss has stayed at ln({self.classes}) = {self.chance_loss:.3f} for the last "
+                f"{self.window} steps, and their batches are at chance ({right}): the net outputs the "
+                f"uniform distribution",
+            )
         if self.steps == self.deadline and self.blown is not None:
-            return Verdict("stall", self.steps,
-                           f"the loss blew up at step {self.blown[0]} (to {self.blown[1]:.2f}) and the net is "
-                           f"still at chance at step {self.steps} ({right} in the last {self.window} steps)")
+            return Verdict(
+                "stall",
+                self.steps,
+                f"the loss blew up at step {self.blown[0]} (to {self.blown[1]:.2f}) and the net is "
+                f"still at chance at step {self.steps} ({right} in the last {self.window} steps)",
+            )
         return None

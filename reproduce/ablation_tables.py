@@ -23,13 +23,44 @@ from reproduce.figures import epoch_axis, pyplot, save
 
 # cell: the grid's label (NET[+switch...][@flag=value...]); variant: the net it trains (--variant), switches
 # included; data switches (no-pca, no-flip) and @flags are only in the label.
-COLUMNS = ("cell", "variant", "switches", "status", "params", "macs", "input_size", "epochs", "batch_size", "lr",
-           "seed", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "ten_crop_top1_err",
-           "ten_crop_top5_err", "best_epoch", "final_val_top1_err", "epochs_to_25", "seconds_to_25",
-           "images_per_s", "wall_seconds")
+COLUMNS = (
+    "cell",
+    "variant",
+    "switches",
+    "status",
+    "params",
+    "macs",
+    "input_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "train_loss",
+    "train_top1_err",
+    "val_loss",
+    "val_top1_err",
+    "val_top5_err",
+    "ten_crop_top1_err",
+    "ten_crop_top5_err",
+    "best_epoch",
+    "final_val_top1_err",
+    "epochs_to_25",
+    "seconds_to_25",
+    "images_per_s",
+    "wall_seconds",
+)
 # lr_search.csv: one row per searched (cell, learning rate), on the search's seed
-SEARCH_COLUMNS = ("cell", "activation", "lr", "seed", "epochs_to_25", "seconds_to_25", "epochs", "final_train_top1_err",
-                  "status")
+SEARCH_COLUMNS = (
+    "cell",
+    "activation",
+    "lr",
+    "seed",
+    "epochs_to_25",
+    "seconds_to_25",
+    "epochs",
+    "final_train_top1_err",
+    "status",
+)
 NOT_REACHED = "not reached"
 ERRORS = ("val_top1_err", "val_top5_err", "ten_crop_top1_err", "ten_crop_top5_err")
 BASELINE = "paper"
@@ -50,7 +81,9 @@ def _reported(label: str):
     return hits[0] if len(hits) == 1 and len(parts) <= 2 else ((None, None), "")
 
 
-def epochs_to(metrics: pd.DataFrame, target: float = paper.RELU_TARGET_TRAIN_ERROR) -> Tuple[float, float]:
+def epochs_to(
+    metrics: pd.DataFrame, target: float = paper.RELU_TARGET_TRAIN_ERROR
+) -> Tuple[float, float]:
     """Figure 1's measure: the first epoch whose training error is at most ``target``, and the training
     seconds up to the end of it (NaN, NaN when never reached)."""
     reached = metrics.index[metrics["train_top1_err"] <= target]
@@ -78,16 +111,28 @@ def cell_row(folder: str, label: str, seed: int, switches: str) -> Optional[dict
     cost = network_cost(get_network(variant, num_classes=len(config["classes"])))
     last = metrics.iloc[-1] if len(metrics) else {}
     epochs25, seconds25 = epochs_to(metrics) if len(metrics) else (math.nan, math.nan)
-    row = {"cell": label, "variant": variant, "switches": switches, "status": cell["status"],
-           "params": cost["params"], "macs": cost["macs"], "input_size": config["augment"]["crop"],
-           "epochs": len(metrics), "batch_size": config["batch_size"], "lr": config["lr"],
-           "seed": seed, "train_loss": last.get("train_loss", math.nan),
-           "train_top1_err": last.get("train_top1_err", math.nan), "val_loss": last.get("val_loss", math.nan),
-           "best_epoch": result.get("best_epoch", math.nan),
-           "final_val_top1_err": last.get("val_top1_err", math.nan), "epochs_to_25": epochs25,
-           "seconds_to_25": seconds25,
-           "images_per_s": float(metrics["images_per_s"].mean()) if len(metrics) else math.nan,
-           "wall_seconds": cell["wall_seconds"]}
+    row = {
+        "cell": label,
+        "variant": variant,
+        "switches": switches,
+        "status": cell["status"],
+        "params": cost["params"],
+        "macs": cost["macs"],
+        "input_size": config["augment"]["crop"],
+        "epochs": len(metrics),
+        "batch_size": config["batch_size"],
+        "lr": config["lr"],
+        "seed": seed,
+        "train_loss": last.get("train_loss", math.nan),
+        "train_top1_err": last.get("train_top1_err", math.nan),
+        "val_loss": last.get("val_loss", math.nan),
+        "best_epoch": result.get("best_epoch", math.nan),
+        "final_val_top1_err": last.get("val_top1_err", math.nan),
+        "epochs_to_25": epochs25,
+        "seconds_to_25": seconds25,
+        "images_per_s": float(metrics["images_per_s"].mean()) if len(metrics) else math.nan,
+        "wall_seconds": cell["wall_seconds"],
+    }
     for key in ERRORS:
         value = result.get(key)
         row[key] = math.nan if value is None else value
@@ -100,17 +145,23 @@ def pick_rates(rows: pd.DataFrame, lrs=()) -> Dict[str, Tuple[float, str]]:
     at the end of the range is said to be (a faster rate may lie beyond it)."""
     chosen = {}
     for cell, group in rows.groupby("cell", sort=False):
-        group = group.assign(e=pd.to_numeric(group["epochs_to_25"], errors="coerce"),
-                             s=pd.to_numeric(group["seconds_to_25"], errors="coerce"))
+        group = group.assign(
+            e=pd.to_numeric(group["epochs_to_25"], errors="coerce"),
+            s=pd.to_numeric(group["seconds_to_25"], errors="coerce"),
+        )
         reached = group[group["e"].notna()]
         if len(reached):
             best = reached.sort_values(["e", "s", "lr"]).iloc[0]
-            why = (f"the fastest to {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error: epoch {best['e']:g}, "
-                   f"{best['s']:.0f} s")
+            why = (
+                f"the fastest to {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error: epoch {best['e']:g}, "
+                f"{best['s']:.0f} s"
+            )
         else:
             best = group.sort_values(["final_train_top1_err", "lr"]).iloc[0]
-            why = (f"no rate reached {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error; the lowest final "
-                   f"training error, {100 * best['final_train_top1_err']:.1f}%")
+            why = (
+                f"no rate reached {100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}% training error; the lowest final "
+                f"training error, {100 * best['final_train_top1_err']:.1f}%"
+            )
         if lrs and best["lr"] in (min(lrs), max(lrs)) and len(lrs) > 1:
             why += "; at the end of the searched range, so a faster rate may lie beyond it"
         chosen[cell] = (float(best["lr"]), why)
@@ -145,10 +196,17 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             entry[f"{key}_pct_std"] = values.std(ddof=1)
         for key in ("epochs_to_25", "seconds_to_25", "images_per_s"):
             entry[f"{key}_mean"] = group[key].astype(float).mean()
-        for short, key in (("top1", "val_top1_err"), ("top5", "val_top5_err"),
-                           ("ten_crop_top1", "ten_crop_top1_err"), ("ten_crop_top5", "ten_crop_top5_err")):
-            delta = (intervals.difference_interval(_pct(group, key), _pct(base, key))
-                     if len(base) and len(group) and label != BASELINE else intervals.NAN)
+        for short, key in (
+            ("top1", "val_top1_err"),
+            ("top5", "val_top5_err"),
+            ("ten_crop_top1", "ten_crop_top1_err"),
+            ("ten_crop_top5", "ten_crop_top5_err"),
+        ):
+            delta = (
+                intervals.difference_interval(_pct(group, key), _pct(base, key))
+                if len(base) and len(group) and label != BASELINE
+                else intervals.NAN
+            )
             entry[f"delta_{short}_pct"] = delta.value
             entry[f"delta_{short}_low"], entry[f"delta_{short}_high"] = delta.low, delta.high
             entry[f"delta_{short}_excludes_zero"] = delta.excludes_zero
@@ -181,12 +239,27 @@ def relu_speedups(rows: pd.DataFrame) -> List[dict]:
         a = done[done["cell"] == tanh].set_index("seed")
         b = done[done["cell"] == twins[0]].set_index("seed")
         seeds = sorted(set(a.index) & set(b.index))
-        both = [s for s in seeds if not (math.isnan(a.loc[s, "epochs_to_25"]) or math.isnan(b.loc[s, "epochs_to_25"]))]
-        pairs.append({"relu": twins[0], "tanh": tanh, "seeds": len(seeds), "missing": len(seeds) - len(both),
-                      "epochs": intervals.ratio_interval([a.loc[s, "epochs_to_25"] for s in both],
-                                                         [b.loc[s, "epochs_to_25"] for s in both]),
-                      "seconds": intervals.ratio_interval([a.loc[s, "seconds_to_25"] for s in both],
-                                                          [b.loc[s, "seconds_to_25"] for s in both])})
+        both = [
+            s
+            for s in seeds
+            if not (math.isnan(a.loc[s, "epochs_to_25"]) or math.isnan(b.loc[s, "epochs_to_25"]))
+        ]
+        pairs.append(
+            {
+                "relu": twins[0],
+                "tanh": tanh,
+                "seeds": len(seeds),
+                "missing": len(seeds) - len(both),
+                "epochs": intervals.ratio_interval(
+                    [a.loc[s, "epochs_to_25"] for s in both],
+                    [b.loc[s, "epochs_to_25"] for s in both],
+                ),
+                "seconds": intervals.ratio_interval(
+                    [a.loc[s, "seconds_to_25"] for s in both],
+                    [b.loc[s, "seconds_to_25"] for s in both],
+                ),
+            }
+        )
     return pairs
 
 
@@ -202,12 +275,18 @@ def _signed(value: float) -> str:
 
 def _delta(row, short: str) -> str:
     """'+4.0 [+0.5, +7.5]' and whether the interval excludes zero."""
-    value, low, high = row[f"delta_{short}_pct"], row[f"delta_{short}_low"], row[f"delta_{short}_high"]
+    value, low, high = (
+        row[f"delta_{short}_pct"],
+        row[f"delta_{short}_low"],
+        row[f"delta_{short}_high"],
+    )
     if math.isnan(value):
         return "–"
     if math.isnan(low):
         return f"{value:+.1f}"
-    return f"{value:+.1f} [{low:+.1f}, {high:+.1f}]" + (" **yes**" if row[f"delta_{short}_excludes_zero"] else " no")
+    return f"{value:+.1f} [{low:+.1f}, {high:+.1f}]" + (
+        " **yes**" if row[f"delta_{short}_excludes_zero"] else " no"
+    )
 
 
 def _to_25(row) -> str:
@@ -226,22 +305,38 @@ def to_csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, float_format=FLOAT_FORMAT)
 
 
-def markdown(summary: pd.DataFrame, title: str, note: str = "", rows: Optional[pd.DataFrame] = None,
-             command: str = "") -> str:
+def markdown(
+    summary: pd.DataFrame,
+    title: str,
+    note: str = "",
+    rows: Optional[pd.DataFrame] = None,
+    command: str = "",
+) -> str:
     """summary.md: the table a person reads, errors in %, deltas in percentage points with their 95% interval;
     ``note`` (a caveat, e.g. of a --smoke grid) under the title; with ``rows`` (ablation.csv) Figure 1's
     tanh/ReLU ratios."""
-    lines = [f"# {title}", "", *([f"`{command}`", ""] if command else []), *([f"**{note}**", ""] if note else []),
-             "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1). Δ: the change of "
-             "the mean against `paper`, in points, with Welch's 95% interval over the seeds, and whether that "
-             "interval excludes zero (a change bigger than the noise between seeds). Paper Δ: what the paper "
-             "reports for the same change.", "",
-             "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 [95%], beyond noise? | "
-             "Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs (seconds) to 25% train err | img/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        *([f"`{command}`", ""] if command else []),
+        *([f"**{note}**", ""] if note else []),
+        "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1). Δ: the change of "
+        "the mean against `paper`, in points, with Welch's 95% interval over the seeds, and whether that "
+        "interval excludes zero (a change bigger than the noise between seeds). Paper Δ: what the paper "
+        "reports for the same change.",
+        "",
+        "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 [95%], beyond noise? | "
+        "Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs (seconds) to 25% train err | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in summary.iterrows():
-        reported = "–" if not r["paper_source"] else (
-            f"{_signed(r['paper_delta_top1_pct'])} / {_signed(r['paper_delta_top5_pct'])} ({r['paper_source']})")
+        reported = (
+            "–"
+            if not r["paper_source"]
+            else (
+                f"{_signed(r['paper_delta_top1_pct'])} / {_signed(r['paper_delta_top5_pct'])} ({r['paper_source']})"
+            )
+        )
         lines.append(
             f"| {r['cell']} | {r['seeds']} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
             f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
@@ -249,52 +344,81 @@ def markdown(summary: pd.DataFrame, title: str, note: str = "", rows: Optional[p
             f"{_cell(r['ten_crop_top5_err_pct_mean'], r['ten_crop_top5_err_pct_std'])} | "
             f"{_delta(r, 'top1')} | {_delta(r, 'top5')} | {reported} | "
             f"{'not reached' if math.isnan(r['epochs_to_25_mean']) else _to_25(r)} | "
-            f"{r['images_per_s_mean']:.1f} |")
+            f"{r['images_per_s_mean']:.1f} |"
+        )
     speedups = relu_speedups(rows) if rows is not None else []
     if speedups:
         target = f"{100 * paper.RELU_TARGET_TRAIN_ERROR:.0f}%"
-        lines += ["", f"§3.1, Figure 1: tanh's epochs (and seconds) to {target} training error over ReLU's, the "
-                      f"geometric mean over paired seeds with its 95% interval (the paper: {paper.RELU_SPEEDUP}×):",
-                  ""]
+        lines += [
+            "",
+            f"§3.1, Figure 1: tanh's epochs (and seconds) to {target} training error over ReLU's, the "
+            f"geometric mean over paired seeds with its 95% interval (the paper: {paper.RELU_SPEEDUP}×):",
+            "",
+        ]
         for pair in speedups:
-            missing = (f"; on {pair['missing']} of {pair['seeds']} seeds one of them never got to {target}, and "
-                       f"those seeds are left out" if pair["missing"] else "")
-            lines.append(f"- {pair['tanh']} over {pair['relu']}: "
-                         + ("not measurable (never both at the target on one seed)"
-                            if math.isnan(pair["epochs"].value) else
-                            f"{_times(pair['epochs'])} in epochs, {_times(pair['seconds'])} in seconds") + missing)
+            missing = (
+                f"; on {pair['missing']} of {pair['seeds']} seeds one of them never got to {target}, and "
+                f"those seeds are left out"
+                if pair["missing"]
+                else ""
+            )
+            lines.append(
+                f"- {pair['tanh']} over {pair['relu']}: "
+                + (
+                    "not measurable (never both at the target on one seed)"
+                    if math.isnan(pair["epochs"].value)
+                    else f"{_times(pair['epochs'])} in epochs, {_times(pair['seconds'])} in seconds"
+                )
+                + missing
+            )
     return "\n".join(lines) + "\n"
 
 
-def comparison(summary: pd.DataFrame, rows: pd.DataFrame, speeds: Dict[str, dict], options, title: str,
-               command: str = "") -> str:
+def comparison(
+    summary: pd.DataFrame,
+    rows: pd.DataFrame,
+    speeds: Dict[str, dict],
+    options,
+    title: str,
+    command: str = "",
+) -> str:
     """comparison.md: the paper net and torchvision's variant side by side. ``speeds``: reproduce.bench's rows by
     net name, timed with ``options`` (its parsed flags)."""
     nets = [net for net in (BASELINE, "torchvision") if net in speeds]
     by = summary.set_index("cell")
-    lines = [f"# The paper net against torchvision's variant: {title}", "", *([f"`{command}`", ""] if command else []),
-             f"Training img/s: reproduce.bench's step on random input (no data loading; batch "
-             f"{options.batch_size}, {options.device}, median of {options.repeats} round-robin repetitions), and "
-             f"the grid's own cells (with their data loading and evaluation). Errors in % over the grid's seeds "
-             f"(mean ± std), on the same data and budget.", "",
-             "| net | parameters | multiply-adds | input | train img/s (bench) | train img/s (grid) | top-1 | top-5 | "
-             "ten-crop top-1 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# The paper net against torchvision's variant: {title}",
+        "",
+        *([f"`{command}`", ""] if command else []),
+        f"Training img/s: reproduce.bench's step on random input (no data loading; batch "
+        f"{options.batch_size}, {options.device}, median of {options.repeats} round-robin repetitions), and "
+        f"the grid's own cells (with their data loading and evaluation). Errors in % over the grid's seeds "
+        f"(mean ± std), on the same data and budget.",
+        "",
+        "| net | parameters | multiply-adds | input | train img/s (bench) | train img/s (grid) | top-1 | top-5 | "
+        "ten-crop top-1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for net in nets:
         cells = rows[rows["cell"] == net]
         r = by.loc[net]
-        lines.append(f"| {net} | {int(cells['params'].iloc[0]):,} | {int(cells['macs'].iloc[0]) / 1e6:,.0f}M | "
-                     f"{int(cells['input_size'].iloc[0])} | {speeds[net]['train_images_per_s']:.1f} | "
-                     f"{r['images_per_s_mean']:.1f} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
-                     f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
-                     f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} |")
+        lines.append(
+            f"| {net} | {int(cells['params'].iloc[0]):,} | {int(cells['macs'].iloc[0]) / 1e6:,.0f}M | "
+            f"{int(cells['input_size'].iloc[0])} | {speeds[net]['train_images_per_s']:.1f} | "
+            f"{r['images_per_s_mean']:.1f} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
+            f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
+            f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} |"
+        )
     if len(nets) == 2:
         ratio = speeds[BASELINE]["train_images_per_s"] / speeds["torchvision"]["train_images_per_s"]
         tv = by.loc["torchvision"]
         lines += ["", f"The paper net trains at {ratio:.2f}× torchvision's speed in the bench."]
         if not math.isnan(tv["delta_top1_low"]):
-            lines[-1] += (f" torchvision's top-1 error minus the paper net's: {tv['delta_top1_pct']:+.1f} points, "
-                          f"95% interval [{tv['delta_top1_low']:+.1f}, {tv['delta_top1_high']:+.1f}] (Welch): "
-                          f"{'beyond' if tv['delta_top1_excludes_zero'] else 'within'} the noise between seeds.")
+            lines[-1] += (
+                f" torchvision's top-1 error minus the paper net's: {tv['delta_top1_pct']:+.1f} points, "
+                f"95% interval [{tv['delta_top1_low']:+.1f}, {tv['delta_top1_high']:+.1f}] (Welch): "
+                f"{'beyond' if tv['delta_top1_excludes_zero'] else 'within'} the noise between seeds."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -304,12 +428,21 @@ def plot(summary: pd.DataFrame, path: str, title: str) -> None:
     plt = pyplot()
     others = summary[summary["cell"] != BASELINE]
     with_deltas = len(others) and summary["cell"].eq(BASELINE).any()
-    fig, axes = plt.subplots(1, 2 if with_deltas else 1, figsize=(13 if with_deltas else 7, 0.5 * len(summary) + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        2 if with_deltas else 1,
+        figsize=(13 if with_deltas else 7, 0.5 * len(summary) + 2),
+        squeeze=False,
+    )
     errors = axes[0][0]
     ys = range(len(summary))
-    errors.barh(ys, summary["val_top1_err_pct_mean"].fillna(0), xerr=summary["val_top1_err_pct_std"].fillna(0),
-                capsize=3, color="C0")
+    errors.barh(
+        ys,
+        summary["val_top1_err_pct_mean"].fillna(0),
+        xerr=summary["val_top1_err_pct_std"].fillna(0),
+        capsize=3,
+        color="C0",
+    )
     errors.set_yticks(list(ys))
     errors.set_yticklabels(summary["cell"])
     errors.invert_yaxis()
@@ -319,20 +452,38 @@ def plot(summary: pd.DataFrame, path: str, title: str) -> None:
         axis = axes[0][1]
         ys = list(range(len(others)))
         deltas = others["delta_top1_pct"]
-        spread = [(deltas - others["delta_top1_low"]).fillna(0), (others["delta_top1_high"] - deltas).fillna(0)]
+        spread = [
+            (deltas - others["delta_top1_low"]).fillna(0),
+            (others["delta_top1_high"] - deltas).fillna(0),
+        ]
         colours = ["C3" if beyond else "C7" for beyond in others["delta_top1_excludes_zero"]]
-        axis.barh(ys, deltas.fillna(0), xerr=spread, capsize=3, color=colours, height=0.5,
-                  label="measured (95% interval over seeds)")
+        axis.barh(
+            ys,
+            deltas.fillna(0),
+            xerr=spread,
+            capsize=3,
+            color=colours,
+            height=0.5,
+            label="measured (95% interval over seeds)",
+        )
         reported = others["paper_delta_top1_pct"]
         shown = reported.notna()
-        axis.scatter(reported[shown], [y + 0.32 for y, s in zip(ys, shown) if s], marker="D", color="black",
-                     zorder=3, label="the paper's reported change")
+        axis.scatter(
+            reported[shown],
+            [y + 0.32 for y, s in zip(ys, shown) if s],
+            marker="D",
+            color="black",
+            zorder=3,
+            label="the paper's reported change",
+        )
         axis.axvline(0, color="black", lw=0.8)
         axis.set_yticks(ys)
         axis.set_yticklabels(others["cell"])
         axis.invert_yaxis()
-        axis.set(xlabel="Δ top-1 error against the paper net (points; +: worse)",
-                 title="change against the paper net (red: the interval excludes 0)")
+        axis.set(
+            xlabel="Δ top-1 error against the paper net (points; +: worse)",
+            title="change against the paper net (red: the interval excludes 0)",
+        )
         axis.grid(axis="x", alpha=0.3)
         axis.legend(fontsize=8, loc="best")
     fig.suptitle(title)
@@ -340,8 +491,13 @@ def plot(summary: pd.DataFrame, path: str, title: str) -> None:
     save(fig, path)
 
 
-def charts(summary: pd.DataFrame, curves: Dict[str, List[pd.DataFrame]], path: str, figure1_path: str,
-           title: str) -> List[str]:
+def charts(
+    summary: pd.DataFrame,
+    curves: Dict[str, List[pd.DataFrame]],
+    path: str,
+    figure1_path: str,
+    title: str,
+) -> List[str]:
     """ablation.png at ``path``; with tanh cells also Figure 1's curves at ``figure1_path``. Returns the paths."""
     plot(summary, path, title)
     if not any("+tanh" in _head(label) for label in curves):
@@ -364,8 +520,14 @@ def plot_figure1(curves: Dict[str, List[pd.DataFrame]], path: str, title: str) -
         together = together.assign(clock=pd.concat([run["seconds"].cumsum() for run in runs]))
         mean = together.groupby("epoch")[["train_top1_err", "clock"]].mean()
         seeds = f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
-        axes[0].plot(mean.index, 100 * mean["train_top1_err"], style, color=colour, lw=2.2,
-                     label=f"{label} (mean of {seeds})")
+        axes[0].plot(
+            mean.index,
+            100 * mean["train_top1_err"],
+            style,
+            color=colour,
+            lw=2.2,
+            label=f"{label} (mean of {seeds})",
+        )
         axes[1].plot(mean["clock"], 100 * mean["train_top1_err"], style, color=colour, lw=2.2)
     epoch_axis(axes[0], [e for runs in curves.values() for run in runs for e in run["epoch"]])
     for axis, xlabel in ((axes[0], "epochs"), (axes[1], "training seconds")):

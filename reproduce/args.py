@@ -28,20 +28,24 @@ from paper_alexnet.data.sources import SOURCES
 
 # Loader / decoder processes: enough to keep a GPU fed on a workstation, no more than the cores there are.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
-DATA_HELP = (" | ".join(kind + (":ROOT" if source.needs_root else "") for kind, source in SOURCES.items())
-             + "; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2")
+DATA_HELP = (
+    " | ".join(kind + (":ROOT" if source.needs_root else "") for kind, source in SOURCES.items())
+    + "; options after '?', e.g. synthetic?classes=10&train=1000 or folder:ROOT?val=0.2"
+)
 
 
 class Exit(enum.IntEnum):
     """Every exit status of the commands: what a shell script or a scheduler reads."""
 
     OK = 0
-    FAILED = 1              # an unreadable image under --strict, a file that could not be written
-    USAGE = 2               # bad input: a flag, a data spec, a checkpoint; nothing was written
-    DIVERGED = 3            # train: the loss became NaN or infinite (a result: the last good checkpoint stays)
-    STALLED = 4             # train: stuck at chance, stopped by --on-stall stop (checkpoint kept)
-    SIGINT = 128 + signal.SIGINT        # Ctrl-C: stopped at a step, with its checkpoint
-    SIGTERM = 128 + signal.SIGTERM      # a scheduler's stop: the same
+    FAILED = 1  # an unreadable image under --strict, a file that could not be written
+    USAGE = 2  # bad input: a flag, a data spec, a checkpoint; nothing was written
+    DIVERGED = (
+        3  # train: the loss became NaN or infinite (a result: the last good checkpoint stays)
+    )
+    STALLED = 4  # train: stuck at chance, stopped by --on-stall stop (checkpoint kept)
+    SIGINT = 128 + signal.SIGINT  # Ctrl-C: stopped at a step, with its checkpoint
+    SIGTERM = 128 + signal.SIGTERM  # a scheduler's stop: the same
 
     @classmethod
     def ended(cls, code: int) -> bool:
@@ -59,7 +63,7 @@ REMEDIES = {
     "make-store": "make it with python -m reproduce.prepare --data SPEC --out {out}",
     "finish-store": "finish it with python -m reproduce.prepare --data {data} --out {out}",
     "sort-val": "sort them with python -m reproduce.prepare --sort-imagenet-val {val} --devkit "
-                "ILSVRC2012_devkit_t12.tar.gz",
+    "ILSVRC2012_devkit_t12.tar.gz",
     "install": "python -m pip install {package}",
 }
 
@@ -81,8 +85,10 @@ def exit_code(action: Callable[[], int]) -> int:
     try:
         return action()
     except BadImageError as err:
-        print(f"error: unreadable image {err.path}: {err.reason} (--strict; without it such files are skipped)",
-              file=sys.stderr)
+        print(
+            f"error: unreadable image {err.path}: {err.reason} (--strict; without it such files are skipped)",
+            file=sys.stderr,
+        )
         return Exit.FAILED
     except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -104,52 +110,92 @@ def write_csv(rows: list, path: str) -> None:
 def add_data_flag(parser, from_checkpoint: bool = False) -> None:
     """--data SPEC: synthetic by default, or (``from_checkpoint``) the data the checkpoint was trained on."""
     if from_checkpoint:
-        parser.add_argument("--data", default=None, metavar="SPEC",
-                            help=f"default: the data the checkpoint was trained on. {DATA_HELP}")
+        parser.add_argument(
+            "--data",
+            default=None,
+            metavar="SPEC",
+            help=f"default: the data the checkpoint was trained on. {DATA_HELP}",
+        )
     else:
         parser.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
 
 
 def add_workers_flag(parser) -> None:
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help="processes that read and decode images (0: in the main process)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="processes that read and decode images (0: in the main process)",
+    )
 
 
 def add_decode_flag(parser) -> None:
-    parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
-                        help="where a JPEG store's images are decoded: in the --workers on the CPU, or on the "
-                             "net's device, a batch at a time (nvjpeg on a GPU); auto: the device on a GPU, "
-                             "the workers elsewhere. Other data is decoded by the workers")
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_CHOICES,
+        default="auto",
+        help="where a JPEG store's images are decoded: in the --workers on the CPU, or on the "
+        "net's device, a batch at a time (nvjpeg on a GPU); auto: the device on a GPU, "
+        "the workers elsewhere. Other data is decoded by the workers",
+    )
 
 
 def add_device_flag(parser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ..."
+    )
 
 
 def add_reading_flags(parser) -> None:
     """--strict, --download and --quiet: how a command that reads a whole data set treats files and output."""
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first unreadable image instead of skipping it")
-    parser.add_argument("--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars; what the run says (splits, notes, warnings, results) is still printed")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable image instead of skipping it",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent"
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars; what the run says (splits, notes, warnings, results) is still printed",
+    )
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """train's data group: the spec, the loader, and the §2/§4.1 switches of the pipeline."""
     group = parser.add_argument_group("data (§2, §4.1)")
     add_data_flag(group)
-    group.add_argument("--crop", type=int, default=None,
-                       help="crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)")
-    group.add_argument("--no-translate", action="store_true",
-                       help="train on the centre crop: no random crop positions (§4.1's translations)")
-    group.add_argument("--no-flip", action="store_true", help="no random horizontal reflections (§4.1)")
+    group.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)",
+    )
+    group.add_argument(
+        "--no-translate",
+        action="store_true",
+        help="train on the centre crop: no random crop positions (§4.1's translations)",
+    )
+    group.add_argument(
+        "--no-flip", action="store_true", help="no random horizontal reflections (§4.1)"
+    )
     group.add_argument("--no-pca", action="store_true", help="no PCA lighting (§4.1)")
-    group.add_argument("--pca-sigma", type=float, default=paper.PCA_SIGMA, help="std of the PCA lighting a_i (§4.1)")
-    group.add_argument("--mean", choices=MEAN_MODES, default=None,
-                       help="what to subtract: the training set's mean image (§2), its per-channel mean, "
-                            "torchvision's ImageNet mean/std (for torchvision weights), or nothing (default: "
-                            "image; torchvision when --pretrained weights were trained that way)")
+    group.add_argument(
+        "--pca-sigma",
+        type=float,
+        default=paper.PCA_SIGMA,
+        help="std of the PCA lighting a_i (§4.1)",
+    )
+    group.add_argument(
+        "--mean",
+        choices=MEAN_MODES,
+        default=None,
+        help="what to subtract: the training set's mean image (§2), its per-channel mean, "
+        "torchvision's ImageNet mean/std (for torchvision weights), or nothing (default: "
+        "image; torchvision when --pretrained weights were trained that way)",
+    )
     add_workers_flag(group)
     add_decode_flag(group)
     return group
@@ -165,7 +211,13 @@ def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
     crop = args.crop if args.crop is not None else input_size
     check_workers(args.workers)
     try:
-        return Augment(crop=crop, translate=not args.no_translate, flip=not args.no_flip, pca=not args.no_pca,
-                       pca_sigma=args.pca_sigma, mean=args.mean or "image")
+        return Augment(
+            crop=crop,
+            translate=not args.no_translate,
+            flip=not args.no_flip,
+            pca=not args.no_pca,
+            pca_sigma=args.pca_sigma,
+            mean=args.mean or "image",
+        )
     except ValueError as err:
         raise DataError(str(err)) from None

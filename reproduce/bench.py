@@ -34,11 +34,24 @@ import torch
 
 from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes
 from paper_alexnet.cpu_memory import keep_freed_memory
-from paper_alexnet.data import Augment, PaperTransform, loader_throughput, open_dataset, prepare_store
+from paper_alexnet.data import (
+    Augment,
+    PaperTransform,
+    loader_throughput,
+    open_dataset,
+    prepare_store,
+)
 from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
 from paper_alexnet.cli import HelpFormatter, library_quiet
-from reproduce.args import UsageError, add_device_flag, add_workers_flag, check_workers, exit_code, write_csv
+from reproduce.args import (
+    UsageError,
+    add_device_flag,
+    add_workers_flag,
+    check_workers,
+    exit_code,
+    write_csv,
+)
 from reproduce.placement import pick_device
 
 
@@ -49,7 +62,8 @@ def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:
         folder = os.path.join(root, "train", f"class{label}")
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(render(label, i)).resize(size, Image.BILINEAR).save(
-            os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+            os.path.join(folder, f"{i:05d}.jpg"), quality=90
+        )
 
 
 def bench_data(args) -> list[dict]:
@@ -65,31 +79,70 @@ def bench_data(args) -> list[dict]:
         stores = {}
         for encoding, name in (("raw", "store"), ("jpeg", f"jpeg store (quality {args.quality})")):
             start = time.perf_counter()
-            stores[name] = prepare_store(jpeg.spec, jpeg.classes, jpeg.splits, os.path.join(tmp, encoding),
-                                         workers=args.workers, progress=False, encoding=encoding,
-                                         quality=args.quality)
-            rows.append({"section": "data", "what": f"prepare {name} (decode + write), {args.workers} workers",
-                         "images_per_s": total / (time.perf_counter() - start)})
+            stores[name] = prepare_store(
+                jpeg.spec,
+                jpeg.classes,
+                jpeg.splits,
+                os.path.join(tmp, encoding),
+                workers=args.workers,
+                progress=False,
+                encoding=encoding,
+                quality=args.quality,
+            )
+            rows.append(
+                {
+                    "section": "data",
+                    "what": f"prepare {name} (decode + write), {args.workers} workers",
+                    "images_per_s": total / (time.perf_counter() - start),
+                }
+            )
         raw_bytes = os.path.getsize(os.path.join(tmp, "raw", "images.u8"))
-        jpeg_bytes = sum(os.path.getsize(os.path.join(tmp, "jpeg", f)) for f in ("images.jpg", "offsets.i8"))
-        rows.append({"section": "data", "what": f"store bytes per image: raw {raw_bytes / total:,.0f}, jpeg "
-                                                f"{jpeg_bytes / total:,.0f}", "ratio": jpeg_bytes / raw_bytes})
+        jpeg_bytes = sum(
+            os.path.getsize(os.path.join(tmp, "jpeg", f)) for f in ("images.jpg", "offsets.i8")
+        )
+        rows.append(
+            {
+                "section": "data",
+                "what": f"store bytes per image: raw {raw_bytes / total:,.0f}, jpeg "
+                f"{jpeg_bytes / total:,.0f}",
+                "ratio": jpeg_bytes / raw_bytes,
+            }
+        )
         transform = PaperTransform(stats, Augment(crop=227), device=args.device)
         rows += _transform_ways(stats, args, default=transform.batched)
         speeds = {}
         splits = [(name, store.splits["train"]) for name, store in stores.items()]
         ways = [(name, split, "workers") for name, split in splits] + [
             (f"{splits[1][0]}, decoded on the device", splits[1][1], "device"),
-            ("jpeg folder (500x375 files)", jpeg.split("train"), "workers")]
+            ("jpeg folder (500x375 files)", jpeg.split("train"), "workers"),
+        ]
         for name, split, decode in ways:
             for workers in sorted({0, args.workers}):
-                speeds[name, workers] = loader_throughput(split, transform, args.batch_size, args.batches, workers,
-                                                          args.device, decode=decode)
-                rows.append({"section": "data", "what": f"{name} -> train transform, {workers} workers",
-                             "images_per_s": speeds[name, workers]})
+                speeds[name, workers] = loader_throughput(
+                    split,
+                    transform,
+                    args.batch_size,
+                    args.batches,
+                    workers,
+                    args.device,
+                    decode=decode,
+                )
+                rows.append(
+                    {
+                        "section": "data",
+                        "what": f"{name} -> train transform, {workers} workers",
+                        "images_per_s": speeds[name, workers],
+                    }
+                )
         for workers in sorted({0, args.workers}):
-            rows.append({"section": "data", "what": f"jpeg store / jpeg folder, {workers} workers",
-                         "ratio": speeds[splits[1][0], workers] / speeds["jpeg folder (500x375 files)", workers]})
+            rows.append(
+                {
+                    "section": "data",
+                    "what": f"jpeg store / jpeg folder, {workers} workers",
+                    "ratio": speeds[splits[1][0], workers]
+                    / speeds["jpeg folder (500x375 files)", workers],
+                }
+            )
     return rows
 
 
@@ -104,10 +157,17 @@ def _transform_ways(stats, args, default: bool) -> list[dict]:
     for batched, way in ((False, "one image at a time"), (True, "one gather per batch")):
         transform = PaperTransform(stats, Augment(crop=227), device=device, batched=batched)
         generator = torch.Generator().manual_seed(0)
-        seconds = _median_seconds(lambda: transform.train(images, generator), max(args.batches, 1), 1, sync)
-        rows.append({"section": "data", "what": f"train transform alone on {device.type}, {way}"
-                                                + (" (the default)" if batched == default else ""),
-                     "images_per_s": args.batch_size / seconds})
+        seconds = _median_seconds(
+            lambda: transform.train(images, generator), max(args.batches, 1), 1, sync
+        )
+        rows.append(
+            {
+                "section": "data",
+                "what": f"train transform alone on {device.type}, {way}"
+                + (" (the default)" if batched == default else ""),
+                "images_per_s": args.batch_size / seconds,
+            }
+        )
     return rows
 
 
@@ -141,7 +201,7 @@ def median_interval(values: list, confidence: float = 0.95) -> tuple:
     ordered, n = sorted(values), len(values)
     tail, low = 0.0, 0
     while low < n // 2:
-        tail += math.comb(n, low) / 2 ** n            # P(Binomial(n, 1/2) <= low)
+        tail += math.comb(n, low) / 2**n  # P(Binomial(n, 1/2) <= low)
         if tail > (1 - confidence) / 2:
             break
         low += 1
@@ -167,7 +227,7 @@ def matmul_work(device: torch.device, dtype: torch.dtype, size: int = 2048):
     the reachable peak is measured by."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    return (lambda: a @ b), 2 * size ** 3
+    return (lambda: a @ b), 2 * size**3
 
 
 def step_flops(layers) -> int:
@@ -203,27 +263,40 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     classes = 1000
     # what the LRN's input will be: bf16 under --amp, channels-last with the flag; compiled: torch ops
-    probe = torch.zeros(1, 2, 3, 3, device=device, dtype=torch.bfloat16 if args.amp else torch.float32)
+    probe = torch.zeros(
+        1, 2, 3, 3, device=device, dtype=torch.bfloat16 if args.amp else torch.float32
+    )
     if args.channels_last:
         probe = probe.contiguous(memory_format=torch.channels_last)
     kernel = "fused kernel" if fused_lrn.applies(probe) and not args.compile else "torch ops"
     # name -> (builder, which LRN runs: the paper net's own path, or forced to torch ops)
-    nets = {"paper": (lambda: build_model("paper", classes), kernel),
-            "paper two-tower": (lambda: TwoTowerAlexNet(build_model("paper", classes).config, (device, device)),
-                                kernel),
-            "paper, LRN in torch ops": (lambda: build_model("paper", classes), "torch ops"),
-            "torchvision": (lambda: build_model("torchvision", classes), ""),
-            "naive faithful": (lambda: naive_reference(classes), "torch.nn.LocalResponseNorm"),
-            "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), "")}
-    if kernel == "torch ops":           # the two paper rows would be the same
+    nets = {
+        "paper": (lambda: build_model("paper", classes), kernel),
+        "paper two-tower": (
+            lambda: TwoTowerAlexNet(build_model("paper", classes).config, (device, device)),
+            kernel,
+        ),
+        "paper, LRN in torch ops": (lambda: build_model("paper", classes), "torch ops"),
+        "torchvision": (lambda: build_model("torchvision", classes), ""),
+        "naive faithful": (lambda: naive_reference(classes), "torch.nn.LocalResponseNorm"),
+        "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), ""),
+    }
+    if kernel == "torch ops":  # the two paper rows would be the same
         del nets["paper, LRN in torch ops"]
     if only is not None:
         nets = {name: nets[name] for name in only}
-    native_bf16 = cuda or (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native_bf16 = cuda or (
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     if args.amp and not native_bf16:
-        print("note: this CPU has no native bfloat16 (oneDNN reports none), so --amp runs emulated and far slower "
-              "than float32; the peak is float32's", file=sys.stderr)
-    matmul, matmul_flops = matmul_work(device, torch.bfloat16 if args.amp and native_bf16 else torch.float32)
+        print(
+            "note: this CPU has no native bfloat16 (oneDNN reports none), so --amp runs emulated and far slower "
+            "than float32; the peak is float32's",
+            file=sys.stderr,
+        )
+    matmul, matmul_flops = matmul_work(
+        device, torch.bfloat16 if args.amp and native_bf16 else torch.float32
+    )
     cases = {}
     for name, (make, lrn) in nets.items():
         torch.manual_seed(0)
@@ -241,7 +314,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
 
         def step(model=model, run=run, optimizer=optimizer, x=x, y=y, eager=eager):
             model.train()
-            with fused_lrn.use_eager(eager):           # forward and backward take the same LRN path
+            with fused_lrn.use_eager(eager):  # forward and backward take the same LRN path
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                     loss = torch.nn.functional.cross_entropy(run(x).float(), y)
                 optimizer.zero_grad(set_to_none=True)
@@ -251,7 +324,10 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         @torch.no_grad()
         def infer(model=model, run=run, x=x, eager=eager):
             model.eval()
-            with fused_lrn.use_eager(eager), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            with (
+                fused_lrn.use_eager(eager),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp),
+            ):
                 run(x)
 
         if cuda:
@@ -260,7 +336,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         sync()
         if cuda:
             memory = torch.cuda.max_memory_allocated(device)
-        else:   # weights + grads + momentum + what autograd keeps for backward
+        else:  # weights + grads + momentum + what autograd keeps for backward
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             with fused_lrn.use_eager(eager):
                 memory = 3 * weights + _saved_bytes(model, x, y, args.amp)
@@ -273,7 +349,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     times, matmul_s = {name: ([], []) for name in cases}, []
     _median_seconds(matmul, 1, 2, sync)
     for rep in range(args.repeats):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             _, step, infer, _, _ = cases[name]
             times[name][0].append(_median_seconds(step, 1, 0, sync))
             times[name][1].append(_median_seconds(infer, 1, 0, sync))
@@ -283,59 +359,105 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     for name, (model, _, _, memory, lrn) in cases.items():
         train_s, infer_s = (_median(t) for t in times[name])
         flops = step_flops(layer_shapes(model.config)) * args.batch_size / train_s / 1e9
-        rows.append({"section": "models", "what": name, "lrn": lrn, "train_images_per_s": args.batch_size / train_s,
-                     "infer_images_per_s": args.batch_size / infer_s, "step_ms": 1000 * train_s,
-                     "train_gflop_per_s": flops, "utilisation": flops / peak, "train_memory_mb": memory / 2 ** 20})
+        rows.append(
+            {
+                "section": "models",
+                "what": name,
+                "lrn": lrn,
+                "train_images_per_s": args.batch_size / train_s,
+                "infer_images_per_s": args.batch_size / infer_s,
+                "step_ms": 1000 * train_s,
+                "train_gflop_per_s": flops,
+                "utilisation": flops / peak,
+                "train_memory_mb": memory / 2**20,
+            }
+        )
     by = {r["what"]: r for r in rows}
 
-    def ratios(name, other):     # per repetition, step(other) / step(name): the speed of name vs other
+    def ratios(name, other):  # per repetition, step(other) / step(name): the speed of name vs other
         return [b / a for a, b in zip(times[name][0], times[other][0])]
 
     for row in rows:
         if row["lrn"] and "paper+no-lrn" in by:
-            row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))   # 1 - step(no LRN) / step(net)
+            row["lrn_share"] = 1 - _median(
+                ratios(row["what"], "paper+no-lrn")
+            )  # 1 - step(no LRN) / step(net)
         for column, other in (("vs_torchvision", "torchvision"), ("vs_naive", "naive faithful")):
             if other not in by:
                 continue
             paired = ratios(row["what"], other)
             row[column] = _median(paired)
-            row[f"{column}_low"], row[f"{column}_high"] = median_interval(paired)     # 95% for the median
+            row[f"{column}_low"], row[f"{column}_high"] = median_interval(
+                paired
+            )  # 95% for the median
         if "torchvision" in by:
-            row["memory_vs_torchvision"] = row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
-    print(f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s (median over the repetitions)", file=sys.stderr)
+            row["memory_vs_torchvision"] = (
+                row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
+            )
+    print(
+        f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s (median over the repetitions)",
+        file=sys.stderr,
+    )
     return rows
 
 
 def add_measure_flags(parser: argparse.ArgumentParser, batch: str) -> None:
     """The flags that say how much to measure and where: the bench's, and the GPU suite's (gpu_suite.py)."""
     add_device_flag(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=None, help=f"images per batch (default: {batch})")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
-                             "single steps on a shared machine vary by up to 20%%, and with 31 the ratios' intervals "
-                             "were about +-0.06 on a 2-core CPU (docs/performance.md)")
-    parser.add_argument("--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)")
-    parser.add_argument("--images", type=int, default=1024, help="data: JPEGs to generate for the folder")
-    parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="data: the JPEG store's quality")
+    parser.add_argument(
+        "-b", "--batch-size", type=int, default=None, help=f"images per batch (default: {batch})"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
+        "single steps on a shared machine vary by up to 20%%, and with 31 the ratios' intervals "
+        "were about +-0.06 on a 2-core CPU (docs/performance.md)",
+    )
+    parser.add_argument(
+        "--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)"
+    )
+    parser.add_argument(
+        "--images", type=int, default=1024, help="data: JPEGs to generate for the folder"
+    )
+    parser.add_argument(
+        "--quality", type=int, default=JPEG_QUALITY, help="data: the JPEG store's quality"
+    )
     add_workers_flag(parser)
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's malloc as it comes (freed blocks over its mmap threshold go back to the "
-                             "system) instead of keeping freed memory as train and evaluate do")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it comes (freed blocks over its mmap threshold go back to the "
+        "system) instead of keeping freed memory as train and evaluate do",
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.bench",
-                                     formatter_class=HelpFormatter,
-                                     description="Measure throughput; prints a table, optionally writes CSV.")
-    parser.add_argument("--only", choices=("models", "data"), default=None, help="one section (default: both)")
-    parser.add_argument("--suite", choices=("gpu",), default=None,
-                        help="gpu: python -m reproduce.gpu_suite, with the flags given here (--out DIR, "
-                             "--budget-min MIN, --tests EXPR and the ones below): the CUDA tests, the models, the "
-                             "data and reproduce.train from a store on the GPU, with the GPU path's targets")
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.bench",
+        formatter_class=HelpFormatter,
+        description="Measure throughput; prints a table, optionally writes CSV.",
+    )
+    parser.add_argument(
+        "--only", choices=("models", "data"), default=None, help="one section (default: both)"
+    )
+    parser.add_argument(
+        "--suite",
+        choices=("gpu",),
+        default=None,
+        help="gpu: python -m reproduce.gpu_suite, with the flags given here (--out DIR, "
+        "--budget-min MIN, --tests EXPR and the ones below): the CUDA tests, the models, the "
+        "data and reproduce.train from a store on the GPU, with the GPU path's targets",
+    )
     add_measure_flags(parser, "32")
     parser.add_argument("--amp", action="store_true", help="models: bfloat16 autocast")
-    parser.add_argument("--channels-last", action="store_true", help="models: channels-last memory format")
-    parser.add_argument("--compile", action="store_true", help="models: torch.compile each net first")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="models: channels-last memory format"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="models: torch.compile each net first"
+    )
     parser.add_argument("--csv", default=None, metavar="PATH", help="also write the rows as CSV")
     return parser
 
@@ -344,11 +466,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = get_args_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.suite:                      # the suite's own command, with every flag but --suite handed through
+    if args.suite:  # the suite's own command, with every flag but --suite handed through
         from reproduce import gpu_suite
 
-        return gpu_suite.main([w for k, w in enumerate(argv) if w not in ("--suite", "--suite=gpu")
-                               and not (w == "gpu" and k and argv[k - 1] == "--suite")])
+        return gpu_suite.main(
+            [
+                w
+                for k, w in enumerate(argv)
+                if w not in ("--suite", "--suite=gpu")
+                and not (w == "gpu" and k and argv[k - 1] == "--suite")
+            ]
+        )
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return exit_code(lambda: run(args))
@@ -365,13 +493,17 @@ def check(args: argparse.Namespace) -> None:
     try:
         torch.empty(0, device=args.device)
     except (RuntimeError, AssertionError) as err:
-        raise UsageError(f"--device {args.device} is not usable here ({str(err).splitlines()[0]})") from None
+        raise UsageError(
+            f"--device {args.device} is not usable here ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    kept = not args.system_malloc and keep_freed_memory()   # as train runs (cpu_memory.py); alike for every net
+    kept = (
+        not args.system_malloc and keep_freed_memory()
+    )  # as train runs (cpu_memory.py); alike for every net
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     check(args)
     threads = torch.get_num_threads()
@@ -381,11 +513,21 @@ def run(args: argparse.Namespace) -> int:
     if args.only in (None, "data"):
         rows += bench_data(args)
     table = pd.DataFrame(rows)
-    print(f"# torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, device {args.device}, "
-          f"batch {args.batch_size}" + (", bf16 autocast" if args.amp else "")
-          + (", channels-last" if args.channels_last else "") + (", compiled" if args.compile else "")
-          + (", freed memory kept (glibc)" if kept else ", freed memory returned to the system"))
-    print(table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}"))
+    print(
+        f"# torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, device {args.device}, "
+        f"batch {args.batch_size}"
+        + (", bf16 autocast" if args.amp else "")
+        + (", channels-last" if args.channels_last else "")
+        + (", compiled" if args.compile else "")
+        + (", freed memory kept (glibc)" if kept else ", freed memory returned to the system")
+    )
+    print(
+        table.to_string(
+            index=False,
+            na_rep="",
+            float_format=lambda v: f"{v:,.2f}" if abs(v) < 10 else f"{v:,.0f}",
+        )
+    )
     if args.csv:
         write_csv(rows, args.csv)
     return 0

@@ -31,13 +31,22 @@ from reproduce.args import UsageError, exit_code
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.convert", formatter_class=HelpFormatter,
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", metavar="SOURCE", help="bvlc_alexnet.caffemodel, or torchvision's alexnet-*.pth")
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.convert",
+        formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "source", metavar="SOURCE", help="bvlc_alexnet.caffemodel, or torchvision's alexnet-*.pth"
+    )
     parser.add_argument("--out", required=True, metavar="FILE.pt", help="the checkpoint to write")
-    parser.add_argument("--mean", default=None, metavar="BINARYPROTO",
-                        help="Caffe's imagenet_mean.binaryproto (default for a caffemodel: Caffe's per-channel "
-                             "BGR mean 104, 117, 123)")
+    parser.add_argument(
+        "--mean",
+        default=None,
+        metavar="BINARYPROTO",
+        help="Caffe's imagenet_mean.binaryproto (default for a caffemodel: Caffe's per-channel "
+        "BGR mean 104, 117, 123)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     return parser
 
@@ -53,8 +62,15 @@ def imagenet_classes() -> list:
 def _stats(mean_image: np.ndarray) -> dict:
     """The checkpoint's statistics: the mean image the weights expect, and ImageNet's published PCA (§4.1),
     for fine-tuning with lighting."""
-    return Checkpoint.stats_entry(DataStats(mean_image.astype(np.float32), IMAGENET_EIGVAL.copy(),
-                                            IMAGENET_EIGVEC.copy(), 0, "ImageNet (published)"))
+    return Checkpoint.stats_entry(
+        DataStats(
+            mean_image.astype(np.float32),
+            IMAGENET_EIGVAL.copy(),
+            IMAGENET_EIGVEC.copy(),
+            0,
+            "ImageNet (published)",
+        )
+    )
 
 
 def from_caffe(path: str, mean_path: Optional[str], say) -> Tuple[dict, str, dict, dict]:
@@ -63,16 +79,22 @@ def from_caffe(path: str, mean_path: Optional[str], say) -> Tuple[dict, str, dic
     with torch.device("meta"):
         expected = build_model("caffe").state_dict()
     state = caffe.to_state_dict(blobs, expected, path)
-    say(f"{path}: Caffe format {'V1 (layers)' if version == 1 else 'V2 (layer)'}, 8 learned layers; conv1 turned "
-        f"from BGR to RGB input")
+    say(
+        f"{path}: Caffe format {'V1 (layers)' if version == 1 else 'V2 (layer)'}, 8 learned layers; conv1 turned "
+        f"from BGR to RGB input"
+    )
     if mean_path:
         mean = caffe.read_mean(mean_path)
         say(f"mean image from {mean_path} (BGR, turned to RGB)")
     else:
         mean = caffe.bgr_mean_image()
-        say("no --mean: Caffe's per-channel mean B 104, G 117, R 123 (give --mean imagenet_mean.binaryproto "
-            "for the mean image BVLC trained with)")
-    augment = Augment(crop=227, mean="image", scale=1.0, resize="warp")   # raw 0-255 pixels, images warped
+        say(
+            "no --mean: Caffe's per-channel mean B 104, G 117, R 123 (give --mean imagenet_mean.binaryproto "
+            "for the mean image BVLC trained with)"
+        )
+    augment = Augment(
+        crop=227, mean="image", scale=1.0, resize="warp"
+    )  # raw 0-255 pixels, images warped
     return state, "caffe", dataclasses.asdict(augment), _stats(mean)
 
 
@@ -84,8 +106,12 @@ def from_torchvision(state: dict, path: str, say) -> Tuple[dict, str, dict, dict
         raise CheckpointError(f"{path}: {err}") from None
     say(f"{path}: torchvision's AlexNet state dict")
     augment = Augment(crop=model.config.input_size, mean="torchvision")
-    return model.state_dict(), "torchvision", dataclasses.asdict(augment), _stats(
-        np.broadcast_to((255 * IMAGENET_MEAN)[:, None, None], (3, 256, 256)))
+    return (
+        model.state_dict(),
+        "torchvision",
+        dataclasses.asdict(augment),
+        _stats(np.broadcast_to((255 * IMAGENET_MEAN)[:, None, None], (3, 256, 256))),
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -112,20 +138,36 @@ def run(args) -> int:
             state, variant, augment, stats = from_torchvision(loaded, args.source, say)
             source = "torchvision"
         elif loaded is not None:
-            raise CheckpointError(f"{args.source} is a PyTorch file but not torchvision's AlexNet state dict")
+            raise CheckpointError(
+                f"{args.source} is a PyTorch file but not torchvision's AlexNet state dict"
+            )
         else:
             state, variant, augment, stats = from_caffe(args.source, args.mean, say)
             source = "caffe"
             if digest != caffe.BVLC_SHA1:
-                say(f"note: sha1 is not BVLC's bvlc_alexnet.caffemodel ({caffe.BVLC_SHA1}); converted all the same")
+                say(
+                    f"note: sha1 is not BVLC's bvlc_alexnet.caffemodel ({caffe.BVLC_SHA1}); converted all the same"
+                )
     except caffe.CaffeError as err:
         raise CheckpointError(str(err)) from None
-    ckpt = Checkpoint(model=state, variant=variant, classes=imagenet_classes(), augment=augment, stats=stats,
-                      origin={"source": os.path.abspath(args.source), "sha1": digest, "format": source,
-                              "mean": os.path.abspath(args.mean) if args.mean else None})
+    ckpt = Checkpoint(
+        model=state,
+        variant=variant,
+        classes=imagenet_classes(),
+        augment=augment,
+        stats=stats,
+        origin={
+            "source": os.path.abspath(args.source),
+            "sha1": digest,
+            "format": source,
+            "mean": os.path.abspath(args.mean) if args.mean else None,
+        },
+    )
     checkpoint.save(args.out, ckpt)
-    say(f"wrote {args.out}: variant {variant}, 1000 ILSVRC-2012 classes; evaluate it with python -m "
-        f"reproduce.evaluate --checkpoint {args.out} --data imagenet:ROOT")
+    say(
+        f"wrote {args.out}: variant {variant}, 1000 ILSVRC-2012 classes; evaluate it with python -m "
+        f"reproduce.evaluate --checkpoint {args.out} --data imagenet:ROOT"
+    )
     return 0
 
 

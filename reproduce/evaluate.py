@@ -20,20 +20,35 @@ from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet import checkpoint
 from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
-from reproduce.args import (UsageError, add_data_flag, add_decode_flag, add_workers_flag, check_workers, exit_code,
-                            write_csv)
+from reproduce.args import (
+    UsageError,
+    add_data_flag,
+    add_decode_flag,
+    add_workers_flag,
+    check_workers,
+    exit_code,
+    write_csv,
+)
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.evaluate",
-                                     formatter_class=HelpFormatter,
-                                     description="Evaluate checkpoints: top-1/top-5 error on centre and ten crops.")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt")
-    parser.add_argument("--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each")
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.evaluate",
+        formatter_class=HelpFormatter,
+        description="Evaluate checkpoints: top-1/top-5 error on centre and ten crops.",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt"
+    )
+    parser.add_argument(
+        "--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each"
+    )
     add_data_flag(parser, from_checkpoint=True)
-    parser.add_argument("--split", default="val", help="which split: val, or test where the data set has one")
+    parser.add_argument(
+        "--split", default="val", help="which split: val, or test where the data set has one"
+    )
     parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
     add_workers_flag(parser)
@@ -48,26 +63,48 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
     ckpt = checkpoint.load(path)
     dataset = checkpoint_data(ckpt, path, args.data, cache)
     net = restore(path, args, dataset, ckpt)
-    if net.placement.note not in said:                     # once, when the first net is in place
+    if net.placement.note not in said:  # once, when the first net is in place
         said.add(net.placement.note)
         print(net.placement.note, file=sys.stderr)
     device = net.placement.first
     split = dataset.split(args.split)
-    row = {"checkpoint": path, "epoch": ckpt.epoch, "variant": ckpt.variant, "data": dataset.spec,
-           "split": args.split, "images": len(split)}
-    centre = evaluate(net.model, split, net.transform, device=device, batch_size=args.batch_size,
-                      workers=args.workers, decode=args.decode)
+    row = {
+        "checkpoint": path,
+        "epoch": ckpt.epoch,
+        "variant": ckpt.variant,
+        "data": dataset.spec,
+        "split": args.split,
+        "images": len(split),
+    }
+    centre = evaluate(
+        net.model,
+        split,
+        net.transform,
+        device=device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        decode=args.decode,
+    )
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
     if args.ten_crop:
-        ten = evaluate(net.model, split, net.transform, device=device, batch_size=args.batch_size, ten_crop=True,
-                       workers=args.workers, decode=args.decode, progress=True)
+        ten = evaluate(
+            net.model,
+            split,
+            net.transform,
+            device=device,
+            batch_size=args.batch_size,
+            ten_crop=True,
+            workers=args.workers,
+            decode=args.decode,
+            progress=True,
+        )
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
     return row
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    keep_freed_memory()                 # glibc: no page faults on conv1's 37 MB maps every batch (cpu_memory.py)
+    keep_freed_memory()  # glibc: no page faults on conv1's 37 MB maps every batch (cpu_memory.py)
     return exit_code(lambda: run(args))
 
 
@@ -77,7 +114,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
     check_workers(args.workers)
-    paths = [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
+    paths = (
+        [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
+    )
     if not paths:
         raise UsageError(f"no *.pt files in {args.all}")
     cache: dict = {}
@@ -86,11 +125,15 @@ def run(args) -> int:
     for path in paths:
         row = evaluate_checkpoint(path, args, cache, said)
         rows.append(row)
-        line = (f"{path} on {row['data']} {row['split']} ({plural(row['images'], 'image')}): "
-                f"top-1 {percent(row['top1_err'], 2)} top-5 {percent(row['top5_err'], 2)}")
+        line = (
+            f"{path} on {row['data']} {row['split']} ({plural(row['images'], 'image')}): "
+            f"top-1 {percent(row['top1_err'], 2)} top-5 {percent(row['top5_err'], 2)}"
+        )
         if args.ten_crop:
-            line += (f" | ten crops: top-1 {percent(row['ten_crop_top1_err'], 2)} "
-                     f"top-5 {percent(row['ten_crop_top5_err'], 2)}")
+            line += (
+                f" | ten crops: top-1 {percent(row['ten_crop_top1_err'], 2)} "
+                f"top-5 {percent(row['ten_crop_top5_err'], 2)}"
+            )
         print(line)
     if args.csv:
         write_csv(rows, args.csv)

@@ -44,7 +44,13 @@ class OnnxLocalResponseNorm(nn.Module):
 
     def __init__(self, norm: LocalResponseNorm):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k, self.groups = norm.size, norm.alpha, norm.beta, norm.k, norm.groups
+        self.size, self.alpha, self.beta, self.k, self.groups = (
+            norm.size,
+            norm.alpha,
+            norm.beta,
+            norm.k,
+            norm.groups,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = x.chunk(self.groups, dim=1) if self.groups > 1 else (x,)
@@ -72,11 +78,21 @@ def export(model: nn.Module, crop: int, path: str, opset: int = 17) -> None:
     """Write ``model`` (on the CPU, in eval mode) to ``path`` as ONNX with a dynamic batch size."""
     example = torch.zeros(1, 3, crop, crop)
     with onnx_norms(model.cpu().eval()) as net, fused_lrn.use_eager(), torch.no_grad():
-        torch.onnx.export(net, (example,), path, dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            net,
+            (example,),
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
 
 
-def check_with_onnxruntime(model: nn.Module, path: str, crop: int, seed: int = 0) -> Optional[float]:
+def check_with_onnxruntime(
+    model: nn.Module, path: str, crop: int, seed: int = 0
+) -> Optional[float]:
     """The largest difference between the ONNX graph's logits (onnxruntime) and the net's on random crops of
     raw-pixel scale; None when onnxruntime is not installed."""
     try:
@@ -92,9 +108,14 @@ def check_with_onnxruntime(model: nn.Module, path: str, crop: int, seed: int = 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.export", formatter_class=HelpFormatter,
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint of this package")
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.export",
+        formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a checkpoint of this package"
+    )
     parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the ONNX file to write")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     return parser
@@ -114,10 +135,16 @@ def run(args) -> int:
     crop = net.transform.augment.crop
     export(net.model, crop, args.out, args.opset)
     error = check_with_onnxruntime(net.model, args.out, crop)
-    check = ("onnxruntime not installed: not checked" if error is None
-             else f"onnxruntime's logits within {error:.1e} (relative to the largest) of the net's")
-    print(f"wrote {args.out}: {ckpt.variant}, input image {crop}x{crop} after the mean is subtracted, "
-          f"{len(net.classes)} logits; {check}", file=sys.stderr)
+    check = (
+        "onnxruntime not installed: not checked"
+        if error is None
+        else f"onnxruntime's logits within {error:.1e} (relative to the largest) of the net's"
+    )
+    print(
+        f"wrote {args.out}: {ckpt.variant}, input image {crop}x{crop} after the mean is subtracted, "
+        f"{len(net.classes)} logits; {check}",
+        file=sys.stderr,
+    )
     return 0
 
 

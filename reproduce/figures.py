@@ -50,11 +50,19 @@ def curves_figure(rows: list, title: str = ""):
     left.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
     left.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
     left.set(ylabel="cross-entropy loss", title="loss")
-    for key, label, style in (("train_top1_err", "train top-1", "o-"), ("val_top1_err", "val top-1", "s-"),
-                              ("val_top5_err", "val top-5", "^-")):
+    for key, label, style in (
+        ("train_top1_err", "train top-1", "o-"),
+        ("val_top1_err", "val top-1", "s-"),
+        ("val_top5_err", "val top-5", "^-"),
+    ):
         values = [r[key] for r in rows]
         if _present(values):
-            right.plot(epochs, [100 * v if v is not None else float("nan") for v in values], style, label=label)
+            right.plot(
+                epochs,
+                [100 * v if v is not None else float("nan") for v in values],
+                style,
+                label=label,
+            )
     right.set(ylabel="error (%)", title="error", ylim=(0, 100))
     for axis in (left, right):
         epoch_axis(axis, epochs)
@@ -76,11 +84,17 @@ def runs_figure(runs: dict):
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     every = []
-    for (label, rows), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
+    for (label, rows), colour in zip(
+        runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9
+    ):
         epochs = [r["epoch"] for r in rows]
         every += epochs
-        left.plot(epochs, [r["train_loss"] for r in rows], "x--", color=colour, label=f"{label}: train")
-        left.plot(epochs, [r["val_loss"] for r in rows], "o-", color=colour, label=f"{label}: validation")
+        left.plot(
+            epochs, [r["train_loss"] for r in rows], "x--", color=colour, label=f"{label}: train"
+        )
+        left.plot(
+            epochs, [r["val_loss"] for r in rows], "o-", color=colour, label=f"{label}: validation"
+        )
         right.plot(epochs, [100 * r["val_top1_err"] for r in rows], "o-", color=colour, label=label)
     left.set(ylabel="cross-entropy loss", title="loss")
     right.set(ylabel="validation top-1 error (%)", title="validation top-1 error", ylim=(0, 100))

@@ -33,39 +33,72 @@ from reproduce import bench
 from reproduce.args import UsageError, exit_code, write_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGETS = (   # the GPU path's: (what, how it is read from the rows, at least, at most)
-    ("paper net training img/s vs torchvision's, same run (bf16, channels-last)", "vs_torchvision", 0.95, None),
+TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at most)
+    (
+        "paper net training img/s vs torchvision's, same run (bf16, channels-last)",
+        "vs_torchvision",
+        0.95,
+        None,
+    ),
     ("two towers on one GPU vs the grouped net, training img/s", "towers_vs_grouped", 0.95, None),
-    ("reproduce.train from a JPEG store vs the bench's synthetic-input rate", "train_vs_bench", 0.90, None),
-    ("paper net training img/s on this GPU (goal on one H100/H200)", "paper_train_images_per_s", 10000.0, None),
+    (
+        "reproduce.train from a JPEG store vs the bench's synthetic-input rate",
+        "train_vs_bench",
+        0.90,
+        None,
+    ),
+    (
+        "paper net training img/s on this GPU (goal on one H100/H200)",
+        "paper_train_images_per_s",
+        10000.0,
+        None,
+    ),
     ("minutes the whole suite took, on one GPU", "minutes", None, 8.0),
 )
 
 
-COMPILED = ("paper", "torchvision")    # the nets timed under torch.compile: does compiling pay, and is the ratio kept?
-BUDGET_MIN = 8.0                       # the whole suite within 8 minutes on one GPU
+COMPILED = (
+    "paper",
+    "torchvision",
+)  # the nets timed under torch.compile: does compiling pay, and is the ratio kept?
+BUDGET_MIN = 8.0  # the whole suite within 8 minutes on one GPU
 
 
 def suite_device() -> str:
     """The device the suite runs on; a UsageError (one line, exit 2) where there is no GPU."""
     device = os.environ.get("PAPER_ALEXNET_TEST_DEVICE", "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("the GPU suite needs a CUDA GPU, and none is visible here (torch.cuda.is_available() is "
-                         "False); on a CPU: python -m reproduce.bench")
+        raise UsageError(
+            "the GPU suite needs a CUDA GPU, and none is visible here (torch.cuda.is_available() is "
+            "False); on a CPU: python -m reproduce.bench"
+        )
     return device
 
 
 def _tests(device: str, out: str, select: str) -> dict:
     env = dict(os.environ, PAPER_ALEXNET_TEST_DEVICE=device)
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-               os.path.join(ROOT, "tests", "test_cuda.py")] + (["-k", select] if select else [])
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        os.path.join(ROOT, "tests", "test_cuda.py"),
+    ] + (["-k", select] if select else [])
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     with atomic_write(os.path.join(out, "cuda-tests.txt")) as handle:
         handle.write(done.stdout + done.stderr)
     lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
-    return {"section": "tests", "what": lines[-1].strip("= ") if lines else "no output", "exit_code": done.returncode,
-            "seconds": time.perf_counter() - start}
+    return {
+        "section": "tests",
+        "what": lines[-1].strip("= ") if lines else "no output",
+        "exit_code": done.returncode,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _train_from_store(args: argparse.Namespace, device: str, tmp: str) -> dict:
@@ -74,43 +107,94 @@ def _train_from_store(args: argparse.Namespace, device: str, tmp: str) -> dict:
     store, run = os.path.join(tmp, "store"), os.path.join(tmp, "run")
     env = dict(os.environ, PAPER_ALEXNET_CACHE=os.path.join(tmp, "cache"))
     spec = f"synthetic?classes=10&train={images}&val={args.batch_size}"
-    for command in (["reproduce.prepare", "--data", spec, "--out", store, "--format", "jpeg", "--quiet",
-                     "--workers", str(args.workers)],
-                    ["reproduce.train", "--data", f"store:{store}", "--epochs", "1", "-b", str(args.batch_size),
-                     "--device", device, "--workers", str(args.workers), "--quiet", "--out", run,
-                     "--on-stall", "warn"] + (["--amp", "--channels-last"] if device.startswith("cuda") else [])):
-        done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=env, capture_output=True, text=True)
+    for command in (
+        [
+            "reproduce.prepare",
+            "--data",
+            spec,
+            "--out",
+            store,
+            "--format",
+            "jpeg",
+            "--quiet",
+            "--workers",
+            str(args.workers),
+        ],
+        [
+            "reproduce.train",
+            "--data",
+            f"store:{store}",
+            "--epochs",
+            "1",
+            "-b",
+            str(args.batch_size),
+            "--device",
+            device,
+            "--workers",
+            str(args.workers),
+            "--quiet",
+            "--out",
+            run,
+            "--on-stall",
+            "warn",
+        ]
+        + (["--amp", "--channels-last"] if device.startswith("cuda") else []),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", *command], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         if done.returncode:
-            return {"section": "train", "what": f"{command[0]} failed ({done.returncode}): "
-                                                f"{done.stderr.strip().splitlines()[-1:]}"}
+            return {
+                "section": "train",
+                "what": f"{command[0]} failed ({done.returncode}): "
+                f"{done.stderr.strip().splitlines()[-1:]}",
+            }
     with open(os.path.join(run, "metrics.csv"), newline="") as handle:
         row = next(csv.DictReader(handle))
-    return {"section": "train", "what": f"reproduce.train from a JPEG store, 1 epoch of {images} images, "
-                                        f"{args.workers} workers",
-            "train_images_per_s": float(row["images_per_s"]), "data_wait_s": float(row["data_wait_s"]),
-            "seconds": float(row["seconds"])}
+    return {
+        "section": "train",
+        "what": f"reproduce.train from a JPEG store, 1 epoch of {images} images, "
+        f"{args.workers} workers",
+        "train_images_per_s": float(row["images_per_s"]),
+        "data_wait_s": float(row["data_wait_s"]),
+        "seconds": float(row["seconds"]),
+    }
 
 
 def _targets(rows: List[dict], minutes: float) -> List[dict]:
     models = {(r["what"], r.get("compiled")): r for r in rows if r.get("section") == "models"}
     paper, towers = models.get(("paper", False), {}), models.get(("paper two-tower", False), {})
     train = next((r for r in rows if r.get("section") == "train" and "train_images_per_s" in r), {})
-    value = {"vs_torchvision": paper.get("vs_torchvision"),
-             "towers_vs_grouped": (towers["train_images_per_s"] / paper["train_images_per_s"]
-                                   if towers and paper else None),
-             "train_vs_bench": (train["train_images_per_s"] / paper["train_images_per_s"]
-                                if train and paper else None),
-             "paper_train_images_per_s": max((r["train_images_per_s"] for (what, _), r in models.items()
-                                              if what == "paper"), default=None),
-             "minutes": minutes}
+    value = {
+        "vs_torchvision": paper.get("vs_torchvision"),
+        "towers_vs_grouped": (
+            towers["train_images_per_s"] / paper["train_images_per_s"] if towers and paper else None
+        ),
+        "train_vs_bench": (
+            train["train_images_per_s"] / paper["train_images_per_s"] if train and paper else None
+        ),
+        "paper_train_images_per_s": max(
+            (r["train_images_per_s"] for (what, _), r in models.items() if what == "paper"),
+            default=None,
+        ),
+        "minutes": minutes,
+    }
 
     def met(measured, low, high):
         if measured is None:
             return None
         return (low is None or measured >= low) and (high is None or measured <= high)
 
-    return [{"target": what, "measured": value[key], "at_least": low, "at_most": high,
-             "met": met(value[key], low, high)} for what, key, low, high in TARGETS]
+    return [
+        {
+            "target": what,
+            "measured": value[key],
+            "at_least": low,
+            "at_most": high,
+            "met": met(value[key], low, high),
+        }
+        for what, key, low, high in TARGETS
+    ]
 
 
 def _markdown(rows: List[dict], columns: List[str]) -> List[str]:
@@ -125,13 +209,26 @@ def _markdown(rows: List[dict], columns: List[str]) -> List[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.gpu_suite", formatter_class=HelpFormatter,
-                                     description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.gpu_suite",
+        formatter_class=HelpFormatter,
+        description=__doc__.split("\n\n")[1],
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="the report's folder (required)")
-    parser.add_argument("--budget-min", type=float, default=BUDGET_MIN, metavar="MIN",
-                        help="minutes after which no further section starts (it is listed as not run)")
-    parser.add_argument("--tests", "--suite-tests", default="", metavar="EXPR",
-                        help="only the CUDA tests pytest -k EXPR selects (default: all)")
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=BUDGET_MIN,
+        metavar="MIN",
+        help="minutes after which no further section starts (it is listed as not run)",
+    )
+    parser.add_argument(
+        "--tests",
+        "--suite-tests",
+        default="",
+        metavar="EXPR",
+        help="only the CUDA tests pytest -k EXPR selects (default: all)",
+    )
     bench.add_measure_flags(parser, "128, §5's")
     return parser
 
@@ -149,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     args.batch_size = 128 if args.batch_size is None else args.batch_size
     bench.check(args)
     if not args.system_malloc:
-        keep_freed_memory()             # as train runs (cpu_memory.py)
+        keep_freed_memory()  # as train runs (cpu_memory.py)
     return run_suite(args)
 
 
@@ -165,8 +262,15 @@ def run_suite(args: argparse.Namespace) -> int:
     cuda = device.startswith("cuda")
 
     def models(compiled: bool, only=None):
-        settings = argparse.Namespace(**{**vars(args), "device": device, "amp": cuda, "channels_last": True,
-                                         "compile": compiled})
+        settings = argparse.Namespace(
+            **{
+                **vars(args),
+                "device": device,
+                "amp": cuda,
+                "channels_last": True,
+                "compile": compiled,
+            }
+        )
         return [dict(r, compiled=compiled) for r in bench.bench_models(settings, only=only)]
 
     def train():
@@ -175,35 +279,59 @@ def run_suite(args: argparse.Namespace) -> int:
 
     # the targets' figures first; what costs most and decides least (compiling) last, and skipped with a row
     # that says so once the budget is spent, so that the command ends in about its minutes
-    sections = [("models, eager", lambda: models(False)), ("train from a store", train),
-                ("data", lambda: bench.bench_data(argparse.Namespace(**{**vars(args), "device": device})))]
-    if cuda:                                                    # a CPU dry run: eager only
+    sections = [
+        ("models, eager", lambda: models(False)),
+        ("train from a store", train),
+        ("data", lambda: bench.bench_data(argparse.Namespace(**{**vars(args), "device": device}))),
+    ]
+    if cuda:  # a CPU dry run: eager only
         sections.append(("models, compiled", lambda: models(True, only=COMPILED)))
     for name, section in sections:
         spent = (time.perf_counter() - start) / 60
         if spent >= args.budget_min:
-            rows.append({"section": "skipped", "what": f"{name}: not run, the suite's {args.budget_min:g} minutes "
-                                                       f"were spent ({spent:.1f}); --budget-min raises it"})
+            rows.append(
+                {
+                    "section": "skipped",
+                    "what": f"{name}: not run, the suite's {args.budget_min:g} minutes "
+                    f"were spent ({spent:.1f}); --budget-min raises it",
+                }
+            )
             print(f"skipped {rows[-1]['what']}", file=sys.stderr)
             continue
         rows += section()
     minutes = (time.perf_counter() - start) / 60
     targets = _targets(rows, minutes)
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU"
-    lines = [f"# The GPU path on {name}", "",
-             f"`python -m reproduce.gpu_suite --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
-             f"{paper_alexnet.__version__}, torch {torch.__version__}, CUDA {torch.version.cuda}, batch "
-             f"{args.batch_size}, {args.repeats} repetitions.", "",
-             "## Tests (cuda marker)", "", f"{rows[0]['what']} (exit code {rows[0]['exit_code']}; "
-                                            f"cuda-tests.txt has the output)", "",
-             "## Targets", ""] + _markdown(targets, ["target", "measured", "at_least", "at_most", "met"])
+    lines = [
+        f"# The GPU path on {name}",
+        "",
+        f"`python -m reproduce.gpu_suite --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
+        f"{paper_alexnet.__version__}, torch {torch.__version__}, CUDA {torch.version.cuda}, batch "
+        f"{args.batch_size}, {args.repeats} repetitions.",
+        "",
+        "## Tests (cuda marker)",
+        "",
+        f"{rows[0]['what']} (exit code {rows[0]['exit_code']}; cuda-tests.txt has the output)",
+        "",
+        "## Targets",
+        "",
+    ] + _markdown(targets, ["target", "measured", "at_least", "at_most", "met"])
     lines += ["", "## Models (bf16 autocast, channels-last)", ""] + _markdown(
         [r for r in rows if r.get("section") == "models"],
-        ["what", "compiled", "train_images_per_s", "infer_images_per_s", "utilisation", "vs_torchvision",
-         "train_memory_mb"])
+        [
+            "what",
+            "compiled",
+            "train_images_per_s",
+            "infer_images_per_s",
+            "utilisation",
+            "vs_torchvision",
+            "train_memory_mb",
+        ],
+    )
     lines += ["", "## Data and training from a store", ""] + _markdown(
         [r for r in rows if r.get("section") in ("data", "train")],
-        ["what", "images_per_s", "ratio", "train_images_per_s", "data_wait_s"])
+        ["what", "images_per_s", "ratio", "train_images_per_s", "data_wait_s"],
+    )
     skipped = [r["what"] for r in rows if r.get("section") == "skipped"]
     if skipped:
         lines += ["", "## Not run", ""] + [f"- {what}" for what in skipped]
@@ -213,8 +341,10 @@ def run_suite(args: argparse.Namespace) -> int:
     with atomic_write(os.path.join(args.out, "targets.json")) as handle:
         json.dump(targets, handle, indent=1)
     print("\n".join(lines))
-    print(f"wrote {args.out}/report.md, report.csv, targets.json, cuda-tests.txt ({minutes:.1f} minutes)",
-          file=sys.stderr)
+    print(
+        f"wrote {args.out}/report.md, report.csv, targets.json, cuda-tests.txt ({minutes:.1f} minutes)",
+        file=sys.stderr,
+    )
     return 0 if rows[0]["exit_code"] == 0 else 1
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 
 
 class Interval(NamedTuple):
-    value: float     # the estimate: a mean, a difference of means, a ratio
+    value: float  # the estimate: a mean, a difference of means, a ratio
     low: float
     high: float
 
@@ -36,8 +36,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     result = d
     for m in range(1, 300):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -54,7 +56,9 @@ def incomplete_beta(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1:
         return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1) / (a + b + 2):
         return front * _beta_fraction(a, b, x) / a
     return 1.0 - front * _beta_fraction(b, a, 1 - x) / b
@@ -105,16 +109,18 @@ def difference_interval(a: Sequence[float], b: Sequence[float], level: float = 0
     if na < 2 or nb < 2:
         return Interval(ma - mb, math.nan, math.nan)
     sa, sb = va / na, vb / nb
-    if sa + sb == 0:                     # every seed gave the same value in both: no spread to speak of
+    if sa + sb == 0:  # every seed gave the same value in both: no spread to speak of
         return Interval(ma - mb, ma - mb, ma - mb)
-    df = (sa + sb) ** 2 / (sa ** 2 / (na - 1) + sb ** 2 / (nb - 1))
+    df = (sa + sb) ** 2 / (sa**2 / (na - 1) + sb**2 / (nb - 1))
     half = t_quantile(0.5 + level / 2, df) * math.sqrt(sa + sb)
     return Interval(ma - mb, ma - mb - half, ma - mb + half)
 
 
 def ratio_interval(top: Sequence[float], bottom: Sequence[float], level: float = 0.95) -> Interval:
     """The geometric mean of top[i] / bottom[i] over paired seeds, with the t interval of the log-ratios."""
-    logs = [math.log(t / b) for t, b in zip(top, bottom) if t > 0 and b > 0 and not math.isnan(t / b)]
+    logs = [
+        math.log(t / b) for t, b in zip(top, bottom) if t > 0 and b > 0 and not math.isnan(t / b)
+    ]
     if not logs:
         return NAN
     mean = mean_interval(logs, level)

@@ -12,10 +12,10 @@ from typing import Tuple
 
 @dataclasses.dataclass(frozen=True)
 class Label:
-    text: str                       # as written in the grid or in --variants
-    net: str                        # paper, torchvision, figure1, resnet18, ...
-    switches: Tuple[str, ...]       # after '+', in order
-    settings: Tuple[str, ...]       # after '@', as written (name=value)
+    text: str  # as written in the grid or in --variants
+    net: str  # paper, torchvision, figure1, resnet18, ...
+    switches: Tuple[str, ...]  # after '+', in order
+    settings: Tuple[str, ...]  # after '@', as written (name=value)
 
     @classmethod
     def parse(cls, text: str) -> "Label":

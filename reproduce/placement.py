@@ -19,8 +19,8 @@ from reproduce.args import UsageError, add_device_flag
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    devices: Tuple[torch.device, ...]     # one device, or one per tower
-    note: str                             # the one line that announces it
+    devices: Tuple[torch.device, ...]  # one device, or one per tower
+    note: str  # the one line that announces it
 
     @property
     def two_tower(self) -> bool:
@@ -35,12 +35,19 @@ class Placement:
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("devices (§3.2)")
     add_device_flag(group)
-    group.add_argument("--two-gpu", action="store_true",
-                       help="the two towers of §3.2 on two devices: cuda:0 and cuda:1 with 2+ GPUs (under "
-                            "torchrun: the pair of the local rank), both on the one GPU with 1, both on the CPU "
-                            "with none")
-    group.add_argument("--devices", default=None, metavar="A,B",
-                       help="the two towers on these devices, e.g. cuda:0,cuda:1 or cpu,cpu (implies --two-gpu)")
+    group.add_argument(
+        "--two-gpu",
+        action="store_true",
+        help="the two towers of §3.2 on two devices: cuda:0 and cuda:1 with 2+ GPUs (under "
+        "torchrun: the pair of the local rank), both on the one GPU with 1, both on the CPU "
+        "with none",
+    )
+    group.add_argument(
+        "--devices",
+        default=None,
+        metavar="A,B",
+        help="the two towers on these devices, e.g. cuda:0,cuda:1 or cpu,cpu (implies --two-gpu)",
+    )
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -55,33 +62,48 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device("cuda", local_rank)
     if device.type not in ("cpu", "cuda", "mps", "xpu"):
         raise UsageError(f"device {name!r}: only cpu and cuda devices are supported here")
-    if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
-        raise UsageError(f"device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or device.index >= torch.cuda.device_count()
+    ):
+        raise UsageError(
+            f"device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)"
+        )
     return device
 
 
-def place(args: argparse.Namespace, config: Optional[Network] = None, local_rank: int = 0) -> Placement:
+def place(
+    args: argparse.Namespace, config: Optional[Network] = None, local_rank: int = 0
+) -> Placement:
     """The placement the flags ask for, checked: unknown or absent devices are a UsageError."""
     if args.devices is None and not args.two_gpu:
         device = pick_device(args.device, local_rank)
         return Placement((device,), f"device: {device}")
     if config is not None and not splits_in_two(config):
-        raise UsageError(f"--two-gpu needs a net split in two towers as §3.2 (paper and its switches), "
-                         f"not {config.name!r}")
+        raise UsageError(
+            f"--two-gpu needs a net split in two towers as §3.2 (paper and its switches), "
+            f"not {config.name!r}"
+        )
     if args.devices is not None:
         names = [n.strip() for n in args.devices.split(",")]
         if len(names) != 2 or not all(names):
-            raise UsageError(f"--devices takes two devices, one per tower, e.g. cuda:0,cuda:1 (got {args.devices!r})")
+            raise UsageError(
+                f"--devices takes two devices, one per tower, e.g. cuda:0,cuda:1 (got {args.devices!r})"
+            )
         devices = tuple(pick_device(n, local_rank) for n in names)
         return Placement(devices, f"two towers (§3.2) on {devices[0]} and {devices[1]} (--devices)")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus >= 2 * (local_rank + 1):
         devices = (torch.device("cuda", 2 * local_rank), torch.device("cuda", 2 * local_rank + 1))
-        return Placement(devices, f"two towers (§3.2) on {devices[0]} and {devices[1]}: {gpus} GPUs")
+        return Placement(
+            devices, f"two towers (§3.2) on {devices[0]} and {devices[1]}: {gpus} GPUs"
+        )
     if gpus >= 1:
         device = torch.device("cuda", local_rank % gpus)
-        return Placement((device, device), f"two towers (§3.2) both on {device}: not two GPUs for this process "
-                                           f"({gpus} visible); activations still cross only where §3.2 says")
+        return Placement(
+            (device, device),
+            f"two towers (§3.2) both on {device}: not two GPUs for this process "
+            f"({gpus} visible); activations still cross only where §3.2 says",
+        )
     cpu = torch.device("cpu")
     return Placement((cpu, cpu), "two towers (§3.2) both on the CPU: no GPU here")
 

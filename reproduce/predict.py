@@ -28,20 +28,30 @@ from reproduce.restore import restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.predict",
-                                     formatter_class=HelpFormatter,
-                                     description="Top-k classes with probabilities for image files (§4.1 test "
-                                                 "crops), from a checkpoint of reproduce.train.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.predict",
+        formatter_class=HelpFormatter,
+        description="Top-k classes with probabilities for image files (§4.1 test "
+        "crops), from a checkpoint of reproduce.train.",
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint.pt / best.pt")
-    parser.add_argument("--ten-crop", action="store_true", help="average the softmax of the ten crops (§4.1)")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a checkpoint.pt / best.pt"
+    )
+    parser.add_argument(
+        "--ten-crop", action="store_true", help="average the softmax of the ten crops (§4.1)"
+    )
     parser.add_argument("--top", type=int, default=5, help="how many classes to show per image")
-    parser.add_argument("--csv", default=None, metavar="PATH", help="also write image, rank, class, probability")
+    parser.add_argument(
+        "--csv", default=None, metavar="PATH", help="also write image, rank, class, probability"
+    )
     add_device_arguments(parser)
     return parser
 
 
-def predict(model: torch.nn.Module, transform: PaperTransform, images: torch.Tensor, ten_crop: bool) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module, transform: PaperTransform, images: torch.Tensor, ten_crop: bool
+) -> torch.Tensor:
     """Class probabilities (N x classes) of uint8 N x 3 x 256 x 256 images: the centre crop's softmax, or the
     mean of the ten crops' (§4.1)."""
     with torch.no_grad():
@@ -59,9 +69,11 @@ def run(args) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
     ckpt = checkpoint.load(args.checkpoint)
-    resize = ckpt.augment.get("resize", "shorter")      # §2's cut, or Caffe's warp for converted BVLC weights
+    resize = ckpt.augment.get(
+        "resize", "shorter"
+    )  # §2's cut, or Caffe's warp for converted BVLC weights
     arrays, paths = [], []
-    for path in args.images:                   # every file is read before the net is built
+    for path in args.images:  # every file is read before the net is built
         try:
             arrays.append(load_rgb(path, resize=resize))
             paths.append(path)
@@ -73,9 +85,13 @@ def run(args) -> int:
         raise UsageError(f"none of the {len(args.images)} files is a readable image")
     net = restore(args.checkpoint, args, ckpt=ckpt)
     model, transform, classes = net.model, net.transform, net.classes
-    chunks = [torch.from_numpy(np.stack(arrays[i:i + 32])).permute(0, 3, 1, 2).contiguous()
-              for i in range(0, len(arrays), 32)]
-    probs = torch.cat([predict(model, transform, chunk, args.ten_crop).float().cpu() for chunk in chunks])
+    chunks = [
+        torch.from_numpy(np.stack(arrays[i : i + 32])).permute(0, 3, 1, 2).contiguous()
+        for i in range(0, len(arrays), 32)
+    ]
+    probs = torch.cat(
+        [predict(model, transform, chunk, args.ten_crop).float().cpu() for chunk in chunks]
+    )
     top = min(args.top, len(classes))
     rows = []
     for path, p in zip(paths, probs):
@@ -83,7 +99,9 @@ def run(args) -> int:
         print(f"{path} ({'ten crops' if args.ten_crop else 'centre crop'}):")
         for rank, (value, index) in enumerate(zip(values.tolist(), indices.tolist()), 1):
             print(f"  {rank}. {classes[index]:<24} {100 * value:6.2f}%")
-            rows.append({"image": path, "rank": rank, "class": classes[index], "probability": value})
+            rows.append(
+                {"image": path, "rank": rank, "class": classes[index], "probability": value}
+            )
     if args.csv:
         write_csv(rows, args.csv)
     return 0

@@ -25,23 +25,37 @@ from paper_alexnet.data.sources import KINDS, DataError, parse_spec
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    init: str           # ArchConfig.init for AlexNets: "paper" (§5: N(0, 0.01), biases 1) or "he"
-    unit_std: bool      # scale the mean-subtracted pixels to unit std (the paper feeds raw 0-255 values, §2)
-    optimizer: str      # "sgd" is the paper's exact rule (optim.PaperSGD)
-    lr: float           # learning rate at the start (§5: 0.01 for SGD)
-    schedule: str       # optim.build_schedule's name: "plateau" is §5's rule
+    init: str  # ArchConfig.init for AlexNets: "paper" (§5: N(0, 0.01), biases 1) or "he"
+    unit_std: (
+        bool  # scale the mean-subtracted pixels to unit std (the paper feeds raw 0-255 values, §2)
+    )
+    optimizer: str  # "sgd" is the paper's exact rule (optim.PaperSGD)
+    lr: float  # learning rate at the start (§5: 0.01 for SGD)
+    schedule: str  # optim.build_schedule's name: "plateau" is §5's rule
     why: str
 
 
 RECIPES: Dict[str, Recipe] = {
-    "paper": Recipe("paper", False, "sgd", paper.LEARNING_RATE, "plateau",
-                    "§5's init, input, rule and schedule: N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7, raw "
-                    "pixels, SGD 0.01 with --wd inside the velocity, ÷10 when val error stops improving (batch and "
-                    "epochs: the data kind's, below; §5's 128 and 90 on ImageNet)"),
-    "quick": Recipe("he", True, "adam", 1e-4, "cosine",
-                    "what learns on small real data sets (measured in docs/training.md): §5's stall at "
-                    "ln(classes) never starts; --wd (0.0005) goes to Adam as an L2 term added to the gradient; "
-                    "the rate falls along a cosine over the epochs, never cut on a small validation set's noise"),
+    "paper": Recipe(
+        "paper",
+        False,
+        "sgd",
+        paper.LEARNING_RATE,
+        "plateau",
+        "§5's init, input, rule and schedule: N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7, raw "
+        "pixels, SGD 0.01 with --wd inside the velocity, ÷10 when val error stops improving (batch and "
+        "epochs: the data kind's, below; §5's 128 and 90 on ImageNet)",
+    ),
+    "quick": Recipe(
+        "he",
+        True,
+        "adam",
+        1e-4,
+        "cosine",
+        "what learns on small real data sets (measured in docs/training.md): §5's stall at "
+        "ln(classes) never starts; --wd (0.0005) goes to Adam as an L2 term added to the gradient; "
+        "the rate falls along a cosine over the epochs, never cut on a small validation set's noise",
+    ),
 }
 # The learning rate an optimiser starts from when --optimizer is given without --lr.
 OPTIMIZER_LR: Dict[str, float] = {"sgd": paper.LEARNING_RATE, "adam": 1e-4, "adamw": 1e-4}
@@ -56,25 +70,37 @@ SMALL_EPOCHS, SMALL_BATCH = 12, 32
 class DataDefaults:
     epochs: int
     batch_size: int
-    recipe: str         # what --recipe auto picks
-    on_stall: str       # what a run at chance does (watch.py): "stop" (exit 4) or "warn" and go on
+    recipe: str  # what --recipe auto picks
+    on_stall: str  # what a run at chance does (watch.py): "stop" (exit 4) or "warn" and go on
     why: str
-    schedule: Optional[str] = None      # instead of the recipe's (optim.build_schedule's name)
+    schedule: Optional[str] = None  # instead of the recipe's (optim.build_schedule's name)
 
 
 DATA_DEFAULTS: Dict[str, DataDefaults] = {
     # §5 on its own data; its stall there can lift after many of ImageNet's 10,000 steps an epoch
-    "imagenet": DataDefaults(paper.EPOCHS, paper.BATCH_SIZE, "paper", "warn", "§5: about 90 epochs of batch 128"),
+    "imagenet": DataDefaults(
+        paper.EPOCHS, paper.BATCH_SIZE, "paper", "warn", "§5: about 90 epochs of batch 128"
+    ),
     # 4 epochs end far from converged: a cosine would spend the last ones at a fraction of the rate (measured:
     # 28.5% against 21.0% val top-1 error, docs/training.md); the plateau rule does not cut while the error falls
-    "synthetic": DataDefaults(4, 16, "quick", "stop", "the default run: under 2 minutes on 2 CPU cores",
-                              schedule="plateau"),
+    "synthetic": DataDefaults(
+        4,
+        16,
+        "quick",
+        "stop",
+        "the default run: under 2 minutes on 2 CPU cores",
+        schedule="plateau",
+    ),
     # a small real data set (a user's folder, CIFAR, Caltech-101, or a store of one): what measured best
-    **{kind: DataDefaults(SMALL_EPOCHS, SMALL_BATCH, "quick", "stop", "a smaller real data set")
-       for kind in KINDS if kind not in ("imagenet", "synthetic", "store")},
+    **{
+        kind: DataDefaults(SMALL_EPOCHS, SMALL_BATCH, "quick", "stop", "a smaller real data set")
+        for kind in KINDS
+        if kind not in ("imagenet", "synthetic", "store")
+    },
     # a store takes the row of the data it was made from (data_kind); this row is for one that cannot be read
-    "store": DataDefaults(SMALL_EPOCHS, SMALL_BATCH, "quick", "stop", "a store: the row of the data it was made "
-                                                                   "from"),
+    "store": DataDefaults(
+        SMALL_EPOCHS, SMALL_BATCH, "quick", "stop", "a store: the row of the data it was made from"
+    ),
 }
 
 
@@ -88,20 +114,27 @@ def data_kind(spec: str) -> str:
         with open(os.path.join(parsed.root, "store.json"), encoding="utf-8") as handle:
             return parse_spec(json.load(handle)["spec"]).kind
     except (OSError, ValueError, KeyError, TypeError, DataError):
-        return "store"                  # not a store yet: opening it says why
+        return "store"  # not a store yet: opening it says why
 
 
 def describe() -> str:
     """Both tables as text, for --help."""
     lines = ["recipes (--recipe):"]
     for name, r in RECIPES.items():
-        lines.append(f"  {name:<6} init {r.init}, {'pixels scaled to unit std' if r.unit_std else 'raw pixels'}, "
-                     f"{r.optimizer} lr {r.lr:g}, {r.schedule} schedule")
+        lines.append(
+            f"  {name:<6} init {r.init}, {'pixels scaled to unit std' if r.unit_std else 'raw pixels'}, "
+            f"{r.optimizer} lr {r.lr:g}, {r.schedule} schedule"
+        )
         lines.append(f"         {r.why}")
     lines.append("defaults per data kind (--data):")
     lines.append(f"  {'kind':<11} {'epochs':>6} {'batch':>6}  {'recipe':<6}  {'on stall':<8}")
     for kind, d in DATA_DEFAULTS.items():
-        lines.append(f"  {kind:<11} {d.epochs:>6} {d.batch_size:>6}  {d.recipe:<6}  {d.on_stall:<8}  ({d.why}"
-                     + (f"; {d.schedule} schedule" if d.schedule else "") + ")")
-    lines.append("A flag given on the command line wins; the chosen values are in the run's config.json.")
+        lines.append(
+            f"  {kind:<11} {d.epochs:>6} {d.batch_size:>6}  {d.recipe:<6}  {d.on_stall:<8}  ({d.why}"
+            + (f"; {d.schedule} schedule" if d.schedule else "")
+            + ")"
+        )
+    lines.append(
+        "A flag given on the command line wins; the chosen values are in the run's config.json."
+    )
     return "\n".join(lines)

@@ -30,13 +30,15 @@ from reproduce.placement import Placement, build_placed, place
 @dataclasses.dataclass
 class Restored:
     checkpoint: Checkpoint
-    model: torch.nn.Module          # in eval mode, on placement's devices
-    transform: PaperTransform       # the test-time crops of §4.1 with the net's own mean image and scale
+    model: torch.nn.Module  # in eval mode, on placement's devices
+    transform: PaperTransform  # the test-time crops of §4.1 with the net's own mean image and scale
     placement: Placement
-    classes: List[str]              # fc8's outputs, in order
+    classes: List[str]  # fc8's outputs, in order
 
 
-def checkpoint_data(ckpt: Checkpoint, path: str, spec: Optional[str], cache: Optional[dict] = None) -> DataSet:
+def checkpoint_data(
+    ckpt: Checkpoint, path: str, spec: Optional[str], cache: Optional[dict] = None
+) -> DataSet:
     """The data set ``spec`` names, else the one the checkpoint was trained on (opened once per ``cache``)."""
     spec = spec or ckpt.data
     if not spec:
@@ -50,16 +52,26 @@ def checkpoint_data(ckpt: Checkpoint, path: str, spec: Optional[str], cache: Opt
 def classes_for(ckpt: Checkpoint, path: str, dataset: Optional[DataSet] = None) -> List[str]:
     """The module docstring's one rule for classes."""
     if ckpt.classes:
-        if (dataset is not None and ckpt.origin and len(ckpt.classes) == len(dataset.classes)
-                and all(re.fullmatch(r"n\d{8}", str(c)) for c in dataset.classes)):
-            return list(ckpt.classes)      # converted ImageNet weights: names in the sorted-wnid order of the folders
+        if (
+            dataset is not None
+            and ckpt.origin
+            and len(ckpt.classes) == len(dataset.classes)
+            and all(re.fullmatch(r"n\d{8}", str(c)) for c in dataset.classes)
+        ):
+            return list(
+                ckpt.classes
+            )  # converted ImageNet weights: names in the sorted-wnid order of the folders
         if dataset is not None and list(ckpt.classes) != list(dataset.classes):
-            raise UsageError(f"{path} was trained on {len(ckpt.classes)} classes ({', '.join(ckpt.classes[:3])}, "
-                             f"...) that are not the {len(dataset.classes)} of {dataset.spec} "
-                             f"({', '.join(dataset.classes[:3])}, ...) in the same order")
+            raise UsageError(
+                f"{path} was trained on {len(ckpt.classes)} classes ({', '.join(ckpt.classes[:3])}, "
+                f"...) that are not the {len(dataset.classes)} of {dataset.spec} "
+                f"({', '.join(dataset.classes[:3])}, ...) in the same order"
+            )
         return list(ckpt.classes)
     if dataset is None:
-        raise UsageError(f"{path} does not list its classes (an old checkpoint): give the data it was trained on")
+        raise UsageError(
+            f"{path} does not list its classes (an old checkpoint): give the data it was trained on"
+        )
     return list(dataset.classes)
 
 
@@ -71,30 +83,43 @@ def stats_for(ckpt: Checkpoint, dataset: Optional[DataSet] = None) -> DataStats:
         return saved
     if dataset is None:
         if not ckpt.data:
-            raise UsageError("the checkpoint holds no data statistics and names no data: give --data SPEC")
+            raise UsageError(
+                "the checkpoint holds no data statistics and names no data: give --data SPEC"
+            )
         dataset = open_dataset(ckpt.data)
     return dataset.stats()
 
 
-def restore(path: str, args: argparse.Namespace, dataset: Optional[DataSet] = None,
-            ckpt: Optional[Checkpoint] = None) -> Restored:
+def restore(
+    path: str,
+    args: argparse.Namespace,
+    dataset: Optional[DataSet] = None,
+    ckpt: Optional[Checkpoint] = None,
+) -> Restored:
     """The net in ``path`` (or the already loaded ``ckpt``) for inference, placed as ``args`` (--device,
     --two-gpu, --devices) say."""
     ckpt = ckpt if ckpt is not None else checkpoint.load(path)
     classes = classes_for(ckpt, path, dataset)
     placement = place(args, get_network(ckpt.variant))
     config = get_network(ckpt.variant, num_classes=len(classes), init=ckpt.init)
-    model = build_placed(config, placement)        # either layout loads the one (grouped) checkpoint format
+    model = build_placed(
+        config, placement
+    )  # either layout loads the one (grouped) checkpoint format
     try:
         model.load_state_dict(ckpt.model)
     except (RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its weights do not fit a '{ckpt.variant}' net with {len(classes)} "
-                              f"classes ({str(err).strip().splitlines()[-1].strip()})") from None
+        raise CheckpointError(
+            f"{path}: its weights do not fit a '{ckpt.variant}' net with {len(classes)} "
+            f"classes ({str(err).strip().splitlines()[-1].strip()})"
+        ) from None
     augment = Augment(**ckpt.augment)
     transform = PaperTransform(stats_for(ckpt, dataset), augment, device=placement.first)
     if dataset is not None and augment.resize != "shorter":
         if not all([split.use_resize(augment.resize) for split in dataset.splits.values()]):
-            print(f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
-                  f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
-                  f"evaluate it on the image folder instead", file=sys.stderr)
+            print(
+                f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
+                f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
+                f"evaluate it on the image folder instead",
+                file=sys.stderr,
+            )
     return Restored(ckpt, model.eval(), transform, placement, classes)

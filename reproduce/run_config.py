@@ -22,15 +22,27 @@ from paper_alexnet.networks import get_network
 from reproduce import recipes
 from reproduce.args import DEFAULT_WORKERS, UsageError, augment_from_args
 
-FORMAT = "paper_alexnet.run/2"      # config.json; /1 (no format field) kept the flags under "args"
+FORMAT = "paper_alexnet.run/2"  # config.json; /1 (no format field) kept the flags under "args"
 # Filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto).
-DEFAULTABLE = ("recipe", "epochs", "batch_size", "optimizer", "lr", "schedule", "on_stall", "mean", "out")
+DEFAULTABLE = (
+    "recipe",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "schedule",
+    "on_stall",
+    "mean",
+    "out",
+)
 # What makes a run the run it is: --resume refuses to continue a checkpoint with other values.
 DEFINING = ("variant", "data", "batch_size", "seed", "recipe", "two_gpu", "optimizer")
 # What the input of pretrained weights is (a key of ``INPUTS``), and how the run feeds it.
-INPUTS = {"torchvision": "ImageNet's mean and std (x/255; --mean torchvision)",
-          "unit std": "pixels minus the mean, scaled to unit std (--recipe quick)",
-          "raw": "raw 0-255 pixels minus the mean (--recipe paper, §2)"}
+INPUTS = {
+    "torchvision": "ImageNet's mean and std (x/255; --mean torchvision)",
+    "unit std": "pixels minus the mean, scaled to unit std (--recipe quick)",
+    "raw": "raw 0-255 pixels minus the mean (--recipe paper, §2)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +51,15 @@ class RunConfig:
 
     # the net and how it starts and learns
     variant: str = "paper"
-    recipe: Optional[str] = None            # recipes.RECIPES' key once settled
+    recipe: Optional[str] = None  # recipes.RECIPES' key once settled
     # data (§2, §4.1)
     data: str = "synthetic"
-    crop: Optional[int] = None              # None: the net's input size
+    crop: Optional[int] = None  # None: the net's input size
     no_translate: bool = False
     no_flip: bool = False
     no_pca: bool = False
     pca_sigma: float = paper.PCA_SIGMA
-    mean: Optional[str] = None              # None: the mean image (§2)
+    mean: Optional[str] = None  # None: the mean image (§2)
     workers: int = DEFAULT_WORKERS
     decode: str = "auto"
     strict: bool = False
@@ -58,7 +70,9 @@ class RunConfig:
     two_gpu: bool = False
     devices: Optional[str] = None
     # optimisation (§5)
-    epochs: Optional[int] = None            # None (and the rest of DEFAULTABLE): the data kind's or the recipe's
+    epochs: Optional[int] = (
+        None  # None (and the rest of DEFAULTABLE): the data kind's or the recipe's
+    )
     batch_size: Optional[int] = None
     optimizer: Optional[str] = None
     lr: Optional[float] = None
@@ -69,7 +83,7 @@ class RunConfig:
     step_size: int = 30
     # the run
     out: Optional[str] = None
-    resume: Optional[str] = None            # "": DIR/checkpoint.pt
+    resume: Optional[str] = None  # "": DIR/checkpoint.pt
     on_stall: Optional[str] = None
     seed: int = 0
     amp: bool = False
@@ -81,15 +95,20 @@ class RunConfig:
     limit_val: Optional[int] = None
     ten_crop: bool = False
     # derived, and where values came from
-    data_kind: str = ""                     # recipes.data_kind: a store counts as the data it was made of
-    defaulted: Tuple[str, ...] = DEFAULTABLE   # the fields filled from the data kind or the recipe
-    pretrained_input: Optional[str] = None  # what --pretrained weights learned on (INPUTS), once read
-    command: Tuple[str, ...] = ()           # the user's words, for the command a stall message suggests
+    data_kind: str = ""  # recipes.data_kind: a store counts as the data it was made of
+    defaulted: Tuple[str, ...] = DEFAULTABLE  # the fields filled from the data kind or the recipe
+    pretrained_input: Optional[str] = (
+        None  # what --pretrained weights learned on (INPUTS), once read
+    )
+    command: Tuple[str, ...] = ()  # the user's words, for the command a stall message suggests
 
     @property
     def recipe_by_weights(self) -> bool:
         """``--recipe auto`` took another recipe than the data kind's, to feed pretrained weights their input."""
-        return "recipe" in self.defaulted and self.recipe != recipes.DATA_DEFAULTS[self.data_kind].recipe
+        return (
+            "recipe" in self.defaulted
+            and self.recipe != recipes.DATA_DEFAULTS[self.data_kind].recipe
+        )
 
     @property
     def recipe_reason(self) -> str:
@@ -98,9 +117,14 @@ class RunConfig:
             return f"--recipe {self.recipe}"
         reason = f"--recipe auto on {self.data_kind} data"
         if "mean" in self.defaulted and self.mean == "torchvision":
-            return reason + f", with --mean torchvision for --pretrained weights trained on {INPUTS['torchvision']}"
+            return (
+                reason
+                + f", with --mean torchvision for --pretrained weights trained on {INPUTS['torchvision']}"
+            )
         if self.recipe_by_weights:
-            return reason + f", with --pretrained weights trained on {INPUTS[self.pretrained_input]}"
+            return (
+                reason + f", with --pretrained weights trained on {INPUTS[self.pretrained_input]}"
+            )
         return reason
 
 
@@ -121,7 +145,7 @@ def from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> RunConfig:
 def settle(config: RunConfig) -> RunConfig:
     """Fill the defaulted fields from the data kind and the recipe (and pretrained weights' input), and refuse
     bad values before any work."""
-    kind = recipes.data_kind(config.data)              # a bad spec stops here; a store: the data it was made of
+    kind = recipes.data_kind(config.data)  # a bad spec stops here; a store: the data it was made of
     data = recipes.DATA_DEFAULTS[kind]
 
     def pick(name, default):
@@ -133,11 +157,20 @@ def settle(config: RunConfig) -> RunConfig:
     chosen = recipes.RECIPES[recipe]
     optimizer = pick("optimizer", chosen.optimizer)
     config = dataclasses.replace(
-        config, data_kind=kind, recipe=recipe, mean=mean, optimizer=optimizer,
-        lr=pick("lr", chosen.lr if optimizer == chosen.optimizer else recipes.OPTIMIZER_LR[optimizer]),
-        schedule=pick("schedule", data.schedule or chosen.schedule), epochs=pick("epochs", data.epochs),
-        batch_size=pick("batch_size", data.batch_size), on_stall=pick("on_stall", data.on_stall),
-        out=pick("out", os.path.join("runs", f"{config.variant}-{parse_spec(config.data).kind}")))
+        config,
+        data_kind=kind,
+        recipe=recipe,
+        mean=mean,
+        optimizer=optimizer,
+        lr=pick(
+            "lr", chosen.lr if optimizer == chosen.optimizer else recipes.OPTIMIZER_LR[optimizer]
+        ),
+        schedule=pick("schedule", data.schedule or chosen.schedule),
+        epochs=pick("epochs", data.epochs),
+        batch_size=pick("batch_size", data.batch_size),
+        on_stall=pick("on_stall", data.on_stall),
+        out=pick("out", os.path.join("runs", f"{config.variant}-{parse_spec(config.data).kind}")),
+    )
     _check(config)
     return config
 
@@ -152,47 +185,70 @@ def change(config: RunConfig, **fields: Any) -> RunConfig:
 
 
 def _check(config: RunConfig) -> None:
-    checks = [(config.epochs >= 1, f"--epochs must be at least 1, not {config.epochs}"),
-              (config.batch_size >= 1, f"--batch-size must be at least 1, not {config.batch_size}"),
-              (config.lr > 0, f"--lr must be positive, not {config.lr}"),
-              (config.patience >= 1, "--patience must be at least 1"),
-              (config.limit_train is None or config.limit_train >= 1, "--limit-train must be at least 1"),
-              (config.limit_val is None or config.limit_val >= 1, "--limit-val must be at least 1"),
-              (not config.freeze_features or config.pretrained, "--freeze-features needs --pretrained PATH")]
-    network = get_network(config.variant)                                # an unknown name stops here
-    augment_from_args(config, network.input_size)                       # and a crop the images cannot give
-    checks.append((isinstance(network, ArchConfig) or not config.pretrained,
-                   f"--pretrained loads AlexNet weights, not {config.variant}'s"))
+    checks = [
+        (config.epochs >= 1, f"--epochs must be at least 1, not {config.epochs}"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1, not {config.batch_size}"),
+        (config.lr > 0, f"--lr must be positive, not {config.lr}"),
+        (config.patience >= 1, "--patience must be at least 1"),
+        (config.limit_train is None or config.limit_train >= 1, "--limit-train must be at least 1"),
+        (config.limit_val is None or config.limit_val >= 1, "--limit-val must be at least 1"),
+        (
+            not config.freeze_features or config.pretrained,
+            "--freeze-features needs --pretrained PATH",
+        ),
+    ]
+    network = get_network(config.variant)  # an unknown name stops here
+    augment_from_args(config, network.input_size)  # and a crop the images cannot give
+    checks.append(
+        (
+            isinstance(network, ArchConfig) or not config.pretrained,
+            f"--pretrained loads AlexNet weights, not {config.variant}'s",
+        )
+    )
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
+        raise UsageError(
+            '--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"'
+        )
 
 
-def _match_weights(config: RunConfig, recipe: str, mean: Optional[str]) -> Tuple[str, Optional[str]]:
+def _match_weights(
+    config: RunConfig, recipe: str, mean: Optional[str]
+) -> Tuple[str, Optional[str]]:
     """Fine-tuning feeds the weights the input they learned on: ``--recipe auto`` picks the recipe whose input
     that is; a recipe or --mean given that feeds them another is refused, never mixed."""
     expected = config.pretrained_input
 
     def fed(recipe: str) -> str:
-        return "torchvision" if mean == "torchvision" else (
-            "unit std" if recipes.RECIPES[recipe].unit_std else "raw")
+        return (
+            "torchvision"
+            if mean == "torchvision"
+            else ("unit std" if recipes.RECIPES[recipe].unit_std else "raw")
+        )
 
-    if expected == "torchvision" and mean is None:         # the input torchvision's weights learned on
+    if expected == "torchvision" and mean is None:  # the input torchvision's weights learned on
         return recipe, "torchvision"
     if fed(recipe) == expected:
         return recipe, mean
     if expected != "torchvision" and mean != "torchvision" and "recipe" in config.defaulted:
         return ("quick" if expected == "unit std" else "paper"), mean
-    remedy = ("add --mean torchvision" if expected == "torchvision" else
-              "drop --mean torchvision" if mean == "torchvision" else
-              f"use --recipe {'quick' if expected == 'unit std' else 'paper'}")
-    raise UsageError(f"--pretrained {config.pretrained} was trained on {INPUTS[expected]}, but this run would "
-                     f"feed it {INPUTS[fed(recipe)]}: {remedy}")
+    remedy = (
+        "add --mean torchvision"
+        if expected == "torchvision"
+        else "drop --mean torchvision"
+        if mean == "torchvision"
+        else f"use --recipe {'quick' if expected == 'unit std' else 'paper'}"
+    )
+    raise UsageError(
+        f"--pretrained {config.pretrained} was trained on {INPUTS[expected]}, but this run would "
+        f"feed it {INPUTS[fed(recipe)]}: {remedy}"
+    )
 
 
 # --- argv, made from a config (for --jobs subprocesses and a cell's record) --------------------------------
+
 
 def _options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
     """train's flags by field name (argparse keeps them in ``_actions``)."""
@@ -212,7 +268,10 @@ def to_argv(config: RunConfig, parser: argparse.ArgumentParser) -> List[str]:
         if isinstance(action, argparse._StoreTrueAction):
             words.append(flag)
         else:
-            words += [flag, "" if value is None else repr(value) if isinstance(value, float) else str(value)]
+            words += [
+                flag,
+                "" if value is None else repr(value) if isinstance(value, float) else str(value),
+            ]
     return words
 
 
@@ -220,7 +279,9 @@ def setting(parser: argparse.ArgumentParser, key: str, value: Optional[str]) -> 
     """One ``@key=value`` (or a bare ``@key`` switch) as the field it sets, converted as the flag would be."""
     action = {a.option_strings[-1]: a for a in _options(parser).values()}.get(f"--{key}")
     if action is None or action.dest not in flag_fields():
-        raise UsageError(f"--{key} is not a flag of reproduce.train (see python -m reproduce.train --help)")
+        raise UsageError(
+            f"--{key} is not a flag of reproduce.train (see python -m reproduce.train --help)"
+        )
     if isinstance(action, argparse._StoreTrueAction):
         if value not in (None, "", "true", "1"):
             raise UsageError(f"--{key} is a switch: write @{key} alone")
@@ -238,25 +299,43 @@ def setting(parser: argparse.ArgumentParser, key: str, value: Optional[str]) -> 
 
 # --- config.json --------------------------------------------------------------------------------------------
 
+
 def as_record(config: RunConfig) -> Dict[str, Any]:
-    """The config as config.json holds it (its fields at the top level, beside the derived ones)."""
-    return {"format": FORMAT, **dataclasses.asdict(config), "recipe_reason": config.recipe_reason}
+    """The config as config.json and a grid's cell.json hold it: its fields under "run", and the recipe and
+    why it was chosen beside them (config.json adds what they gave: classes, model, augment, ...)."""
+    return {
+        "format": FORMAT,
+        "run": dataclasses.asdict(config),
+        "recipe": config.recipe,
+        "recipe_reason": config.recipe_reason,
+    }
 
 
 def read_record(folder: str) -> Optional[Dict[str, Any]]:
-    """A run folder's config.json with its flags at the top level, in either format; None when absent."""
+    """A run folder's config.json with the run's settings at the top level (over the derived fields of the
+    same name), in either format; None when there is none."""
     path = os.path.join(folder, "config.json")
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as handle:
-        record = json.load(handle)
-    if "format" not in record and isinstance(record.get("args"), dict):     # /1: the flags under "args"
-        record = {**record["args"], **{k: v for k, v in record.items() if k != "args"}}
-    return record
+        return flat(json.load(handle))
 
 
-def differences(saved: Dict[str, Any], config: RunConfig, fields: Sequence[str] = DEFINING) -> List[str]:
+def flat(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A config.json or cell.json record with the settings at the top level: "run" (this format) or "args"
+    (format 1, written before the config was typed)."""
+    key = "run" if "format" in record else "args"
+    settings = record.get(key) if isinstance(record.get(key), dict) else {}
+    return {**{k: v for k, v in record.items() if k != key}, **settings}
+
+
+def differences(
+    saved: Dict[str, Any], config: RunConfig, fields: Sequence[str] = DEFINING
+) -> List[str]:
     """The ``fields`` where a recorded run and ``config`` differ, as "name: saved -> now" (floats as files keep
     them, to 6 significant digits)."""
-    return [f"{name}: {saved[name]!r} -> {getattr(config, name)!r}" for name in fields
-            if name in saved and for_file(saved[name]) != for_file(getattr(config, name))]
+    return [
+        f"{name}: {saved[name]!r} -> {getattr(config, name)!r}"
+        for name in fields
+        if name in saved and for_file(saved[name]) != for_file(getattr(config, name))
+    ]

@@ -26,8 +26,12 @@ def avoiding_command(config: RunConfig, alexnet: bool) -> str:
     else:
         change, suffix = ["--lr", f"{config.lr / 10:g}"], "lower-lr"
     dropped = ("--recipe", "--lr", "--out", "--resume", "--on-stall")
-    return command_line("reproduce.train", config.command, drop=dropped,
-                        add=[*change, "--out", f"{config.out.rstrip(os.sep)}-{suffix}"])
+    return command_line(
+        "reproduce.train",
+        config.command,
+        drop=dropped,
+        add=[*change, "--out", f"{config.out.rstrip(os.sep)}-{suffix}"],
+    )
 
 
 class RunWatch:
@@ -48,15 +52,24 @@ class RunWatch:
             return None
         avoid = avoiding_command(self.config, self.alexnet)
         if verdict.kind == "blow-up":
-            return f"warning: at step {verdict.step}: {verdict.text}. It may recover, or sink to chance. " \
-                   f"Avoid it with: {avoid}"
-        return f"warning: at step {verdict.step}: {verdict.text}. Going on (--on-stall warn); " \
-               f"what avoids it: {avoid}"
+            return (
+                f"warning: at step {verdict.step}: {verdict.text}. It may recover, or sink to chance. "
+                f"Avoid it with: {avoid}"
+            )
+        return (
+            f"warning: at step {verdict.step}: {verdict.text}. Going on (--on-stall warn); "
+            f"what avoids it: {avoid}"
+        )
 
     def stopped(self) -> str:
         """The line that ends a stalled run."""
-        why = ("§5's init stalls like this on small data sets (BVLC/caffe#401, docs/training.md)"
-               if papers_init(self.config, self.alexnet) else "the learning rate is too high or too low here")
-        return (f"stopped at step {self.watch.stall.step} of the run: {self.watch.stall.text}; {why}. "
-                f"Run instead: {avoiding_command(self.config, self.alexnet)}   (this run's checkpoint is in "
-                f"{self.config.out}; to go on watching it: the same command with --resume --on-stall warn)")
+        why = (
+            "§5's init stalls like this on small data sets (BVLC/caffe#401, docs/training.md)"
+            if papers_init(self.config, self.alexnet)
+            else "the learning rate is too high or too low here"
+        )
+        return (
+            f"stopped at step {self.watch.stall.step} of the run: {self.watch.stall.text}; {why}. "
+            f"Run instead: {avoiding_command(self.config, self.alexnet)}   (this run's checkpoint is in "
+            f"{self.config.out}; to go on watching it: the same command with --resume --on-stall warn)"
+        )

@@ -17,8 +17,19 @@ from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.cli import for_file
 from reproduce.figures import plot_curves
 
-METRICS = ("epoch", "lr", "train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err",
-           "images_per_s", "seconds", "data_wait_s", "skipped_files")
+METRICS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1_err",
+    "val_loss",
+    "val_top1_err",
+    "val_top5_err",
+    "images_per_s",
+    "seconds",
+    "data_wait_s",
+    "skipped_files",
+)
 
 
 def write_json(path: str, value: dict) -> None:
@@ -60,7 +71,7 @@ class RunWriter:
         if not self.main:
             return
         self.checkpoint(ckpt)
-        if improved:                    # the same bytes: a link, not a second 0.65 GB write
+        if improved:  # the same bytes: a link, not a second 0.65 GB write
             checkpoint.share(self.path("checkpoint.pt"), self.path("best.pt"))
         write_metrics(self.path("metrics.csv"), rows)
         plot_curves(rows, self.path("curves.png"), self.title)

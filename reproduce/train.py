@@ -42,71 +42,150 @@ from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
 from reproduce import recipes, run_config
-from reproduce.args import Exit, UsageError, add_data_arguments, add_reading_flags, augment_from_args, exit_code
+from reproduce.args import (
+    Exit,
+    UsageError,
+    add_data_arguments,
+    add_reading_flags,
+    augment_from_args,
+    exit_code,
+)
 from reproduce.placement import Placement, add_device_arguments, build_placed, place
 from reproduce.run_config import RunConfig
 from reproduce.run_watch import RunWatch
 from reproduce.run_writer import RunWriter
 
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reproduce.train", formatter_class=HelpFormatter, epilog=recipes.describe(),
+        prog="python -m reproduce.train",
+        formatter_class=HelpFormatter,
+        epilog=recipes.describe(),
         description="Train an AlexNet with the paper's recipe (§5) and data pipeline (§2, §4.1); "
-                    "report top-1/top-5 error (§6).")
-    parser.add_argument("--variant", default="paper",
-                        help=f"network: {', '.join(list_variants())}, with switches "
-                             f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn; or a net to "
-                             f"compare with: {', '.join(OTHER_NETS)} (figure1+tanh)")
-    parser.add_argument("--recipe", choices=("auto", *recipes.RECIPES), default="auto",
-                        help="how the net starts and learns (the tables below); auto: the data kind's")
+        "report top-1/top-5 error (§6).",
+    )
+    parser.add_argument(
+        "--variant",
+        default="paper",
+        help=f"network: {', '.join(list_variants())}, with switches "
+        f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn; or a net to "
+        f"compare with: {', '.join(OTHER_NETS)} (figure1+tanh)",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=("auto", *recipes.RECIPES),
+        default="auto",
+        help="how the net starts and learns (the tables below); auto: the data kind's",
+    )
     data = add_data_arguments(parser)
     add_reading_flags(data)
     add_device_arguments(parser)
     opt = parser.add_argument_group("optimisation (§5)")
-    opt.add_argument("--epochs", type=int, default=None, help="passes over the training set (default: the data "
-                                                              "kind's, below)")
-    opt.add_argument("-b", "--batch-size", type=int, default=None, help="images per step (default: the data kind's)")
-    opt.add_argument("--optimizer", choices=tuple(recipes.OPTIMIZER_LR), default=None,
-                     help="sgd is the paper's exact rule (PaperSGD) (default: the recipe's)")
-    opt.add_argument("--lr", type=float, default=None,
-                     help="learning rate (default: the recipe's; with another --optimizer: "
-                          + ", ".join(f"{k} {v:g}" for k, v in recipes.OPTIMIZER_LR.items()) + ")")
+    opt.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over the training set (default: the data kind's, below)",
+    )
+    opt.add_argument(
+        "-b",
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step (default: the data kind's)",
+    )
+    opt.add_argument(
+        "--optimizer",
+        choices=tuple(recipes.OPTIMIZER_LR),
+        default=None,
+        help="sgd is the paper's exact rule (PaperSGD) (default: the recipe's)",
+    )
+    opt.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: the recipe's; with another --optimizer: "
+        + ", ".join(f"{k} {v:g}" for k, v in recipes.OPTIMIZER_LR.items())
+        + ")",
+    )
     opt.add_argument("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5)")
-    opt.add_argument("--wd", type=float, default=paper.WEIGHT_DECAY, help="weight decay (§5: inside the velocity)")
-    opt.add_argument("--schedule", choices=("plateau", "step", "cosine", "none"), default=None,
-                     help="plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while "
-                          "it is still at chance; cosine: from --lr to zero over the epochs (default: the recipe's)")
-    opt.add_argument("--patience", type=int, default=1, help="plateau: epochs without a new best before a drop")
+    opt.add_argument(
+        "--wd",
+        type=float,
+        default=paper.WEIGHT_DECAY,
+        help="weight decay (§5: inside the velocity)",
+    )
+    opt.add_argument(
+        "--schedule",
+        choices=("plateau", "step", "cosine", "none"),
+        default=None,
+        help="plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while "
+        "it is still at chance; cosine: from --lr to zero over the epochs (default: the recipe's)",
+    )
+    opt.add_argument(
+        "--patience", type=int, default=1, help="plateau: epochs without a new best before a drop"
+    )
     opt.add_argument("--step-size", type=int, default=30, help="step: epochs between drops by 10")
     run_group = parser.add_argument_group("run")
-    run_group.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<variant>-<data>)")
-    run_group.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                           help="continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was "
-                                "written")
-    run_group.add_argument("--on-stall", choices=("stop", "warn"), default=None,
-                           help="a run whose loss sits at ln(classes) with its batches at chance, by the end of its "
-                                "first epoch or 10%% of its steps: stop (exit 4, checkpoint kept, the command that "
-                                "avoids it printed) or warn and go on (default: the data kind's, below)")
-    run_group.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout")
+    run_group.add_argument(
+        "--out", default=None, metavar="DIR", help="output folder (default: runs/<variant>-<data>)"
+    )
+    run_group.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was written",
+    )
+    run_group.add_argument(
+        "--on-stall",
+        choices=("stop", "warn"),
+        default=None,
+        help="a run whose loss sits at ln(classes) with its batches at chance, by the end of its "
+        "first epoch or 10%% of its steps: stop (exit 4, checkpoint kept, the command that "
+        "avoids it printed) or warn and go on (default: the data kind's, below)",
+    )
+    run_group.add_argument(
+        "--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout"
+    )
     run_group.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    run_group.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    run_group.add_argument("--tensorboard", action="store_true",
-                           help="also write TensorBoard events to DIR/tb (the tensorboard extra)")
-    run_group.add_argument("--pretrained", default=None, metavar="PATH",
-                           help="start from a local weights file: a checkpoint of this package or a torchvision "
-                                "AlexNet state dict (with --variant torchvision); fc8 is re-initialised when the "
-                                "class count differs")
-    run_group.add_argument("--freeze-features", action="store_true", help="with --pretrained: train fc6..fc8 only")
-    run_group.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded)")
-    run_group.add_argument("--limit-val", type=int, default=None, metavar="N", help="use N validation images (seeded)")
-    run_group.add_argument("--ten-crop", action="store_true",
-                           help="also evaluate best.pt with ten crops at the end (§4.1)")
+    run_group.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format"
+    )
+    run_group.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard events to DIR/tb (the tensorboard extra)",
+    )
+    run_group.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="start from a local weights file: a checkpoint of this package or a torchvision "
+        "AlexNet state dict (with --variant torchvision); fc8 is re-initialised when the "
+        "class count differs",
+    )
+    run_group.add_argument(
+        "--freeze-features", action="store_true", help="with --pretrained: train fc6..fc8 only"
+    )
+    run_group.add_argument(
+        "--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded)"
+    )
+    run_group.add_argument(
+        "--limit-val", type=int, default=None, metavar="N", help="use N validation images (seeded)"
+    )
+    run_group.add_argument(
+        "--ten-crop",
+        action="store_true",
+        help="also evaluate best.pt with ten crops at the end (§4.1)",
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)           # the one parse: a bad flag exits 2 here
+    args = get_args_parser().parse_args(argv)  # the one parse: a bad flag exits 2 here
     return exit_code(lambda: run(run_config.from_args(args, argv)))
 
 
@@ -114,7 +193,7 @@ def run(config: RunConfig) -> int:
     """Train as ``config`` says, in this process (under torchrun: as this rank); returns the exit status
     (``Exit``). Bad settings raise (UsageError, DataError, ...), before anything is written."""
     config = run_config.settle(config)
-    keep_freed_memory()                 # glibc: no page faults on conv1's 37 MB maps every step (cpu_memory.py)
+    keep_freed_memory()  # glibc: no page faults on conv1's 37 MB maps every step (cpu_memory.py)
     process = distributed.from_env()
     try:
         return _run(config, process)
@@ -124,6 +203,7 @@ def run(config: RunConfig) -> int:
 
 # --- what the steps hand on -------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Context:
     """The run's settings, where it runs, what it writes, and how it speaks."""
@@ -132,7 +212,7 @@ class Context:
     process: distributed.Process
     placement: Placement
     writer: RunWriter
-    say: Callable[[str], None]          # the lines rank 0 prints (--quiet hides progress bars, never these)
+    say: Callable[[str], None]  # the lines rank 0 prints (--quiet hides progress bars, never these)
 
 
 @dataclasses.dataclass
@@ -146,30 +226,36 @@ class Data:
 @dataclasses.dataclass
 class Net:
     network: Network
-    alexnet: bool                       # an AlexNet (takes the recipe's init), not a comparison net
-    model: torch.nn.Module              # what is saved and scored
-    trained: torch.nn.Module            # what trains: the model, or DDP around it under torchrun
+    alexnet: bool  # an AlexNet (takes the recipe's init), not a comparison net
+    model: torch.nn.Module  # what is saved and scored
+    trained: torch.nn.Module  # what trains: the model, or DDP around it under torchrun
     augment: Augment
     transform: PaperTransform
     optimizer: torch.optim.Optimizer
     schedule: object
-    generator: torch.Generator          # the augmentation draws (§4.1)
+    generator: torch.Generator  # the augmentation draws (§4.1)
 
 
 def _run(config: RunConfig, process: distributed.Process) -> int:
     placement = place(config, get_network(config.variant), process.local_rank)
     config, resumed, pretrained = check_resume(config, placement)
-    distributed.start(process, placement.first)     # after the checks: bad input stops every rank alike
+    distributed.start(
+        process, placement.first
+    )  # after the checks: bad input stops every rank alike
     config = dataclasses.replace(config, quiet=config.quiet or not process.main)
     log_to_stderr(process.main)
     say = (lambda line: print(line, file=sys.stderr)) if process.main else (lambda line: None)
-    writer = RunWriter(config.out, process.main, f"{get_network(config.variant).name} on {config.data}",
-                       tensorboard=config.tensorboard)
+    writer = RunWriter(
+        config.out,
+        process.main,
+        f"{get_network(config.variant).name} on {config.data}",
+        tensorboard=config.tensorboard,
+    )
     ctx = Context(config, process, placement, writer, say)
     data = open_data(ctx)
     net = build_net(ctx, data, resumed, pretrained)
     record_config(ctx, data, net)
-    with StopOnSignal() as stop:            # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
+    with StopOnSignal() as stop:  # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
         try:
             code, rows = train_epochs(ctx, data, net, resumed, stop)
         finally:
@@ -178,6 +264,7 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
 
 
 # --- 1. what is resumed ----------------------------------------------------------------------------------
+
 
 def check_resume(config: RunConfig, placement: Placement):
     """The checkpoint to continue (``--resume``), checked against the settings, and the ``--pretrained``
@@ -191,18 +278,28 @@ def check_resume(config: RunConfig, placement: Placement):
         if resumed.variant != variant:
             raise CheckpointError(f"{path} is a checkpoint of '{resumed.variant}', not '{variant}'")
         if resumed.two_tower != placement.two_tower:
-            raise CheckpointError(f"{path} was trained {'with' if resumed.two_tower else 'without'} --two-gpu; "
-                                  f"resume it the same way (its weights load either way: reproduce.evaluate)")
+            raise CheckpointError(
+                f"{path} was trained {'with' if resumed.two_tower else 'without'} --two-gpu; "
+                f"resume it the same way (its weights load either way: reproduce.evaluate)"
+            )
         if resumed.optimizer is None:
-            raise CheckpointError(f"{path} holds weights only (no optimiser state): start a new run from it with "
-                                  f"--pretrained {path}")
+            raise CheckpointError(
+                f"{path} holds weights only (no optimiser state): start a new run from it with "
+                f"--pretrained {path}"
+            )
         saved = run_config.read_record(os.path.dirname(os.path.abspath(path)))
         changed = run_config.differences(saved, config) if saved else []
         if changed:
-            raise UsageError(f"{path} is a run with other settings ({'; '.join(changed)}): resume it with its "
-                             f"own (what may change: --epochs, --on-stall, --workers, --quiet, --device)")
-    elif any(os.path.exists(os.path.join(config.out, name)) for name in ("config.json", "checkpoint.pt")):
-        raise UsageError(f"{config.out} already holds a run: --resume to continue it, or choose another --out")
+            raise UsageError(
+                f"{path} is a run with other settings ({'; '.join(changed)}): resume it with its "
+                f"own (what may change: --epochs, --on-stall, --workers, --quiet, --device)"
+            )
+    elif any(
+        os.path.exists(os.path.join(config.out, name)) for name in ("config.json", "checkpoint.pt")
+    ):
+        raise UsageError(
+            f"{config.out} already holds a run: --resume to continue it, or choose another --out"
+        )
     pretrained = None
     if config.pretrained and resumed is None:
         pretrained, trained_on = checkpoint.read_trained(config.pretrained, "--pretrained")
@@ -212,7 +309,7 @@ def check_resume(config: RunConfig, placement: Placement):
 
 def weights_input(state, trained_on: Optional[dict]) -> str:
     """The input pretrained weights expect: a key of run_config.INPUTS."""
-    if trained_on is None:                             # a bare state dict: torchvision's, or raw pixels
+    if trained_on is None:  # a bare state dict: torchvision's, or raw pixels
         return "torchvision" if is_torchvision_state(state) else "raw"
     if trained_on.get("mean") == "torchvision":
         return "torchvision"
@@ -220,6 +317,7 @@ def weights_input(state, trained_on: Optional[dict]) -> str:
 
 
 # --- 2. the data -----------------------------------------------------------------------------------------
+
 
 def _subset(split: Split, limit: Optional[int], seed: int) -> Split:
     if limit is None or limit >= len(split):
@@ -230,16 +328,21 @@ def _subset(split: Split, limit: Optional[int], seed: int) -> Split:
 def open_data(ctx: Context) -> Data:
     """The data set, its §2 mean image and §4.1 PCA (computed once, cached), and the splits used."""
     config = ctx.config
-    with distributed.main_first(ctx.process):   # rank 0 builds any cached store and statistics first
+    with distributed.main_first(ctx.process):  # rank 0 builds any cached store and statistics first
         dataset = open_dataset(config.data, download=config.download, progress=not config.quiet)
         stats = dataset.stats(progress=not config.quiet)
     for note in dataset.notes:
         ctx.say(note)
-    return Data(dataset, stats, _subset(dataset.split("train"), config.limit_train, config.seed),
-                _subset(dataset.split("val"), config.limit_val, config.seed + 1))
+    return Data(
+        dataset,
+        stats,
+        _subset(dataset.split("train"), config.limit_train, config.seed),
+        _subset(dataset.split("val"), config.limit_val, config.seed + 1),
+    )
 
 
 # --- 3. the net ------------------------------------------------------------------------------------------
+
 
 def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretrained) -> Net:
     """The net with the recipe's init (or the pretrained or resumed weights), its optimiser, schedule and
@@ -247,7 +350,7 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     config, recipe = ctx.config, recipes.RECIPES[ctx.config.recipe]
     torch.manual_seed(config.seed)
     network = get_network(config.variant, num_classes=len(data.dataset.classes))
-    alexnet = isinstance(network, ArchConfig)           # the comparison nets keep their own init
+    alexnet = isinstance(network, ArchConfig)  # the comparison nets keep their own init
     if alexnet:
         network = dataclasses.replace(network, init=recipe.init)
     augment = augment_from_args(config, network.input_size)
@@ -256,22 +359,38 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     model = build_placed(network, ctx.placement)
     if pretrained is not None:
         new_head = load_pretrained(model, pretrained, config.pretrained)
-        ctx.say(f"pretrained weights from {config.pretrained}" + (" (fc8 re-initialised for the new classes)"
-                                                                  if new_head else ""))
+        ctx.say(
+            f"pretrained weights from {config.pretrained}"
+            + (" (fc8 re-initialised for the new classes)" if new_head else "")
+        )
     if config.freeze_features:
         for name, weight in model.named_parameters():
             if name.split(".")[-2].startswith("conv"):
                 weight.requires_grad_(False)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    trained = distributed.wrap(model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first)
-    optimizer = build_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad],
-                                config.lr, config.momentum, config.wd)
+    trained = distributed.wrap(
+        model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first
+    )
+    optimizer = build_optimizer(
+        config.optimizer,
+        [p for p in model.parameters() if p.requires_grad],
+        config.lr,
+        config.momentum,
+        config.wd,
+    )
     # §5 divides when the error "stopped improving"; at chance it never started (chance_margin: how far below a
     # guesser's error on this validation set it must be to have left chance)
     classes = len(data.dataset.classes)
-    schedule = build_schedule(config.schedule, optimizer, config.epochs, config.patience, config.step_size,
-                              chance=1 - 1 / classes, margin=chance_margin(classes, len(data.val)))
+    schedule = build_schedule(
+        config.schedule,
+        optimizer,
+        config.epochs,
+        config.patience,
+        config.step_size,
+        chance=1 - 1 / classes,
+        margin=chance_margin(classes, len(data.val)),
+    )
     generator = torch.Generator().manual_seed(config.seed)
     if resumed is not None:
         model.load_state_dict(resumed.model)
@@ -284,8 +403,12 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
 
 # --- 4. the record ---------------------------------------------------------------------------------------
 
-SCHEDULES = {"plateau": "÷10 when val error stops improving (§5)", "cosine": "cosine decay over the epochs",
-             "step": "÷10 every --step-size epochs", "none": "a constant rate"}
+SCHEDULES = {
+    "plateau": "÷10 when val error stops improving (§5)",
+    "cosine": "cosine decay over the epochs",
+    "step": "÷10 every --step-size epochs",
+    "none": "a constant rate",
+}
 MEANS = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing"}
 
 
@@ -293,17 +416,33 @@ def recipe_line(config: RunConfig, net: Net) -> str:
     """The run's first line: the recipe, why it was chosen, and what it does here."""
     recipe = recipes.RECIPES[config.recipe]
     auto_quick = config.recipe == "quick" and "recipe" in config.defaulted
-    init = ("weights from --pretrained" if config.pretrained else "the net's own init" if not net.alexnet else
-            "He init with zero biases" if recipe.init == "he" else
-            "init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7 (§5)")
+    init = (
+        "weights from --pretrained"
+        if config.pretrained
+        else "the net's own init"
+        if not net.alexnet
+        else "He init with zero biases"
+        if recipe.init == "he"
+        else "init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7 (§5)"
+    )
     mean = net.augment.mean
-    pixels = ("pixels normalised by ImageNet's mean and std (torchvision)" if mean == "torchvision"
-              else f"pixels minus {MEANS[mean]}, scaled to unit std" if net.augment.scale != 1.0
-              else f"raw 0-255 pixels minus {MEANS[mean]}")
-    return (f"recipe: {config.recipe}, chosen by {config.recipe_reason}"
-            + (" (§5's recipe stalls at ln(classes) on small data sets: docs/training.md)" if auto_quick else "")
-            + f": {init}; {pixels}; {config.optimizer} lr {config.lr:g}, {SCHEDULES[config.schedule]}"
-            + (". §5's recipe: --recipe paper" if config.recipe == "quick" else ""))
+    pixels = (
+        "pixels normalised by ImageNet's mean and std (torchvision)"
+        if mean == "torchvision"
+        else f"pixels minus {MEANS[mean]}, scaled to unit std"
+        if net.augment.scale != 1.0
+        else f"raw 0-255 pixels minus {MEANS[mean]}"
+    )
+    return (
+        f"recipe: {config.recipe}, chosen by {config.recipe_reason}"
+        + (
+            " (§5's recipe stalls at ln(classes) on small data sets: docs/training.md)"
+            if auto_quick
+            else ""
+        )
+        + f": {init}; {pixels}; {config.optimizer} lr {config.lr:g}, {SCHEDULES[config.schedule]}"
+        + (". §5's recipe: --recipe paper" if config.recipe == "quick" else "")
+    )
 
 
 def record_config(ctx: Context, data: Data, net: Net) -> None:
@@ -311,45 +450,91 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
     config, recipe, say = ctx.config, recipes.RECIPES[ctx.config.recipe], ctx.say
     say(recipe_line(config, net))
     classes = data.dataset.classes
-    say(f"{net.network.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {config.data}: "
+    say(
+        f"{net.network.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {config.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
-        + (f" x {ctx.process.world} processes (rows of each batch shared out)" if ctx.process.world > 1 else "")
-        + f"; {plural(config.epochs, 'epoch')} of batch {config.batch_size}")
+        + (
+            f" x {ctx.process.world} processes (rows of each batch shared out)"
+            if ctx.process.world > 1
+            else ""
+        )
+        + f"; {plural(config.epochs, 'epoch')} of batch {config.batch_size}"
+    )
     changes = None
     if config.recipe == "quick":
-        changes = {"init": recipe.init, "scale": "1/pixel std", "optimizer": recipe.optimizer, "lr": recipe.lr,
-                   "schedule": recipe.schedule}
+        changes = {
+            "init": recipe.init,
+            "scale": "1/pixel std",
+            "optimizer": recipe.optimizer,
+            "lr": recipe.lr,
+            "schedule": recipe.schedule,
+        }
         if not net.alexnet:
             del changes["init"]
-    ctx.writer.config({
-        **run_config.as_record(config), "quick_changes": changes, "recipe_settings": dataclasses.asdict(recipe),
-        "model": dataclasses.asdict(net.network), "augment": dataclasses.asdict(net.augment),
-        "classes": classes, "train_images": len(data.train), "val_images": len(data.val),
-        "pca_source": data.stats.pca_source, "devices": [str(d) for d in ctx.placement.devices],
-        "processes": ctx.process.world,
-        "versions": {"paper_alexnet": paper_alexnet.__version__, "torch": torch.__version__,
-                     "python": platform.python_version(), "checkpoint_format": checkpoint.FORMAT}})
+    ctx.writer.config(
+        {
+            **run_config.as_record(config),
+            "quick_changes": changes,
+            "recipe_settings": dataclasses.asdict(recipe),
+            "model": dataclasses.asdict(net.network),
+            "augment": dataclasses.asdict(net.augment),
+            "classes": classes,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "pca_source": data.stats.pca_source,
+            "devices": [str(d) for d in ctx.placement.devices],
+            "processes": ctx.process.world,
+            "versions": {
+                "paper_alexnet": paper_alexnet.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "checkpoint_format": checkpoint.FORMAT,
+            },
+        }
+    )
 
 
 # --- 5. the epochs ---------------------------------------------------------------------------------------
 
-def snapshot(ctx: Context, data: Data, net: Net, epoch: int, best: float, rows: List[dict],
-             progress: Optional[EpochProgress] = None) -> Checkpoint:
+
+def snapshot(
+    ctx: Context,
+    data: Data,
+    net: Net,
+    epoch: int,
+    best: float,
+    rows: List[dict],
+    progress: Optional[EpochProgress] = None,
+) -> Checkpoint:
     """The checkpoint after ``epoch`` epochs, and ``progress.steps`` batches into the next when stopped there."""
     return Checkpoint(
-        model=net.model.state_dict(), variant=net.network.name, classes=list(data.dataset.classes),
-        augment=dataclasses.asdict(net.augment), init=net.network.init,
-        stats=Checkpoint.stats_entry(data.stats),   # §2/§4.1 travel with the weights: predict needs no data
-        data=ctx.config.data, two_tower=ctx.placement.two_tower, epoch=epoch, best_val_top1_err=best,
-        metrics=[dict(r) for r in rows], optimizer=net.optimizer.state_dict(), schedule=net.schedule.state_dict(),
+        model=net.model.state_dict(),
+        variant=net.network.name,
+        classes=list(data.dataset.classes),
+        augment=dataclasses.asdict(net.augment),
+        init=net.network.init,
+        stats=Checkpoint.stats_entry(
+            data.stats
+        ),  # §2/§4.1 travel with the weights: predict needs no data
+        data=ctx.config.data,
+        two_tower=ctx.placement.two_tower,
+        epoch=epoch,
+        best_val_top1_err=best,
+        metrics=[dict(r) for r in rows],
+        optimizer=net.optimizer.state_dict(),
+        schedule=net.schedule.state_dict(),
         # dropout's RNG is seeded from (seed, epoch, rank, step) at every step: distributed.dropout_seed
         rng={"augment": net.generator.get_state()},
         step=progress.steps if progress else 0,
-        progress={k: v for k, v in dataclasses.asdict(progress).items() if k != "stopped"} if progress else None)
+        progress={k: v for k, v in dataclasses.asdict(progress).items() if k != "stopped"}
+        if progress
+        else None,
+    )
 
 
-def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoint],
-                 stop: StopOnSignal) -> Tuple[Optional[int], List[dict]]:
+def train_epochs(
+    ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoint], stop: StopOnSignal
+) -> Tuple[Optional[int], List[dict]]:
     """The epochs of §5, each trained, validated and written. Returns the exit status, None when every epoch
     ran (Exit.DIVERGED: the loss became NaN/inf; Exit.STALLED; Exit.SIGTERM/SIGINT: stopped), and
     metrics.csv's rows."""
@@ -360,8 +545,10 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         start_epoch = resumed.epoch + 1
         if resumed.step:
             progress = EpochProgress(**resumed.progress)
-        ctx.say(f"resuming {config.resume or ctx.writer.path('checkpoint.pt')} after epoch {resumed.epoch}"
-                + (f" and {resumed.step} steps of epoch {start_epoch}" if resumed.step else ""))
+        ctx.say(
+            f"resuming {config.resume or ctx.writer.path('checkpoint.pt')} after epoch {resumed.epoch}"
+            + (f" and {resumed.step} steps of epoch {start_epoch}" if resumed.step else "")
+        )
     per_epoch = math.ceil(len(data.train) / config.batch_size)
     watch = RunWatch(config, net.alexnet, len(data.dataset.classes), per_epoch)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -369,19 +556,35 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         try:
             progress, steps = one_epoch(ctx, data, net, epoch, progress, watch, stop)
         except NonFiniteLoss as err:
-            ctx.say(f"error: {err}; stopped. The last good checkpoint ({ctx.writer.path('checkpoint.pt')}) is "
-                    f"kept. Lower --lr, or use --recipe quick.")
+            ctx.say(
+                f"error: {err}; stopped. The last good checkpoint ({ctx.writer.path('checkpoint.pt')}) is "
+                f"kept. Lower --lr, or use --recipe quick."
+            )
             return Exit.DIVERGED, rows
-        if progress.stopped and progress.steps < steps:            # mid-epoch: save this very step
+        if progress.stopped and progress.steps < steps:  # mid-epoch: save this very step
             ctx.writer.checkpoint(snapshot(ctx, data, net, epoch - 1, best, rows, progress))
             if watch.stopping:
                 ctx.say(watch.stopped())
                 return Exit.STALLED, rows
-            return _stopped(ctx, stop, f"after step {progress.steps} of {steps} of epoch {epoch}"
-                            + _every_process_at(ctx.process, progress.steps)), rows
-        val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first,
-                       batch_size=config.batch_size, workers=config.workers, strict=config.strict, amp=config.amp,
-                       decode=config.decode, rank=ctx.process.rank, world=ctx.process.world)
+            return _stopped(
+                ctx,
+                stop,
+                f"after step {progress.steps} of {steps} of epoch {epoch}"
+                + _every_process_at(ctx.process, progress.steps),
+            ), rows
+        val = evaluate(
+            net.model,
+            data.val,
+            net.transform,
+            device=ctx.placement.first,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            strict=config.strict,
+            amp=config.amp,
+            decode=config.decode,
+            rank=ctx.process.rank,
+            world=ctx.process.world,
+        )
         rows.append(metrics_row(epoch, lr, progress, val))
         progress = EpochProgress()
         dropped = net.schedule.step(val["top1_err"])
@@ -389,43 +592,83 @@ def train_epochs(ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoin
         best = min(best, val["top1_err"])
         ctx.say(epoch_line(rows[-1], net.optimizer.param_groups[0]["lr"] if dropped else None))
         ctx.writer.epoch(rows, snapshot(ctx, data, net, epoch, best, rows), improved)
-        if watch.stopping and epoch < config.epochs:                    # at the epoch's last step
+        if watch.stopping and epoch < config.epochs:  # at the epoch's last step
             ctx.say(watch.stopped())
             return Exit.STALLED, rows
-        if distributed.all_sum([float(stop())])[0] and epoch < config.epochs:   # a signal during validation
-            return _stopped(ctx, stop, f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps)), rows
+        if (
+            distributed.all_sum([float(stop())])[0] and epoch < config.epochs
+        ):  # a signal during validation
+            return _stopped(
+                ctx, stop, f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps)
+            ), rows
     return None, rows
 
 
-def one_epoch(ctx: Context, data: Data, net: Net, epoch: int, progress: EpochProgress, watch: RunWatch,
-              stop: StopOnSignal) -> Tuple[EpochProgress, int]:
+def one_epoch(
+    ctx: Context,
+    data: Data,
+    net: Net,
+    epoch: int,
+    progress: EpochProgress,
+    watch: RunWatch,
+    stop: StopOnSignal,
+) -> Tuple[EpochProgress, int]:
     """One epoch's steps (from ``progress.steps`` on), with its progress bar and the watch's warnings; stops
     after the step at which a signal came or a stall ends the run. Returns the progress and the epoch's
     steps."""
     from tqdm.auto import tqdm
 
     config, process = ctx.config, ctx.process
-    loader = BatchLoader(data.train, config.batch_size, seed=config.seed, epoch=epoch, workers=config.workers,
-                         strict=config.strict, rank=process.rank, world=process.world, start_batch=progress.steps,
-                         device=ctx.placement.first, decode=config.decode)
+    loader = BatchLoader(
+        data.train,
+        config.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        workers=config.workers,
+        strict=config.strict,
+        rank=process.rank,
+        world=process.world,
+        start_batch=progress.steps,
+        device=ctx.placement.first,
+        decode=config.decode,
+    )
     steps = progress.steps + len(loader)
-    bar = tqdm(total=steps, initial=progress.steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-               disable=config.quiet, leave=False)
+    bar = tqdm(
+        total=steps,
+        initial=progress.steps,
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="batch",
+        disable=config.quiet,
+        leave=False,
+    )
 
     def on_step(step, value, hits, images):
         bar.update(1)
-        rate = bar.format_dict.get("rate")                # batches/s, smoothed
-        bar.set_postfix({"loss": f"{value:.3f}", **({"img/s": f"{rate * images:.0f}"} if rate else {})})
+        rate = bar.format_dict.get("rate")  # batches/s, smoothed
+        bar.set_postfix(
+            {"loss": f"{value:.3f}", **({"img/s": f"{rate * images:.0f}"} if rate else {})}
+        )
         warning = watch.step(value, hits, images)
         if warning is not None and process.main:
             bar.write(file=sys.stderr, s=warning)
 
     try:
         progress = train_one_epoch(
-            net.trained, loader, net.transform, net.optimizer, net.generator,
-            device=ctx.placement.first, amp=config.amp, channels_last=config.channels_last, rank=process.rank,
-            world=process.world, on_step=on_step, progress=progress, stop=lambda: stop() or watch.stopping,
-            step_seed=lambda step: distributed.dropout_seed(config.seed, epoch, process.rank, step))
+            net.trained,
+            loader,
+            net.transform,
+            net.optimizer,
+            net.generator,
+            device=ctx.placement.first,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            rank=process.rank,
+            world=process.world,
+            on_step=on_step,
+            progress=progress,
+            stop=lambda: stop() or watch.stopping,
+            step_seed=lambda step: distributed.dropout_seed(config.seed, epoch, process.rank, step),
+        )
     finally:
         bar.close()
     return progress, steps
@@ -434,23 +677,32 @@ def one_epoch(ctx: Context, data: Data, net: Net, epoch: int, progress: EpochPro
 def metrics_row(epoch: int, lr: float, progress: EpochProgress, val: dict) -> dict:
     """metrics.csv's row for an epoch (run_writer.METRICS)."""
     result = progress.result()
-    return {"epoch": epoch, "lr": lr, "train_loss": result["train_loss"],
-            "train_top1_err": result["train_top1_err"], "val_loss": val["loss"],
-            "val_top1_err": val["top1_err"], "val_top5_err": val["top5_err"],
-            "images_per_s": result["images"] / max(result["seconds"], 1e-9), "seconds": result["seconds"],
-            "data_wait_s": round(result["data_seconds"], 3),          # to the millisecond: what it means
-            "skipped_files": progress.skipped + val["skipped_files"]}
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": result["train_loss"],
+        "train_top1_err": result["train_top1_err"],
+        "val_loss": val["loss"],
+        "val_top1_err": val["top1_err"],
+        "val_top5_err": val["top5_err"],
+        "images_per_s": result["images"] / max(result["seconds"], 1e-9),
+        "seconds": result["seconds"],
+        "data_wait_s": round(result["data_seconds"], 3),  # to the millisecond: what it means
+        "skipped_files": progress.skipped + val["skipped_files"],
+    }
 
 
 def epoch_line(row: dict, dropped_to: Optional[float]) -> str:
-    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
-            f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
-            f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
-            + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
-            + (f" | lr -> {dropped_to:g}" if dropped_to is not None else ""))
+    return (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
+        f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
+        f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
+        + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
+        + (f" | lr -> {dropped_to:g}" if dropped_to is not None else "")
+    )
 
 
-STALLED = Exit.STALLED     # the exit status of a run that --on-stall stop ended
+STALLED = Exit.STALLED  # the exit status of a run that --on-stall stop ended
 
 
 def _every_process_at(process: distributed.Process, steps: int) -> str:
@@ -460,41 +712,66 @@ def _every_process_at(process: distributed.Process, steps: int) -> str:
         return ""
     each = [int(n) for n in distributed.each(steps, process)]
     if len(set(each)) > 1:
-        raise RuntimeError(f"the processes stopped after different steps ({each}): the checkpoint is rank 0's")
+        raise RuntimeError(
+            f"the processes stopped after different steps ({each}): the checkpoint is rank 0's"
+        )
     return f" on all {process.world} processes"
 
 
 def _stopped(ctx: Context, stop: StopOnSignal, where: str) -> int:
-    ctx.say(f"stopped by {stop.name or 'a signal on another process'} {where}: checkpoint written to "
-            f"{ctx.writer.path('checkpoint.pt')}; continue with the same command and --resume")
+    ctx.say(
+        f"stopped by {stop.name or 'a signal on another process'} {where}: checkpoint written to "
+        f"{ctx.writer.path('checkpoint.pt')}; continue with the same command and --resume"
+    )
     return stop.exit_code if stop.received else Exit.SIGTERM
 
 
 # --- 6. the end ------------------------------------------------------------------------------------------
+
 
 def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSignal) -> int:
     """result.json: the best epoch's errors (what best.pt holds), and its ten-crop errors when asked (skipped
     when a signal came: ``--resume`` then does only this)."""
     config = ctx.config
     best_row = min(rows, key=lambda r: r["val_top1_err"])
-    result = {"best_epoch": best_row["epoch"], "val_top1_err": best_row["val_top1_err"],
-              "val_top5_err": best_row["val_top5_err"], "ten_crop_top1_err": None, "ten_crop_top5_err": None}
+    result = {
+        "best_epoch": best_row["epoch"],
+        "val_top1_err": best_row["val_top1_err"],
+        "val_top5_err": best_row["val_top5_err"],
+        "ten_crop_top1_err": None,
+        "ten_crop_top5_err": None,
+    }
     stopped = distributed.all_sum([float(stop())])[0] > 0
     if config.ten_crop and not stopped:
-        distributed.barrier()                # best.pt is written by rank 0
+        distributed.barrier()  # best.pt is written by rank 0
         best = ctx.writer.best()
         net.model.load_state_dict(best.model)
-        val = evaluate(net.model, data.val, net.transform, device=ctx.placement.first, batch_size=config.batch_size,
-                       ten_crop=True, workers=config.workers, amp=config.amp, progress=not config.quiet,
-                       decode=config.decode, rank=ctx.process.rank, world=ctx.process.world)
+        val = evaluate(
+            net.model,
+            data.val,
+            net.transform,
+            device=ctx.placement.first,
+            batch_size=config.batch_size,
+            ten_crop=True,
+            workers=config.workers,
+            amp=config.amp,
+            progress=not config.quiet,
+            decode=config.decode,
+            rank=ctx.process.rank,
+            world=ctx.process.world,
+        )
         result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
-        ctx.say(f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
-                f"top-5 {percent(val['top5_err'])}")
+        ctx.say(
+            f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
+            f"top-5 {percent(val['top5_err'])}"
+        )
     ctx.writer.result(result)
     if stopped and config.ten_crop:
         return _stopped(ctx, stop, "before the ten-crop evaluation")
-    ctx.say(f"done: best val top-1 error {percent(best_row['val_top1_err'])} (chance "
-            f"{100 * (1 - 1 / len(data.dataset.classes)):.0f}%); results in {config.out}")
+    ctx.say(
+        f"done: best val top-1 error {percent(best_row['val_top1_err'])} (chance "
+        f"{100 * (1 - 1 / len(data.dataset.classes)):.0f}%); results in {config.out}"
+    )
     return Exit.OK
 
 

@@ -35,8 +35,15 @@ from reproduce.restore import checkpoint_data, restore
 
 # --- Figure 3: the conv1 kernels ------------------------------------------------------------------------------
 
-def filter_mosaic(weight: torch.Tensor, towers: int = 2, columns: int = 12, zoom: int = 4, pad: int = 1,
-                  gap: int = 8) -> np.ndarray:
+
+def filter_mosaic(
+    weight: torch.Tensor,
+    towers: int = 2,
+    columns: int = 12,
+    zoom: int = 4,
+    pad: int = 1,
+    gap: int = 8,
+) -> np.ndarray:
     """Figure 3 (§6.1): conv1's kernels (K x 3 x h x w) as one RGB image, K / towers kernels per tower in rows
     of ``columns``, the first tower's block above the second's. Each kernel is stretched to the full
     0-255 range on its own, then enlarged ``zoom`` times."""
@@ -56,7 +63,7 @@ def filter_mosaic(weight: torch.Tensor, towers: int = 2, columns: int = 12, zoom
         row, col = divmod(index, columns)
         top = tower * (rows * cell_h + gap) + row * cell_h + pad
         left = col * cell_w + pad
-        mosaic[top:top + h * zoom, left:left + w * zoom] = picture
+        mosaic[top : top + h * zoom, left : left + w * zoom] = picture
     return mosaic
 
 
@@ -66,7 +73,9 @@ def kernel_chroma(weight: torch.Tensor) -> torch.Tensor:
     flat = weight.detach().float().cpu().flatten(1)
     low, high = flat.min(1).values, flat.max(1).values
     span = (high - low).clamp_min(1e-12)
-    pictures = (weight.detach().float().cpu() - low[:, None, None, None]) / span[:, None, None, None]
+    pictures = (weight.detach().float().cpu() - low[:, None, None, None]) / span[
+        :, None, None, None
+    ]
     return (pictures.max(1).values - pictures.min(1).values).flatten(1).mean(1)
 
 
@@ -75,10 +84,15 @@ def chroma_report(weight: torch.Tensor, towers: int) -> list:
     the other's "largely color-specific")."""
     chroma = kernel_chroma(weight)
     per = len(chroma) // towers
-    lines = [f"tower {t + 1} (kernels {t * per + 1}-{(t + 1) * per}): mean chroma "
-             f"{float(chroma[t * per:(t + 1) * per].mean()):.3f}" for t in range(towers)]
-    return lines + ["chroma: max(R,G,B) - min(R,G,B) of each kernel as drawn, 0 = grey; §6.1 finds one tower's "
-                    "kernels largely colour-agnostic, the other's colour-specific"]
+    lines = [
+        f"tower {t + 1} (kernels {t * per + 1}-{(t + 1) * per}): mean chroma "
+        f"{float(chroma[t * per : (t + 1) * per].mean()):.3f}"
+        for t in range(towers)
+    ]
+    return lines + [
+        "chroma: max(R,G,B) - min(R,G,B) of each kernel as drawn, 0 = grey; §6.1 finds one tower's "
+        "kernels largely colour-agnostic, the other's colour-specific"
+    ]
 
 
 def filters(args) -> str:
@@ -87,25 +101,39 @@ def filters(args) -> str:
     if weight is None:
         raise UsageError(f"{args.checkpoint} has no conv1 layer")
     config = get_network(ckpt.variant)
-    towers = config.towers if isinstance(config, ArchConfig) and weight.shape[0] % config.towers == 0 else 1
+    towers = (
+        config.towers
+        if isinstance(config, ArchConfig) and weight.shape[0] % config.towers == 0
+        else 1
+    )
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "filters.png")
     for line in chroma_report(weight, towers):
         print(line)
     with atomic_write(out, "wb") as handle:
-        Image.fromarray(filter_mosaic(weight, towers, args.columns, args.zoom)).save(handle, format="PNG")
+        Image.fromarray(filter_mosaic(weight, towers, args.columns, args.zoom)).save(
+            handle, format="PNG"
+        )
     return out
 
 
 # --- Figure 4: nearest neighbours in fc7 space ---------------------------------------------------------------
 
-def fc7_features(model: torch.nn.Module, split, transform: PaperTransform, device: torch.device,
-                 batch_size: int = 64) -> torch.Tensor:
+
+def fc7_features(
+    model: torch.nn.Module,
+    split,
+    transform: PaperTransform,
+    device: torch.device,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """§6.1: "the feature activations induced at the last, 4096-dimensional hidden layer": fc7 after its
     ReLU (the input of drop7), on the centre crop; N x 4096 on the CPU."""
     if not hasattr(model, "drop7"):
         raise UsageError("neighbors needs an AlexNet checkpoint (its fc7 layer)")
     captured = []
-    hook = model.drop7.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].float().cpu()))
+    hook = model.drop7.register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0].float().cpu())
+    )
     try:
         with torch.no_grad():
             for start in range(0, len(split), batch_size):
@@ -134,14 +162,16 @@ def neighbors(args) -> str:
     rng = np.random.default_rng(args.seed)
     train_split, val_split = dataset.split("train"), dataset.split("val")
     if args.bank and args.bank < len(train_split):
-        train_split = train_split.subset(np.sort(rng.permutation(len(train_split))[:args.bank]))
-    query_split = val_split.subset(np.sort(rng.permutation(len(val_split))[:args.queries]))
+        train_split = train_split.subset(np.sort(rng.permutation(len(train_split))[: args.bank]))
+    query_split = val_split.subset(np.sort(rng.permutation(len(val_split))[: args.queries]))
     bank = fc7_features(model, train_split, transform, placement.first)
     queries = fc7_features(model, query_split, transform, placement.first)
     distances, indices = nearest(queries, bank, args.k)
 
     fig = neighbours_figure(query_split, train_split, dataset.classes, distances, indices)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "neighbors.png")
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), "neighbors.png"
+    )
     save(fig, out)
     return out
 
@@ -151,27 +181,36 @@ def distance_label(distance: float) -> str:
     return f"d = {distance:.3g}"
 
 
-def neighbours_figure(query_split, train_split, classes, distances: torch.Tensor, indices: torch.Tensor):
+def neighbours_figure(
+    query_split, train_split, classes, distances: torch.Tensor, indices: torch.Tensor
+):
     """Figure 4: one row per query, the query then its neighbours, each titled with its class; a neighbour's
     title also gives its Euclidean fc7 distance to the query."""
     plt = pyplot()
     columns = indices.shape[1] + 1
-    fig, axes = plt.subplots(len(query_split), columns, figsize=(1.5 * columns, 1.6 * len(query_split)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(query_split), columns, figsize=(1.5 * columns, 1.6 * len(query_split)), squeeze=False
+    )
     for q in range(len(query_split)):
-        row = [(query_split, q, "query")] + [(train_split, int(i), distance_label(float(d)))
-                                             for i, d in zip(indices[q], distances[q])]
+        row = [(query_split, q, "query")] + [
+            (train_split, int(i), distance_label(float(d)))
+            for i, d in zip(indices[q], distances[q])
+        ]
         for axis, (split, i, head) in zip(axes[q], row):
             axis.imshow(split.load(i))
             axis.set_title(f"{head}\n{str(classes[split.labels[i]])[:14]}", fontsize=7)
             axis.axis("off")
-    fig.suptitle("Figure 4 (§6.1): validation images (left) and the training images nearest in fc7 space;\n"
-                 "d: Euclidean distance between their 4096-d fc7 feature vectors (after the ReLU)", fontsize=9)
+    fig.suptitle(
+        "Figure 4 (§6.1): validation images (left) and the training images nearest in fc7 space;\n"
+        "d: Euclidean distance between their 4096-d fc7 feature vectors (after the ReLU)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
 
 # --- curves ----------------------------------------------------------------------------------------------------
+
 
 def _run_label(folder: str) -> str:
     """A run's folder name with its recipe (from config.json), e.g. "seed1 (quick recipe)"."""
@@ -201,23 +240,36 @@ def curves(args) -> str:
     name = os.path.basename(os.path.abspath(args.run[0]))
     if len(args.run) == 1 and os.path.exists(os.path.join(args.run[0], "ablation.csv")):
         folder = args.run[0]
-        cells = [ablate.Cell.read(folder, label, seed)
-                 for label, seed in ablate.tables.read_cells(os.path.join(folder, "ablation.csv"))]
+        cells = [
+            ablate.Cell.read(folder, label, seed)
+            for label, seed in ablate.tables.read_cells(os.path.join(folder, "ablation.csv"))
+        ]
         frame, runs = ablate.gather(cells)
         if frame is None:
             raise UsageError(f"{folder}: no finished cell to chart yet")
         out = args.out or f"ablation-{name}.png"
-        return ", ".join(ablate.tables.charts(ablate.tables.summarize(frame), runs, out,
-                                              f"{os.path.splitext(out)[0]}-figure1.png", f"ablation: {name}"))
+        return ", ".join(
+            ablate.tables.charts(
+                ablate.tables.summarize(frame),
+                runs,
+                out,
+                f"{os.path.splitext(out)[0]}-figure1.png",
+                f"ablation: {name}",
+            )
+        )
     runs = {}
     for folder in args.run:
         metrics = os.path.join(folder, "metrics.csv")
         if not os.path.exists(metrics):
-            raise UsageError(f"{folder} holds no metrics.csv (a reproduce.train run)"
-                             + (" or ablation.csv (an ablation)" if len(args.run) == 1 else ""))
+            raise UsageError(
+                f"{folder} holds no metrics.csv (a reproduce.train run)"
+                + (" or ablation.csv (an ablation)" if len(args.run) == 1 else "")
+            )
         runs[_run_label(folder)] = pd.read_csv(metrics).to_dict("records")
     if len(runs) < len(args.run):
-        raise UsageError("two --run folders have the same name and recipe; their curves could not be told apart")
+        raise UsageError(
+            "two --run folders have the same name and recipe; their curves could not be told apart"
+        )
     if len(args.run) == 1:
         out = args.out or f"curves-{name}.png"
         plot_curves(next(iter(runs.values())), out, _run_title(args.run[0]))
@@ -228,33 +280,58 @@ def curves(args) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.visualize", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.visualize",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    one = commands.add_parser("filters", help="Figure 3: the conv1 kernels, tower by tower",
-                              formatter_class=HelpFormatter)
+    one = commands.add_parser(
+        "filters", help="Figure 3: the conv1 kernels, tower by tower", formatter_class=HelpFormatter
+    )
     one.add_argument("--checkpoint", required=True, metavar="PATH")
     one.add_argument("--columns", type=int, default=12, help="kernels per row")
     one.add_argument("--zoom", type=int, default=4, help="pixels per kernel weight")
-    one.add_argument("--out", default=None, metavar="PNG", help="default: filters.png beside the checkpoint")
-    two = commands.add_parser("neighbors", formatter_class=HelpFormatter,
-                              help="Figure 4: validation images and their nearest training images by fc7 features")
+    one.add_argument(
+        "--out", default=None, metavar="PNG", help="default: filters.png beside the checkpoint"
+    )
+    two = commands.add_parser(
+        "neighbors",
+        formatter_class=HelpFormatter,
+        help="Figure 4: validation images and their nearest training images by fc7 features",
+    )
     two.add_argument("--checkpoint", required=True, metavar="PATH")
     add_data_flag(two, from_checkpoint=True)
     two.add_argument("--queries", type=int, default=5, help="validation images shown")
     two.add_argument("-k", type=int, default=6, help="neighbours per query (the paper shows 6)")
-    two.add_argument("--bank", type=int, default=10000, help="training images searched (seeded; 0: all)")
+    two.add_argument(
+        "--bank", type=int, default=10000, help="training images searched (seeded; 0: all)"
+    )
     two.add_argument("--seed", type=int, default=0, help="which queries and bank images")
-    two.add_argument("--out", default=None, metavar="PNG", help="default: neighbors.png beside the checkpoint")
+    two.add_argument(
+        "--out", default=None, metavar="PNG", help="default: neighbors.png beside the checkpoint"
+    )
     add_device_arguments(two)
-    three = commands.add_parser("curves", formatter_class=HelpFormatter,
-                                help="loss and error curves of a run (several runs: on one chart), or the chart of "
-                                     "an ablation")
-    three.add_argument("--run", required=True, nargs="+", metavar="DIR",
-                       help="reproduce.train --out folders, or one reproduce.ablate --out")
-    three.add_argument("--out", default=None, metavar="PNG",
-                       help="default: a new file in the current folder (curves-RUN.png, ablation-GRID.png, or "
-                            "curves-compare.png for several runs); a run's own files are never replaced")
+    three = commands.add_parser(
+        "curves",
+        formatter_class=HelpFormatter,
+        help="loss and error curves of a run (several runs: on one chart), or the chart of "
+        "an ablation",
+    )
+    three.add_argument(
+        "--run",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="reproduce.train --out folders, or one reproduce.ablate --out",
+    )
+    three.add_argument(
+        "--out",
+        default=None,
+        metavar="PNG",
+        help="default: a new file in the current folder (curves-RUN.png, ablation-GRID.png, or "
+        "curves-compare.png for several runs); a run's own files are never replaced",
+    )
     return parser
 
 

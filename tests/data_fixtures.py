@@ -22,7 +22,9 @@ def colour_image(seed: int, size=(64, 48)) -> Image.Image:
     return Image.fromarray(np.clip(base + ramp + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def image_tree(root: str, classes: dict, ext: str = ".jpg", start_seed: int = 0, size=(64, 48)) -> list:
+def image_tree(
+    root: str, classes: dict, ext: str = ".jpg", start_seed: int = 0, size=(64, 48)
+) -> list:
     """root/<class>/img<k><ext> for {class: count}; returns the written paths."""
     paths, seed = [], start_seed
     for name, count in classes.items():
@@ -88,7 +90,9 @@ def write_bad_files(folder: str) -> dict:
     return files
 
 
-def blank_tree(root: str, classes: str = "abcd", train: int = 10, val: int = 2, size=(64, 48)) -> str:
+def blank_tree(
+    root: str, classes: str = "abcd", train: int = 10, val: int = 2, size=(64, 48)
+) -> str:
     """``root/{train,val}/<class>/<k>.jpg``: a folder data set no net can learn, every image the same grey
     JPEG. Once §2's mean image is subtracted every input is exactly 0 (and §4.1's crops, flips and lighting
     leave it 0: a constant image has no principal components), so every image gets the same output,

@@ -18,7 +18,7 @@ def lrn(a, n=N, alpha=ALPHA, beta=BETA, k=K, groups=1):
         first = (c // per) * per
         i = c - first
         lo, hi = max(0, i - n // 2), min(per - 1, i + n // 2)
-        window = (a[:, first + lo:first + hi + 1] ** 2).sum(dim=1)
+        window = (a[:, first + lo : first + hi + 1] ** 2).sum(dim=1)
         out.append(a[:, c] / (k + alpha * window) ** beta)
     return torch.stack(out, dim=1)
 
@@ -30,14 +30,19 @@ def paper_forward(model, x):
     -> maxpool 3/2 -> conv3 -> ReLU -> conv4 (2 groups) -> ReLU -> conv5 (2 groups) -> ReLU
     -> maxpool 3/2 -> fc6 -> ReLU -> fc7 -> ReLU -> fc8. Evaluation mode (dropout is identity).
     """
-    p = {name: getattr(model, name) for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")}
+    p = {
+        name: getattr(model, name)
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+    }
     x = F.conv2d(x, p["conv1"].weight, p["conv1"].bias, stride=4, padding=0)
     x = F.max_pool2d(lrn(F.relu(x), groups=2), 3, 2)
     x = F.conv2d(x, p["conv2"].weight, p["conv2"].bias, padding=2, groups=2)
     x = F.max_pool2d(lrn(F.relu(x), groups=2), 3, 2)
     x = F.relu(F.conv2d(x, p["conv3"].weight, p["conv3"].bias, padding=1))
     x = F.relu(F.conv2d(x, p["conv4"].weight, p["conv4"].bias, padding=1, groups=2))
-    x = F.max_pool2d(F.relu(F.conv2d(x, p["conv5"].weight, p["conv5"].bias, padding=1, groups=2)), 3, 2)
+    x = F.max_pool2d(
+        F.relu(F.conv2d(x, p["conv5"].weight, p["conv5"].bias, padding=1, groups=2)), 3, 2
+    )
     x = F.relu(F.linear(x.flatten(1), p["fc6"].weight, p["fc6"].bias))
     x = F.relu(F.linear(x, p["fc7"].weight, p["fc7"].bias))
     return F.linear(x, p["fc8"].weight, p["fc8"].bias)

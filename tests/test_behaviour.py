@@ -27,12 +27,36 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "behaviour.json")
 VAL_IMAGES = 8
-COMMON = ["--data", f"synthetic?classes=4&train=24&val={VAL_IMAGES}", "--epochs", "2", "-b", "8", "--workers", "0",
-          "--quiet", "--recipe", "quick", "--optimizer", "sgd", "--lr", "0.0001", "--schedule", "none"]
+COMMON = [
+    "--data",
+    f"synthetic?classes=4&train=24&val={VAL_IMAGES}",
+    "--epochs",
+    "2",
+    "-b",
+    "8",
+    "--workers",
+    "0",
+    "--quiet",
+    "--recipe",
+    "quick",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.0001",
+    "--schedule",
+    "none",
+]
 TRAIN = COMMON + ["--seed", "3", "--variant", "paper", "--on-stall", "warn", "--ten-crop"]
 GRID = COMMON + ["--variants", "paper,paper+no-lrn@momentum=0.5", "--seeds", "0", "--no-ten-crop"]
-TIMING = {"images_per_s", "seconds", "data_wait_s", "seconds_to_25", "wall_seconds", "images_per_s_mean",
-          "seconds_to_25_mean"}
+TIMING = {
+    "images_per_s",
+    "seconds",
+    "data_wait_s",
+    "seconds_to_25",
+    "wall_seconds",
+    "images_per_s_mean",
+    "seconds_to_25_mean",
+}
 
 
 def _table(path):
@@ -49,9 +73,12 @@ def measure(folder: str) -> dict:
     assert ablate.main(GRID + ["--out", grid]) == 0
     with open(os.path.join(run, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
-    return {"train metrics.csv": _table(os.path.join(run, "metrics.csv")), "train result.json": [result],
-            "ablation.csv": _table(os.path.join(grid, "ablation.csv")),
-            "summary.csv": _table(os.path.join(grid, "summary.csv"))}
+    return {
+        "train metrics.csv": _table(os.path.join(run, "metrics.csv")),
+        "train result.json": [result],
+        "ablation.csv": _table(os.path.join(grid, "ablation.csv")),
+        "summary.csv": _table(os.path.join(grid, "summary.csv")),
+    }
 
 
 def tolerance(column: str) -> dict:
@@ -69,7 +96,11 @@ def tolerance(column: str) -> dict:
 def _same(got, want, column):
     if isinstance(want, float) and math.isnan(want):
         return isinstance(got, float) and math.isnan(got)
-    if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(got, (int, float)):
+    if (
+        isinstance(want, (int, float))
+        and not isinstance(want, bool)
+        and isinstance(got, (int, float))
+    ):
         return got == pytest.approx(want, **tolerance(column))
     return got == want
 
@@ -78,7 +109,7 @@ def _same(got, want, column):
 def test_the_commands_compute_what_they_computed_before_the_rework(tmp_path):
     with open(FIXTURE, encoding="utf-8") as handle:
         want = json.load(handle)
-    got = json.loads(json.dumps(measure(str(tmp_path))))        # as the fixture holds them (NaN included)
+    got = json.loads(json.dumps(measure(str(tmp_path))))  # as the fixture holds them (NaN included)
     assert set(got) == set(want["tables"])
     for name, rows in want["tables"].items():
         assert len(got[name]) == len(rows), name

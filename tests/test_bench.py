@@ -12,16 +12,35 @@ from reproduce import bench, gpu_suite
 
 def test_models_section_writes_one_row_per_net(tmp_path, capsys):
     path = tmp_path / "bench.csv"
-    assert bench.main(["--only", "models", "-b", "2", "--repeats", "1", "--system-malloc", "--csv", str(path)]) == 0
+    assert (
+        bench.main(
+            ["--only", "models", "-b", "2", "--repeats", "1", "--system-malloc", "--csv", str(path)]
+        )
+        == 0
+    )
     table = pd.read_csv(path, keep_default_na=False)
     fused = fused_lrn.applies(torch.zeros(1, 1))
-    assert list(table["what"]) == (["paper", "paper two-tower"] + (["paper, LRN in torch ops"] if fused else [])
-                                   + ["torchvision", "naive faithful", "paper+no-lrn"])
+    assert list(table["what"]) == (
+        ["paper", "paper two-tower"]
+        + (["paper, LRN in torch ops"] if fused else [])
+        + ["torchvision", "naive faithful", "paper+no-lrn"]
+    )
     lrn = table.set_index("what")["lrn"]
     assert lrn["paper"] == ("fused kernel" if fused else "torch ops") and lrn["torchvision"] == ""
-    for column in ("train_images_per_s", "infer_images_per_s", "train_gflop_per_s", "utilisation",
-                   "train_memory_mb", "vs_torchvision", "vs_naive", "memory_vs_torchvision", "vs_torchvision_low",
-                   "vs_torchvision_high", "vs_naive_low", "vs_naive_high"):
+    for column in (
+        "train_images_per_s",
+        "infer_images_per_s",
+        "train_gflop_per_s",
+        "utilisation",
+        "train_memory_mb",
+        "vs_torchvision",
+        "vs_naive",
+        "memory_vs_torchvision",
+        "vs_torchvision_low",
+        "vs_torchvision_high",
+        "vs_naive_low",
+        "vs_naive_high",
+    ):
         assert (table[column] > 0).all(), column
     assert (table["vs_torchvision_low"] <= table["vs_torchvision"]).all()
     assert (table["vs_torchvision"] <= table["vs_torchvision_high"]).all()
@@ -64,15 +83,39 @@ def test_step_flops_count_three_passes_but_no_input_gradient_for_conv1():
     # §3.5 written out: conv1 96x(11*11*3) at 55x55, conv2 256x(5*5*48) at 27x27, conv3 384x(3*3*256),
     # conv4 384x(3*3*192), conv5 256x(3*3*192) at 13x13; fc6 9216x4096, fc7 4096x4096, fc8 4096x1000
     conv1 = 96 * 363 * 55 * 55
-    rest = (256 * 1200 * 27 * 27 + 384 * 2304 * 169 + 384 * 1728 * 169 + 256 * 1728 * 169
-            + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
+    rest = (
+        256 * 1200 * 27 * 27
+        + 384 * 2304 * 169
+        + 384 * 1728 * 169
+        + 256 * 1728 * 169
+        + 9216 * 4096
+        + 4096 * 4096
+        + 4096 * 1000
+    )
     assert bench.step_flops(layers) == 2 * (3 * rest + 2 * conv1)
 
 
 def test_the_data_bench_times_a_raw_store_a_jpeg_store_and_a_jpeg_folder(tmp_path):
     path = tmp_path / "data.csv"
-    assert bench.main(["--only", "data", "--images", "100", "-b", "8", "--batches", "2", "--workers", "0",
-                       "--csv", str(path)]) == 0
+    assert (
+        bench.main(
+            [
+                "--only",
+                "data",
+                "--images",
+                "100",
+                "-b",
+                "8",
+                "--batches",
+                "2",
+                "--workers",
+                "0",
+                "--csv",
+                str(path),
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     rows = pd.read_csv(path).set_index("what")
@@ -81,7 +124,7 @@ def test_the_data_bench_times_a_raw_store_a_jpeg_store_and_a_jpeg_folder(tmp_pat
     assert any(w.startswith("jpeg folder (500x375 files) -> train transform") for w in speeds.index)
     assert (speeds > 0).all()
     size = rows.loc[[w for w in rows.index if w.startswith("store bytes per image")][0], "ratio"]
-    assert 0 < size < 0.5                             # a JPEG at quality 90 against 196,608 raw bytes
+    assert 0 < size < 0.5  # a JPEG at quality 90 against 196,608 raw bytes
     assert bench.main(["--only", "data", "--quality", "0"]) == 2
 
 
@@ -92,16 +135,39 @@ def test_the_gpu_suite_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the GPU suite needs a CUDA GPU")
     assert not (tmp_path / "report").exists()
-    assert gpu_suite.main(["--out", str(tmp_path / "report")]) == 2          # the suite's own command alike
+    assert gpu_suite.main(["--out", str(tmp_path / "report")]) == 2  # the suite's own command alike
     assert capsys.readouterr().err.startswith("error: the GPU suite needs a CUDA GPU")
 
 
-def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(tmp_path, monkeypatch):
+def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(
+    tmp_path, monkeypatch
+):
     """PAPER_ALEXNET_TEST_DEVICE=cpu: the suite's own code, end to end, with tiny settings."""
     monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
     out = tmp_path / "report"
-    assert bench.main(["--suite", "gpu", "--out", str(out), "--suite-tests", "deterministic", "--repeats", "1",
-                       "-b", "2", "--images", "100", "--batches", "1", "--workers", "0"]) == 0
+    assert (
+        bench.main(
+            [
+                "--suite",
+                "gpu",
+                "--out",
+                str(out),
+                "--suite-tests",
+                "deterministic",
+                "--repeats",
+                "1",
+                "-b",
+                "2",
+                "--images",
+                "100",
+                "--batches",
+                "1",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "passed" in report
     targets = json.loads((out / "targets.json").read_text())
@@ -113,13 +179,19 @@ def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(tm
     assert set(rows["section"]) >= {"tests", "models", "data", "train"}
 
 
-def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left(tmp_path, monkeypatch, capsys):
+def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
     out = tmp_path / "report"
     assert gpu_suite.main(["--out", str(out), "--tests", "deterministic", "--budget-min", "0"]) == 0
     report = (out / "report.md").read_text()
     left = report.split("## Not run")[1].strip().splitlines()
-    assert [line.split(":")[0] for line in left] == ["- models, eager", "- train from a store", "- data"]
+    assert [line.split(":")[0] for line in left] == [
+        "- models, eager",
+        "- train from a store",
+        "- data",
+    ]
     targets = json.loads((out / "targets.json").read_text())
     assert [t["measured"] is None for t in targets] == [True] * 4 + [False]
     assert bench.main(["--suite", "gpu", "--out", str(out), "--budget-min", "-1"]) == 2

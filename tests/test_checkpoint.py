@@ -30,7 +30,9 @@ def _v1(payload: dict) -> dict:
 
 
 def test_a_run_writes_the_current_format_and_reads_it_back(run):
-    raw = torch.load(run / "checkpoint.pt", weights_only=True)            # plain data: loads with weights_only
+    raw = torch.load(
+        run / "checkpoint.pt", weights_only=True
+    )  # plain data: loads with weights_only
     assert raw["format"] == checkpoint.FORMAT == "paper_alexnet.checkpoint/2"
     assert set(raw) == {"format"} | {f for f in Checkpoint.__dataclass_fields__}
     ckpt = checkpoint.load(str(run / "checkpoint.pt"))
@@ -46,14 +48,16 @@ def test_files_of_format_1_still_load_and_evaluate(run, tmp_path, capsys):
     ckpt = checkpoint.load(str(old))
     assert ckpt.step == 0 and ckpt.progress is None and ckpt.epoch == 1
     assert all(torch.equal(ckpt.model[k], raw["model"][k]) for k in raw["model"])
-    oldest = tmp_path / "oldest.pt"          # the first files: no stats, init, two_tower
-    torch.save({k: v for k, v in _v1(raw).items() if k not in ("stats", "init", "two_tower")}, oldest)
+    oldest = tmp_path / "oldest.pt"  # the first files: no stats, init, two_tower
+    torch.save(
+        {k: v for k, v in _v1(raw).items() if k not in ("stats", "init", "two_tower")}, oldest
+    )
     assert checkpoint.load(str(oldest)).stats is None
     capsys.readouterr()
     assert evaluate.main(["--checkpoint", str(old), "-b", "8", "--workers", "0"]) == 0
     new_line = capsys.readouterr().out.split(": ", 1)[1]
     assert evaluate.main(["--checkpoint", str(run / "best.pt"), "-b", "8", "--workers", "0"]) == 0
-    assert capsys.readouterr().out.split(": ", 1)[1] == new_line           # the same net, the same errors
+    assert capsys.readouterr().out.split(": ", 1)[1] == new_line  # the same net, the same errors
     # a format-1 checkpoint.pt resumes too
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -70,7 +74,12 @@ def _bad_files(run, tmp_path):
     raw["format"] = "paper_alexnet.checkpoint/99"
     torch.save(raw, tmp_path / "newer.pt")
     torch.save({"something": "else"}, tmp_path / "other.pt")
-    return {"truncated.pt": "truncated", "text.pt": "corrupt", "newer.pt": "newer", "other.pt": "not a paper_alexnet"}
+    return {
+        "truncated.pt": "truncated",
+        "text.pt": "corrupt",
+        "newer.pt": "newer",
+        "other.pt": "not a paper_alexnet",
+    }
 
 
 def test_bad_checkpoints_are_one_line_and_exit_2_everywhere(run, tmp_path, capsys):
@@ -94,29 +103,86 @@ def test_bad_checkpoints_are_one_line_and_exit_2_everywhere(run, tmp_path, capsy
             assert err.startswith("error:") and len(err.splitlines()) == 1, (name, argv, err)
             if not (name == "other.pt" and main is train.main and "--pretrained" in argv):
                 assert words in err, (name, argv, err)
-            assert not out.exists(), (name, argv)                   # nothing written
+            assert not out.exists(), (name, argv)  # nothing written
 
 
-def test_pretrained_takes_a_checkpoint_or_torchvision_weights_and_refuses_another_net(run, tmp_path, capsys):
+def test_pretrained_takes_a_checkpoint_or_torchvision_weights_and_refuses_another_net(
+    run, tmp_path, capsys
+):
     from paper_alexnet import build_model
     from paper_alexnet.weights import TORCHVISION_NAMES
 
     out = tmp_path / "tuned"
-    assert train.main(TINY + ["--epochs", "1", "--out", str(out), "--pretrained", str(run / "best.pt"),
-                              "--freeze-features", "--lr", "1e-12"]) == 0
-    start, tuned = checkpoint.load(str(run / "best.pt")).model, checkpoint.load(str(out / "best.pt")).model
-    assert torch.equal(start["conv1.weight"], tuned["conv1.weight"])           # frozen, and loaded
+    assert (
+        train.main(
+            TINY
+            + [
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--pretrained",
+                str(run / "best.pt"),
+                "--freeze-features",
+                "--lr",
+                "1e-12",
+            ]
+        )
+        == 0
+    )
+    start, tuned = (
+        checkpoint.load(str(run / "best.pt")).model,
+        checkpoint.load(str(out / "best.pt")).model,
+    )
+    assert torch.equal(start["conv1.weight"], tuned["conv1.weight"])  # frozen, and loaded
     torchvision_net = build_model("torchvision", 4).state_dict()
-    state = {f"{prefix}.{part}": torchvision_net[f"{name}.{part}"]
-             for prefix, name in TORCHVISION_NAMES.items() for part in ("weight", "bias")}
+    state = {
+        f"{prefix}.{part}": torchvision_net[f"{name}.{part}"]
+        for prefix, name in TORCHVISION_NAMES.items()
+        for part in ("weight", "bias")
+    }
     torch.save(state, tmp_path / "alexnet-owt.pth")
-    assert train.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "tv"), "--variant", "torchvision",
-                              "--pretrained", str(tmp_path / "alexnet-owt.pth"), "--mean", "torchvision"]) == 0
+    assert (
+        train.main(
+            TINY
+            + [
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "tv"),
+                "--variant",
+                "torchvision",
+                "--pretrained",
+                str(tmp_path / "alexnet-owt.pth"),
+                "--mean",
+                "torchvision",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert train.main(TINY + ["--epochs", "1", "--out", str(tmp_path / "wrong"), "--mean", "torchvision",
-                              "--pretrained", str(tmp_path / "alexnet-owt.pth")]) == 2       # into the paper net
+    assert (
+        train.main(
+            TINY
+            + [
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "wrong"),
+                "--mean",
+                "torchvision",
+                "--pretrained",
+                str(tmp_path / "alexnet-owt.pth"),
+            ]
+        )
+        == 2
+    )  # into the paper net
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "variant 'torchvision'" in errors[0] and not (tmp_path / "wrong").exists()
+    assert (
+        len(errors) == 1
+        and "variant 'torchvision'" in errors[0]
+        and not (tmp_path / "wrong").exists()
+    )
 
 
 def _no_space(*args, **kwargs):
@@ -131,18 +197,24 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
             handle.write("new, half")
             _no_space()
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["notes.json"]
-    monkeypatch.setattr(atomic.os, "fsync", _no_space)            # the disk fills up while the data is flushed
+    monkeypatch.setattr(
+        atomic.os, "fsync", _no_space
+    )  # the disk fills up while the data is flushed
     with pytest.raises(atomic.WriteError):
-        checkpoint.save(str(tmp_path / "c.pt"), Checkpoint(model={}, variant="paper", classes=[], augment={}))
+        checkpoint.save(
+            str(tmp_path / "c.pt"), Checkpoint(model={}, variant="paper", classes=[], augment={})
+        )
     assert os.listdir(tmp_path) == ["notes.json"]
 
 
-def test_disk_full_during_a_checkpoint_stops_the_run_and_keeps_the_last_one(tmp_path, monkeypatch, capsys):
+def test_disk_full_during_a_checkpoint_stops_the_run_and_keeps_the_last_one(
+    tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     real = torch.save
     calls = []
 
-    def fill_up(obj, handle, *args, **kwargs):       # the second checkpoint: half written, then ENOSPC
+    def fill_up(obj, handle, *args, **kwargs):  # the second checkpoint: half written, then ENOSPC
         calls.append(1)
         if len(calls) == 2:
             handle.write(b"PK\x03\x04" + b"\0" * 1000)
@@ -157,7 +229,9 @@ def test_disk_full_during_a_checkpoint_stops_the_run_and_keeps_the_last_one(tmp_
     monkeypatch.setattr(checkpoint.torch, "save", real)
     kept = checkpoint.load(str(out / "checkpoint.pt"))
     assert kept.epoch == 1 and not (out / "checkpoint.pt.tmp").exists()
-    assert train.main(TINY + ["--epochs", "3", "--out", str(out), "--resume"]) == 0    # and it resumes
+    assert (
+        train.main(TINY + ["--epochs", "3", "--out", str(out), "--resume"]) == 0
+    )  # and it resumes
     assert checkpoint.load(str(out / "checkpoint.pt")).epoch == 3
 
 

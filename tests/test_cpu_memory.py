@@ -29,8 +29,13 @@ print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 
 def faults_per_step(mode, **env):
-    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
-                          env={**os.environ, **env})
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
     kept, faults = done.stdout.split()
     return kept == "True", float(faults)
 
@@ -39,7 +44,7 @@ def faults_per_step(mode, **env):
 def test_kept_memory_is_reused_without_page_faults():
     kept, faults = faults_per_step("keep")
     _, default_faults = faults_per_step("default")
-    assert default_faults > 37 * 2 ** 20 / 4096 / 2           # about one per 4 KB page: the block went back
+    assert default_faults > 37 * 2**20 / 4096 / 2  # about one per 4 KB page: the block went back
     assert kept and faults < default_faults / 10
 
 

@@ -30,9 +30,14 @@ def _usable(device: str) -> bool:
 
 
 GPUS = torch.cuda.device_count() if DEVICE.startswith("cuda") and torch.cuda.is_available() else 0
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not _usable(DEVICE), reason="no CUDA GPU here: the GPU path is tested where one "
-                                                             "is (python -m reproduce.bench --suite gpu)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not _usable(DEVICE),
+        reason="no CUDA GPU here: the GPU path is tested where one "
+        "is (python -m reproduce.bench --suite gpu)",
+    ),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +51,12 @@ def exact_float32():
 
 def _activations(shape=(2, 96, 13, 13), seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return torch.rand(shape, generator=gen, dtype=torch.float64) * 60.0      # ReLU-like, far from k
+    return torch.rand(shape, generator=gen, dtype=torch.float64) * 60.0  # ReLU-like, far from k
 
 
-@pytest.mark.parametrize("dtype, rtol, atol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 3e-2, 2e-1)])
+@pytest.mark.parametrize(
+    "dtype, rtol, atol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 3e-2, 2e-1)]
+)
 def test_lrn_on_the_device_is_the_section_3_3_equation_forward_and_backward(dtype, rtol, atol):
     a64 = _activations()
     a = a64.to(DEVICE, dtype).requires_grad_()
@@ -57,7 +64,9 @@ def test_lrn_on_the_device_is_the_section_3_3_equation_forward_and_backward(dtyp
     out = LocalResponseNorm(groups=2)(a)
     assert out.dtype == dtype and out.device.type == torch.device(DEVICE).type
     (out * upstream.to(DEVICE, dtype)).sum().backward()
-    b = a.detach().double().cpu().requires_grad_()           # the equation, at the very inputs the device saw
+    b = (
+        a.detach().double().cpu().requires_grad_()
+    )  # the equation, at the very inputs the device saw
     want = ref.lrn(b, groups=2)
     (want * upstream).sum().backward()
     torch.testing.assert_close(out.double().cpu(), want.detach(), rtol=rtol, atol=atol)
@@ -94,7 +103,9 @@ def test_the_paper_net_forward_and_backward_on_the_device_equal_the_cpu():
     torch.nn.functional.cross_entropy(out_dev, y.to(DEVICE)).backward()
     for name in ("conv1", "conv2", "conv5", "fc6", "fc8"):
         g_cpu, g_dev = getattr(cpu, name).weight.grad, getattr(dev, name).weight.grad.cpu()
-        torch.testing.assert_close(g_dev, g_cpu, rtol=1e-3, atol=1e-3 * float(g_cpu.abs().max()), msg=name)
+        torch.testing.assert_close(
+            g_dev, g_cpu, rtol=1e-3, atol=1e-3 * float(g_cpu.abs().max()), msg=name
+        )
 
 
 def _step(model, x, y, amp=False, channels_last=False):
@@ -119,8 +130,10 @@ def _updates(amp: bool):
     want = _step(eager, x, y)
     fast = _net().to(DEVICE).to(memory_format=torch.channels_last)
     got = _step(torch.compile(fast), x, y, amp=amp, channels_last=True)
-    return (want, got), [(name, a.detach() - init[name], b.detach() - init[name])
-                         for (name, a), b in zip(eager.named_parameters(), fast.parameters())]
+    return (want, got), [
+        (name, a.detach() - init[name], b.detach() - init[name])
+        for (name, a), b in zip(eager.named_parameters(), fast.parameters())
+    ]
 
 
 def test_a_training_step_compiled_and_channels_last_in_float32_is_float32_eagers_step():
@@ -138,7 +151,9 @@ def test_a_training_step_with_bf16_channels_last_and_compile_is_finite_and_point
     assert np.isfinite(got) and got == pytest.approx(want, rel=0.01)
     for name, a, b in updates:
         assert torch.isfinite(b).all(), name
-        cosine = float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+        cosine = float(
+            torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
+        )
         assert cosine >= 0.95, (name, cosine)
 
 
@@ -159,14 +174,19 @@ def test_the_transform_on_the_device_is_the_cpus_transform():
 
     gen = torch.Generator().manual_seed(6)
     images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8, generator=gen)
-    stats = DataStats((torch.rand(3, 256, 256, generator=gen) * 255).numpy(), np.array([0.3, 0.02, 0.005]),
-                      np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0])
+    stats = DataStats(
+        (torch.rand(3, 256, 256, generator=gen) * 255).numpy(),
+        np.array([0.3, 0.02, 0.005]),
+        np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0],
+    )
     cpu, dev = (PaperTransform(stats, Augment(crop=227), device=d) for d in ("cpu", DEVICE))
     assert not cpu.batched and dev.batched == torch.device(DEVICE).type.startswith("cuda")
     want, got = (t.train(images, torch.Generator().manual_seed(7)) for t in (cpu, dev))
     assert got.device.type == torch.device(DEVICE).type
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-4)
-    torch.testing.assert_close(dev.ten_crops(images.to(DEVICE)).cpu(), cpu.ten_crops(images), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        dev.ten_crops(images.to(DEVICE)).cpu(), cpu.ten_crops(images), rtol=0, atol=1e-4
+    )
 
 
 def _jpeg_store(tmp_path, monkeypatch, wipe: int):
@@ -176,8 +196,22 @@ def _jpeg_store(tmp_path, monkeypatch, wipe: int):
 
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "store"
-    assert prepare.main(["--data", "synthetic?classes=4&train=16&val=8", "--out", str(out), "--format", "jpeg",
-                         "--quiet", "--workers", "0"]) == 0
+    assert (
+        prepare.main(
+            [
+                "--data",
+                "synthetic?classes=4&train=16&val=8",
+                "--out",
+                str(out),
+                "--format",
+                "jpeg",
+                "--quiet",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
     row = int(Store(str(out)).splits["train"].index[wipe])
     with open(out / "images.jpg", "r+b") as handle:
@@ -186,8 +220,9 @@ def _jpeg_store(tmp_path, monkeypatch, wipe: int):
     return Store(str(out)).splits["train"]
 
 
-def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips_a_corrupt_entry(tmp_path,
-                                                                                                   monkeypatch):
+def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips_a_corrupt_entry(
+    tmp_path, monkeypatch
+):
     """--decode device: nvjpeg, a batch in one call. Its IDCT and chroma upsampling are not libjpeg-turbo's, so
     pixels may differ by a few levels: at most 2 levels on average and 1% of pixels beyond 8."""
     from paper_alexnet.data import BatchLoader
@@ -216,24 +251,52 @@ def test_batches_staged_ahead_on_a_side_stream_are_the_batches_the_cpu_loads():
     got = []
     for images, labels in BatchLoader(split, 8, seed=2, device=DEVICE):
         assert images.device.type == labels.device.type == torch.device(DEVICE).type
-        for _ in range(20):                                  # a step's worth of work on the compute stream
+        for _ in range(20):  # a step's worth of work on the compute stream
             weight = torch.tanh(weight @ weight)
         got.append((images.float().sum((1, 2, 3)), labels))
-    want = [(images.float().sum((1, 2, 3)), labels) for images, labels in BatchLoader(split, 8, seed=2)]
+    want = [
+        (images.float().sum((1, 2, 3)), labels) for images, labels in BatchLoader(split, 8, seed=2)
+    ]
     assert len(got) == len(want) == 5
     for (a, la), (b, lb) in zip(got, want):
         assert torch.equal(a.cpu(), b) and torch.equal(la.cpu(), lb)
 
 
-TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
-        "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.001", "--device", DEVICE]
+TINY = [
+    "--data",
+    "synthetic?classes=4&train=16&val=8",
+    "-b",
+    "8",
+    "--workers",
+    "0",
+    "--quiet",
+    "--epochs",
+    "2",
+    "--variant",
+    "paper+no-dropout",
+    "--recipe",
+    "paper",
+    "--lr",
+    "0.001",
+    "--device",
+    DEVICE,
+]
 
 
 def _train(args, env, processes=0):
-    launch = (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes
-              else [])
-    done = subprocess.run([sys.executable, *launch, "-m", "reproduce.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    launch = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+        if processes
+        else []
+    )
+    done = subprocess.run(
+        [sys.executable, *launch, "-m", "reproduce.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -243,12 +306,18 @@ def test_data_parallel_on_the_device_equals_one_process(tmp_path, processes):
     if processes > max(GPUS, 1) or (processes > 1 and not DEVICE.startswith("cuda")):
         pytest.skip(f"{processes} processes need {processes} GPUs")
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    args = [w for w in TINY if w not in ("--device", DEVICE)] + ["--device", "cuda" if GPUS else DEVICE]
+    args = [w for w in TINY if w not in ("--device", DEVICE)] + [
+        "--device",
+        "cuda" if GPUS else DEVICE,
+    ]
     _train(args + ["--out", str(tmp_path / "single")], env)
     _train(args + ["--out", str(tmp_path / "ddp")], env, processes)
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["processes"] == processes
-    with open(tmp_path / "single" / "metrics.csv") as a, open(tmp_path / "ddp" / "metrics.csv") as b:
+    with (
+        open(tmp_path / "single" / "metrics.csv") as a,
+        open(tmp_path / "ddp" / "metrics.csv") as b,
+    ):
         for x, y in zip(csv.DictReader(a), csv.DictReader(b)):
             for key in ("train_loss", "val_loss", "val_top1_err"):
                 assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-3, abs=1e-5), key
@@ -259,12 +328,33 @@ def test_prepare_train_evaluate_predict_on_the_device_from_a_store(tmp_path, mon
 
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
     store, out = tmp_path / "store", tmp_path / "run"
-    assert prepare.main(["--data", "synthetic?classes=4&train=16&val=8", "--out", str(store), "--format", "jpeg",
-                         "--quiet", "--workers", "0"]) == 0
+    assert (
+        prepare.main(
+            [
+                "--data",
+                "synthetic?classes=4&train=16&val=8",
+                "--out",
+                str(store),
+                "--format",
+                "jpeg",
+                "--quiet",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert train.main([*TINY[2:], "--data", f"store:{store}", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["devices"][0].startswith(torch.device(DEVICE).type)
-    assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--device", DEVICE, "--ten-crop"]) == 0
+    assert (
+        evaluate.main(["--checkpoint", str(out / "best.pt"), "--device", DEVICE, "--ten-crop"]) == 0
+    )
     colour_image(5, size=(300, 200)).save(tmp_path / "photo.jpg")
-    assert predict.main([str(tmp_path / "photo.jpg"), "--checkpoint", str(out / "best.pt"), "--device", DEVICE]) == 0
+    assert (
+        predict.main(
+            [str(tmp_path / "photo.jpg"), "--checkpoint", str(out / "best.pt"), "--device", DEVICE]
+        )
+        == 0
+    )
     assert "photo.jpg" in capsys.readouterr().out

@@ -19,16 +19,38 @@ pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 def test_spec_parsing_and_errors():
     spec = parse_spec("folder:/data/fruit?val=0.25&seed=3")
-    assert (spec.kind, spec.root, spec.options) == ("folder", "/data/fruit", {"val": 0.25, "seed": 3})
-    assert parse_spec("synthetic").options == {"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"}
-    for bad, words in [("mnist:/x", "unknown data set"), ("cifar10", "needs a folder"),
-                       ("folder:/x?colour=1", "unknown option"), ("folder:/x?val=abc", "not a float")]:
+    assert (spec.kind, spec.root, spec.options) == (
+        "folder",
+        "/data/fruit",
+        {"val": 0.25, "seed": 3},
+    )
+    assert parse_spec("synthetic").options == {
+        "classes": 10,
+        "train": 1000,
+        "val": 200,
+        "seed": 0,
+        "level": "easy",
+    }
+    for bad, words in [
+        ("mnist:/x", "unknown data set"),
+        ("cifar10", "needs a folder"),
+        ("folder:/x?colour=1", "unknown option"),
+        ("folder:/x?val=abc", "not a float"),
+    ]:
         with pytest.raises(DataError, match=words):
             parse_spec(bad)
 
 
-@pytest.mark.parametrize("spec", ["folder:{}/missing", "imagenet:{}/missing", "cifar10:{}/missing",
-                                  "caltech101:{}/missing", "store:{}/missing"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "folder:{}/missing",
+        "imagenet:{}/missing",
+        "cifar10:{}/missing",
+        "caltech101:{}/missing",
+        "store:{}/missing",
+    ],
+)
 def test_missing_root_is_one_clear_error(tmp_path, spec):
     with pytest.raises(DataError) as info:
         open_dataset(spec.format(tmp_path))
@@ -42,11 +64,15 @@ def test_cifar10_pickled_batches(tmp_path):
     train = data.split("train")
     assert len(train) == len(labels) and len(data.split("val")) == 10
     images, got, skipped = train.batch([0, 7])
-    assert images.shape == (2, 3, 256, 256) and got.tolist() == [labels[0], labels[7]] and not skipped
+    assert (
+        images.shape == (2, 3, 256, 256) and got.tolist() == [labels[0], labels[7]] and not skipped
+    )
     # §2 on a 32x32 image: rescaled to 256 (shorter side), nothing cropped
     expected = np.asarray(resize_and_center_crop(Image.fromarray(arrays[7])))
     assert np.array_equal(images[1].permute(1, 2, 0).numpy(), expected)
-    assert np.abs(images[1].float().mean((1, 2)).numpy() - arrays[7].reshape(-1, 3).mean(0)).max() < 2
+    assert (
+        np.abs(images[1].float().mean((1, 2)).numpy() - arrays[7].reshape(-1, 3).mean(0)).max() < 2
+    )
 
 
 def test_cifar100_fine_labels(tmp_path):
@@ -61,19 +87,27 @@ def test_caltech101_seeded_stratified_8_1_1(tmp_path):
     gray = root / "anchor" / "gray.jpg"
     Image.new("L", (80, 60), 77).save(gray)
     data = open_dataset(f"caltech101:{tmp_path}")
-    assert data.classes == ["accordion", "airplanes", "anchor"]            # no BACKGROUND_Google
+    assert data.classes == ["accordion", "airplanes", "anchor"]  # no BACKGROUND_Google
     sizes = {name: len(split) for name, split in data.splits.items()}
     assert sizes == {"train": 16 + 24 + 9, "val": 2 + 3 + 1, "test": 2 + 3 + 1}
     paths = [data.split(n).describe(i) for n in data.splits for i in range(len(data.split(n)))]
     assert len(set(paths)) == 61 and not any("BACKGROUND" in p for p in paths)
     again = open_dataset(f"caltech101:{tmp_path}")
-    assert [again.split("val").describe(i) for i in range(6)] == [data.split("val").describe(i) for i in range(6)]
+    assert [again.split("val").describe(i) for i in range(6)] == [
+        data.split("val").describe(i) for i in range(6)
+    ]
     other = open_dataset(f"caltech101:{tmp_path}?seed=1")
-    assert {other.split("val").describe(i) for i in range(6)} != {data.split("val").describe(i) for i in range(6)}
-    name, index = next((n, i) for n in data.splits for i in range(len(data.split(n)))
-                       if data.split(n).describe(i) == str(gray))
+    assert {other.split("val").describe(i) for i in range(6)} != {
+        data.split("val").describe(i) for i in range(6)
+    }
+    name, index = next(
+        (n, i)
+        for n in data.splits
+        for i in range(len(data.split(n)))
+        if data.split(n).describe(i) == str(gray)
+    )
     image = data.split(name).batch([index])[0][0]
-    assert image.shape == (3, 256, 256) and (image == 77).all()                  # grayscale made RGB
+    assert image.shape == (3, 256, 256) and (image == 77).all()  # grayscale made RGB
 
 
 def test_folder_with_train_and_val(tmp_path):
@@ -81,10 +115,14 @@ def test_folder_with_train_and_val(tmp_path):
     image_tree(str(tmp_path / "val"), {"apple": 1, "banana": 1}, start_seed=50)
     data = open_dataset(f"folder:{tmp_path}")
     assert data.classes == ["apple", "banana"]
-    assert data.split("train").labels.tolist() == [0, 0, 0, 1, 1] and data.split("val").labels.tolist() == [0, 1]
+    assert data.split("train").labels.tolist() == [0, 0, 0, 1, 1] and data.split(
+        "val"
+    ).labels.tolist() == [0, 1]
     shutil.rmtree(tmp_path / "val" / "banana")
-    os.makedirs(tmp_path / "val" / "banana")                   # a validation class may be empty: said, not refused
-    assert any("'banana' has no images" in note for note in open_dataset(f"folder:{tmp_path}").notes)
+    os.makedirs(tmp_path / "val" / "banana")  # a validation class may be empty: said, not refused
+    assert any(
+        "'banana' has no images" in note for note in open_dataset(f"folder:{tmp_path}").notes
+    )
 
 
 def test_a_validation_class_that_is_not_a_training_class_is_refused_by_name(tmp_path, capsys):
@@ -102,11 +140,13 @@ def test_a_validation_class_that_is_not_a_training_class_is_refused_by_name(tmp_
 
 def test_an_empty_or_single_training_class_is_refused(tmp_path):
     image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2, "empty": 0})
-    with pytest.raises(DataError, match=r"train/empty holds no image files"):       # not "3 classes, chance 67%"
+    with pytest.raises(
+        DataError, match=r"train/empty holds no image files"
+    ):  # not "3 classes, chance 67%"
         open_dataset(f"folder:{tmp_path}")
     os.rmdir(tmp_path / "train" / "empty")
     shutil.rmtree(tmp_path / "train" / "banana")
-    with pytest.raises(DataError, match="one class folder"):                      # not 0.0% error
+    with pytest.raises(DataError, match="one class folder"):  # not 0.0% error
         open_dataset(f"folder:{tmp_path}")
 
 
@@ -115,16 +155,27 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     """A JPEG stored as a camera stores it, with EXIF orientation 1-8, reads back upright (the EXIF spec:
     2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise,
     each applied to the stored pixels to show them)."""
-    upright = np.zeros((120, 80, 3), dtype=np.uint8)          # tall: red top half, blue bottom-left, green rest
+    upright = np.zeros(
+        (120, 80, 3), dtype=np.uint8
+    )  # tall: red top half, blue bottom-left, green rest
     upright[:60] = (255, 0, 0)
     upright[60:, :40] = (0, 0, 255)
     upright[60:, 40:] = (0, 255, 0)
-    stored = {1: upright, 2: upright[:, ::-1], 3: upright[::-1, ::-1], 4: upright[::-1],
-              5: upright.transpose(1, 0, 2), 6: np.rot90(upright, 1), 7: upright[::-1, ::-1].transpose(1, 0, 2),
-              8: np.rot90(upright, -1)}[orientation]
+    stored = {
+        1: upright,
+        2: upright[:, ::-1],
+        3: upright[::-1, ::-1],
+        4: upright[::-1],
+        5: upright.transpose(1, 0, 2),
+        6: np.rot90(upright, 1),
+        7: upright[::-1, ::-1].transpose(1, 0, 2),
+        8: np.rot90(upright, -1),
+    }[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation
-    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    Image.fromarray(np.ascontiguousarray(stored)).save(
+        tmp_path / "photo.jpg", quality=95, exif=exif
+    )
     got = load_rgb(str(tmp_path / "photo.jpg"), size=None)
     assert got.shape == upright.shape and np.abs(got.astype(int) - upright).mean() < 4, orientation
 
@@ -132,7 +183,12 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
 def test_folder_single_tree_split_by_ratio(tmp_path):
     image_tree(str(tmp_path), {"a": 10, "b": 10})
     data = open_dataset(f"folder:{tmp_path}?val=0.2&seed=4")
-    assert len(data.split("train")) == 16 and sorted(data.split("val").labels.tolist()) == [0, 0, 1, 1]
+    assert len(data.split("train")) == 16 and sorted(data.split("val").labels.tolist()) == [
+        0,
+        0,
+        1,
+        1,
+    ]
 
 
 def test_empty_data_set_and_foreign_val_class(tmp_path):
@@ -153,13 +209,13 @@ def test_mean_image_and_pca_are_those_of_the_training_pixels(tmp_path):
         Image.fromarray(array).save(tmp_path / "train" / f"c{k % 2}" / f"{k}.png")
     shutil.copytree(tmp_path / "train", tmp_path / "val")
     stats = open_dataset(f"folder:{tmp_path}").stats(progress=False)
-    stack = np.stack(arrays).astype(np.float64)                              # N x H x W x 3, 0-255
+    stack = np.stack(arrays).astype(np.float64)  # N x H x W x 3, 0-255
     assert np.allclose(stats.mean_image, stack.mean(0).transpose(2, 0, 1), atol=1e-3)
     pixels = stack.reshape(-1, 3) / 255.0
     eigval, eigvec = np.linalg.eigh(np.cov(pixels.T, bias=True))
     assert np.allclose(stats.eigval, eigval[::-1], rtol=1e-6)
     assert np.allclose(np.abs(stats.eigvec), np.abs(eigvec[:, ::-1]), atol=1e-6)
-    again = open_dataset(f"folder:{tmp_path}").stats(progress=False)     # cached, same numbers
+    again = open_dataset(f"folder:{tmp_path}").stats(progress=False)  # cached, same numbers
     assert np.array_equal(again.mean_image, stats.mean_image)
 
 
@@ -172,19 +228,28 @@ def test_imagenet_layout_and_validation_sorting(tmp_path):
         Image.new("RGB", (50, 40), (k, k, k)).save(root / "val" / f"ILSVRC2012_val_{k:08d}.JPEG")
     with pytest.raises(DataError, match="not sorted into class folders") as caught:
         open_dataset(f"imagenet:{root}")
-    assert "python -m" not in str(caught.value)                   # the library states the fault; the command
-    assert "--sort-imagenet-val " + str(root / "val") in explain(caught.value)            # adds the remedy
+    assert "python -m" not in str(caught.value)  # the library states the fault; the command
+    assert "--sort-imagenet-val " + str(root / "val") in explain(caught.value)  # adds the remedy
     devkit = tmp_path / "ILSVRC2012_devkit_t12" / "data"
     os.makedirs(devkit)
-    synsets = np.array([(1, "n02119789", 0), (2, "n01440764", 0), (1001, "n00001740", 2)],
-                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    synsets = np.array(
+        [(1, "n02119789", 0), (2, "n01440764", 0), (1001, "n00001740", 2)],
+        dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")],
+    )
     scipy_io.savemat(devkit / "meta.mat", {"synsets": synsets})
     (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n2\n1\n")
     assert sort_imagenet_val(str(root / "val"), str(tmp_path / "ILSVRC2012_devkit_t12")) == 4
-    assert sorted(os.listdir(root / "val" / "n02119789")) == ["ILSVRC2012_val_00000001.JPEG",
-                                                               "ILSVRC2012_val_00000004.JPEG"]
+    assert sorted(os.listdir(root / "val" / "n02119789")) == [
+        "ILSVRC2012_val_00000001.JPEG",
+        "ILSVRC2012_val_00000004.JPEG",
+    ]
     data = open_dataset(f"imagenet:{root}")
-    assert data.classes == ["n01440764", "n02119789"] and data.split("val").labels.tolist() == [0, 0, 1, 1]
+    assert data.classes == ["n01440764", "n02119789"] and data.split("val").labels.tolist() == [
+        0,
+        0,
+        1,
+        1,
+    ]
     assert data.imagenet_pca
 
 
@@ -225,15 +290,24 @@ def _object_centre(level: str, shape: str, index: int):
 
 def test_synthetic_levels_place_objects_as_documented(tmp_path, monkeypatch):
     """easy: near the centre (within 20% of the room left by the object); hard: anywhere."""
-    offsets = {level: [max(abs(c - 127.5) for c in _object_centre(level, shape, i))
-                       for shape in ("disc", "square", "hexagon") for i in range(12)] for level in ("easy", "hard")}
-    assert max(offsets["easy"]) < 0.2 * 128 * (1 - 0.25) + 3       # radius >= 0.25 of the side
+    offsets = {
+        level: [
+            max(abs(c - 127.5) for c in _object_centre(level, shape, i))
+            for shape in ("disc", "square", "hexagon")
+            for i in range(12)
+        ]
+        for level in ("easy", "hard")
+    }
+    assert max(offsets["easy"]) < 0.2 * 128 * (1 - 0.25) + 3  # radius >= 0.25 of the side
     assert max(offsets["hard"]) > 40
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path))
     easy = open_dataset("synthetic?classes=2&train=2&val=1", progress=False)
     hard = open_dataset("synthetic?classes=2&train=2&val=1&level=hard", progress=False)
     assert not np.array_equal(easy.split("train").batch([0])[0], hard.split("train").batch([0])[0])
-    assert sorted(os.listdir(tmp_path)) == ["synthetic-easy-c2-t2-v1-s0", "synthetic-hard-c2-t2-v1-s0"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "synthetic-easy-c2-t2-v1-s0",
+        "synthetic-hard-c2-t2-v1-s0",
+    ]
     with pytest.raises(DataError, match="level='medium' is not one of easy, hard"):
         open_dataset("synthetic?level=medium", progress=False)
 
@@ -244,12 +318,22 @@ def test_runs_started_at_once_each_get_the_synthetic_set_whole(tmp_path):
     import subprocess
     import sys
 
-    code = ("from paper_alexnet.data import open_dataset; "
-            "d = open_dataset('synthetic?classes=4&train=64&val=16', progress=False); "
-            "print(len(d.split('train')))")
+    code = (
+        "from paper_alexnet.data import open_dataset; "
+        "d = open_dataset('synthetic?classes=4&train=64&val=16', progress=False); "
+        "print(len(d.split('train')))"
+    )
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
-    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(4)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0] * 4, [err for _, err in results]
     assert [out.strip() for out, _ in results] == ["64"] * 4

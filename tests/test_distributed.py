@@ -23,8 +23,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dropout off (its masks are per process) and the paper's SGD, whose step is linear in the gradient, at a rate
 # that moves §5's init smoothly (at 0.001 the loss leaps to 3x ln(4) at step 5 of 12 on 48 of these images, and
 # from there two trajectories that began 1 ulp apart are whole steps apart).
-ARGS = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
-        "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.0001"]
+ARGS = [
+    "--data",
+    "synthetic?classes=4&train=16&val=8",
+    "-b",
+    "8",
+    "--workers",
+    "0",
+    "--quiet",
+    "--epochs",
+    "2",
+    "--variant",
+    "paper+no-dropout",
+    "--recipe",
+    "paper",
+    "--lr",
+    "0.0001",
+]
 TIMING = ("images_per_s", "seconds", "data_wait_s")
 
 
@@ -33,11 +48,18 @@ def test_each_rank_reads_its_rows_of_the_same_global_batches():
     images[:, 0, 0, 0] = np.arange(11)
     split = ArraySplit("train", images, np.arange(11) % 3)
     whole = [batch[:, 0, 0, 0].tolist() for batch, _ in BatchLoader(split, 4, seed=3, epoch=2)]
-    shares = [list(BatchLoader(split, 4, seed=3, epoch=2, rank=r, world=3).global_batches()) for r in range(3)]
+    shares = [
+        list(BatchLoader(split, 4, seed=3, epoch=2, rank=r, world=3).global_batches())
+        for r in range(3)
+    ]
     for step, batch in enumerate(whole):
-        assert all(share[step][0] == len(batch) for share in shares)          # every rank knows the global size
+        assert all(
+            share[step][0] == len(batch) for share in shares
+        )  # every rank knows the global size
         rows = [share[step][1][:, 0, 0, 0].tolist() for share in shares]
-        assert sum(rows, []) and sorted(sum(rows, [])) == sorted(batch)       # the ranks' rows make up the batch
+        assert sum(rows, []) and sorted(sum(rows, [])) == sorted(
+            batch
+        )  # the ranks' rows make up the batch
         assert rows[0] == batch[0::3] and rows[1] == batch[1::3] and rows[2] == batch[2::3]
     with pytest.raises(ValueError):
         BatchLoader(split, 4, rank=2, world=2)
@@ -46,7 +68,9 @@ def test_each_rank_reads_its_rows_of_the_same_global_batches():
 @pytest.fixture
 def gloo_of_one(tmp_path):
     """A process group of this process alone: collectives run on gloo's worker threads, as under torchrun."""
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     yield
     distributed.stop()
 
@@ -56,7 +80,7 @@ def test_a_tensor_a_gloo_work_holds_is_held_elsewhere(gloo_of_one):
     work = torch.distributed.all_reduce(tensors[0], async_op=True)
     work.wait()
     assert distributed.held_elsewhere(tensors) == tensors
-    del work                                         # the work, with its reference, is gone
+    del work  # the work, with its reference, is gone
     deadline = time.monotonic() + 5
     while distributed.held_elsewhere(tensors) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -72,18 +96,22 @@ def test_stop_outwaits_a_backend_thread_that_still_holds_a_summed_tensor(gloo_of
 
     def all_reduce_let_go_late(tensor, *args, **kwargs):
         real(tensor, *args, **kwargs)
-        threading.Thread(target=lambda held: (time.sleep(0.3), let_go.append(held.shape)), args=(tensor,)).start()
+        threading.Thread(
+            target=lambda held: (time.sleep(0.3), let_go.append(held.shape)), args=(tensor,)
+        ).start()
 
     monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce_let_go_late)
     assert distributed.all_sum([1.0, 2.0]) == [1.0, 2.0] and not let_go
-    assert distributed.settle(0.05) is False                  # a bounded wait, never a hang
+    assert distributed.settle(0.05) is False  # a bounded wait, never a hang
     assert distributed.all_sum([3.0]) == [3.0]
     distributed.stop()
-    assert len(let_go) == 2                                    # both holds were over before stop returned
+    assert len(let_go) == 2  # both holds were over before stop returned
 
 
 def _run(args, env):
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -94,7 +122,7 @@ def _same_rows(a, b, exact):
         rows = list(zip(csv.DictReader(x), csv.DictReader(y)))
     assert rows
     for x, y in rows:
-        assert x["val_top5_err"] == y["val_top5_err"] == ""                       # 4 classes: top-5 is n/a
+        assert x["val_top5_err"] == y["val_top5_err"] == ""  # 4 classes: top-5 is n/a
         for key in x:
             if key in TIMING or key == "val_top5_err":
                 continue
@@ -106,10 +134,19 @@ def _same_rows(a, b, exact):
 
 def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "reproduce.train", *ARGS]
+    torchrun = [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "reproduce.train",
+        *ARGS,
+    ]
     _run(["-m", "reproduce.train", *ARGS, "--out", str(tmp_path / "single")], env)
     log = _run(torchrun + ["--out", str(tmp_path / "ddp")], env)
-    assert "x 2 processes" in log and log.count("epoch 2:") == 1            # rank 0 alone reports
+    assert "x 2 processes" in log and log.count("epoch 2:") == 1  # rank 0 alone reports
     # each process drives its own pair of tower devices (here the CPU twice)
     _run(torchrun + ["--out", str(tmp_path / "ddp-towers"), "--two-gpu"], env)
     one = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
@@ -117,8 +154,10 @@ def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
         assert json.loads((tmp_path / name / "config.json").read_text())["processes"] == 2
         two = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
         assert one["epoch"] == two["epoch"] == 2
-        moved_alike(two, one, ARGS, steps=4)                                  # 2 epochs of 2 batches
-        _same_rows(tmp_path / "single" / "metrics.csv", tmp_path / name / "metrics.csv", exact=False)
+        moved_alike(two, one, ARGS, steps=4)  # 2 epochs of 2 batches
+        _same_rows(
+            tmp_path / "single" / "metrics.csv", tmp_path / name / "metrics.csv", exact=False
+        )
 
 
 VOTE = """
@@ -157,9 +196,22 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     script = tmp_path / "vote.py"
     script.write_text(VOTE)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)], env)
+    _run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(tmp_path),
+        ],
+        env,
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0] == ranks[1] == {"steps": 3, "stopped": True, "seen": 12}     # 3 global batches of 4, not 6
+    assert (
+        ranks[0] == ranks[1] == {"steps": 3, "stopped": True, "seen": 12}
+    )  # 3 global batches of 4, not 6
 
 
 def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoint(tmp_path):
@@ -169,12 +221,34 @@ def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoi
     root = blank_tree(str(tmp_path / "blank"), train=12, val=2)
     args = ARGS[2:] + ["--data", f"folder:{root}", "--recipe", "quick"]
     out = tmp_path / "ddp"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "reproduce.train", *args, "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "reproduce.train",
+            *args,
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0 and "exitcode  : 4" in done.stderr, done.stderr[-3000:]
-    assert done.stderr.count("stopped at step 10 of the run:") == 1 and "AttributeError" not in done.stderr
-    saved = torch.load(out / "checkpoint.pt", weights_only=True)           # 6 steps an epoch: epoch 2, step 4+
+    assert (
+        done.stderr.count("stopped at step 10 of the run:") == 1
+        and "AttributeError" not in done.stderr
+    )
+    saved = torch.load(
+        out / "checkpoint.pt", weights_only=True
+    )  # 6 steps an epoch: epoch 2, step 4+
     assert saved["epoch"] == 1 and saved["step"] >= 4
 
 
@@ -182,25 +256,45 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(tm
     """Stopped and resumed, the job is the uninterrupted job exactly: the same two processes sum in the same
     order, and the checkpoint holds every state a step depends on."""
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    args = [a if a != "synthetic?classes=4&train=16&val=8" else "synthetic?classes=4&train=48&val=8" for a in ARGS]
-    args += ["--on-stall", "warn"]          # §5's init may sit at chance here: watched, not stopped
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "reproduce.train", *args]
+    args = [
+        a if a != "synthetic?classes=4&train=16&val=8" else "synthetic?classes=4&train=48&val=8"
+        for a in ARGS
+    ]
+    args += ["--on-stall", "warn"]  # §5's init may sit at chance here: watched, not stopped
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "reproduce.train",
+        *args,
+    ]
     _run(torchrun[1:] + ["--out", str(tmp_path / "whole")], env)
     out = tmp_path / "ddp"
-    agent = subprocess.Popen(torchrun + ["--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    agent = subprocess.Popen(
+        torchrun + ["--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not (out / "metrics.csv").exists() and agent.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    agent.send_signal(signal.SIGTERM)                  # as SLURM or Kubernetes would; torchrun passes it on
+    agent.send_signal(signal.SIGTERM)  # as SLURM or Kubernetes would; torchrun passes it on
     err = agent.communicate(timeout=300)[1]
-    assert agent.returncode != 0 and err.count("stopped by SIGTERM") == 1, err[-3000:]   # rank 0 alone says so
+    assert agent.returncode != 0 and err.count("stopped by SIGTERM") == 1, err[
+        -3000:
+    ]  # rank 0 alone says so
     stopped = [line for line in err.splitlines() if "stopped by SIGTERM" in line][0]
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] >= 1
-    assert "on all 2 processes" in stopped, stopped      # each rank counted the same steps
-    if saved["step"]:                                  # mid-epoch: at that step
+    assert "on all 2 processes" in stopped, stopped  # each rank counted the same steps
+    if saved["step"]:  # mid-epoch: at that step
         assert f"after step {saved['step']} of 6 of epoch 2 on all 2 processes" in stopped, stopped
     _run(torchrun[1:] + ["--out", str(out), "--resume"], env)
     whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)

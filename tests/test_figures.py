@@ -10,7 +10,17 @@ from PIL import Image
 from reproduce import predict, train, visualize
 from data_fixtures import colour_image, write_bad_files
 
-TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "1"]
+TINY = [
+    "--data",
+    "synthetic?classes=4&train=16&val=8",
+    "-b",
+    "8",
+    "--workers",
+    "0",
+    "--quiet",
+    "--epochs",
+    "1",
+]
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -31,17 +41,19 @@ def _png_size(path):
 
 def test_filter_mosaic_puts_each_tower_in_its_own_block():
     weight = torch.zeros(96, 3, 11, 11)
-    weight[48, 0] = 1.0                        # the second tower's first kernel: pure red after stretching
-    weight[47, 2, 0, 0] = 5.0                  # the first tower's last kernel: one blue corner
+    weight[48, 0] = 1.0  # the second tower's first kernel: pure red after stretching
+    weight[47, 2, 0, 0] = 5.0  # the first tower's last kernel: one blue corner
     zoom, pad, gap, columns = 2, 1, 8, 12
     mosaic = visualize.filter_mosaic(weight, towers=2, columns=columns, zoom=zoom, pad=pad, gap=gap)
     cell = 11 * zoom + pad
-    rows = 48 // columns                      # 4 rows of 12 per tower
+    rows = 48 // columns  # 4 rows of 12 per tower
     assert mosaic.shape == (2 * rows * cell + gap + pad, columns * cell + pad, 3)
-    second = 1 * (rows * cell + gap) + pad    # top of the second tower's block
-    assert (mosaic[second:second + 22, pad:pad + 22] == [255, 0, 0]).all()
+    second = 1 * (rows * cell + gap) + pad  # top of the second tower's block
+    assert (mosaic[second : second + 22, pad : pad + 22] == [255, 0, 0]).all()
     last_top, last_left = (rows - 1) * cell + pad, (columns - 1) * cell + pad
-    assert tuple(mosaic[last_top, last_left]) == (0, 0, 255) and tuple(mosaic[last_top + 2, last_left + 2]) == (0, 0, 0)
+    assert tuple(mosaic[last_top, last_left]) == (0, 0, 255) and tuple(
+        mosaic[last_top + 2, last_left + 2]
+    ) == (0, 0, 0)
 
 
 def test_nearest_neighbours_are_the_true_nearest_on_hand_made_features():
@@ -49,11 +61,14 @@ def test_nearest_neighbours_are_the_true_nearest_on_hand_made_features():
     queries = torch.tensor([[0.2, 0.1], [9.0, 1.0]])
     distances, indices = visualize.nearest(queries, bank, k=3)
     assert indices.tolist() == [[0, 4, 2], [1, 3, 0]]
-    assert distances[1, 0].item() == pytest.approx(2 ** 0.5)
+    assert distances[1, 0].item() == pytest.approx(2**0.5)
     generator = torch.Generator().manual_seed(0)
-    bank, queries = torch.randn(300, 64, generator=generator), torch.randn(7, 64, generator=generator)
+    bank, queries = (
+        torch.randn(300, 64, generator=generator),
+        torch.randn(7, 64, generator=generator),
+    )
     _, indices = visualize.nearest(queries, bank, k=5)
-    for q in range(7):                        # brute force, one distance at a time
+    for q in range(7):  # brute force, one distance at a time
         order = sorted(range(300), key=lambda i: float(((queries[q] - bank[i]) ** 2).sum()))
         assert indices[q].tolist() == order[:5]
 
@@ -62,9 +77,20 @@ def test_figures_from_a_trained_checkpoint(run, tmp_path):
     best = str(run / "best.pt")
     assert visualize.main(["filters", "--checkpoint", best]) == 0
     cell = 11 * 4 + 1
-    assert _png_size(run / "filters.png") == (12 * cell + 1, 2 * 4 * cell + 8 + 1)   # 2 towers x 4 rows of 12
-    assert visualize.main(["neighbors", "--checkpoint", best, "--queries", "3", "-k", "4", "--device", "cpu"]) == 0
-    assert _png_size(run / "neighbors.png") == (750, 480)      # (1 + 4) x 1.5 in, 3 x 1.6 in, at 100 dpi
+    assert _png_size(run / "filters.png") == (
+        12 * cell + 1,
+        2 * 4 * cell + 8 + 1,
+    )  # 2 towers x 4 rows of 12
+    assert (
+        visualize.main(
+            ["neighbors", "--checkpoint", best, "--queries", "3", "-k", "4", "--device", "cpu"]
+        )
+        == 0
+    )
+    assert _png_size(run / "neighbors.png") == (
+        750,
+        480,
+    )  # (1 + 4) x 1.5 in, 3 x 1.6 in, at 100 dpi
     assert visualize.main(["curves", "--run", str(run), "--out", str(tmp_path / "curves.png")]) == 0
     assert _png_size(tmp_path / "curves.png") == (1000, 400)
 
@@ -74,9 +100,17 @@ def test_curves_of_several_runs_share_one_chart(run, tmp_path):
     other.mkdir()
     rows = pd.read_csv(run / "metrics.csv")
     rows.assign(val_top1_err=rows["val_top1_err"] / 2).to_csv(other / "metrics.csv", index=False)
-    assert visualize.main(["curves", "--run", str(run), str(other), "--out", str(tmp_path / "both.png")]) == 0
+    assert (
+        visualize.main(
+            ["curves", "--run", str(run), str(other), "--out", str(tmp_path / "both.png")]
+        )
+        == 0
+    )
     assert _png_size(tmp_path / "both.png") == (1100, 400)
-    assert visualize._run_label(str(run)).endswith("(quick recipe)") and visualize._run_label(str(other)) == "other"
+    assert (
+        visualize._run_label(str(run)).endswith("(quick recipe)")
+        and visualize._run_label(str(other)) == "other"
+    )
     assert visualize.main(["curves", "--run", str(run), str(tmp_path / "missing")]) == 2
 
 
@@ -84,13 +118,16 @@ def test_fc7_features_are_the_relu_outputs_of_fc7(run):
     from paper_alexnet.data import open_dataset
     from reproduce.restore import restore
 
-    net = restore(str(run / "best.pt"), visualize.get_args_parser().parse_args(["neighbors", "--checkpoint", "x"]))
+    net = restore(
+        str(run / "best.pt"),
+        visualize.get_args_parser().parse_args(["neighbors", "--checkpoint", "x"]),
+    )
     model, transform = net.model, net.transform
     assert len(net.classes) == 4
     split = open_dataset("synthetic?classes=4&train=16&val=8").split("val")
     features = visualize.fc7_features(model, split, transform, torch.device("cpu"), batch_size=3)
     images, _, _ = split.batch(range(len(split)))
-    with torch.no_grad():                     # by hand: §3.5's layers up to fc7, then its ReLU
+    with torch.no_grad():  # by hand: §3.5's layers up to fc7, then its ReLU
         x = model.pool1(model.norm1(torch.relu(model.conv1(transform.center(images)))))
         x = model.pool2(model.norm2(torch.relu(model.conv2(x))))
         x = torch.relu(model.conv4(torch.relu(model.conv3(x))))
@@ -106,13 +143,18 @@ def test_predict_prints_the_top_classes_of_image_files(run, tmp_path, capsys):
         colour_image(seed, size=(300, 200)).save(path)
         paths.append(str(path))
     csv = tmp_path / "predictions.csv"
-    assert predict.main(paths + ["--checkpoint", str(run / "best.pt"), "--top", "3", "--csv", str(csv)]) == 0
+    assert (
+        predict.main(
+            paths + ["--checkpoint", str(run / "best.pt"), "--top", "3", "--csv", str(csv)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("centre crop") == 3 and out.count("  1. ") == 3 and "  4. " not in out
 
     table = pd.read_csv(csv)
     assert len(table) == 9 and set(table["class"]) <= {"disc", "ring", "square", "frame"}
-    for _, group in table.groupby("image"):   # probabilities, best first
+    for _, group in table.groupby("image"):  # probabilities, best first
         assert list(group["probability"]) == sorted(group["probability"], reverse=True)
         assert group["probability"].between(0, 1).all()
     assert predict.main(paths[:1] + ["--checkpoint", str(run / "best.pt"), "--ten-crop"]) == 0
@@ -131,23 +173,39 @@ def test_predict_is_the_softmax_of_the_centre_crop(run):
     mean = saved.stats["mean_image"]
     scale = saved.augment["scale"]
     at = (256 - 227) // 2
-    x = (torch.from_numpy(array).permute(2, 0, 1).float() - mean)[:, at:at + 227, at:at + 227] * scale
+    x = (torch.from_numpy(array).permute(2, 0, 1).float() - mean)[
+        :, at : at + 227, at : at + 227
+    ] * scale
     with torch.no_grad():
         expected = torch.softmax(model(x[None]), dim=1)[0]
     from paper_alexnet.data import Augment, PaperTransform
 
     transform = PaperTransform(saved.data_stats(), Augment(**saved.augment))
-    got = predict.predict(model, transform, torch.from_numpy(array).permute(2, 0, 1)[None].contiguous(), False)[0]
+    got = predict.predict(
+        model, transform, torch.from_numpy(array).permute(2, 0, 1)[None].contiguous(), False
+    )[0]
     assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys):
     bad = write_bad_files(str(tmp_path / "bad"))
     cases = [
-        (predict.main, [str(tmp_path / "missing.jpg"), "--checkpoint", str(run / "best.pt")], "file not found"),
-        (predict.main, [next(iter(bad.values())), "--checkpoint", str(run / "best.pt")], "not a readable image"),
+        (
+            predict.main,
+            [str(tmp_path / "missing.jpg"), "--checkpoint", str(run / "best.pt")],
+            "file not found",
+        ),
+        (
+            predict.main,
+            [next(iter(bad.values())), "--checkpoint", str(run / "best.pt")],
+            "not a readable image",
+        ),
         (predict.main, [str(tmp_path), "--checkpoint", str(run / "best.pt")], "Is a directory"),
-        (predict.main, [str(tmp_path / "x.jpg"), "--checkpoint", str(tmp_path / "none.pt")], "does not exist"),
+        (
+            predict.main,
+            [str(tmp_path / "x.jpg"), "--checkpoint", str(tmp_path / "none.pt")],
+            "does not exist",
+        ),
         (visualize.main, ["filters", "--checkpoint", str(tmp_path / "none.pt")], "does not exist"),
         (visualize.main, ["curves", "--run", str(tmp_path)], "holds no metrics.csv"),
     ]

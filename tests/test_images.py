@@ -25,7 +25,7 @@ def test_shorter_side_to_256_then_central_patch(tmp_path):
     array[:, 768:] = (0, 0, 255)
     out = load_rgb(_save(Image.fromarray(array), tmp_path / "wide.png"))
     assert out.shape == (256, 256, 3) and out.dtype == np.uint8
-    assert (out[:, 2:-2] == (0, 255, 0)).all()          # only the green middle survives the centre crop
+    assert (out[:, 2:-2] == (0, 255, 0)).all()  # only the green middle survives the centre crop
     tall = load_rgb(_save(Image.fromarray(array.transpose(1, 0, 2).copy()), tmp_path / "tall.png"))
     assert (tall[2:-2, :] == (0, 255, 0)).all()
 
@@ -55,7 +55,7 @@ def test_readable_modes_become_rgb(tmp_path, mode):
 
 def test_transparency_is_composited_on_white(tmp_path):
     image = Image.new("RGBA", (256, 256), (255, 0, 0, 255))
-    image.paste((0, 0, 255, 0), (0, 0, 128, 256))         # left half fully transparent blue
+    image.paste((0, 0, 255, 0), (0, 0, 128, 256))  # left half fully transparent blue
     out = load_rgb(_save(image, tmp_path / "rgba.png"))
     assert (out[:, :120] == 255).all() and (out[:, 136:] == (255, 0, 0)).all()
     palette = Image.new("P", (256, 256), 0)
@@ -84,8 +84,9 @@ def test_decompression_bomb_is_a_bad_file(tmp_path, monkeypatch):
         load_rgb(path)
 
 
-@pytest.mark.parametrize("kind,reason", [("truncated", "truncated"), ("empty", "empty file"),
-                                         ("text", "not an image")])
+@pytest.mark.parametrize(
+    "kind,reason", [("truncated", "truncated"), ("empty", "empty file"), ("text", "not an image")]
+)
 def test_unreadable_files_name_path_and_reason(tmp_path, kind, reason):
     path = write_bad_files(str(tmp_path))[kind]
     with pytest.raises(BadImageError) as info:

@@ -86,14 +86,18 @@ def test_float32_and_deterministic_mode(path):
         out.sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
-    torch.testing.assert_close(out.double(), ref.lrn(a.detach().double(), groups=2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.double(), ref.lrn(a.detach().double(), groups=2), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("size", [2, 4])
 def test_even_windows_have_the_right_gradient(size, path):
     """Even sizes take i - n/2 .. i + n/2 - 1 (torch's convention); backward needs the mirrored window."""
     a = activations(shape=(2, 7, 2, 3), scale=30.0).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: local_response_norm(x, size=size, alpha=1e-3, groups=1), (a,))
+    assert torch.autograd.gradcheck(
+        lambda x: local_response_norm(x, size=size, alpha=1e-3, groups=1), (a,)
+    )
 
 
 def test_paper_sized_float32_layer_matches_the_equation(path):
@@ -103,8 +107,9 @@ def test_paper_sized_float32_layer_matches_the_equation(path):
     upstream = torch.randn(a.shape, generator=torch.Generator().manual_seed(2))
     (LocalResponseNorm(groups=2)(a) * upstream).sum().backward()
     (ref.lrn(b, groups=2) * upstream.double()).sum().backward()
-    torch.testing.assert_close(LocalResponseNorm(groups=2)(a).double(), ref.lrn(b.detach(), groups=2),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        LocalResponseNorm(groups=2)(a).double(), ref.lrn(b.detach(), groups=2), rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-6)
 
 
@@ -131,14 +136,22 @@ def test_kernel_is_bitwise_deterministic_and_thread_count_free():
 def test_layouts_the_kernel_does_not_take_fall_back_to_torch_ops():
     a = activations(shape=(2, 12, 5, 4)).float()
     channels_last = a.contiguous(memory_format=torch.channels_last)
-    assert fused_lrn.applies(a) and not fused_lrn.applies(channels_last) and not fused_lrn.applies(a.half())
-    torch.testing.assert_close(LocalResponseNorm(groups=2)(channels_last), LocalResponseNorm(groups=2)(a))
+    assert (
+        fused_lrn.applies(a)
+        and not fused_lrn.applies(channels_last)
+        and not fused_lrn.applies(a.half())
+    )
+    torch.testing.assert_close(
+        LocalResponseNorm(groups=2)(channels_last), LocalResponseNorm(groups=2)(a)
+    )
 
 
 def test_a_kernel_that_cannot_be_built_warns_once_and_the_eager_path_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(fused_lrn, "_state", {"library": None, "tried": False, "error": None, "enabled": None})
+    monkeypatch.setattr(
+        fused_lrn, "_state", {"library": None, "tried": False, "error": None, "enabled": None}
+    )
     a = activations()
     with pytest.warns(UserWarning, match="fused LRN kernel unavailable") as caught:
         got = LocalResponseNorm(groups=2)(a)
@@ -150,7 +163,9 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_the_eager_path_runs(tmp_pa
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
 def test_kernel_builds_into_an_empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path))
-    monkeypatch.setattr(fused_lrn, "_state", {"library": None, "tried": False, "error": None, "enabled": None})
+    monkeypatch.setattr(
+        fused_lrn, "_state", {"library": None, "tried": False, "error": None, "enabled": None}
+    )
     assert fused_lrn.library() is not None
     assert [p.suffix for p in (tmp_path / "kernels").iterdir()] == [".so"]
 

@@ -7,17 +7,33 @@ import torchvision
 from torch import nn
 
 import paper_reference as ref
-from paper_alexnet import (ConfigError, LocalResponseNorm, ShapeError, build_model, get_config,
-                           list_switches, list_variants, load_torchvision_weights)
+from paper_alexnet import (
+    ConfigError,
+    LocalResponseNorm,
+    ShapeError,
+    build_model,
+    get_config,
+    list_switches,
+    list_variants,
+    load_torchvision_weights,
+)
 
 LEARNED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 # §3.5, written out here: (kernels, input depth per kernel, kernel side, stride, groups)
-PAPER_CONVS = [(96, 3, 11, 4, 1), (256, 48, 5, 1, 2), (384, 256, 3, 1, 1), (384, 192, 3, 1, 2), (256, 192, 3, 1, 2)]
+PAPER_CONVS = [
+    (96, 3, 11, 4, 1),
+    (256, 48, 5, 1, 2),
+    (384, 256, 3, 1, 1),
+    (384, 192, 3, 1, 2),
+    (256, 192, 3, 1, 2),
+]
 PAPER_FCS = [(256 * 6 * 6, 4096), (4096, 4096), (4096, 1000)]
 
 
 def count(convs, fcs):
-    return sum(k * depth * size * size + k for k, depth, size, _, _ in convs) + sum(i * o + o for i, o in fcs)
+    return sum(k * depth * size * size + k for k, depth, size, _, _ in convs) + sum(
+        i * o + o for i, o in fcs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +71,28 @@ def test_paper_layers_are_the_table_of_section_3_5(paper_net):
 def test_paper_forward_equals_the_network_written_out(paper_net):
     x = torch.randn(2, 3, 227, 227, generator=torch.Generator().manual_seed(3)) * 50
     with torch.no_grad():
-        torch.testing.assert_close(paper_net(x), ref.paper_forward(paper_net, x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            paper_net(x), ref.paper_forward(paper_net, x), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_torchvision_variant_counts_as_torchvision():
-    assert n_params(build_model("torchvision")) == n_params(torchvision.models.alexnet(weights=None)) == 61_100_840
+    assert (
+        n_params(build_model("torchvision"))
+        == n_params(torchvision.models.alexnet(weights=None))
+        == 61_100_840
+    )
 
 
 def test_one_tower_is_the_one_gpu_net_of_section_3_2():
     net = build_model("one-tower")
-    halves = [(48, 3, 11, 4, 1), (128, 48, 5, 1, 1), (192, 128, 3, 1, 1), (192, 192, 3, 1, 1), (256, 192, 3, 1, 1)]
+    halves = [
+        (48, 3, 11, 4, 1),
+        (128, 48, 5, 1, 1),
+        (192, 128, 3, 1, 1),
+        (192, 192, 3, 1, 1),
+        (256, 192, 3, 1, 1),
+    ]
     assert n_params(net) == count(halves, PAPER_FCS)
     assert all(getattr(net, f"conv{i}").groups == 1 for i in range(1, 6))
 
@@ -90,7 +118,10 @@ def test_switches_change_what_they_say():
     assert isinstance(build_model("paper+no-lrn").norm1, nn.Identity)
     assert isinstance(build_model("paper+tanh").act, nn.Tanh)
     assert build_model("paper+no-groups").conv2.groups == 1
-    assert all(isinstance(getattr(build_model("paper+no-dropout"), d), nn.Identity) for d in ("drop6", "drop7"))
+    assert all(
+        isinstance(getattr(build_model("paper+no-dropout"), d), nn.Identity)
+        for d in ("drop6", "drop7")
+    )
     pooled = build_model("paper+pool-2x2")
     assert (pooled.pool1.kernel_size, pooled.pool1.stride) == (2, 2)
     # §3.4: z = s = 2 gives "output of the same dimensions" as z = 3, s = 2
@@ -103,7 +134,9 @@ def test_paper_224_is_cuda_convnet_rounding():
     net = build_model("paper-224").eval()
     x = torch.randn(1, 3, 224, 224)
     seen = {}
-    net.conv1.register_forward_hook(lambda m, i, o: seen.update(conv1=o.clone()))  # before the in-place ReLU
+    net.conv1.register_forward_hook(
+        lambda m, i, o: seen.update(conv1=o.clone())
+    )  # before the in-place ReLU
     with torch.no_grad():
         net(x)
         # 1 + ceil((224 - 11) / 4) = 55: three zero columns/rows on the right and bottom edge
@@ -115,7 +148,9 @@ def test_paper_224_is_cuda_convnet_rounding():
 def test_caffe_lrn_is_caffes_k1_alpha_over_n_over_all_maps():
     net = build_model("caffe")
     a = torch.rand(2, 96, 4, 4) * 60
-    torch.testing.assert_close(net.norm1(a), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(a))
+    torch.testing.assert_close(
+        net.norm1(a), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(a)
+    )
 
 
 def grad_wrt_input(fn, x, out_channel):
@@ -124,13 +159,17 @@ def grad_wrt_input(fn, x, out_channel):
     return x.grad.abs().flatten(2).sum(dim=(0, 2))  # per input channel
 
 
-@pytest.mark.parametrize("layer,channels,size", [("conv2", 96, 27), ("conv4", 384, 13), ("conv5", 384, 13)])
+@pytest.mark.parametrize(
+    "layer,channels,size", [("conv2", 96, 27), ("conv4", 384, 13), ("conv5", 384, 13)]
+)
 def test_grouped_layers_read_only_their_own_tower(paper_net, layer, channels, size):
     conv = getattr(paper_net, layer)
-    block = (lambda x: paper_net.norm2(F.relu(conv(x)))) if layer == "conv2" else conv  # LRN stays in the tower
+    block = (
+        (lambda x: paper_net.norm2(F.relu(conv(x)))) if layer == "conv2" else conv
+    )  # LRN stays in the tower
     x = torch.rand(1, channels, size, size) + 0.1
     half = channels // 2
-    first = grad_wrt_input(block, x, out_channel=0)                    # an output map of tower 1
+    first = grad_wrt_input(block, x, out_channel=0)  # an output map of tower 1
     last = grad_wrt_input(block, x, out_channel=conv.out_channels - 1)  # an output map of tower 2
     assert first[:half].sum() > 0 and first[half:].sum() == 0
     assert last[half:].sum() > 0 and last[:half].sum() == 0
@@ -160,8 +199,16 @@ def test_caffe_initialisation():
     torch.manual_seed(0)
     net = build_model("caffe")
     biases = [getattr(net, name).bias.unique().tolist() for name in LEARNED]
-    assert biases == [[0.0], [pytest.approx(0.1)], [0.0], [pytest.approx(0.1)], [pytest.approx(0.1)],
-                      [pytest.approx(0.1)], [pytest.approx(0.1)], [0.0]]
+    assert biases == [
+        [0.0],
+        [pytest.approx(0.1)],
+        [0.0],
+        [pytest.approx(0.1)],
+        [pytest.approx(0.1)],
+        [pytest.approx(0.1)],
+        [pytest.approx(0.1)],
+        [0.0],
+    ]
     assert abs(net.fc6.weight.std().item() - 0.005) < 0.0003
     assert abs(net.conv1.weight.std().item() - 0.01) < 0.0005
 
@@ -223,12 +270,16 @@ def test_bad_inputs_are_refused_naming_the_layer(paper_net):
     tv = build_model("torchvision").eval()  # adaptive pooling: any size that does not vanish
     with torch.no_grad():
         assert tuple(tv(torch.zeros(1, 3, 100, 120)).shape) == (1, 1000)
-    with pytest.raises(ShapeError, match="vanishes at pool5"):  # 40 -> 9 -> 4 -> 4 -> 1 -> 1 -> 1 -> 1 -> 0
+    with pytest.raises(
+        ShapeError, match="vanishes at pool5"
+    ):  # 40 -> 9 -> 4 -> 4 -> 1 -> 1 -> 1 -> 1 -> 0
         tv(torch.zeros(1, 3, 40, 40))
 
 
 def test_input_size_override_resizes_fc6():
-    net = build_model("paper", num_classes=10, input_size=195)  # 195 -> 47 -> 23 -> 23 -> 11 -> 11 -> 5
+    net = build_model(
+        "paper", num_classes=10, input_size=195
+    )  # 195 -> 47 -> 23 -> 23 -> 11 -> 11 -> 5
     assert net.fc6.in_features == 256 * 5 * 5
     assert tuple(net.eval()(torch.zeros(1, 3, 195, 195)).shape) == (1, 10)
 

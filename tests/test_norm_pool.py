@@ -12,7 +12,9 @@ import paper_reference as ref
 from paper_alexnet import LocalResponseNorm, build_model, fused_lrn
 from paper_alexnet.layers import relu_norm_pool
 
-pytestmark = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("c++") or shutil.which("g++")), reason="no C++ compiler"
+)
 
 
 def conv_output(shape, seed=0, scale=40.0, dtype=torch.float64):
@@ -34,8 +36,15 @@ def fused(out):
     return type(out.grad_fn).__name__ == "_ReluLRNPoolFunctionBackward"
 
 
-@pytest.mark.parametrize("groups,pool,shape", [(2, (3, 2), (2, 8, 11, 9)), (1, (3, 2), (2, 6, 13, 13)),
-                                               (2, (2, 2), (3, 4, 8, 7)), (3, (3, 3), (1, 9, 10, 10))])
+@pytest.mark.parametrize(
+    "groups,pool,shape",
+    [
+        (2, (3, 2), (2, 8, 11, 9)),
+        (1, (3, 2), (2, 6, 13, 13)),
+        (2, (2, 2), (3, 4, 8, 7)),
+        (3, (3, 3), (1, 9, 10, 10)),
+    ],
+)
 def test_forward_and_gradient_match_the_paper_written_out(groups, pool, shape):
     z = conv_output(shape).requires_grad_()
     w = z.detach().clone().requires_grad_()
@@ -43,7 +52,9 @@ def test_forward_and_gradient_match_the_paper_written_out(groups, pool, shape):
     want = written_out(w, groups, pool)
     assert fused(out)
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
-    upstream = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    upstream = torch.randn(
+        out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     out.backward(upstream)
     want.backward(upstream)
     torch.testing.assert_close(z.grad, w.grad, rtol=1e-10, atol=1e-12)
@@ -83,7 +94,9 @@ def test_ties_and_nans_go_where_torch_sends_them():
     assert fused(out) and not fused(want)
     windows = F.unfold(ref.lrn(F.relu(w.detach()), groups=2).reshape(-1, 1, 9, 9), 3, stride=2)
     top = windows.max(dim=1, keepdim=True).values
-    assert ((windows == top) & (top > 0)).sum(dim=1).gt(1).sum() > 20     # windows whose maximum is tied
+    assert ((windows == top) & (top > 0)).sum(dim=1).gt(
+        1
+    ).sum() > 20  # windows whose maximum is tied
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12, equal_nan=True)
     upstream = torch.rand(out.shape, dtype=torch.float64, generator=gen) + 1
     out.backward(upstream)
@@ -114,8 +127,10 @@ def test_keeps_only_z_and_a_byte_per_output():
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out = relu_norm_pool(z * 1, *stage())
-    assert sorted((str(t.dtype), t.numel()) for t in saved) == [("torch.float32", z.numel()),
-                                                                ("torch.uint8", out.numel())]
+    assert sorted((str(t.dtype), t.numel()) for t in saved) == [
+        ("torch.float32", z.numel()),
+        ("torch.uint8", out.numel()),
+    ]
 
 
 @pytest.mark.parametrize("case", ["hook", "ceil", "tanh", "eager", "channels_last", "torch_lrn"])
@@ -127,13 +142,18 @@ def test_what_the_kernel_does_not_take_runs_the_modules_in_turn(case):
     if case == "hook":
         norm.register_forward_hook(lambda module, inputs, output: None)
     elif case == "ceil":
-        pool, want = nn.MaxPool2d(3, 2, ceil_mode=True), F.max_pool2d(norm(act(z.clone())), 3, 2, ceil_mode=True)
+        pool, want = (
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            F.max_pool2d(norm(act(z.clone())), 3, 2, ceil_mode=True),
+        )
     elif case == "tanh":
         act, want = nn.Tanh(), pool(norm(torch.tanh(z)))
     elif case == "channels_last":
         z = z.contiguous(memory_format=torch.channels_last)
     elif case == "torch_lrn":
-        norm = nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)        # alpha * n: the paper's LRN, but not our module
+        norm = nn.LocalResponseNorm(
+            5, 5e-4, 0.75, 2.0
+        )  # alpha * n: the paper's LRN, but not our module
         want = pool(norm(act(z.clone())))
     with fused_lrn.use_eager(eager):
         out = relu_norm_pool(z.clone().requires_grad_() * 1, act, norm, pool)
@@ -147,8 +167,9 @@ def test_the_paper_net_takes_the_fused_path_and_agrees_with_the_modules(variant)
     model = build_model("paper", 10, init="he")
     if variant == "paper-two-tower":
         from paper_alexnet import TwoTowerAlexNet
+
         model = TwoTowerAlexNet(model.config)
-    model.eval()                                   # no dropout: the two passes see the same net
+    model.eval()  # no dropout: the two passes see the same net
     x = torch.randn(2, 3, 227, 227) * 60
     calls = []
     real = fused_lrn.stage_forward

@@ -17,7 +17,9 @@ def _paper_rule(w, v, grad, eps, momentum=0.9, decay=0.0005):
 
 
 def _loss(w):
-    return ((w - torch.arange(4.0)) ** 2 * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum() + 0.1 * torch.sin(w).sum()
+    return (
+        (w - torch.arange(4.0)) ** 2 * torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ).sum() + 0.1 * torch.sin(w).sum()
 
 
 def test_paper_sgd_is_the_written_rule_step_by_step():
@@ -53,7 +55,7 @@ def test_paper_sgd_differs_from_torch_sgd_right_after_a_drop():
             w.grad = None
             _loss(w).backward()
             opt.step()
-        if step < 10:     # constant eps: the same trajectory (torch's v is ours divided by -eps)
+        if step < 10:  # constant eps: the same trajectory (torch's v is ours divided by -eps)
             assert torch.allclose(a, b, atol=1e-10), step
         else:
             assert not torch.allclose(a, b, atol=1e-6), step
@@ -81,7 +83,7 @@ def test_epoch_schedules():
     for _ in range(7):
         step.step()
         seen.append(round(opt.param_groups[0]["lr"], 6))
-    assert seen == [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]     # ÷10 after epochs 3 and 6
+    assert seen == [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]  # ÷10 after epochs 3 and 6
     opt = PaperSGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     cosine = EpochSchedule(opt, "cosine", epochs=4)
     values = []
@@ -92,12 +94,18 @@ def test_epoch_schedules():
 
 
 def test_topk_error_on_hand_made_scores():
-    scores = torch.tensor([[0.1, 0.5, 0.2, 0.0, 0.0, 0.0, 0.3],    # label 1: top-1 hit
-                           [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0],    # label 6: lowest, miss in top-5
-                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])   # label 2: 5th highest, top-5 hit
+    scores = torch.tensor(
+        [
+            [0.1, 0.5, 0.2, 0.0, 0.0, 0.0, 0.3],  # label 1: top-1 hit
+            [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0],  # label 6: lowest, miss in top-5
+            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        ]
+    )  # label 2: 5th highest, top-5 hit
     errors = topk_errors(scores, torch.tensor([1, 6, 2]))
     assert errors[1] == pytest.approx(2 / 3) and errors[5] == pytest.approx(1 / 3)
-    assert topk_errors(torch.tensor([[0.2, 0.8]]), torch.tensor([0]))[5] == 0.0   # k capped at 2 classes
+    assert (
+        topk_errors(torch.tensor([[0.2, 0.8]]), torch.tensor([0]))[5] == 0.0
+    )  # k capped at 2 classes
 
 
 def test_plateau_never_divides_while_the_error_is_at_chance():
@@ -105,10 +113,14 @@ def test_plateau_never_divides_while_the_error_is_at_chance():
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([weight], lr=0.01)
     schedule = PlateauSchedule(optimizer, patience=1, chance=0.9, margin=0.04)
-    for error in (0.9, 0.91, 0.9, 0.87, 0.92, 0.9):          # a stall, with noise: no cut
+    for error in (0.9, 0.91, 0.9, 0.87, 0.92, 0.9):  # a stall, with noise: no cut
         assert not schedule.step(error)
     assert optimizer.param_groups[0]["lr"] == 0.01
-    assert not schedule.step(0.5) and schedule.step(0.55)      # left chance, then stopped improving: cut
+    assert not schedule.step(0.5) and schedule.step(
+        0.55
+    )  # left chance, then stopped improving: cut
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
-    plain = PlateauSchedule(torch.optim.SGD([weight], lr=0.01), patience=1)      # without a chance level: as before
+    plain = PlateauSchedule(
+        torch.optim.SGD([weight], lr=0.01), patience=1
+    )  # without a chance level: as before
     assert not plain.step(0.9) and plain.step(0.91)

@@ -10,10 +10,28 @@ import torch
 from reproduce import ablate, evaluate, predict, prepare, train, visualize
 from data_fixtures import cifar_batches, colour_image, image_tree
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "recipes.md")
-COMMANDS = {"train": train, "evaluate": evaluate, "ablate": ablate, "prepare": prepare, "visualize": visualize,
-            "predict": predict}
-SHORT_TRAIN = ["--epochs", "1", "--limit-train", "20", "--limit-val", "10", "--workers", "0", "--quiet"]
+DOC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "recipes.md"
+)
+COMMANDS = {
+    "train": train,
+    "evaluate": evaluate,
+    "ablate": ablate,
+    "prepare": prepare,
+    "visualize": visualize,
+    "predict": predict,
+}
+SHORT_TRAIN = [
+    "--epochs",
+    "1",
+    "--limit-train",
+    "20",
+    "--limit-val",
+    "10",
+    "--workers",
+    "0",
+    "--quiet",
+]
 
 
 def doc_commands() -> list:
@@ -48,7 +66,7 @@ def doc_runs() -> list:
 def _shortened(argv: list) -> list:
     name, rest = argv[2].split(".")[1], list(argv[3:])
     rest = [os.path.expanduser(word) for word in rest]
-    rest = ["0" if word == "0,1,2" else word for word in rest]                # one seed
+    rest = ["0" if word == "0,1,2" else word for word in rest]  # one seed
     if name in ("train", "ablate"):
         rest += SHORT_TRAIN + (["-b", "8", "--no-ten-crop"] if name == "ablate" else [])
     if name in ("evaluate", "prepare"):
@@ -58,7 +76,11 @@ def _shortened(argv: list) -> list:
 
 def test_the_page_has_the_documents_commands_and_what_each_training_run_prints_first():
     names = [argv[2] for argv in doc_commands()]
-    assert names.count("reproduce.train") >= 5 and "reproduce.ablate" in names and "reproduce.prepare" in names
+    assert (
+        names.count("reproduce.train") >= 5
+        and "reproduce.ablate" in names
+        and "reproduce.prepare" in names
+    )
     assert all(says for argv, says in doc_runs() if argv[2] == "reproduce.train")
 
 
@@ -66,20 +88,29 @@ def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
-    cifar_batches(str(tmp_path / "data"), per_class=3)                      # data/cifar-10-batches-py
-    image_tree(str(tmp_path / "data" / "caltech101" / "101_ObjectCategories"),
-               {"BACKGROUND_Google": 2, "accordion": 10, "airplanes": 10, "anchor": 10})
+    cifar_batches(str(tmp_path / "data"), per_class=3)  # data/cifar-10-batches-py
+    image_tree(
+        str(tmp_path / "data" / "caltech101" / "101_ObjectCategories"),
+        {"BACKGROUND_Google": 2, "accordion": 10, "airplanes": 10, "anchor": 10},
+    )
     os.makedirs(tmp_path / "data_fruit")
-    image_tree(str(tmp_path / "data_fruit"), {"apple": 12, "banana": 12, "cherry": 12}, size=(120, 90))
+    image_tree(
+        str(tmp_path / "data_fruit"), {"apple": 12, "banana": 12, "cherry": 12}, size=(120, 90)
+    )
     import torchvision
 
     hub = tmp_path / ".cache" / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), hub / "alexnet-owt-7be5be79.pth")
+    torch.save(
+        torchvision.models.alexnet(weights=None).state_dict(), hub / "alexnet-owt-7be5be79.pth"
+    )
     colour_image(1, size=(300, 200)).save(tmp_path / "my_photo.jpg")
     ran = []
     for argv, says in doc_runs():
-        argv = [("folder:" + str(tmp_path / "data_fruit")) if word == "folder:/data/fruit" else word for word in argv]
+        argv = [
+            ("folder:" + str(tmp_path / "data_fruit")) if word == "folder:/data/fruit" else word
+            for word in argv
+        ]
         name, *rest = _shortened(argv)
         capsys.readouterr()
         code = COMMANDS[name].main(rest)
@@ -87,11 +118,29 @@ def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, c
         assert code == 0, (" ".join(argv), err[-2000:])
         ran.append(name)
         if name == "train":
-            out_dir = rest[rest.index("--out") + 1] if "--out" in rest else os.path.join("runs", "paper-synthetic")
+            out_dir = (
+                rest[rest.index("--out") + 1]
+                if "--out" in rest
+                else os.path.join("runs", "paper-synthetic")
+            )
             first = [line for line in err.splitlines() if line.startswith("recipe:")]
-            assert first == [says], (" ".join(argv), first)          # the recipe line the page quotes under it
-            assert all(os.path.exists(os.path.join(out_dir, f)) for f in ("best.pt", "metrics.csv", "config.json"))
+            assert first == [says], (
+                " ".join(argv),
+                first,
+            )  # the recipe line the page quotes under it
+            assert all(
+                os.path.exists(os.path.join(out_dir, f))
+                for f in ("best.pt", "metrics.csv", "config.json")
+            )
             if "--tensorboard" in rest:
                 assert os.listdir(os.path.join(out_dir, "tb"))
-    assert ran.count("train") >= 5 and {"evaluate", "ablate", "prepare", "visualize", "predict"} <= set(ran)
-    assert np.isfinite(float(open("runs/cifar10-finetune/metrics.csv").read().splitlines()[1].split(",")[2]))
+    assert ran.count("train") >= 5 and {
+        "evaluate",
+        "ablate",
+        "prepare",
+        "visualize",
+        "predict",
+    } <= set(ran)
+    assert np.isfinite(
+        float(open("runs/cifar10-finetune/metrics.csv").read().splitlines()[1].split(",")[2])
+    )

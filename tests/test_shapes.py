@@ -20,8 +20,16 @@ def test_paper_sizes_follow_the_formula():
     """227 -> 55 -> 27 -> 27 -> 13 -> 13 -> 13 -> 13 -> 6, with the paddings that make §3.5's sizes."""
     s = 227
     expected = {}
-    for name, k, st, p in [("conv1", 11, 4, 0), ("pool1", 3, 2, 0), ("conv2", 5, 1, 2), ("pool2", 3, 2, 0),
-                           ("conv3", 3, 1, 1), ("conv4", 3, 1, 1), ("conv5", 3, 1, 1), ("pool5", 3, 2, 0)]:
+    for name, k, st, p in [
+        ("conv1", 11, 4, 0),
+        ("pool1", 3, 2, 0),
+        ("conv2", 5, 1, 2),
+        ("pool2", 3, 2, 0),
+        ("conv3", 3, 1, 1),
+        ("conv4", 3, 1, 1),
+        ("conv5", 3, 1, 1),
+        ("pool5", 3, 2, 0),
+    ]:
         s = ref.out_size(s, k, st, p)
         expected[name] = s
     got = {layer.name: layer.out_shape[1] for layer in layer_shapes(get_config("paper"))}
@@ -59,14 +67,24 @@ def macs_by_hooks(model, size):
 def test_multiply_adds_and_counts():
     paper = totals(layer_shapes(get_config("paper")))
     # §3.5 by hand: sum over layers of (output positions x kernels x weights per kernel)
-    by_hand = (55 * 55 * 96 * 11 * 11 * 3 + 27 * 27 * 256 * 5 * 5 * 48 + 13 * 13 * 384 * 3 * 3 * 256
-               + 13 * 13 * 384 * 3 * 3 * 192 + 13 * 13 * 256 * 3 * 3 * 192 + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
+    by_hand = (
+        55 * 55 * 96 * 11 * 11 * 3
+        + 27 * 27 * 256 * 5 * 5 * 48
+        + 13 * 13 * 384 * 3 * 3 * 256
+        + 13 * 13 * 384 * 3 * 3 * 192
+        + 13 * 13 * 256 * 3 * 3 * 192
+        + 9216 * 4096
+        + 4096 * 4096
+        + 4096 * 1000
+    )
     assert paper["macs"] == by_hand == 724_406_816
     assert paper["params"] == 60_965_224
     assert paper["neurons"] == 290_400 + 186_624 + 64_896 + 64_896 + 43_264 + 4096 + 4096 + 1000
     tv = totals(layer_shapes(get_config("torchvision")))
     assert tv["macs"] == macs_by_hooks(torchvision.models.alexnet(weights=None), 224)
-    assert tv["params"] == sum(p.numel() for p in torchvision.models.alexnet(weights=None).parameters())
+    assert tv["params"] == sum(
+        p.numel() for p in torchvision.models.alexnet(weights=None).parameters()
+    )
 
 
 @pytest.mark.parametrize("name", list(list_variants()) + [f"paper+{s}" for s in list_switches()])
@@ -77,9 +95,14 @@ def test_report_agrees_with_a_forward_pass(name):
 def test_verify_fails_when_the_arithmetic_is_wrong(monkeypatch):
     config = get_config("paper")
     real = shapes.layer_shapes(config)
-    broken = tuple(r if r.name != "pool2" else type(r)(**{**r.__dict__, "out_shape": (256, 12, 12)}) for r in real)
+    broken = tuple(
+        r if r.name != "pool2" else type(r)(**{**r.__dict__, "out_shape": (256, 12, 12)})
+        for r in real
+    )
     monkeypatch.setattr(shapes, "layer_shapes", lambda c: broken)
-    with pytest.raises(shapes.ReportMismatch, match="pool2: arithmetic 256×12×12, forward pass 256×13×13"):
+    with pytest.raises(
+        shapes.ReportMismatch, match="pool2: arithmetic 256×12×12, forward pass 256×13×13"
+    ):
         shapes.verify(config)
 
 
@@ -93,11 +116,28 @@ def test_csv_has_one_row_per_layer(capsys):
     code, out, _ = run_main(capsys, "--format", "csv")
     assert code == 0
     table = pd.read_csv(io.StringIO(out))
-    assert {"layer", "out_channels", "out_height", "out_width", "params", "macs"} <= set(table.columns)
-    assert list(table["layer"]) == ["conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4",
-                                    "conv5", "pool5", "fc6", "fc7", "fc8"]
+    assert {"layer", "out_channels", "out_height", "out_width", "params", "macs"} <= set(
+        table.columns
+    )
+    assert list(table["layer"]) == [
+        "conv1",
+        "norm1",
+        "pool1",
+        "conv2",
+        "norm2",
+        "pool2",
+        "conv3",
+        "conv4",
+        "conv5",
+        "pool5",
+        "fc6",
+        "fc7",
+        "fc8",
+    ]
     assert table["params"].sum() == 60_965_224
-    assert table.set_index("layer").loc["conv1", ["out_channels", "out_height", "out_width"]].tolist() == [96, 55, 55]
+    assert table.set_index("layer").loc[
+        "conv1", ["out_channels", "out_height", "out_width"]
+    ].tolist() == [96, 55, 55]
 
 
 def test_compare_shows_both_nets(capsys):
@@ -120,21 +160,31 @@ def test_json_and_markdown(capsys):
     code, out, _ = run_main(capsys, "--variant", "one-tower", "--format", "json")
     data = json.loads(out)
     assert data["variants"][0]["name"] == "one-tower"
-    assert data["variants"][0]["totals"]["params"] == sum(r["params"] for r in data["variants"][0]["layers"])
-    code, out, _ = run_main(capsys, "--format", "markdown", "--input-size", "195", "--num-classes", "10")
+    assert data["variants"][0]["totals"]["params"] == sum(
+        r["params"] for r in data["variants"][0]["layers"]
+    )
+    code, out, _ = run_main(
+        capsys, "--format", "markdown", "--input-size", "195", "--num-classes", "10"
+    )
     assert code == 0 and "| conv1 |" in out and "1 = 47" in out
 
 
 def test_bad_input_is_a_message_not_a_traceback():
     for argv in (["--variant", "resnet"], ["--input-size", "30"], ["--compare", "paper+nope"]):
-        result = subprocess.run([sys.executable, "-m", "paper_alexnet.shapes", *argv],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "paper_alexnet.shapes", *argv], capture_output=True, text=True
+        )
         assert result.returncode == 2, argv
-        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, (
+            result.stderr
+        )
 
 
 def test_module_entry_point_compare():
-    result = subprocess.run([sys.executable, "-m", "paper_alexnet.shapes", "--compare", "torchvision"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "paper_alexnet.shapes", "--compare", "torchvision"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "torchvision: params" in result.stdout

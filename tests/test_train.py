@@ -15,7 +15,7 @@ import torch
 from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.engine import NonFiniteLoss
-from reproduce import run_writer, train
+from reproduce import run_config, run_writer, train
 from data_fixtures import blank_tree, image_tree, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,7 @@ def _rows(path):
 def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
     out = tmp_path / "run"
     assert train.main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
-    config = json.loads((out / "config.json").read_text())
+    config = run_config.read_record(str(out))
     assert config["recipe"] == "quick" and config["quick_changes"]["init"] == "he"
     assert config["batch_size"] == 8 and config["versions"]["torch"] == torch.__version__
     assert config["model"]["name"] == "paper" and config["model"]["num_classes"] == 4
@@ -42,7 +42,10 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(run_writer.METRICS)
     for name in ("checkpoint.pt", "best.pt"):
         payload = torch.load(out / name, weights_only=True)
-        assert payload["variant"] == "paper" and set(payload["model"]) >= {"conv1.weight", "fc8.bias"}
+        assert payload["variant"] == "paper" and set(payload["model"]) >= {
+            "conv1.weight",
+            "fc8.bias",
+        }
         assert "augment" in payload["rng"] and payload["epoch"] in (1, 2)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -61,7 +64,9 @@ def test_metrics_count_the_seconds_the_training_loop_waited_for_data(tmp_path, m
     out = tmp_path / "slow"
     assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
     row = _rows(out / "metrics.csv")[0]
-    assert 2 * 0.25 <= float(row["data_wait_s"]) <= float(row["seconds"])         # 2 batches of 8, each 0.25 s late
+    assert (
+        2 * 0.25 <= float(row["data_wait_s"]) <= float(row["seconds"])
+    )  # 2 batches of 8, each 0.25 s late
 
 
 def test_a_jpeg_store_decoded_on_the_device_trains_as_decoded_in_the_workers(tmp_path, monkeypatch):
@@ -79,31 +84,66 @@ def test_a_jpeg_store_decoded_on_the_device_trains_as_decoded_in_the_workers(tmp
     monkeypatch.setattr(loader.BatchLoader, "_stage", seen)
 
     store = tmp_path / "store"
-    assert prepare.main(["--data", "synthetic?classes=4&train=16&val=8", "--out", str(store), "--format", "jpeg",
-                         "--quiet", "--workers", "0"]) == 0
+    assert (
+        prepare.main(
+            [
+                "--data",
+                "synthetic?classes=4&train=16&val=8",
+                "--out",
+                str(store),
+                "--format",
+                "jpeg",
+                "--quiet",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     runs = {}
     for way in ("device", "workers"):
         runs[way] = tmp_path / way
-        assert train.main(TINY[2:] + ["--data", f"store:{store}", "--workers", "2", "--decode", way, "--epochs", "2",
-                                      "--out", str(runs[way])]) == 0
-        assert set(where) == {way == "device"} and len(where) == 2 * (2 + 1)      # 2 epochs of 2 train, 1 val batches
+        assert (
+            train.main(
+                TINY[2:]
+                + [
+                    "--data",
+                    f"store:{store}",
+                    "--workers",
+                    "2",
+                    "--decode",
+                    way,
+                    "--epochs",
+                    "2",
+                    "--out",
+                    str(runs[way]),
+                ]
+            )
+            == 0
+        )
+        assert set(where) == {way == "device"} and len(where) == 2 * (
+            2 + 1
+        )  # 2 epochs of 2 train, 1 val batches
         where.clear()
     a, b = _rows(runs["device"] / "metrics.csv"), _rows(runs["workers"] / "metrics.csv")
     assert len(a) == len(b) == 2
     for x, y in zip(a, b):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
 
 
 def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):
     latest, best = tmp_path / "checkpoint.pt", tmp_path / "best.pt"
+
     def at(epoch):
         return Checkpoint(model={}, variant="paper", classes=[], augment={}, epoch=epoch)
 
     checkpoint.save(str(latest), at(1))
     checkpoint.share(str(latest), str(best))
-    checkpoint.save(str(latest), at(2))                                  # epoch 2 is not an improvement
+    checkpoint.save(str(latest), at(2))  # epoch 2 is not an improvement
     assert checkpoint.load(str(best)).epoch == 1 and checkpoint.load(str(latest)).epoch == 2
-    checkpoint.share(str(latest), str(best))                            # ... and epoch 3 would be
+    checkpoint.share(str(latest), str(best))  # ... and epoch 3 would be
     assert checkpoint.load(str(best)).epoch == 2 and not (tmp_path / "best.pt.tmp").exists()
 
 
@@ -112,19 +152,28 @@ def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):
     whole = tmp_path / "whole"
     assert train.main(args + ["--out", str(whole)]) == 0
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *args, "--out", str(killed)], cwd=ROOT,
-                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reproduce.train", *args, "--out", str(killed)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while not (killed / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
+    while (
+        not (killed / "metrics.csv").exists() and process.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)                     # somewhere in epoch 2
+    process.send_signal(signal.SIGKILL)  # somewhere in epoch 2
     assert process.wait() == -signal.SIGKILL
     assert len(_rows(killed / "metrics.csv")) < 3
     assert train.main(args + ["--out", str(killed), "--resume"]) == 0
     a, b = _rows(whole / "metrics.csv"), _rows(killed / "metrics.csv")
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path):
@@ -132,17 +181,35 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     image_tree(str(tmp_path / "fruit" / "val"), {"apple": 2, "pear": 2}, start_seed=40)
     write_bad_files(str(tmp_path / "fruit" / "train" / "pear"))
     out = tmp_path / "run"
-    data = ["--data", f"folder:{tmp_path / 'fruit'}", "-b", "4", "--workers", "0", "--quiet", "--epochs", "1"]
+    data = [
+        "--data",
+        f"folder:{tmp_path / 'fruit'}",
+        "-b",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+        "--epochs",
+        "1",
+    ]
     assert train.main(data + ["--out", str(out)]) == 0
     assert _rows(out / "metrics.csv")[0]["skipped_files"] == "3"
     assert train.main(data + ["--out", str(tmp_path / "strict"), "--strict"]) == 1
 
 
-@pytest.mark.parametrize("extra,words", [
-    (["--variant", "alexnet9"], "unknown variant"), (["--data", "mnist:/x"], "unknown data set"),
-    (["--data", "folder:/no/such/place"], "does not exist"), (["--crop", "300"], "256"),
-    (["-b", "0"], "batch-size"), (["--resume", "/no/such.pt"], "does not exist"),
-    (["--device", "cuda:7"], "CUDA"), (["--epochs", "0"], "epochs")])
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--variant", "alexnet9"], "unknown variant"),
+        (["--data", "mnist:/x"], "unknown data set"),
+        (["--data", "folder:/no/such/place"], "does not exist"),
+        (["--crop", "300"], "256"),
+        (["-b", "0"], "batch-size"),
+        (["--resume", "/no/such.pt"], "does not exist"),
+        (["--device", "cuda:7"], "CUDA"),
+        (["--epochs", "0"], "epochs"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, words):
     out = tmp_path / "out"
     out.mkdir()
@@ -157,9 +224,14 @@ def test_corrupt_or_foreign_checkpoint_and_an_existing_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
     before = {n: (out / n).read_bytes() for n in os.listdir(out)}
-    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 2            # would overwrite
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 2  # would overwrite
     assert "--resume" in capsys.readouterr().err
-    assert train.main(TINY + ["--epochs", "2", "--out", str(out), "--resume", "--variant", "torchvision"]) == 2
+    assert (
+        train.main(
+            TINY + ["--epochs", "2", "--out", str(out), "--resume", "--variant", "torchvision"]
+        )
+        == 2
+    )
     assert "not 'torchvision'" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert train.main(TINY + ["--out", str(out), "--resume", str(tmp_path / "bad.pt")]) == 2
@@ -167,7 +239,9 @@ def test_corrupt_or_foreign_checkpoint_and_an_existing_run(tmp_path, capsys):
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
 
 
-def test_non_finite_loss_stops_with_exit_3_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_with_exit_3_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     real = train.train_one_epoch
     calls = []
@@ -196,19 +270,26 @@ def test_evaluate_one_checkpoint_and_a_folder(tmp_path, capsys):
     assert evaluate.main(["--all", str(out), "--csv", str(tmp_path / "all.csv"), "-b", "8"]) == 0
     rows = _rows(tmp_path / "all.csv")
     assert [os.path.basename(r["checkpoint"]) for r in rows] == ["best.pt", "checkpoint.pt"]
-    assert all(0 <= float(r["top1_err"]) <= 1 and r["top5_err"] == "" for r in rows)    # 4 classes: top-5 n/a
-    assert rows[0]["top1_err"] == rows[1]["top1_err"]           # one epoch: best.pt is checkpoint.pt
+    assert all(
+        0 <= float(r["top1_err"]) <= 1 and r["top5_err"] == "" for r in rows
+    )  # 4 classes: top-5 n/a
+    assert rows[0]["top1_err"] == rows[1]["top1_err"]  # one epoch: best.pt is checkpoint.pt
     assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
 
 
 # --- stopping on a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) --------------------------------------------
 
-SIGNALLED = TINY[:1] + ["synthetic?classes=4&train=40&val=8"] + TINY[2:] + ["--epochs", "3", "--recipe", "paper",
-                                                                           "--lr", "0.001"]
+SIGNALLED = (
+    TINY[:1]
+    + ["synthetic?classes=4&train=40&val=8"]
+    + TINY[2:]
+    + ["--epochs", "3", "--recipe", "paper", "--lr", "0.001"]
+)
 
 
-def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch,
-                                                                                       capsys):
+def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, capsys
+):
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert train.main(SIGNALLED + ["--out", str(whole)]) == 0
     real = train.train_one_epoch
@@ -220,45 +301,72 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
         def on_step(step, *heard):
             inner(step, *heard)
             steps.append(step)
-            if len(steps) == 5 + 3:                       # epoch 1 has 5 steps; this is step 3 of epoch 2
-                signal.raise_signal(signal.SIGTERM)       # a real signal, to the handler train installed
+            if len(steps) == 5 + 3:  # epoch 1 has 5 steps; this is step 3 of epoch 2
+                signal.raise_signal(signal.SIGTERM)  # a real signal, to the handler train installed
 
         return real(*args, **{**kwargs, "on_step": on_step})
 
     monkeypatch.setattr(train, "train_one_epoch", signal_at_step_3_of_epoch_2)
     capsys.readouterr()
     assert train.main(SIGNALLED + ["--out", str(stopped)]) == 143
-    assert len(steps) == 8                                 # it finished the step it was in, and no other
+    assert len(steps) == 8  # it finished the step it was in, and no other
     err = capsys.readouterr().err
     assert "stopped by SIGTERM after step 3 of 5 of epoch 2" in err
     saved = checkpoint.load(str(stopped / "checkpoint.pt"))
-    assert (saved.epoch, saved.step, saved.progress["steps"], saved.progress["seen"]) == (1, 3, 3, 24)
+    assert (saved.epoch, saved.step, saved.progress["steps"], saved.progress["seen"]) == (
+        1,
+        3,
+        3,
+        24,
+    )
     assert len(_rows(stopped / "metrics.csv")) == 1
     monkeypatch.setattr(train, "train_one_epoch", real)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the handler is gone with the run
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
     assert train.main(SIGNALLED + ["--out", str(stopped), "--resume"]) == 0
     assert "and 3 steps of epoch 2" in capsys.readouterr().err
     a, b = _rows(whole / "metrics.csv"), _rows(stopped / "metrics.csv")
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
-    final_a, final_b = checkpoint.load(str(whole / "checkpoint.pt")), checkpoint.load(str(stopped / "checkpoint.pt"))
-    assert all(torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model)           # bit for bit
-    assert all(torch.equal(final_a.optimizer["state"][i]["velocity"], final_b.optimizer["state"][i]["velocity"])
-               for i in final_a.optimizer["state"])
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
+    final_a, final_b = (
+        checkpoint.load(str(whole / "checkpoint.pt")),
+        checkpoint.load(str(stopped / "checkpoint.pt")),
+    )
+    assert all(
+        torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model
+    )  # bit for bit
+    assert all(
+        torch.equal(
+            final_a.optimizer["state"][i]["velocity"], final_b.optimizer["state"][i]["velocity"]
+        )
+        for i in final_a.optimizer["state"]
+    )
 
 
 def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(tmp_path):
     """A scheduler (Slurm) or `kill -- -PGID` signals every process of the job, the loader's workers too."""
     out = tmp_path / "run"
-    argv = [w for w in SIGNALLED if w not in ("--workers", "0")] + ["--workers", "2", "--epochs", "20"]
-    process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *argv, "--out", str(out)], cwd=ROOT,
-                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    argv = [w for w in SIGNALLED if w not in ("--workers", "0")] + [
+        "--workers",
+        "2",
+        "--epochs",
+        "20",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reproduce.train", *argv, "--out", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(1.0)                                         # in epoch 2, its workers running
+    time.sleep(1.0)  # in epoch 2, its workers running
     os.killpg(process.pid, signal.SIGTERM)
     err = process.communicate(timeout=300)[1]
     assert process.returncode == 143, err
@@ -268,12 +376,18 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoint
 
 def test_ctrl_c_in_a_real_run_exits_130_with_a_checkpoint_that_resumes(tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "reproduce.train", *SIGNALLED, "--out", str(out)], cwd=ROOT,
-                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reproduce.train", *SIGNALLED, "--out", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)                      # at the end of epoch 1 or in epoch 2
+    process.send_signal(signal.SIGINT)  # at the end of epoch 1 or in epoch 2
     err = process.communicate(timeout=300)[1]
     assert process.returncode == 130, err
     assert "stopped by SIGINT" in err and "Traceback" not in err
@@ -284,14 +398,18 @@ def test_ctrl_c_in_a_real_run_exits_130_with_a_checkpoint_that_resumes(tmp_path)
 
 
 def test_a_second_signal_exits_at_once():
-    script = ("import os, signal, time\n"
-              "from paper_alexnet.signals import StopOnSignal\n"
-              "with StopOnSignal() as stop:\n"
-              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
-              "    print('first:', stop(), stop.exit_code, flush=True)\n"
-              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
-              "    print('not reached', flush=True)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    script = (
+        "import os, signal, time\n"
+        "from paper_alexnet.signals import StopOnSignal\n"
+        "with StopOnSignal() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+        "    print('first:', stop(), stop.exit_code, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+        "    print('not reached', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 143 and done.stdout == "first: True 143\n"
     assert "SIGTERM again: exiting now" in done.stderr
 
@@ -304,21 +422,30 @@ def _stuck(tmp_path, per_class=40):
 
 
 def test_a_stalled_run_stops_by_the_deadline_keeps_its_checkpoint_and_names_the_command_that_avoids_it(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     """§5's recipe on inputs that are all 0: its init's outputs are not uniform, so the loss is not at ln(4);
     the rate leaps it at once (3.7 to 140 at step 3 on AMD Zen 3; 41 units of logit per unit of error, from
     4096 fc7 inputs near 1 at lr 0.01) and the net, blind, is at chance at the deadline, step 10. Blind by
     construction, on any CPU; the first 10 steps are far from overflow (the loss goes NaN near step 43)."""
     out = tmp_path / "stuck"
-    assert train.main(_stuck(tmp_path) + ["--recipe", "paper", "--epochs", "2", "--out", str(out)]) == train.STALLED
+    assert (
+        train.main(_stuck(tmp_path) + ["--recipe", "paper", "--epochs", "2", "--out", str(out)])
+        == train.STALLED
+    )
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("stopped at step")]
-    assert len(line) == 1 and "stopped at step 10 of the run:" in line[0] and "chance 25.0%" in line[0]
-    saved = checkpoint.load(str(out / "checkpoint.pt"))               # nothing lost: --resume continues
+    assert (
+        len(line) == 1 and "stopped at step 10 of the run:" in line[0] and "chance 25.0%" in line[0]
+    )
+    saved = checkpoint.load(str(out / "checkpoint.pt"))  # nothing lost: --resume continues
     assert (saved.epoch, saved.step) == (0, 10)
     command = line[0].split("Run instead: ")[1].split("   (")[0]
     words = shlex.split(command)
-    assert words[:3] == ["python", "-m", "reproduce.train"] and words[words.index("--recipe") + 1] == "quick"
+    assert (
+        words[:3] == ["python", "-m", "reproduce.train"]
+        and words[words.index("--recipe") + 1] == "quick"
+    )
     assert "--lr" not in words and words[words.index("--out") + 1] == f"{out}-quick"
     # the command runs as printed (here one epoch; nothing learns these images, so it is watched, not stopped),
     # with the recipe it names
@@ -327,20 +454,30 @@ def test_a_stalled_run_stops_by_the_deadline_keeps_its_checkpoint_and_names_the_
 
 
 def test_a_run_stuck_at_chance_with_on_stall_warn_is_told_once_in_its_first_epoch_and_keeps_its_rate(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     """The plateau rule never divides at chance, and the warning comes before the first epoch ends. Stuck by
     construction on any CPU: every input is 0 and He init's biases are 0, so every layer outputs 0, fc8 gives
     the uniform distribution, and only biases learn (Adam: at most about --lr a step); the loss stays within
     1% of ln(4) and the validation error is exactly chance, 75%. 10 steps an epoch (40 images, batch 4)."""
     out = tmp_path / "stuck"
-    args = _stuck(tmp_path, per_class=10) + ["-b", "4", "--recipe", "quick", "--schedule", "plateau"]
+    args = _stuck(tmp_path, per_class=10) + [
+        "-b",
+        "4",
+        "--recipe",
+        "quick",
+        "--schedule",
+        "plateau",
+    ]
     assert train.main(args + ["--epochs", "3", "--on-stall", "warn", "--out", str(out)]) == 0
     lines = capsys.readouterr().err.splitlines()
-    warned = [i for i, x in enumerate(lines) if x.startswith("warning: at step 10:") and "at chance" in x]
+    warned = [
+        i for i, x in enumerate(lines) if x.startswith("warning: at step 10:") and "at chance" in x
+    ]
     first_epoch = [i for i, x in enumerate(lines) if x.startswith("epoch 1:")]
     assert len(warned) == 1 and warned[0] < first_epoch[0] and "stayed at ln(4)" in lines[warned[0]]
-    assert "--lr 1e-05" in lines[warned[0]]                      # not §5's init: the avoiding change is the rate
+    assert "--lr 1e-05" in lines[warned[0]]  # not §5's init: the avoiding change is the rate
     rows = _rows(out / "metrics.csv")
-    assert [float(r["val_top1_err"]) for r in rows] == [0.75] * 3               # at chance throughout
+    assert [float(r["val_top1_err"]) for r in rows] == [0.75] * 3  # at chance throughout
     assert [float(r["lr"]) for r in rows] == [1e-4] * 3
     assert checkpoint.load(str(out / "checkpoint.pt")).optimizer["param_groups"][0]["lr"] == 1e-4

@@ -32,16 +32,29 @@ def _coded_images(n, size=256):
 
 def _stats(mean_image=None, size=256):
     mean = np.zeros((3, size, size), np.float32) if mean_image is None else mean_image
-    return DataStats(mean, np.array([0.3, 0.02, 0.005]), np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0])
+    return DataStats(
+        mean,
+        np.array([0.3, 0.02, 0.005]),
+        np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0],
+    )
 
 
 def test_ten_crop_coordinates_are_the_corners_and_centre():
     # §4.1: "the four corner patches and the center patch as well as their horizontal reflections"
     offsets = ten_crop_offsets(256, 224)
-    assert offsets[:5] == [(0, 0, False), (0, 32, False), (32, 0, False), (32, 32, False), (16, 16, False)]
+    assert offsets[:5] == [
+        (0, 0, False),
+        (0, 32, False),
+        (32, 0, False),
+        (32, 32, False),
+        (16, 16, False),
+    ]
     assert offsets[5:] == [(y, x, True) for y, x, _ in offsets[:5]]
-    assert ten_crop_offsets(256, 227)[3][:2] == (29, 29) and ten_crop_offsets(256, 227)[4][:2] == (14, 14)
-    assert len(offsets) == len(set(offsets)) == paper.TEN_CROP                  # the count §4.1 states
+    assert ten_crop_offsets(256, 227)[3][:2] == (29, 29) and ten_crop_offsets(256, 227)[4][:2] == (
+        14,
+        14,
+    )
+    assert len(offsets) == len(set(offsets)) == paper.TEN_CROP  # the count §4.1 states
 
 
 @pytest.mark.parametrize("crop", [224, 227])
@@ -53,10 +66,13 @@ def test_ten_crops_are_exact_slices_and_mirrors(crop):
     far = 256 - crop
     starts = [(0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)]
     for k, (y, x) in enumerate(starts):
-        patch = one[:, y:y + crop, x:x + crop].float()
+        patch = one[:, y : y + crop, x : x + crop].float()
         assert torch.equal(crops[k, 1], patch)
         assert torch.equal(crops[k + 5, 0], patch.flip(-1))
-    assert torch.equal(transform.center(images)[0], one[:, far // 2:far // 2 + crop, far // 2:far // 2 + crop].float())
+    assert torch.equal(
+        transform.center(images)[0],
+        one[:, far // 2 : far // 2 + crop, far // 2 : far // 2 + crop].float(),
+    )
 
 
 def test_random_crops_stay_inside_and_flip_half_the_time():
@@ -66,15 +82,15 @@ def test_random_crops_stay_inside_and_flip_half_the_time():
     assert out.shape == (400, 3, 227, 227)
     flipped, positions = 0, set()
     for patch in out:
-        mirrored = patch[1, 0, 0] > patch[1, 0, -1]          # x coordinate decreasing: reflected
+        mirrored = patch[1, 0, 0] > patch[1, 0, -1]  # x coordinate decreasing: reflected
         if mirrored:
             patch, flipped = patch.flip(-1), flipped + 1
         y, x = int(patch[0, 0, 0]), int(patch[1, 0, 0])
-        assert 0 <= y <= 29 and 0 <= x <= 29                  # 256 - 227 = 29: every crop inside the image
-        assert torch.equal(patch, one[:, y:y + 227, x:x + 227].float())
+        assert 0 <= y <= 29 and 0 <= x <= 29  # 256 - 227 = 29: every crop inside the image
+        assert torch.equal(patch, one[:, y : y + 227, x : x + 227].float())
         positions.add((y, x))
-    assert 150 < flipped < 250                                 # p = 1/2
-    assert len(positions) > 200                                # offsets vary per image
+    assert 150 < flipped < 250  # p = 1/2
+    assert len(positions) > 200  # offsets vary per image
     no_flip = PaperTransform(_stats(), Augment(crop=227, pca=False, flip=False, mean="none"))
     out = no_flip.train(images[:50], torch.Generator().manual_seed(0))
     assert (out[:, 1, 0, 0] < out[:, 1, 0, -1]).all()
@@ -84,7 +100,9 @@ def test_mean_image_is_subtracted_where_the_image_is_cropped():
     images, one = _coded_images(16)
     transform = PaperTransform(_stats(one.float().numpy()), Augment(crop=224, pca=False))
     assert torch.count_nonzero(transform.train(images, torch.Generator().manual_seed(3))) == 0
-    channel = PaperTransform(_stats(one.float().numpy()), Augment(crop=224, pca=False, flip=False, mean="channel"))
+    channel = PaperTransform(
+        _stats(one.float().numpy()), Augment(crop=224, pca=False, flip=False, mean="channel")
+    )
     out = channel.center(images)
     expected = one[:, 16:240, 16:240].float() - one.float().mean(dim=(1, 2), keepdim=True)
     assert torch.allclose(out[0], expected, atol=1e-4)
@@ -93,7 +111,9 @@ def test_mean_image_is_subtracted_where_the_image_is_cropped():
 def test_torchvision_normalisation():
     images = torch.full((1, 3, 256, 256), 128, dtype=torch.uint8)
     out = PaperTransform(None, Augment(crop=224, pca=False, mean="torchvision")).center(images)
-    expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
     assert torch.allclose(out[0, :, 5, 5], expected, atol=1e-5)
 
 
@@ -106,14 +126,16 @@ def test_pca_lighting_statistics_and_one_draw_per_image():
     images = torch.full((n, 3, 4, 4), 100, dtype=torch.uint8)
     shift = (transform.train(images, torch.Generator().manual_seed(0)) - 100) / 255.0
     per_image = shift[:, :, 0, 0]
-    assert torch.allclose(shift, per_image[:, :, None, None].expand_as(shift), atol=1e-4)   # same a for all pixels
+    assert torch.allclose(
+        shift, per_image[:, :, None, None].expand_as(shift), atol=1e-4
+    )  # same a for all pixels
     p, lam = torch.tensor(stats.eigvec), torch.tensor(stats.eigval)
-    expected = p @ torch.diag(0.1 ** 2 * lam ** 2) @ p.T
+    expected = p @ torch.diag(0.1**2 * lam**2) @ p.T
     sample = per_image.double()
-    assert sample.mean(0).abs().max() < 4 * float(expected.diagonal().max().sqrt()) / n ** 0.5
+    assert sample.mean(0).abs().max() < 4 * float(expected.diagonal().max().sqrt()) / n**0.5
     covariance = torch.cov(sample.T)
     assert torch.allclose(covariance, expected, atol=0.05 * float(expected.abs().max()))
-    assert not torch.allclose(shift[0], shift[1])                                            # a differs per image
+    assert not torch.allclose(shift[0], shift[1])  # a differs per image
 
 
 def test_augment_rejects_impossible_settings():
@@ -146,9 +168,15 @@ def test_every_part_switches_from_the_command_line():
     parser = argparse.ArgumentParser()
     add_data_arguments(parser)
     default = augment_from_args(parser.parse_args([]), 227)
-    assert default == Augment(crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image")   # the paper's
-    off = augment_from_args(parser.parse_args(["--no-pca", "--no-flip", "--no-translate", "--crop", "224", "--mean",
-                                                "channel"]), 227)
+    assert default == Augment(
+        crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image"
+    )  # the paper's
+    off = augment_from_args(
+        parser.parse_args(
+            ["--no-pca", "--no-flip", "--no-translate", "--crop", "224", "--mean", "channel"]
+        ),
+        227,
+    )
     assert off == Augment(crop=224, flip=False, pca=False, mean="channel", translate=False)
     with pytest.raises(DataError, match="256"):
         augment_from_args(parser.parse_args(["--crop", "300"]), 227)
@@ -156,8 +184,10 @@ def test_every_part_switches_from_the_command_line():
 
 def test_no_translate_trains_on_the_centre_crop_and_keeps_the_flip_and_lighting_draws():
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    fixed = PaperTransform(_stats(size=8), Augment(crop=4, translate=False, flip=False, pca=False, mean="none"))
-    centre = images[:, :, 2:6, 2:6].float()                  # (8 - 4) // 2 = 2 on both axes
+    fixed = PaperTransform(
+        _stats(size=8), Augment(crop=4, translate=False, flip=False, pca=False, mean="none")
+    )
+    centre = images[:, :, 2:6, 2:6].float()  # (8 - 4) // 2 = 2 on both axes
     assert torch.equal(fixed.train(images, torch.Generator().manual_seed(0)), centre)
     flips = PaperTransform(_stats(size=8), Augment(crop=4, translate=False, pca=False, mean="none"))
     out = flips.train(images, torch.Generator().manual_seed(1))

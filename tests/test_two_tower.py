@@ -11,7 +11,9 @@ from trajectory import moved_alike
 
 def _pair(variant="paper+no-dropout", classes=10):
     torch.manual_seed(0)
-    grouped = build_model(variant, num_classes=classes, init="he")   # He init: activations that are not tiny
+    grouped = build_model(
+        variant, num_classes=classes, init="he"
+    )  # He init: activations that are not tiny
     return grouped, TwoTowerAlexNet.from_grouped(grouped, devices=("cpu", "cpu"))
 
 
@@ -28,21 +30,42 @@ def test_same_outputs_and_gradients_as_the_grouped_net():
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
         for kind in ("weight", "bias"):
             halves = [getattr(getattr(t, name), kind).grad for t in towers.towers]
-            torch.testing.assert_close(torch.cat(halves), getattr(getattr(grouped, name), kind).grad,
-                                       rtol=1e-4, atol=1e-6, msg=f"{name}.{kind}")
-    torch.testing.assert_close(towers.fc8.weight.grad, grouped.fc8.weight.grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(
+                torch.cat(halves),
+                getattr(getattr(grouped, name), kind).grad,
+                rtol=1e-4,
+                atol=1e-6,
+                msg=f"{name}.{kind}",
+            )
+    torch.testing.assert_close(
+        towers.fc8.weight.grad, grouped.fc8.weight.grad, rtol=1e-4, atol=1e-6
+    )
 
 
 def test_each_tower_holds_half_of_every_layer():
     _, towers = _pair("paper", 1000)
     a, b = towers.towers
-    widths = [a.conv1.out_channels, a.conv2.out_channels, a.conv3.out_channels, a.conv4.out_channels,
-              a.conv5.out_channels, a.fc6.out_features, a.fc7.out_features]
+    widths = [
+        a.conv1.out_channels,
+        a.conv2.out_channels,
+        a.conv3.out_channels,
+        a.conv4.out_channels,
+        a.conv5.out_channels,
+        a.fc6.out_features,
+        a.fc7.out_features,
+    ]
     assert widths == [48, 128, 192, 192, 128, 2048, 2048]
     # what each layer reads: its own tower's maps (conv2, conv4, conv5) or both (conv3, fc6, fc7)
-    assert [a.conv2.in_channels, a.conv3.in_channels, a.conv4.in_channels, a.conv5.in_channels] == [48, 256, 192, 192]
+    assert [a.conv2.in_channels, a.conv3.in_channels, a.conv4.in_channels, a.conv5.in_channels] == [
+        48,
+        256,
+        192,
+        192,
+    ]
     assert (a.fc6.in_features, a.fc7.in_features, towers.fc8.in_features) == (9216, 4096, 4096)
-    assert sum(p.numel() for p in towers.parameters()) == sum(p.numel() for p in build_model("paper").parameters())
+    assert sum(p.numel() for p in towers.parameters()) == sum(
+        p.numel() for p in build_model("paper").parameters()
+    )
 
 
 def test_a_tower_reads_the_other_only_at_the_crossings():
@@ -55,6 +78,7 @@ def test_a_tower_reads_the_other_only_at_the_crossings():
     def keep(name):
         def hook(module, inputs, output):
             seen.setdefault(name, []).append(output.detach().clone())
+
         return hook
 
     a, b = towers.towers
@@ -64,7 +88,9 @@ def test_a_tower_reads_the_other_only_at_the_crossings():
     handle = b.conv3.register_forward_hook(lambda module, inputs, output: output * 3.0)
     towers(x)
     handle.remove()
-    assert torch.equal(seen["conv4"][0], seen["conv4"][1]) and torch.equal(seen["conv5"][0], seen["conv5"][1])
+    assert torch.equal(seen["conv4"][0], seen["conv4"][1]) and torch.equal(
+        seen["conv5"][0], seen["conv5"][1]
+    )
     assert not torch.allclose(seen["fc6"][0], seen["fc6"][1])
     # and before conv3: tower 0's conv2 does not see tower 1's conv1 maps
     seen.clear()
@@ -81,13 +107,13 @@ def test_every_parameter_sits_on_its_tower_device():
     a, b = towers.towers
     assert {p.device.type for p in a.parameters()} == {"cpu"}
     assert {p.device.type for p in b.parameters()} == {"meta"}
-    assert towers.fc8.weight.device.type == "cpu"             # fc8 on the first device
+    assert towers.fc8.weight.device.type == "cpu"  # fc8 on the first device
 
 
 def test_conversion_both_ways_and_one_checkpoint_format():
     grouped, towers = _pair()
     state = towers.state_dict()
-    assert set(state) == set(grouped.state_dict())                 # the grouped layout
+    assert set(state) == set(grouped.state_dict())  # the grouped layout
     for key, value in grouped.state_dict().items():
         assert torch.equal(state[key], value), key
     back = towers.to_grouped()
@@ -97,7 +123,7 @@ def test_conversion_both_ways_and_one_checkpoint_format():
     other.load_state_dict(grouped.state_dict())
     torch.testing.assert_close(other.eval()(x), grouped(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError):
-        TwoTowerAlexNet(build_model("torchvision").config)      # not split in two towers
+        TwoTowerAlexNet(build_model("torchvision").config)  # not split in two towers
 
 
 def test_bytes_that_cross_between_the_devices():
@@ -114,8 +140,23 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
     from reproduce import evaluate, train
 
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
-    args = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet", "--epochs", "2",
-            "--variant", "paper+no-dropout", "--recipe", "paper", "--lr", "0.0001"]   # no leap (trajectory.py)
+    args = [
+        "--data",
+        "synthetic?classes=4&train=16&val=8",
+        "-b",
+        "8",
+        "--workers",
+        "0",
+        "--quiet",
+        "--epochs",
+        "2",
+        "--variant",
+        "paper+no-dropout",
+        "--recipe",
+        "paper",
+        "--lr",
+        "0.0001",
+    ]  # no leap (trajectory.py)
     assert train.main(args + ["--out", str(tmp_path / "grouped")]) == 0
     assert train.main(args + ["--out", str(tmp_path / "towers"), "--two-gpu"]) == 0
     assert "two towers (§3.2) both on the CPU" in capsys.readouterr().err
@@ -124,16 +165,19 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
         with open(tmp_path / name / "metrics.csv") as handle:
             rows.append(list(csv.DictReader(handle)))
     for a, b in zip(*rows):
-        assert a["val_top5_err"] == b["val_top5_err"] == ""                 # 4 classes: top-5 is n/a
+        assert a["val_top5_err"] == b["val_top5_err"] == ""  # 4 classes: top-5 is n/a
         for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
     one = torch.load(tmp_path / "grouped" / "checkpoint.pt", weights_only=True)
     two = torch.load(tmp_path / "towers" / "checkpoint.pt", weights_only=True)
     assert two["two_tower"] and set(two["model"]) == set(one["model"])
-    moved_alike(two, one, args, steps=4)            # two convolutions sum in another order than one grouped
+    moved_alike(two, one, args, steps=4)  # two convolutions sum in another order than one grouped
     # either checkpoint evaluates with either layout, to the same error
     outputs = []
-    for path, flags in ((tmp_path / "towers" / "best.pt", []), (tmp_path / "grouped" / "best.pt", ["--two-gpu"])):
+    for path, flags in (
+        (tmp_path / "towers" / "best.pt", []),
+        (tmp_path / "grouped" / "best.pt", ["--two-gpu"]),
+    ):
         assert evaluate.main(["--checkpoint", str(path), "-b", "8"] + flags) == 0
         outputs.append(capsys.readouterr().out.split(": ", 1)[1])
     assert outputs[0] == outputs[1]
@@ -142,9 +186,15 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
     assert "--two-gpu" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--devices", "cpu"], "two devices"), (["--devices", "cpu,cuda:5"], "no such CUDA device"),
-    (["--devices", "cpu,tpu"], "not a device"), (["--two-gpu", "--variant", "torchvision"], "two towers")])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--devices", "cpu"], "two devices"),
+        (["--devices", "cpu,cuda:5"], "no such CUDA device"),
+        (["--devices", "cpu,tpu"], "not a device"),
+        (["--two-gpu", "--variant", "torchvision"], "two towers"),
+    ],
+)
 def test_bad_placement_is_one_line_and_exit_2(tmp_path, capsys, flags, words):
     from reproduce import train
 

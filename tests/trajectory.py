@@ -12,12 +12,15 @@ from paper_alexnet.networks import build_network, get_network
 def initial_weights(argv):
     """The net of a reproduce.train command line as the run starts it: --seed (0), the --variant, the recipe's
     init (--recipe paper: §5's), 4 classes (the tests' synthetic data)."""
+
     def flag(name, default):
         return argv[argv.index(name) + 1] if name in argv else default
 
     assert flag("--recipe", None) == "paper" and "classes=4" in flag("--data", "")
     torch.manual_seed(int(flag("--seed", 0)))
-    config = dataclasses.replace(get_network(flag("--variant", "paper"), num_classes=4), init="paper")
+    config = dataclasses.replace(
+        get_network(flag("--variant", "paper"), num_classes=4), init="paper"
+    )
     return build_network(config).state_dict()
 
 
@@ -34,6 +37,8 @@ def moved_alike(run, reference, argv, steps):
     for name, weight in reference["model"].items():
         moved = float((weight - start[name]).norm())
         # the start is the one the runs began from: training moved each weight a small part of its size
-        assert 0 < moved and (name.endswith("bias") or moved < 0.1 * float(start[name].norm())), name
+        assert 0 < moved and (name.endswith("bias") or moved < 0.1 * float(start[name].norm())), (
+            name
+        )
         apart = float((run["model"][name] - weight).norm())
         assert apart <= 0.01 * steps * moved, (name, apart / moved)

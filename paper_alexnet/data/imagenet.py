@@ -55,14 +55,21 @@ def val_labels(devkit: str) -> dict[int, str]:
         with open(devkit, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         try:
-            return {int(_VAL_NUMBER.search(r["ImageId"]).group(1)): r["PredictionString"].split()[0] for r in rows}
+            return {
+                int(_VAL_NUMBER.search(r["ImageId"]).group(1)): r["PredictionString"].split()[0]
+                for r in rows
+            }
         except (KeyError, AttributeError, IndexError):
-            raise DataError(f"{devkit}: LOC_val_solution.csv needs the columns ImageId,PredictionString") from None
+            raise DataError(
+                f"{devkit}: LOC_val_solution.csv needs the columns ImageId,PredictionString"
+            ) from None
     meta_bytes, truth_bytes = _devkit_files(devkit)
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise DataError("reading the devkit's meta.mat needs scipy", "install", package="scipy") from None
+        raise DataError(
+            "reading the devkit's meta.mat needs scipy", "install", package="scipy"
+        ) from None
     synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
     wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
     ids = [int(line) for line in truth_bytes.decode().split()]
@@ -85,5 +92,7 @@ def sort_imagenet_val(val_dir: str, devkit: str) -> int:
         target = os.path.join(val_dir, labels[int(_VAL_NUMBER.search(name).group(1))])
         os.makedirs(target, exist_ok=True)
         os.replace(os.path.join(val_dir, name), os.path.join(target, name))
-    _logger.info(f"{val_dir}: sorted {len(files)} images into {len(set(labels.values()))} class folders")
+    _logger.info(
+        f"{val_dir}: sorted {len(files)} images into {len(set(labels.values()))} class folders"
+    )
     return len(files)

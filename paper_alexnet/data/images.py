@@ -18,8 +18,19 @@ from PIL import Image, ImageOps
 
 from .. import paper
 
-RESIZE_MODES = ("shorter", "warp")      # §2's resize and centre crop; Caffe's warp of both sides
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+RESIZE_MODES = ("shorter", "warp")  # §2's resize and centre crop; Caffe's warp of both sides
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".ppm",
+    ".pgm",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
 
 
 class DataError(ValueError):
@@ -49,10 +60,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB; transparency is composited onto white, as a viewer shows it."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):   # 16/32-bit grayscale: scale to 8 bits
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: scale to 8 bits
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+        image = Image.fromarray(
+            np.clip(array * (255.0 / top), 0, 255).round().astype(np.uint8), "L"
+        )
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -64,7 +77,13 @@ def _upright(image: Image.Image) -> Image.Image:
     """The image as it is meant to be seen: its EXIF orientation (phones store portraits sideways) applied."""
     try:
         return ImageOps.exif_transpose(image)
-    except (SyntaxError, ValueError, OSError, KeyError, TypeError):      # a damaged EXIF block: as stored
+    except (
+        SyntaxError,
+        ValueError,
+        OSError,
+        KeyError,
+        TypeError,
+    ):  # a damaged EXIF block: as stored
         return image
 
 
@@ -101,7 +120,7 @@ def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE, resize: str = "shor
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if size is not None and image.format == "JPEG" and resize == "shorter":
-                    image.draft("RGB", (size, size))   # decode a big JPEG at a reduced scale >= size
+                    image.draft("RGB", (size, size))  # decode a big JPEG at a reduced scale >= size
                 image.load()
                 image = _to_rgb(_upright(image))
         if size is not None:

@@ -28,14 +28,20 @@ from .splits import Split
 from .store import decode_jpegs
 
 
-def epoch_order(count: int, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                drop_last: bool = False) -> list[np.ndarray]:
+def epoch_order(
+    count: int,
+    batch_size: int,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> list[np.ndarray]:
     """The index batches of one epoch: a permutation seeded by (seed, epoch), cut into batches."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
     order = np.random.default_rng([seed, epoch]).permutation(count) if shuffle else np.arange(count)
     stop = count - count % batch_size if drop_last else count
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
 DECODE_CHOICES = ("auto", "workers", "device")
@@ -59,7 +65,9 @@ class _Batches(torch.utils.data.Dataset):
         self.split, self.encoded = split, encoded
 
     def __getitem__(self, indices):
-        return self.split.encoded(indices) if self.encoded else self.split.batch(indices, strict=False)
+        return (
+            self.split.encoded(indices) if self.encoded else self.split.batch(indices, strict=False)
+        )
 
 
 def _as_is(batch):
@@ -79,22 +87,45 @@ class BatchLoader:
     With ``device`` they arrive there (see the module's note; pinned on the way to a GPU); ``decode`` is
     :func:`decode_where`'s answer."""
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                 drop_last: bool = False, workers: int = 0, strict: bool = False, start_batch: int = 0,
-                 rank: int = 0, world: int = 1, device=None, decode: str = "workers"):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = False,
+        workers: int = 0,
+        strict: bool = False,
+        start_batch: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        device=None,
+        decode: str = "workers",
+    ):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of {world} processes")
         self.split, self.strict = split, strict
         self.device = None if device is None else torch.device(device)
-        self.decode_on_device = decode_where(decode, self.device or "cpu") == "device" and split.defers_decoding
-        self.batches = epoch_order(len(split), batch_size, seed, epoch, shuffle, drop_last)[start_batch:]
+        self.decode_on_device = (
+            decode_where(decode, self.device or "cpu") == "device" and split.defers_decoding
+        )
+        self.batches = epoch_order(len(split), batch_size, seed, epoch, shuffle, drop_last)[
+            start_batch:
+        ]
         self.skipped: list = []
         self.loader = torch.utils.data.DataLoader(
-            _Batches(split, encoded=self.decode_on_device), sampler=[b[rank::world] for b in self.batches],
-            batch_size=None, collate_fn=_as_is, num_workers=workers,
+            _Batches(split, encoded=self.decode_on_device),
+            sampler=[b[rank::world] for b in self.batches],
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=workers,
             pin_memory=self.device is not None and self.device.type == "cuda",
-            persistent_workers=False, prefetch_factor=2 if workers else None,
-            worker_init_fn=_leave_signals_to_the_main_process if workers else None)
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+            worker_init_fn=_leave_signals_to_the_main_process if workers else None,
+        )
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -105,7 +136,10 @@ class BatchLoader:
             batch = decode_jpegs(*batch, device=self.device or "cpu", strict=False)
         images, labels, skipped = batch
         if self.device is not None:
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            images, labels = (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
         return images, labels, skipped
 
     def _staged(self) -> Iterator[tuple]:
@@ -150,12 +184,22 @@ class BatchLoader:
                 yield images, labels
 
 
-def loader_throughput(split: Split, transform, batch_size: int = 128, batches: int = 8, workers: int = 0,
-                      device: str = "cpu", warmup: int = 1, decode: str = "workers") -> float:
+def loader_throughput(
+    split: Split,
+    transform,
+    batch_size: int = 128,
+    batches: int = 8,
+    workers: int = 0,
+    device: str = "cpu",
+    warmup: int = 1,
+    decode: str = "workers",
+) -> float:
     """Images per second through loader + training transform (crop, flip, mean, PCA) onto ``device``, as
     training reads them (pinned, staged ahead, ``decode`` where :func:`decode_where` says)."""
     generator = torch.Generator().manual_seed(0)
-    loader = BatchLoader(split, batch_size, workers=workers, shuffle=True, device=device, decode=decode)
+    loader = BatchLoader(
+        split, batch_size, workers=workers, shuffle=True, device=device, decode=decode
+    )
     seen, start = 0, None
     for step, (images, _) in enumerate(loader):
         if step == warmup:
@@ -167,5 +211,7 @@ def loader_throughput(split: Split, transform, batch_size: int = 128, batches: i
         if step + 1 >= warmup + batches:
             break
     if start is None:
-        raise ValueError(f"need more than {warmup} batches of {batch_size} images to time the loader")
+        raise ValueError(
+            f"need more than {warmup} batches of {batch_size} images to time the loader"
+        )
     return seen / (time.perf_counter() - start)

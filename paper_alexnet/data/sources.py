@@ -43,7 +43,6 @@ from . import synthetic
 _logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Opening:
     """How a data set is opened: whether it may be downloaded, and whether long work shows a bar."""
@@ -58,7 +57,9 @@ class Source:
 
     open: Callable[["DataSpec", Opening], "DataSet"]
     needs_root: bool = True
-    options: dict = field(default_factory=dict)     # ?key=value options and their defaults (the type is theirs)
+    options: dict = field(
+        default_factory=dict
+    )  # ?key=value options and their defaults (the type is theirs)
     downloadable: bool = False
 
 
@@ -68,7 +69,7 @@ class DataSpec:
     root: Optional[str]
     options: dict
     text: str
-    given: tuple = ()          # the options the spec itself set (the rest are defaults)
+    given: tuple = ()  # the options the spec itself set (the rest are defaults)
 
 
 def parse_spec(text: str) -> DataSpec:
@@ -77,8 +78,10 @@ def parse_spec(text: str) -> DataSpec:
     kind, _, root = head.partition(":")
     kind = kind.strip().lower()
     if kind not in SOURCES:
-        raise DataError(f"unknown data set {kind!r} in --data {text!r}: use one of "
-                        f"{', '.join(k + (':ROOT' if s.needs_root else '') for k, s in SOURCES.items())}")
+        raise DataError(
+            f"unknown data set {kind!r} in --data {text!r}: use one of "
+            f"{', '.join(k + (':ROOT' if s.needs_root else '') for k, s in SOURCES.items())}"
+        )
     if SOURCES[kind].needs_root and not root:
         raise DataError(f"--data {kind} needs a folder: --data {kind}:ROOT")
     defaults = SOURCES[kind].options
@@ -91,8 +94,16 @@ def parse_spec(text: str) -> DataSpec:
         try:
             options[key] = type(defaults[key])(value)
         except ValueError:
-            raise DataError(f"--data {kind}: option {key}={value!r} is not a {type(defaults[key]).__name__}") from None
-    return DataSpec(kind, os.path.expanduser(root) if root else None, options, str(text), tuple(k for k, _ in pairs))
+            raise DataError(
+                f"--data {kind}: option {key}={value!r} is not a {type(defaults[key]).__name__}"
+            ) from None
+    return DataSpec(
+        kind,
+        os.path.expanduser(root) if root else None,
+        options,
+        str(text),
+        tuple(k for k, _ in pairs),
+    )
 
 
 def cache_dir() -> str:
@@ -114,7 +125,9 @@ class DataSet:
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
-            raise DataError(f"--data {self.spec} has no {name!r} split (it has {', '.join(self.splits)})")
+            raise DataError(
+                f"--data {self.spec} has no {name!r} split (it has {', '.join(self.splits)})"
+            )
         return self.splits[name]
 
     def stats(self, progress: bool = True) -> DataStats:
@@ -122,15 +135,22 @@ class DataSet:
         if self.store is not None:
             return self.store.stats()
         train = self.split("train")
-        key = hashlib.sha1("\n".join([self.spec, str(len(train))] +
-                                     [train.describe(i) for i in range(len(train))]).encode()).hexdigest()[:16]
+        key = hashlib.sha1(
+            "\n".join(
+                [self.spec, str(len(train))] + [train.describe(i) for i in range(len(train))]
+            ).encode()
+        ).hexdigest()[:16]
         path = os.path.join(cache_dir(), "stats", f"{key}.npz")
         if os.path.exists(path):
             return DataStats.load(path)
         from tqdm.auto import tqdm
 
-        _logger.info(f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})")
-        starts = tqdm(range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress)
+        _logger.info(
+            f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})"
+        )
+        starts = tqdm(
+            range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress
+        )
         stats = split_stats(train, 64, starts)
         if self.imagenet_pca:
             stats = stats.with_imagenet_pca()
@@ -149,7 +169,11 @@ def scan_tree(root: str) -> tuple[list, list, list, list]:
         found = []
         for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [os.path.join(folder, f) for f in sorted(files) if is_image_file(f) and not f.startswith(".")]
+            found += [
+                os.path.join(folder, f)
+                for f in sorted(files)
+                if is_image_file(f) and not f.startswith(".")
+            ]
         if not found:
             empty.append(name)
         paths += found
@@ -157,13 +181,17 @@ def scan_tree(root: str) -> tuple[list, list, list, list]:
     return classes, paths, labels, empty
 
 
-def _tree_split(name: str, root: str, classes: list | None = None) -> tuple[list, FileSplit, list, list]:
+def _tree_split(
+    name: str, root: str, classes: list | None = None
+) -> tuple[list, FileSplit, list, list]:
     """(classes found, the split, notes, classes with no image files) of one ImageFolder tree."""
     found, paths, labels, empty = scan_tree(root)
     if classes is not None:
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise DataError(f"{root} has classes that the training folder lacks: {', '.join(extra[:5])}")
+            raise DataError(
+                f"{root} has classes that the training folder lacks: {', '.join(extra[:5])}"
+            )
         labels = [classes.index(found[label]) for label in labels]
     notes = [f"warning: class {c!r} has no images in {os.path.join(root, c)}" for c in empty]
     return found, FileSplit(name, paths, labels), notes, empty
@@ -181,14 +209,20 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
     classes, train, _, empty = _tree_split("train", train_dir)
     notes = []
     if len(train) == 0:
-        raise DataError(f"no images found under {train_dir} (looked for class folders of "
-                        f".jpg/.jpeg/.png/.bmp/... files)")
-    if empty:            # a class the net could never learn, and a chance level that would be wrong
-        raise DataError(f"{os.path.join(train_dir, empty[0])} holds no image files: every training class needs "
-                        f"images (remove the folder, or fill it)"
-                        + (f"; also empty: {', '.join(empty[1:4])}" if len(empty) > 1 else ""))
+        raise DataError(
+            f"no images found under {train_dir} (looked for class folders of "
+            f".jpg/.jpeg/.png/.bmp/... files)"
+        )
+    if empty:  # a class the net could never learn, and a chance level that would be wrong
+        raise DataError(
+            f"{os.path.join(train_dir, empty[0])} holds no image files: every training class needs "
+            f"images (remove the folder, or fill it)"
+            + (f"; also empty: {', '.join(empty[1:4])}" if len(empty) > 1 else "")
+        )
     if len(classes) < 2:
-        raise DataError(f"{train_dir} has one class folder ({classes[0]}): a classifier needs at least two")
+        raise DataError(
+            f"{train_dir} has one class folder ({classes[0]}): a classifier needs at least two"
+        )
     if val_dir is not None:
         _, val, more, _ = _tree_split("val", val_dir, classes)
         splits = {"train": train, "val": val}
@@ -197,10 +231,17 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
         ratio = spec.options.get("val", 0.1)
         if not 0 < ratio < 1:
             raise DataError(f"--data {spec.text}: val={ratio} must be a fraction between 0 and 1")
-        part_train, part_val = stratified_split(train.labels, [1 - ratio, ratio], spec.options.get("seed", 0))
-        splits = {"train": SubsetSplit(train, part_train, "train"), "val": SubsetSplit(train, part_val, "val")}
-        notes.append(f"{spec.text}: one tree split {1 - ratio:g}:{ratio:g} per class with seed "
-                     f"{spec.options.get('seed', 0)}")
+        part_train, part_val = stratified_split(
+            train.labels, [1 - ratio, ratio], spec.options.get("seed", 0)
+        )
+        splits = {
+            "train": SubsetSplit(train, part_train, "train"),
+            "val": SubsetSplit(train, part_val, "val"),
+        }
+        notes.append(
+            f"{spec.text}: one tree split {1 - ratio:g}:{ratio:g} per class with seed "
+            f"{spec.options.get('seed', 0)}"
+        )
     _check_nonempty(spec.text, splits)
     return DataSet(spec.text, classes, splits, notes, imagenet_pca=spec.kind == "imagenet")
 
@@ -211,11 +252,16 @@ def _open_imagenet(spec: DataSpec, opening: Opening) -> DataSet:
     if not os.path.isdir(root):
         raise DataError(f"ImageNet folder {root} does not exist")
     if not os.path.isdir(train_dir) or not os.path.isdir(val_dir):
-        raise DataError(f"ImageNet folder {root} needs train/ and val/ class folders (ILSVRC-2012 layout)")
+        raise DataError(
+            f"ImageNet folder {root} needs train/ and val/ class folders (ILSVRC-2012 layout)"
+        )
     flat = [f for f in os.listdir(val_dir) if is_image_file(f)]
     if flat:
-        raise DataError(f"{val_dir} holds {len(flat)} images not sorted into class folders", "sort-val",
-                        val=val_dir)
+        raise DataError(
+            f"{val_dir} holds {len(flat)} images not sorted into class folders",
+            "sort-val",
+            val=val_dir,
+        )
     return _open_folder(spec, train_dir, val_dir)
 
 
@@ -226,12 +272,20 @@ def _open_plain_folder(spec: DataSpec, opening: Opening) -> DataSet:
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         return _open_folder(spec, root, None)
-    val_dir = next((os.path.join(root, d) for d in ("val", "valid", "validation", "test")
-                    if os.path.isdir(os.path.join(root, d))), None)
+    val_dir = next(
+        (
+            os.path.join(root, d)
+            for d in ("val", "valid", "validation", "test")
+            if os.path.isdir(os.path.join(root, d))
+        ),
+        None,
+    )
     if val_dir is not None and "val" in spec.given:
-        raise DataError(f"--data {spec.text}: {root} has its own {os.path.basename(val_dir)}/ folder, which is the "
-                        f"validation set, so ?val= has nothing to split: drop it to use that folder, or give a tree "
-                        f"without one")
+        raise DataError(
+            f"--data {spec.text}: {root} has its own {os.path.basename(val_dir)}/ folder, which is the "
+            f"validation set, so ?val= has nothing to split: drop it to use that folder, or give a tree "
+            f"without one"
+        )
     return _open_folder(spec, train_dir, val_dir)
 
 
@@ -246,7 +300,11 @@ def _unpickle(path: str) -> dict:
 def _open_cifar(spec: DataSpec, opening: Opening) -> DataSet:
     hundred = spec.kind == "cifar100"
     folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
-    root = spec.root if os.path.basename(os.path.normpath(spec.root)) == folder else os.path.join(spec.root, folder)
+    root = (
+        spec.root
+        if os.path.basename(os.path.normpath(spec.root)) == folder
+        else os.path.join(spec.root, folder)
+    )
     if not os.path.isdir(root) and opening.download:
         import torchvision
 
@@ -254,8 +312,14 @@ def _open_cifar(spec: DataSpec, opening: Opening) -> DataSet:
         for train in (True, False):
             dataset(spec.root, train=train, download=True)
     if not os.path.isdir(root):
-        raise DataError(f"{spec.kind}: {root} does not exist (torchvision's layout); add --download to fetch it")
-    files = (["train"], ["test"]) if hundred else ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
+        raise DataError(
+            f"{spec.kind}: {root} does not exist (torchvision's layout); add --download to fetch it"
+        )
+    files = (
+        (["train"], ["test"])
+        if hundred
+        else ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
+    )
     key = b"fine_labels" if hundred else b"labels"
     splits = {}
     for name, names in zip(("train", "val"), files):
@@ -265,7 +329,11 @@ def _open_cifar(spec: DataSpec, opening: Opening) -> DataSet:
             if not os.path.isfile(path):
                 raise DataError(f"{spec.kind}: missing {path}")
             batch = _unpickle(path)
-            arrays.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            arrays.append(
+                np.asarray(batch[b"data"], dtype=np.uint8)
+                .reshape(-1, 3, 32, 32)
+                .transpose(0, 2, 3, 1)
+            )
             labels += list(batch[key])
         splits[name] = ArraySplit(name, np.concatenate(arrays), labels)
     meta = _unpickle(os.path.join(root, "meta" if hundred else "batches.meta"))
@@ -274,20 +342,30 @@ def _open_cifar(spec: DataSpec, opening: Opening) -> DataSet:
 
 
 def _open_caltech(spec: DataSpec, opening: Opening) -> DataSet:
-    candidates = [os.path.join(spec.root, *p) for p in
-                  ((), ("101_ObjectCategories",), ("caltech101", "101_ObjectCategories"))]
-    root = next((c for c in candidates if os.path.basename(os.path.normpath(c)) == "101_ObjectCategories"
-                 and os.path.isdir(c)), None)
+    candidates = [
+        os.path.join(spec.root, *p)
+        for p in ((), ("101_ObjectCategories",), ("caltech101", "101_ObjectCategories"))
+    ]
+    root = next(
+        (
+            c
+            for c in candidates
+            if os.path.basename(os.path.normpath(c)) == "101_ObjectCategories" and os.path.isdir(c)
+        ),
+        None,
+    )
     if root is None and opening.download:
         import torchvision
 
         torchvision.datasets.Caltech101(spec.root, download=True)
         root = candidates[2]
     if root is None:
-        raise DataError(f"caltech101: no 101_ObjectCategories folder under {spec.root} (torchvision's layout "
-                        f"ROOT/caltech101/101_ObjectCategories); add --download to fetch it")
+        raise DataError(
+            f"caltech101: no 101_ObjectCategories folder under {spec.root} (torchvision's layout "
+            f"ROOT/caltech101/101_ObjectCategories); add --download to fetch it"
+        )
     classes, paths, labels, empty = scan_tree(root)
-    keep = [c for c in classes if c != "BACKGROUND_Google"]        # as torchvision does
+    keep = [c for c in classes if c != "BACKGROUND_Google"]  # as torchvision does
     mapping = {classes.index(c): k for k, c in enumerate(keep)}
     pairs = [(p, mapping[y]) for p, y in zip(paths, labels) if y in mapping]
     if not pairs:
@@ -297,38 +375,56 @@ def _open_caltech(spec: DataSpec, opening: Opening) -> DataSet:
         ratios = [float(r) for r in spec.options["split"].split(":")]
         assert len(ratios) == 3 and min(ratios) >= 0 and sum(ratios) > 0
     except (ValueError, AssertionError):
-        raise DataError(f"caltech101: split={spec.options['split']!r} must be three ratios like 8:1:1") from None
+        raise DataError(
+            f"caltech101: split={spec.options['split']!r} must be three ratios like 8:1:1"
+        ) from None
     fractions = [r / sum(ratios) for r in ratios]
     parts = stratified_split(whole.labels, fractions, spec.options["seed"])
-    splits = {name: SubsetSplit(whole, part, name) for name, part in zip(("train", "val", "test"), parts)}
+    splits = {
+        name: SubsetSplit(whole, part, name) for name, part in zip(("train", "val", "test"), parts)
+    }
     _check_nonempty(spec.text, splits)
-    notes = [f"caltech101: {len(keep)} classes, split {spec.options['split']} per class with seed "
-             f"{spec.options['seed']}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())}"]
+    notes = [
+        f"caltech101: {len(keep)} classes, split {spec.options['split']} per class with seed "
+        f"{spec.options['seed']}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())}"
+    ]
     notes += [f"warning: class {c!r} has no images" for c in empty if c in keep]
     return DataSet(spec.text, keep, splits, notes)
 
 
 def _open_store(spec: DataSpec, opening: Opening) -> DataSet:
     store = Store(spec.root)
-    return DataSet(spec.text, store.classes, dict(store.splits),
-                   [f"store {spec.root}: {store.meta['spec']}, {len(store.bad)} unreadable files left out"],
-                   store=store)
+    return DataSet(
+        spec.text,
+        store.classes,
+        dict(store.splits),
+        [f"store {spec.root}: {store.meta['spec']}, {len(store.bad)} unreadable files left out"],
+        store=store,
+    )
 
 
 def synthetic_source(spec: DataSpec) -> DataSet:
     """The synthetic set as splits that render on demand (what gets written into its cached store)."""
     o = spec.options
     if not 2 <= o["classes"] <= len(synthetic.SHAPES):
-        raise DataError(f"synthetic: classes={o['classes']} must be between 2 and {len(synthetic.SHAPES)}")
+        raise DataError(
+            f"synthetic: classes={o['classes']} must be between 2 and {len(synthetic.SHAPES)}"
+        )
     if o["train"] < o["classes"] or o["val"] < 1:
-        raise DataError(f"synthetic: train={o['train']} must be at least classes={o['classes']}, val at least 1")
+        raise DataError(
+            f"synthetic: train={o['train']} must be at least classes={o['classes']}, val at least 1"
+        )
     if o["level"] not in synthetic.LEVELS:
-        raise DataError(f"synthetic: level={o['level']!r} is not one of {', '.join(synthetic.LEVELS)}")
+        raise DataError(
+            f"synthetic: level={o['level']!r} is not one of {', '.join(synthetic.LEVELS)}"
+        )
     splits = {}
     for name in ("train", "val"):
-        render = functools.partial(_render, split=name, seed=o["seed"], num_classes=o["classes"], level=o["level"])
+        render = functools.partial(
+            _render, split=name, seed=o["seed"], num_classes=o["classes"], level=o["level"]
+        )
         splits[name] = RenderSplit(name, synthetic.labels_for(o[name], o["classes"]), render)
-    return DataSet(spec.text, list(synthetic.SHAPES[:o["classes"]]), splits)
+    return DataSet(spec.text, list(synthetic.SHAPES[: o["classes"]]), splits)
 
 
 def _render(label, index, split, seed, num_classes, level):
@@ -342,8 +438,10 @@ def _complete(folder: str) -> bool:
 def _open_synthetic(spec: DataSpec, opening: Opening) -> DataSet:
     o = spec.options
     source = synthetic_source(spec)
-    folder = os.path.join(cache_dir(),
-                          f"synthetic-{o['level']}-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}")
+    folder = os.path.join(
+        cache_dir(),
+        f"synthetic-{o['level']}-c{o['classes']}-t{o['train']}-v{o['val']}-s{o['seed']}",
+    )
     if not _complete(folder):
         _logger.info(f"generating the built-in synthetic data set into {folder} (once)")
         # written beside and renamed into place whole: runs started at once (ablate --jobs, torchrun ranks)
@@ -351,19 +449,33 @@ def _open_synthetic(spec: DataSpec, opening: Opening) -> DataSet:
         os.makedirs(cache_dir(), exist_ok=True)
         building = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".building-", dir=cache_dir())
         try:
-            prepare_store(source.spec, source.classes, source.splits, building, workers=0,
-                          progress=opening.progress)
+            prepare_store(
+                source.spec,
+                source.classes,
+                source.splits,
+                building,
+                workers=0,
+                progress=opening.progress,
+            )
             if not _complete(folder):
-                shutil.rmtree(folder, ignore_errors=True)        # a folder left half-written by a killed run
+                shutil.rmtree(
+                    folder, ignore_errors=True
+                )  # a folder left half-written by a killed run
                 try:
                     os.rename(building, folder)
                 except OSError:
-                    if not _complete(folder):                    # not another run's finished copy: a real error
+                    if not _complete(folder):  # not another run's finished copy: a real error
                         raise
         finally:
             shutil.rmtree(building, ignore_errors=True)
     store = Store(folder)
-    return DataSet(spec.text, store.classes, dict(store.splits), [f"synthetic data cached in {folder}"], store=store)
+    return DataSet(
+        spec.text,
+        store.classes,
+        dict(store.splits),
+        [f"synthetic data cached in {folder}"],
+        store=store,
+    )
 
 
 def open_dataset(text: str = "synthetic", download: bool = False, progress: bool = True) -> DataSet:
@@ -371,15 +483,20 @@ def open_dataset(text: str = "synthetic", download: bool = False, progress: bool
     spec = parse_spec(text)
     source = SOURCES[spec.kind]
     if download and not source.downloadable:
-        raise DataError(f"--download works for {', '.join(k for k, s in SOURCES.items() if s.downloadable)}, "
-                        f"not {spec.kind}")
+        raise DataError(
+            f"--download works for {', '.join(k for k, s in SOURCES.items() if s.downloadable)}, "
+            f"not {spec.kind}"
+        )
     return source.open(spec, Opening(download, progress))
 
 
 # Every kind of data set: how it opens, whether it needs a root folder, its options, whether it downloads.
 SOURCES = {
-    "synthetic": Source(_open_synthetic, needs_root=False,
-                        options={"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"}),
+    "synthetic": Source(
+        _open_synthetic,
+        needs_root=False,
+        options={"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"},
+    ),
     "imagenet": Source(_open_imagenet),
     "cifar10": Source(_open_cifar, downloadable=True),
     "cifar100": Source(_open_cifar, downloadable=True),

@@ -37,7 +37,9 @@ class Split:
         """Image ``i`` as 256 x 256 x 3 uint8 (§2); raises :class:`BadImageError`."""
         raise NotImplementedError
 
-    def batch(self, indices: Sequence[int], strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, Skipped]:
+    def batch(
+        self, indices: Sequence[int], strict: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Skipped]:
         """(uint8 N x 3 x 256 x 256, int64 labels, [(path, reason) of skipped files])."""
         images, labels, skipped = [], [], []
         for i in indices:
@@ -49,16 +51,23 @@ class Split:
                     raise
                 skipped.append((err.path, err.reason))
         size = paper.IMAGE_SIZE
-        stacked = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous() if images
-                   else torch.empty(0, 3, size, size, dtype=torch.uint8))
+        stacked = (
+            torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+            if images
+            else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        )
         return stacked, torch.as_tensor(np.asarray(labels, dtype=np.int64)), skipped
 
     def subset(self, indices: Sequence[int]) -> "Split":
         return SubsetSplit(self, indices)
 
-    defers_decoding = False     # True where a batch can come encoded (encoded()) and be decoded on the device
+    defers_decoding = (
+        False  # True where a batch can come encoded (encoded()) and be decoded on the device
+    )
 
-    resize = "shorter"          # how a file becomes 256x256 (images.fit); only splits that cut images use it
+    resize = (
+        "shorter"  # how a file becomes 256x256 (images.fit); only splits that cut images use it
+    )
 
     def use_resize(self, resize: str) -> bool:
         """Cut images this way from now on (images.fit); False where the images are stored already cut (a
@@ -92,7 +101,9 @@ class ArraySplit(Split):
         self.arrays = arrays
 
     def load(self, i: int) -> np.ndarray:
-        return np.asarray(fit(Image.fromarray(self.arrays[i], "RGB"), resize=self.resize), dtype=np.uint8)
+        return np.asarray(
+            fit(Image.fromarray(self.arrays[i], "RGB"), resize=self.resize), dtype=np.uint8
+        )
 
     def use_resize(self, resize: str) -> bool:
         self.resize = resize
@@ -145,7 +156,11 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
         members = rng.permutation(np.flatnonzero(labels == label))
         start = 0
         for k, fraction in enumerate(fractions):
-            stop = len(members) if k == len(fractions) - 1 else start + int(round(fraction * len(members)))
+            stop = (
+                len(members)
+                if k == len(fractions) - 1
+                else start + int(round(fraction * len(members)))
+            )
             parts[k].extend(members[start:stop].tolist())
             start = stop
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]

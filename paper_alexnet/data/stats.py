@@ -23,9 +23,9 @@ from .images import DataError
 # The ImageNet PCA that most reproductions use (fb.resnet.torch, MXNet, Caffe2 recipes): eigenvalues
 # and eigenvectors (columns, RGB) of the RGB covariance of ILSVRC-2012 training pixels in [0, 1].
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
-IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                            [-0.5808, -0.0045, -0.8140],
-                            [-0.5836, -0.6948, 0.4203]])
+IMAGENET_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+)
 # Per-channel mean and std of ImageNet in [0, 1]: what torchvision's pretrained weights expect.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -38,8 +38,8 @@ class DataStats:
     mean_image: np.ndarray
     eigval: np.ndarray
     eigvec: np.ndarray
-    count: int = 0                      # images that went into the statistics
-    pca_source: str = "training set"    # or "ImageNet (published)"
+    count: int = 0  # images that went into the statistics
+    pca_source: str = "training set"  # or "ImageNet (published)"
 
     @property
     def channel_mean(self) -> np.ndarray:
@@ -53,20 +53,36 @@ class DataStats:
         return 255.0 * np.sqrt(np.clip(np.diag(covariance), 1e-12, None))
 
     def with_imagenet_pca(self) -> "DataStats":
-        return DataStats(self.mean_image, IMAGENET_EIGVAL.copy(), IMAGENET_EIGVEC.copy(), self.count,
-                         "ImageNet (published)")
+        return DataStats(
+            self.mean_image,
+            IMAGENET_EIGVAL.copy(),
+            IMAGENET_EIGVEC.copy(),
+            self.count,
+            "ImageNet (published)",
+        )
 
     def save(self, path: str) -> None:
         with atomic_write(path, "wb") as handle:
-            np.savez(handle, mean_image=self.mean_image, eigval=self.eigval, eigvec=self.eigvec,
-                     count=np.int64(self.count), pca_source=np.array(self.pca_source))
+            np.savez(
+                handle,
+                mean_image=self.mean_image,
+                eigval=self.eigval,
+                eigvec=self.eigvec,
+                count=np.int64(self.count),
+                pca_source=np.array(self.pca_source),
+            )
 
     @classmethod
     def load(cls, path: str) -> "DataStats":
         try:
             with np.load(path) as f:
-                return cls(f["mean_image"].astype(np.float32), f["eigval"], f["eigvec"], int(f["count"]),
-                           str(f["pca_source"]))
+                return cls(
+                    f["mean_image"].astype(np.float32),
+                    f["eigval"],
+                    f["eigvec"],
+                    int(f["count"]),
+                    str(f["pca_source"]),
+                )
         except (OSError, KeyError, ValueError) as err:
             raise DataError(f"cannot read the data statistics {path}: {err}") from None
 
@@ -98,10 +114,12 @@ class StatsAccumulator:
             raise DataError("no training images to compute the mean image and PCA from")
         mean_rgb = self.rgb_sum / self.pixels
         covariance = self.rgb_outer / self.pixels - np.outer(mean_rgb, mean_rgb)
-        eigval, eigvec = np.linalg.eigh(covariance)               # ascending
+        eigval, eigvec = np.linalg.eigh(covariance)  # ascending
         order = np.argsort(eigval)[::-1]
         eigval, eigvec = np.clip(eigval[order], 0, None), eigvec[:, order]
-        return DataStats((self.pixel_sum / self.count).astype(np.float32), eigval, eigvec, self.count)
+        return DataStats(
+            (self.pixel_sum / self.count).astype(np.float32), eigval, eigvec, self.count
+        )
 
 
 def compute_stats(batches: Iterable[np.ndarray]) -> DataStats:
@@ -118,4 +136,6 @@ def split_stats(split, batch_size: int, starts: Optional[Iterable[int]] = None) 
     """compute_stats over a split's images (splits.Split), ``batch_size`` at a time; ``starts``: the batches'
     first indices, e.g. wrapped in a progress bar (default: every ``batch_size``-th)."""
     starts = range(0, len(split), batch_size) if starts is None else starts
-    return compute_stats(split.batch(range(s, min(s + batch_size, len(split))))[0].numpy() for s in starts)
+    return compute_stats(
+        split.batch(range(s, min(s + batch_size, len(split))))[0].numpy() for s in starts
+    )

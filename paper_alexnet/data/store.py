@@ -45,9 +45,12 @@ FORMAT = "paper_alexnet.store/1"
 SPLIT_ORDER = ("train", "val", "test")
 ENCODINGS = ("raw", "jpeg")
 # torchvision 0.29 marks its JPEG codec as deprecated in favour of TorchCodec; it is the one this package pins
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-JPEG_QUALITY = 90           # prepare --quality: about a tenth of the raw bytes (docs/data.md)
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
+JPEG_QUALITY = 90  # prepare --quality: about a tenth of the raw bytes (docs/data.md)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -75,14 +78,16 @@ class StoreSplit(Split):
         self.root, self.index, self.total = root, np.asarray(index, dtype=np.int64), total
         self._maps: dict = {}
 
-    def __getstate__(self):           # a DataLoader worker re-opens the maps instead of copying them
+    def __getstate__(self):  # a DataLoader worker re-opens the maps instead of copying them
         state = dict(self.__dict__)
         state["_maps"] = {}
         return state
 
     def _map(self, name: str, dtype, shape) -> np.memmap:
         if name not in self._maps:
-            self._maps[name] = np.memmap(os.path.join(self.root, name), dtype=dtype, mode="r", shape=shape)
+            self._maps[name] = np.memmap(
+                os.path.join(self.root, name), dtype=dtype, mode="r", shape=shape
+            )
         return self._maps[name]
 
     @property
@@ -99,7 +104,7 @@ class StoreSplit(Split):
     def batch(self, indices: Sequence[int], strict: bool = False):
         indices = np.asarray(indices, dtype=np.int64)
         rows = self.index[indices]
-        order = np.argsort(rows, kind="stable")          # read the file front to back
+        order = np.argsort(rows, kind="stable")  # read the file front to back
         out = np.empty((len(rows), 3, paper.IMAGE_SIZE, paper.IMAGE_SIZE), dtype=np.uint8)
         out[order] = self.images[rows[order]]
         return torch.from_numpy(out), torch.from_numpy(self.labels[indices]), []
@@ -108,18 +113,27 @@ class StoreSplit(Split):
 class JpegStoreSplit(StoreSplit):
     """One split of a JPEG store: each image's bytes found by offsets.i8, decoded at 256x256."""
 
-    defers_decoding = True      # its batches can travel encoded and be decoded where the net is (decode_jpegs)
+    defers_decoding = (
+        True  # its batches can travel encoded and be decoded where the net is (decode_jpegs)
+    )
 
     def _bytes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The JPEG files of store rows ``rows``, end to end in one array, and where each begins and ends."""
         offsets = self._map("offsets.i8", np.int64, (self.total + 1,))
         blob = self._map("images.jpg", np.uint8, (int(offsets[-1]),))
-        parts = [blob[offsets[row]:offsets[row + 1]] for row in rows]
-        return np.concatenate(parts) if parts else np.empty(0, np.uint8), np.cumsum([0] + [len(p) for p in parts])
+        parts = [blob[offsets[row] : offsets[row + 1]] for row in rows]
+        return np.concatenate(parts) if parts else np.empty(0, np.uint8), np.cumsum(
+            [0] + [len(p) for p in parts]
+        )
 
     def load(self, i: int) -> np.ndarray:
         blob, _ = self._bytes(self.index[[i]])
-        return _decode_one(torch.from_numpy(blob), self.describe(i), "cpu").permute(1, 2, 0).contiguous().numpy()
+        return (
+            _decode_one(torch.from_numpy(blob), self.describe(i), "cpu")
+            .permute(1, 2, 0)
+            .contiguous()
+            .numpy()
+        )
 
     def batch(self, indices: Sequence[int], strict: bool = False):
         return decode_jpegs(*self.encoded(indices), device="cpu", strict=strict)
@@ -130,8 +144,12 @@ class JpegStoreSplit(StoreSplit):
         N: each tensor a loader worker hands over takes a file descriptor of shared memory."""
         indices = np.asarray(indices, dtype=np.int64)
         blob, bounds = self._bytes(self.index[indices])
-        return (torch.from_numpy(blob), torch.from_numpy(bounds), torch.as_tensor(self.labels[indices]),
-                [self.describe(int(i)) for i in indices])
+        return (
+            torch.from_numpy(blob),
+            torch.from_numpy(bounds),
+            torch.as_tensor(self.labels[indices]),
+            [self.describe(int(i)) for i in indices],
+        )
 
 
 def _decode_one(data: torch.Tensor, name: str, device) -> torch.Tensor:
@@ -147,8 +165,14 @@ def _decode_one(data: torch.Tensor, name: str, device) -> torch.Tensor:
     return image
 
 
-def decode_jpegs(blob: torch.Tensor, bounds: torch.Tensor, labels: torch.Tensor, names: list, device="cpu",
-                 strict: bool = False):
+def decode_jpegs(
+    blob: torch.Tensor,
+    bounds: torch.Tensor,
+    labels: torch.Tensor,
+    names: list,
+    device="cpu",
+    strict: bool = False,
+):
     """A JPEG store's batch (:meth:`JpegStoreSplit.encoded`) decoded on ``device`` (on a GPU: nvjpeg, the batch
     in one call) -> (uint8 N x 3 x 256 x 256 on ``device``, the labels of the images kept, [(name, reason) of
     entries that did not decode]). The one-call decode fails whole on a bad entry; the batch is then decoded
@@ -173,8 +197,11 @@ def decode_jpegs(blob: torch.Tensor, bounds: torch.Tensor, labels: torch.Tensor,
             if strict:
                 raise
             skipped.append((err.path, err.reason))
-    stacked = (torch.stack(images) if images
-               else torch.empty(0, 3, size, size, dtype=torch.uint8, device=device))
+    stacked = (
+        torch.stack(images)
+        if images
+        else torch.empty(0, 3, size, size, dtype=torch.uint8, device=device)
+    )
     return stacked, labels[kept], skipped
 
 
@@ -189,12 +216,18 @@ class Store:
         self.root = root
         self.meta = _read_json(os.path.join(root, "store.json"))
         if self.meta.get("format") != FORMAT:
-            raise DataError(f"{root}: unknown store format {self.meta.get('format')!r} (expected {FORMAT})")
+            raise DataError(
+                f"{root}: unknown store format {self.meta.get('format')!r} (expected {FORMAT})"
+            )
         progress = _read_json(os.path.join(root, "progress.json"))
         total = self.meta["total"]
         if progress["done"] < total or not os.path.isfile(os.path.join(root, "stats.npz")):
-            raise DataError(f"store {root} is unfinished ({progress['done']} of {total} images)", "finish-store",
-                            data=self.meta["spec"], out=root)
+            raise DataError(
+                f"store {root} is unfinished ({progress['done']} of {total} images)",
+                "finish-store",
+                data=self.meta["spec"],
+                out=root,
+            )
         self.classes = list(self.meta["classes"])
         self.encoding = self.meta.get("encoding", "raw")
         kind = JpegStoreSplit if self.encoding == "jpeg" else StoreSplit
@@ -235,7 +268,9 @@ def _load_one(job):
         return image, None
     # PIL, not torch: a worker forked from a process whose torch thread pool has run would hang in a torch op
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(buffer, "JPEG", quality=_WORKER["quality"])
+    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(
+        buffer, "JPEG", quality=_WORKER["quality"]
+    )
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8), None
 
 
@@ -245,8 +280,12 @@ class _RawWriter:
     def __init__(self, out: str, total: int, done: int):
         size = paper.IMAGE_SIZE
         path = os.path.join(out, "images.u8")
-        self.images = np.memmap(path, dtype=np.uint8, mode="r+" if os.path.exists(path) else "w+",
-                                shape=(total, 3, size, size))
+        self.images = np.memmap(
+            path,
+            dtype=np.uint8,
+            mode="r+" if os.path.exists(path) else "w+",
+            shape=(total, 3, size, size),
+        )
 
     def put(self, row: int, image: Optional[np.ndarray]) -> None:
         if image is not None:
@@ -265,8 +304,9 @@ class _JpegWriter:
 
     def __init__(self, out: str, total: int, done: int):
         path = os.path.join(out, "offsets.i8")
-        self.offsets = np.memmap(path, dtype=np.int64, mode="r+" if os.path.exists(path) else "w+",
-                                 shape=(total + 1,))
+        self.offsets = np.memmap(
+            path, dtype=np.int64, mode="r+" if os.path.exists(path) else "w+", shape=(total + 1,)
+        )
         if done == 0:
             self.offsets[0] = 0
         self.handle = open(os.path.join(out, "images.jpg"), "r+b" if done else "wb")
@@ -288,24 +328,42 @@ class _JpegWriter:
         del self.offsets
 
 
-def _plan(spec: str, classes: Sequence[str], splits: dict[str, Split], encoding: str, quality: int) -> dict:
+def _plan(
+    spec: str, classes: Sequence[str], splits: dict[str, Split], encoding: str, quality: int
+) -> dict:
     layout, start = {}, 0
     for name in SPLIT_ORDER:
         if name in splits:
             layout[name] = [start, len(splits[name])]
             start += len(splits[name])
-    plan = {"format": FORMAT, "spec": spec, "classes": list(classes), "image_size": paper.IMAGE_SIZE,
-            "splits": layout, "total": start}
-    if encoding == "jpeg":              # a raw store's store.json stays as before (no encoding: raw)
+    plan = {
+        "format": FORMAT,
+        "spec": spec,
+        "classes": list(classes),
+        "image_size": paper.IMAGE_SIZE,
+        "splits": layout,
+        "total": start,
+    }
+    if encoding == "jpeg":  # a raw store's store.json stays as before (no encoding: raw)
         plan.update(encoding="jpeg", quality=quality)
     return plan
 
 
-def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], out: str, *,
-                  imagenet_pca: bool = False, workers: int = 0, strict: bool = False, chunk: int = 64,
-                  progress: bool = True,
-                  on_chunk: Optional[Callable[[int], None]] = None, encoding: str = "raw",
-                  quality: int = JPEG_QUALITY) -> Store:
+def prepare_store(
+    spec: str,
+    classes: Sequence[str],
+    splits: dict[str, Split],
+    out: str,
+    *,
+    imagenet_pca: bool = False,
+    workers: int = 0,
+    strict: bool = False,
+    chunk: int = 64,
+    progress: bool = True,
+    on_chunk: Optional[Callable[[int], None]] = None,
+    encoding: str = "raw",
+    quality: int = JPEG_QUALITY,
+) -> Store:
     """Write ``splits`` into a store at ``out`` (continuing an interrupted one), then its statistics.
     ``encoding`` "jpeg" keeps each 256x256 image as a JPEG of ``quality`` (1-100) instead of raw bytes.
 
@@ -325,15 +383,21 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
     if is_store(out):
         old = _read_json(meta_path)
         if {k: old.get(k) for k in plan} != plan:
-            raise DataError(f"{out} already holds a store of other data ({old.get('spec')}, "
-                            f"{old.get('total')} images); choose another --out")
+            raise DataError(
+                f"{out} already holds a store of other data ({old.get('spec')}, "
+                f"{old.get('total')} images); choose another --out"
+            )
     elif os.path.isdir(out) and os.listdir(out):
-        raise DataError(f"{out} is not empty and is not a store; choose an empty or new folder for --out")
+        raise DataError(
+            f"{out} is not empty and is not a store; choose an empty or new folder for --out"
+        )
     os.makedirs(out, exist_ok=True)
     state = _read_json(progress_path) if os.path.exists(progress_path) else {"done": 0, "bad": []}
     total = plan["total"]
     if state["done"] >= total and os.path.isfile(os.path.join(out, "stats.npz")):
-        _logger.info(f"{out}: complete ({total} images, {len(state['bad'])} unreadable); nothing to do")
+        _logger.info(
+            f"{out}: complete ({total} images, {len(state['bad'])} unreadable); nothing to do"
+        )
         return Store(out)
 
     _write_json(meta_path, plan)
@@ -345,13 +409,16 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
         _logger.info(f"{out}: continuing at image {state['done']} of {total}")
     bar = tqdm(total=total, initial=state["done"], unit="img", desc="prepare", disable=not progress)
     quality = quality if encoding == "jpeg" else None
-    pool = (ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(splits, quality)) if workers > 0
-            else None)
+    pool = (
+        ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(splits, quality))
+        if workers > 0
+        else None
+    )
     if pool is None:
         _init_worker(splits, quality)
     try:
         for start in range(state["done"], total, chunk):
-            todo = jobs[start:start + chunk]
+            todo = jobs[start : start + chunk]
             results = pool.map(_load_one, todo, chunksize=4) if pool else map(_load_one, todo)
             for row, (array, bad) in enumerate(results, start):
                 writer.put(row, array)
@@ -374,13 +441,17 @@ def prepare_store(spec: str, classes: Sequence[str], splits: dict[str, Split], o
         writer.close()
 
     train = _train_rows(out, plan, state["bad"])
-    reader = (JpegStoreSplit if encoding == "jpeg" else StoreSplit)("train", out, train, labels[train], total)
+    reader = (JpegStoreSplit if encoding == "jpeg" else StoreSplit)(
+        "train", out, train, labels[train], total
+    )
     stats = split_stats(reader, 32)
     if imagenet_pca:
         stats = stats.with_imagenet_pca()
     stats.save(os.path.join(out, "stats.npz"))
-    _logger.info(f"{out}: {total - len(state['bad'])} images written, {len(state['bad'])} unreadable; "
-                 f"mean image and PCA of {stats.count} training images saved")
+    _logger.info(
+        f"{out}: {total - len(state['bad'])} images written, {len(state['bad'])} unreadable; "
+        f"mean image and PCA of {stats.count} training images saved"
+    )
     return Store(out)
 
 

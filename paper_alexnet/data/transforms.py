@@ -53,49 +53,71 @@ class Augment:
     pca: bool = True
     pca_sigma: float = paper.PCA_SIGMA
     mean: str = "image"
-    scale: float = 1.0   # multiply after the mean is subtracted (1: the paper's raw 0-255 scale, §2)
+    scale: float = 1.0  # multiply after the mean is subtracted (1: the paper's raw 0-255 scale, §2)
     # how a file becomes the 256x256 image at test time: "shorter" (§2: shorter side to 256, centre crop) or
     # "warp" (both sides to 256, as Caffe's convert_imageset made BVLC's training data; caffe.py)
     resize: str = "shorter"
-    translate: bool = True   # §4.1's random crop position; False: training sees the centre crop too
+    translate: bool = True  # §4.1's random crop position; False: training sees the centre crop too
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"unknown resize {self.resize!r}: choose one of {', '.join(RESIZE_MODES)}")
+            raise ValueError(
+                f"unknown resize {self.resize!r}: choose one of {', '.join(RESIZE_MODES)}"
+            )
         if self.mean not in MEAN_MODES:
-            raise ValueError(f"unknown mean mode {self.mean!r}: choose one of {', '.join(MEAN_MODES)}")
+            raise ValueError(
+                f"unknown mean mode {self.mean!r}: choose one of {', '.join(MEAN_MODES)}"
+            )
         if not 1 <= self.crop <= paper.IMAGE_SIZE:
-            raise ValueError(f"--crop {self.crop} is not possible: crops come from {paper.IMAGE_SIZE}x"
-                             f"{paper.IMAGE_SIZE} images (§2), so it must be between 1 and {paper.IMAGE_SIZE}")
+            raise ValueError(
+                f"--crop {self.crop} is not possible: crops come from {paper.IMAGE_SIZE}x"
+                f"{paper.IMAGE_SIZE} images (§2), so it must be between 1 and {paper.IMAGE_SIZE}"
+            )
 
 
 class PaperTransform:
     """uint8 batches -> the net's float input, for training (random) or evaluation (centre / ten crops)."""
 
-    def __init__(self, stats: Optional[DataStats], augment: Augment = Augment(), device="cpu",
-                 batched: Optional[bool] = None):
+    def __init__(
+        self,
+        stats: Optional[DataStats],
+        augment: Augment = Augment(),
+        device="cpu",
+        batched: Optional[bool] = None,
+    ):
         if stats is None and (augment.mean in ("image", "channel") or augment.pca):
-            raise ValueError("the mean image / PCA lighting need the training set's statistics (stats=None)")
+            raise ValueError(
+                "the mean image / PCA lighting need the training set's statistics (stats=None)"
+            )
         self.augment, self.device = augment, torch.device(device)
         # one gather for the whole batch on a GPU (a handful of kernels, where the loop launches ~2 per image);
         # the loop on the CPU, where it is 3-4x faster (docs/data.md). The same numbers either way.
         self.batched = self.device.type != "cpu" if batched is None else batched
         self.mean_image = self.mean_image_mirrored = None
         if augment.mean == "image":
-            self.mean_image = torch.as_tensor(stats.mean_image, dtype=torch.float32, device=self.device)
+            self.mean_image = torch.as_tensor(
+                stats.mean_image, dtype=torch.float32, device=self.device
+            )
             self.mean_image_mirrored = self.mean_image.flip(-1).contiguous()
             self.offset = None
         elif augment.mean == "channel":
-            self.offset = torch.as_tensor(stats.channel_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+            self.offset = torch.as_tensor(
+                stats.channel_mean, dtype=torch.float32, device=self.device
+            ).view(3, 1, 1)
         elif augment.mean == "torchvision":
-            self.offset = torch.as_tensor(255.0 * IMAGENET_MEAN, dtype=torch.float32, device=self.device).view(3, 1, 1)
+            self.offset = torch.as_tensor(
+                255.0 * IMAGENET_MEAN, dtype=torch.float32, device=self.device
+            ).view(3, 1, 1)
         else:
             self.offset = torch.zeros(3, 1, 1, device=self.device)
         if augment.mean == "torchvision":
-            self.scale = torch.as_tensor(1.0 / (255.0 * IMAGENET_STD), dtype=torch.float32,
-                                         device=self.device).view(3, 1, 1)
+            self.scale = torch.as_tensor(
+                1.0 / (255.0 * IMAGENET_STD), dtype=torch.float32, device=self.device
+            ).view(3, 1, 1)
         else:
-            self.scale = None if augment.scale == 1.0 else torch.tensor(augment.scale, device=self.device)
+            self.scale = (
+                None if augment.scale == 1.0 else torch.tensor(augment.scale, device=self.device)
+            )
         if stats is not None:
             self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32, device=self.device)
             self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32, device=self.device)
@@ -103,8 +125,12 @@ class PaperTransform:
     def _finish(self, images: torch.Tensor, ys, xs, mirror, shift) -> torch.Tensor:
         """Crop at (ys, xs), mirror, subtract the mean, add the lighting, scale."""
         images = images.to(self.device, non_blocking=True)
-        out = (self._gather(images, ys, xs, mirror) if self.batched else self._loop(images, ys, xs, mirror))
-        if shift is not None:              # §4.1: one colour shift per image, the same for all its pixels
+        out = (
+            self._gather(images, ys, xs, mirror)
+            if self.batched
+            else self._loop(images, ys, xs, mirror)
+        )
+        if shift is not None:  # §4.1: one colour shift per image, the same for all its pixels
             out.add_(255.0 * shift.to(self.device).view(-1, 3, 1, 1))
         if self.scale is not None:
             out.mul_(self.scale)
@@ -119,7 +145,9 @@ class PaperTransform:
         ys, xs = ys.to(self.device), xs.to(self.device)
         cols = xs[:, None] + step
         if mirror is not None:
-            cols = torch.where(mirror.to(self.device)[:, None], xs[:, None] + (size - 1) - step, cols)
+            cols = torch.where(
+                mirror.to(self.device)[:, None], xs[:, None] + (size - 1) - step, cols
+            )
         at = ((ys[:, None] + step)[:, :, None] * width + cols[:, None, :]).view(n, 1, size * size)
         return full.view(n, 3, -1).gather(2, at.expand(n, 3, size * size)).view(n, 3, size, size)
 
@@ -129,20 +157,25 @@ class PaperTransform:
         out = torch.empty(n, 3, size, size, dtype=torch.float32, device=self.device)
         mirrored = [False] * n if mirror is None else mirror.tolist()
         for k, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
-            patch = images[k, :, y:y + size, x:x + size]
+            patch = images[k, :, y : y + size, x : x + size]
             if mirrored[k]:
                 patch = patch.flip(-1)
             # §2: the mean image is cropped (and mirrored) exactly as this image is
             if self.mean_image is None:
                 mean = self.offset
             elif mirrored[k]:
-                mean = self.mean_image_mirrored[:, y:y + size, width - x - size:width - x]
+                mean = self.mean_image_mirrored[:, y : y + size, width - x - size : width - x]
             else:
-                mean = self.mean_image[:, y:y + size, x:x + size]
+                mean = self.mean_image[:, y : y + size, x : x + size]
             torch.sub(patch, mean, out=out[k])
         return out
 
-    def draw(self, n: int, generator: Optional[torch.Generator] = None, image_size: int = paper.IMAGE_SIZE) -> dict:
+    def draw(
+        self,
+        n: int,
+        generator: Optional[torch.Generator] = None,
+        image_size: int = paper.IMAGE_SIZE,
+    ) -> dict:
         """§4.1's random choices for n images: crop offsets, reflections and the PCA coefficients a_i."""
         room = image_size - self.augment.crop + 1
         if self.augment.translate:
@@ -161,10 +194,12 @@ class PaperTransform:
         """Apply drawn choices; ``take`` selects this batch's share of them (a data-parallel rank's rows).
         When files were skipped there are fewer images than choices: the first ones are used."""
         take = slice(None) if take is None else take
-        draw = {k: None if v is None else v[take][:len(images)] for k, v in draw.items()}
+        draw = {k: None if v is None else v[take][: len(images)] for k, v in draw.items()}
         return self._finish(images, draw["ys"], draw["xs"], draw["mirror"], draw["shift"])
 
-    def train(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def train(
+        self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """§4.1: a random crop, a random reflection and PCA lighting, each drawn per image (those switched on)."""
         return self.apply(images, self.draw(images.shape[0], generator, images.shape[-1]))
 
@@ -180,7 +215,9 @@ class PaperTransform:
         crops = []
         for y, x, mirrored in ten_crop_offsets(images.shape[-1], self.augment.crop):
             mirror = torch.full((n,), mirrored) if mirrored else None
-            crops.append(self._finish(images, torch.full((n,), y), torch.full((n,), x), mirror, None))
+            crops.append(
+                self._finish(images, torch.full((n,), y), torch.full((n,), x), mirror, None)
+            )
         return torch.stack(crops)
 
 
