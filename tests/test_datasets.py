@@ -1,6 +1,7 @@
 """Data sets by --data spec, from fixtures in the real on-disk formats written here."""
 
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -73,6 +74,42 @@ def test_cifar10_pickled_batches(tmp_path):
     assert (
         np.abs(images[1].float().mean((1, 2)).numpy() - arrays[7].reshape(-1, 3).mean(0)).max() < 2
     )
+
+
+class _Payload:
+    """What a crafted batch would run when unpickled: it writes a file."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys):
+    from reproduce import train
+
+    cifar_batches(str(tmp_path))
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "rb") as handle:
+        real = pickle.load(handle, encoding="bytes")
+    # the batches as CIFAR's site has them were pickled by Python 2 with numpy.core's names: still read
+    with open(batch, "wb") as handle:
+        handle.write(pickle.dumps(real, protocol=2).replace(b"numpy._core", b"numpy.core"))
+    assert len(open_dataset(f"cifar10:{tmp_path}").split("train")) == 35
+    touched = tmp_path / "pwned"
+    with open(batch, "wb") as handle:
+        pickle.dump({**real, b"labels": _Payload(str(touched))}, handle, protocol=2)
+    with pytest.raises(
+        DataError, match="data_batch_1: it asks for io.open, which no CIFAR batch holds"
+    ):
+        open_dataset(f"cifar10:{tmp_path}")
+    assert not touched.exists()
+    out = tmp_path / "run"
+    assert train.main(["--data", f"cifar10:{tmp_path}", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(batch) in err[0] and "nothing in it was run" in err[0]
+    assert not touched.exists() and not out.exists()
 
 
 def test_cifar100_fine_labels(tmp_path):

@@ -289,12 +289,39 @@ def _open_plain_folder(spec: DataSpec, opening: Opening) -> DataSet:
     return _open_folder(spec, train_dir, val_dir)
 
 
+# What a CIFAR batch holds, pickled: dicts, lists, bytes, str and ints, and numpy arrays rebuilt by these
+# (Python 2's files name numpy.core; numpy 2 pickles numpy._core; Python 3's bytes come through _codecs).
+CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle, refusing every global a CIFAR batch does not hold: a crafted batch cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which no CIFAR batch holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str) -> dict:
     try:
         with open(path, "rb") as handle:
-            return pickle.load(handle, encoding="bytes")
+            batch = _BatchUnpickler(handle, encoding="bytes").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"cannot read the CIFAR batch {path}: {err}") from None
+        raise DataError(
+            f"cannot read the CIFAR batch {path}: {err}; nothing in it was run"
+        ) from None
+    if not isinstance(batch, dict):
+        raise DataError(
+            f"cannot read the CIFAR batch {path}: it holds a {type(batch).__name__}, not a dict"
+        )
+    return batch
 
 
 def _open_cifar(spec: DataSpec, opening: Opening) -> DataSet:
