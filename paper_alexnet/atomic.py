@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from typing import IO, Iterator
 
 
@@ -21,23 +22,37 @@ class WriteError(OSError):
         self.path, self.reason = path, reason
 
 
+def temporary_beside(path: str) -> str:
+    """A new, empty file beside ``path`` with a name no other writer has (``.NAME.XXXXXXXX.tmp``): two
+    processes writing the same file never write into each other's temporary file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # as open() would make it, not mkstemp's owner-only 0600
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Open ``path + ".tmp"`` for writing; when the block ends, flush, fsync and rename it over ``path``.
-    If the block or the write fails, the temporary file is removed and ``path`` keeps its old content;
-    an OSError becomes a :class:`WriteError` naming ``path``."""
-    tmp = f"{path}.tmp"
+    """Open a temporary file beside ``path`` for writing; when the block ends, flush, fsync and rename it
+    over ``path``. If the block or the write fails, the temporary file is removed and ``path`` keeps its
+    old content; an OSError becomes a :class:`WriteError` naming ``path``."""
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
+    tmp = None
     try:
+        tmp = temporary_beside(path)
         with open(tmp, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
             raise WriteError(path, err.strerror or str(err)) from None
         raise

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, temporary_beside
 from .data.stats import DataStats
 
 NAME = "paper_alexnet.checkpoint"
@@ -185,9 +185,8 @@ def share(source: str, path: str) -> None:
     """Make ``path`` hold what ``source`` holds now, atomically: a hard link (no second write of a 0.65 GB
     file), or a copy where links are impossible. ``source`` is later replaced by a rename, never rewritten
     in place, so ``path`` keeps this version."""
-    tmp = f"{path}.tmp"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
+    tmp = temporary_beside(path)
+    os.remove(tmp)  # the name is ours; the link takes it
     try:
         os.link(source, tmp)
     except OSError:

@@ -17,6 +17,7 @@ RunWriter writes (run_writer.py); what it says about how it learns, RunWatch say
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -41,7 +42,7 @@ from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
-from reproduce import recipes, run_config
+from reproduce import recipes, run_config, run_lock
 from reproduce.args import (
     Exit,
     UsageError,
@@ -195,10 +196,12 @@ def run(config: RunConfig) -> int:
     config = run_config.settle(config)
     keep_freed_memory()  # glibc: no page faults on conv1's 37 MB maps every step (cpu_memory.py)
     process = distributed.from_env()
-    try:
-        return _run(config, process)
-    finally:
-        distributed.stop()
+    # one run per folder, from its first moment (the job's rank 0 holds it: run_lock.py)
+    with run_lock.hold(config.out) if process.main else contextlib.nullcontext():
+        try:
+            return _run(config, process)
+        finally:
+            distributed.stop()
 
 
 # --- what the steps hand on -------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):
     checkpoint.save(str(latest), at(2))  # epoch 2 is not an improvement
     assert checkpoint.load(str(best)).epoch == 1 and checkpoint.load(str(latest)).epoch == 2
     checkpoint.share(str(latest), str(best))  # ... and epoch 3 would be
-    assert checkpoint.load(str(best)).epoch == 2 and not (tmp_path / "best.pt.tmp").exists()
+    assert checkpoint.load(str(best)).epoch == 2 and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):
@@ -481,3 +481,61 @@ def test_a_run_stuck_at_chance_with_on_stall_warn_is_told_once_in_its_first_epoc
     assert [float(r["val_top1_err"]) for r in rows] == [0.75] * 3  # at chance throughout
     assert [float(r["lr"]) for r in rows] == [1e-4] * 3
     assert checkpoint.load(str(out / "checkpoint.pt")).optimizer["param_groups"][0]["lr"] == 1e-4
+
+
+def test_two_runs_started_at_once_into_one_folder_train_once_and_the_other_is_told_who_holds_it(
+    tmp_path,
+):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "reproduce.train", *TINY, "--epochs", "3", "--out", str(out)]
+    runs = [
+        subprocess.Popen(
+            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    ended = [(p.wait(timeout=600), p.stderr.read()) for p in runs]
+    assert sorted(code for code, _ in ended) == [0, 2], ended
+    refused = next(err for code, err in ended if code == 2).strip().splitlines()
+    assert len(refused) == 1 and refused[0].startswith("error: "), refused
+    # refused at its first moment by the lock, or (had the other already ended) by the run it left
+    assert (
+        f"{out} is in use by another run (process " in refused[0]
+        or "already holds a run" in refused[0]
+    )
+    assert len(_rows(out / "metrics.csv")) == 3 and not list(out.glob(".*.tmp"))
+
+
+def test_the_lock_names_its_holder_and_goes_with_its_process(tmp_path):
+    from reproduce import run_lock
+
+    out = str(tmp_path / "run")
+    probe = (
+        "import sys; from reproduce import run_lock; from reproduce.args import UsageError\n"
+        "try:\n    with run_lock.hold(sys.argv[1]): print('held')\n"
+        "except UsageError as err: print(err)\n"
+    )
+    with run_lock.hold(out):
+        other = subprocess.run(
+            [sys.executable, "-c", probe, out], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert f"in use by another run (process {os.getpid()} on " in other.stdout
+    assert not os.path.exists(out)  # a lock writes nothing into the folder
+    # a holder killed with SIGKILL leaves no lock behind
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            probe.replace("print('held')", "print('held', flush=True); input()"),
+            out,
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with run_lock.hold(out):
+        pass

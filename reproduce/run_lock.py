@@ -1,0 +1,59 @@
+"""One run per folder: a run holds a lock on its ``--out`` from its first moment to its end.
+
+The lock is an advisory ``flock`` on a file named after the folder's absolute path, in the system's temporary
+folder (so that a refused run writes nothing into ``--out``). The operating system releases it when its
+process ends, however it ends: after ``kill -9`` there is no stale lock, and ``--resume`` just works. It
+holds between processes of one machine; two machines writing one shared folder are not stopped. Under
+torchrun the job's rank 0 holds it, so the job never refuses its own ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import tempfile
+import time
+from typing import Iterator
+
+from reproduce.args import UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None
+
+
+def lock_path(out: str) -> str:
+    key = hashlib.sha1(os.path.realpath(out).encode()).hexdigest()[:20]
+    return os.path.join(tempfile.gettempdir(), "paper_alexnet-locks", f"{key}.lock")
+
+
+@contextlib.contextmanager
+def hold(out: str) -> Iterator[None]:
+    """Hold ``out`` for this process, or refuse at once (UsageError naming the process that holds it)."""
+    if fcntl is None:
+        yield
+        return
+    path = lock_path(out)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(
+                f"{out} is in use by another run ({holder}): wait for it to end, or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
