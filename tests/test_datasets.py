@@ -12,7 +12,7 @@ from PIL import Image
 from paper_alexnet.data import DataError, load_rgb, open_dataset, parse_spec, resize_and_center_crop
 from paper_alexnet.data.imagenet import sort_imagenet_val
 from reproduce.args import explain
-from data_fixtures import cifar_batches, image_tree, log_lines
+from data_fixtures import cifar_batches, colour_image, image_tree, log_lines
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -160,6 +160,44 @@ def test_folder_with_train_and_val(tmp_path):
     assert any(
         "'banana' has no images" in note for note in open_dataset(f"folder:{tmp_path}").notes
     )
+
+
+def _junk(root):
+    """What a zip made on macOS, Finder, Windows Explorer and Jupyter leave in a photo folder."""
+    for folder in ("train/__MACOSX/apple", "train/.ipynb_checkpoints", "val/__MACOSX"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    colour_image(9).save(os.path.join(root, "train/__MACOSX/apple/._img000.jpg"), "JPEG")
+    for name in (
+        "train/apple/._img000.jpg",
+        "train/apple/.DS_Store",
+        "train/banana/Thumbs.db",
+        "val/apple/desktop.ini",
+    ):
+        with open(os.path.join(root, name), "wb") as handle:
+            handle.write(b"\x00\x05\x16\x07 not an image")
+
+
+def test_the_junk_of_zips_and_file_managers_is_never_a_class_nor_unreadable_and_is_said_once(
+    tmp_path, capsys
+):
+    from reproduce import train
+
+    image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2})
+    image_tree(str(tmp_path / "val"), {"apple": 1, "banana": 1}, start_seed=50)
+    _junk(str(tmp_path))
+    data = open_dataset(f"folder:{tmp_path}")
+    assert data.classes == ["apple", "banana"] and len(data.split("train")) == 5
+    said = [note for note in data.notes if "not data" in note]
+    assert said == [
+        f"{tmp_path / 'train'}: left out what is not data (1 x Thumbs.db, 1 x __MACOSX/, "
+        "2 x hidden file, 1 x hidden folder)",
+        f"{tmp_path / 'val'}: left out what is not data (1 x __MACOSX/, 1 x desktop.ini)",
+    ], said
+    out = tmp_path / "run"
+    argv = ["--data", f"folder:{tmp_path}", "--out", str(out), "--epochs", "1", "-b", "4"]
+    assert train.main(argv + ["--workers", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "left out what is not data" in err and "unreadable" not in err
 
 
 def test_a_validation_class_that_is_not_a_training_class_is_refused_by_name(tmp_path, capsys):

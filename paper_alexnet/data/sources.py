@@ -159,42 +159,101 @@ class DataSet:
         return stats
 
 
-def scan_tree(root: str) -> tuple[list, list, list, list]:
-    """ImageFolder layout: (classes, paths, labels, empty classes) of ``root/<class>/**/<image>``."""
+# What zips, file managers and notebooks leave in a photo folder: never a class, never data, never counted
+# as unreadable; only said, once.
+JUNK_FOLDERS = (
+    "__MACOSX",
+)  # macOS's zip resource forks (and every hidden folder: .ipynb_checkpoints, ...)
+JUNK_FILES = (
+    "Thumbs.db",
+    "desktop.ini",
+)  # Windows' (and every hidden file: ._x.jpg, .DS_Store, ...)
+
+
+def junk_kind(name: str, folder: bool) -> Optional[str]:
+    """Which kind of junk ``name`` is ("__MACOSX/", "hidden folder", "hidden file", "Thumbs.db"), or None."""
+    if folder:
+        return (
+            f"{name}/"
+            if name in JUNK_FOLDERS
+            else "hidden folder"
+            if name.startswith(".")
+            else None
+        )
+    return name if name in JUNK_FILES else "hidden file" if name.startswith(".") else None
+
+
+@dataclass
+class Scan:
+    """An ImageFolder tree: its classes, image paths and labels, its classes with no images, and the junk
+    left out (kind -> count)."""
+
+    classes: list
+    paths: list
+    labels: list
+    empty: list
+    junk: dict
+
+    def junk_note(self, root: str) -> Optional[str]:
+        if not self.junk:
+            return None
+        kinds = ", ".join(f"{count} x {kind}" for kind, count in sorted(self.junk.items()))
+        return f"{root}: left out what is not data ({kinds})"
+
+
+def scan(root: str) -> Scan:
+    """``root/<class>/**/<image>``, with the junk of zips and file managers left out and counted."""
     if not os.path.isdir(root):
         raise DataError(f"data folder {root} does not exist")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    junk: dict = {}
+
+    def keep(name: str, folder: bool) -> bool:
+        kind = junk_kind(name, folder)
+        if kind is not None:
+            junk[kind] = junk.get(kind, 0) + 1
+        return kind is None
+
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and keep(e.name, True))
     paths, labels, empty = [], [], []
     for label, name in enumerate(classes):
         found = []
         for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if keep(d, True))
             found += [
                 os.path.join(folder, f)
                 for f in sorted(files)
-                if is_image_file(f) and not f.startswith(".")
+                if keep(f, False) and is_image_file(f)
             ]
         if not found:
             empty.append(name)
         paths += found
         labels += [label] * len(found)
-    return classes, paths, labels, empty
+    return Scan(classes, paths, labels, empty, junk)
+
+
+def scan_tree(root: str) -> tuple[list, list, list, list]:
+    """ImageFolder layout: (classes, paths, labels, empty classes) of ``root/<class>/**/<image>``."""
+    found = scan(root)
+    return found.classes, found.paths, found.labels, found.empty
 
 
 def _tree_split(
     name: str, root: str, classes: list | None = None
 ) -> tuple[list, FileSplit, list, list]:
     """(classes found, the split, notes, classes with no image files) of one ImageFolder tree."""
-    found, paths, labels, empty = scan_tree(root)
+    found = scan(root)
+    labels = found.labels
     if classes is not None:
-        extra = sorted(set(found) - set(classes))
+        extra = sorted(set(found.classes) - set(classes))
         if extra:
             raise DataError(
                 f"{root} has classes that the training folder lacks: {', '.join(extra[:5])}"
             )
-        labels = [classes.index(found[label]) for label in labels]
-    notes = [f"warning: class {c!r} has no images in {os.path.join(root, c)}" for c in empty]
-    return found, FileSplit(name, paths, labels), notes, empty
+        labels = [classes.index(found.classes[label]) for label in labels]
+    notes = [
+        f"warning: class {c!r} has no images in {os.path.join(root, c)}" for c in found.empty
+    ] + [note for note in [found.junk_note(root)] if note]
+    return found.classes, FileSplit(name, found.paths, labels), notes, found.empty
 
 
 def _check_nonempty(spec: str, splits: dict) -> None:
@@ -206,8 +265,8 @@ def _check_nonempty(spec: str, splits: dict) -> None:
 def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> DataSet:
     if not os.path.isdir(train_dir):
         raise DataError(f"data folder {train_dir} does not exist")
-    classes, train, _, empty = _tree_split("train", train_dir)
-    notes = []
+    classes, train, notes, empty = _tree_split("train", train_dir)
+    notes = [n for n in notes if not n.startswith("warning: class")]  # empty classes: refused below
     if len(train) == 0:
         raise DataError(
             f"no images found under {train_dir} (looked for class folders of "
@@ -391,7 +450,8 @@ def _open_caltech(spec: DataSpec, opening: Opening) -> DataSet:
             f"caltech101: no 101_ObjectCategories folder under {spec.root} (torchvision's layout "
             f"ROOT/caltech101/101_ObjectCategories); add --download to fetch it"
         )
-    classes, paths, labels, empty = scan_tree(root)
+    found = scan(root)
+    classes, paths, labels, empty = found.classes, found.paths, found.labels, found.empty
     keep = [c for c in classes if c != "BACKGROUND_Google"]  # as torchvision does
     mapping = {classes.index(c): k for k, c in enumerate(keep)}
     pairs = [(p, mapping[y]) for p, y in zip(paths, labels) if y in mapping]
@@ -416,6 +476,7 @@ def _open_caltech(spec: DataSpec, opening: Opening) -> DataSet:
         f"{spec.options['seed']}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())}"
     ]
     notes += [f"warning: class {c!r} has no images" for c in empty if c in keep]
+    notes += [note for note in [found.junk_note(root)] if note]
     return DataSet(spec.text, keep, splits, notes)
 
 
