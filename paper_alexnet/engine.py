@@ -195,4 +195,5 @@ def evaluate(
         "top5_err": top5,
         "images": int(seen),
         "skipped_files": int(skipped),
+        "skipped": list(loader.skipped),  # (path, reason) of this process's share
     }

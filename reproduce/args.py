@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from paper_alexnet import ConfigError, paper
 from paper_alexnet.atomic import WriteError, atomic_write
-from paper_alexnet.cli import FLOAT_FORMAT, log_to_stderr
+from paper_alexnet.cli import FLOAT_FORMAT, log_to_stderr, plural
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
 from paper_alexnet.data.loader import DECODE_CHOICES
@@ -98,6 +98,21 @@ def exit_code(action: Callable[[], int]) -> int:
         return Exit.USAGE
 
 
+def say_skipped(skipped, where: str, listed: Optional[str] = None) -> None:
+    """One line for the unreadable files a command left out: how many, the first few with why, and the rule
+    that applied (skipped, as without --strict)."""
+    unique = list(dict.fromkeys(tuple(item) for item in skipped))
+    if not unique:
+        return
+    first = "; ".join(f"{path} ({reason})" for path, reason in unique[:3])
+    more = f"; and {len(unique) - 3} more" if len(unique) > 3 else ""
+    print(
+        f"warning: {plural(len(unique), 'unreadable file')} skipped in {where} (--strict stops at the "
+        f"first instead): {first}{more}" + (f"; all of them in {listed}" if listed else ""),
+        file=sys.stderr,
+    )
+
+
 def write_csv(rows: list, path: str) -> None:
     """A command's table as CSV, whole or not at all (atomic.py), and the line that says where it went."""
     import pandas as pd
@@ -146,13 +161,18 @@ def add_device_flag(parser) -> None:
     )
 
 
-def add_reading_flags(parser) -> None:
-    """--strict, --download and --quiet: how a command that reads a whole data set treats files and output."""
+def add_strict_flag(parser) -> None:
+    """--strict: the one rule for unreadable images in every command that reads a data set."""
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="stop at the first unreadable image instead of skipping it",
+        help="stop at the first unreadable image instead of skipping it (skipped files are named)",
     )
+
+
+def add_reading_flags(parser) -> None:
+    """--strict, --download and --quiet: how a command that reads a whole data set treats files and output."""
+    add_strict_flag(parser)
     parser.add_argument(
         "--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent"
     )

@@ -24,9 +24,11 @@ from reproduce.args import (
     UsageError,
     add_data_flag,
     add_decode_flag,
+    add_strict_flag,
     add_workers_flag,
     check_workers,
     exit_code,
+    say_skipped,
     write_csv,
 )
 from reproduce.placement import add_device_arguments
@@ -53,6 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
     add_workers_flag(parser)
     add_decode_flag(parser)
+    add_strict_flag(parser)
     parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
     add_device_arguments(parser)
     return parser
@@ -84,7 +87,9 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
         batch_size=args.batch_size,
         workers=args.workers,
         decode=args.decode,
+        strict=args.strict,
     )
+    say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
     if args.ten_crop:
         ten = evaluate(
@@ -96,6 +101,7 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
             ten_crop=True,
             workers=args.workers,
             decode=args.decode,
+            strict=args.strict,
             progress=True,
         )
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])

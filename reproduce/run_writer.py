@@ -88,6 +88,15 @@ class RunWriter:
                 self._events.add_scalar(key, row[key], row["epoch"])
         self._events.flush()
 
+    def unreadable(self, files: List[tuple]) -> str:
+        """unreadable.csv: every file the run left out, with why (rewritten as more are met)."""
+        if self.main:
+            with atomic_write(self.path("unreadable.csv"), newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(("split", "path", "reason"))
+                writer.writerows(files)
+        return self.path("unreadable.csv")
+
     def result(self, result: dict) -> None:
         if self.main:
             write_json(self.path("result.json"), result)

@@ -50,6 +50,7 @@ from reproduce.args import (
     add_reading_flags,
     augment_from_args,
     exit_code,
+    say_skipped,
 )
 from reproduce.placement import Placement, add_device_arguments, build_placed, place
 from reproduce.run_config import RunConfig
@@ -554,10 +555,11 @@ def train_epochs(
         )
     per_epoch = math.ceil(len(data.train) / config.batch_size)
     watch = RunWatch(config, net.alexnet, len(data.dataset.classes), per_epoch)
+    unreadable: dict = {}  # (split, path, reason) -> None, in the order met
     for epoch in range(start_epoch, config.epochs + 1):
         lr = net.optimizer.param_groups[0]["lr"]
         try:
-            progress, steps = one_epoch(ctx, data, net, epoch, progress, watch, stop)
+            progress, steps, skipped = one_epoch(ctx, data, net, epoch, progress, watch, stop)
         except NonFiniteLoss as err:
             ctx.say(
                 f"error: {err}; stopped. The last good checkpoint ({ctx.writer.path('checkpoint.pt')}) is "
@@ -590,6 +592,11 @@ def train_epochs(
         )
         rows.append(metrics_row(epoch, lr, progress, val))
         progress = EpochProgress()
+        name_unreadable(
+            ctx,
+            unreadable,
+            [("train", *s) for s in skipped] + [("val", *s) for s in val["skipped"]],
+        )
         dropped = net.schedule.step(val["top1_err"])
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
@@ -615,10 +622,10 @@ def one_epoch(
     progress: EpochProgress,
     watch: RunWatch,
     stop: StopOnSignal,
-) -> Tuple[EpochProgress, int]:
+) -> Tuple[EpochProgress, int, list]:
     """One epoch's steps (from ``progress.steps`` on), with its progress bar and the watch's warnings; stops
-    after the step at which a signal came or a stall ends the run. Returns the progress and the epoch's
-    steps."""
+    after the step at which a signal came or a stall ends the run. Returns the progress, the epoch's steps,
+    and the unreadable files (path, reason) it left out."""
     from tqdm.auto import tqdm
 
     config, process = ctx.config, ctx.process
@@ -674,7 +681,7 @@ def one_epoch(
         )
     finally:
         bar.close()
-    return progress, steps
+    return progress, steps, loader.skipped
 
 
 def metrics_row(epoch: int, lr: float, progress: EpochProgress, val: dict) -> dict:
@@ -700,9 +707,25 @@ def epoch_line(row: dict, dropped_to: Optional[float]) -> str:
         f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
         f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
         f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
-        + (f" | {row['skipped_files']} unreadable files skipped" if row["skipped_files"] else "")
+        + (
+            f" | {plural(row['skipped_files'], 'unreadable file')} skipped"
+            if row["skipped_files"]
+            else ""
+        )
         + (f" | lr -> {dropped_to:g}" if dropped_to is not None else "")
     )
+
+
+def name_unreadable(ctx: Context, known: dict, met: List[tuple]) -> None:
+    """The unreadable files an epoch met that no earlier one did: named in one line, and every one of them
+    in the run's unreadable.csv."""
+    new = [item for item in dict.fromkeys(tuple(m) for m in met) if item not in known]
+    if not new:
+        return
+    known.update(dict.fromkeys(new))
+    listed = ctx.writer.unreadable(list(known))
+    if ctx.process.main:
+        say_skipped([(path, reason) for _, path, reason in new], "this run's data", listed)
 
 
 STALLED = Exit.STALLED  # the exit status of a run that --on-stall stop ended

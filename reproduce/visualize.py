@@ -23,11 +23,11 @@ from PIL import Image
 from paper_alexnet import ArchConfig
 from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
-from paper_alexnet.data import PaperTransform
+from paper_alexnet.data import BadImageError, PaperTransform
 from paper_alexnet.networks import get_network
 from paper_alexnet.cli import HelpFormatter
 from reproduce import run_config
-from reproduce.args import UsageError, add_data_flag, exit_code
+from reproduce.args import UsageError, add_data_flag, add_strict_flag, exit_code, say_skipped
 from reproduce.figures import plot_curves, pyplot, runs_figure, save
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
@@ -125,23 +125,41 @@ def fc7_features(
     transform: PaperTransform,
     device: torch.device,
     batch_size: int = 64,
-) -> torch.Tensor:
+    strict: bool = False,
+) -> Tuple[torch.Tensor, list, list]:
     """§6.1: "the feature activations induced at the last, 4096-dimensional hidden layer": fc7 after its
-    ReLU (the input of drop7), on the centre crop; N x 4096 on the CPU."""
+    ReLU (the input of drop7), on the centre crop. Returns the N x 4096 features on the CPU, the indices
+    into ``split`` they are of (an unreadable image has no row: row k is image ``kept[k]``), and the
+    unreadable files (path, reason)."""
     if not hasattr(model, "drop7"):
         raise UsageError("neighbors needs an AlexNet checkpoint (its fc7 layer)")
-    captured = []
+    captured, kept, skipped = [], [], []
     hook = model.drop7.register_forward_hook(
         lambda module, inputs, output: captured.append(inputs[0].float().cpu())
     )
     try:
         with torch.no_grad():
             for start in range(0, len(split), batch_size):
-                images, _, _ = split.batch(range(start, min(start + batch_size, len(split))))
-                model(transform.center(images))
+                indices = range(start, min(start + batch_size, len(split)))
+                images, _, bad = split.batch(indices, strict=strict)
+                if bad:  # which ones: read alone (rare), so that rows and indices stay matched
+                    indices = [i for i in indices if _readable(split, i)]
+                    skipped += bad
+                kept += list(indices)
+                if len(images):
+                    model(transform.center(images))
     finally:
         hook.remove()
-    return torch.cat(captured)
+    features = torch.cat(captured) if captured else torch.empty(0, 4096)
+    return features, kept, skipped
+
+
+def _readable(split, i: int) -> bool:
+    try:
+        split.load(i)
+        return True
+    except BadImageError:
+        return False
 
 
 def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +182,21 @@ def neighbors(args) -> str:
     if args.bank and args.bank < len(train_split):
         train_split = train_split.subset(np.sort(rng.permutation(len(train_split))[: args.bank]))
     query_split = val_split.subset(np.sort(rng.permutation(len(val_split))[: args.queries]))
-    bank = fc7_features(model, train_split, transform, placement.first)
-    queries = fc7_features(model, query_split, transform, placement.first)
+    bank, kept, skipped = fc7_features(
+        model, train_split, transform, placement.first, strict=args.strict
+    )
+    queries, asked, more = fc7_features(
+        model, query_split, transform, placement.first, strict=args.strict
+    )
+    say_skipped(skipped + more, f"{dataset.spec} (left out of the bank and the queries)")
+    if not len(bank) or not len(queries):
+        raise UsageError(
+            f"{dataset.spec}: no readable image {'to search' if not len(bank) else 'to ask'}"
+        )
+    train_split, query_split = (
+        train_split.subset(kept),
+        query_split.subset(asked),
+    )  # rows == indices
     distances, indices = nearest(queries, bank, args.k)
 
     fig = neighbours_figure(query_split, train_split, dataset.classes, distances, indices)
@@ -312,6 +343,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--out", default=None, metavar="PNG", help="default: neighbors.png beside the checkpoint"
     )
     add_device_arguments(two)
+    add_strict_flag(two)
     three = commands.add_parser(
         "curves",
         formatter_class=HelpFormatter,

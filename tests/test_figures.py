@@ -1,6 +1,8 @@
 """The paper's figures and predict: Figure 3's kernel mosaic, Figure 4's nearest neighbours (checked against a
 brute-force search on hand-made features), curves, and top-5 predictions for image files."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,7 +127,10 @@ def test_fc7_features_are_the_relu_outputs_of_fc7(run):
     model, transform = net.model, net.transform
     assert len(net.classes) == 4
     split = open_dataset("synthetic?classes=4&train=16&val=8").split("val")
-    features = visualize.fc7_features(model, split, transform, torch.device("cpu"), batch_size=3)
+    features, kept, skipped = visualize.fc7_features(
+        model, split, transform, torch.device("cpu"), batch_size=3
+    )
+    assert kept == list(range(8)) and skipped == []
     images, _, _ = split.batch(range(len(split)))
     with torch.no_grad():  # by hand: §3.5's layers up to fc7, then its ReLU
         x = model.pool1(model.norm1(torch.relu(model.conv1(transform.center(images)))))
@@ -212,3 +217,56 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys):
     for main, argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err
+
+
+def _bomb(path):
+    """A PNG of 16000 x 16000 pixels, a few kB on disk: PIL refuses to decode it (a decompression bomb)."""
+    Image.new("1", (16000, 16000)).save(path)
+
+
+def test_an_unreadable_image_never_shifts_the_neighbours_rows(run, tmp_path):
+    from paper_alexnet.data.splits import FileSplit
+    from reproduce.restore import restore
+
+    net = restore(
+        str(run / "best.pt"),
+        visualize.get_args_parser().parse_args(["neighbors", "--checkpoint", "x"]),
+    )
+    paths = []
+    for k in range(4):
+        paths.append(str(tmp_path / f"img{k}.jpg"))
+        colour_image(k, size=(300, 200)).save(paths[-1])
+    _bomb(paths[1])
+    cpu = torch.device("cpu")
+    mixed = FileSplit("train", paths, [0, 1, 2, 3])
+    features, kept, skipped = visualize.fc7_features(net.model, mixed, net.transform, cpu, 2)
+    assert kept == [0, 2, 3] and [p for p, _ in skipped] == [paths[1]]
+    assert "decompression bomb" in skipped[0][1]
+    good = FileSplit("train", [paths[0], paths[2], paths[3]], [0, 2, 3])
+    alone, _, _ = visualize.fc7_features(net.model, good, net.transform, cpu, 2)
+    assert torch.allclose(features, alone, atol=1e-5)  # row k is the image kept[k]
+    with pytest.raises(Exception, match="decompression bomb"):
+        visualize.fc7_features(net.model, mixed, net.transform, cpu, 2, strict=True)
+
+
+def test_neighbors_skips_an_unreadable_training_image_by_the_one_rule(tmp_path, capsys):
+    root = tmp_path / "photos"
+    for split, seed in (("train", 0), ("val", 50)):
+        for c, name in enumerate(("cat", "dog")):
+            os.makedirs(root / split / name)
+            for k in range(4 if split == "train" else 2):
+                colour_image(seed + 10 * c + k, size=(120, 90)).save(
+                    root / split / name / f"{k}.jpg"
+                )
+    out = tmp_path / "run"
+    data = ["--data", f"folder:{root}", "--epochs", "1", "-b", "4", "--workers", "0", "--quiet"]
+    assert train.main(data + ["--out", str(out)]) == 0
+    _bomb(root / "train" / "dog" / "huge.png")
+    capsys.readouterr()
+    argv = ["neighbors", "--checkpoint", str(out / "best.pt"), "--queries", "2", "-k", "3"]
+    assert visualize.main(argv + ["--out", str(tmp_path / "n.png")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 unreadable file skipped" in err and "huge.png" in err
+    assert "decompression bomb" in err and "--strict stops at the first instead" in err
+    assert visualize.main(argv + ["--out", str(tmp_path / "s.png"), "--strict"]) == 1
+    assert "huge.png" in capsys.readouterr().err and not (tmp_path / "s.png").exists()

@@ -176,10 +176,12 @@ def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):
         }
 
 
-def test_unreadable_files_are_skipped_and_counted(tmp_path):
+def test_unreadable_files_are_skipped_counted_and_named(tmp_path, capsys):
     image_tree(str(tmp_path / "fruit" / "train"), {"apple": 4, "pear": 4})
     image_tree(str(tmp_path / "fruit" / "val"), {"apple": 2, "pear": 2}, start_seed=40)
-    write_bad_files(str(tmp_path / "fruit" / "train" / "pear"))
+    bad = write_bad_files(str(tmp_path / "fruit" / "train" / "pear"))
+    with open(tmp_path / "fruit" / "val" / "apple" / "cut.jpg", "wb") as handle:
+        handle.write(open(bad["truncated"], "rb").read())
     out = tmp_path / "run"
     data = [
         "--data",
@@ -192,8 +194,22 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
         "--epochs",
         "1",
     ]
-    assert train.main(data + ["--out", str(out)]) == 0
-    assert _rows(out / "metrics.csv")[0]["skipped_files"] == "3"
+    assert train.main(data[:-1] + ["2", "--out", str(out)]) == 0
+    assert [r["skipped_files"] for r in _rows(out / "metrics.csv")] == ["4", "4"]
+    err = capsys.readouterr().err
+    named = [line for line in err.splitlines() if line.startswith("warning: 4 unreadable files")]
+    assert len(named) == 1  # said once, in the epoch that first met them, not again
+    assert "skipped in this run's data (--strict stops at the first instead): " in named[0]
+    assert f"; and 1 more; all of them in {out / 'unreadable.csv'}" in named[0]
+    assert "| 4 unreadable files skipped" in err
+    listed = list(csv.DictReader(open(out / "unreadable.csv", encoding="utf-8")))
+    assert sorted((r["split"], os.path.basename(r["path"])) for r in listed) == [
+        ("train", "empty.jpg"),
+        ("train", "notes.jpg"),
+        ("train", "truncated.jpg"),
+        ("val", "cut.jpg"),
+    ]
+    assert all(r["reason"] for r in listed)
     assert train.main(data + ["--out", str(tmp_path / "strict"), "--strict"]) == 1
 
 
