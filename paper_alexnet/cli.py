@@ -9,6 +9,7 @@ import difflib
 import logging
 import shlex
 import sys
+import unicodedata
 from typing import Sequence
 
 
@@ -47,6 +48,19 @@ FLOAT_FORMAT = "%.6g"
 def for_file(value):
     """``value`` as files hold it: a float to 6 significant digits, anything else as it is."""
     return float(FLOAT_FORMAT % value) if isinstance(value, float) else value
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: 2 for a wide (CJK) character, 0 for a combining mark."""
+    return sum(
+        2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
+        for ch in str(text)
+    )
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` left-aligned in ``width`` terminal columns (str.ljust counts characters, not columns)."""
+    return f"{text}{' ' * max(0, width - display_width(text))}"
 
 
 def closest(name: str, names: Sequence[str]) -> str:

@@ -2,17 +2,96 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from typing import Iterable, List, Optional, Sequence
+
 from paper_alexnet.atomic import atomic_write
+
+# Fonts that draw Chinese, Japanese and Korean, as Linux, Windows and macOS ship them: each one installed is
+# a fallback after DejaVu Sans (matplotlib's), so that a class name in any script is drawn, not boxes.
+CJK_FONTS = (
+    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK TC", "Source Han Sans SC",
+    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback", "Microsoft YaHei", "SimHei",
+    "Microsoft JhengHei", "Yu Gothic", "Meiryo", "MS Gothic", "Malgun Gothic", "PingFang SC",
+    "Hiragino Sans GB", "Hiragino Sans", "Heiti SC", "Apple SD Gothic Neo", "AppleGothic", "Arial Unicode MS",
+)  # fmt: skip
+INSTALL_HINT = (
+    "install a CJK font (Debian/Ubuntu: apt install fonts-noto-cjk or fonts-wqy-microhei; Windows and "
+    "macOS ship Microsoft YaHei and PingFang)"
+)
+_said: set = set()
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    """matplotlib.pyplot on the Agg backend (no display needed), with the installed CJK fonts as fallbacks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fonts = font_chain()
+    if (
+        len(fonts) > 1
+    ):  # matplotlib falls back along font.family's list (a generic name is one font)
+        matplotlib.rcParams["font.family"] = fonts
+    # a glyph no font has is said once, by drawable(), not once per glyph per figure
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
     return plt
+
+
+def font_chain(installed: Optional[Iterable[str]] = None) -> List[str]:
+    """DejaVu Sans, then every font of CJK_FONTS that is ``installed`` (default: matplotlib's list)."""
+    installed = set(_installed() if installed is None else installed)
+    return ["DejaVu Sans"] + [name for name in CJK_FONTS if name in installed]
+
+
+def _installed() -> set:
+    """The font names matplotlib knows, and, when it knows no CJK font, those of the system's font files it
+    has not read: its cache lists the fonts there were when it was built, not one installed since."""
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    names = {font.name for font in manager.ttflist}
+    if not names & set(CJK_FONTS):
+        known = {font.fname for font in manager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    manager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+        names = {font.name for font in manager.ttflist}
+    return names
+
+
+def missing_glyphs(names: Sequence[str], fonts: Optional[Sequence[str]] = None) -> str:
+    """The characters of ``names`` that none of ``fonts`` (default: font_chain()) can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    charmaps = []
+    for name in fonts or font_chain():
+        path = font_manager.findfont(
+            font_manager.FontProperties(family=name), fallback_to_default=False
+        )
+        charmaps.append(set(FT2Font(path).get_charmap()))
+    wanted = {ch for text in names for ch in str(text) if not ch.isspace()}
+    return "".join(sorted(ch for ch in wanted if not any(ord(ch) in cmap for cmap in charmaps)))
+
+
+def drawable(names: Sequence[str]) -> None:
+    """One warning, once per set of characters, when no installed font draws some of ``names``."""
+    missing = missing_glyphs(names)
+    if missing and missing not in _said:
+        _said.add(missing)
+        shown = [str(n) for n in names if any(ch in missing for ch in str(n))]
+        print(
+            f"warning: no installed font draws {len(missing)} characters of the class names "
+            f"({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}): they show as boxes; "
+            f"{INSTALL_HINT}",
+            file=sys.stderr,
+        )
 
 
 def save(fig, path: str, dpi: int = 100) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from paper_alexnet import checkpoint
 from paper_alexnet.data import BadImageError, PaperTransform, average_softmax, load_rgb
-from paper_alexnet.cli import HelpFormatter
+from paper_alexnet.cli import HelpFormatter, pad
 from reproduce.args import UsageError, exit_code, write_csv
 from reproduce.placement import add_device_arguments
 from reproduce.restore import restore
@@ -98,7 +98,7 @@ def run(args) -> int:
         values, indices = p.topk(top)
         print(f"{path} ({'ten crops' if args.ten_crop else 'centre crop'}):")
         for rank, (value, index) in enumerate(zip(values.tolist(), indices.tolist()), 1):
-            print(f"  {rank}. {classes[index]:<24} {100 * value:6.2f}%")
+            print(f"  {rank}. {pad(classes[index], 24)} {100 * value:6.2f}%")
             rows.append(
                 {"image": path, "rank": rank, "class": classes[index], "probability": value}
             )

@@ -28,7 +28,7 @@ from paper_alexnet.networks import get_network
 from paper_alexnet.cli import HelpFormatter
 from reproduce import run_config
 from reproduce.args import UsageError, add_data_flag, add_strict_flag, exit_code, say_skipped
-from reproduce.figures import plot_curves, pyplot, runs_figure, save
+from reproduce.figures import drawable, plot_curves, pyplot, runs_figure, save
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
 
@@ -218,6 +218,7 @@ def neighbours_figure(
     """Figure 4: one row per query, the query then its neighbours, each titled with its class; a neighbour's
     title also gives its Euclidean fc7 distance to the query."""
     plt = pyplot()
+    drawable(classes)
     columns = indices.shape[1] + 1
     fig, axes = plt.subplots(
         len(query_split), columns, figsize=(1.5 * columns, 1.6 * len(query_split)), squeeze=False

@@ -270,3 +270,49 @@ def test_neighbors_skips_an_unreadable_training_image_by_the_one_rule(tmp_path, 
     assert "decompression bomb" in err and "--strict stops at the first instead" in err
     assert visualize.main(argv + ["--out", str(tmp_path / "s.png"), "--strict"]) == 1
     assert "huge.png" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+
+
+def test_class_names_in_any_script_are_drawn_with_an_installed_cjk_font_or_said_once(
+    monkeypatch, capsys
+):
+    from reproduce import figures
+
+    # the chain: matplotlib's DejaVu Sans, then each CJK font that is installed, in CJK_FONTS' order
+    fake = ["DejaVu Sans", "Arial", "PingFang SC", "Noto Sans CJK JP", "Microsoft YaHei"]
+    assert figures.font_chain(fake) == [
+        "DejaVu Sans", "Noto Sans CJK JP", "Microsoft YaHei", "PingFang SC"]  # fmt: skip
+    assert figures.font_chain(["DejaVu Sans", "Arial"]) == ["DejaVu Sans"]
+    names = ["猫", "狗", "고양이", "café"]
+    assert figures.missing_glyphs(names, ["DejaVu Sans"]) == "".join(
+        sorted("猫狗고양이")
+    )  # café's é is DejaVu's
+    # with no CJK font: one warning naming the font to install, once, not one per glyph
+    monkeypatch.setattr(figures, "font_chain", lambda installed=None: ["DejaVu Sans"])
+    monkeypatch.setattr(figures, "_said", set())
+    figures.drawable(names)
+    figures.drawable(names)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fonts-noto-cjk" in err[0] and "猫, 狗, 고양이" in err[0]
+
+
+def test_with_a_cjk_font_installed_the_names_draw_without_a_glyph_warning(tmp_path, recwarn):
+    from reproduce import figures
+
+    if len(figures.font_chain()) == 1:
+        pytest.skip("no CJK font on this machine (Debian: apt install fonts-wqy-microhei)")
+    plt = figures.pyplot()
+    assert figures.missing_glyphs(["猫", "狗", "ねこ"]) == ""
+    fig, axis = plt.subplots()
+    axis.set_title("猫 狗 ねこ café")
+    figures.save(fig, str(tmp_path / "names.png"))
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    assert plt.rcParams["font.family"][0] == "DejaVu Sans" and len(plt.rcParams["font.family"]) > 1
+
+
+def test_a_console_table_lines_up_by_display_width():
+    from paper_alexnet.cli import display_width, pad
+
+    assert (
+        display_width("猫") == 2 and display_width("café") == 4 and display_width("cafe\u0301") == 4
+    )
+    assert {display_width(pad(name, 12)) for name in ("猫", "dog", "고양이", "café")} == {12}

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from ..cli import plural
 from .images import DataError, is_image_file
 from .splits import ArraySplit, FileSplit, RenderSplit, Split, SubsetSplit, stratified_split
 from .stats import DataStats, split_stats
@@ -486,7 +487,9 @@ def _open_store(spec: DataSpec, opening: Opening) -> DataSet:
         spec.text,
         store.classes,
         dict(store.splits),
-        [f"store {spec.root}: {store.meta['spec']}, {len(store.bad)} unreadable files left out"],
+        [
+            f"store {spec.root}: {store.meta['spec']}, {plural(len(store.bad), 'unreadable file')} left out"
+        ],
         store=store,
     )
 
