@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
@@ -182,6 +183,8 @@ def test_unreadable_files_are_skipped_counted_and_named(tmp_path, capsys):
     bad = write_bad_files(str(tmp_path / "fruit" / "train" / "pear"))
     with open(tmp_path / "fruit" / "val" / "apple" / "cut.jpg", "wb") as handle:
         handle.write(open(bad["truncated"], "rb").read())
+    # 16000 x 16000 pixels in a few kB: PIL refuses it as a decompression bomb
+    Image.new("1", (16000, 16000)).save(tmp_path / "fruit" / "train" / "apple" / "huge.png")
     out = tmp_path / "run"
     data = [
         "--data",
@@ -195,21 +198,25 @@ def test_unreadable_files_are_skipped_counted_and_named(tmp_path, capsys):
         "1",
     ]
     assert train.main(data[:-1] + ["2", "--out", str(out)]) == 0
-    assert [r["skipped_files"] for r in _rows(out / "metrics.csv")] == ["4", "4"]
+    assert [r["skipped_files"] for r in _rows(out / "metrics.csv")] == ["5", "5"]
     err = capsys.readouterr().err
-    named = [line for line in err.splitlines() if line.startswith("warning: 4 unreadable files")]
+    named = [line for line in err.splitlines() if line.startswith("warning: 5 unreadable files")]
     assert len(named) == 1  # said once, in the epoch that first met them, not again
     assert "skipped in this run's data (--strict stops at the first instead): " in named[0]
-    assert f"; and 1 more; all of them in {out / 'unreadable.csv'}" in named[0]
-    assert "| 4 unreadable files skipped" in err
+    assert f"; and 2 more; all of them in {out / 'unreadable.csv'}" in named[0]
+    assert "| 5 unreadable files skipped" in err
     listed = list(csv.DictReader(open(out / "unreadable.csv", encoding="utf-8")))
     assert sorted((r["split"], os.path.basename(r["path"])) for r in listed) == [
         ("train", "empty.jpg"),
+        ("train", "huge.png"),
         ("train", "notes.jpg"),
         ("train", "truncated.jpg"),
         ("val", "cut.jpg"),
     ]
     assert all(r["reason"] for r in listed)
+    assert "too large to decode safely" in next(
+        r["reason"] for r in listed if r["path"].endswith("png")
+    )
     assert train.main(data + ["--out", str(tmp_path / "strict"), "--strict"]) == 1
 
 
