@@ -79,31 +79,26 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
         "split": args.split,
         "images": len(split),
     }
-    centre = evaluate(
-        net.model,
-        split,
-        net.transform,
-        device=device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        decode=args.decode,
-        strict=args.strict,
-    )
-    say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")
-    row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
-    if args.ten_crop:
-        ten = evaluate(
+
+    def score(ten_crop: bool) -> dict:
+        return evaluate(
             net.model,
             split,
             net.transform,
             device=device,
             batch_size=args.batch_size,
-            ten_crop=True,
+            ten_crop=ten_crop,
             workers=args.workers,
             decode=args.decode,
             strict=args.strict,
-            progress=True,
+            progress=ten_crop,
         )
+
+    centre = score(ten_crop=False)
+    say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")
+    row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
+    if args.ten_crop:
+        ten = score(ten_crop=True)
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
     return row
 

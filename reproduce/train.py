@@ -577,19 +577,7 @@ def train_epochs(
                 f"after step {progress.steps} of {steps} of epoch {epoch}"
                 + _every_process_at(ctx.process, progress.steps),
             ), rows
-        val = evaluate(
-            net.model,
-            data.val,
-            net.transform,
-            device=ctx.placement.first,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            strict=config.strict,
-            amp=config.amp,
-            decode=config.decode,
-            rank=ctx.process.rank,
-            world=ctx.process.world,
-        )
+        val = score(ctx, data, net)
         rows.append(metrics_row(epoch, lr, progress, val))
         progress = EpochProgress()
         name_unreadable(
@@ -684,6 +672,26 @@ def one_epoch(
     return progress, steps, loader.skipped
 
 
+def score(ctx: Context, data: Data, net: Net, ten_crop: bool = False) -> dict:
+    """The validation split's loss and errors (§6): on the centre crop, or on ten crops (§4.1, with a bar)."""
+    config = ctx.config
+    return evaluate(
+        net.model,
+        data.val,
+        net.transform,
+        device=ctx.placement.first,
+        batch_size=config.batch_size,
+        ten_crop=ten_crop,
+        workers=config.workers,
+        strict=config.strict,
+        amp=config.amp,
+        progress=ten_crop and not config.quiet,
+        decode=config.decode,
+        rank=ctx.process.rank,
+        world=ctx.process.world,
+    )
+
+
 def metrics_row(epoch: int, lr: float, progress: EpochProgress, val: dict) -> dict:
     """metrics.csv's row for an epoch (run_writer.METRICS)."""
     result = progress.result()
@@ -772,20 +780,7 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         distributed.barrier()  # best.pt is written by rank 0
         best = ctx.writer.best()
         net.model.load_state_dict(best.model)
-        val = evaluate(
-            net.model,
-            data.val,
-            net.transform,
-            device=ctx.placement.first,
-            batch_size=config.batch_size,
-            ten_crop=True,
-            workers=config.workers,
-            amp=config.amp,
-            progress=not config.quiet,
-            decode=config.decode,
-            rank=ctx.process.rank,
-            world=ctx.process.world,
-        )
+        val = score(ctx, data, net, ten_crop=True)
         result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
         ctx.say(
             f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
