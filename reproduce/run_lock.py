@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import sys
 import tempfile
 import time
 from typing import Iterator
@@ -26,8 +27,10 @@ except ImportError:  # Windows: no flock; runs there are not locked
 
 
 def lock_path(out: str) -> str:
+    """The lock file of ``out``: one folder per user (another user's could not be written)."""
     key = hashlib.sha1(os.path.realpath(out).encode()).hexdigest()[:20]
-    return os.path.join(tempfile.gettempdir(), "paper_alexnet-locks", f"{key}.lock")
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"paper_alexnet-locks-{user}", f"{key}.lock")
 
 
 @contextlib.contextmanager
@@ -37,8 +40,17 @@ def hold(out: str) -> Iterator[None]:
         yield
         return
     path = lock_path(out)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as err:  # a read-only temporary folder: run, unlocked, and say so
+        print(
+            f"warning: {out} is not locked against a second run ({path}: {err.strerror})",
+            file=sys.stderr,
+        )
+        yield
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
