@@ -35,7 +35,12 @@ V1_LEARNED = {4: "conv", 14: "fc"}  # V1LayerParameter.LayerType CONVOLUTION, IN
 
 
 class CaffeError(ValueError):
-    """A file that is not what it should be: one line, naming the layer where it applies."""
+    """A file that is not what it should be: one line, naming the layer where it applies. ``remedy`` (with
+    ``facts``) names what would mend it, as DataError's does, for the commands to phrase."""
+
+    def __init__(self, message: str, remedy: str = "", **facts: str):
+        super().__init__(message)
+        self.remedy, self.facts = remedy, facts
 
 
 _CLASSES: dict = {}
@@ -49,7 +54,7 @@ def _messages() -> dict:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     except ImportError:
         raise CaffeError(
-            'reading Caffe files needs the protobuf package: pip install -e ".[caffe]"'
+            "reading Caffe files needs the protobuf package", "install", package='-e ".[caffe]"'
         ) from None
     F = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(

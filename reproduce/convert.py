@@ -27,7 +27,7 @@ from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.data import Augment, DataStats
 from paper_alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
 from paper_alexnet.weights import is_torchvision_state, load_torchvision_weights
-from reproduce.args import UsageError, exit_code
+from reproduce.args import UsageError, exit_code, explain
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -149,7 +149,7 @@ def run(args) -> int:
                     f"note: sha1 is not BVLC's bvlc_alexnet.caffemodel ({caffe.BVLC_SHA1}); converted all the same"
                 )
     except caffe.CaffeError as err:
-        raise CheckpointError(str(err)) from None
+        raise CheckpointError(explain(err)) from None
     ckpt = Checkpoint(
         model=state,
         variant=variant,
