@@ -23,14 +23,15 @@ import tempfile
 import time
 from typing import List
 
+import pandas as pd
 import torch
 
 import paper_alexnet
 from paper_alexnet.atomic import atomic_write
-from paper_alexnet.cli import HelpFormatter
+from paper_alexnet.cli import FLOAT_FORMAT, HelpFormatter
 from paper_alexnet.cpu_memory import keep_freed_memory
 from reproduce import bench
-from reproduce.args import UsageError, exit_code, write_csv
+from reproduce.args import UsageError, exit_code
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at most)
@@ -89,10 +90,13 @@ def _tests(device: str, out: str, select: str) -> dict:
         os.path.join(ROOT, "tests", "test_cuda.py"),
     ] + (["-k", select] if select else [])
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    with atomic_write(os.path.join(out, "cuda-tests.txt")) as handle:
-        handle.write(done.stdout + done.stderr)
-    lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
+    log = os.path.join(out, "cuda-tests.txt")
+    with open(
+        log, "w", encoding="utf-8"
+    ) as handle:  # as it goes: a run cut short keeps what it printed
+        done = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    with open(log, encoding="utf-8") as handle:
+        lines = [line for line in handle.read().strip().splitlines() if line.strip()]
     return {
         "section": "tests",
         "what": lines[-1].strip("= ") if lines else "no output",
@@ -286,6 +290,9 @@ def run_suite(args: argparse.Namespace) -> int:
     ]
     if cuda:  # a CPU dry run: eager only
         sections.append(("models, compiled", lambda: models(True, only=COMPILED)))
+    report(
+        args, rows, start, final=False
+    )  # after every section: a run cut short keeps what finished
     for name, section in sections:
         spent = (time.perf_counter() - start) / 60
         if spent >= args.budget_min:
@@ -298,15 +305,54 @@ def run_suite(args: argparse.Namespace) -> int:
             )
             print(f"skipped {rows[-1]['what']}", file=sys.stderr)
             continue
+        print(f"{name} ...", file=sys.stderr)
         rows += section()
+        report(args, rows, start, final=False)
+    lines, minutes = report(args, rows, start, final=True)
+    print("\n".join(lines))
+    print(
+        f"wrote {args.out}/report.md, report.csv, targets.json, cuda-tests.txt ({minutes:.1f} minutes)",
+        file=sys.stderr,
+    )
+    return 0 if rows[0]["exit_code"] == 0 else 1
+
+
+def machine() -> str:
+    """The device, its driver, and the versions the figures were measured with."""
+    if not torch.cuda.is_available():
+        return f"{platform.processor() or 'CPU'} (no GPU: a dry run); torch {torch.__version__}"
+    try:
+        driver = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            .stdout.split("\n")[0]
+            .strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    return (
+        f"{torch.cuda.get_device_name(0)}, driver {driver or 'unknown'}; torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+    )
+
+
+def report(args: argparse.Namespace, rows: List[dict], start: float, final: bool):
+    """report.md, report.csv and targets.json from the rows so far (``final``: the suite has ended)."""
     minutes = (time.perf_counter() - start) / 60
-    targets = _targets(rows, minutes)
-    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "CPU"
+    targets = _targets(rows, minutes if final else None)
     lines = [
-        f"# The GPU path on {name}",
+        "# The GPU path" + ("" if final else " (still running: the sections so far)"),
         "",
-        f"`python -m reproduce.gpu_suite --out {args.out}`, {minutes:.1f} minutes; paper_alexnet "
-        f"{paper_alexnet.__version__}, torch {torch.__version__}, CUDA {torch.version.cuda}, batch "
+        f"On {machine()}; paper_alexnet {paper_alexnet.__version__}, torchvision "
+        f"{_torchvision_version()}, Python {platform.python_version()}.",
+        "",
+        f"`python -m reproduce.gpu_suite --out {args.out}`, {minutes:.1f} minutes so far"
+        if not final
+        else f"`python -m reproduce.gpu_suite --out {args.out}`, {minutes:.1f} minutes; batch "
         f"{args.batch_size}, {args.repeats} repetitions.",
         "",
         "## Tests (cuda marker)",
@@ -337,15 +383,20 @@ def run_suite(args: argparse.Namespace) -> int:
         lines += ["", "## Not run", ""] + [f"- {what}" for what in skipped]
     with atomic_write(os.path.join(args.out, "report.md")) as handle:
         handle.write("\n".join(lines) + "\n")
-    write_csv(rows, os.path.join(args.out, "report.csv"))
+    with atomic_write(os.path.join(args.out, "report.csv"), newline="") as handle:
+        pd.DataFrame(rows).to_csv(handle, index=False, float_format=FLOAT_FORMAT)
     with atomic_write(os.path.join(args.out, "targets.json")) as handle:
         json.dump(targets, handle, indent=1)
-    print("\n".join(lines))
-    print(
-        f"wrote {args.out}/report.md, report.csv, targets.json, cuda-tests.txt ({minutes:.1f} minutes)",
-        file=sys.stderr,
-    )
-    return 0 if rows[0]["exit_code"] == 0 else 1
+    return lines, minutes
+
+
+def _torchvision_version() -> str:
+    try:
+        import torchvision
+
+        return torchvision.__version__
+    except ImportError:
+        return "not installed"
 
 
 if __name__ == "__main__":

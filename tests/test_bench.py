@@ -196,3 +196,37 @@ def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left
     assert [t["measured"] is None for t in targets] == [True] * 4 + [False]
     assert bench.main(["--suite", "gpu", "--out", str(out), "--budget-min", "-1"]) == 2
     assert "--budget-min must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_gpu_suite_writes_its_report_as_it_goes_so_a_section_cut_short_loses_only_itself(
+    tmp_path, monkeypatch
+):
+    """On the GPU machine a command is killed at its limit: what finished before must be on disk."""
+    monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
+
+    def killed(*args, **kwargs):  # the data section, still running at the limit
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_data", killed)
+    out = tmp_path / "report"
+    argv = [
+        "--out",
+        str(out),
+        "--tests",
+        "deterministic",
+        "--repeats",
+        "1",
+        "-b",
+        "2",
+        "--batches",
+        "1",
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        gpu_suite.main(argv + ["--workers", "0"])
+    report = (out / "report.md").read_text()
+    assert "still running" in report and "torch " + torch.__version__ in report
+    rows = pd.read_csv(out / "report.csv")
+    assert {"tests", "models", "train"} <= set(rows["section"]) and "data" not in set(
+        rows["section"]
+    )
+    assert "passed" in (out / "cuda-tests.txt").read_text()
