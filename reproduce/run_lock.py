@@ -33,6 +33,17 @@ def lock_path(out: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"paper_alexnet-locks-{user}", f"{key}.lock")
 
 
+def _holder(handle) -> str:
+    """Who holds the lock, as it wrote: it writes just after taking the lock, so wait a moment for it."""
+    for _ in range(40):
+        handle.seek(0)
+        holder = handle.read().strip()
+        if holder:
+            return holder
+        time.sleep(0.05)
+    return "another process"
+
+
 @contextlib.contextmanager
 def hold(out: str) -> Iterator[None]:
     """Hold ``out`` for this process, or refuse at once (UsageError naming the process that holds it)."""
@@ -54,10 +65,9 @@ def hold(out: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
             raise UsageError(
-                f"{out} is in use by another run ({holder}): wait for it to end, or choose another --out"
+                f"{out} is in use by another run ({_holder(handle)}): wait for it to end, or choose another "
+                f"--out"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -68,4 +78,6 @@ def hold(out: str) -> Iterator[None]:
         try:
             yield
         finally:
+            handle.truncate(0)  # no name left behind for the next contender to read
+            handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
