@@ -113,13 +113,15 @@ def say_skipped(skipped, where: str, listed: Optional[str] = None) -> None:
     )
 
 
-def write_csv(rows: list, path: str) -> None:
-    """A command's table as CSV, whole or not at all (atomic.py), and the line that says where it went."""
+def write_csv(rows: list, path: str, say: bool = True) -> None:
+    """A command's table as CSV, whole or not at all (atomic.py), and (``say``) the line that says where it
+    went."""
     import pandas as pd
 
     with atomic_write(path, newline="") as handle:
         pd.DataFrame(rows).to_csv(handle, index=False, float_format=FLOAT_FORMAT)
-    print(f"wrote {path}", file=sys.stderr)
+    if say:
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def add_data_flag(parser, from_checkpoint: bool = False) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from typing import Iterable, List, Optional, Sequence
@@ -46,7 +47,8 @@ def font_chain(installed: Optional[Iterable[str]] = None) -> List[str]:
     return ["DejaVu Sans"] + [name for name in CJK_FONTS if name in installed]
 
 
-def _installed() -> set:
+@functools.lru_cache(maxsize=None)
+def _installed() -> frozenset:
     """The font names matplotlib knows, and, when it knows no CJK font, those of the system's font files it
     has not read: its cache lists the fonts there were when it was built, not one installed since."""
     from matplotlib import font_manager
@@ -62,7 +64,7 @@ def _installed() -> set:
                 except (OSError, RuntimeError, ValueError):
                     continue
         names = {font.name for font in manager.ttflist}
-    return names
+    return frozenset(names)
 
 
 def missing_glyphs(names: Sequence[str], fonts: Optional[Sequence[str]] = None) -> str:

@@ -23,15 +23,14 @@ import tempfile
 import time
 from typing import List
 
-import pandas as pd
 import torch
 
 import paper_alexnet
 from paper_alexnet.atomic import atomic_write
-from paper_alexnet.cli import FLOAT_FORMAT, HelpFormatter
+from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.cpu_memory import keep_freed_memory
 from reproduce import bench
-from reproduce.args import UsageError, exit_code
+from reproduce.args import UsageError, exit_code, write_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at most)
@@ -383,8 +382,7 @@ def report(args: argparse.Namespace, rows: List[dict], start: float, final: bool
         lines += ["", "## Not run", ""] + [f"- {what}" for what in skipped]
     with atomic_write(os.path.join(args.out, "report.md")) as handle:
         handle.write("\n".join(lines) + "\n")
-    with atomic_write(os.path.join(args.out, "report.csv"), newline="") as handle:
-        pd.DataFrame(rows).to_csv(handle, index=False, float_format=FLOAT_FORMAT)
+    write_csv(rows, os.path.join(args.out, "report.csv"), say=False)
     with atomic_write(os.path.join(args.out, "targets.json")) as handle:
         json.dump(targets, handle, indent=1)
     return lines, minutes
