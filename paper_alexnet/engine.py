@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .data import BatchLoader, PaperTransform, average_softmax
 from .data.splits import Split
 from .distributed import all_sum
-from .metrics import top5_applies, topk_correct
+from .metrics import Predictions, top5_applies, topk_correct
 
 
 class NonFiniteLoss(RuntimeError):
@@ -143,10 +143,12 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     decode: str = "workers",
+    per_image: bool = False,
 ) -> dict:
     """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax (top-5:
     None with 5 classes or fewer, where it is 0 by construction).
-    Under data parallelism each process scores its share of every batch and the sums are combined."""
+    Under data parallelism each process scores its share of every batch and the sums are combined.
+    ``per_image``: also "predictions", a metrics.Predictions of every image scored (every process's)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -162,8 +164,9 @@ def evaluate(
         decode=decode,
     )
     loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
-    for images, labels in tqdm(
-        loader,
+    kept: list = []  # per_image: (indices, labels, top-5 classes, top-1 probability) of each batch
+    for indices, images, labels in tqdm(
+        loader.indexed(),
         desc="ten-crop" if ten_crop else "eval",
         unit="batch",
         leave=False,
@@ -182,6 +185,10 @@ def evaluate(
         for k, v in topk_correct(scores, y, (1, 5)).items():
             hits[k] += v
         seen += len(y)
+        if per_image:
+            probs = scores if ten_crop else torch.softmax(scores, dim=1)
+            top = probs.topk(min(5, classes), dim=1)
+            kept.append((indices, labels.cpu(), top.indices.cpu(), top.values[:, 0].cpu()))
     loss_sum, hit1, hit5, seen, skipped = all_sum(
         [loss_sum, hits[1], hits[5], seen, len(loader.skipped)]
     )
@@ -189,7 +196,11 @@ def evaluate(
     top5 = (
         1 - hit5 / n if classes is None or top5_applies(classes) else None
     )  # None: n/a with <= 5 classes
+    extra = (
+        {"predictions": Predictions.gather(kept, len(split), classes, world)} if per_image else {}
+    )
     return {
+        **extra,
         "loss": loss_sum / n,
         "top1_err": 1 - hit1 / n,
         "top5_err": top5,

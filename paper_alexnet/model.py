@@ -92,18 +92,66 @@ class AlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
         rows = self._rows if is_built_input(self.config, shape) else check_input(self.config, shape)
-        # ReLU -> LRN -> pool after conv1 and conv2 (one fused kernel on the CPU, layers.relu_norm_pool)
+        tap = self.tap  # None, except while features.tapping() reads the stages' outputs by name
+        if tap is not None:
+            tap("input", x)
         x = self.conv1(self._edge(x, rows["conv1"].edge_pad))  # 96x55x55
-        x = relu_norm_pool(x, self.act, self.norm1, self.pool1)  # 96x27x27
+        x = self._relu_norm_pool(x, 1, tap)  # 96x27x27
         x = self.conv2(self._edge(x, rows["conv2"].edge_pad))  # 256x27x27
-        x = relu_norm_pool(x, self.act, self.norm2, self.pool2)  # 256x13x13
-        x = self.act(self.conv3(self._edge(x, rows["conv3"].edge_pad)))  # 384x13x13
-        x = self.act(self.conv4(self._edge(x, rows["conv4"].edge_pad)))  # 384x13x13
-        x = self.pool5(self.act(self.conv5(self._edge(x, rows["conv5"].edge_pad))))  # 256x6x6
-        x = self.drop5(torch.flatten(self.avgpool(x), 1))  # 9216
-        x = self.drop6(self.act(self.fc6(x)))  # 4096
-        x = self.drop7(self.act(self.fc7(x)))  # 4096
-        return self.fc8(x)  # 1000 logits (softmax in the loss)
+        x = self._relu_norm_pool(x, 2, tap)  # 256x13x13
+        x = self._relu(self.conv3(self._edge(x, rows["conv3"].edge_pad)), 3, tap)  # 384x13x13
+        x = self._relu(self.conv4(self._edge(x, rows["conv4"].edge_pad)), 4, tap)  # 384x13x13
+        x = self._relu(self.conv5(self._edge(x, rows["conv5"].edge_pad)), 5, tap)  # 256x13x13
+        x = self.pool5(x)  # 256x6x6
+        if tap is not None:
+            tap("pool5", x)
+        if not isinstance(self.avgpool, nn.Identity):  # torchvision's adaptive average pool
+            x = self.avgpool(x)
+            if tap is not None:
+                tap("avgpool", x)
+        x = self.drop5(torch.flatten(x, 1))  # 9216
+        x = self.drop6(self._relu(self.fc6(x), 6, tap))  # 4096
+        x = self.drop7(self._relu(self.fc7(x), 7, tap))  # 4096
+        x = self.fc8(x)  # 1000 logits (softmax in the loss)
+        if tap is not None:
+            tap("fc8", x)
+            if tap.wants("prob"):
+                tap("prob", torch.softmax(x, dim=1))
+        return x
+
+    tap = None  # a features.Taps while its outputs are read; the forward above calls it after each stage
+
+    def _relu(self, x: torch.Tensor, i: int, tap) -> torch.Tensor:
+        """The activation (§3.1, in place) after layer i; with a tap, the layer's output is read before it."""
+        if tap is None:
+            return self.act(x)
+        name = LEARNED[i - 1]
+        tap(name, x)
+        x = self.act(x)
+        tap(f"{self.config.activation}{i}", x)
+        return x
+
+    def _relu_norm_pool(self, x: torch.Tensor, i: int, tap) -> torch.Tensor:
+        """ReLU -> LRN -> pool after conv1 and conv2 (§3.5): one fused kernel on the CPU (layers.relu_norm_pool)
+        unless a tap reads the ReLU's or the LRN's output, which then runs the three in turn."""
+        norm, pool = getattr(self, f"norm{i}"), getattr(self, f"pool{i}")
+        act_name, norm_name = f"{self.config.activation}{i}", f"norm{i}"
+        if tap is not None:
+            tap(f"conv{i}", x)
+        if tap is None or not tap.wants(act_name, norm_name):
+            x = relu_norm_pool(x, self.act, norm, pool)
+        else:
+            x = self.act(x)
+            tap(act_name, x)
+            x = norm(x)
+            tap(norm_name, x)
+            x = pool(x)
+        if tap is not None:
+            tap(f"pool{i}", x)
+        return x
+
+
+LEARNED = paper.LAYER_NAMES  # conv1..conv5, fc6..fc8
 
 
 def build_model(

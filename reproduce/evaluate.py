@@ -2,6 +2,10 @@
 
     python -m reproduce.evaluate --checkpoint runs/paper-synthetic/best.pt --ten-crop
     python -m reproduce.evaluate --all runs/finetune --data cifar10:data --csv all.csv
+    python -m reproduce.evaluate --checkpoint runs/mine/best.pt --out runs/mine/val   # per class too
+
+With ``--out DIR`` it also says where the net fails class by class: per_class.csv,
+confusion.csv, confusion.png, mistakes.png and result.json (reproduce/class_report.py).
 
 The data spec defaults to the one the checkpoint was trained on; the mean image
 is the one the net was trained with (saved in the checkpoint; recomputed from
@@ -31,7 +35,9 @@ from reproduce.args import (
     say_skipped,
     write_csv,
 )
+from reproduce import class_report
 from reproduce.placement import add_device_arguments
+from reproduce.run_writer import write_json
 from reproduce.restore import checkpoint_data, restore
 
 
@@ -57,12 +63,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_decode_flag(parser)
     add_strict_flag(parser)
     parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="also write per_class.csv, confusion.csv/.png, mistakes.png and result.json here "
+        "(with --all: one subfolder per checkpoint)",
+    )
+    parser.add_argument(
+        "--mistakes",
+        type=int,
+        default=16,
+        metavar="N",
+        help="with --out: how many of the most confident errors mistakes.png shows",
+    )
     add_device_arguments(parser)
     return parser
 
 
-def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
-    """One row of the table: what was scored (checkpoint, data, split, images) and its errors (fractions)."""
+def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[str] = None) -> dict:
+    """One row of the table: what was scored (checkpoint, data, split, images) and its errors (fractions);
+    with ``out``, the per-class files there too, and the row gains their summary."""
     ckpt = checkpoint.load(path)
     dataset = checkpoint_data(ckpt, path, args.data, cache)
     net = restore(path, args, dataset, ckpt)
@@ -92,6 +113,7 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
             decode=args.decode,
             strict=args.strict,
             progress=ten_crop,
+            per_image=out is not None,
         )
 
     centre = score(ten_crop=False)
@@ -100,6 +122,22 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set) -> dict:
     if args.ten_crop:
         ten = score(ten_crop=True)
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
+    if out is not None:
+        found = class_report.write(
+            out,
+            net.classes,
+            centre["predictions"],
+            ten["predictions"] if args.ten_crop else None,
+            split=split,
+            crop=net.transform.augment.crop,
+            mistakes=args.mistakes,
+        )
+        row.update(
+            mean_class_top1_err=found["mean_class_top1_err"],
+            mean_class_acc=found["mean_class_acc"],
+            weakest=found["weakest"],
+        )
+        write_json(os.path.join(out, "result.json"), row)
     return row
 
 
@@ -123,8 +161,10 @@ def run(args) -> int:
     cache: dict = {}
     said: set = set()
     rows = []
+    if args.mistakes < 0:
+        raise UsageError(f"--mistakes must be 0 or more, not {args.mistakes}")
     for path in paths:
-        row = evaluate_checkpoint(path, args, cache, said)
+        row = evaluate_checkpoint(path, args, cache, said, out_folder(args, path))
         rows.append(row)
         line = (
             f"{path} on {row['data']} {row['split']} ({plural(row['images'], 'image')}): "
@@ -136,9 +176,23 @@ def run(args) -> int:
                 f"top-5 {percent(row['ten_crop_top5_err'], 2)}"
             )
         print(line)
+        if "weakest" in row:
+            print(f"  {class_report.line(row)}; files in {out_folder(args, path)}")
     if args.csv:
-        write_csv(rows, args.csv)
+        write_csv([{k: v for k, v in row.items() if k != "weakest"} for row in rows], args.csv)
     return 0
+
+
+def out_folder(args, path: str) -> Optional[str]:
+    """Where --out puts a checkpoint's per-class files: --out itself, or with --all its subfolder named after
+    the checkpoint's file."""
+    if args.out is None:
+        return None
+    return (
+        os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
+        if args.all
+        else args.out
+    )
 
 
 if __name__ == "__main__":

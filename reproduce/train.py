@@ -42,7 +42,7 @@ from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
-from reproduce import recipes, run_config, run_lock
+from reproduce import class_report, recipes, run_config, run_lock
 from reproduce.args import (
     Exit,
     UsageError,
@@ -217,6 +217,9 @@ class Context:
     placement: Placement
     writer: RunWriter
     say: Callable[[str], None]  # the lines rank 0 prints (--quiet hides progress bars, never these)
+    best_predictions: Optional[tuple] = (
+        None  # (epoch, metrics.Predictions) of the best epoch's validation
+    )
 
 
 @dataclasses.dataclass
@@ -577,7 +580,7 @@ def train_epochs(
                 f"after step {progress.steps} of {steps} of epoch {epoch}"
                 + _every_process_at(ctx.process, progress.steps),
             ), rows
-        val = score(ctx, data, net)
+        val = score(ctx, data, net, per_image=True)
         rows.append(metrics_row(epoch, lr, progress, val))
         progress = EpochProgress()
         name_unreadable(
@@ -588,6 +591,10 @@ def train_epochs(
         dropped = net.schedule.step(val["top1_err"])
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
+        if (
+            improved
+        ):  # what best.pt says of each image: the per-class files at the end (class_report)
+            ctx.best_predictions = (epoch, val["predictions"])
         ctx.say(epoch_line(rows[-1], net.optimizer.param_groups[0]["lr"] if dropped else None))
         ctx.writer.epoch(rows, snapshot(ctx, data, net, epoch, best, rows), improved)
         if watch.stopping and epoch < config.epochs:  # at the epoch's last step
@@ -672,8 +679,11 @@ def one_epoch(
     return progress, steps, loader.skipped
 
 
-def score(ctx: Context, data: Data, net: Net, ten_crop: bool = False) -> dict:
-    """The validation split's loss and errors (§6): on the centre crop, or on ten crops (§4.1, with a bar)."""
+def score(
+    ctx: Context, data: Data, net: Net, ten_crop: bool = False, per_image: bool = False
+) -> dict:
+    """The validation split's loss and errors (§6): on the centre crop, or on ten crops (§4.1, with a bar);
+    ``per_image``: with each image's predictions."""
     config = ctx.config
     return evaluate(
         net.model,
@@ -689,6 +699,7 @@ def score(ctx: Context, data: Data, net: Net, ten_crop: bool = False) -> dict:
         decode=config.decode,
         rank=ctx.process.rank,
         world=ctx.process.world,
+        per_image=per_image,
     )
 
 
@@ -776,16 +787,36 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         "ten_crop_top5_err": None,
     }
     stopped = distributed.all_sum([float(stop())])[0] > 0
-    if config.ten_crop and not stopped:
+    centre, ten = ctx.best_predictions, None
+    if (config.ten_crop or centre is None or centre[0] != best_row["epoch"]) and not stopped:
         distributed.barrier()  # best.pt is written by rank 0
         best = ctx.writer.best()
         net.model.load_state_dict(best.model)
-        val = score(ctx, data, net, ten_crop=True)
-        result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
-        ctx.say(
-            f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
-            f"top-5 {percent(val['top5_err'])}"
+        if centre is None or centre[0] != best_row["epoch"]:  # resumed after the best epoch
+            centre = (best.epoch, score(ctx, data, net, per_image=True)["predictions"])
+        if config.ten_crop:
+            val = score(ctx, data, net, ten_crop=True, per_image=True)
+            ten = val["predictions"]
+            result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
+            ctx.say(
+                f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
+                f"top-5 {percent(val['top5_err'])}"
+            )
+    if not stopped and ctx.process.main:
+        found = class_report.write(
+            config.out,
+            data.dataset.classes,
+            centre[1],
+            ten,
+            split=data.val,
+            crop=net.transform.augment.crop,
         )
+        result.update(
+            val_mean_class_top1_err=found["mean_class_top1_err"],
+            val_mean_class_acc=found["mean_class_acc"],
+            val_weakest=found["weakest"],
+        )
+        ctx.say(f"best.pt (epoch {centre[0]}): {class_report.line(found)}")
     ctx.writer.result(result)
     if stopped and config.ten_crop:
         return _stopped(ctx, stop, "before the ten-crop evaluation")

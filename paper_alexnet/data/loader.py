@@ -106,7 +106,7 @@ class BatchLoader:
     ):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of {world} processes")
-        self.split, self.strict = split, strict
+        self.split, self.strict, self.rank, self.world = split, strict, rank, world
         self.device = None if device is None else torch.device(device)
         self.decode_on_device = (
             decode_where(decode, self.device or "cpu") == "device" and split.defers_decoding
@@ -182,6 +182,19 @@ class BatchLoader:
         for _, images, labels in self.global_batches():
             if len(labels):
                 yield images, labels
+
+    def indexed(self) -> Iterator[tuple[list, torch.Tensor, torch.Tensor]]:
+        """(the split's indices of the images, images, labels) of this process's share of every batch: an
+        unreadable file has no image, and no index."""
+        for indices, (count, images, labels) in zip(self.batches, self.global_batches()):
+            share = [int(i) for i in indices[self.rank :: self.world]]
+            if len(share) != len(
+                labels
+            ):  # files were skipped: which ones, by the paths they reported
+                bad = {path for path, _ in self.skipped}
+                share = [i for i in share if self.split.describe(i) not in bad]
+            if len(labels):
+                yield share, images, labels
 
 
 def loader_throughput(

@@ -1,0 +1,410 @@
+"""Activations of a trained net by the paper's layer names, written as .npy: ``python -m reproduce.features``.
+
+    python -m reproduce.features --checkpoint runs/mine/best.pt --layers fc7,pool5 --out feats
+    python -m reproduce.features --checkpoint bvlc.pt --data folder:imgs --split train --layers relu7 --rdm --out f
+    python -m reproduce.features --checkpoint runs/mine/best.pt --layers fc7 --out f cat.jpg dog.png
+    python -m reproduce.features --checkpoint runs/mine/best.pt --list-layers
+
+Each image goes through the test pipeline the net was trained with: the
+256x256 image of §2, its centre crop, the mean image subtracted (§4.1). The
+files, in --out:
+
+- ``LAYER.npy``: N x C x H x W (conv maps) or N x D, float32 (--dtype float16
+  halves it; --pool avg|max makes conv maps N x C). Written batch by batch
+  (reproduce/npy_stream.py), never held whole in memory.
+- ``index.csv``: row, path, class, label of each image written (an unreadable
+  file is skipped and has no row).
+- ``layers.json``: each layer's shape, the checkpoint, the transform, the data.
+- with --rdm, ``rdm_LAYER.npy`` (1 - Pearson correlation of each pair of
+  images' activations) and ``rdm_LAYER.png``, sorted by class.
+
+Layer names: paper_alexnet/features.py; the table is in docs/features.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from paper_alexnet import checkpoint, features
+from paper_alexnet.atomic import atomic_write
+from paper_alexnet.cli import HelpFormatter, pad, plural
+from paper_alexnet.cpu_memory import keep_freed_memory
+from paper_alexnet.data import BadImageError, load_rgb
+from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.features import LayerError, Taps, pooled, tapping
+from reproduce import run_lock
+from reproduce.args import (
+    UsageError,
+    add_data_flag,
+    add_decode_flag,
+    add_device_flag,
+    add_strict_flag,
+    add_workers_flag,
+    check_workers,
+    exit_code,
+    say_skipped,
+)
+from reproduce.figures import drawable, pyplot, save
+from reproduce.npy_stream import NpyStream
+from reproduce.restore import checkpoint_data, restore
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.features",
+        formatter_class=HelpFormatter,
+        description="Write a trained net's activations at named layers (conv1 ... fc8, prob) as .npy, for "
+        "a data split or for image files.",
+        epilog="Layers of the paper net: input, conv1, relu1, norm1, pool1, conv2, relu2, norm2, pool2, conv3, "
+        "relu3, conv4, relu4, conv5, relu5, pool5, fc6, relu6, fc7, relu7, fc8, prob. --list-layers prints a "
+        "checkpoint's, with their shapes.",
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="image files (instead of a data split)"
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a checkpoint.pt / best.pt"
+    )
+    parser.add_argument(
+        "--layers",
+        default="relu7",
+        metavar="A,B",
+        help="layers by the paper's names (or, on torchvision's net, its module paths like "
+        "classifier.4); relu7 is Figure 4's fc7 feature",
+    )
+    parser.add_argument("--out", default=None, metavar="DIR", help="where the files go")
+    parser.add_argument(
+        "--list-layers", action="store_true", help="print the net's layers and shapes, and stop"
+    )
+    add_data_flag(parser, from_checkpoint=True)
+    parser.add_argument(
+        "--split", default="val", help="which split of the data: train, val, or test"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="only the split's first N images"
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16"), default="float32", help="of the arrays written"
+    )
+    parser.add_argument(
+        "--pool",
+        choices=("avg", "max"),
+        default=None,
+        help="reduce each conv map to one value per channel (N x C)",
+    )
+    parser.add_argument(
+        "--rdm",
+        action="store_true",
+        help="also each layer's N x N dissimilarity matrix (1 - Pearson r) and its picture",
+    )
+    parser.add_argument("-b", "--batch-size", type=int, default=64, help="images per batch")
+    add_workers_flag(parser)
+    add_decode_flag(parser)
+    add_strict_flag(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_flag(parser)
+    parser.set_defaults(
+        two_gpu=False, devices=None
+    )  # restore(): one device (the taps read one net)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    keep_freed_memory()  # glibc: conv1's maps are not handed back and faulted in again every batch
+    return exit_code(lambda: run(args))
+
+
+def run(args) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {args.limit}")
+    check_workers(args.workers)
+    if args.images and args.data:
+        raise UsageError("give image files or --data, not both")
+    ckpt = checkpoint.load(args.checkpoint)
+    asked = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if args.list_layers:
+        net = restore(args.checkpoint, args, ckpt=ckpt)
+        print(layer_table(net.model))
+        return 0
+    if not args.out:
+        raise UsageError("give --out DIR (or --list-layers)")
+    if args.images:
+        source = ImageFiles(args.images, ckpt.augment.get("resize", "shorter"))
+        net = restore(args.checkpoint, args, ckpt=ckpt)
+    else:
+        dataset = checkpoint_data(ckpt, args.checkpoint, args.data)
+        if args.split not in dataset.splits:
+            raise UsageError(
+                f"{dataset.spec} has no split {args.split!r}; its splits: {', '.join(dataset.splits)}"
+            )
+        net = restore(args.checkpoint, args, dataset, ckpt)
+        split = dataset.split(args.split)
+        if args.limit:
+            split = split.subset(range(min(args.limit, len(split))))
+        source = SplitSource(split, f"{dataset.spec} {args.split}")
+    try:
+        stages = features.resolve(net.model, asked)
+    except LayerError as err:
+        raise UsageError(f"{err}") from None
+    os.makedirs(args.out, exist_ok=True)
+    with run_lock.hold(args.out):
+        return write_features(args, net, source, asked, stages)
+
+
+# --- where the images come from ------------------------------------------------------------------------
+
+
+class SplitSource:
+    """A data split, read by the loader's workers: (indices, uint8 images, labels) per batch."""
+
+    def __init__(self, split, name: str):
+        self.split, self.name = split, name
+        self.skipped: list = []
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batches(self, args, device):
+        loader = BatchLoader(
+            self.split,
+            args.batch_size,
+            shuffle=False,
+            workers=args.workers,
+            strict=args.strict,
+            device=device,
+            decode=args.decode,
+        )
+        yield from loader.indexed()
+        self.skipped = list(loader.skipped)
+
+    def describe(self, i: int) -> str:
+        return self.split.describe(i)
+
+    def label(self, i: int) -> int:
+        return int(self.split.labels[i])
+
+
+class ImageFiles:
+    """Image files named on the command line (no labels): read in the main process, as predict reads them."""
+
+    def __init__(self, paths: Sequence[str], resize: str):
+        self.paths, self.resize, self.name = list(paths), resize, "the files given"
+        self.skipped: list = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batches(self, args, device):
+        for start in range(0, len(self.paths), args.batch_size):
+            indices, arrays = [], []
+            for i in range(start, min(start + args.batch_size, len(self.paths))):
+                try:
+                    arrays.append(load_rgb(self.paths[i], resize=self.resize))
+                    indices.append(i)
+                except BadImageError as err:
+                    if args.strict:
+                        raise UsageError(
+                            f"{self.paths[i]} is not a readable image: {err.reason}"
+                        ) from None
+                    self.skipped.append((self.paths[i], err.reason))
+            if arrays:
+                images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+                yield indices, images.to(device), torch.full((len(arrays),), -1)
+
+    def describe(self, i: int) -> str:
+        return self.paths[i]
+
+    def label(self, i: int) -> int:
+        return -1
+
+
+# --- the writing ------------------------------------------------------------------------------------------
+
+
+def write_features(args, net, source, asked: List[str], stages: List[str]) -> int:
+    """Every image of ``source`` through the net once, each asked layer appended to its .npy as it comes;
+    then index.csv and layers.json (last: a folder with layers.json is whole), and the RDMs when asked."""
+    from tqdm.auto import tqdm
+
+    model, device = net.model, net.placement.first
+    shapes = features.shapes(model)
+    dtype = np.dtype(args.dtype)
+    files = {name: f"{_safe(name)}.npy" for name in asked}
+    streams = {}
+    rows: list = []
+    stage_of = {name: features.module_paths(model).get(name, name) for name in asked}
+    taken: dict = {}
+    taps = Taps(stages, lambda name, x: taken.__setitem__(name, pooled(x, args.pool)))
+    start, seen = time.perf_counter(), 0
+    bar = tqdm(total=len(source), unit="img", desc="features", disable=args.quiet, leave=False)
+    try:
+        with torch.no_grad(), tapping(model, taps):
+            for indices, images, labels in source.batches(args, device):
+                taken.clear()
+                model(net.transform.center(images))
+                for name in asked:
+                    array = taken[stage_of[name]].to("cpu", torch.float32).numpy()
+                    if name not in streams:
+                        streams[name] = NpyStream(
+                            os.path.join(args.out, files[name]), array.shape[1:], dtype
+                        )
+                    streams[name].write(array)
+                rows += indices
+                seen += len(indices)
+                bar.update(len(indices))
+        seconds = time.perf_counter() - start
+    except BaseException:
+        for stream in streams.values():
+            stream.discard()
+        raise
+    finally:
+        bar.close()
+    say_skipped(source.skipped, source.name)
+    if not rows:
+        for stream in streams.values():
+            stream.discard()
+        raise UsageError(
+            f"none of the {plural(len(source), 'image')} of {source.name} could be read"
+        )
+    whole = os.path.join(args.out, "layers.json")
+    if os.path.exists(
+        whole
+    ):  # an earlier run's: until this run's is written, the folder is not whole
+        os.remove(whole)
+    for stream in streams.values():
+        stream.close()
+    index = [
+        {
+            "row": r,
+            "path": source.describe(i),
+            "label": source.label(i),
+            "class": _class(net.classes, source.label(i)),
+        }
+        for r, i in enumerate(rows)
+    ]
+    with atomic_write(os.path.join(args.out, "index.csv"), newline="", encoding="utf-8") as handle:
+        out = csv.DictWriter(handle, fieldnames=["row", "path", "class", "label"])
+        out.writeheader()
+        out.writerows(index)
+    record = {
+        "format": "paper_alexnet.features/1",
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "variant": net.checkpoint.variant,
+        "images": len(rows),
+        "source": source.name,
+        "dtype": args.dtype,
+        "pool": args.pool,
+        "layers": {
+            name: {
+                "file": files[name],
+                "stage": stage_of[name],
+                "shape": [len(rows), *streams[name].row_shape],
+                "unpooled": list(shapes[stage_of[name]]),
+            }
+            for name in asked
+        },
+        "transform": transform_record(net),
+        "images_per_s": round(seen / max(seconds, 1e-9), 1),
+    }
+    with atomic_write(whole, encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, ensure_ascii=False)
+    print(
+        f"{plural(len(rows), 'image')} of {source.name} -> {args.out}: "
+        + ", ".join(
+            f"{name} {' x '.join(map(str, record['layers'][name]['shape']))}" for name in asked
+        )
+        + f" ({args.dtype}); {record['images_per_s']:.1f} img/s"
+    )
+    if args.rdm:
+        labels = np.array([row["label"] for row in index])
+        for name in asked:
+            path = os.path.join(args.out, files[name])
+            matrix = features.rdm(np.load(path, mmap_mode="r"))
+            target = os.path.join(args.out, f"rdm_{_safe(name)}.npy")
+            with atomic_write(target, "wb") as handle:
+                np.save(handle, matrix.astype(np.float32))
+            rdm_figure(target[:-4] + ".png", matrix, labels, net.classes, name)
+            print(f"rdm of {name}: {target} ({len(matrix)} x {len(matrix)})")
+    return 0
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def _class(classes: Sequence[str], label: int) -> str:
+    return str(classes[label]) if 0 <= label < len(classes) else ""
+
+
+def transform_record(net) -> dict:
+    """The test-time pipeline the arrays went through: what a reader needs to feed the net the same input."""
+    augment = net.transform.augment
+    return {
+        "image_size": 256,
+        "resize": augment.resize,
+        "crop": augment.crop,
+        "crop_at": "centre",
+        "mean": augment.mean,
+        "scale": augment.scale,
+    }
+
+
+def layer_table(model: torch.nn.Module) -> str:
+    """--list-layers: each stage with its output shape (and torchvision's module paths on its net)."""
+    shapes = features.shapes(model)
+    paths: dict = {}
+    for path, stage in features.module_paths(model).items():
+        paths.setdefault(stage, []).append(path)
+    lines = [
+        f"{pad('layer', 9)} {pad('shape (one image)', 18)}"
+        + ("  torchvision path" if paths else "")
+    ]
+    for name, shape in shapes.items():
+        lines.append(
+            f"{pad(name, 9)} {pad(' x '.join(map(str, shape)), 18)}"
+            + (f"  {', '.join(paths.get(name, []))}" if paths else "")
+        )
+    return "\n".join(lines)
+
+
+def rdm_figure(
+    path: str, matrix: np.ndarray, labels: np.ndarray, classes: Sequence[str], name: str
+) -> None:
+    """The RDM with its images sorted by class (a stable sort: the split's order within a class), the class
+    blocks marked."""
+    plt = pyplot()
+    order = np.argsort(labels, kind="stable")
+    fig, axis = plt.subplots(figsize=(7, 6), layout="constrained")
+    image = axis.imshow(matrix[np.ix_(order, order)], cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=axis, label="1 - Pearson r")
+    sorted_labels = labels[order]
+    edges = np.flatnonzero(np.diff(sorted_labels)) + 0.5
+    for edge in edges:
+        axis.axhline(edge, color="white", linewidth=0.5)
+        axis.axvline(edge, color="white", linewidth=0.5)
+    if 0 < len(set(labels.tolist()) - {-1}) <= 30:
+        starts = np.concatenate([[-0.5], edges])
+        ends = np.concatenate([edges, [len(labels) - 0.5]])
+        names = [_class(classes, int(sorted_labels[int(s + 0.5)])) for s in starts]
+        drawable(names)
+        axis.set_yticks((starts + ends) / 2, names, fontsize=7)
+        axis.set_xticks((starts + ends) / 2, names, fontsize=7, rotation=90)
+    axis.set_title(f"{name}: dissimilarity of {len(labels)} images, sorted by class", fontsize=10)
+    save(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
