@@ -140,18 +140,34 @@ def read_confusion(path: str) -> tuple:
 
 
 def class_order(counts: np.ndarray) -> np.ndarray:
-    """An order of the classes that puts classes confused with each other side by side: by the Fiedler vector
-    of the graph whose edges are the row-normalised confusions (both ways); ties keep the checkpoint's order."""
+    """An order of the classes that puts classes confused with each other side by side. The classes linked by
+    confusions (either way) form groups, the largest first (ties: the checkpoint's order); within a group,
+    the order of the Fiedler vector of its graph, whose edge weights are the row-normalised confusions."""
     n = len(counts)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     weights = (rates + rates.T) / 2
     np.fill_diagonal(weights, 0.0)
-    laplacian = np.diag(weights.sum(axis=1)) - weights
-    if n < 3 or not weights.any():
-        return np.arange(n)
-    _, vectors = np.linalg.eigh(laplacian)
-    fiedler = np.round(vectors[:, 1], 9)
-    return np.lexsort((np.arange(n), fiedler))
+    groups, seen = [], np.zeros(n, dtype=bool)
+    for first in range(n):
+        if seen[first]:
+            continue
+        group, frontier = [first], [first]
+        seen[first] = True
+        while frontier:
+            linked = np.flatnonzero((weights[frontier] > 0).any(axis=0) & ~seen)
+            seen[linked] = True
+            group += linked.tolist()
+            frontier = linked.tolist()
+        groups.append(sorted(group))
+    order = []
+    for group in sorted(groups, key=lambda g: (-len(g), g[0])):
+        if len(group) > 2:
+            sub = weights[np.ix_(group, group)]
+            _, vectors = np.linalg.eigh(np.diag(sub.sum(axis=1)) - sub)
+            fiedler = np.round(vectors[:, 1], 9)
+            group = [group[i] for i in np.lexsort((np.arange(len(group)), fiedler))]
+        order += group
+    return np.array(order, dtype=np.int64)
 
 
 def confusion_figure(path: str, classes: Sequence[str], counts: np.ndarray) -> None:

@@ -43,6 +43,7 @@ from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.features import LayerError, Taps, pooled, tapping
 from reproduce import run_lock
 from reproduce.args import (
+    Exit,
     UsageError,
     add_data_flag,
     add_decode_flag,
@@ -121,7 +122,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     keep_freed_memory()  # glibc: conv1's maps are not handed back and faulted in again every batch
-    return exit_code(lambda: run(args))
+    try:
+        return exit_code(lambda: run(args))
+    except KeyboardInterrupt:
+        print(
+            f"stopped: no array of this run was written to {args.out} (an earlier run's files there are "
+            "as they were)",
+            file=sys.stderr,
+        )
+        return Exit.SIGINT
 
 
 def run(args) -> int:
@@ -133,7 +142,7 @@ def run(args) -> int:
     if args.images and args.data:
         raise UsageError("give image files or --data, not both")
     ckpt = checkpoint.load(args.checkpoint)
-    asked = [name.strip() for name in args.layers.split(",") if name.strip()]
+    asked = list(dict.fromkeys(name.strip() for name in args.layers.split(",") if name.strip()))
     if args.list_layers:
         net = restore(args.checkpoint, args, ckpt=ckpt)
         print(layer_table(net.model))
