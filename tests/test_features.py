@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from paper_alexnet import build_model, features as lib
+from paper_alexnet import features as lib
 from reproduce import convert, features, predict, train
 from reproduce.npy_stream import NpyStream
 from data_fixtures import colour_image, image_tree
