@@ -1,6 +1,6 @@
 """Benchmarks that print figures (never asserted by tests): ``python -m reproduce.bench``.
 
-Sections (``--only``, default: both):
+Sections (``--only``, default: models and data):
   models training images/s (forward + backward + SGD step) and inference images/s of the paper net,
          the two-tower net (§3.2), the paper net with its LRN in torch ops instead of the fused CPU
          kernel (fused_lrn.py), torchvision's net and a naive faithful reference (torch's
@@ -16,11 +16,15 @@ Sections (``--only``, default: both):
          decoded in the loader's workers and on the device (--decode); the transform alone, one
          image at a time and one gather per batch; the stores' bytes per image, and the JPEG
          store's speed against the folder's.
+  features  reproduce.features --layers fc7 on the paper net, from a folder of JPEGs and from a JPEG
+         store, against the models section's inference images/s of the same net and batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import sys
@@ -401,6 +405,53 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     return rows
 
 
+def bench_features(args) -> list[dict]:
+    """reproduce.features --layers fc7 on the paper net (1000 classes, the §5 init), against the models
+    section's inference img/s for the same net and batch, in the same run: the data reading and the writing
+    should cost little beside the net. Timed: the command's own loop (layers.json's images_per_s), from a
+    raw store, a JPEG store and a folder of ImageNet-sized JPEGs of the same images, with the command's
+    default readers."""
+    from paper_alexnet import checkpoint
+    from paper_alexnet.checkpoint import Checkpoint
+    from reproduce import features
+
+    net_rate = bench_models(args, only=["paper"])[0]["infer_images_per_s"]
+    rows = [{"section": "features", "what": "paper: inference alone (models section)",
+             "images_per_s": net_rate}]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, library_quiet():
+        folder = os.path.join(tmp, "folder")
+        _jpeg_folder(folder, args.images)
+        data = open_dataset(f"folder:{folder}?val=0.5")
+        for encoding in ("raw", "jpeg"):
+            prepare_store(data.spec, data.classes, data.splits, os.path.join(tmp, encoding),
+                          workers=args.workers, progress=False, encoding=encoding, quality=args.quality)  # fmt: skip
+        ckpt = Checkpoint(
+            model=build_model("paper", 10).state_dict(),
+            variant="paper",
+            classes=list(data.classes),
+            augment=dataclasses.asdict(Augment()),
+            stats=Checkpoint.stats_entry(data.stats(progress=False)),
+        )
+        checkpoint.save(os.path.join(tmp, "net.pt"), ckpt)
+        sources = (
+            ("raw store", f"store:{os.path.join(tmp, 'raw')}"),
+            (f"JPEG store (quality {args.quality})", f"store:{os.path.join(tmp, 'jpeg')}"),
+            ("folder of 500x375 JPEGs", data.spec),
+        )
+        for name, spec in sources:
+            out = os.path.join(tmp, "out")
+            argv = ["--checkpoint", os.path.join(tmp, "net.pt"), "--data", spec, "--layers", "fc7",
+                    "--out", out, "-b", str(args.batch_size), "--quiet", "--device", args.device]  # fmt: skip
+            if features.main(argv) != 0:
+                raise RuntimeError(f"reproduce.features failed on the {name}")
+            with open(os.path.join(out, "layers.json"), encoding="utf-8") as handle:
+                record = json.load(handle)
+            rate = record["images_per_s"]
+            rows.append({"section": "features", "what": f"features --layers fc7, {name}, "
+                         f"{record['workers']} workers", "images_per_s": rate, "ratio": rate / net_rate})  # fmt: skip
+    return rows
+
+
 def add_measure_flags(parser: argparse.ArgumentParser, batch: str) -> None:
     """The flags that say how much to measure and where: the bench's, and the GPU suite's (gpu_suite.py)."""
     add_device_flag(parser)
@@ -440,7 +491,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Measure throughput; prints a table, optionally writes CSV.",
     )
     parser.add_argument(
-        "--only", choices=("models", "data"), default=None, help="one section (default: both)"
+        "--only",
+        choices=("models", "data", "features"),
+        default=None,
+        help="one section (default: models and data)",
     )
     parser.add_argument(
         "--suite",
@@ -512,6 +566,8 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_models(args)
     if args.only in (None, "data"):
         rows += bench_data(args)
+    if args.only == "features":
+        rows += bench_features(args)
     table = pd.DataFrame(rows)
     print(
         f"# torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, device {args.device}, "

@@ -32,6 +32,7 @@ from reproduce.args import (
     add_workers_flag,
     check_workers,
     exit_code,
+    reader_processes,
     say_skipped,
     write_csv,
 )
@@ -59,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
-    add_workers_flag(parser)
+    add_workers_flag(parser, inference=True)
     add_decode_flag(parser)
     add_strict_flag(parser)
     parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
@@ -109,7 +110,7 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             device=device,
             batch_size=args.batch_size,
             ten_crop=ten_crop,
-            workers=args.workers,
+            workers=reader_processes(args.workers, device),
             decode=args.decode,
             strict=args.strict,
             progress=ten_crop,

@@ -52,11 +52,12 @@ from reproduce.args import (
     add_workers_flag,
     check_workers,
     exit_code,
+    reader_processes,
     say_skipped,
 )
 from reproduce.figures import drawable, pyplot, save
 from reproduce.npy_stream import NpyStream
-from reproduce.restore import checkpoint_data, restore
+from reproduce.restore import checkpoint_data, resize_as_trained, restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -108,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also each layer's N x N dissimilarity matrix (1 - Pearson r) and its picture",
     )
     parser.add_argument("-b", "--batch-size", type=int, default=64, help="images per batch")
-    add_workers_flag(parser)
+    add_workers_flag(parser, inference=True)
     add_decode_flag(parser)
     add_strict_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -158,11 +159,14 @@ def run(args) -> int:
             raise UsageError(
                 f"{dataset.spec} has no split {args.split!r}; its splits: {', '.join(dataset.splits)}"
             )
-        net = restore(args.checkpoint, args, dataset, ckpt)
+        # a net that names its classes reads any data (BVLC's ImageNet net on a user's folder): the labels
+        # in index.csv are the data's; one that does not takes the data's classes (restore's rule)
+        net = restore(args.checkpoint, args, None if ckpt.classes else dataset, ckpt)
+        resize_as_trained(dataset, net.transform.augment, args.checkpoint)
         split = dataset.split(args.split)
         if args.limit:
             split = split.subset(range(min(args.limit, len(split))))
-        source = SplitSource(split, f"{dataset.spec} {args.split}")
+        source = SplitSource(split, f"{dataset.spec} {args.split}", dataset.classes)
     try:
         stages = features.resolve(net.model, asked)
     except LayerError as err:
@@ -178,8 +182,8 @@ def run(args) -> int:
 class SplitSource:
     """A data split, read by the loader's workers: (indices, uint8 images, labels) per batch."""
 
-    def __init__(self, split, name: str):
-        self.split, self.name = split, name
+    def __init__(self, split, name: str, classes: Sequence[str]):
+        self.split, self.name, self.classes = split, name, list(classes)
         self.skipped: list = []
 
     def __len__(self) -> int:
@@ -211,6 +215,7 @@ class ImageFiles:
     def __init__(self, paths: Sequence[str], resize: str):
         self.paths, self.resize, self.name = list(paths), resize, "the files given"
         self.skipped: list = []
+        self.classes: list = []  # no labels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -248,6 +253,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
     from tqdm.auto import tqdm
 
     model, device = net.model, net.placement.first
+    args.workers = reader_processes(args.workers, device)
     shapes = features.shapes(model)
     dtype = np.dtype(args.dtype)
     files = {name: f"{_safe(name)}.npy" for name in asked}
@@ -299,7 +305,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
             "row": r,
             "path": source.describe(i),
             "label": source.label(i),
-            "class": _class(net.classes, source.label(i)),
+            "class": _class(source.classes, source.label(i)),
         }
         for r, i in enumerate(rows)
     ]
@@ -326,6 +332,8 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
         },
         "transform": transform_record(net),
         "images_per_s": round(seen / max(seconds, 1e-9), 1),
+        "workers": args.workers,
+        "batch_size": args.batch_size,
     }
     with atomic_write(whole, encoding="utf-8") as handle:
         json.dump(record, handle, indent=1, ensure_ascii=False)
@@ -344,7 +352,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
             target = os.path.join(args.out, f"rdm_{_safe(name)}.npy")
             with atomic_write(target, "wb") as handle:
                 np.save(handle, matrix.astype(np.float32))
-            rdm_figure(target[:-4] + ".png", matrix, labels, net.classes, name)
+            rdm_figure(target[:-4] + ".png", matrix, labels, source.classes, name)
             print(f"rdm of {name}: {target} ({len(matrix)} x {len(matrix)})")
     return 0
 

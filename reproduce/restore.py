@@ -114,12 +114,20 @@ def restore(
         ) from None
     augment = Augment(**ckpt.augment)
     transform = PaperTransform(stats_for(ckpt, dataset), augment, device=placement.first)
-    if dataset is not None and augment.resize != "shorter":
-        if not all([split.use_resize(augment.resize) for split in dataset.splits.values()]):
-            print(
-                f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
-                f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
-                f"evaluate it on the image folder instead",
-                file=sys.stderr,
-            )
+    if dataset is not None:
+        resize_as_trained(dataset, augment, path)
     return Restored(ckpt, model.eval(), transform, placement, classes)
+
+
+def resize_as_trained(dataset: DataSet, augment: Augment, path: str) -> None:
+    """Cut the data's images to 256x256 as the net's were (§2's shorter side, or Caffe's warp for converted
+    BVLC weights); a warning where the data holds images already cut."""
+    if augment.resize == "shorter":
+        return
+    if not all([split.use_resize(augment.resize) for split in dataset.splits.values()]):
+        print(
+            f"warning: {path} expects images resized by {augment.resize!r} (as its weights were trained), "
+            f"but {dataset.spec} holds images already cut as §2 does; its errors will be somewhat off: "
+            f"evaluate it on the image folder instead",
+            file=sys.stderr,
+        )
