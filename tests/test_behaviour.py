@@ -105,6 +105,11 @@ def _same(got, want, column):
     return got == want
 
 
+# Columns added since the recording, each by name (a removed or renamed column still fails): the per-class
+# summary of best.pt (reproduce/class_report.py).
+ADDED = {"train result.json": {"val_mean_class_top1_err", "val_mean_class_acc", "val_weakest"}}
+
+
 @pytest.mark.usefixtures("isolated_cache")
 def test_the_commands_compute_what_they_computed_before_the_rework(tmp_path):
     with open(FIXTURE, encoding="utf-8") as handle:
@@ -114,7 +119,7 @@ def test_the_commands_compute_what_they_computed_before_the_rework(tmp_path):
     for name, rows in want["tables"].items():
         assert len(got[name]) == len(rows), name
         for k, (a, b) in enumerate(zip(got[name], rows)):
-            assert set(a) == set(b), (name, k)
+            assert set(a) == set(b) | ADDED.get(name, set()), (name, k)
             wrong = {c: (a[c], b[c]) for c in b if not _same(a[c], b[c], c)}
             assert not wrong, (name, k, wrong)
 
