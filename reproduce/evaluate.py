@@ -4,8 +4,9 @@
     python -m reproduce.evaluate --all runs/finetune --data cifar10:data --csv all.csv
     python -m reproduce.evaluate --checkpoint runs/mine/best.pt --out runs/mine/val   # per class too
 
-With ``--out DIR`` it also says where the net fails class by class: per_class.csv,
-confusion.csv, confusion.png, mistakes.png and result.json (reproduce/class_report.py).
+It also prints the mean per-class error and the weakest classes; with ``--out DIR`` it writes where the
+net fails class by class: per_class.csv, confusion.csv, confusion.png, mistakes.png and result.json
+(reproduce/class_report.py).
 
 The data spec defaults to the one the checkpoint was trained on; the mean image
 is the one the net was trained with (saved in the checkpoint; recomputed from
@@ -24,6 +25,7 @@ from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet import checkpoint
 from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
+from paper_alexnet.metrics import per_class
 from reproduce.args import (
     UsageError,
     add_data_flag,
@@ -114,7 +116,7 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             decode=args.decode,
             strict=args.strict,
             progress=ten_crop,
-            per_image=out is not None,
+            per_image=True,  # the per-class summary, always; the files with --out
         )
 
     centre = score(ten_crop=False)
@@ -133,11 +135,16 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             crop=net.transform.augment.crop,
             mistakes=args.mistakes,
         )
-        row.update(
-            mean_class_top1_err=found["mean_class_top1_err"],
-            mean_class_acc=found["mean_class_acc"],
-            weakest=found["weakest"],
+    else:
+        found = class_report.summary(
+            per_class(centre["predictions"], len(net.classes)), net.classes
         )
+    row.update(
+        mean_class_top1_err=found["mean_class_top1_err"],
+        mean_class_acc=found["mean_class_acc"],
+        weakest=found["weakest"],
+    )
+    if out is not None:
         write_json(os.path.join(out, "result.json"), row)
     return row
 
@@ -177,8 +184,8 @@ def run(args) -> int:
                 f"top-5 {percent(row['ten_crop_top5_err'], 2)}"
             )
         print(line)
-        if "weakest" in row:
-            print(f"  {class_report.line(row)}; files in {out_folder(args, path)}")
+        where = out_folder(args, path)
+        print(f"  {class_report.line(row)}" + (f"; files in {where}" if where else ""))
     if args.csv:
         write_csv([{k: v for k, v in row.items() if k != "weakest"} for row in rows], args.csv)
     return 0

@@ -358,3 +358,56 @@ def test_prepare_train_evaluate_predict_on_the_device_from_a_store(tmp_path, mon
         == 0
     )
     assert "photo.jpg" in capsys.readouterr().out
+
+
+def test_features_and_per_class_files_on_the_device_agree_with_the_cpu(tmp_path, monkeypatch):
+    """reproduce.features and evaluate --out on the device: the same layers as on the CPU (to TF32's
+    precision: cuDNN's convolutions may round their inputs to 10 bits), every image in the per-class files."""
+    from reproduce import evaluate, features, train
+
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--out", str(out)]) == 0
+    layers = "input,conv1,relu1,norm1,pool2,relu5,pool5,relu7,fc8,prob"
+    for device in (DEVICE, "cpu"):
+        assert (
+            features.main(
+                [
+                    "--checkpoint",
+                    str(out / "best.pt"),
+                    "--layers",
+                    layers,
+                    "--out",
+                    str(tmp_path / device),
+                    "--device",
+                    device,
+                    "--quiet",
+                ]  # fmt: skip
+            )
+            == 0
+        )
+        assert (
+            evaluate.main(
+                [
+                    "--checkpoint",
+                    str(out / "best.pt"),
+                    "--device",
+                    device,
+                    "--out",
+                    str(tmp_path / f"eval-{device}"),
+                ]  # fmt: skip
+            )
+            == 0
+        )
+    for name in layers.split(","):
+        got, want = (
+            np.load(tmp_path / DEVICE / f"{name}.npy"),
+            np.load(tmp_path / "cpu" / f"{name}.npy"),
+        )
+        assert got.shape == want.shape, name
+        assert np.allclose(got, want, rtol=1e-2, atol=1e-2 * float(np.abs(want).max())), name
+    rows = {}
+    for device in (DEVICE, "cpu"):
+        with open(tmp_path / f"eval-{device}" / "per_class.csv", newline="") as handle:
+            rows[device] = [int(r["images"]) for r in csv.DictReader(handle)]
+    assert rows[DEVICE] == rows["cpu"] and sum(rows["cpu"]) == 8

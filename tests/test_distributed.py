@@ -158,6 +158,14 @@ def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
         _same_rows(
             tmp_path / "single" / "metrics.csv", tmp_path / name / "metrics.csv", exact=False
         )
+        # best.pt's per-class files hold every validation image once: each rank's rows, gathered
+        with open(tmp_path / name / "per_class.csv", newline="") as handle:
+            images = [int(row["images"]) for row in csv.DictReader(handle)]
+        with open(tmp_path / "single" / "per_class.csv", newline="") as handle:
+            assert images == [int(row["images"]) for row in csv.DictReader(handle)]
+        assert (
+            sum(images) == json.loads((tmp_path / name / "config.json").read_text())["val_images"]
+        )
 
 
 VOTE = """
