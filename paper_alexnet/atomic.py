@@ -22,6 +22,19 @@ class WriteError(OSError):
         self.path, self.reason = path, reason
 
 
+def make_folder(path: str) -> None:
+    """``path`` as a folder, made with its parents where missing; :class:`WriteError` where it cannot be."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        reason = (
+            "a file of that name is in the way"
+            if isinstance(err, FileExistsError)
+            else err.strerror
+        )
+        raise WriteError(path, reason or str(err)) from None
+
+
 def temporary_beside(path: str) -> str:
     """A new, empty file beside ``path`` with a name no other writer has (``.NAME.XXXXXXXX.tmp``): two
     processes writing the same file never write into each other's temporary file."""

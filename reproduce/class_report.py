@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from paper_alexnet.atomic import atomic_write
+from paper_alexnet.atomic import atomic_write, make_folder
 from paper_alexnet.cli import percent
 from paper_alexnet.metrics import Predictions, per_class
 from reproduce.figures import drawable, pyplot, save
@@ -80,7 +80,7 @@ def write(
 ) -> dict:
     """Write the module's four files into ``folder`` (mistakes.png when ``split`` can give the images and
     ``mistakes`` > 0); returns :func:`summary` of the centre crop."""
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     n = len(classes)
     table = per_class(centre, n)
     ten = per_class(ten_crop, n) if ten_crop is not None else None

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from paper_alexnet import checkpoint, features
-from paper_alexnet.atomic import atomic_write
+from paper_alexnet.atomic import atomic_write, make_folder
 from paper_alexnet.cli import HelpFormatter, pad, plural
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import BadImageError, load_rgb
@@ -171,7 +171,7 @@ def run(args) -> int:
         stages = features.resolve(net.model, asked)
     except LayerError as err:
         raise UsageError(f"{err}") from None
-    os.makedirs(args.out, exist_ok=True)
+    make_folder(args.out)
     with run_lock.hold(args.out):
         return write_features(args, net, source, asked, stages)
 

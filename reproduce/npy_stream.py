@@ -8,10 +8,13 @@ Appending with ``write`` (no memory map) keeps the written pages out of the proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Sequence
 
 import numpy as np
+
+from paper_alexnet.atomic import WriteError
 
 MAGIC = b"\x93NUMPY\x01\x00"  # format version 1.0
 _ROOM = 10**15  # the header is sized for a row count this long, then padded to it
@@ -41,24 +44,39 @@ class NpyStream:
         self.path, self.partial = path, path + ".partial"
         self.row_shape, self.dtype, self.rows = tuple(row_shape), np.dtype(dtype), 0
         self._length = len(_header(self.dtype, (_ROOM, *self.row_shape)))
-        self._file = open(self.partial, "wb")
-        self._file.write(_header(self.dtype, (0, *self.row_shape), self._length))
+        self._file = None
+        with self._writing():
+            self._file = open(self.partial, "wb")
+            self._file.write(_header(self.dtype, (0, *self.row_shape), self._length))
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """An OSError (disk full, no permission) as a WriteError naming the file."""
+        try:
+            yield
+        except OSError as err:
+            if isinstance(err, WriteError):
+                raise
+            raise WriteError(self.path, err.strerror or str(err)) from None
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, not {self.row_shape}")
-        self._file.write(rows.data)
+        with self._writing():
+            self._file.write(rows.data)
         self.rows += len(rows)
 
     def close(self) -> None:
         """The true row count into the header, then the file under its name."""
-        self._file.seek(0)
-        self._file.write(_header(self.dtype, (self.rows, *self.row_shape), self._length))
-        self._file.close()
-        os.replace(self.partial, self.path)
+        with self._writing():
+            self._file.seek(0)
+            self._file.write(_header(self.dtype, (self.rows, *self.row_shape), self._length))
+            self._file.close()
+            os.replace(self.partial, self.path)
 
     def discard(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if os.path.exists(self.partial):
             os.remove(self.partial)

@@ -367,3 +367,47 @@ def test_memory_stays_bounded_while_more_is_written_than_it_holds(run, tmp_path)
     )
     assert written > 800e6
     assert big - small < 0.25 * written, (small, big, written)
+
+
+def test_bad_input_is_one_line(run, tmp_path, capsys):
+    from reproduce import evaluate
+
+    root, best = run
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    checks = [
+        (
+            features.main,
+            ["--checkpoint", str(best), "--out", str(blocker), "--data", f"folder:{root}"],
+            1,
+        ),
+        (
+            evaluate.main,
+            ["--checkpoint", str(best), "--out", str(blocker / "x"), "--data", f"folder:{root}"],
+            1,
+        ),
+        (
+            features.main,
+            [
+                "--checkpoint",
+                str(best),
+                "--out",
+                str(tmp_path / "o"),
+                "--split",
+                "test",
+                "--data",
+                f"folder:{root}",
+            ],
+            2,
+        ),  # fmt: skip
+        (features.main, ["--checkpoint", str(best), "--data", f"folder:{root}"], 2),  # no --out
+        (
+            features.main,
+            ["--checkpoint", str(best), "--out", str(tmp_path / "o"), str(tmp_path / "none.jpg")],
+            2,
+        ),
+    ]
+    for command, argv, code in checks:
+        assert command(argv) == code, argv
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err, err
