@@ -788,11 +788,19 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
     }
     stopped = distributed.all_sum([float(stop())])[0] > 0
     centre, ten = ctx.best_predictions, None
-    if (config.ten_crop or centre is None or centre[0] != best_row["epoch"]) and not stopped:
+    if centre is not None and centre[0] != best_row["epoch"]:
+        centre = None  # of a later epoch than best.pt's (a resumed run's)
+    per_class = not stopped  # after a signal, --resume does the rest
+    if centre is None and not config.ten_crop and not os.path.exists(ctx.writer.path("best.pt")):
+        ctx.say(
+            f"note: no per-class files: best.pt (epoch {best_row['epoch']}) is not in {config.out}"
+        )
+        per_class = False
+    if (config.ten_crop or centre is None) and per_class:
         distributed.barrier()  # best.pt is written by rank 0
         best = ctx.writer.best()
         net.model.load_state_dict(best.model)
-        if centre is None or centre[0] != best_row["epoch"]:  # resumed after the best epoch
+        if centre is None:  # resumed after the best epoch
             centre = (best.epoch, score(ctx, data, net, per_image=True)["predictions"])
         if config.ten_crop:
             val = score(ctx, data, net, ten_crop=True, per_image=True)
@@ -802,7 +810,7 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
                 f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
                 f"top-5 {percent(val['top5_err'])}"
             )
-    if not stopped and ctx.process.main:
+    if per_class and ctx.process.main:
         found = class_report.write(
             config.out,
             data.dataset.classes,
