@@ -170,7 +170,12 @@ def _from_payload(payload: Any, path: str) -> Checkpoint:
 
 
 def load(path: str) -> Checkpoint:
-    """A checkpoint file of any format up to this one, or a CheckpointError in one line."""
+    """A checkpoint file of any format up to this one, or a shared folder (shared.py: safetensors, no
+    pickle), or a CheckpointError in one line."""
+    if os.path.isdir(path):
+        from . import shared
+
+        return shared.read(path)
     return _from_payload(_read(path, "checkpoint"), path)
 
 
@@ -204,6 +209,9 @@ def read_trained(
 ) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
     """The state dict in ``path`` and the input it was trained on (the checkpoint's ``augment``; None for a bare
     state dict)."""
+    if os.path.isdir(path):  # a shared folder (shared.py)
+        trained = load(path)
+        return trained.model, trained.augment
     payload = _read(path, what)
     if (
         isinstance(payload, dict)

@@ -71,6 +71,10 @@ REPORTED_PCA_GAIN = (1.0, None)  # §4.1: PCA lighting "reduces the top-1 error 
 RELU_TARGET_TRAIN_ERROR = 0.25  # §3.1, Figure 1: the training error both nets are timed to
 RELU_SPEEDUP = 6  # §3.1, Figure 1: ReLU gets there "six times faster" than tanh
 
+# §6, Table 1 and Table 2: one CNN's errors (top-1, top-5), as fractions -----
+REPORTED_ILSVRC2010_TEST = (0.375, 0.170)  # §6 Table 1: ILSVRC-2010 test set, one CNN
+REPORTED_ILSVRC2012_VAL = (0.407, 0.182)  # §6 Table 2: ILSVRC-2012 validation set, 1 CNN
+
 # Numbers as the paper states them, where arithmetic disagrees (§3.5, §1) ----
 STATED_INPUT_SIZE = 224  # §3.5: "224x224x3 input image"
 STATED_NEURONS = (253_440, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000)  # §3.5, conv1..fc8

@@ -266,3 +266,36 @@ def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
         )
     except ValueError as err:
         raise DataError(str(err)) from None
+
+
+FORMATS = {
+    "pt": ".pt",
+    "onnx": ".onnx",
+    "safetensors": "",
+}  # what --format writes, and the --out it implies
+
+
+def add_format_flag(parser, formats=tuple(FORMATS)) -> None:
+    parser.add_argument(
+        "--format",
+        choices=formats,
+        default=None,
+        help="pt: a checkpoint of this package (pickled); onnx: the graph for any runtime; safetensors: a "
+        "folder of safetensors, config.json and a model card, as torch.hub and Hugging Face share nets "
+        "(no pickle). Default: from --out's suffix (.pt, .onnx; none: a folder)",
+    )
+
+
+def output_format(out: str, given: Optional[str], formats=tuple(FORMATS)) -> str:
+    """--format, or the one --out's suffix implies (.pt, .onnx; no suffix: a safetensors folder)."""
+    if given is not None:
+        return given
+    suffix = os.path.splitext(out.rstrip("/"))[1].lower()
+    for name in formats:
+        if FORMATS[name] == suffix:
+            return name
+    raise UsageError(
+        f"--out {out}: its suffix {suffix!r} names none of the formats written here ("
+        + ", ".join(f"{FORMATS[n] or 'no suffix'} for {n}" for n in formats)
+        + "); give --format"
+    )

@@ -2,6 +2,7 @@
 
     python -m reproduce.convert bvlc_alexnet.caffemodel --mean imagenet_mean.binaryproto --out bvlc_alexnet.pt
     python -m reproduce.convert alexnet-owt-7be5be79.pth --out torchvision_alexnet.pt
+    python -m reproduce.convert bvlc_alexnet.caffemodel --mean imagenet_mean.binaryproto --out bvlc_alexnet   # a folder
 
 SOURCE is BVLC Caffe's ``bvlc_alexnet.caffemodel`` (either Caffe format; the ``caffe`` variant, the paper's
 grouped LRN net as BVLC trained it) or torchvision's AlexNet state dict (the ``torchvision`` variant). The
@@ -15,19 +16,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from paper_alexnet import build_model, caffe, checkpoint
+from paper_alexnet import build_model, caffe, checkpoint, shared
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.data import Augment, DataStats
 from paper_alexnet.data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
 from paper_alexnet.weights import is_torchvision_state, load_torchvision_weights
-from reproduce.args import UsageError, exit_code, explain
+from reproduce.args import UsageError, add_format_flag, exit_code, explain, output_format
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,7 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "source", metavar="SOURCE", help="bvlc_alexnet.caffemodel, or torchvision's alexnet-*.pth"
     )
-    parser.add_argument("--out", required=True, metavar="FILE.pt", help="the checkpoint to write")
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="FILE.pt, or a folder (safetensors) to write"
+    )
+    add_format_flag(parser, CONVERTS_TO)
     parser.add_argument(
         "--mean",
         default=None,
@@ -49,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     return parser
+
+
+CONVERTS_TO = ("pt", "safetensors")  # an ONNX file: export the converted net
 
 
 def imagenet_classes() -> list:
@@ -121,6 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args) -> int:
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    form = output_format(args.out, args.format, CONVERTS_TO)
     if os.path.exists(args.out) and not args.force:
         raise UsageError(f"{args.out} exists: give --force to replace it, or another --out")
     if not os.path.isfile(args.source):
@@ -163,7 +172,20 @@ def run(args) -> int:
             "mean": os.path.abspath(args.mean) if args.mean else None,
         },
     )
-    checkpoint.save(args.out, ckpt)
+    if form == "safetensors":
+        command = "python -m reproduce.convert " + shlex.join(
+            [
+                os.path.basename(args.source),
+                *(["--mean", os.path.basename(args.mean)] if args.mean else []),
+                "--format",
+                "safetensors",
+                "--out",
+                os.path.basename(args.out.rstrip("/")),
+            ]  # fmt: skip
+        )
+        shared.write(ckpt, args.out, command=command)
+    else:
+        checkpoint.save(args.out, ckpt)
     say(
         f"wrote {args.out}: variant {variant}, 1000 ILSVRC-2012 classes; evaluate it with python -m "
         f"reproduce.evaluate --checkpoint {args.out} --data imagenet:ROOT"

@@ -22,7 +22,7 @@ import sys
 from typing import Optional, Sequence
 
 from paper_alexnet.cpu_memory import keep_freed_memory
-from paper_alexnet import checkpoint
+from paper_alexnet import checkpoint, shared
 from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
 from paper_alexnet.metrics import per_class
@@ -41,7 +41,7 @@ from reproduce.args import (
 from reproduce import class_report
 from reproduce.placement import add_device_arguments
 from reproduce.run_writer import write_json
-from reproduce.restore import checkpoint_data, restore
+from reproduce.restore import checkpoint_data, restore, run_record
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each"
+    )
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="print what the checkpoint (or shared folder) is, as torchvision's weights enums say it: "
+        "categories, transforms, parameters, multiply-adds, measured metrics; evaluate nothing",
     )
     add_data_flag(parser, from_checkpoint=True)
     parser.add_argument(
@@ -158,6 +164,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(args) -> int:
     if bool(args.checkpoint) == bool(args.all):
         raise UsageError("give --checkpoint PATH or --all DIR")
+    if args.info:
+        if not args.checkpoint:
+            raise UsageError("--info describes one --checkpoint")
+        print(info(args.checkpoint))
+        return 0
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
     check_workers(args.workers)
@@ -189,6 +200,42 @@ def run(args) -> int:
     if args.csv:
         write_csv([{k: v for k, v in row.items() if k != "weakest"} for row in rows], args.csv)
     return 0
+
+
+def info(path: str) -> str:
+    """--info: shared.metadata of the checkpoint or folder, with the metrics its run measured."""
+    ckpt = checkpoint.load(path)
+    measured, command = run_record(path, ckpt.epoch)
+    meta = shared.metadata(ckpt, measured)
+    classes = meta["categories"]
+    lines = [
+        f"{path}: {meta['variant']}, {plural(len(classes), 'class', 'classes')}: "
+        + ", ".join(map(str, classes[:8]))
+        + (", ..." if len(classes) > 8 else ""),
+        f"  parameters {meta['num_params']:,}; multiply-adds {meta['multiply_adds']:,} an image",
+    ]
+    t = meta["transforms"]
+    lines.append(
+        f"  transforms: {t['resize_means']}; centre {t['crop']}x{t['crop']} crop; {t['mean_means']}"
+        + (f"; times {t['scale']:.4g}" if t["scale"] != 1.0 else "")
+    )
+    lines.append(
+        f"  data: {meta['data'] or 'n/a'}"
+        + (f"; converted from {meta['origin'].get('source')}" if meta["origin"] else "")
+    )
+    if meta["metrics"]:
+        lines.append(
+            "  measured: "
+            + ", ".join(
+                f"{k} {percent(v, 2)}" if k.endswith("err") else f"{k} {v}"
+                for k, v in meta["metrics"].items()
+            )
+        )
+    else:
+        lines.append("  measured: nothing recorded beside it (evaluate it)")
+    if command:
+        lines.append(f"  made by: {command}")
+    return "\n".join(lines)
 
 
 def out_folder(args, path: str) -> Optional[str]:

@@ -1,6 +1,13 @@
-"""A checkpoint's net as ONNX, for any runtime: ``python -m reproduce.export``.
+"""A checkpoint's net as others take it: ONNX, a safetensors folder, or a checkpoint: ``python -m reproduce.export``.
 
     python -m reproduce.export --checkpoint bvlc_alexnet.pt --out alexnet.onnx
+    python -m reproduce.export --checkpoint runs/mine/best.pt --out shared/mine          # a folder
+    python -m reproduce.export --checkpoint shared/mine --out mine.pt                    # and back
+
+A folder (``--format safetensors``, or an --out without a suffix) holds model.safetensors, mean.safetensors,
+config.json and a README.md model card (paper_alexnet/shared.py): what torch.hub and Hugging Face share,
+readable without running any code. The card quotes the run's result.json and the command that trained it,
+found beside the checkpoint.
 
 The graph takes the transformed crop (N x 3 x crop x crop, what the net reads after the mean image is
 subtracted, §2) and returns fc8's logits. §3.3's LRN becomes ONNX's ``LRN`` operator, which (like Caffe's and
@@ -20,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from paper_alexnet import checkpoint, fused_lrn
+from paper_alexnet import checkpoint, fused_lrn, shared
 from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.layers import LocalResponseNorm, local_response_norm
-from reproduce.args import UsageError, exit_code
-from reproduce.restore import restore
+from reproduce.args import UsageError, add_format_flag, exit_code, output_format
+from reproduce.restore import restore, run_record
 
 
 class _OnnxLRN(torch.autograd.Function):
@@ -116,7 +123,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", required=True, metavar="PATH", help="a checkpoint of this package"
     )
-    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="FILE.onnx, FILE.pt, or a folder (safetensors)"
+    )
+    add_format_flag(parser)
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     return parser
 
@@ -127,7 +137,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args) -> int:
+    form = output_format(args.out, args.format)
     ckpt = checkpoint.load(args.checkpoint)
+    if form == "safetensors":
+        measured, command = run_record(args.checkpoint, ckpt.epoch)
+        config = shared.write(ckpt.weights_only(), args.out, measured, command)
+        meta = config["meta"]
+        print(
+            f"wrote {args.out}/: {ckpt.variant}, {len(ckpt.classes)} classes, {meta['num_params']:,} "
+            f"parameters in {shared.WEIGHTS}, {shared.CONFIG}, {shared.CARD}"
+            + (f", {shared.MEAN}" if config["mean_file"] else "")
+            + (
+                f"; the card quotes {len(meta['metrics'])} measured figures"
+                if meta["metrics"]
+                else ""
+            ),
+            file=sys.stderr,
+        )
+        return 0
+    if form == "pt":
+        checkpoint.save(args.out, ckpt.weights_only())
+        print(
+            f"wrote {args.out}: {ckpt.variant}, {len(ckpt.classes)} classes (weights only)",
+            file=sys.stderr,
+        )
+        return 0
     args.device, args.two_gpu, args.devices = "cpu", False, None
     net = restore(args.checkpoint, args, ckpt=ckpt)
     if not hasattr(net.model, "conv1") or not hasattr(net.model, "fc8"):

@@ -12,14 +12,18 @@ data's, and without data it cannot name what it predicts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
+import os
 import re
+import shlex
 import sys
 from typing import List, Optional
 
 import torch
 
-from paper_alexnet import checkpoint
+from paper_alexnet import checkpoint, shared
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.networks import get_network
@@ -131,3 +135,25 @@ def resize_as_trained(dataset: DataSet, augment: Augment, path: str) -> None:
             f"evaluate it on the image folder instead",
             file=sys.stderr,
         )
+
+
+def run_record(path: str, epoch: int) -> tuple:
+    """(result.json, the training command) of the run a checkpoint came from: a shared folder's own record,
+    or the files of the run folder that holds the checkpoint: its result.json where it is of this checkpoint's
+    epoch (best.pt's; a later checkpoint.pt has not been measured), its config.json's command."""
+    if shared.is_shared(path):
+        with open(os.path.join(path, shared.CONFIG), encoding="utf-8") as handle:
+            config = json.load(handle)
+        return shared.measured(path), config.get("trained_by")
+    folder = os.path.dirname(os.path.abspath(path))
+    measured, command = {}, None
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(folder, "result.json"), encoding="utf-8") as handle:
+            measured = json.load(handle)
+    if measured.get("best_epoch") != epoch:
+        measured = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            argv = json.load(handle)["run"]["command"]
+        command = "python -m reproduce.train " + shlex.join(argv)
+    return measured, command
