@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import re
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .cli import HelpFormatter
-from . import paper
+from . import figure2, paper
 from .config import ArchConfig, ConfigError
 from .geometry import layer_shapes, totals, window_output
 from .model import AlexNet
@@ -410,6 +411,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", default=None, help="write the report to this file instead of stdout"
     )
+    parser.add_argument(
+        "--figure",
+        default=None,
+        metavar="OUT.png",
+        help="also draw the net as the paper's Figure 2 does (.png, .svg or .pdf), every number from "
+        "the shape arithmetic",
+    )
     return parser
 
 
@@ -437,6 +445,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ReportMismatch as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.figure:
+        if os.path.splitext(args.figure)[1].lower() not in (".png", ".svg", ".pdf"):
+            print(f"error: --figure {args.figure}: give a .png, .svg or .pdf file", file=sys.stderr)
+            return 2
+        try:
+            figure2.draw(configs[0], args.figure)
+        except OSError as err:
+            print(f"error: could not write {args.figure}: {err.strerror or err}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.figure}: Figure 2 of '{configs[0].name}'", file=sys.stderr)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
