@@ -263,3 +263,29 @@ def test_figure_2_shows_the_shape_arithmetic(tmp_path, variant, size):
         assert "one tower" in title
     if config.input_size == 227:
         assert "gives (224 − 11 + 2·0) / 4 + 1 = 54.25" in title
+
+
+def test_torch_hub_runs_from_a_plain_checkout_that_is_not_installed(tmp_path):
+    """A copy of the checkout's hubconf.py and library, loaded where the installed package cannot be found
+    (the editable install's import hook removed): the net comes from the copy's own code."""
+    import subprocess
+    import sys
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "paper_alexnet"), copy / "paper_alexnet")
+    shutil.copy(os.path.join(ROOT, "hubconf.py"), copy / "hubconf.py")
+    script = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__ + repr(f)]\n"
+        "sys.path[:] = [p for p in sys.path if 'paper_alexnet' not in p and p not in ('', '.')]\n"
+        "import torch\n"
+        f"net = torch.hub.load({str(copy)!r}, 'alexnet', source='local', trust_repo=True, num_classes=5)\n"
+        "import paper_alexnet\n"
+        f"assert paper_alexnet.__file__.startswith({str(copy)!r}), paper_alexnet.__file__\n"
+        "print(type(net).__name__, net.fc8.out_features, net.config.name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["AlexNet", "5", "paper"]
