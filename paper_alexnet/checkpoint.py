@@ -123,14 +123,20 @@ def _version(payload: dict, path: str) -> int:
                 else ""
             )
         )
-    name, _, number = str(tag).rpartition("/")
-    if name != NAME or not number.isdigit():
+    return format_version(tag, path)
+
+
+def format_version(tag, path: str, name: str = NAME, version: int = VERSION) -> int:
+    """N of a format tag "name/N" that this package reads (1..version), else a CheckpointError: a file of
+    another format, or of a newer one."""
+    found, _, number = str(tag).rpartition("/")
+    if found != name or not number.isdigit():
         raise CheckpointError(
-            f"{path} has an unknown format {tag!r} (this version reads {NAME}/1..{VERSION})"
+            f"{path} has an unknown format {tag!r} (this version reads {name}/1..{version})"
         )
-    if int(number) > VERSION:
+    if int(number) > version:
         raise CheckpointError(
-            f"{path} is of format {tag}, newer than this paper_alexnet reads ({FORMAT}): "
+            f"{path} is of format {tag}, newer than this paper_alexnet reads ({name}/{version}): "
             f"upgrade paper_alexnet to use it"
         )
     return int(number)

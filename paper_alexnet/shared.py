@@ -24,7 +24,7 @@ import torch
 
 from . import paper
 from .atomic import atomic_write, make_folder
-from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError, format_version
 
 NAME = "paper_alexnet.shared"
 VERSION = 1
@@ -173,16 +173,7 @@ def read(folder: str) -> Checkpoint:
             config = json.load(handle)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not readable JSON ({err})") from None
-    tag = str(config.get("format", ""))
-    name, _, number = tag.rpartition("/")
-    if name != NAME or not number.isdigit():
-        raise CheckpointError(
-            f"{path} has format {tag!r}, not {NAME}/N: not a shared net of this package"
-        )
-    if int(number) > VERSION:
-        raise CheckpointError(
-            f"{folder} is of format {tag}, newer than this paper_alexnet reads ({FORMAT}): upgrade paper_alexnet"
-        )
+    format_version(config.get("format"), path, NAME, VERSION)
     state = _tensors(os.path.join(folder, WEIGHTS))
     stats = None
     if config.get("mean_file"):
