@@ -6,6 +6,7 @@ Public API:
     list_variants(), list_switches(), get_config(variant, **overrides) -> ArchConfig
     LocalResponseNorm (the §3.3 equation, alpha not divided by n)
     load_torchvision_weights(model, state_dict)
+    from_pretrained(path) (a shared folder or a checkpoint: the trained net with .classes and .transform)
     paper (every constant of the paper, with its §)
 """
 
@@ -14,6 +15,7 @@ from .config import ArchConfig, ConfigError
 from .geometry import Layer, ShapeError, layer_shapes, totals
 from .layers import LocalResponseNorm, local_response_norm
 from .model import AlexNet, build_model
+from .shared import from_pretrained
 from .two_tower import TwoTowerAlexNet
 from .variants import get_config, list_switches, list_variants
 from .weights import load_torchvision_weights
@@ -28,6 +30,7 @@ __all__ = [
     "LocalResponseNorm",
     "ShapeError",
     "build_model",
+    "from_pretrained",
     "get_config",
     "layer_shapes",
     "list_switches",

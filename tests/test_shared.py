@@ -8,6 +8,7 @@ import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
+import paper_alexnet
 import torch
 
 from paper_alexnet import build_model, checkpoint, get_config, layer_shapes, shared
@@ -113,6 +114,7 @@ def test_torch_hub_loads_each_variant_and_the_weights_as_restore_gives_them(run)
     for weights in (out / "best.pt", folder):
         net = _hub(weights=str(weights))
         assert not net.training and net.classes == checkpoint.load(str(out / "best.pt")).classes
+        assert torch.equal(paper_alexnet.from_pretrained(str(weights))(x), want)
         with torch.no_grad():
             assert torch.equal(net(x), want)
         images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
@@ -289,3 +291,38 @@ def test_torch_hub_runs_from_a_plain_checkout_that_is_not_installed(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["AlexNet", "5", "paper"]
+
+
+def test_convert_writes_bvlc_and_torchvision_weights_as_a_folder(tmp_path, capsys):
+    """convert --format safetensors (or an --out without a suffix): the same net as the .pt it writes."""
+    import torchvision
+
+    from reproduce import convert
+
+    torch.manual_seed(2)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet-owt.pth")
+    source = str(tmp_path / "alexnet-owt.pth")
+    assert convert.main([source, "--out", str(tmp_path / "tv.pt")]) == 0
+    assert convert.main([source, "--out", str(tmp_path / "tv")]) == 0  # no suffix: a folder
+    assert (
+        convert.main([source, "--out", str(tmp_path / "tv.onnx")]) == 2
+    )  # export converts to ONNX
+    assert "--format" in capsys.readouterr().err
+    a, b = checkpoint.load(str(tmp_path / "tv.pt")), checkpoint.load(str(tmp_path / "tv"))
+    assert (
+        b.variant == "torchvision"
+        and b.classes == a.classes
+        and b.origin["format"] == "torchvision"
+    )
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model) and b.augment == a.augment
+    card = (tmp_path / "tv" / "README.md").read_text()
+    assert (
+        "torchvision's AlexNet" in card
+        and "BSD 3-Clause" in card
+        and "python -m reproduce.convert" in card
+    )
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(
+            _hub(weights=str(tmp_path / "tv"))(x), _hub(weights=str(tmp_path / "tv.pt"))(x)
+        )
