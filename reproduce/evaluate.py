@@ -54,7 +54,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt"
     )
     parser.add_argument(
-        "--all", default=None, metavar="DIR", help="instead: every *.pt in DIR, one CSV row each"
+        "--all",
+        default=None,
+        metavar="DIR",
+        help="instead: every *.pt in DIR and every shared folder in it (reproduce.export), one CSV row each",
     )
     parser.add_argument(
         "--info",
@@ -172,11 +175,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {args.batch_size}")
     check_workers(args.workers)
-    paths = (
-        [args.checkpoint] if args.checkpoint else sorted(glob.glob(os.path.join(args.all, "*.pt")))
-    )
+    paths = [args.checkpoint] if args.checkpoint else checkpoints_in(args.all)
     if not paths:
-        raise UsageError(f"no *.pt files in {args.all}")
+        raise UsageError(f"no *.pt files or shared folders in {args.all}")
     cache: dict = {}
     said: set = set()
     rows = []
@@ -200,6 +201,17 @@ def run(args) -> int:
     if args.csv:
         write_csv([{k: v for k, v in row.items() if k != "weakest"} for row in rows], args.csv)
     return 0
+
+
+def checkpoints_in(folder: str) -> list:
+    """--all: the *.pt files of ``folder`` and its shared folders (a subfolder with a shared config.json)."""
+    files = glob.glob(os.path.join(folder, "*.pt"))
+    shared_folders = [
+        path
+        for path in glob.glob(os.path.join(folder, "*", ""))
+        if os.path.isfile(os.path.join(path, shared.CONFIG))
+    ]
+    return sorted(files) + sorted(path.rstrip(os.sep) for path in shared_folders)
 
 
 def info(path: str) -> str:
@@ -243,8 +255,9 @@ def out_folder(args, path: str) -> Optional[str]:
     the checkpoint's file."""
     if args.out is None:
         return None
+    name = os.path.basename(path)
     return (
-        os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
+        os.path.join(args.out, name[: -len(".pt")] if name.endswith(".pt") else name)
         if args.all
         else args.out
     )

@@ -326,3 +326,32 @@ def test_convert_writes_bvlc_and_torchvision_weights_as_a_folder(tmp_path, capsy
         assert torch.equal(
             _hub(weights=str(tmp_path / "tv"))(x), _hub(weights=str(tmp_path / "tv.pt"))(x)
         )
+
+
+def test_evaluate_all_takes_the_shared_folders_beside_the_checkpoints(
+    run, tmp_path, capsys, monkeypatch
+):
+    out, folder = run
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(out.parent / "cache"))
+    shutil.copy(out / "best.pt", tmp_path / "best.pt")
+    shutil.copytree(folder, tmp_path / "shared")
+    (tmp_path / "notes").mkdir()  # a folder that is not a net: left alone
+    csv_path = tmp_path / "all.csv"
+    assert (
+        evaluate.main(
+            [
+                "--all",
+                str(tmp_path),
+                "--workers",
+                "0",
+                "--csv",
+                str(csv_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
+    rows = csv_path.read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[6:] == rows[2].split(",")[6:]  # the same errors
+    assert sorted(os.listdir(tmp_path / "o")) == ["best", "shared"]
