@@ -259,6 +259,23 @@ def _saved_bytes(model, x, y, amp: bool = False) -> int:
     return total
 
 
+# The peer a user would pick: torchvision's own module (its nn.Sequential of nn.Conv2d, nn.ReLU(inplace),
+# nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Linear), trained with torch.optim.SGD as every row is.
+# The "torchvision" row is this package's AlexNet class with torchvision's config, so that a speed-up of the
+# shared class moves both; this one it cannot move.
+PEER = "torchvision.models.alexnet"
+
+
+def torchvision_own(classes: int) -> torch.nn.Module:
+    """torchvision.models.alexnet, untrained; ``.config`` is the torchvision variant's ArchConfig (the same
+    layers), for the shape arithmetic of the FLOP count and the input size."""
+    import torchvision
+
+    model = torchvision.models.alexnet(weights=None, num_classes=classes)
+    model.config = build_model("torchvision", classes).config
+    return model
+
+
 def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     """Training and inference img/s of each net on synthetic input (no data loading), timed round robin;
     ``only``: these nets (of the names below) and no others."""
@@ -282,6 +299,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         ),
         "paper, LRN in torch ops": (lambda: build_model("paper", classes), "torch ops"),
         "torchvision": (lambda: build_model("torchvision", classes), ""),
+        PEER: (lambda: torchvision_own(classes), ""),
         "naive faithful": (lambda: naive_reference(classes), "torch.nn.LocalResponseNorm"),
         "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), ""),
     }
@@ -386,7 +404,11 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
             row["lrn_share"] = 1 - _median(
                 ratios(row["what"], "paper+no-lrn")
             )  # 1 - step(no LRN) / step(net)
-        for column, other in (("vs_torchvision", "torchvision"), ("vs_naive", "naive faithful")):
+        for column, other in (
+            ("vs_torchvision", "torchvision"),
+            ("vs_peer", PEER),
+            ("vs_naive", "naive faithful"),
+        ):
             if other not in by:
                 continue
             paired = ratios(row["what"], other)
@@ -398,6 +420,8 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
             row["memory_vs_torchvision"] = (
                 row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
             )
+        if PEER in by:
+            row["memory_vs_peer"] = row["train_memory_mb"] / by[PEER]["train_memory_mb"]
     print(
         f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s (median over the repetitions)",
         file=sys.stderr,

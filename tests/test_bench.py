@@ -23,7 +23,7 @@ def test_models_section_writes_one_row_per_net(tmp_path, capsys):
     assert list(table["what"]) == (
         ["paper", "paper two-tower"]
         + (["paper, LRN in torch ops"] if fused else [])
-        + ["torchvision", "naive faithful", "paper+no-lrn"]
+        + ["torchvision", "torchvision.models.alexnet", "naive faithful", "paper+no-lrn"]
     )
     lrn = table.set_index("what")["lrn"]
     assert lrn["paper"] == ("fused kernel" if fused else "torch ops") and lrn["torchvision"] == ""
@@ -40,11 +40,15 @@ def test_models_section_writes_one_row_per_net(tmp_path, capsys):
         "vs_torchvision_high",
         "vs_naive_low",
         "vs_naive_high",
+        "vs_peer",
+        "memory_vs_peer",
     ):
         assert (table[column] > 0).all(), column
     assert (table["vs_torchvision_low"] <= table["vs_torchvision"]).all()
     assert (table["vs_torchvision"] <= table["vs_torchvision_high"]).all()
     assert table.set_index("what").loc["torchvision", "vs_torchvision"] == 1.0
+    assert table.set_index("what").loc["torchvision.models.alexnet", "vs_peer"] == 1.0
+
     printed = capsys.readouterr()
     assert "GFLOP/s" in printed.err and "freed memory returned to the system" in printed.out
 
