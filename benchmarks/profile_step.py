@@ -51,11 +51,7 @@ def layer_of(weights: dict, shapes) -> str:
 
 
 KINDS = (  # operator name fragments -> row, in the order they are tried
-    ("lrn", "LRN (fused kernel or torch ops), with ReLU -> LRN -> pool fused where it is"),
-    (
-        "relu_norm_pool",
-        "LRN (fused kernel or torch ops), with ReLU -> LRN -> pool fused where it is",
-    ),
+    ("lrn", "LRN (with ReLU and pooling where fused)"),
     ("threshold_backward", "ReLU backward"),
     ("relu", "ReLU forward"),
     ("max_pool", "max-pooling"),
