@@ -25,7 +25,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import paper
 from .config import ConfigError
+from .geometry import layer_map
 from .model import AlexNet
 
 # torchvision.models.alexnet's module paths, by the stage they output (its classifier's dropouts are the
@@ -138,26 +140,25 @@ def extract(
 
 
 def shapes(model: torch.nn.Module) -> Dict[str, tuple]:
-    """Each stage's output shape for one image at the net's input size."""
+    """Each stage's output shape for one image at the net's input size: the shape arithmetic
+    (geometry.layer_map, checked against the built model by shapes.verify), by the names of layer_names."""
     cfg = _alexnet(model).config
+    rows = layer_map(cfg)
+
+    def shape(row) -> tuple:
+        return (row.out_shape[0],) if row.kind == "fc" else row.out_shape
+
     found: Dict[str, tuple] = {}
-    param = next(model.parameters())
-    x = torch.zeros(
-        1, cfg.in_channels, cfg.input_size, cfg.input_size, dtype=param.dtype, device=param.device
-    )
-    was = model.training
-    model.eval()
-    try:
-        with (
-            torch.no_grad(),
-            tapping(
-                model,
-                Taps(layer_names(model), lambda n, t: found.__setitem__(n, tuple(t.shape[1:]))),
-            ),
-        ):
-            model(x)
-    finally:
-        model.train(was)
+    for name in layer_names(model):
+        if name == "input":
+            found[name] = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        elif name == "prob":
+            found[name] = shape(rows["fc8"])
+        elif name in rows:  # convN, normN, poolN, avgpool, fcN
+            found[name] = shape(rows[name])
+        else:  # the activation after layer N: its layer's shape
+            i = int(name[len(cfg.activation) :])
+            found[name] = shape(rows[paper.LAYER_NAMES[i - 1]])
     return found
 
 

@@ -24,6 +24,10 @@ class AlexNet(nn.Module):
     Shapes in the comments are the paper net's at its 227x227 input.
     """
 
+    tap = (
+        None  # a features.Taps while features.tapping() reads the stages' outputs; forward calls it
+    )
+
     def __init__(self, config: ArchConfig = ArchConfig()):
         super().__init__()
         self.config = config
@@ -105,10 +109,9 @@ class AlexNet(nn.Module):
         x = self.pool5(x)  # 256x6x6
         if tap is not None:
             tap("pool5", x)
-        if not isinstance(self.avgpool, nn.Identity):  # torchvision's adaptive average pool
-            x = self.avgpool(x)
-            if tap is not None:
-                tap("avgpool", x)
+        x = self.avgpool(x)  # torchvision's adaptive average pool; the paper has none (Identity)
+        if tap is not None and self.config.adaptive_pool:
+            tap("avgpool", x)
         x = self.drop5(torch.flatten(x, 1))  # 9216
         x = self.drop6(self._relu(self.fc6(x), 6, tap))  # 4096
         x = self.drop7(self._relu(self.fc7(x), 7, tap))  # 4096
@@ -119,14 +122,11 @@ class AlexNet(nn.Module):
                 tap("prob", torch.softmax(x, dim=1))
         return x
 
-    tap = None  # a features.Taps while its outputs are read; the forward above calls it after each stage
-
     def _relu(self, x: torch.Tensor, i: int, tap) -> torch.Tensor:
         """The activation (§3.1, in place) after layer i; with a tap, the layer's output is read before it."""
         if tap is None:
             return self.act(x)
-        name = LEARNED[i - 1]
-        tap(name, x)
+        tap(paper.LAYER_NAMES[i - 1], x)  # conv3..conv5, fc6, fc7
         x = self.act(x)
         tap(f"{self.config.activation}{i}", x)
         return x
@@ -149,9 +149,6 @@ class AlexNet(nn.Module):
         if tap is not None:
             tap(f"pool{i}", x)
         return x
-
-
-LEARNED = paper.LAYER_NAMES  # conv1..conv5, fc6..fc8
 
 
 def build_model(

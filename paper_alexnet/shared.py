@@ -129,9 +129,7 @@ def write(
             for k in ("mean_image", "eigval", "eigvec")
         }
         with atomic_write(os.path.join(folder, MEAN), "wb") as handle:
-            handle.write(
-                st.save(stats, metadata={"pca_source": str(ckpt.stats.get("pca_source", ""))})
-            )
+            handle.write(st.save(stats))
     from .networks import get_network
 
     network = get_network(ckpt.variant, num_classes=len(ckpt.classes), init=ckpt.init)
@@ -144,6 +142,7 @@ def write(
         "architecture": dataclasses.asdict(network) if dataclasses.is_dataclass(network) else {},
         "augment": dict(ckpt.augment),
         "mean_file": MEAN if ckpt.stats is not None else None,
+        "pca_source": ckpt.stats.get("pca_source") if ckpt.stats is not None else None,
         "trained_by": command,
         "epoch": ckpt.epoch,
         "meta": metadata(ckpt, measured),
@@ -178,7 +177,7 @@ def read(folder: str) -> Checkpoint:
     stats = None
     if config.get("mean_file"):
         saved = _tensors(os.path.join(folder, config["mean_file"]))
-        stats = {**saved, "pca_source": "training set"}
+        stats = {**saved, "pca_source": config.get("pca_source") or "training set"}
     ckpt = Checkpoint(
         model=state,
         variant=str(config.get("variant", "")),
@@ -194,10 +193,11 @@ def read(folder: str) -> Checkpoint:
     return ckpt
 
 
-def measured(folder: str) -> dict:
-    """The metrics a shared folder's config.json records (empty where none were measured)."""
+def made(folder: str) -> tuple:
+    """(the metrics measured, the command that made it) as a shared folder's config.json records them."""
     with open(os.path.join(folder, CONFIG), encoding="utf-8") as handle:
-        return dict((json.load(handle).get("meta") or {}).get("metrics") or {})
+        config = json.load(handle)
+    return dict((config.get("meta") or {}).get("metrics") or {}), config.get("trained_by")
 
 
 def _tensors(path: str) -> Dict[str, torch.Tensor]:
@@ -265,5 +265,5 @@ def from_pretrained(path: str, device: str = "cpu") -> torch.nn.Module:
     net.transform = (
         PaperTransform(stats, Augment(**ckpt.augment), device=device) if stats is not None else None
     )
-    net.meta = metadata(ckpt, measured(path) if is_shared(path) else None)
+    net.meta = metadata(ckpt, made(path)[0] if is_shared(path) else None)
     return net

@@ -22,9 +22,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from paper_alexnet.atomic import atomic_write, make_folder
+from paper_alexnet.atomic import make_folder
 from paper_alexnet.cli import percent
 from paper_alexnet.metrics import Predictions, per_class
+from reproduce.args import write_csv
 from reproduce.figures import drawable, pyplot, save
 
 LABELLED = (
@@ -94,42 +95,42 @@ def write(
     return summary(table, classes)
 
 
-def _cell(value) -> str:
-    return (
-        "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
-    )
-
-
 def _per_class_csv(path: str, classes: Sequence[str], table: dict, ten: Optional[dict]) -> None:
-    header = ["class", "images", "top1_err", "top5_err", "most_confused_with", "confused_share"]
-    header += ["ten_crop_top1_err", "ten_crop_top5_err"] if ten is not None else []
-    with atomic_write(path, newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(header)
-        for i, name in enumerate(classes):
-            other = table["confused_with"][i]
-            row = [
-                name,
-                int(table["images"][i]),
-                _cell(float(table["top1_err"][i])),
-                _cell(None if table["top5_err"] is None else float(table["top5_err"][i])),
-                classes[other] if other >= 0 else "",
-                _cell(float(table["confused_share"][i])) if other >= 0 else "",
-            ]
-            if ten is not None:
-                row += [
-                    _cell(float(ten["top1_err"][i])),
-                    _cell(None if ten["top5_err"] is None else float(ten["top5_err"][i])),
-                ]
-            out.writerow(row)
+    """per_class.csv: a row per class; an error that does not apply (no images, top-5 with <= 5 classes) is
+    an empty cell."""
+
+    def value(column, i):
+        return None if column is None or np.isnan(column[i]) else float(column[i])
+
+    rows = []
+    for i, name in enumerate(classes):
+        other = int(table["confused_with"][i])
+        row = {
+            "class": name,
+            "images": int(table["images"][i]),
+            "top1_err": value(table["top1_err"], i),
+            "top5_err": value(table["top5_err"], i),
+            "most_confused_with": classes[other] if other >= 0 else None,
+            "confused_share": float(table["confused_share"][i]) if other >= 0 else None,
+        }
+        if ten is not None:
+            row.update(
+                ten_crop_top1_err=value(ten["top1_err"], i),
+                ten_crop_top5_err=value(ten["top5_err"], i),
+            )
+        rows.append(row)
+    write_csv(rows, path, say=False)
 
 
 def _confusion_csv(path: str, classes: Sequence[str], counts: np.ndarray) -> None:
-    with atomic_write(path, newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, counts.tolist()):
-            out.writerow([name, *row])
+    write_csv(
+        [
+            {"true \\ predicted": name, **dict(zip(classes, row))}
+            for name, row in zip(classes, counts.tolist())
+        ],
+        path,
+        say=False,
+    )
 
 
 def read_confusion(path: str) -> tuple:

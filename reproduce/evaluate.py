@@ -184,7 +184,8 @@ def run(args) -> int:
     if args.mistakes < 0:
         raise UsageError(f"--mistakes must be 0 or more, not {args.mistakes}")
     for path in paths:
-        row = evaluate_checkpoint(path, args, cache, said, out_folder(args, path))
+        where = out_folder(args, path)
+        row = evaluate_checkpoint(path, args, cache, said, where)
         rows.append(row)
         line = (
             f"{path} on {row['data']} {row['split']} ({plural(row['images'], 'image')}): "
@@ -196,7 +197,6 @@ def run(args) -> int:
                 f"top-5 {percent(row['ten_crop_top5_err'], 2)}"
             )
         print(line)
-        where = out_folder(args, path)
         print(f"  {class_report.line(row)}" + (f"; files in {where}" if where else ""))
     if args.csv:
         write_csv([{k: v for k, v in row.items() if k != "weakest"} for row in rows], args.csv)

@@ -34,12 +34,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from paper_alexnet import checkpoint, features
+from paper_alexnet import checkpoint, features, shared
 from paper_alexnet.atomic import atomic_write, make_folder
 from paper_alexnet.cli import HelpFormatter, pad, plural
 from paper_alexnet.cpu_memory import keep_freed_memory
-from paper_alexnet.data import BadImageError, load_rgb
 from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.data.splits import FileSplit
 from paper_alexnet.features import LayerError, Taps, pooled, tapping
 from reproduce import run_lock
 from reproduce.args import (
@@ -150,8 +150,10 @@ def run(args) -> int:
         return 0
     if not args.out:
         raise UsageError("give --out DIR (or --list-layers)")
-    if args.images:
-        source = ImageFiles(args.images, ckpt.augment.get("resize", "shorter"))
+    if args.images:  # files without labels, cut to 256x256 as the net's training images were
+        files = FileSplit("the files given", args.images, [-1] * len(args.images))
+        files.use_resize(ckpt.augment.get("resize", "shorter"))
+        source = SplitSource(files, files.name, classes=[])
         net = restore(args.checkpoint, args, ckpt=ckpt)
     else:
         dataset = checkpoint_data(ckpt, args.checkpoint, args.data)
@@ -180,7 +182,8 @@ def run(args) -> int:
 
 
 class SplitSource:
-    """A data split, read by the loader's workers: (indices, uint8 images, labels) per batch."""
+    """A data split (or the files given, as a split without labels), read by the loader: (indices, uint8
+    images, labels) per batch, and the unreadable files it skipped."""
 
     def __init__(self, split, name: str, classes: Sequence[str]):
         self.split, self.name, self.classes = split, name, list(classes)
@@ -207,41 +210,6 @@ class SplitSource:
 
     def label(self, i: int) -> int:
         return int(self.split.labels[i])
-
-
-class ImageFiles:
-    """Image files named on the command line (no labels): read in the main process, as predict reads them."""
-
-    def __init__(self, paths: Sequence[str], resize: str):
-        self.paths, self.resize, self.name = list(paths), resize, "the files given"
-        self.skipped: list = []
-        self.classes: list = []  # no labels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def batches(self, args, device):
-        for start in range(0, len(self.paths), args.batch_size):
-            indices, arrays = [], []
-            for i in range(start, min(start + args.batch_size, len(self.paths))):
-                try:
-                    arrays.append(load_rgb(self.paths[i], resize=self.resize))
-                    indices.append(i)
-                except BadImageError as err:
-                    if args.strict:
-                        raise UsageError(
-                            f"{self.paths[i]} is not a readable image: {err.reason}"
-                        ) from None
-                    self.skipped.append((self.paths[i], err.reason))
-            if arrays:
-                images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-                yield indices, images.to(device), torch.full((len(arrays),), -1)
-
-    def describe(self, i: int) -> str:
-        return self.paths[i]
-
-    def label(self, i: int) -> int:
-        return -1
 
 
 # --- the writing ------------------------------------------------------------------------------------------
@@ -330,7 +298,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
             }
             for name in asked
         },
-        "transform": transform_record(net),
+        "transform": shared.transforms(net.checkpoint),
         "images_per_s": round(seen / max(seconds, 1e-9), 1),
         "workers": args.workers,
         "batch_size": args.batch_size,
@@ -363,19 +331,6 @@ def _safe(name: str) -> str:
 
 def _class(classes: Sequence[str], label: int) -> str:
     return str(classes[label]) if 0 <= label < len(classes) else ""
-
-
-def transform_record(net) -> dict:
-    """The test-time pipeline the arrays went through: what a reader needs to feed the net the same input."""
-    augment = net.transform.augment
-    return {
-        "image_size": 256,
-        "resize": augment.resize,
-        "crop": augment.crop,
-        "crop_at": "centre",
-        "mean": augment.mean,
-        "scale": augment.scale,
-    }
 
 
 def layer_table(model: torch.nn.Module) -> str:

@@ -142,9 +142,7 @@ def run_record(path: str, epoch: int) -> tuple:
     or the files of the run folder that holds the checkpoint: its result.json where it is of this checkpoint's
     epoch (best.pt's; a later checkpoint.pt has not been measured), its config.json's command."""
     if shared.is_shared(path):
-        with open(os.path.join(path, shared.CONFIG), encoding="utf-8") as handle:
-            config = json.load(handle)
-        return shared.measured(path), config.get("trained_by")
+        return shared.made(path)
     folder = os.path.dirname(os.path.abspath(path))
     measured, command = {}, None
     with contextlib.suppress(OSError, ValueError):

@@ -217,9 +217,8 @@ class Context:
     placement: Placement
     writer: RunWriter
     say: Callable[[str], None]  # the lines rank 0 prints (--quiet hides progress bars, never these)
-    best_predictions: Optional[tuple] = (
-        None  # (epoch, metrics.Predictions) of the best epoch's validation
-    )
+    # (epoch, metrics.Predictions) of the best epoch's validation: best.pt's per-class files at the end
+    best_predictions: Optional[tuple] = None
 
 
 @dataclasses.dataclass
@@ -591,9 +590,7 @@ def train_epochs(
         dropped = net.schedule.step(val["top1_err"])
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
-        if (
-            improved
-        ):  # what best.pt says of each image: the per-class files at the end (class_report)
+        if improved:
             ctx.best_predictions = (epoch, val["predictions"])
         ctx.say(epoch_line(rows[-1], net.optimizer.param_groups[0]["lr"] if dropped else None))
         ctx.writer.epoch(rows, snapshot(ctx, data, net, epoch, best, rows), improved)

@@ -141,6 +141,10 @@ def test_every_layer_equals_the_paper_written_here(run, tmp_path, capsys):
         assert _close(saved[name], want[name]), name
     record = json.loads((out / "layers.json").read_text())
     assert record["images"] == 9 and record["layers"]["pool5"]["shape"] == [9, 256, 6, 6]
+    for (
+        name
+    ) in PAPER_LAYERS:  # the shapes layers.json states (the shape arithmetic) are the arrays'
+        assert record["layers"][name]["unpooled"] == list(saved[name].shape[1:]), name
     rows = _index(out)
     assert [r["row"] for r in rows] == [str(i) for i in range(9)]
     assert [r["class"] for r in rows] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3

@@ -58,6 +58,7 @@ def test_export_then_load_gives_the_same_tensors_and_no_pickle(run):
     assert after.augment == before.augment and after.init == before.init
     for key in ("mean_image", "eigval", "eigvec"):
         assert torch.equal(torch.as_tensor(before.stats[key]).float(), after.stats[key])
+    assert after.stats["pca_source"] == before.stats["pca_source"]
 
 
 def test_every_command_takes_the_folder_with_the_same_numbers(run, tmp_path, capsys, monkeypatch):

@@ -186,11 +186,9 @@ class BatchLoader:
     def indexed(self) -> Iterator[tuple[list, torch.Tensor, torch.Tensor]]:
         """(the split's indices of the images, images, labels) of this process's share of every batch: an
         unreadable file has no image, and no index."""
-        for indices, (count, images, labels) in zip(self.batches, self.global_batches()):
+        for indices, (_, images, labels) in zip(self.batches, self.global_batches()):
             share = [int(i) for i in indices[self.rank :: self.world]]
-            if len(share) != len(
-                labels
-            ):  # files were skipped: which ones, by the paths they reported
+            if len(share) != len(labels):  # files were skipped: which, by the paths they reported
                 bad = {path for path, _ in self.skipped}
                 share = [i for i in share if self.split.describe(i) not in bad]
             if len(labels):
