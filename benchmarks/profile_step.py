@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_alexnet import build_model, fused_lrn  # noqa: E402
+from paper_alexnet import build_model, cpu_linear, fused_lrn  # noqa: E402
 from paper_alexnet.cpu_memory import keep_freed_memory  # noqa: E402
 
 
@@ -66,8 +66,23 @@ KINDS = (  # operator name fragments -> row, in the order they are tried
 )
 
 
+def onednn_linear(weights: dict, shapes) -> str:
+    """The row of a oneDNN product of cpu_linear (forward: (x, W); input gradient: (g, W^T); weight
+    gradient: (g^T, x^T), whose product is W's shape); '' when it is none of them."""
+    a, b = (tuple(s) for s in (shapes or [(), ()])[:2])
+    if b in weights:
+        return f"{weights[b]} forward"
+    if b[::-1] in weights:
+        return f"{weights[b[::-1]]} backward"
+    if len(a) == len(b) == 2 and (a[0], b[0]) in weights:
+        return f"{weights[(a[0], b[0])]} backward"
+    return ""
+
+
 def row_of(event, weights: dict) -> str:
     name = event.key.lower()
+    if "linear_pointwise" in name and onednn_linear(weights, event.input_shapes):
+        return onednn_linear(weights, event.input_shapes)
     layer = layer_of(weights, event.input_shapes)
     if layer and "conv" in name:
         return f"{layer} {'backward' if 'backward' in name else 'forward'}"
@@ -81,7 +96,9 @@ def row_of(event, weights: dict) -> str:
     return "the rest (copies, reshapes, zeroing, autograd)"
 
 
-def profile(model: torch.nn.Module, batch: int, steps: int, size: int) -> dict:
+def profile(
+    model: torch.nn.Module, batch: int, steps: int, size: int, channels_last: bool = False
+) -> dict:
     """Milliseconds per step by row (module docstring)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -95,6 +112,9 @@ def profile(model: torch.nn.Module, batch: int, steps: int, size: int) -> dict:
     weights = {shape: names.get(name, name) for shape, name in weights.items()}
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
     model.train()
 
@@ -120,13 +140,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--channels-last", action="store_true", help="both nets channels-last")
     args = parser.parse_args(argv)
     keep_freed_memory()
     torch.manual_seed(0)
     found = {}
     for name, model in nets(1000).items():
         size = 227 if name == "paper" else 224
-        found[name] = profile(model, args.batch, args.steps, size)
+        found[name] = profile(model, args.batch, args.steps, size, args.channels_last)
     names = list(found)
     rows = sorted(
         {r for f in found.values() for r in f},
@@ -135,7 +156,8 @@ def main(argv=None) -> int:
     print(
         f"# torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads, batch {args.batch}, {args.steps} profiled steps; "
-        f"fused LRN kernel: {fused_lrn.applies(torch.zeros(1, 2, 3, 3))}"
+        f"fused LRN kernel: {fused_lrn.applies(torch.zeros(1, 2, 3, 3))}; fc6..fc8 multiply by "
+        f"{cpu_linear.backend()}" + ("; channels-last" if args.channels_last else "")
     )
     print(f"| {'ms per step (self time)':42s} | " + " | ".join(f"{n:>26s}" for n in names) + " |")
     print("|" + "-" * 44 + "|" + "|".join("-" * 28 for _ in names) + "|")

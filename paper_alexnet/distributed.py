@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -46,6 +47,23 @@ def start(process: Process, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _JOINED.append(process.rank)
+
+
+_JOINED: List[int] = []  # this process joined a process group (start)
+
+
+def end(code: int) -> None:
+    """Leave the program with exit status ``code``. A process that joined a torchrun job's group leaves
+    without the interpreter's teardown, its output and logs flushed first: torch 2.14 leaves gloo's
+    threads running after destroy_process_group, and a teardown that meets one aborts the process
+    ("terminate called without an active exception", SIGABRT), failing a job whose work was done."""
+    if not _JOINED:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def stop(timeout_s: float = 10.0) -> None:

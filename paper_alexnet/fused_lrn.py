@@ -5,8 +5,10 @@ of the paper net's training step on a CPU (docs/performance.md); the kernel does
 ``forward``/``backward`` are the LRN alone; ``stage_forward``/``stage_backward`` are conv1's and
 conv2's whole ReLU -> LRN -> max-pool (used by ``layers.relu_norm_pool``). They compute the same
 equations as the eager path in ``layers.py`` and are used for contiguous float32 / float64 CPU tensors
-when a C++ compiler is present; everything else (CUDA, bfloat16, channels-last, double backward,
-torch.compile) takes the eager path. ``PAPER_ALEXNET_LRN=eager`` turns the kernels off.
+when a C++ compiler is present; the stage also for channels-last maps (``*_nhwc``: the window runs
+along a position's contiguous channels, adding in the same order). Everything else (CUDA, bfloat16,
+the LRN alone on channels-last, double backward, torch.compile) takes the eager path.
+``PAPER_ALEXNET_LRN=eager`` turns the kernels off.
 
 The shared library is cached in the package's cache folder (``$PAPER_ALEXNET_CACHE``, default
 ~/.cache/paper_alexnet) under ``kernels/``,
@@ -99,11 +101,14 @@ def _build() -> ctypes.CDLL:
             i64,
             ctypes.c_int,
         ]  # ..., height, width, ..., pool
+        nhwc = [i64, *stage]  # images, groups, channels per group, height, width, ...
         for name, pointers, sizes in (
             ("lrn_forward", [t, t], lrn),
             ("lrn_backward", [t, t, t], lrn),
             ("stage_forward", [t, t, u8], stage),
             ("stage_backward", [t, u8, t, t], stage),
+            ("stage_forward_nhwc", [t, t, u8], nhwc),
+            ("stage_backward_nhwc", [t, u8, t, t], nhwc),
         ):
             getattr(library, f"{name}_{suffix}").argtypes = pointers + sizes
     return library
@@ -140,14 +145,27 @@ def use_eager(eager: bool = True) -> Iterator[None]:
         _state["enabled"] = before
 
 
-def applies(*tensors: torch.Tensor) -> bool:
+def channels_last(t: torch.Tensor) -> bool:
+    """A 4-D map laid out channels-last (and not also in channel planes, as a map of 1x1 positions is)."""
+    return (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def applies(*tensors: torch.Tensor, layouts: bool = False) -> bool:
     """True when the kernel can take these tensors: contiguous, float32/64, on the CPU, it is on, and
-    torch.compile is not tracing (it compiles the torch-ops path instead)."""
+    torch.compile is not tracing (it compiles the torch-ops path instead). ``layouts``: channels-last
+    maps count as contiguous too (the stage's kernels take both layouts; the LRN's alone does not)."""
     return (
         not torch.compiler.is_compiling()
         and enabled()
         and all(
-            t.device.type == "cpu" and t.dtype in _DTYPES and t.is_contiguous() for t in tensors
+            t.device.type == "cpu"
+            and t.dtype in _DTYPES
+            and (t.is_contiguous() or (layouts and channels_last(t)))
+            for t in tensors
         )
         and len({t.dtype for t in tensors}) == 1
         and library() is not None
@@ -218,10 +236,11 @@ def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> t
     sides = (
         window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w)
     )  # §3.4, floor
-    out = z.new_empty((n, c, *sides))
-    at = torch.empty(out.shape, dtype=torch.uint8)
+    layout = torch.channels_last if channels_last(z) else torch.contiguous_format
+    out = torch.empty((n, c, *sides), dtype=z.dtype, memory_format=layout)
+    at = torch.empty(out.shape, dtype=torch.uint8, memory_format=layout)
     if z.numel():
-        _call("stage_forward", [z, out, at], (h, w), window, groups, pool)
+        _stage("stage_forward", [z, out, at], window, groups, pool)
     return out, at
 
 
@@ -234,7 +253,23 @@ def stage_backward(
     pool: tuple,
 ) -> torch.Tensor:
     """d loss / d z for :func:`stage_forward`, given d loss / d out (the pooled map's gradient)."""
-    grad = torch.empty_like(z)
+    grad = torch.empty_like(z)  # in z's layout
     if z.numel():
-        _call("stage_backward", [z, at, grad_out, grad], tuple(z.shape[2:]), window, groups, pool)
+        _stage("stage_backward", [z, at, grad_out, grad], window, groups, pool)
     return grad
+
+
+def _stage(kind: str, tensors: list, window: tuple, groups: int, pool: tuple) -> None:
+    """A stage entry on maps in channel planes, or its ``_nhwc`` twin on channels-last maps (all of
+    ``tensors`` in the input's layout)."""
+    z = tensors[0]
+    if not channels_last(z):
+        _call(kind, tensors, tuple(z.shape[2:]), window, groups, pool)
+        return
+    n, c, h, w = z.shape
+    size, alpha, beta, k = window
+    pointers = [ctypes.cast(t.data_ptr(), ctypes.POINTER(_CTYPES[t.dtype])) for t in tensors]
+    getattr(library(), f"{kind}_nhwc_{_DTYPES[z.dtype]}")(
+        *pointers, n, groups, c // groups, h, w, size // 2, (size - 1) // 2, alpha, beta, k,
+        *pool, torch.get_num_threads(),
+    )  # fmt: skip

@@ -120,9 +120,10 @@ class _ReluLRNPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         z, at = ctx.saved_tensors
         window, groups, pool = ctx.hyper
-        grad_out = grad_out.contiguous()
+        layout = torch.channels_last if fused_lrn.channels_last(z) else torch.contiguous_format
+        grad_out = grad_out.contiguous(memory_format=layout)  # the kernel reads z's layout
         if torch.is_grad_enabled() or not fused_lrn.applies(
-            z, grad_out
+            z, grad_out, layouts=True
         ):  # double backward: through torch ops
             with torch.enable_grad():
                 source = z if z.requires_grad else z.detach().requires_grad_()
@@ -151,7 +152,7 @@ def _fusable(act: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) 
         and min(x.shape[2:]) >= _square(pool.kernel_size)
         and x.shape[1] % norm.groups == 0
         and not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-        and fused_lrn.applies(x)
+        and fused_lrn.applies(x, layouts=True)  # in channel planes or channels-last
     )
 
 

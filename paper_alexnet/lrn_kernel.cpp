@@ -269,6 +269,142 @@ void backward_blocks(const T* z, const uint8_t* at, const T* g, T* gz, int64_t f
     }
 }
 
+// --- The same stage on a channels-last map -------------------------------------------------------------
+// z is (N, H, W, C) in memory with C = groups * w.channels; out and at are (N, Ho, Wo, C). A position's
+// channels are contiguous, so the window sum of a whole row of positions is one pass of shifted adds over
+// a padded copy: each (position, group) block holds `lead` zeros, the group's channels, `trail` zeros, and
+// the sum at a block's channel c adds the block's entries c .. c + lead + trail (the window, clipped at the
+// group's edges by the zeros). The pooling takes each window's positions in row-major order, every
+// channel at once.
+struct Rows {
+    int64_t positions, groups, channels, lead, trail;  // channels: per group
+    int64_t block() const { return channels + lead + trail; }
+    int64_t padded() const { return positions * groups * block(); }
+    int64_t summed() const { return padded() - lead - trail; }  // where a window starts in the padded row
+};
+
+// Into padded (zeros already in the gaps): value(x) of each channel of a row of positions, x from src.
+template <typename T, typename F>
+void pad_row(const T* src, const Rows& r, T* padded, F value) {
+    for (int64_t q = 0; q < r.positions * r.groups; ++q) {
+        const T* s = src + q * r.channels;
+        T* d = padded + q * r.block() + r.lead;
+        for (int64_t c = 0; c < r.channels; ++c) d[c] = value(s[c]);
+    }
+}
+
+// out[i] = padded[i] + padded[i + 1] + ... + padded[i + lead + trail], for every start i of the row.
+template <typename T>
+void window_row(const T* padded, const Rows& r, std::vector<const T*>& shifted, T* out) {
+    for (int64_t d = 0; d <= r.lead + r.trail; ++d) shifted[d] = padded + d;
+    sum_rows(shifted.data(), r.lead + r.trail + 1, r.summed(), out);
+}
+
+// The LRN of relu(z) for one row of positions: b (C per position); inv and inv / scale in padded layout.
+template <typename T>
+void normalise_row(const T* z, const Rows& r, const Window& w, T* squares, std::vector<const T*>& shifted,
+                   T* inv_over_scale, T* inv, T* b) {
+    pad_row(z, r, squares, [](T v) { const T a = relu(v); return a * a; });
+    window_row(squares, r, shifted, inv_over_scale);
+    Window all = w;
+    all.positions = r.summed();
+    inverse_power(inv_over_scale, inv, all);
+    for (int64_t q = 0; q < r.positions * r.groups; ++q) {
+        const T *zq = z + q * r.channels, *iq = inv + q * r.block();
+        T* bq = b + q * r.channels;
+        for (int64_t c = 0; c < r.channels; ++c) bq[c] = relu(zq[c]) * iq[c];
+    }
+}
+
+template <typename T>
+void forward_nhwc(const T* z, T* out, uint8_t* at, int64_t first, int64_t last, Window w, int64_t groups,
+                  Pool p) {
+    const Rows r{p.width, groups, w.channels, w.before, w.after};
+    const int64_t C = groups * w.channels, row = p.width * C;
+    std::vector<T> squares(r.padded(), T(0)), scale(r.padded()), inv(r.padded()), ring(p.size * row);
+    std::vector<const T*> shifted(r.lead + r.trail + 1);
+    std::vector<int32_t> where(C);
+    std::vector<T> best(C);
+    for (int64_t n = first; n < last; ++n) {
+        const T* zn = z + n * p.height * row;
+        int64_t next = 0;  // the next input row to normalise into the ring
+        for (int64_t oh = 0; oh < p.out_height; ++oh) {
+            for (; next < oh * p.stride + p.size; ++next)
+                normalise_row(zn + next * row, r, w, squares.data(), shifted, scale.data(), inv.data(),
+                              ring.data() + (next % p.size) * row);
+            for (int64_t ow = 0; ow < p.out_width; ++ow) {
+                const T* top = ring.data() + ((oh * p.stride) % p.size) * row + ow * p.stride * C;
+                std::copy(top, top + C, best.data());
+                std::fill(where.begin(), where.end(), 0);
+                for (int64_t kh = 0; kh < p.size; ++kh)
+                    for (int64_t kw = kh == 0; kw < p.size; ++kw) {  // row-major; (0, 0) is the start
+                        const T* v = ring.data() + ((oh * p.stride + kh) % p.size) * row +
+                                     (ow * p.stride + kw) * C;
+                        const int32_t k = int32_t(kh * p.size + kw);
+                        for (int64_t c = 0; c < C; ++c) {
+                            const int32_t win = -int32_t(wins(v[c], best[c]));
+                            best[c] = pick(win, v[c], best[c]);
+                            where[c] = (win & k) | (~win & where[c]);
+                        }
+                    }
+                const int64_t o = ((n * p.out_height + oh) * p.out_width + ow) * C;
+                std::copy(best.begin(), best.end(), out + o);
+                for (int64_t c = 0; c < C; ++c) at[o + c] = uint8_t(where[c]);
+            }
+        }
+    }
+}
+
+// The backward of forward_nhwc: the pooled gradient sent back to each window's maximum, then per position
+// the LRN's gradient (as backward_blocks) and the ReLU's mask.
+template <typename T>
+void backward_nhwc(const T* z, const uint8_t* at, const T* g, T* gz, int64_t first, int64_t last, Window w,
+                   int64_t groups, Pool p) {
+    const Rows r{p.width, groups, w.channels, w.before, w.after};
+    const Rows tr{p.width, groups, w.channels, w.after, w.before};  // the transposed window
+    const int64_t C = groups * w.channels, row = p.width * C;
+    const T two_alpha_beta = T(2.0 * w.alpha * w.beta);
+    std::vector<T> squares(r.padded(), T(0)), scale(r.padded()), inv(r.padded()), t(tr.padded(), T(0)),
+        cross(tr.padded());
+    std::vector<const T*> shifted(r.lead + r.trail + 1);
+    for (int64_t n = first; n < last; ++n) {
+        const T* zn = z + n * p.height * row;
+        T* gn = gz + n * p.height * row;
+        std::fill(gn, gn + p.height * row, T(0));
+        for (int64_t oh = 0; oh < p.out_height; ++oh)
+            for (int64_t ow = 0; ow < p.out_width; ++ow) {
+                const int64_t o = ((n * p.out_height + oh) * p.out_width + ow) * C;
+                for (int64_t c = 0; c < C; ++c) {
+                    const int64_t kh = at[o + c] / p.size, kw = at[o + c] % p.size;
+                    gn[((oh * p.stride + kh) * p.width + ow * p.stride + kw) * C + c] += g[o + c];
+                }
+            }
+        for (int64_t h = 0; h < p.height; ++h) {
+            const T* zh = zn + h * row;
+            T* gh = gn + h * row;  // holds d loss / d b on entry, d loss / d z on exit
+            pad_row(zh, r, squares.data(), [](T v) { const T a = relu(v); return a * a; });
+            window_row(squares.data(), r, shifted, scale.data());
+            Window all = w;
+            all.positions = r.summed();
+            inverse_power(scale.data(), inv.data(), all);  // scale now holds inv / scale
+            for (int64_t q = 0; q < r.positions * r.groups; ++q) {
+                const T *zq = zh + q * r.channels, *gq = gh + q * r.channels, *sq = scale.data() + q * r.block();
+                T* tq = t.data() + q * tr.block() + tr.lead;
+                for (int64_t c = 0; c < r.channels; ++c) tq[c] = gq[c] * relu(zq[c]) * sq[c];
+            }
+            window_row(t.data(), tr, shifted, cross.data());
+            for (int64_t q = 0; q < r.positions * r.groups; ++q) {
+                const T *zq = zh + q * r.channels, *iq = inv.data() + q * r.block(), *xq = cross.data() + q * tr.block();
+                T* gq = gh + q * r.channels;
+                for (int64_t c = 0; c < r.channels; ++c) {
+                    const T grad = gq[c] * iq[c] - two_alpha_beta * relu(zq[c]) * xq[c];
+                    gq[c] = zq[c] <= T(0) ? T(0) : grad;  // torch's ReLU backward: 0 where relu(z) <= 0
+                }
+            }
+        }
+    }
+}
+
 // Blocks shared out to `threads` threads in contiguous runs (the caller's thread takes the first).
 template <typename F>
 void parallel(int64_t blocks, int threads, F work) {
@@ -322,5 +458,27 @@ void parallel(int64_t blocks, int threads, F work) {
         });                                                                                              \
     }
 
+#define PAPER_NHWC_ENTRY(T, SUFFIX)                                                                       \
+    extern "C" void stage_forward_nhwc_##SUFFIX(const T* z, T* out, uint8_t* at, int64_t images, int64_t groups, \
+                                                int64_t channels, int64_t height, int64_t width, int64_t before, \
+                                                int64_t after, double alpha, double beta, double k,           \
+                                                int64_t pool_size, int64_t pool_stride, int threads) {        \
+        const Window w{channels, height * width, before, after, alpha, beta, k};                             \
+        const Pool p{height, width, pool_size, pool_stride, (height - pool_size) / pool_stride + 1,           \
+                     (width - pool_size) / pool_stride + 1};                                                  \
+        parallel(images, threads, [&](int64_t s, int64_t e) { forward_nhwc<T>(z, out, at, s, e, w, groups, p); }); \
+    }                                                                                                         \
+    extern "C" void stage_backward_nhwc_##SUFFIX(const T* z, const uint8_t* at, const T* g, T* gz, int64_t images, \
+                                                 int64_t groups, int64_t channels, int64_t height, int64_t width, \
+                                                 int64_t before, int64_t after, double alpha, double beta,     \
+                                                 double k, int64_t pool_size, int64_t pool_stride, int threads) { \
+        const Window w{channels, height * width, before, after, alpha, beta, k};                             \
+        const Pool p{height, width, pool_size, pool_stride, (height - pool_size) / pool_stride + 1,           \
+                     (width - pool_size) / pool_stride + 1};                                                  \
+        parallel(images, threads, [&](int64_t s, int64_t e) { backward_nhwc<T>(z, at, g, gz, s, e, w, groups, p); }); \
+    }
+
+PAPER_NHWC_ENTRY(float, f32)
+PAPER_NHWC_ENTRY(double, f64)
 PAPER_LRN_ENTRY(float, f32)
 PAPER_LRN_ENTRY(double, f64)

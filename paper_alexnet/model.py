@@ -14,6 +14,7 @@ from . import paper
 from .config import ArchConfig
 from .geometry import check_input, is_built_input, layer_map
 from . import layers
+from .cpu_linear import Linear
 from .layers import relu_norm_pool
 from .variants import get_config
 
@@ -65,14 +66,14 @@ class AlexNet(nn.Module):
         fc6_in = self._rows["fc6"].in_shape[0]  # 256*6*6 = 9216
         self.drop5 = layers.dropout(cfg, "pool5")  # torchvision only
         self.fc6, self.drop6 = (
-            nn.Linear(fc6_in, cfg.fc_sizes[0]),
+            Linear(fc6_in, cfg.fc_sizes[0]),
             layers.dropout(cfg, "fc6"),
         )  # 4096, §4.2
         self.fc7, self.drop7 = (
-            nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]),
+            Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]),
             layers.dropout(cfg, "fc7"),
         )  # 4096, §4.2
-        self.fc8 = nn.Linear(cfg.fc_sizes[1], cfg.num_classes)  # 1000
+        self.fc8 = Linear(cfg.fc_sizes[1], cfg.num_classes)  # 1000
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -24,6 +24,7 @@ from . import paper
 from .config import ArchConfig
 from .geometry import check_input, is_built_input, layer_map
 from . import layers
+from .cpu_linear import Linear
 from .layers import relu_norm_pool
 from .model import AlexNet
 
@@ -64,8 +65,8 @@ class Tower(nn.Module):
         self.pool = layers.pool(cfg)
         self.act = layers.activation(cfg.activation)
         fc6_in = layer_map(cfg)["fc6"].in_shape[0]  # 9216: both towers' pool5
-        self.fc6 = nn.Linear(fc6_in, cfg.fc_sizes[0] // 2)  # 2048
-        self.fc7 = nn.Linear(cfg.fc_sizes[0], cfg.fc_sizes[1] // 2)  # 2048 from both towers' fc6
+        self.fc6 = Linear(fc6_in, cfg.fc_sizes[0] // 2)  # 2048
+        self.fc7 = Linear(cfg.fc_sizes[0], cfg.fc_sizes[1] // 2)  # 2048 from both towers' fc6
         self.drop6, self.drop7 = layers.dropout(cfg, "fc6"), layers.dropout(cfg, "fc7")  # §4.2
 
     def front(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,7 @@ class TwoTowerAlexNet(nn.Module):
             config
         ).state_dict()  # §5 init drawn as the grouped net draws it (same seed, same net)
         self.towers = nn.ModuleList(Tower(config).to(d) for d in self.devices)
-        self.fc8 = nn.Linear(config.fc_sizes[1], config.num_classes).to(self.devices[0])
+        self.fc8 = Linear(config.fc_sizes[1], config.num_classes).to(self.devices[0])
         self.load_state_dict(grouped)
 
     def _across(self, parts: Sequence[torch.Tensor]) -> list:

@@ -3,27 +3,33 @@
 Sections (``--only``, default: models and data):
   models training images/s (forward + backward + SGD step) and inference images/s of the paper net,
          the two-tower net (§3.2), the paper net with its LRN in torch ops instead of the fused CPU
-         kernel (fused_lrn.py), torchvision's net and a naive faithful reference (torch's
-         LocalResponseNorm with alpha*n per tower, grouped convs), at one batch size and thread count,
-         median of repetitions after warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak
-         measured in the same run, the LRN layers' share of the step, and training memory. Every
-         repetition times each net once in turn (the order turning by one net each time); a ratio is
-         the median of the repetitions' ratios, so that a slow moment of a shared machine, which slows
-         neighbours in time alike, cancels, with a 95% interval for that median (``*_low``/``*_high``).
+         kernel (fused_lrn.py), this package's net in torchvision's config, torchvision.models.alexnet
+         itself (the peer) and a naive faithful reference (torch's LocalResponseNorm with alpha*n per
+         tower, grouped convs), at one batch size and thread count, median of repetitions after
+         warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak measured in the same run
+         (the faster of torch.mm's and oneDNN's on a CPU), the LRN layers' share of the step, and
+         training memory. Every repetition times each net once in turn (the order turning by one net
+         each time); a ratio is the median of the repetitions' ratios, so that a slow moment of a
+         shared machine, which slows neighbours in time alike, cancels, with a 95% interval for that
+         median (``*_low``/``*_high``).
   data   the loader's images/s into the training transform (§2/§4.1 crop, flip, mean image, PCA
          lighting), from a raw store, a JPEG store (prepare --format jpeg) and a folder of
          ImageNet-sized JPEGs, made in a temporary folder from the synthetic set; the JPEG store
          decoded in the loader's workers and on the device (--decode); the transform alone, one
          image at a time and one gather per batch; the stores' bytes per image, and the JPEG
          store's speed against the folder's.
-  features  reproduce.features --layers fc7 on the paper net, from a folder of JPEGs and from a JPEG
-         store, against the models section's inference images/s of the same net and batch.
+  features  reproduce.features --layers fc7 and reproduce.evaluate on the paper net, from a raw store, a
+         JPEG store and a folder of JPEGs, against the models section's inference images/s of the same
+         net and batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -36,7 +42,7 @@ from PIL import Image
 
 import torch
 
-from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, fused_lrn, layer_shapes
+from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, cpu_linear, fused_lrn, layer_shapes
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import (
     Augment,
@@ -226,12 +232,18 @@ def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
     return _median(times)
 
 
-def matmul_work(device: torch.device, dtype: torch.dtype, size: int = 2048):
-    """A square matrix multiply on ``device`` in ``dtype`` (the nets' compute type) and its FLOPs: what
-    the reachable peak is measured by."""
+def matmul_work(device: torch.device, dtype: torch.dtype, size: int = 2048) -> dict:
+    """Square matrix multiplies on ``device`` in ``dtype`` (the nets' compute type), by each library torch
+    has for it, and their FLOPs: the reachable peak is the fastest of them. On a CPU, torch.mm is MKL's
+    sgemm, which runs its AVX2 code on CPUs not made by Intel; oneDNN's (which the convolutions use, and
+    fc6..fc8 where cpu_linear chooses it) runs AVX-512 there: 165 against 380 GFLOP/s on an AMD Zen 5."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    return (lambda: a @ b), 2 * size**3
+    work = {"torch.mm": lambda: a @ b}
+    onednn = cpu_linear._onednn_matmul()
+    if device.type == "cpu" and onednn is not None:
+        work["oneDNN"] = lambda: onednn(a, b, None, "none", [], "")
+    return {name: (run, 2 * size**3) for name, run in work.items()}
 
 
 def step_flops(layers) -> int:
@@ -289,7 +301,12 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     )
     if args.channels_last:
         probe = probe.contiguous(memory_format=torch.channels_last)
-    kernel = "fused kernel" if fused_lrn.applies(probe) and not args.compile else "torch ops"
+    # channels-last maps reach the kernel as a copy in channel planes (layers.relu_norm_pool)
+    kernel = (
+        "fused kernel"
+        if fused_lrn.applies(probe.contiguous()) and not args.compile
+        else "torch ops"
+    )
     # name -> (builder, which LRN runs: the paper net's own path, or forced to torch ops)
     nets = {
         "paper": (lambda: build_model("paper", classes), kernel),
@@ -316,9 +333,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
             "than float32; the peak is float32's",
             file=sys.stderr,
         )
-    matmul, matmul_flops = matmul_work(
-        device, torch.bfloat16 if args.amp and native_bf16 else torch.float32
-    )
+    matmuls = matmul_work(device, torch.bfloat16 if args.amp and native_bf16 else torch.float32)
     cases = {}
     for name, (make, lrn) in nets.items():
         torch.manual_seed(0)
@@ -368,15 +383,18 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     # always runs after the same one (whose leftovers in caches and in the heap it would inherit).
     # The matrix-multiply peak is measured in every repetition too, so that it shares the nets' moments.
     names = list(cases)
-    times, matmul_s = {name: ([], []) for name in cases}, []
-    _median_seconds(matmul, 1, 2, sync)
+    times, matmul_s = {name: ([], []) for name in cases}, {name: [] for name in matmuls}
+    for run, _ in matmuls.values():
+        _median_seconds(run, 1, 2, sync)
     for rep in range(args.repeats):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             _, step, infer, _, _ = cases[name]
             times[name][0].append(_median_seconds(step, 1, 0, sync))
             times[name][1].append(_median_seconds(infer, 1, 0, sync))
-        matmul_s.append(_median_seconds(matmul, 3, 0, sync))
-    peak = matmul_flops / _median(matmul_s) / 1e9
+        for name, (run, _) in matmuls.items():
+            matmul_s[name].append(_median_seconds(run, 3, 0, sync))
+    rates = {name: flops / _median(matmul_s[name]) / 1e9 for name, (_, flops) in matmuls.items()}
+    peak = max(rates.values())
     rows = []
     for name, (model, _, _, memory, lrn) in cases.items():
         train_s, infer_s = (_median(t) for t in times[name])
@@ -391,6 +409,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
                 "step_ms": 1000 * train_s,
                 "train_gflop_per_s": flops,
                 "utilisation": flops / peak,
+                "peak_gflop_per_s": peak,
                 "train_memory_mb": memory / 2**20,
             }
         )
@@ -422,22 +441,24 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
             )
         if PEER in by:
             row["memory_vs_peer"] = row["train_memory_mb"] / by[PEER]["train_memory_mb"]
+    each = ", ".join(f"{name} {rate:,.1f}" for name, rate in rates.items())
     print(
-        f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s (median over the repetitions)",
+        f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s ({each}; medians over the repetitions); "
+        f"fc6..fc8 multiply by {cpu_linear.backend() if device.type == 'cpu' else 'torch'}",
         file=sys.stderr,
     )
     return rows
 
 
 def bench_features(args) -> list[dict]:
-    """reproduce.features --layers fc7 on the paper net (1000 classes, the §5 init), against the models
-    section's inference img/s for the same net and batch, in the same run: the data reading and the writing
-    should cost little beside the net. Timed: the command's own loop (layers.json's images_per_s), from a
-    raw store, a JPEG store and a folder of ImageNet-sized JPEGs of the same images, with the command's
-    default readers."""
+    """reproduce.features --layers fc7 and reproduce.evaluate (centre crops) on the paper net (the §5 init),
+    against the models section's inference img/s for the same net and batch, in the same run: the data
+    reading and the writing should cost little beside the net. Timed: each command's own loop (layers.json's
+    and evaluate's images_per_s), from a raw store, a JPEG store and a folder of ImageNet-sized JPEGs of the
+    same images, with the commands' default readers."""
     from paper_alexnet import checkpoint
     from paper_alexnet.checkpoint import Checkpoint
-    from reproduce import features
+    from reproduce import evaluate, features
 
     net_rate = bench_models(args, only=["paper"])[0]["infer_images_per_s"]
     rows = [{"section": "features", "what": "paper: inference alone (models section)",
@@ -473,6 +494,19 @@ def bench_features(args) -> list[dict]:
             rate = record["images_per_s"]
             rows.append({"section": "features", "what": f"features --layers fc7, {name}, "
                          f"{record['workers']} workers", "images_per_s": rate, "ratio": rate / net_rate})  # fmt: skip
+            table = os.path.join(tmp, "evaluate.csv")
+            argv = ["--checkpoint", os.path.join(tmp, "net.pt"), "--data", spec, "--split", "val",
+                    "-b", str(args.batch_size), "--device", args.device, "--csv", table]  # fmt: skip
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                if evaluate.main(argv) != 0:
+                    raise RuntimeError(f"reproduce.evaluate failed on the {name}")
+            with open(table, encoding="utf-8") as handle:
+                rate = float(next(csv.DictReader(handle))["images_per_s"])
+            rows.append({"section": "features", "what": f"evaluate (centre crops), {name}",
+                         "images_per_s": rate, "ratio": rate / net_rate})  # fmt: skip
     return rows
 
 

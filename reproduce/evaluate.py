@@ -19,6 +19,7 @@ import argparse
 import glob
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from paper_alexnet.cpu_memory import keep_freed_memory
@@ -128,9 +129,14 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             per_image=True,  # the per-class summary, always; the files with --out
         )
 
+    started = time.perf_counter()
     centre = score(ten_crop=False)
+    seconds = (
+        time.perf_counter() - started
+    )  # reading, cutting and the net: the bench's inference rate
     say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
+    row["images_per_s"] = round(len(split) / max(seconds, 1e-9), 1)
     if args.ten_crop:
         ten = score(ten_crop=True)
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
@@ -198,6 +204,7 @@ def run(args) -> int:
             )
         print(line)
         print(f"  {class_report.line(row)}" + (f"; files in {where}" if where else ""))
+        print(f"  centre crops at {row['images_per_s']:,.1f} img/s", file=sys.stderr)
     if args.csv:
         write_csv([{k: v for k, v in row.items() if k != "weakest"} for row in rows], args.csv)
     return 0

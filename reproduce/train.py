@@ -153,7 +153,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     run_group.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     run_group.add_argument(
-        "--channels-last", action="store_true", help="channels-last memory format"
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format: on a CPU with AVX-512 the paper net trains about 1.08x "
+        "faster, on AVX2 about 0.95x (docs/performance.md)",
     )
     run_group.add_argument(
         "--tensorboard",
@@ -833,4 +836,4 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.end(main())  # sys.exit, but a torchrun rank skips the teardown (distributed.end)

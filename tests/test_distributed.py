@@ -197,7 +197,41 @@ with open(sys.argv[1] + f"/rank{process.rank}.json", "w") as handle:
 del net                          # DDP before its process group, as reproduce.train ends
 distributed.barrier()
 distributed.stop()
+distributed.end(0)               # as reproduce.train ends under torchrun
 """
+
+
+def test_a_rank_ends_with_its_status_and_its_output_but_without_the_teardown(tmp_path):
+    """distributed.end: what was printed and logged is out, the exit status is the one given, and the
+    interpreter's teardown (where gloo's leftover threads can abort a finished rank) does not run."""
+    script = (
+        "import atexit, logging, sys\n"
+        "from paper_alexnet import distributed\n"
+        "logging.basicConfig(filename=sys.argv[1], level=logging.INFO)\n"
+        "atexit.register(lambda: print('teardown'))\n"
+        "distributed._JOINED.append(1)  # as start() records a torchrun rank\n"
+        "print('the work is done', end='')\n"
+        "logging.getLogger('run').info('logged')\n"
+        "distributed.end(5)\n"
+    )
+    log = tmp_path / "log.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(log)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (5, "the work is done")
+    assert "logged" in log.read_text()
+    alone = subprocess.run(  # a process that never joined a group ends as sys.exit does
+        [sys.executable, "-c", script.replace("distributed._JOINED.append(1)", "pass"), str(log)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (alone.returncode, alone.stdout) == (5, "the work is doneteardown\n")
 
 
 def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):

@@ -297,6 +297,8 @@ def test_evaluate_one_checkpoint_and_a_folder(tmp_path, capsys):
         0 <= float(r["top1_err"]) <= 1 and r["top5_err"] == "" for r in rows
     )  # 4 classes: top-5 n/a
     assert rows[0]["top1_err"] == rows[1]["top1_err"]  # one epoch: best.pt is checkpoint.pt
+    assert all(float(r["images_per_s"]) > 0 for r in rows)  # the rate the bench compares (features)
+    assert "img/s" in capsys.readouterr().err
     assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
 
 
