@@ -6,7 +6,8 @@ MKL and 380 through oneDNN (the library torch's convolutions already use); fc6's
 27 ms against 11 (docs/performance.md). The three fully-connected layers are a fifth of the paper net's
 training step there, so :class:`Linear` runs their forward and both gradients through oneDNN when
 :func:`backend` says so. Same function: ``y = x W^T + b``, ``dx = g W``, ``dW = g^T x``, ``db = sum g``,
-in another order of additions (float32 rounding apart; tests/test_cpu_linear.py).
+in another order of additions (float32 rounding apart; tests/test_cpu_linear.py). Tracing (torch.compile,
+torch.export, ONNX export, TorchScript) sees F.linear.
 
 Which library is a fixed rule, not a timing at first use, so that two processes on one machine (a run and
 its resume) do the same arithmetic: ``"onednn"`` on a CPU with AVX-512 kernels whose maker is not Intel,
@@ -91,8 +92,13 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias) -> bool:
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and x.is_contiguous()
         and weight.is_contiguous()
+        and all(
+            type(t) in (torch.Tensor, nn.Parameter) for t in tensors
+        )  # not a tracer's fake tensor
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and not (
+            torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        )
         and backend() == "onednn"
     )
 
