@@ -62,7 +62,7 @@ from reproduce.args import (
     exit_code,
     write_csv,
 )
-from reproduce.placement import pick_device
+from reproduce.placement import channels_last, pick_device
 
 
 def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:
@@ -460,7 +460,10 @@ def bench_features(args) -> list[dict]:
     from paper_alexnet.checkpoint import Checkpoint
     from reproduce import evaluate, features
 
-    net_rate = bench_models(args, only=["paper"])[0]["infer_images_per_s"]
+    # the net's inference in the layout the commands build it in (placement.channels_last)
+    layout = argparse.Namespace(**vars(args))
+    layout.channels_last = args.channels_last or channels_last(torch.device(args.device))
+    net_rate = bench_models(layout, only=["paper"])[0]["infer_images_per_s"]
     rows = [{"section": "features", "what": "paper: inference alone (models section)",
              "images_per_s": net_rate}]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, library_quiet():
