@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -51,15 +52,21 @@ def _onednn_matmul():
 
 def backend() -> str:
     """The library that multiplies for :class:`Linear` on a CPU float32 tensor: "onednn" or "torch"."""
-    asked = os.environ.get("PAPER_ALEXNET_MATMUL", "auto").lower()
+    asked = os.environ.get("PAPER_ALEXNET_MATMUL", "auto").strip().lower()
     if asked not in CHOICES:
-        raise ValueError(f"PAPER_ALEXNET_MATMUL={asked!r}: expected one of {', '.join(CHOICES)}")
+        _warn_once(f"PAPER_ALEXNET_MATMUL={asked!r} is not one of {', '.join(CHOICES)}: using auto")
+        asked = "auto"
     if _onednn_matmul() is None:
         return "torch"
     if asked != "auto":
         return asked
     avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
     return "onednn" if avx512 and _vendor() not in ("GenuineIntel", "") else "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, bias=None) -> torch.Tensor:

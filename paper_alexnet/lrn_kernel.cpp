@@ -111,6 +111,11 @@ struct Pool {
     int64_t outputs() const { return out_height * out_width; }
 };
 
+// The pooling of a height x width plane by size x size windows, stride apart (floor rounding, §3.4).
+inline Pool make_pool(int64_t height, int64_t width, int64_t size, int64_t stride) {
+    return Pool{height, width, size, stride, (height - size) / stride + 1, (width - size) / stride + 1};
+}
+
 // PyTorch's max-pooling rule for v against the best so far: larger wins, and a NaN wins.
 template <typename T>
 inline bool wins(T v, T top) { return (v > top) | (v != v); }
@@ -440,8 +445,7 @@ void parallel(int64_t blocks, int threads, F work) {
                                            double alpha, double beta, double k, int64_t pool_size,       \
                                            int64_t pool_stride, int threads) {                           \
         const Window w{channels, height * width, before, after, alpha, beta, k};                        \
-        const Pool p{height, width, pool_size, pool_stride, (height - pool_size) / pool_stride + 1,      \
-                     (width - pool_size) / pool_stride + 1};                                             \
+        const Pool p = make_pool(height, width, pool_size, pool_stride);                                  \
         parallel(blocks, threads, [&](int64_t s, int64_t e) {                                            \
             forward_blocks<true, true, T>(z, out, at, s, e, w, p);                                       \
         });                                                                                              \
@@ -451,8 +455,7 @@ void parallel(int64_t blocks, int threads, F work) {
                                             int64_t after, double alpha, double beta, double k,          \
                                             int64_t pool_size, int64_t pool_stride, int threads) {       \
         const Window w{channels, height * width, before, after, alpha, beta, k};                        \
-        const Pool p{height, width, pool_size, pool_stride, (height - pool_size) / pool_stride + 1,      \
-                     (width - pool_size) / pool_stride + 1};                                             \
+        const Pool p = make_pool(height, width, pool_size, pool_stride);                                  \
         parallel(blocks, threads, [&](int64_t s, int64_t e) {                                            \
             backward_blocks<true, true, T>(z, at, g, gz, s, e, w, p);                                    \
         });                                                                                              \
@@ -464,8 +467,7 @@ void parallel(int64_t blocks, int threads, F work) {
                                                 int64_t after, double alpha, double beta, double k,           \
                                                 int64_t pool_size, int64_t pool_stride, int threads) {        \
         const Window w{channels, height * width, before, after, alpha, beta, k};                             \
-        const Pool p{height, width, pool_size, pool_stride, (height - pool_size) / pool_stride + 1,           \
-                     (width - pool_size) / pool_stride + 1};                                                  \
+        const Pool p = make_pool(height, width, pool_size, pool_stride);                                       \
         parallel(images, threads, [&](int64_t s, int64_t e) { forward_nhwc<T>(z, out, at, s, e, w, groups, p); }); \
     }                                                                                                         \
     extern "C" void stage_backward_nhwc_##SUFFIX(const T* z, const uint8_t* at, const T* g, T* gz, int64_t images, \
@@ -473,8 +475,7 @@ void parallel(int64_t blocks, int threads, F work) {
                                                  int64_t before, int64_t after, double alpha, double beta,     \
                                                  double k, int64_t pool_size, int64_t pool_stride, int threads) { \
         const Window w{channels, height * width, before, after, alpha, beta, k};                             \
-        const Pool p{height, width, pool_size, pool_stride, (height - pool_size) / pool_stride + 1,           \
-                     (width - pool_size) / pool_stride + 1};                                                  \
+        const Pool p = make_pool(height, width, pool_size, pool_stride);                                       \
         parallel(images, threads, [&](int64_t s, int64_t e) { backward_nhwc<T>(z, at, g, gz, s, e, w, groups, p); }); \
     }
 
