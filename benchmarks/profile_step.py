@@ -81,8 +81,8 @@ def onednn_linear(weights: dict, shapes) -> str:
 
 def row_of(event, weights: dict) -> str:
     name = event.key.lower()
-    if "linear_pointwise" in name and onednn_linear(weights, event.input_shapes):
-        return onednn_linear(weights, event.input_shapes)
+    if "linear_pointwise" in name and (row := onednn_linear(weights, event.input_shapes)):
+        return row
     layer = layer_of(weights, event.input_shapes)
     if layer and "conv" in name:
         return f"{layer} {'backward' if 'backward' in name else 'forward'}"

@@ -50,13 +50,18 @@ def _onednn_matmul():
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
+def has_onednn() -> bool:
+    """Whether this torch has oneDNN's matrix multiply (:func:`onednn_mm`)."""
+    return _onednn_matmul() is not None
+
+
 def backend() -> str:
     """The library that multiplies for :class:`Linear` on a CPU float32 tensor: "onednn" or "torch"."""
     asked = os.environ.get("PAPER_ALEXNET_MATMUL", "auto").strip().lower()
     if asked not in CHOICES:
         _warn_once(f"PAPER_ALEXNET_MATMUL={asked!r} is not one of {', '.join(CHOICES)}: using auto")
         asked = "auto"
-    if _onednn_matmul() is None:
+    if not has_onednn():
         return "torch"
     if asked != "auto":
         return asked
@@ -69,8 +74,8 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def _mm(a: torch.Tensor, b_t: torch.Tensor, bias=None) -> torch.Tensor:
-    """a @ b_t^T (+ bias) by oneDNN; a and b_t may be transposed views."""
+def onednn_mm(a: torch.Tensor, b_t: torch.Tensor, bias=None) -> torch.Tensor:
+    """a @ b_t^T (+ bias) by oneDNN (CPU); a and b_t may be transposed views."""
     return _onednn_matmul()(a, b_t, bias, "none", [], "")
 
 
@@ -79,15 +84,17 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _mm(x, weight, bias)
+        return onednn_mm(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        gx = _mm(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (N, out) @ (out, in)
-        gw = _mm(grad.t(), x.t()) if ctx.needs_input_grad[1] else None  # (out, N) @ (N, in)
+        gx = (
+            onednn_mm(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        )  # (N, out) @ (out, in)
+        gw = onednn_mm(grad.t(), x.t()) if ctx.needs_input_grad[1] else None  # (out, N) @ (N, in)
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
@@ -118,7 +125,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
         t is not None and t.requires_grad for t in (x, weight, bias)
     ):
         return _OneDNNLinear.apply(x, weight, bias)
-    return _mm(x, weight, bias)
+    return onednn_mm(x, weight, bias)
 
 
 class Linear(nn.Linear):

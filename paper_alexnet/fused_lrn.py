@@ -154,6 +154,11 @@ def channels_last(t: torch.Tensor) -> bool:
     )
 
 
+def layout_of(t: torch.Tensor) -> torch.memory_format:
+    """The memory format the kernels read ``t`` in, and write its results in."""
+    return torch.channels_last if channels_last(t) else torch.contiguous_format
+
+
 def applies(*tensors: torch.Tensor, layouts: bool = False) -> bool:
     """True when the kernel can take these tensors: contiguous, float32/64, on the CPU, it is on, and
     torch.compile is not tracing (it compiles the torch-ops path instead). ``layouts``: channels-last
@@ -172,19 +177,12 @@ def applies(*tensors: torch.Tensor, layouts: bool = False) -> bool:
     )
 
 
-def _call(
-    kind: str, tensors: list, sizes: tuple, window: tuple, groups: int, pool: tuple = ()
-) -> None:
-    """Run entry ``kind`` on ``tensors`` (input first); ``sizes`` are the input's sizes after (N, C)."""
-    a = tensors[0]
-    n, c = a.shape[:2]
+def _call(kind: str, tensors: list, sizes: tuple, window: tuple, pool: tuple = ()) -> None:
+    """Run entry ``kind`` on ``tensors`` (input first); ``sizes``: the entry's leading size arguments."""
     size, alpha, beta, k = window
-    kind_of = _DTYPES[a.dtype]
     pointers = [ctypes.cast(t.data_ptr(), ctypes.POINTER(_CTYPES[t.dtype])) for t in tensors]
-    getattr(library(), f"{kind}_{kind_of}")(
+    getattr(library(), f"{kind}_{_DTYPES[tensors[0].dtype]}")(
         *pointers,
-        n * groups,
-        c // groups,
         *sizes,
         size // 2,
         (size - 1) // 2,
@@ -196,8 +194,10 @@ def _call(
     )
 
 
-def _positions(a: torch.Tensor) -> tuple:
-    return (a[0, 0].numel() if a.dim() > 2 else 1,)
+def _blocks(a: torch.Tensor, groups: int) -> tuple:
+    """The LRN entries' sizes: (image, group) blocks, channels per group, positions per channel."""
+    n, c = a.shape[:2]
+    return n * groups, c // groups, a[0, 0].numel() if a.dim() > 2 else 1
 
 
 def forward(
@@ -206,7 +206,7 @@ def forward(
     """b = a / (k + alpha * window sum of a^2)^beta, per group of channels (§3.3)."""
     out = torch.empty_like(a)
     if a.numel():
-        _call("lrn_forward", [a, out], _positions(a), (size, alpha, beta, k), groups)
+        _call("lrn_forward", [a, out], _blocks(a, groups), (size, alpha, beta, k))
     return out
 
 
@@ -222,7 +222,7 @@ def backward(
     """d loss / d a for the forward above, given d loss / d b."""
     grad = torch.empty_like(a)
     if a.numel():
-        _call("lrn_backward", [a, grad_out, grad], _positions(a), (size, alpha, beta, k), groups)
+        _call("lrn_backward", [a, grad_out, grad], _blocks(a, groups), (size, alpha, beta, k))
     return grad
 
 
@@ -236,7 +236,7 @@ def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> t
     sides = (
         window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w)
     )  # §3.4, floor
-    layout = torch.channels_last if channels_last(z) else torch.contiguous_format
+    layout = layout_of(z)
     out = torch.empty((n, c, *sides), dtype=z.dtype, memory_format=layout)
     at = torch.empty(out.shape, dtype=torch.uint8, memory_format=layout)
     if z.numel():
@@ -262,14 +262,8 @@ def stage_backward(
 def _stage(kind: str, tensors: list, window: tuple, groups: int, pool: tuple) -> None:
     """A stage entry on maps in channel planes, or its ``_nhwc`` twin on channels-last maps (all of
     ``tensors`` in the input's layout)."""
-    z = tensors[0]
-    if not channels_last(z):
-        _call(kind, tensors, tuple(z.shape[2:]), window, groups, pool)
-        return
-    n, c, h, w = z.shape
-    size, alpha, beta, k = window
-    pointers = [ctypes.cast(t.data_ptr(), ctypes.POINTER(_CTYPES[t.dtype])) for t in tensors]
-    getattr(library(), f"{kind}_nhwc_{_DTYPES[z.dtype]}")(
-        *pointers, n, groups, c // groups, h, w, size // 2, (size - 1) // 2, alpha, beta, k,
-        *pool, torch.get_num_threads(),
-    )  # fmt: skip
+    n, c, h, w = tensors[0].shape
+    if channels_last(tensors[0]):
+        _call(f"{kind}_nhwc", tensors, (n, groups, c // groups, h, w), window, pool)
+    else:
+        _call(kind, tensors, (n * groups, c // groups, h, w), window, pool)

@@ -120,8 +120,9 @@ class _ReluLRNPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         z, at = ctx.saved_tensors
         window, groups, pool = ctx.hyper
-        layout = torch.channels_last if fused_lrn.channels_last(z) else torch.contiguous_format
-        grad_out = grad_out.contiguous(memory_format=layout)  # the kernel reads z's layout
+        grad_out = grad_out.contiguous(
+            memory_format=fused_lrn.layout_of(z)
+        )  # the kernel reads z's layout
         if torch.is_grad_enabled() or not fused_lrn.applies(
             z, grad_out, layouts=True
         ):  # double backward: through torch ops

@@ -240,9 +240,8 @@ def matmul_work(device: torch.device, dtype: torch.dtype, size: int = 2048) -> d
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     work = {"torch.mm": lambda: a @ b}
-    onednn = cpu_linear._onednn_matmul()
-    if device.type == "cpu" and onednn is not None:
-        work["oneDNN"] = lambda: onednn(a, b, None, "none", [], "")
+    if device.type == "cpu" and cpu_linear.has_onednn():
+        work["oneDNN"] = lambda: cpu_linear.onednn_mm(a, b)
     return {name: (run, 2 * size**3) for name, run in work.items()}
 
 
@@ -301,10 +300,10 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     )
     if args.channels_last:
         probe = probe.contiguous(memory_format=torch.channels_last)
-    # channels-last maps reach the kernel as a copy in channel planes (layers.relu_norm_pool)
     kernel = (
         "fused kernel"
-        if fused_lrn.applies(probe.contiguous()) and not args.compile
+        if fused_lrn.applies(probe, layouts=True)
+        and not args.compile  # the stage takes both layouts
         else "torch ops"
     )
     # name -> (builder, which LRN runs: the paper net's own path, or forced to torch ops)
@@ -462,7 +461,7 @@ def bench_features(args) -> list[dict]:
 
     # the net's inference in the layout the commands build it in (placement.channels_last)
     layout = argparse.Namespace(**vars(args))
-    layout.channels_last = args.channels_last or channels_last(torch.device(args.device))
+    layout.channels_last = channels_last(torch.device(args.device))
     net_rate = bench_models(layout, only=["paper"])[0]["infer_images_per_s"]
     rows = [{"section": "features", "what": "paper: inference alone (models section)",
              "images_per_s": net_rate}]  # fmt: skip

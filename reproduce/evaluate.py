@@ -129,11 +129,11 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             per_image=True,  # the per-class summary, always; the files with --out
         )
 
-    started = time.perf_counter()
+    started = (
+        time.perf_counter()
+    )  # reading, cutting and the net: what the bench's features section times
     centre = score(ten_crop=False)
-    seconds = (
-        time.perf_counter() - started
-    )  # reading, cutting and the net: the bench's inference rate
+    seconds = time.perf_counter() - started
     say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
     row["images_per_s"] = round(len(split) / max(seconds, 1e-9), 1)

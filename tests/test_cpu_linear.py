@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from paper_alexnet import build_model, cpu_linear
 from paper_alexnet.cpu_linear import Linear
 
-ONEDNN = cpu_linear._onednn_matmul() is not None
+ONEDNN = cpu_linear.has_onednn()
 
 
 @pytest.fixture(params=["onednn", "torch"])
