@@ -55,6 +55,8 @@ class Checkpoint:
     data: Optional[str] = None  # the data spec it was trained on
     two_tower: bool = False  # trained with --two-gpu (resume the same way)
     # --- where training stands (resume) ---
+    # --ema: ``model`` is the weights' average (what is scored) and this the weights the optimiser steps
+    trained: Optional[Dict[str, torch.Tensor]] = None
     epoch: int = 0  # epochs finished
     step: int = 0  # batches of epoch + 1 done: > 0 after a stop mid-epoch
     best_val_top1_err: float = math.inf
@@ -94,7 +96,7 @@ class Checkpoint:
         """The same net for inference, without what only resuming needs (the optimiser's state: for Adam twice
         the weights' size, 0.45 GB for the paper net)."""
         return dataclasses.replace(
-            self, optimizer=None, schedule=None, rng={}, progress=None, step=0
+            self, optimizer=None, schedule=None, rng={}, progress=None, step=0, trained=None
         )
 
     def payload(self) -> Dict[str, Any]:

@@ -17,9 +17,12 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .data import BatchLoader, PaperTransform, average_softmax
+from .data import BatchLoader, PaperTransform
+from .data.transforms import FLIP_CROPS
+from .data.mixing import Mixing, mix_images, mix_targets
 from .data.splits import Split
 from .distributed import all_sum
+from .ema import WeightAverage
 from .metrics import Predictions, top5_applies, topk_correct
 
 
@@ -68,6 +71,9 @@ def train_one_epoch(
     progress: Optional[EpochProgress] = None,
     stop: Optional[Callable[[], bool]] = None,
     step_seed: Optional[Callable[[int], int]] = None,
+    mixing: Optional[Mixing] = None,
+    label_smoothing: float = 0.0,
+    average: Optional[WeightAverage] = None,
 ) -> EpochProgress:
     """Train over ``loader`` (global batches, this process's rows), continuing ``progress`` (a fresh epoch by
     default; the loader then starts at its ``steps``); returns it with the loss, top-1 hits and images of the
@@ -80,6 +86,11 @@ def train_one_epoch(
     ``on_step(step, loss, hits, images)`` hears each step's mean loss and top-1 hits of the global batch.
     ``stop()`` is asked before each step's sums are shared (and, with one process, again after the step);
     when any process says yes, every process ends the epoch after that same step (``progress.stopped``).
+
+    Not the paper's, each off by default (docs/deviations.md): ``mixing`` blends the batch (mixup/CutMix,
+    data/mixing.py: the loss is then against the blended targets, the top-1 hits against the images' own
+    labels); ``label_smoothing`` eps trains on (1 - eps) of the label plus eps spread over the classes;
+    ``average`` (ema.py) is updated after every step.
     """
     model.train()
     progress = progress if progress is not None else EpochProgress()
@@ -92,11 +103,16 @@ def train_one_epoch(
         draw = transform.draw(count, generator, images.shape[-1])
         x = transform.apply(images, draw, slice(rank, None, world))
         y = labels.to(device)
+        blend = mixing.draw(generator, x.shape[-1]) if mixing is not None else None
+        x = mix_images(x, blend)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        local = F.cross_entropy(logits.float(), y, reduction="sum")
+        target = mix_targets(y, logits.shape[1], blend)
+        local = F.cross_entropy(
+            logits.float(), target, reduction="sum", label_smoothing=label_smoothing
+        )
         hits = topk_correct(logits.detach().float(), y, (1,))[1]
         total, value, hits, stops = all_sum(
             [len(y), float(local.detach()), hits, float(bool(stop and stop()))]
@@ -108,6 +124,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         (local * (world / max(total, 1))).backward()
         optimizer.step()
+        if average is not None:
+            average.update()
         progress.steps += 1
         progress.loss_sum, progress.correct, progress.seen = (
             progress.loss_sum + value,
@@ -136,6 +154,7 @@ def evaluate(
     device: torch.device,
     batch_size: int = 128,
     ten_crop: bool = False,
+    flip: bool = False,
     workers: int = 0,
     strict: bool = False,
     amp: bool = False,
@@ -146,7 +165,9 @@ def evaluate(
     per_image: bool = False,
 ) -> dict:
     """§4.1/§6: loss, top-1 and top-5 error on the centre crop, or on the ten crops' averaged softmax (top-5:
-    None with 5 classes or fewer, where it is 0 by construction).
+    None with 5 classes or fewer, where it is 0 by construction); ``flip`` (not the paper's): on the centre
+    crop's and its reflection's. With ten_crop or flip also "flip_top1_err"/"flip_top5_err" (from two of the
+    ten crops: no extra pass).
     Under data parallelism each process scores its share of every batch and the sums are combined.
     ``per_image``: also "predictions", a metrics.Predictions of every image scored (every process's)."""
     from tqdm.auto import tqdm
@@ -164,18 +185,24 @@ def evaluate(
         decode=decode,
     )
     loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
+    flip_hits = {1: 0, 5: 0}  # ten_crop or flip: the centre crop and its reflection averaged
     kept: list = []  # per_image: (indices, labels, top-5 classes, top-1 probability) of each batch
     for indices, images, labels in tqdm(
         loader.indexed(),
-        desc="ten-crop" if ten_crop else "eval",
+        desc="ten-crop" if ten_crop else "flip" if flip else "eval",
         unit="batch",
         leave=False,
         disable=not progress,
     ):
         y = labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if ten_crop:
-                probs = average_softmax(model, transform.ten_crops(images)).float()
+            if ten_crop or flip:
+                views = transform.ten_crops(images) if ten_crop else transform.flip_crops(images)
+                each = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views])
+                probs = each.mean(dim=0)
+                flipped = each[list(FLIP_CROPS)].mean(dim=0) if ten_crop else probs
+                for k, v in topk_correct(flipped, y, (1, 5)).items():
+                    flip_hits[k] += v
                 loss_sum += float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, reduction="sum"))
                 scores = probs
             else:
@@ -186,19 +213,21 @@ def evaluate(
             hits[k] += v
         seen += len(y)
         if per_image:
-            probs = scores if ten_crop else torch.softmax(scores, dim=1)
+            probs = scores if ten_crop or flip else torch.softmax(scores, dim=1)
             top = probs.topk(min(5, classes), dim=1)
             kept.append((indices, labels.cpu(), top.indices.cpu(), top.values[:, 0].cpu()))
-    loss_sum, hit1, hit5, seen, skipped = all_sum(
-        [loss_sum, hits[1], hits[5], seen, len(loader.skipped)]
+    loss_sum, hit1, hit5, seen, skipped, flip1, flip5 = all_sum(
+        [loss_sum, hits[1], hits[5], seen, len(loader.skipped), flip_hits[1], flip_hits[5]]
     )
-    n = max(seen, 1)
-    top5 = (
-        1 - hit5 / n if classes is None or top5_applies(classes) else None
-    )  # None: n/a with <= 5 classes
     extra = (
         {"predictions": Predictions.gather(kept, len(split), classes, world)} if per_image else {}
     )
+    n = max(seen, 1)
+    fives = classes is None or top5_applies(classes)  # top-5 is n/a with <= 5 classes
+    top5 = 1 - hit5 / n if fives else None
+    if ten_crop or flip:
+        extra["flip_top1_err"] = 1 - flip1 / n
+        extra["flip_top5_err"] = 1 - flip5 / n if fives else None
     return {
         **extra,
         "loss": loss_sum / n,

@@ -105,9 +105,26 @@ GRIDS: Dict[str, Grid] = {
         lrs=(0.005, 0.01, 0.02, 0.04, 0.08),
     ),
     "baselines": Grid(
-        ("paper", "vgg11", "googlenet", "resnet18"),
+        ("paper", "torchvision", "vgg11", "googlenet", "resnet18"),
         (),
         "the paper net against later torchvision nets trained the same way",
+    ),
+    # issue 33: each small-data tool alone at one setting, on a user's folder with its defaults (--recipe auto:
+    # quick), against the defaults ("paper"); none of them is the paper's (docs/deviations.md)
+    "small-data": Grid(
+        (
+            "paper",
+            "paper@crop-scale=0.35",
+            "paper@jitter=0.4",
+            "paper@label-smoothing=0.1",
+            "paper@mixup=0.2",
+            "paper@cutmix=1",
+            "paper@optimizer=adamw@wd=0.5",
+            "paper@ema=0.99",
+        ),
+        (),
+        "each small-data tool alone (random-resized crops, colour jitter, label smoothing, mixup, CutMix, "
+        "AdamW, an average of the weights) against the defaults, on the data given",
     ),
     "hparams": Grid(
         ("paper",), (), "sweeps of epochs, batch size and learning rate around the defaults"

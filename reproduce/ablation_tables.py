@@ -42,6 +42,8 @@ COLUMNS = (
     "val_top5_err",
     "ten_crop_top1_err",
     "ten_crop_top5_err",
+    "flip_top1_err",
+    "flip_top5_err",
     "best_epoch",
     "final_val_top1_err",
     "epochs_to_25",
@@ -62,7 +64,14 @@ SEARCH_COLUMNS = (
     "status",
 )
 NOT_REACHED = "not reached"
-ERRORS = ("val_top1_err", "val_top5_err", "ten_crop_top1_err", "ten_crop_top5_err")
+ERRORS = (
+    "val_top1_err",
+    "val_top5_err",
+    "ten_crop_top1_err",
+    "ten_crop_top5_err",
+    "flip_top1_err",
+    "flip_top5_err",
+)
 BASELINE = "paper"
 
 # What the paper reports for a switch, as (top-1, top-5) percentage points added by removing the feature.

@@ -234,6 +234,23 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
         help="std of the PCA lighting a_i (§4.1)",
     )
     group.add_argument(
+        "--crop-scale",
+        type=float,
+        default=None,
+        metavar="LOW",
+        help="not §4.1: random-resized crops instead of the fixed-size crop, each a box of at least LOW of "
+        "the 256x256 image's area (at most 0.75), aspect 3:4 to 4:3, resampled to the crop; 0: off "
+        "(default: the recipe's)",
+    )
+    group.add_argument(
+        "--jitter",
+        type=float,
+        default=None,
+        metavar="S",
+        help="not §4.1: brightness, contrast and saturation each multiplied by a factor in [1-S, 1+S] "
+        "per image; 0: off (default: the recipe's)",
+    )
+    group.add_argument(
         "--mean",
         choices=MEAN_MODES,
         default=None,
@@ -263,6 +280,8 @@ def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
             pca=not args.no_pca,
             pca_sigma=args.pca_sigma,
             mean=args.mean or "image",
+            crop_scale=args.crop_scale or None,
+            jitter=args.jitter or 0.0,
         )
     except ValueError as err:
         raise DataError(str(err)) from None

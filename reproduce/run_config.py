@@ -34,9 +34,19 @@ DEFAULTABLE = (
     "on_stall",
     "mean",
     "out",
+    *recipes.TOOLS,
 )
 # What makes a run the run it is: --resume refuses to continue a checkpoint with other values.
-DEFINING = ("variant", "data", "batch_size", "seed", "recipe", "two_gpu", "optimizer")
+DEFINING = (
+    "variant",
+    "data",
+    "batch_size",
+    "seed",
+    "recipe",
+    "two_gpu",
+    "optimizer",
+    *recipes.TOOLS,
+)
 # What the input of pretrained weights is (a key of ``INPUTS``), and how the run feeds it.
 INPUTS = {
     "torchvision": "ImageNet's mean and std (x/255; --mean torchvision)",
@@ -59,6 +69,10 @@ class RunConfig:
     no_flip: bool = False
     no_pca: bool = False
     pca_sigma: float = paper.PCA_SIGMA
+    crop_scale: Optional[float] = (
+        None  # not §4.1: random-resized crops (0 or None: off; the recipe's)
+    )
+    jitter: Optional[float] = None  # not §4.1: colour jitter (0: off; None: the recipe's)
     mean: Optional[str] = None  # None: the mean image (§2)
     workers: int = DEFAULT_WORKERS
     decode: str = "auto"
@@ -81,6 +95,11 @@ class RunConfig:
     schedule: Optional[str] = None
     patience: int = 1
     step_size: int = 30
+    # not §5 (docs/deviations.md): 0 is off; None: the recipe's
+    label_smoothing: Optional[float] = None
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+    ema: Optional[float] = None
     # the run
     out: Optional[str] = None
     resume: Optional[str] = None  # "": DIR/checkpoint.pt
@@ -169,6 +188,7 @@ def settle(config: RunConfig) -> RunConfig:
         epochs=pick("epochs", data.epochs),
         batch_size=pick("batch_size", data.batch_size),
         on_stall=pick("on_stall", data.on_stall),
+        **{name: pick(name, getattr(chosen, name)) for name in recipes.TOOLS},
         out=pick("out", os.path.join("runs", f"{config.variant}-{parse_spec(config.data).kind}")),
     )
     _check(config)
@@ -192,6 +212,16 @@ def _check(config: RunConfig) -> None:
         (config.patience >= 1, "--patience must be at least 1"),
         (config.limit_train is None or config.limit_train >= 1, "--limit-train must be at least 1"),
         (config.limit_val is None or config.limit_val >= 1, "--limit-val must be at least 1"),
+        (
+            0 <= config.label_smoothing < 1,
+            f"--label-smoothing must be at least 0 and below 1, not {config.label_smoothing:g}",
+        ),
+        (config.mixup >= 0, f"--mixup must be 0 (off) or a positive alpha, not {config.mixup:g}"),
+        (
+            config.cutmix >= 0,
+            f"--cutmix must be 0 (off) or a positive alpha, not {config.cutmix:g}",
+        ),
+        (0 <= config.ema < 1, f"--ema must be 0 (off) or a decay below 1, not {config.ema:g}"),
         (
             not config.freeze_features or config.pretrained,
             "--freeze-features needs --pretrained PATH",

@@ -35,7 +35,9 @@ from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.data.mixing import Mixing
 from paper_alexnet.data.splits import Split
+from paper_alexnet.ema import WeightAverage
 from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
 from paper_alexnet.networks import OTHER_NETS, Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
@@ -128,6 +130,40 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--patience", type=int, default=1, help="plateau: epochs without a new best before a drop"
     )
     opt.add_argument("--step-size", type=int, default=30, help="step: epochs between drops by 10")
+    tools = parser.add_argument_group(
+        "small-data tools (none of them the paper's: docs/deviations.md; with --crop-scale and --jitter "
+        "above; 0 turns one off, and each defaults to the recipe's)"
+    )
+    tools.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="train on (1-EPS) of the label plus EPS spread over all classes",
+    )
+    tools.add_argument(
+        "--mixup",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="blend each batch with itself reversed, lam ~ Beta(ALPHA, ALPHA), the targets alike",
+    )
+    tools.add_argument(
+        "--cutmix",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="paste a box of (1-lam) of the crop from the reversed batch, lam ~ Beta(ALPHA, ALPHA); with "
+        "--mixup, each batch takes one of the two",
+    )
+    tools.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="validate, keep and score a moving average of the weights, updated every step with this "
+        "decay (e.g. 0.99: about the last 100 steps)",
+    )
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default: runs/<variant>-<data>)"
@@ -242,7 +278,13 @@ class Net:
     transform: PaperTransform
     optimizer: torch.optim.Optimizer
     schedule: object
-    generator: torch.Generator  # the augmentation draws (§4.1)
+    generator: torch.Generator  # the augmentation draws (§4.1; and mixup/CutMix's)
+    average: Optional[WeightAverage] = None  # --ema: the weights' moving average
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """What is validated, kept as best.pt and scored: the average of the weights with --ema."""
+        return self.average.model if self.average is not None else self.model
 
 
 def _run(config: RunConfig, process: distributed.Process) -> int:
@@ -401,13 +443,31 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
         margin=chance_margin(classes, len(data.val)),
     )
     generator = torch.Generator().manual_seed(config.seed)
+    average = None
+    if config.ema:
+        average = WeightAverage(model, build_placed(network, ctx.placement), config.ema)
+        if config.channels_last:
+            average.model.to(memory_format=torch.channels_last)
     if resumed is not None:
-        model.load_state_dict(resumed.model)
+        model.load_state_dict(resumed.trained if resumed.trained is not None else resumed.model)
+        if average is not None:
+            average.model.load_state_dict(resumed.model)
         optimizer.load_state_dict(resumed.optimizer)
         schedule.load_state_dict(resumed.schedule)
         generator.set_state(resumed.rng["augment"])
     transform = PaperTransform(data.stats, augment, device=ctx.placement.first)
-    return Net(network, alexnet, model, trained, augment, transform, optimizer, schedule, generator)
+    return Net(
+        network,
+        alexnet,
+        model,
+        trained,
+        augment,
+        transform,
+        optimizer,
+        schedule,
+        generator,
+        average,
+    )
 
 
 # --- 4. the record ---------------------------------------------------------------------------------------
@@ -450,6 +510,7 @@ def recipe_line(config: RunConfig, net: Net) -> str:
             else ""
         )
         + f": {init}; {pixels}; {config.optimizer} lr {config.lr:g}, {SCHEDULES[config.schedule]}"
+        + "".join(f"; {tool}" for tool in recipes.tools_on(config))
         + (". §5's recipe: --recipe paper" if config.recipe == "quick" else "")
     )
 
@@ -517,7 +578,8 @@ def snapshot(
 ) -> Checkpoint:
     """The checkpoint after ``epoch`` epochs, and ``progress.steps`` batches into the next when stopped there."""
     return Checkpoint(
-        model=net.model.state_dict(),
+        model=net.scored.state_dict(),
+        trained=net.model.state_dict() if net.average is not None else None,
         variant=net.network.name,
         classes=list(data.dataset.classes),
         augment=dataclasses.asdict(net.augment),
@@ -673,6 +735,9 @@ def one_epoch(
             progress=progress,
             stop=lambda: stop() or watch.stopping,
             step_seed=lambda step: distributed.dropout_seed(config.seed, epoch, process.rank, step),
+            mixing=Mixing(config.mixup, config.cutmix),
+            label_smoothing=config.label_smoothing,
+            average=net.average,
         )
     finally:
         bar.close()
@@ -686,7 +751,7 @@ def score(
     ``per_image``: with each image's predictions."""
     config = ctx.config
     return evaluate(
-        net.model,
+        net.scored,
         data.val,
         net.transform,
         device=ctx.placement.first,
@@ -785,6 +850,8 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         "val_top5_err": best_row["val_top5_err"],
         "ten_crop_top1_err": None,
         "ten_crop_top5_err": None,
+        "flip_top1_err": None,
+        "flip_top5_err": None,
     }
     stopped = distributed.all_sum([float(stop())])[0] > 0
     centre, ten = ctx.best_predictions, None
@@ -799,16 +866,24 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
     if (config.ten_crop or centre is None) and per_class:
         distributed.barrier()  # best.pt is written by rank 0
         best = ctx.writer.best()
-        net.model.load_state_dict(best.model)
+        net.scored.load_state_dict(best.model)
         if centre is None:  # resumed after the best epoch
             centre = (best.epoch, score(ctx, data, net, per_image=True)["predictions"])
         if config.ten_crop:
             val = score(ctx, data, net, ten_crop=True, per_image=True)
             ten = val["predictions"]
-            result.update(ten_crop_top1_err=val["top1_err"], ten_crop_top5_err=val["top5_err"])
+            result.update(
+                ten_crop_top1_err=val["top1_err"],
+                ten_crop_top5_err=val["top5_err"],
+                flip_top1_err=val["flip_top1_err"],
+                flip_top5_err=val["flip_top5_err"],
+            )
             ctx.say(
-                f"best.pt (epoch {best.epoch}), ten crops: top-1 {percent(val['top1_err'])} "
-                f"top-5 {percent(val['top5_err'])}"
+                f"best.pt (epoch {best.epoch}), test-time averaging: top-1 "
+                f"{percent(best_row['val_top1_err'])} on the centre crop, "
+                f"{percent(val['flip_top1_err'])} with its reflection, "
+                f"{percent(val['top1_err'])} on ten crops (§4.1); top-5 {percent(val['top5_err'])} "
+                "on ten crops"
             )
     if per_class and ctx.process.main:
         found = class_report.write(

@@ -13,12 +13,26 @@ CPU or on the GPU the net trains on. Output: float32 N x 3 x crop x crop.
 - §4.1 test time: the centre crop, or the ten crops (four corners and the
   centre, and their reflections), whose softmax outputs are averaged.
 
+Two small-data tools that are not the paper's (docs/deviations.md), off by
+default, both on the same 256x256 image (a folder's files become it first, §2):
+
+- ``crop_scale``: a random-resized crop (Inception's scale augmentation, as
+  torchvision's RandomResizedCrop): a box of aspect r (log-uniform in
+  ASPECT) and area s (uniform in [crop_scale, min(r, 1/r)] of the image)
+  at a random place, resampled bilinearly to crop x crop; the mean image is
+  resampled with it. It replaces §4.1's fixed-size crop.
+- ``jitter``: brightness, contrast and saturation, each a factor drawn
+  uniformly in [1 - jitter, 1 + jitter] per image, applied in that order
+  to the 0-255 pixels (clamped to 0-255 after each), before the mean is
+  subtracted.
+
 All randomness comes from one CPU ``torch.Generator`` so that a run is the same
 on any device and can be resumed from its saved state.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,6 +43,10 @@ from .images import RESIZE_MODES
 from .stats import IMAGENET_MEAN, IMAGENET_STD, DataStats
 
 MEAN_MODES = ("image", "channel", "torchvision", "none")
+# A random-resized crop's aspect ratios (width / height), as torchvision's RandomResizedCrop and the Inception
+# paper drew them; its area can then reach min(r, 1/r) of the square image, so --crop-scale is at most 3/4.
+ASPECT = (3 / 4, 4 / 3)
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, torchvision's rgb_to_grayscale
 
 
 def ten_crop_offsets(image_size: int, crop: int) -> list[tuple[int, int, bool]]:
@@ -37,6 +55,9 @@ def ten_crop_offsets(image_size: int, crop: int) -> list[tuple[int, int, bool]]:
     far, centre = image_size - crop, (image_size - crop) // 2
     five = [(0, 0), (0, far), (far, 0), (far, far), (centre, centre)]
     return [(y, x, mirrored) for mirrored in (False, True) for y, x in five]
+
+
+FLIP_CROPS = (4, 9)  # the centre crop and its reflection, in ten_crop_offsets' order
 
 
 def pca_shift(eigval: torch.Tensor, eigvec: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
@@ -58,8 +79,22 @@ class Augment:
     # "warp" (both sides to 256, as Caffe's convert_imageset made BVLC's training data; caffe.py)
     resize: str = "shorter"
     translate: bool = True  # §4.1's random crop position; False: training sees the centre crop too
+    crop_scale: Optional[float] = (
+        None  # not §4.1: a random-resized crop's smallest area (None: off)
+    )
+    jitter: float = (
+        0.0  # not §4.1: brightness/contrast/saturation factors in [1 - jitter, 1 + jitter]
+    )
 
     def __post_init__(self):
+        if self.crop_scale is not None and not 0 < self.crop_scale <= ASPECT[0]:
+            raise ValueError(
+                f"--crop-scale {self.crop_scale:g}: the smallest area of a random-resized crop must be "
+                f"above 0 and at most {ASPECT[0]:g} of the image (the largest box of aspect "
+                f"{ASPECT[1]:.3g} fits)"
+            )
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"--jitter {self.jitter:g}: must be at least 0 and below 1")
         if self.resize not in RESIZE_MODES:
             raise ValueError(
                 f"unknown resize {self.resize!r}: choose one of {', '.join(RESIZE_MODES)}"
@@ -122,25 +157,30 @@ class PaperTransform:
             self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32, device=self.device)
             self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32, device=self.device)
 
-    def _finish(self, images: torch.Tensor, ys, xs, mirror, shift) -> torch.Tensor:
-        """Crop at (ys, xs), mirror, subtract the mean, add the lighting, scale."""
+    def _finish(self, images: torch.Tensor, ys, xs, mirror, shift, boxes=None, colour=None):
+        """Crop at (ys, xs) (or resample ``boxes``), mirror, subtract the mean, add the lighting, scale;
+        ``colour``: the jitter factors, applied to the pixels first."""
         images = images.to(self.device, non_blocking=True)
-        out = (
-            self._gather(images, ys, xs, mirror)
-            if self.batched
-            else self._loop(images, ys, xs, mirror)
-        )
+        if boxes is not None or colour is not None or self.batched:
+            full = images.float() if colour is None else jittered(images, colour.to(self.device))
+            full = full.sub_(self.offset if self.mean_image is None else self.mean_image)
+            out = (
+                self._gather(full, ys, xs, mirror)
+                if boxes is None
+                else resized_crops(full, boxes.to(self.device), mirror, self.augment.crop)
+            )
+        else:
+            out = self._loop(images, ys, xs, mirror)
         if shift is not None:  # §4.1: one colour shift per image, the same for all its pixels
             out.add_(255.0 * shift.to(self.device).view(-1, 3, 1, 1))
         if self.scale is not None:
             out.mul_(self.scale)
         return out
 
-    def _gather(self, images: torch.Tensor, ys, xs, mirror) -> torch.Tensor:
-        """The whole batch at once: subtract the mean from the full images, then one gather takes each crop
+    def _gather(self, full: torch.Tensor, ys, xs, mirror) -> torch.Tensor:
+        """The whole batch at once from the mean-subtracted full images: one gather takes each crop
         (mirrored by reading its columns right to left), so the mean is cropped exactly as its image is."""
-        size, n, width = self.augment.crop, images.shape[0], images.shape[-1]
-        full = torch.sub(images, self.offset if self.mean_image is None else self.mean_image)
+        size, n, width = self.augment.crop, full.shape[0], full.shape[-1]
         step = torch.arange(size, device=self.device)
         ys, xs = ys.to(self.device), xs.to(self.device)
         cols = xs[:, None] + step
@@ -188,14 +228,28 @@ class PaperTransform:
         if self.augment.pca:
             alphas = torch.randn(n, 3, generator=generator) * self.augment.pca_sigma
             shift = pca_shift(self.eigval.cpu(), self.eigvec.cpu(), alphas)
-        return {"ys": ys, "xs": xs, "mirror": mirror, "shift": shift}
+        # the tools that are not the paper's draw after §4.1's draws, and only when on: the paper's run
+        # draws what it always drew
+        boxes = colour = None
+        if self.augment.crop_scale is not None:
+            boxes = draw_boxes(n, image_size, self.augment.crop_scale, generator)
+        if self.augment.jitter:
+            colour = 1 + self.augment.jitter * (2 * torch.rand(n, 3, generator=generator) - 1)
+        return {
+            "ys": ys,
+            "xs": xs,
+            "mirror": mirror,
+            "shift": shift,
+            "boxes": boxes,
+            "colour": colour,
+        }
 
     def apply(self, images: torch.Tensor, draw: dict, take: Optional[slice] = None) -> torch.Tensor:
         """Apply drawn choices; ``take`` selects this batch's share of them (a data-parallel rank's rows).
         When files were skipped there are fewer images than choices: the first ones are used."""
         take = slice(None) if take is None else take
         draw = {k: None if v is None else v[take][: len(images)] for k, v in draw.items()}
-        return self._finish(images, draw["ys"], draw["xs"], draw["mirror"], draw["shift"])
+        return self._finish(images, **draw)
 
     def train(
         self, images: torch.Tensor, generator: Optional[torch.Generator] = None
@@ -209,16 +263,76 @@ class PaperTransform:
         at = torch.full((n,), (size - self.augment.crop) // 2, dtype=torch.long)
         return self._finish(images, at, at, None, None)
 
+    def flip_crops(self, images: torch.Tensor) -> torch.Tensor:
+        """Flip averaging at test time (not §4.1's ten): 2 x N x 3 x crop x crop, the centre crop and its
+        reflection (the fifth and tenth of the ten crops)."""
+        crops = ten_crop_offsets(images.shape[-1], self.augment.crop)
+        return torch.stack([self._crop_at(images, *crops[k]) for k in FLIP_CROPS])
+
+    def _crop_at(self, images: torch.Tensor, y: int, x: int, mirrored: bool) -> torch.Tensor:
+        n = images.shape[0]
+        mirror = torch.full((n,), mirrored) if mirrored else None
+        return self._finish(images, torch.full((n,), y), torch.full((n,), x), mirror, None)
+
     def ten_crops(self, images: torch.Tensor) -> torch.Tensor:
         """§4.1: 10 x N x 3 x crop x crop, in the order of :func:`ten_crop_offsets`."""
-        n = images.shape[0]
-        crops = []
-        for y, x, mirrored in ten_crop_offsets(images.shape[-1], self.augment.crop):
-            mirror = torch.full((n,), mirrored) if mirrored else None
-            crops.append(
-                self._finish(images, torch.full((n,), y), torch.full((n,), x), mirror, None)
-            )
-        return torch.stack(crops)
+        offsets = ten_crop_offsets(images.shape[-1], self.augment.crop)
+        return torch.stack([self._crop_at(images, *at) for at in offsets])
+
+
+def draw_boxes(
+    n: int, image_size: int, low: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """n random-resized-crop boxes (top, left, height, width) in pixels of an image_size square: aspect r
+    log-uniform in ASPECT, area uniform in [low, min(r, 1/r)] of the image (the most a box of that aspect
+    holds), placed uniformly where it fits."""
+    log_r = math.log(ASPECT[0]) + (math.log(ASPECT[1]) - math.log(ASPECT[0])) * torch.rand(
+        n, generator=generator, dtype=torch.float64
+    )
+    r = log_r.exp()
+    most = torch.minimum(r, 1 / r)
+    area = low + (most - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+    width = (area * r).sqrt().clamp(max=1.0) * image_size
+    height = (area / r).sqrt().clamp(max=1.0) * image_size
+    top = (image_size - height) * torch.rand(n, generator=generator, dtype=torch.float64)
+    left = (image_size - width) * torch.rand(n, generator=generator, dtype=torch.float64)
+    return torch.stack([top, left, height, width], dim=1)
+
+
+def resized_crops(full: torch.Tensor, boxes: torch.Tensor, mirror, size: int) -> torch.Tensor:
+    """Each image's box resampled bilinearly to size x size (pixel centres mapped onto the box's, mirrored
+    where ``mirror`` says), all in one grid sample."""
+    n, side = full.shape[0], full.shape[-1]
+    top, left, height, width = boxes.to(full.dtype).unbind(1)
+    flip = (
+        torch.ones(n, dtype=full.dtype, device=full.device)
+        if mirror is None
+        else 1 - 2 * mirror.to(full.device, full.dtype)
+    )
+    theta = torch.zeros(n, 2, 3, dtype=full.dtype, device=full.device)
+    # an output coordinate u in [-1, 1] (align_corners=False) samples the box's point (2 left + w (u+1)) / side - 1
+    theta[:, 0, 0] = flip * width / side
+    theta[:, 0, 2] = (2 * left + width) / side - 1
+    theta[:, 1, 1] = height / side
+    theta[:, 1, 2] = (2 * top + height) / side - 1
+    grid = torch.nn.functional.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(
+        full, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+def jittered(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> float pixels with brightness, contrast and saturation multiplied by the factors
+    ``colour`` (N x 3, in that order), each step clamped to 0-255: x b; its grayscale mean + (x - mean) c;
+    its grayscale + (x - gray) s."""
+    x = images.float()
+    weights = torch.tensor(GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    b, c, s = (colour[:, k].to(x.dtype).view(-1, 1, 1, 1) for k in range(3))
+    x = (x * b).clamp_(0, 255)
+    mean = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = (mean + (x - mean) * c).clamp_(0, 255)
+    gray = (x * weights).sum(1, keepdim=True)
+    return (gray + (x - gray) * s).clamp_(0, 255)
 
 
 def average_softmax(model: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
