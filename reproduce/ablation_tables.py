@@ -329,14 +329,16 @@ def markdown(
         "",
         *([f"`{command}`", ""] if command else []),
         *([f"**{note}**", ""] if note else []),
-        "Errors in % (mean ± std over seeds; centre crop, and ten crops of best.pt, §4.1). Δ: the change of "
+        "Errors in % (mean ± std over seeds; centre crop, the centre crop and its reflection averaged (flip), "
+        "and ten crops of best.pt, §4.1). Δ: the change of "
         "the mean against `paper`, in points, with Welch's 95% interval over the seeds, and whether that "
         "interval excludes zero (a change bigger than the noise between seeds). Paper Δ: what the paper "
         "reports for the same change.",
         "",
-        "| cell | seeds | top-1 | top-5 | ten-crop top-1 | ten-crop top-5 | Δ top-1 [95%], beyond noise? | "
-        "Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs (seconds) to 25% train err | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | seeds | top-1 | top-5 | flip top-1 | ten-crop top-1 | ten-crop top-5 | Δ top-1 [95%], "
+        "beyond noise? | Δ top-5 [95%], beyond noise? | paper Δ top-1 / top-5 | epochs (seconds) to 25% "
+        "train err | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in summary.iterrows():
         reported = (
@@ -349,6 +351,7 @@ def markdown(
         lines.append(
             f"| {r['cell']} | {r['seeds']} | {_cell(r['val_top1_err_pct_mean'], r['val_top1_err_pct_std'])} | "
             f"{_cell(r['val_top5_err_pct_mean'], r['val_top5_err_pct_std'])} | "
+            f"{_cell(r['flip_top1_err_pct_mean'], r['flip_top1_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top1_err_pct_mean'], r['ten_crop_top1_err_pct_std'])} | "
             f"{_cell(r['ten_crop_top5_err_pct_mean'], r['ten_crop_top5_err_pct_std'])} | "
             f"{_delta(r, 'top1')} | {_delta(r, 'top5')} | {reported} | "

@@ -70,7 +70,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", default="val", help="which split: val, or test where the data set has one"
     )
-    parser.add_argument("--ten-crop", action="store_true", help="also the ten-crop error (§4.1)")
+    parser.add_argument(
+        "--ten-crop",
+        action="store_true",
+        help="also the ten-crop error (§4.1), and the flip-averaged one (two of the ten crops)",
+    )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="also the error of the centre crop's and its reflection's softmax averaged (not §4.1: "
+        "twice the centre crop's work, a fifth of ten crops')",
+    )
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per batch")
     add_workers_flag(parser, inference=True)
     add_decode_flag(parser)
@@ -114,7 +124,7 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
         "images": len(split),
     }
 
-    def score(ten_crop: bool) -> dict:
+    def score(ten_crop: bool, flip: bool = False) -> dict:
         return evaluate(
             net.model,
             split,
@@ -122,10 +132,11 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             device=device,
             batch_size=args.batch_size,
             ten_crop=ten_crop,
+            flip=flip,
             workers=reader_processes(args.workers, device),
             decode=args.decode,
             strict=args.strict,
-            progress=ten_crop,
+            progress=ten_crop or flip,
             per_image=True,  # the per-class summary, always; the files with --out
         )
 
@@ -137,8 +148,10 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
     say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")
     row.update(top1_err=centre["top1_err"], top5_err=centre["top5_err"], loss=centre["loss"])
     row["images_per_s"] = round(len(split) / max(seconds, 1e-9), 1)
+    if args.ten_crop or args.flip:  # ten crops hold the flip's two
+        ten = score(ten_crop=args.ten_crop, flip=not args.ten_crop)
+        row.update(flip_top1_err=ten["flip_top1_err"], flip_top5_err=ten["flip_top5_err"])
     if args.ten_crop:
-        ten = score(ten_crop=True)
         row.update(ten_crop_top1_err=ten["top1_err"], ten_crop_top5_err=ten["top5_err"])
     if out is not None:
         found = class_report.write(
@@ -197,6 +210,11 @@ def run(args) -> int:
             f"{path} on {row['data']} {row['split']} ({plural(row['images'], 'image')}): "
             f"top-1 {percent(row['top1_err'], 2)} top-5 {percent(row['top5_err'], 2)}"
         )
+        if args.ten_crop or args.flip:
+            line += (
+                f" | with its reflection: top-1 {percent(row['flip_top1_err'], 2)} "
+                f"top-5 {percent(row['flip_top5_err'], 2)}"
+            )
         if args.ten_crop:
             line += (
                 f" | ten crops: top-1 {percent(row['ten_crop_top1_err'], 2)} "

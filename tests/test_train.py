@@ -148,8 +148,26 @@ def test_best_checkpoint_keeps_its_epoch_when_the_latest_is_rewritten(tmp_path):
     assert checkpoint.load(str(best)).epoch == 2 and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path):
-    args = TINY + ["--epochs", "3", "--recipe", "paper", "--lr", "0.001"]
+# Every small-data tool on (none of them the paper's): resuming must give what an uninterrupted run gives too.
+TOOLS_ON = [
+    "--crop-scale",
+    "0.35",
+    "--jitter",
+    "0.4",
+    "--label-smoothing",
+    "0.1",
+    "--mixup",
+    "0.2",
+    "--cutmix",
+    "1",
+    "--ema",
+    "0.9",
+]
+
+
+@pytest.mark.parametrize("tools", [[], TOOLS_ON], ids=["paper", "small-data tools"])
+def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path, tools):
+    args = TINY + ["--epochs", "3", "--recipe", "paper", "--lr", "0.001"] + tools
     whole = tmp_path / "whole"
     assert train.main(args + ["--out", str(whole)]) == 0
     killed = tmp_path / "killed"
@@ -312,11 +330,12 @@ SIGNALLED = (
 )
 
 
+@pytest.mark.parametrize("tools", [[], TOOLS_ON], ids=["paper", "small-data tools"])
 def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrupted_run(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, tools
 ):
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert train.main(SIGNALLED + ["--out", str(whole)]) == 0
+    assert train.main(SIGNALLED + tools + ["--out", str(whole)]) == 0
     real = train.train_one_epoch
     steps = []
 
@@ -333,7 +352,7 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
 
     monkeypatch.setattr(train, "train_one_epoch", signal_at_step_3_of_epoch_2)
     capsys.readouterr()
-    assert train.main(SIGNALLED + ["--out", str(stopped)]) == 143
+    assert train.main(SIGNALLED + tools + ["--out", str(stopped)]) == 143
     assert len(steps) == 8  # it finished the step it was in, and no other
     err = capsys.readouterr().err
     assert "stopped by SIGTERM after step 3 of 5 of epoch 2" in err
@@ -347,7 +366,7 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
     assert len(_rows(stopped / "metrics.csv")) == 1
     monkeypatch.setattr(train, "train_one_epoch", real)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
-    assert train.main(SIGNALLED + ["--out", str(stopped), "--resume"]) == 0
+    assert train.main(SIGNALLED + tools + ["--out", str(stopped), "--resume"]) == 0
     assert "and 3 steps of epoch 2" in capsys.readouterr().err
     a, b = _rows(whole / "metrics.csv"), _rows(stopped / "metrics.csv")
     assert len(a) == len(b) == 3
@@ -362,6 +381,10 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
     assert all(
         torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model
     )  # bit for bit
+    assert (final_a.trained is None) == (final_b.trained is None) == (not tools)
+    if tools:  # --ema: the average is best.pt's and checkpoint.pt's model; the stepped weights beside it
+        assert all(torch.equal(final_a.trained[k], final_b.trained[k]) for k in final_a.trained)
+        assert not torch.equal(final_a.trained["conv1.weight"], final_a.model["conv1.weight"])
     assert all(
         torch.equal(
             final_a.optimizer["state"][i]["velocity"], final_b.optimizer["state"][i]["velocity"]
