@@ -45,6 +45,19 @@ COMMON = [
     "0.0001",
     "--schedule",
     "none",
+    # the small-data tools off, whatever the recipe's (they came after the recording)
+    "--crop-scale",
+    "0",
+    "--jitter",
+    "0",
+    "--label-smoothing",
+    "0",
+    "--mixup",
+    "0",
+    "--cutmix",
+    "0",
+    "--ema",
+    "0",
 ]
 TRAIN = COMMON + ["--seed", "3", "--variant", "paper", "--on-stall", "warn", "--ten-crop"]
 GRID = COMMON + ["--variants", "paper,paper+no-lrn@momentum=0.5", "--seeds", "0", "--no-ten-crop"]

@@ -382,7 +382,9 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
         torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model
     )  # bit for bit
     assert (final_a.trained is None) == (final_b.trained is None) == (not tools)
-    if tools:  # --ema: the average is best.pt's and checkpoint.pt's model; the stepped weights beside it
+    if (
+        tools
+    ):  # --ema: the average is best.pt's and checkpoint.pt's model; the stepped weights beside it
         assert all(torch.equal(final_a.trained[k], final_b.trained[k]) for k in final_a.trained)
         assert not torch.equal(final_a.trained["conv1.weight"], final_a.model["conv1.weight"])
     assert all(
