@@ -193,6 +193,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Per variant: seeds, mean and std (n - 1) of the errors in %, epochs/seconds to 25% training error,
     images/s; the change of the mean errors against ``paper`` with Welch's 95% interval over the seeds, and
     whether that interval excludes zero; the paper's reported change."""
+    # a table written before a column existed (the flip errors) has it empty
+    rows = rows.assign(**{key: math.nan for key in ERRORS if key not in rows})
     done = rows[rows["status"] == "done"]
     out = []
     base = done[done["cell"] == BASELINE]

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from paper_alexnet.data import Augment, PaperTransform
 from paper_alexnet.data.mixing import Mixing, mix_images, mix_targets
@@ -90,14 +89,13 @@ def test_random_resized_crops_resample_the_mean_image_with_the_image():
 
 
 def test_the_tools_that_are_off_draw_nothing_so_the_paper_run_draws_what_it_always_drew():
-    images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8)
     plain = PaperTransform(None, Augment(pca=False, mean="none"))
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     plain.draw(6, g1)
-    ys = torch.randint(256 - 227 + 1, (6,), generator=g2)  # §4.1: offsets, then reflections
+    torch.randint(256 - 227 + 1, (6,), generator=g2)  # §4.1: offsets, then reflections
     torch.randint(256 - 227 + 1, (6,), generator=g2)
     torch.rand(6, generator=g2)
-    assert torch.equal(g1.get_state(), g2.get_state()) and ys.numel() == 6
+    assert torch.equal(g1.get_state(), g2.get_state())
     on = plain.draw(6, torch.Generator().manual_seed(4))
     assert on["boxes"] is None and on["colour"] is None
 
@@ -292,10 +290,6 @@ def test_a_run_with_ema_keeps_the_average_as_best_and_the_stepped_weights_to_res
 
 
 # --- flip averaging at test time -----------------------------------------------------------------------------
-
-
-class Images:
-    """A split's stand-in for BatchLoader: the indexed batches of fixed images."""
 
 
 def test_flip_averaging_scores_the_mean_softmax_of_the_centre_crop_and_its_reflection(monkeypatch):
