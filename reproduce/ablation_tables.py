@@ -21,6 +21,15 @@ from reproduce import intervals, run_config
 from reproduce.labels import Label
 from reproduce.figures import epoch_axis, pyplot, save
 
+# best.pt's errors: the centre crop's, ten crops' (§4.1) and the centre crop's with its reflection (not §4.1)
+ERRORS = (
+    "val_top1_err",
+    "val_top5_err",
+    "ten_crop_top1_err",
+    "ten_crop_top5_err",
+    "flip_top1_err",
+    "flip_top5_err",
+)
 # cell: the grid's label (NET[+switch...][@flag=value...]); variant: the net it trains (--variant), switches
 # included; data switches (no-pca, no-flip) and @flags are only in the label.
 COLUMNS = (
@@ -38,12 +47,7 @@ COLUMNS = (
     "train_loss",
     "train_top1_err",
     "val_loss",
-    "val_top1_err",
-    "val_top5_err",
-    "ten_crop_top1_err",
-    "ten_crop_top5_err",
-    "flip_top1_err",
-    "flip_top5_err",
+    *ERRORS,
     "best_epoch",
     "final_val_top1_err",
     "epochs_to_25",
@@ -64,14 +68,6 @@ SEARCH_COLUMNS = (
     "status",
 )
 NOT_REACHED = "not reached"
-ERRORS = (
-    "val_top1_err",
-    "val_top5_err",
-    "ten_crop_top1_err",
-    "ten_crop_top5_err",
-    "flip_top1_err",
-    "flip_top5_err",
-)
 BASELINE = "paper"
 
 # What the paper reports for a switch, as (top-1, top-5) percentage points added by removing the feature.
