@@ -21,18 +21,15 @@ class WeightAverage:
         self.decay = decay
         self.source = model
         self.model = average
-        self.model.load_state_dict(model.state_dict())
+        self.model.load_state_dict(model.state_dict())  # in place: the pairs below stay valid
         self.model.requires_grad_(False)
-
-    def _pairs(self):
         mine = dict(self.model.named_parameters())
-        return [(mine[name], p) for name, p in self.source.named_parameters()]
+        self._averaged = [mine[name] for name, _ in model.named_parameters()]
+        self._stepped = [p for _, p in model.named_parameters()]
 
     @torch.no_grad()
     def update(self) -> None:
-        pairs = self._pairs()
-        averaged = [e for e, _ in pairs]
-        stepped = [p.detach().to(e.dtype) for e, p in pairs]
-        torch._foreach_lerp_(averaged, stepped, 1 - self.decay)
+        stepped = [p.detach() for p in self._stepped]
+        torch._foreach_lerp_(self._averaged, stepped, 1 - self.decay)
         for mine, theirs in zip(self.model.buffers(), self.source.buffers()):
             mine.copy_(theirs)

@@ -79,12 +79,10 @@ class Augment:
     # "warp" (both sides to 256, as Caffe's convert_imageset made BVLC's training data; caffe.py)
     resize: str = "shorter"
     translate: bool = True  # §4.1's random crop position; False: training sees the centre crop too
-    crop_scale: Optional[float] = (
-        None  # not §4.1: a random-resized crop's smallest area (None: off)
-    )
-    jitter: float = (
-        0.0  # not §4.1: brightness/contrast/saturation factors in [1 - jitter, 1 + jitter]
-    )
+    # not §4.1 (the module's docstring): a random-resized crop's smallest area (None: off), and the colour
+    # jitter's strength (0: off)
+    crop_scale: Optional[float] = None
+    jitter: float = 0.0
 
     def __post_init__(self):
         if self.crop_scale is not None and not 0 < self.crop_scale <= ASPECT[0]:
