@@ -7,10 +7,12 @@ per image: 37 MB at batch 32), their gradient and the like are over 32 MB and pa
 torchvision's (64 maps: 25 MB) mostly are not. Measured on the project's CPU: allocating and filling 37 MB
 took 20 ms and 9,473 page faults, and 3 ms with none once freed blocks are kept (docs/performance.md).
 
-The training, evaluation, ablation and bench commands call :func:`keep_freed_memory` first; the library
-itself never does (a process-wide setting is the program's choice). The cost: the process keeps what it
-freed, so its resident memory stays at its peak, which a training loop reaches again every step anyway.
-``PAPER_ALEXNET_KEEP_MEMORY=0`` turns it off.
+The training, evaluation, features, ablation and bench commands call :func:`keep_freed_memory` when they
+run as programs (``python -m reproduce.X``: ``reproduce.args.as_program``); the library never does, and
+neither does a command called in a process that is not its own (a notebook's ``train.run``, the tests):
+a process-wide setting is the program's choice. The cost: the process keeps what it freed, so its resident
+memory stays at its peak, which a training loop reaches again every step anyway, but a process that runs
+many things one after another would keep the peak of each. ``PAPER_ALEXNET_KEEP_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 KEEP_BELOW = 1 << 30  # blocks under 1 GiB come from, and go back to, the heap
+_kept = False
 
 
 def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
@@ -34,4 +37,11 @@ def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))
+    global _kept
+    _kept = bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))
+    return _kept
+
+
+def kept() -> bool:
+    """Whether this process keeps its freed memory (:func:`keep_freed_memory` ran and took)."""
+    return _kept

@@ -48,7 +48,7 @@ from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.networks import get_network
 from reproduce import ablation_tables as tables
 from reproduce import run_config, train
-from reproduce.args import Exit, UsageError, exit_code
+from reproduce.args import Exit, UsageError, as_program, exit_code
 from reproduce.labels import Label
 from reproduce.placement import pick_device, place
 from reproduce.run_config import RunConfig
@@ -746,4 +746,4 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(as_program(main))  # the cells train in this process, as train runs

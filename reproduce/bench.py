@@ -42,8 +42,15 @@ from PIL import Image
 
 import torch
 
-from paper_alexnet import AlexNet, TwoTowerAlexNet, build_model, cpu_linear, fused_lrn, layer_shapes
-from paper_alexnet.cpu_memory import keep_freed_memory
+from paper_alexnet import (
+    AlexNet,
+    TwoTowerAlexNet,
+    build_model,
+    cpu_linear,
+    cpu_memory,
+    fused_lrn,
+    layer_shapes,
+)
 from paper_alexnet.data import (
     Augment,
     PaperTransform,
@@ -55,6 +62,7 @@ from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
 from paper_alexnet.cli import HelpFormatter, library_quiet
 from reproduce.args import (
+    as_program,
     UsageError,
     add_device_flag,
     add_workers_flag,
@@ -615,9 +623,6 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    kept = (
-        not args.system_malloc and keep_freed_memory()
-    )  # as train runs (cpu_memory.py); alike for every net
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     check(args)
     threads = torch.get_num_threads()
@@ -635,7 +640,11 @@ def run(args: argparse.Namespace) -> int:
         + (", bf16 autocast" if args.amp else "")
         + (", channels-last" if args.channels_last else "")
         + (", compiled" if args.compile else "")
-        + (", freed memory kept (glibc)" if kept else ", freed memory returned to the system")
+        + (
+            ", freed memory kept (glibc)"
+            if cpu_memory.kept()
+            else ", freed memory returned to the system"
+        )
     )
     print(
         table.to_string(
@@ -649,5 +658,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def keeps_memory(parser: argparse.ArgumentParser) -> bool:
+    """As train runs (cpu_memory.py), alike for every net, unless --system-malloc asks for glibc's default."""
+    return not parser.parse_known_args()[0].system_malloc
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(as_program(main, keep_memory=keeps_memory(get_args_parser())))

@@ -22,12 +22,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet import checkpoint, shared
 from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
 from paper_alexnet.metrics import per_class
 from reproduce.args import (
+    as_program,
     UsageError,
     add_data_flag,
     add_decode_flag,
@@ -179,7 +179,6 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    keep_freed_memory()  # glibc: no page faults on conv1's 37 MB maps every batch (cpu_memory.py)
     return exit_code(lambda: run(args))
 
 
@@ -289,4 +288,4 @@ def out_folder(args, path: str) -> Optional[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(as_program(main))

@@ -37,12 +37,12 @@ import torch
 from paper_alexnet import checkpoint, features, shared
 from paper_alexnet.atomic import atomic_write, make_folder
 from paper_alexnet.cli import HelpFormatter, pad, plural
-from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import FileSplit
 from paper_alexnet.features import LayerError, Taps, pooled, tapping
 from reproduce import run_lock
 from reproduce.args import (
+    as_program,
     Exit,
     UsageError,
     add_data_flag,
@@ -122,7 +122,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    keep_freed_memory()  # glibc: conv1's maps are not handed back and faulted in again every batch
     try:
         return exit_code(lambda: run(args))
     except KeyboardInterrupt:
@@ -379,4 +378,4 @@ def rdm_figure(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(as_program(main))

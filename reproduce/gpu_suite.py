@@ -28,9 +28,8 @@ import torch
 import paper_alexnet
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.cli import HelpFormatter
-from paper_alexnet.cpu_memory import keep_freed_memory
 from reproduce import bench
-from reproduce.args import UsageError, exit_code, write_csv
+from reproduce.args import UsageError, as_program, exit_code, write_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at most)
@@ -248,8 +247,6 @@ def run(args: argparse.Namespace) -> int:
     args.device = suite_device()
     args.batch_size = 128 if args.batch_size is None else args.batch_size
     bench.check(args)
-    if not args.system_malloc:
-        keep_freed_memory()  # as train runs (cpu_memory.py)
     return run_suite(args)
 
 
@@ -398,4 +395,4 @@ def _torchvision_version() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(as_program(main, keep_memory=bench.keeps_memory(get_args_parser())))

@@ -32,7 +32,6 @@ import paper_alexnet
 from paper_alexnet import ArchConfig, checkpoint, distributed, list_switches, list_variants, paper
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
-from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.mixing import Mixing
@@ -46,6 +45,7 @@ from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
 from reproduce import class_report, recipes, run_config, run_lock
 from reproduce.args import (
+    as_program,
     Exit,
     UsageError,
     add_data_arguments,
@@ -234,7 +234,6 @@ def run(config: RunConfig) -> int:
     """Train as ``config`` says, in this process (under torchrun: as this rank); returns the exit status
     (``Exit``). Bad settings raise (UsageError, DataError, ...), before anything is written."""
     config = run_config.settle(config)
-    keep_freed_memory()  # glibc: no page faults on conv1's 37 MB maps every step (cpu_memory.py)
     process = distributed.from_env()
     # one run per folder, from its first moment (the job's rank 0 holds it: run_lock.py)
     with run_lock.hold(config.out) if process.main else contextlib.nullcontext():
@@ -911,4 +910,6 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
 
 
 if __name__ == "__main__":
-    distributed.end(main())  # sys.exit, but a torchrun rank skips the teardown (distributed.end)
+    distributed.end(
+        as_program(main)
+    )  # sys.exit, but a torchrun rank skips the teardown (distributed.end)

@@ -1,8 +1,37 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files, and how the suite spreads over the cores."""
 
+import importlib.util
+import os
 import shutil
 
 import pytest
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # set in each of pytest-xdist's worker processes
+if WORKER:
+    # Each worker has a core: one thread each, the commands the tests start as processes too. Two threads
+    # per worker on two cores would each wait for the other's.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """The README's `python -m pytest -q` runs on every core where pytest-xdist is installed (the [test] extra):
+    one worker a core (at most 4: each may hold a paper net's run, about 2 GB), the long tests first stolen by
+    an idle worker. Without the plugin (the GPU machine's bare pytest), or with `-n`/`-p no:xdist` given, the
+    suite runs as asked, in one process."""
+    if WORKER or importlib.util.find_spec("xdist") is None:
+        return
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("numprocesses") is not None:
+        return
+    if config.getoption("collectonly") or config.getoption("usepdb"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (cores or 1) > 1:
+        config.option.numprocesses = min(cores, 4)
+        config.option.dist = "worksteal"
 
 
 @pytest.fixture

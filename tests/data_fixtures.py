@@ -9,6 +9,7 @@ import os
 import pickle
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -125,3 +126,15 @@ def log_lines():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def train_once(tmp_path_factory, name, argv):
+    """A run of reproduce.train that a module's tests share and only read (one training, not one a test), in
+    a cache of its own; its folder goes at the module's end (0.5-0.7 GB of checkpoints)."""
+    from reproduce import train
+
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAPER_ALEXNET_CACHE", str(root / "cache"))
+        assert train.main(list(argv) + ["--out", str(root / "run")]) == 0
+    return root

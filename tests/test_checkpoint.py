@@ -3,6 +3,7 @@ that reads one, and writes that fail (a full disk) without harming what was ther
 
 import errno
 import os
+import shutil
 
 import pytest
 import torch
@@ -10,18 +11,19 @@ import torch
 from paper_alexnet import atomic, checkpoint
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from reproduce import evaluate, predict, train, visualize
-from data_fixtures import colour_image
+from data_fixtures import colour_image, train_once
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet"]
 
 
-@pytest.fixture
-def run(tmp_path):
-    out = tmp_path / "run"
-    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
-    return out
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One run the tests only read."""
+    root = train_once(tmp_path_factory, "checkpoint", TINY + ["--epochs", "1"])
+    yield root / "run"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _v1(payload: dict) -> dict:

@@ -2,6 +2,7 @@
 brute-force search on hand-made features), curves, and top-5 predictions for image files."""
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from reproduce import predict, train, visualize
-from data_fixtures import colour_image, write_bad_files
+from data_fixtures import colour_image, write_bad_files, train_once
 
 TINY = [
     "--data",
@@ -28,11 +29,12 @@ TINY = [
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
-@pytest.fixture
-def run(tmp_path):
-    out = tmp_path / "run"
-    assert train.main(TINY + ["--out", str(out)]) == 0
-    return out
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One run the tests read (and draw their figures into)."""
+    root = train_once(tmp_path_factory, "figures", TINY)
+    yield root / "run"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _png_size(path):

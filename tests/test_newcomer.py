@@ -5,6 +5,7 @@ that are refused helpfully, --quiet, predict and evaluate output, numbers in fil
 import csv
 import json
 import os
+import shutil
 import re
 
 import numpy as np
@@ -17,7 +18,7 @@ from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.data.splits import ArraySplit
 from paper_alexnet.metrics import top5_applies
 from reproduce import ablate, evaluate, figures, predict, prepare, train, visualize
-from data_fixtures import colour_image, image_tree
+from data_fixtures import colour_image, image_tree, train_once
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -48,11 +49,12 @@ def test_too_precise_counts_significant_digits_not_decimals():
     assert too_precise("runs/seed12345678/x.csv v3.11.7 1,234,567") == []  # no float there
 
 
-@pytest.fixture
-def run(tmp_path):
-    out = tmp_path / "run"
-    assert train.main(TINY + ["--epochs", "1", "--out", str(out), "--ten-crop"]) == 0
-    return out
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One run the tests only read."""
+    root = train_once(tmp_path_factory, "newcomer", TINY + ["--epochs", "1", "--ten-crop"])
+    yield root / "run"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _csv(path):

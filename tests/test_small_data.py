@@ -261,15 +261,25 @@ def test_the_averaged_weights_are_the_running_formula_after_k_steps():
         average.update()
         history.append({k: v.detach().clone().double() for k, v in model.named_parameters()})
     for name, got in average.model.named_parameters():
-        # e_k = d^k w_0 + sum_i (1 - d) d^(k - i) w_i
+        # e_k = d^k w_0 + sum_i (1 - d) d^(k - i) w_i, in float64 from the weights the steps left (whatever
+        # the CPU's kernels made of them, the average is a function of these)
         want = decay**steps * history[0][name] + sum(
             (1 - decay) * decay ** (steps - i) * history[i][name] for i in range(1, steps + 1)
         )
-        assert torch.allclose(got.double(), want, atol=1e-6), name
-        if not torch.allclose(
-            history[0][name], history[-1][name]
-        ):  # (a bias before batch norm stays)
-            assert not torch.allclose(got.double(), history[-1][name], atol=1e-4), name
+        # float32 lerp: each of the k updates rounds at most a few ulps of max |w| (eps32 = 1.2e-7); 4 ulps a
+        # step bounds it with room
+        size = max(float(h[name].abs().max()) for h in history)
+        tolerance = steps * 4 * torch.finfo(torch.float32).eps * size
+        assert float((got.double() - want).abs().max()) <= tolerance, name
+        # where the average lies clearly off the last weights (100x the tolerance), it is not the last weights:
+        # a copy of the stepped net would fail here. Elements that training left still (the bias before
+        # batch norm has a zero gradient in exact arithmetic, float noise on another CPU) are not asked about.
+        off = (want - history[-1][name]).abs() > 100 * tolerance
+        assert bool(((got.double() - history[-1][name]).abs()[off] > 50 * tolerance).all()), name
+        if name.startswith("1."):
+            # batch norm's scale and shift: d/dbeta of sum (y - 1)^2 is 2 sum (y - 1), about -16 at the start,
+            # and d/dgamma is 2 gamma sum xhat^2 = 16 gamma; at lr 0.1 each moves by O(1) a step, every element
+            assert bool(off.all()), name
     # buffers (batch norm's running statistics) are the stepped net's
     assert torch.equal(average.model[1].running_mean, model[1].running_mean)
 
