@@ -76,17 +76,22 @@ def suite_device() -> str:
 
 def _tests(device: str, out: str, select: str) -> dict:
     env = dict(os.environ, PAPER_ALEXNET_TEST_DEVICE=device)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-m",
-        "cuda",
-        "-p",
-        "no:cacheprovider",
-        os.path.join(ROOT, "tests", "test_cuda.py"),
-    ] + (["-k", select] if select else [])
+    command = (
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "cuda",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",  # one GPU: the CUDA tests one after another, not in workers (where pytest-xdist is)
+            os.path.join(ROOT, "tests", "test_cuda.py"),
+        ]
+        + (["-k", select] if select else [])
+    )
     start = time.perf_counter()
     log = os.path.join(out, "cuda-tests.txt")
     with open(

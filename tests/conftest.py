@@ -35,6 +35,18 @@ def pytest_cmdline_main(config):
 
 
 @pytest.fixture
+def shared_cache(tmp_path_factory, monkeypatch):
+    """One package cache for the tests that only use what it holds (the generated data sets and their
+    statistics, the compiled LRN kernel): the built-in set is generated once a session, not once a test (14 s).
+    A set is written beside and renamed into place whole (data/sources.py), so pytest-xdist's workers share
+    it too. The tests of the cache itself take ``isolated_cache``."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if WORKER else base) / "shared-cache"
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     """A fresh package cache (generated data, statistics) per test, so that no test reads another's."""
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))

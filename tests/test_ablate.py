@@ -30,7 +30,7 @@ TINY = [
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-pytestmark = pytest.mark.usefixtures("isolated_cache")
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def _png_size(path):
@@ -210,6 +210,7 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
 
 
 def test_the_default_grid_runs_in_smoke_mode(tmp_path):
+    """docs/recipes.md's `python -m reproduce.ablate --smoke` (tests/test_recipes_doc.py leaves it to this test)."""
     out = tmp_path / "smoke"
     assert ablate.main(["--smoke", "--out", str(out), "--quiet"]) == 0
     rows = pd.read_csv(out / "ablation.csv")

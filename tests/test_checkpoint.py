@@ -13,7 +13,7 @@ from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from reproduce import evaluate, predict, train, visualize
 from data_fixtures import colour_image, train_once
 
-pytestmark = pytest.mark.usefixtures("isolated_cache")
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet"]
 

@@ -20,7 +20,7 @@ from paper_alexnet.metrics import top5_applies
 from reproduce import ablate, evaluate, figures, predict, prepare, train, visualize
 from data_fixtures import colour_image, image_tree, train_once
 
-pytestmark = pytest.mark.usefixtures("isolated_cache")
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 DATA = "synthetic?classes=4&train=16&val=8"
 TINY = ["--data", DATA, "-b", "8", "--workers", "0", "--quiet"]

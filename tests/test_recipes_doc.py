@@ -21,13 +21,14 @@ COMMANDS = {
     "visualize": visualize,
     "predict": predict,
 }
+# the smallest run that still takes a step and scores a batch: one batch of 8, four images scored
 SHORT_TRAIN = [
     "--epochs",
     "1",
     "--limit-train",
-    "20",
+    "8",
     "--limit-val",
-    "10",
+    "4",
     "--workers",
     "0",
     "--quiet",
@@ -74,6 +75,12 @@ def _shortened(argv: list) -> list:
     return [name, *rest]
 
 
+# The page's `python -m reproduce.ablate --smoke`: tests/test_ablate.py::test_the_default_grid_runs_in_smoke_mode
+# runs this very command (with --out and --quiet) and checks what it writes, so the page's test does not run
+# the grid a second time.
+SMOKE_GRID = ["python", "-m", "reproduce.ablate", "--smoke"]
+
+
 def test_the_page_has_the_documents_commands_and_what_each_training_run_prints_first():
     names = [argv[2] for argv in doc_commands()]
     assert (
@@ -82,12 +89,14 @@ def test_the_page_has_the_documents_commands_and_what_each_training_run_prints_f
         and "reproduce.prepare" in names
     )
     assert all(says for argv, says in doc_runs() if argv[2] == "reproduce.train")
+    assert SMOKE_GRID in doc_commands()
 
 
-def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, capsys):
+def test_every_command_on_the_page_runs_on_real_layouts(
+    tmp_path, monkeypatch, capsys, shared_cache
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
     cifar_batches(str(tmp_path / "data"), per_class=3)  # data/cifar-10-batches-py
     image_tree(
         str(tmp_path / "data" / "caltech101" / "101_ObjectCategories"),
@@ -107,6 +116,9 @@ def test_every_command_on_the_page_runs_on_real_layouts(tmp_path, monkeypatch, c
     colour_image(1, size=(300, 200)).save(tmp_path / "my_photo.jpg")
     ran = []
     for argv, says in doc_runs():
+        if argv == SMOKE_GRID:  # run in full, and its files checked, by test_ablate's smoke test
+            ran.append("ablate")
+            continue
         argv = [
             ("folder:" + str(tmp_path / "data_fruit")) if word == "folder:/data/fruit" else word
             for word in argv

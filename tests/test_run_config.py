@@ -12,7 +12,7 @@ from reproduce import ablate, run_config, train
 from reproduce.args import UsageError
 from reproduce.run_config import RunConfig
 
-pytestmark = pytest.mark.usefixtures("isolated_cache")
+pytestmark = pytest.mark.usefixtures("shared_cache")
 TINY = [
     "--data",
     "synthetic?classes=4&train=16&val=8",
