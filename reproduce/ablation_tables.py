@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 from paper_alexnet import paper
-from paper_alexnet.cli import FLOAT_FORMAT
+from paper_alexnet.cli import FLOAT_FORMAT, plural
 from paper_alexnet.networks import get_network, network_cost
 from reproduce import intervals, run_config
 from reproduce.labels import Label
@@ -401,7 +401,7 @@ def comparison(
         "",
         *([f"`{command}`", ""] if command else []),
         f"Training img/s: reproduce.bench's step on random input (no data loading; batch "
-        f"{options.batch_size}, {options.device}, median of {options.repeats} round-robin repetitions), and "
+        f"{options.batch_size}, {options.device}, median of {plural(options.repeats, 'round-robin repetition')}), and "
         f"the grid's own cells (with their data loading and evaluation). Errors in % over the grid's seeds "
         f"(mean ± std), on the same data and budget.",
         "",

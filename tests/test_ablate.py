@@ -240,6 +240,7 @@ def test_the_default_grid_runs_in_smoke_mode(tmp_path):
     for net, params in (("paper", "56,909,194"), ("torchvision", "57,044,810")):
         assert f"| {net} | {params} |" in comparison
     assert "trains at" in comparison and "× torchvision's speed in the bench" in comparison
+    assert "median of 1 round-robin repetition)" in comparison  # --smoke times once
 
 
 def test_summary_arithmetic_on_a_hand_made_table():
@@ -403,7 +404,7 @@ def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regul
     ]
     assert (
         search["epochs_to_25"] == "not reached"
-    ).all()  # 1 epoch on 32 images: no rate gets to 25%
+    ).all()  # 1 epoch on 16 images: no rate gets to 25%
     chosen = ablation_tables.pick_rates(search)
     rows = pd.read_csv(out / "ablation.csv")
     assert sorted(zip(rows["cell"], rows["seed"])) == sorted(

@@ -137,8 +137,8 @@ def _same_rows(a, b, exact, steps=None):
                 assert float(x[key]) == pytest.approx(float(y[key]), rel=0.01 * steps), key
 
 
-def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
-    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+def test_torchrun_two_cpu_processes_equal_one_process(tmp_path, shared_cache):
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(shared_cache), OMP_NUM_THREADS="1")
     torchrun = [
         "-m",
         "torch.distributed.run",
@@ -264,10 +264,12 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     )  # 3 global batches of 4, not 6
 
 
-def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoint(tmp_path):
+def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoint(
+    tmp_path, shared_cache
+):
     """A stall by construction (blank_tree: every input 0, --recipe quick's zero biases: uniform outputs), 6
     steps an epoch: the deadline is step 10, in epoch 2, and every rank stops there, exit 4."""
-    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(shared_cache), OMP_NUM_THREADS="1")
     root = blank_tree(str(tmp_path / "blank"), train=12, val=2)
     args = ARGS[2:] + ["--data", f"folder:{root}", "--recipe", "quick"]
     out = tmp_path / "ddp"
@@ -302,10 +304,12 @@ def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoi
     assert saved["epoch"] == 1 and saved["step"] >= 4
 
 
-def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(tmp_path):
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(
+    tmp_path, shared_cache
+):
     """Stopped and resumed, the job is the uninterrupted job exactly: the same two processes sum in the same
     order, and the checkpoint holds every state a step depends on."""
-    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(shared_cache), OMP_NUM_THREADS="1")
     args = [
         a if a != "synthetic?classes=4&train=16&val=8" else "synthetic?classes=4&train=32&val=8"
         for a in ARGS

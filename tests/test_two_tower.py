@@ -137,12 +137,12 @@ def test_bytes_that_cross_between_the_devices():
     assert sum(crossing_bytes(build_model("paper").config, 2).values()) == 2 * sum(floats.values())
 
 
+@pytest.mark.usefixtures("shared_cache")
 def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypatch, capsys):
     import csv
 
     from reproduce import evaluate, train
 
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
     args = [
         "--data",
         "synthetic?classes=4&train=16&val=8",
