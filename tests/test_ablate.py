@@ -461,8 +461,8 @@ def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
     assert ablate.hparam_cells(smoke)[:3] == (
         "paper",
         "paper@epochs=2",
-        "paper@batch-size=8",
-    )  # no 1 // 2
+        "paper@batch-size=4",
+    )  # no 1 // 2; half and twice --smoke's batch of 8
     cell = ablate.make_cell(base, "paper+no-lrn+no-flip@lr=0.01", 3, str(tmp_path), False)
     assert (cell.config.variant, cell.config.no_flip, cell.config.lr, cell.switches) == (
         "paper+no-lrn",
