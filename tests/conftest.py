@@ -31,12 +31,17 @@ def pytest_cmdline_main(config):
     """The README's `python -m pytest -q` runs on every core where pytest-xdist is installed (the [test] extra):
     one worker a core (at most 4: each may hold a paper net's run, about 2 GB), the long tests first stolen by
     an idle worker. Without the plugin (the GPU machine's bare pytest), or with `-n`/`-p no:xdist` given, the
-    suite runs as asked, in one process."""
+    suite runs as asked, in one process; so does `--cov` without `-n` (pytest-cov settles how it collects
+    before this hook runs: `pytest -n 2 --cov=...` measures the workers)."""
     if WORKER or importlib.util.find_spec("xdist") is None:
         return
     if not config.pluginmanager.hasplugin("xdist") or config.getoption("numprocesses") is not None:
         return
     if config.getoption("collectonly") or config.getoption("usepdb"):
+        return
+    if config.getoption(
+        "cov_source", None
+    ):  # pytest-cov picks its mode before this hook: give -n yourself
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if (cores or 1) > 1:
