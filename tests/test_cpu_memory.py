@@ -51,3 +51,33 @@ def test_kept_memory_is_reused_without_page_faults():
 def test_it_can_be_turned_off():
     kept, _ = faults_per_step("keep", PAPER_ALEXNET_KEEP_MEMORY="0")
     assert not kept
+
+
+def test_the_setting_asks_glibc_for_what_it_says_and_a_program_takes_it(monkeypatch):
+    """In this process, with glibc's mallopt stood in for (the real one is the subprocess tests' above): the
+    two thresholds at 1 GiB, kept() after, and as_program calls it unless told not to."""
+    from paper_alexnet import cpu_memory
+    from reproduce.args import as_program
+
+    calls = []
+
+    def mallopt(param, value):  # a function: ctypes' argtypes and restype are set on it
+        calls.append((param, value))
+        return 1
+
+    class Libc:
+        pass
+
+    Libc.mallopt = staticmethod(mallopt)
+
+    monkeypatch.setattr(cpu_memory, "_kept", False)
+    monkeypatch.setattr(cpu_memory.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.delenv("PAPER_ALEXNET_KEEP_MEMORY", raising=False)
+    assert as_program(lambda: 7, keep_memory=False) == 7 and not calls and not cpu_memory.kept()
+    assert as_program(lambda: 0) == 0 and cpu_memory.kept()
+    assert calls == [
+        (-3, 1 << 30),
+        (-1, 1 << 30),
+    ]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<malloc.h>)
+    monkeypatch.setenv("PAPER_ALEXNET_KEEP_MEMORY", "0")
+    assert cpu_memory.keep_freed_memory() is False
