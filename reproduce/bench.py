@@ -349,13 +349,32 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
             file=sys.stderr,
         )
     matmuls = matmul_work(device, torch.bfloat16 if args.amp and native_bf16 else torch.float32)
-    cases, built = {}, {}
+    # Round robin: each repetition times every net once, so that a slower moment of the machine
+    # slows all nets alike instead of one; the order turns by one net per repetition, so that no net
+    # always runs after the same one (whose leftovers in caches and in the heap it would inherit).
+    # The matrix-multiply peak is measured in every repetition too, so that it shares the nets' moments.
+    # That holds every net at once (seven paper-sized nets' weights and momentum: 3-4 GB on the CPU); one
+    # repetition is one pass in the same order, so each net is timed on its turn and let go (one net held).
+    held = args.repeats > 1
+    names = list(nets)
+    times, matmul_s = {name: ([], []) for name in nets}, {name: [] for name in matmuls}
+    for run, _ in matmuls.values():
+        _median_seconds(run, 1, 2, sync)
+
+    def take_turn(name, step, infer):
+        times[name][0].append(_median_seconds(step, 1, 0, sync))
+        times[name][1].append(_median_seconds(infer, 1, 0, sync))
+
+    def time_matmuls():
+        for name, (run, _) in matmuls.items():
+            matmul_s[name].append(_median_seconds(run, 3, 0, sync))
+
+    cases, paper_net = {}, None
     for name, (make, lrn) in nets.items():
         # "paper, LRN in torch ops" times the paper row's own net (weights, momentum, input) with the LRN
-        # in torch ops: one paper net held, not two, of the six or seven held at once for the round robin
-        shared = name == "paper, LRN in torch ops" and "paper" in built
-        if shared:
-            model, x, y, optimizer = built["paper"]
+        # in torch ops: one paper net held, not two
+        if name == "paper, LRN in torch ops" and paper_net is not None:
+            model, x, y, optimizer = paper_net
         else:
             torch.manual_seed(0)
             model = make().to(device)
@@ -366,7 +385,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
                 model = model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
-            built[name] = (model, x, y, optimizer)
+        paper_net = (model, x, y, optimizer) if name == "paper" else None
         run = torch.compile(model) if args.compile else model
 
         eager = lrn == "torch ops"
@@ -379,7 +398,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
                 loss.backward()
             optimizer.step()
             # the gradients go as a training loop's do before the next backward, but now, not while the other
-            # nets take their turn: seven nets' weights and momentum are held at once, not their gradients too
+            # nets take their turn: the nets' weights and momentum are held at once, not their gradients too
             optimizer.zero_grad(set_to_none=True)
 
         @torch.no_grad()
@@ -401,28 +420,27 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             with fused_lrn.use_eager(eager):
                 memory = 3 * weights + _saved_bytes(model, x, y, args.amp)
-        cases[name] = (model, step, infer, memory, lrn)
-    # Round robin: each repetition times every net once, so that a slower moment of the machine
-    # slows all nets alike instead of one; the order turns by one net per repetition, so that no net
-    # always runs after the same one (whose leftovers in caches and in the heap it would inherit).
-    # The matrix-multiply peak is measured in every repetition too, so that it shares the nets' moments.
-    names = list(cases)
-    times, matmul_s = {name: ([], []) for name in cases}, {name: [] for name in matmuls}
-    for run, _ in matmuls.values():
-        _median_seconds(run, 1, 2, sync)
-    for rep in range(args.repeats):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            _, step, infer, _, _ = cases[name]
-            times[name][0].append(_median_seconds(step, 1, 0, sync))
-            times[name][1].append(_median_seconds(infer, 1, 0, sync))
-        for name, (run, _) in matmuls.items():
-            matmul_s[name].append(_median_seconds(run, 3, 0, sync))
+        if held:
+            cases[name] = (model.config, step, infer, memory, lrn)
+        else:
+            take_turn(name, step, infer)
+            cases[name] = (model.config, None, None, memory, lrn)
+        del model, run, optimizer, x, y, step, infer
+        if cuda and not held and paper_net is None:
+            torch.cuda.empty_cache()
+    if held:
+        for rep in range(args.repeats):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                take_turn(name, *cases[name][1:3])
+            time_matmuls()
+    else:
+        time_matmuls()
     rates = {name: flops / _median(matmul_s[name]) / 1e9 for name, (_, flops) in matmuls.items()}
     peak = max(rates.values())
     rows = []
-    for name, (model, _, _, memory, lrn) in cases.items():
+    for name, (config, _, _, memory, lrn) in cases.items():
         train_s, infer_s = (_median(t) for t in times[name])
-        flops = step_flops(layer_shapes(model.config)) * args.batch_size / train_s / 1e9
+        flops = step_flops(layer_shapes(config)) * args.batch_size / train_s / 1e9
         rows.append(
             {
                 "section": "models",
