@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import shutil
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -158,10 +159,17 @@ def upgrade(payload: dict, version: int) -> dict:
 
 
 def _read(path: str, what: str) -> Any:
+    """The file's payload. Mapped, not read, where it can be (POSIX, torch.save's zip format): a 0.45-0.65 GB
+    paper-net file then loads into a net in 0.07 s against 0.35-0.42 s read into fresh memory (measured on the
+    project's CPU), and only the pages used are ever read. The mapping is private, so a tensor written to is
+    copied, never the file; a run replaces its files by renaming a new one into place (atomic.py), so a
+    mapped file stays whole. Windows cannot rename over a mapped file, and the pre-1.6 format is not a zip:
+    those are read as before."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        mapped = os.name == "posix" and zipfile.is_zipfile(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         reason = (str(err).strip().splitlines() or [""])[0][:160]
         raise CheckpointError(

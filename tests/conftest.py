@@ -76,6 +76,15 @@ def pytest_cmdline_main(config):
         config.option.dist = "worksteal"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow (15-60 s each on one core, measured) run first: pytest-xdist's workers then end
+    on short tests, together, instead of one waiting for the other's minute-long test at the end. None of them
+    takes a module-scoped fixture, whose module would be set up twice if its tests were split up."""
+    items.sort(
+        key=lambda item: item.get_closest_marker("slow") is None
+    )  # stable: the rest as collected
+
+
 @pytest.fixture
 def shared_cache(tmp_path_factory, monkeypatch):
     """One package cache for the tests that only use what it holds (the generated data sets and their

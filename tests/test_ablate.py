@@ -209,6 +209,7 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     )
 
 
+@pytest.mark.slow
 def test_the_default_grid_runs_in_smoke_mode(tmp_path):
     """docs/recipes.md's `python -m reproduce.ablate --smoke` (tests/test_recipes_doc.py leaves it to this test)."""
     out = tmp_path / "smoke"
@@ -553,6 +554,7 @@ def test_jobs_train_cells_at_once_as_processes_of_their_own_with_the_results_of_
     ).exists()  # finished
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_grid_of_jobs_checkpoints_every_running_cell_and_the_same_command_continues(
     tmp_path,
 ):

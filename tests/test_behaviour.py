@@ -128,6 +128,7 @@ ADDED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_cache")
 def test_the_commands_compute_what_they_computed_before_the_rework(tmp_path):
     with open(FIXTURE, encoding="utf-8") as handle:

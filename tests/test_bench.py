@@ -145,6 +145,7 @@ def test_the_gpu_suite_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: the GPU suite needs a CUDA GPU")
 
 
+@pytest.mark.slow
 def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(
     tmp_path, monkeypatch
 ):

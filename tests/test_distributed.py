@@ -137,6 +137,7 @@ def _same_rows(a, b, exact, steps=None):
                 assert float(x[key]) == pytest.approx(float(y[key]), rel=0.01 * steps), key
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_equal_one_process(tmp_path, shared_cache):
     env = dict(os.environ, PAPER_ALEXNET_CACHE=str(shared_cache), OMP_NUM_THREADS="1")
     torchrun = [
@@ -264,6 +265,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     )  # 3 global batches of 4, not 6
 
 
+@pytest.mark.slow
 def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoint(
     tmp_path, shared_cache
 ):
@@ -304,6 +306,7 @@ def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoi
     assert saved["epoch"] == 1 and saved["step"] >= 4
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(
     tmp_path, shared_cache
 ):

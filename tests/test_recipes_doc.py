@@ -144,6 +144,7 @@ def test_the_chains_hold_every_command_of_the_page_once():
 @pytest.mark.parametrize(
     "chain", CHAINS, ids=[f"{k}-{chain[0][0][2].split('.')[1]}" for k, chain in enumerate(CHAINS)]
 )
+@pytest.mark.slow
 def test_every_command_on_the_page_runs_on_real_layouts(
     chain, tmp_path, monkeypatch, capsys, shared_cache
 ):

@@ -163,6 +163,7 @@ TOOLS_ON = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tools", [[], TOOLS_ON], ids=["paper", "small-data tools"])
 def test_killed_mid_epoch_and_resumed_gives_the_same_metrics(tmp_path, tools):
     args = TINY + ["--epochs", "3", "--recipe", "paper", "--lr", "0.001"] + tools
@@ -328,6 +329,7 @@ SIGNALLED = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tools", [[], TOOLS_ON], ids=["paper", "small-data tools"])
 def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrupted_run(
     tmp_path, monkeypatch, capsys, tools
@@ -503,6 +505,7 @@ def test_a_stalled_run_stops_by_the_deadline_keeps_its_checkpoint_and_names_the_
     assert json.loads((tmp_path / "stuck-quick" / "config.json").read_text())["recipe"] == "quick"
 
 
+@pytest.mark.slow
 def test_a_run_stuck_at_chance_with_on_stall_warn_is_told_once_in_its_first_epoch_and_keeps_its_rate(
     tmp_path, capsys
 ):
