@@ -31,17 +31,36 @@ def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
     system. True when set; False where there is no glibc or ``PAPER_ALEXNET_KEEP_MEMORY=0``."""
     if os.environ.get("PAPER_ALEXNET_KEEP_MEMORY", "1") == "0":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+    mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     global _kept
     _kept = bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))
     return _kept
 
 
+def return_freed_memory() -> bool:
+    """Hand what the process has freed back to the system now (glibc's malloc_trim), the setting kept: for a
+    process that keeps freed memory and runs one thing after another (the test suite, between two tests), so
+    that the next starts from what is in use, not from the peak of the last. False where there is no glibc."""
+    trim = _glibc("malloc_trim", [ctypes.c_size_t])
+    if trim is None:
+        return False
+    trim(0)  # 1 if it gave memory back, 0 if there was none to give
+    return True
+
+
 def kept() -> bool:
     """Whether this process keeps its freed memory (:func:`keep_freed_memory` ran and took)."""
     return _kept
+
+
+def _glibc(name: str, argtypes: list):
+    """glibc's function ``name`` (returning int), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        function = getattr(libc, name)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function

@@ -567,7 +567,8 @@ def add_measure_flags(parser: argparse.ArgumentParser, batch: str) -> None:
         default=5,
         help="models: timed steps per net (medians reported, with 95%% intervals for the ratios); "
         "single steps on a shared machine vary by up to 20%%, and with 31 the ratios' intervals "
-        "were about +-0.06 on a 2-core CPU (docs/performance.md)",
+        "were about +-0.06 on a 2-core CPU (docs/performance.md); above 1, every net is held at once for the "
+        "round robin, 1 times each net on its turn and lets it go",
     )
     parser.add_argument(
         "--batches", type=int, default=6, help="timed batches per measurement (after 1 warm-up)"

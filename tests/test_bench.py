@@ -6,7 +6,7 @@ import pytest
 import pandas as pd
 import torch
 
-from paper_alexnet import fused_lrn
+from paper_alexnet import cpu_memory, fused_lrn
 from reproduce import bench, gpu_suite
 from tolerance import assert_same_function
 
@@ -51,7 +51,12 @@ def test_models_section_writes_one_row_per_net(tmp_path, capsys):
     assert table.set_index("what").loc["torchvision.models.alexnet", "vs_peer"] == 1.0
 
     printed = capsys.readouterr()
-    assert "GFLOP/s" in printed.err and "freed memory returned to the system" in printed.out
+    kept = (
+        "freed memory kept (glibc)" if cpu_memory.kept() else "freed memory returned to the system"
+    )
+    assert (
+        "GFLOP/s" in printed.err and kept in printed.out
+    )  # the suite's processes keep it (conftest.py)
 
 
 def test_naive_reference_computes_the_same_lrn():

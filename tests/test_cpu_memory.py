@@ -16,8 +16,8 @@ resource = pytest.importorskip("resource")
 
 SCRIPT = """
 import resource, sys, torch
-from paper_alexnet.cpu_memory import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+from paper_alexnet.cpu_memory import keep_freed_memory, return_freed_memory
+kept = keep_freed_memory() if sys.argv[1] in ("keep", "trim") else False
 torch.set_num_threads(1)
 x = torch.randn(32, 96, 55, 55)
 
@@ -32,6 +32,8 @@ def resident_pages():
 
 before, resident = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, resident_pages()
 for _ in range(10):
+    if sys.argv[1] == "trim":
+        return_freed_memory()   # as the suite does between two tests
     step()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(kept, (faults - (resident_pages() - resident)) / 10)   # re-faults a step
@@ -56,6 +58,14 @@ def test_kept_memory_is_reused_without_page_faults():
     _, default_refaults = faults_per_step("default")
     assert default_refaults > 37 * 2**20 / 4096 / 2  # about one per 4 KB page: the block went back
     assert kept and refaults < default_refaults / 100
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_what_was_kept_goes_back_when_asked():
+    """return_freed_memory (the suite calls it after each test) hands the kept block back: the next step faults
+    its pages in again, as without the setting, which stays on."""
+    kept, refaults = faults_per_step("trim")
+    assert kept and refaults > 37 * 2**20 / 4096 / 2
 
 
 def test_it_can_be_turned_off():
