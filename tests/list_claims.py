@@ -16,7 +16,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MOVED = {
     "tests/test_recipes_doc.py::test_every_command_on_the_page_runs_on_real_layouts": (
         "the page's `python -m reproduce.ablate --smoke` runs: "
-        "tests/test_ablate.py::test_the_default_grid_runs_in_smoke_mode runs that command and checks its files"
+        "tests/test_ablate.py::test_the_default_grid_runs_in_smoke_mode runs that command and checks its files; "
+        "the other commands run here, in chains (one case each: a command that reads a run's files in the "
+        "chain that wrote them), and test_the_chains_hold_every_command_of_the_page_once checks that the "
+        "chains are the page"
     ),
     "tests/test_bench.py::test_the_gpu_suite_writes_its_report_as_it_goes_so_a_section_cut_short_loses_only_itself": (
         "cuda-tests.txt says the CUDA tests passed: tests/test_bench.py::"
@@ -59,7 +62,9 @@ def main():
         capture_output=True,
         text=True,
     ).stdout.split()
-    ids = [i for i in ids if "::" in i]
+    ids = sorted(
+        (i for i in ids if "::" in i), key=lambda i: i.split("::")[0]
+    )  # by file (slow ones run first)
     docs = claims(root)
     print("# Every test and the claim it checks\n")
     print(

@@ -17,7 +17,7 @@ from PIL import Image
 from paper_alexnet import features as lib
 from reproduce import convert, features, predict, train
 from reproduce.npy_stream import NpyStream
-from data_fixtures import colour_image, image_tree
+from data_fixtures import colour_image, folder_contents, image_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_LAYERS = (
@@ -292,7 +292,7 @@ def test_a_stopped_run_leaves_the_earlier_files_whole_and_no_new_ones(
     args = ["--checkpoint", str(best), "--data", f"folder:{root}", "--layers", "fc7", "--out", str(out),
             "-b", "2", "--workers", "0", "--quiet"]  # fmt: skip
     assert features.main(args) == 0
-    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    before = folder_contents(out)
     calls = []
 
     def interrupted(self, rows):
@@ -305,9 +305,7 @@ def test_a_stopped_run_leaves_the_earlier_files_whole_and_no_new_ones(
     monkeypatch.setattr(NpyStream, "write", interrupted)
     assert features.main(args + ["--layers", "fc7,fc6"]) == 130
     assert "stopped" in capsys.readouterr().err
-    assert {
-        name: (out / name).read_bytes() for name in os.listdir(out)
-    } == before  # no .partial either
+    assert folder_contents(out) == before  # no .partial either
 
 
 def test_npy_stream_rewrites_its_header_and_reads_back(tmp_path):

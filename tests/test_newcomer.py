@@ -18,7 +18,7 @@ from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.data.splits import ArraySplit
 from paper_alexnet.metrics import top5_applies
 from reproduce import ablate, evaluate, figures, predict, prepare, train, visualize
-from data_fixtures import colour_image, image_tree, train_once
+from data_fixtures import colour_image, folder_contents, image_tree, train_once
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
 
@@ -87,10 +87,10 @@ def test_top5_is_na_with_five_classes_or_fewer_everywhere(run, tmp_path, capsys)
 
 
 def test_reading_a_run_never_replaces_its_files(run, tmp_path, monkeypatch):
-    before = {name: (run / name).read_bytes() for name in os.listdir(run)}
+    before = folder_contents(run)
     monkeypatch.chdir(tmp_path)
     assert visualize.main(["curves", "--run", str(run)]) == 0
-    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == before
+    assert folder_contents(run) == before
     assert (tmp_path / "curves-run.png").exists()
     assert visualize._run_title(str(run)) == f"paper on {DATA}"  # the title train gives it
     assert (

@@ -17,7 +17,7 @@ from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.engine import NonFiniteLoss
 from reproduce import run_config, run_writer, train
-from data_fixtures import blank_tree, image_tree, write_bad_files
+from data_fixtures import blank_tree, folder_contents, image_tree, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--workers", "0", "--quiet"]
@@ -263,7 +263,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, words):
 def test_corrupt_or_foreign_checkpoint_and_an_existing_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
-    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    before = folder_contents(out)
     assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 2  # would overwrite
     assert "--resume" in capsys.readouterr().err
     assert (
@@ -276,7 +276,7 @@ def test_corrupt_or_foreign_checkpoint_and_an_existing_run(tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert train.main(TINY + ["--out", str(out), "--resume", str(tmp_path / "bad.pt")]) == 2
     assert "corrupt" in capsys.readouterr().err
-    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert folder_contents(out) == before
 
 
 def test_non_finite_loss_stops_with_exit_3_and_keeps_the_last_checkpoint(
