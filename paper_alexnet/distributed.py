@@ -28,6 +28,7 @@ class Process:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # the job's processes on this node (torchrun's --nproc-per-node)
 
     @property
     def main(self) -> bool:
@@ -38,7 +39,12 @@ class Process:
 def from_env() -> Process:
     """This process's place in a torchrun job (rank 0 of 1 when not started by torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Process(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return Process(
+        int(os.environ.get("RANK", "0")),
+        world,
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
 
 
 def start(process: Process, device: torch.device) -> None:

@@ -40,29 +40,33 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--two-gpu",
         action="store_true",
         help="the two towers of §3.2 on two devices: cuda:0 and cuda:1 with 2+ GPUs (under "
-        "torchrun: the pair of the local rank), both on the one GPU with 1, both on the CPU "
-        "with none",
+        "torchrun: cuda:2r and cuda:2r+1 for local rank r, so two GPUs a process, else refused), "
+        "both on the one GPU with 1, both on the CPU with none",
     )
     group.add_argument(
         "--devices",
         default=None,
         metavar="A,B",
-        help="the two towers on these devices, e.g. cuda:0,cuda:1 or cpu,cpu (implies --two-gpu)",
+        help="the two towers on these devices, e.g. cuda:0,cuda:1 or cpu,cpu (implies --two-gpu; one "
+        "process a node: under torchrun, --two-gpu)",
     )
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """One device by name; under torchrun, "auto" and "cuda" mean the GPU of the local rank."""
+def pick_device(name: str, local_rank: int = 0, local_world: int = 1) -> torch.device:
+    """One device by name; under torchrun, "auto" and "cuda" mean the GPU of the local rank. With more than one
+    process on this node, each must have a GPU of its own (own_gpus)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
     if device.type not in ("cpu", "cuda", "mps", "xpu"):
         raise UsageError(f"device {name!r}: only cpu and cuda devices are supported here")
+    if device.type == "cuda" and local_world > 1:
+        own_gpus(visible_gpus(), local_world, 1, named=name if device.index is not None else None)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda" and (
         not torch.cuda.is_available() or device.index >= torch.cuda.device_count()
     ):
@@ -72,12 +76,65 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def visible_gpus() -> int:
+    """The CUDA GPUs this process sees (0 without CUDA): counted, no GPU touched."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def own_gpus(gpus: int, local_world: int, each: int, named: Optional[str] = None) -> None:
+    """With GPUs and more than one process on this node, every process needs GPUs of its own (``each``: 1, or
+    2 for --two-gpu's towers); NCCL refuses two processes on one GPU. A UsageError otherwise, with the
+    arithmetic and the remedy, raised on every rank alike before any process group starts (train places the
+    net first). One process, or no GPU at all, passes."""
+    if gpus == 0 or local_world <= 1:
+        return
+    if named is not None:
+        flag = "--devices" if each == 2 else "--device"
+        raise UsageError(
+            f"{flag} {named} names the same GPUs for each of the {local_world} processes on this node, and two "
+            f"processes cannot share a GPU: under torchrun give "
+            + (
+                "--two-gpu (process r takes cuda:2r and cuda:2r+1)"
+                if each == 2
+                else "--device cuda (process r takes cuda:r)"
+            )
+        )
+    if gpus >= each * local_world:
+        return
+    what = "two GPUs a process (one a tower, §3.2)" if each == 2 else "one GPU a process"
+    remedies = [f"run torchrun --nproc-per-node {gpus // each}"] if gpus >= each else []
+    if each == 2:
+        remedies.append(
+            f"leave out --two-gpu (one GPU a process: --nproc-per-node {min(gpus, local_world)})"
+        )
+    raise UsageError(
+        f"{local_world} processes on this node with {what} need {each * local_world} GPUs, and {gpus} "
+        f"{'is' if gpus == 1 else 'are'} visible: {', or '.join(remedies)}"
+    )
+
+
+def tower_devices(gpus: int, local_rank: int = 0, local_world: int = 1) -> Tuple[torch.device, ...]:
+    """--two-gpu's two devices for this process: cuda:2r and cuda:2r+1 for local rank r, both towers on the one
+    GPU of a single process, both on the CPU where there is no GPU; a UsageError where the node's processes
+    would share GPUs (own_gpus)."""
+    own_gpus(gpus, local_world, 2)
+    if gpus >= 2:
+        return (torch.device("cuda", 2 * local_rank), torch.device("cuda", 2 * local_rank + 1))
+    if gpus == 1:
+        return (torch.device("cuda", 0),) * 2
+    return (torch.device("cpu"),) * 2
+
+
 def place(
-    args: argparse.Namespace, config: Optional[Network] = None, local_rank: int = 0
+    args: argparse.Namespace,
+    config: Optional[Network] = None,
+    local_rank: int = 0,
+    local_world: int = 1,
 ) -> Placement:
-    """The placement the flags ask for, checked: unknown or absent devices are a UsageError."""
+    """The placement the flags ask for, checked: unknown or absent devices, and processes of one node that
+    would share a GPU, are a UsageError."""
     if args.devices is None and not args.two_gpu:
-        device = pick_device(args.device, local_rank)
+        device = pick_device(args.device, local_rank, local_world)
         layout = "; channels-last maps (AVX-512)" if channels_last(device) else ""
         return Placement((device,), f"device: {device}{layout}")
     if config is not None and not splits_in_two(config):
@@ -91,23 +148,23 @@ def place(
             raise UsageError(
                 f"--devices takes two devices, one per tower, e.g. cuda:0,cuda:1 (got {args.devices!r})"
             )
+        if local_world > 1 and any(n.startswith("cuda") for n in names):
+            own_gpus(visible_gpus(), local_world, 2, named=args.devices)
         devices = tuple(pick_device(n, local_rank) for n in names)
         return Placement(devices, f"two towers (§3.2) on {devices[0]} and {devices[1]} (--devices)")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus >= 2 * (local_rank + 1):
-        devices = (torch.device("cuda", 2 * local_rank), torch.device("cuda", 2 * local_rank + 1))
+    gpus = visible_gpus()
+    devices = tower_devices(gpus, local_rank, local_world)
+    if devices[0] != devices[1]:
         return Placement(
             devices, f"two towers (§3.2) on {devices[0]} and {devices[1]}: {gpus} GPUs"
         )
-    if gpus >= 1:
-        device = torch.device("cuda", local_rank % gpus)
+    if gpus:
         return Placement(
-            (device, device),
-            f"two towers (§3.2) both on {device}: not two GPUs for this process "
-            f"({gpus} visible); activations still cross only where §3.2 says",
+            devices,
+            f"two towers (§3.2) both on {devices[0]}: one GPU here; activations still cross only where §3.2 "
+            "says",
         )
-    cpu = torch.device("cpu")
-    return Placement((cpu, cpu), "two towers (§3.2) both on the CPU: no GPU here")
+    return Placement(devices, "two towers (§3.2) both on the CPU: no GPU here")
 
 
 def channels_last(device: torch.device) -> bool:

@@ -287,7 +287,9 @@ class Net:
 
 
 def _run(config: RunConfig, process: distributed.Process) -> int:
-    placement = place(config, get_network(config.variant), process.local_rank)
+    placement = place(
+        config, get_network(config.variant), process.local_rank, process.local_world
+    )  # before the group starts: a refusal stops every rank alike
     config, resumed, pretrained = check_resume(config, placement)
     distributed.start(
         process, placement.first

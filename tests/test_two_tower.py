@@ -227,3 +227,108 @@ def test_torch_compile_traces_the_towers_in_one_graph():
     compiled = torch.compile(towers, backend="eager", fullgraph=True)
     # the graph takes torch's LRN ops where the module takes the fused kernel: another order only
     assert_same_function(compiled(x), towers(x), FAN_IN, DEPTH)
+
+
+# --- GPUs a process under torchrun (issue 44: NCCL refuses two processes on one GPU) -----------------------
+
+
+def _rule(gpus, local_rank, local_world):
+    """The devices tower_devices gives, or "refused"."""
+    from reproduce.args import UsageError
+    from reproduce.placement import tower_devices
+
+    try:
+        return tuple(str(d) for d in tower_devices(gpus, local_rank, local_world))
+    except UsageError:
+        return "refused"
+
+
+@pytest.mark.parametrize("gpus", range(0, 10))
+@pytest.mark.parametrize("local_world", [1, 2, 3, 4, 8])
+def test_two_gpu_gives_every_process_of_a_node_gpus_of_its_own_or_refuses(gpus, local_world):
+    """Written here from the rule: no GPU, both towers on the CPU; one process, its pair (or the one GPU twice);
+    several processes, cuda:2r and cuda:2r+1 where 2 x processes GPUs are visible, else refused on every rank."""
+    got = {rank: _rule(gpus, rank, local_world) for rank in range(local_world)}
+    if gpus == 0:
+        assert all(d == ("cpu", "cpu") for d in got.values())
+    elif local_world == 1:
+        assert got[0] == (("cuda:0", "cuda:1") if gpus >= 2 else ("cuda:0", "cuda:0"))
+    elif gpus >= 2 * local_world:
+        assert got == {r: (f"cuda:{2 * r}", f"cuda:{2 * r + 1}") for r in range(local_world)}
+        held = [d for pair in got.values() for d in pair]
+        assert len(set(held)) == len(held)  # no GPU held twice
+    else:
+        assert set(got.values()) == {"refused"}  # every rank alike
+
+
+def test_the_refusal_gives_the_arithmetic_and_the_remedy():
+    from reproduce.args import UsageError
+    from reproduce.placement import own_gpus, tower_devices
+
+    with pytest.raises(UsageError) as refused:
+        tower_devices(8, 5, 8)
+    message = str(refused.value)
+    assert "8 processes on this node" in message and "need 16 GPUs, and 8 are visible" in message
+    assert message.endswith(
+        "run torchrun --nproc-per-node 4, or leave out --two-gpu (one GPU a process: --nproc-per-node 8)"
+    )
+    with pytest.raises(UsageError) as refused:
+        own_gpus(2, 4, 1)  # one GPU a process, 4 processes, 2 GPUs
+    assert str(refused.value).endswith(
+        "need 4 GPUs, and 2 are visible: run torchrun --nproc-per-node 2"
+    )
+    with pytest.raises(UsageError, match="--devices cuda:0,cuda:1 names the same GPUs"):
+        own_gpus(8, 2, 2, named="cuda:0,cuda:1")
+    own_gpus(8, 8, 1)  # one GPU each: passes
+
+
+@pytest.fixture
+def eight_gpus_and_no_cuda_call(monkeypatch):
+    """The GPU count faked at 8, and every other torch.cuda call an error: a refusal must come from the
+    counts alone, before anything touches a GPU."""
+
+    def touched(*args, **kwargs):
+        raise AssertionError("a CUDA call before the refusal")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    for name in ("_lazy_init", "init", "set_device", "current_device", "get_device_properties",
+                 "get_device_name", "synchronize", "mem_get_info"):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, touched)
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (
+            ["--two-gpu"],
+            "8 processes on this node with two GPUs a process (one a tower, §3.2) need 16 GPUs",
+        ),
+        (
+            ["--devices", "cuda:0,cuda:1"],
+            "--devices cuda:0,cuda:1 names the same GPUs for each of the 8",
+        ),
+        (["--device", "cuda:0"], "--device cuda:0 names the same GPUs for each of the 8 processes"),
+    ],
+)
+def test_rank_5_of_8_on_8_gpus_is_refused_before_any_cuda_call(
+    tmp_path, capsys, monkeypatch, eight_gpus_and_no_cuda_call, flags, words
+):
+    from reproduce import train
+
+    for name, value in (("RANK", 5), ("LOCAL_RANK", 5), ("WORLD_SIZE", 8), ("LOCAL_WORLD_SIZE", 8)):
+        monkeypatch.setenv(name, str(value))
+    out = tmp_path / "out"
+    assert train.main(["--quiet", "--out", str(out)] + flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
+    assert not torch.distributed.is_initialized() and not out.exists()
+
+
+def test_one_gpu_a_process_passes_with_eight_gpus_for_eight_processes(
+    monkeypatch, eight_gpus_and_no_cuda_call
+):
+    from reproduce.placement import pick_device
+
+    assert pick_device("auto", 5, 8) == torch.device("cuda", 5)
+    assert pick_device("cpu", 5, 8) == torch.device("cpu")
