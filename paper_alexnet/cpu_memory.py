@@ -9,10 +9,12 @@ took 20 ms and 9,473 page faults, and 3 ms with none once freed blocks are kept 
 
 The training, evaluation, features, ablation and bench commands call :func:`keep_freed_memory` when they
 run as programs (``python -m reproduce.X``: ``reproduce.args.as_program``); the library never does, and
-neither does a command called in a process that is not its own (a notebook's ``train.run``, the tests):
-a process-wide setting is the program's choice. The cost: the process keeps what it freed, so its resident
+neither does a command called in a process that is not its own (a notebook's ``train.run``): a
+process-wide setting is the program's choice. The cost: the process keeps what it freed, so its resident
 memory stays at its peak, which a training loop reaches again every step anyway, but a process that runs
-many things one after another would keep the peak of each. ``PAPER_ALEXNET_KEEP_MEMORY=0`` turns it off.
+many things one after another would keep the peak of each, unless it hands the memory back between them
+(:func:`return_freed_memory`, as the test suite's processes do after each test).
+``PAPER_ALEXNET_KEEP_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
