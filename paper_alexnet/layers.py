@@ -65,12 +65,20 @@ class _LRNFunction(torch.autograd.Function):
         ctx.hyper, ctx.k = (size, alpha, beta, groups), k
         if fused_lrn.applies(a):
             return fused_lrn.forward(a, size, alpha, beta, k, groups)
-        scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
-        return a * _neg_pow(scale, beta)
+        if a.dtype in HALF:  # §3.3 in float32, whatever autocast handed in: the input's dtype out
+            return _lrn(a.float(), size, alpha, beta, k, groups).to(a.dtype)
+        return _lrn(a, size, alpha, beta, k, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         (a,) = ctx.saved_tensors
+        if a.dtype in HALF:  # in float32, as forward; the input's dtype out
+            grad = _LRNFunction._backward(ctx, a.float(), grad_out.float())
+            return (grad[0].to(a.dtype),) + grad[1:]
+        return _LRNFunction._backward(ctx, a, grad_out)
+
+    @staticmethod
+    def _backward(ctx, a, grad_out):
         size, alpha, beta, groups = ctx.hyper
         if torch.is_grad_enabled():  # double backward: the same formula, differentiable in a
             scale = channel_window_sum(a * a, size, groups) * alpha + ctx.k
@@ -93,6 +101,18 @@ class _LRNFunction(torch.autograd.Function):
         )
         grad_a = (grad_out * inv).addcmul_(a, cross, value=-2.0 * alpha * beta)
         return grad_a, None, None, None, None, None
+
+
+def _lrn(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    """§3.3 in torch ops: b = a / (k + alpha * S(a^2))^beta."""
+    scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
+    return a * _neg_pow(scale, beta)
+
+
+# Under --amp the LRN's input is bfloat16 (float16 on older GPUs), whose spacing near k = 2 is 1/64: small
+# alpha * sum(a^2) terms of §3.3 would round away, and on CUDA autocast runs rsqrt/pow in float32 anyway. The
+# equation is formed in float32 and the result rounded once to the input's dtype.
+HALF = (torch.bfloat16, torch.float16)
 
 
 def _neg_pow(scale: torch.Tensor, beta: float) -> torch.Tensor:

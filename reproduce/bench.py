@@ -374,8 +374,11 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         # "paper, LRN in torch ops" times the paper row's own net (weights, momentum, input) with the LRN
         # in torch ops: one paper net held, not two
         if name == "paper, LRN in torch ops" and paper_net is not None:
-            model, x, y, optimizer = paper_net
+            model, x, y, optimizer, before = paper_net
         else:
+            # on CUDA what this net allocates: the peak less what was held before it was built (the nets
+            # before it, held for the round robin, are not its memory)
+            before = torch.cuda.memory_allocated(device) if cuda else 0
             torch.manual_seed(0)
             model = make().to(device)
             size = model.config.input_size
@@ -385,7 +388,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
                 model = model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
-        paper_net = (model, x, y, optimizer) if name == "paper" else None
+        paper_net = (model, x, y, optimizer, before) if name == "paper" else None
         run = torch.compile(model) if args.compile else model
 
         eager = lrn == "torch ops"
@@ -415,7 +418,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         step(), step(), infer()
         sync()
         if cuda:
-            memory = torch.cuda.max_memory_allocated(device)
+            memory = torch.cuda.max_memory_allocated(device) - before
         else:  # weights + grads + momentum + what autograd keeps for backward
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             with fused_lrn.use_eager(eager):

@@ -173,3 +173,24 @@ def test_kernel_builds_into_an_empty_cache(tmp_path, monkeypatch):
 def test_bad_groups_is_a_clear_error():
     with pytest.raises(ValueError, match="do not split into 5"):
         LocalResponseNorm(groups=5)(torch.ones(1, 12, 2, 2))
+
+
+def test_under_bfloat16_autocast_the_equation_is_formed_in_float32_and_the_input_dtype_returned():
+    """--amp hands the LRN bfloat16 maps, whose spacing near k = 2 is 1/64: §3.3's alpha * sum(a^2) terms of
+    up to ~0.01 here would round away if the denominator were formed there. Formed in float32, the output
+    differs from the equation in float64 (on the same bfloat16 inputs) by its one rounding to bfloat16: at
+    most u = 2^-8 of itself (bfloat16 keeps 8 significant bits), float32's own ~20 roundings adding under
+    2^-19. The gradient likewise, its two terms each at most |g| k^-beta (1 + 2 beta) in size."""
+    a = activations(shape=(2, 12, 5, 4), scale=8.0).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = LocalResponseNorm(groups=2)(a)
+    out.backward(g)
+    assert out.dtype == a.grad.dtype == torch.bfloat16  # the input's dtype out, both ways
+    exact = a.detach().double().requires_grad_()
+    want = ref.lrn(exact, groups=2)
+    want.backward(g.double())
+    u = 2.0**-8
+    assert ((out.double() - want).abs() <= (u + 2.0**-19) * want.abs()).all()
+    size = (1 + 2 * 0.75) * g.double().abs().max() * 2.0**-0.75  # |g| k^-beta (1 + 2 beta), k = 2
+    assert ((a.grad.double() - exact.grad).abs() <= u * exact.grad.abs() + 2.0**-19 * size).all()
