@@ -103,7 +103,9 @@ class _LRNFunction(torch.autograd.Function):
         return grad_a, None, None, None, None, None
 
 
-def _lrn(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+def _lrn(
+    a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+) -> torch.Tensor:
     """§3.3 in torch ops: b = a / (k + alpha * S(a^2))^beta."""
     scale = channel_window_sum(a * a, size, groups).mul_(alpha).add_(k)
     return a * _neg_pow(scale, beta)
