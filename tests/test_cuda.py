@@ -225,7 +225,7 @@ def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips
     tmp_path, monkeypatch
 ):
     """--decode device: nvjpeg, a batch in one call. Its IDCT and chroma upsampling are not libjpeg-turbo's, so
-    pixels may differ by a few levels: at most 2 on average, the bound torchvision's own test of its CUDA
+    pixels may differ by a few levels: under 2 on average, the bound torchvision's own test of its CUDA
     decoder against the CPU's asks. How far single pixels go is documented nowhere we found: the test says
     what it measured (a warning, in the GPU suite's cuda-tests.txt) instead of asserting a guess."""
     from paper_alexnet.data import BatchLoader
@@ -240,7 +240,7 @@ def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips
         assert images.device.type == torch.device(DEVICE).type and images.shape == images_want.shape
         assert n == n_want and torch.equal(labels.cpu(), labels_want)
         diff = (images.cpu().int() - images_want.int()).abs()
-        assert diff.float().mean() <= 2
+        assert diff.float().mean() < 2  # torchvision test_image.py::test_decode_jpegs_cuda
         warnings.warn(
             f"nvjpeg against libjpeg-turbo: mean |difference| {diff.float().mean():.3f} levels, largest "
             f"{int(diff.max())}, {float((diff > 8).float().mean()):.3%} of pixels beyond 8"
