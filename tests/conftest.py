@@ -25,7 +25,9 @@ def _scratch_in_memory(path: str = "/dev/shm", room: int = 12 * 2**30) -> bool:
     each) that it deletes within seconds; on disk they went through the page cache to a 0.4 GB/s disk, the
     writers held back by the kernel's dirty-page limits: 0.65-0.8 s a checkpoint against 0.19 s in memory,
     measured on the project's CPU, about 3 of the suite's 10 minutes. A passed test's folder goes when it
-    ends (``_free_the_disk`` below); what stays is pytest's usual last three sessions' folders."""
+    ends (``_free_the_disk`` below), and a passing session's whole folder when it ends (setup.cfg's
+    ``tmp_path_retention_policy = failed``); a failing session's stays to be looked at, pytest keeping the
+    last three."""
     try:
         with open("/proc/mounts") as mounts:
             if not any(line.split()[1:3] == [path, "tmpfs"] for line in mounts):
