@@ -68,9 +68,8 @@ def pytest_cmdline_main(config):
         return
     if config.getoption("collectonly") or config.getoption("usepdb"):
         return
-    if config.getoption(
-        "cov_source", None
-    ):  # pytest-cov picks its mode before this hook: give -n yourself
+    # pytest-cov picks its mode before this hook: give -n yourself
+    if config.getoption("cov_source", None):
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if (cores or 1) > 1:
@@ -82,9 +81,8 @@ def pytest_collection_modifyitems(config, items):
     """The tests marked slow (15-60 s each on one core, measured) run first: pytest-xdist's workers then end
     on short tests, together, instead of one waiting for the other's minute-long test at the end. None of them
     takes a module-scoped fixture, whose module would be set up twice if its tests were split up."""
-    items.sort(
-        key=lambda item: item.get_closest_marker("slow") is None
-    )  # stable: the rest as collected
+    # stable: the rest as collected
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture

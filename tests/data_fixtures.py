@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -142,14 +141,9 @@ def train_once(tmp_path_factory, name, argv):
 
 
 def folder_contents(folder) -> dict:
-    """Each file of ``folder`` by name: its SHA-256, read in pieces (a run's checkpoints are 0.45-0.65 GB: a
-    test that held their bytes to compare held twice that), so that two calls are equal exactly when every file
-    is byte for byte the same and none came or went."""
-    found = {}
-    for name in sorted(os.listdir(folder)):
-        digest = hashlib.sha256()
-        with open(os.path.join(folder, name), "rb") as handle:
-            for piece in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(piece)
-        found[name] = digest.hexdigest()
-    return found
+    """Each file of ``folder`` by name: its digest, read in pieces (caffe.sha1; a run's checkpoints are
+    0.45-0.65 GB: a test that held their bytes to compare held twice that), so that two calls are equal exactly
+    when every file is byte for byte the same and none came or went."""
+    from paper_alexnet.caffe import sha1
+
+    return {name: sha1(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
