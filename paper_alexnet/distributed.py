@@ -11,16 +11,27 @@ a no-op.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import datetime
 import logging
+import math
 import os
 import sys
 import time
-from typing import Iterator, List
+from typing import List
 
 import torch
 import torch.distributed as dist
+
+from paper_alexnet.config import ConfigError
+
+# How long a collective (a barrier, an all-reduce, DDP's gradient sums) waits for the slowest process before the
+# job is stopped. The one-time work that may take hours (opening, downloading, the §2/§4.1 statistics of 1.28M
+# images) is done before the group starts, with no collective waiting on it (reproduce.train), so this bounds
+# only what every step waits for: rank 0 writing a checkpoint, a slow or hung peer. NCCL's own default is
+# 10 minutes, gloo's 30; both get this one.
+TIMEOUT_ENV = "PAPER_ALEXNET_GROUP_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +58,30 @@ def from_env() -> Process:
     )
 
 
+def group_timeout() -> float:
+    """The seconds a collective waits (``$PAPER_ALEXNET_GROUP_TIMEOUT_S``, else 30 minutes)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ConfigError(
+            f"{TIMEOUT_ENV}={text!r}: give the seconds a collective may wait, e.g. 1800"
+        )
+    return seconds
+
+
 def start(process: Process, device: torch.device) -> None:
-    """Join the process group: nccl when this process drives a GPU, gloo on the CPU."""
+    """Join the process group: nccl when this process drives a GPU, gloo on the CPU; its collectives wait at
+    most ``group_timeout()``."""
     if process.world > 1 and not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=group_timeout())
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         _JOINED.append(process.rank)
 
 
@@ -82,16 +111,6 @@ def stop(timeout_s: float = 10.0) -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-@contextlib.contextmanager
-def main_first(process: Process) -> Iterator[None]:
-    """Rank 0 does the block first (e.g. builds a cached data set), the others after it, reading its work."""
-    if not process.main:
-        barrier()
-    yield
-    if process.main:
-        barrier()
 
 
 # The tensors all_sum has summed that a backend thread may still hold. gloo's worker thread lets go of a

@@ -1,4 +1,5 @@
-"""One run per folder: a run holds a lock on its ``--out`` from its first moment to its end.
+"""One run per folder: a run holds a lock on its ``--out`` from its first moment to its end. And one process at
+a time on a piece of one-time work (``in_turn``): the first builds a data set's caches, the others then read them.
 
 The lock is an advisory ``flock`` on a file named after the folder's absolute path, in the system's temporary
 folder (so that a refused run writes nothing into ``--out``). The operating system releases it when its
@@ -28,9 +29,57 @@ except ImportError:  # Windows: no flock; runs there are not locked
 
 def lock_path(out: str) -> str:
     """The lock file of ``out``: one folder per user (another user's could not be written)."""
-    key = hashlib.sha1(os.path.realpath(out).encode()).hexdigest()[:20]
+    return _lock_file(os.path.realpath(out))
+
+
+def _lock_file(name: str) -> str:
+    key = hashlib.sha1(name.encode()).hexdigest()[:20]
     user = os.getuid() if hasattr(os, "getuid") else "user"
     return os.path.join(tempfile.gettempdir(), f"paper_alexnet-locks-{user}", f"{key}.lock")
+
+
+@contextlib.contextmanager
+def in_turn(name: str, what: str, say) -> Iterator[None]:
+    """Do the block while no other process of this machine does the block of the same ``name``: the processes of
+    a torchrun job (or runs started together) wait here, with no timeout and no collective, while the first
+    builds what the others then read from its cache. ``say(line)`` is told once when this process waits, and
+    for ``what``."""
+    if fcntl is None:
+        yield
+        return
+    path = _lock_file(name)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError:  # a read-only temporary folder: each process does the work itself
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for {_holder(handle)}, which {what}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        _claim(handle)
+        try:
+            yield
+        finally:
+            _release(handle)
+
+
+def _claim(handle) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
+    handle.flush()
+
+
+def _release(handle) -> None:
+    handle.truncate(0)  # no name left behind for the next contender to read
+    handle.flush()
+    fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _holder(handle) -> str:
@@ -69,15 +118,8 @@ def hold(out: str) -> Iterator[None]:
                 f"{out} is in use by another run ({_holder(handle)}): wait for it to end, or choose another "
                 f"--out"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        handle.flush()
+        _claim(handle)
         try:
             yield
         finally:
-            handle.truncate(0)  # no name left behind for the next contender to read
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            _release(handle)

@@ -32,7 +32,7 @@ import paper_alexnet
 from paper_alexnet import ArchConfig, checkpoint, distributed, list_switches, list_variants, paper
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
-from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
+from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, cache_dir, open_dataset
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.mixing import Mixing
 from paper_alexnet.data.splits import Split
@@ -291,11 +291,14 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
         config, get_network(config.variant), process.local_rank, process.local_world
     )  # before the group starts: a refusal stops every rank alike
     config, resumed, pretrained = check_resume(config, placement)
-    distributed.start(
-        process, placement.first
-    )  # after the checks: bad input stops every rank alike
+    if process.world > 1:
+        distributed.group_timeout()  # a bad setting stops the job before any work
     config = dataclasses.replace(config, quiet=config.quiet or not process.main)
     log_to_stderr(process.main)
+    # before the group starts, as the checks above: no collective waits while the first process opens the data and
+    # computes its statistics (hours for ImageNet), and bad data stops every rank alike
+    data = open_data(config, process)
+    distributed.start(process, placement.first)
     say = (lambda line: print(line, file=sys.stderr)) if process.main else (lambda line: None)
     writer = RunWriter(
         config.out,
@@ -304,7 +307,8 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
         tensorboard=config.tensorboard,
     )
     ctx = Context(config, process, placement, writer, say)
-    data = open_data(ctx)
+    for note in data.dataset.notes:
+        say(note)
     net = build_net(ctx, data, resumed, pretrained)
     record_config(ctx, data, net)
     with StopOnSignal() as stop:  # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
@@ -377,14 +381,19 @@ def _subset(split: Split, limit: Optional[int], seed: int) -> Split:
     return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
 
 
-def open_data(ctx: Context) -> Data:
-    """The data set, its §2 mean image and §4.1 PCA (computed once, cached), and the splits used."""
-    config = ctx.config
-    with distributed.main_first(ctx.process):  # rank 0 builds any cached store and statistics first
+def open_data(config: RunConfig, process: distributed.Process) -> Data:
+    """The data set, its §2 mean image and §4.1 PCA (computed once, cached), and the splits used. The processes
+    of a job (and runs started together) take turns: the first builds any cached store and the statistics, the
+    others wait for it without a timeout, and then read them."""
+    with run_lock.in_turn(
+        f"data {config.data} {cache_dir()}",
+        f"opens --data {config.data} and computes its statistics (once; then cached)",
+        lambda line: print(
+            (f"rank {process.rank}: " if process.world > 1 else "") + line, file=sys.stderr
+        ),
+    ):
         dataset = open_dataset(config.data, download=config.download, progress=not config.quiet)
         stats = dataset.stats(progress=not config.quiet)
-    for note in dataset.notes:
-        ctx.say(note)
     return Data(
         dataset,
         stats,
@@ -525,7 +534,8 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
         f"{net.network.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {config.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
         + (
-            f" x {ctx.process.world} processes (rows of each batch shared out)"
+            f" x {ctx.process.world} processes (rows of each batch shared out; a collective waits at most "
+            f"{distributed.group_timeout():g} s: ${distributed.TIMEOUT_ENV})"
             if ctx.process.world > 1
             else ""
         )

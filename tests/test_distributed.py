@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from paper_alexnet import distributed
+from paper_alexnet.config import ConfigError
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import ArraySplit
 from data_fixtures import blank_tree
@@ -181,6 +182,7 @@ VOTE = """
 import json, sys
 import numpy as np, torch
 from paper_alexnet import distributed
+from paper_alexnet.config import ConfigError
 from paper_alexnet.data import Augment, DataStats, PaperTransform
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import ArraySplit
@@ -265,14 +267,45 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     )  # 3 global batches of 4, not 6
 
 
+# reproduce.train with the §2/§4.1 statistics made slower than the process group's timeout (issue 44, point 2)
+SLOW_STATISTICS = """
+import sys, time
+from paper_alexnet import distributed
+from paper_alexnet.config import ConfigError
+from paper_alexnet.data import sources
+from reproduce import train
+
+computed = sources.split_stats
+
+
+def slowly(*args, **kwargs):
+    time.sleep({delay})
+    return computed(*args, **kwargs)
+
+
+sources.split_stats = slowly
+distributed.end(train.as_program(train.main))
+"""
+
+
 @pytest.mark.slow
 def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoint(
     tmp_path, shared_cache
 ):
     """A stall by construction (blank_tree: every input 0, --recipe quick's zero biases: uniform outputs), 6
-    steps an epoch: the deadline is step 10, in epoch 2, and every rank stops there, exit 4."""
-    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(shared_cache), OMP_NUM_THREADS="1")
+    steps an epoch: the deadline is step 10, in epoch 2, and every rank stops there, exit 4. The same job
+    first computes its data's statistics for longer (12 s) than a collective may wait (10 s): no collective
+    waits on them, so it trains (before: rank 1's barrier timed out while rank 0 computed)."""
+    env = dict(
+        os.environ,
+        PAPER_ALEXNET_CACHE=str(shared_cache),
+        OMP_NUM_THREADS="1",
+        PAPER_ALEXNET_GROUP_TIMEOUT_S="10",
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    )
     root = blank_tree(str(tmp_path / "blank"), train=12, val=2)
+    script = tmp_path / "slow_statistics.py"
+    script.write_text(SLOW_STATISTICS.format(delay=12))
     args = ARGS[2:] + ["--data", f"folder:{root}", "--recipe", "quick"]
     out = tmp_path / "ddp"
     done = subprocess.run(
@@ -283,8 +316,7 @@ def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoi
             "--standalone",
             "--nproc-per-node",
             "2",
-            "-m",
-            "reproduce.train",
+            str(script),
             *args,
             "--out",
             str(out),
@@ -300,6 +332,8 @@ def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoi
         done.stderr.count("stopped at step 10 of the run:") == 1
         and "AttributeError" not in done.stderr
     )
+    # the rank that waited said for what, and the job says how long a collective may wait
+    assert "which opens --data folder:" in done.stderr and "at most 10 s" in done.stderr
     saved = torch.load(
         out / "checkpoint.pt", weights_only=True
     )  # 6 steps an epoch: epoch 2, step 4+
@@ -362,3 +396,14 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(
     for key, state in whole["optimizer"]["state"].items():
         assert torch.equal(two["optimizer"]["state"][key]["velocity"], state["velocity"]), key
     _same_rows(tmp_path / "whole" / "metrics.csv", out / "metrics.csv", exact=True)
+
+
+def test_the_group_timeout_is_read_from_its_variable_and_a_bad_value_is_refused(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.group_timeout() == 1800  # 30 min: gloo's default, NCCL's is 10
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7200")
+    assert distributed.group_timeout() == 7200
+    for bad in ("0", "-5", "ten", "inf", "nan"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
+            distributed.group_timeout()
