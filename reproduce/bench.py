@@ -507,7 +507,7 @@ def bench_features(args) -> list[dict]:
 
     # the net's inference in the layout the commands build it in (placement.channels_last)
     layout = argparse.Namespace(**vars(args))
-    layout.channels_last = channels_last(torch.device(args.device))
+    layout.channels_last = channels_last(torch.device(args.device), getattr(args, "amp", False))
     net_rate = bench_models(layout, only=["paper"])[0]["infer_images_per_s"]
     rows = [{"section": "features", "what": "paper: inference alone (models section)",
              "images_per_s": net_rate}]  # fmt: skip

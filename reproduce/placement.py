@@ -22,6 +22,7 @@ from reproduce.args import UsageError, add_device_flag
 class Placement:
     devices: Tuple[torch.device, ...]  # one device, or one per tower
     note: str  # the one line that announces it
+    channels_last: bool = False  # the net's maps (and its input) in channels-last layout
 
     @property
     def two_tower(self) -> bool:
@@ -133,10 +134,20 @@ def place(
 ) -> Placement:
     """The placement the flags ask for, checked: unknown or absent devices, and processes of one node that
     would share a GPU, are a UsageError."""
+    asked = getattr(args, "channels_last", False)  # train's --channels-last
     if args.devices is None and not args.two_gpu:
         device = pick_device(args.device, local_rank, local_world)
-        layout = "; channels-last maps (AVX-512)" if channels_last(device) else ""
-        return Placement((device,), f"device: {device}{layout}")
+        amp = getattr(args, "amp", False)
+        layout = asked or channels_last(device, amp)
+        why = (
+            "--channels-last"
+            if asked
+            else "bfloat16 on CUDA"
+            if device.type == "cuda"
+            else "AVX-512"
+        )
+        note = f"device: {device}" + (f"; channels-last maps ({why})" if layout else "")
+        return Placement((device,), note, layout)
     if config is not None and not splits_in_two(config):
         raise UsageError(
             f"--two-gpu needs a net split in two towers as §3.2 (paper and its switches), "
@@ -151,38 +162,47 @@ def place(
         if local_world > 1 and any(n.startswith("cuda") for n in names):
             own_gpus(visible_gpus(), local_world, 2, named=args.devices)
         devices = tuple(pick_device(n, local_rank) for n in names)
-        return Placement(devices, f"two towers (§3.2) on {devices[0]} and {devices[1]} (--devices)")
+        return Placement(
+            devices, f"two towers (§3.2) on {devices[0]} and {devices[1]} (--devices)", asked
+        )
     gpus = visible_gpus()
     devices = tower_devices(gpus, local_rank, local_world)
     if devices[0] != devices[1]:
         return Placement(
-            devices, f"two towers (§3.2) on {devices[0]} and {devices[1]}: {gpus} GPUs"
+            devices, f"two towers (§3.2) on {devices[0]} and {devices[1]}: {gpus} GPUs", asked
         )
     if gpus:
         return Placement(
             devices,
             f"two towers (§3.2) both on {devices[0]}: one GPU here; activations still cross only where §3.2 "
             "says",
+            asked,
         )
-    return Placement(devices, "two towers (§3.2) both on the CPU: no GPU here")
+    return Placement(devices, "two towers (§3.2) both on the CPU: no GPU here", asked)
 
 
-def channels_last(device: torch.device) -> bool:
+def channels_last(device: torch.device, amp: bool = False) -> bool:
     """Whether a net on one ``device`` runs with channels-last maps: on a CPU with AVX-512 kernels, where the
-    paper net trains 1.08x and infers 1.2x as fast so (and on AVX2 0.95x: docs/performance.md).
-    ``PAPER_ALEXNET_CHANNELS_LAST=1`` or ``0`` decides instead; ``reproduce.train --channels-last`` too."""
+    paper net trains 1.08x and infers 1.2x as fast so (and on AVX2 0.95x: docs/performance.md); on CUDA under
+    bfloat16 autocast (``amp``), whose tensor-core convolutions take channels-last maps (in channel planes cuDNN
+    transposes around each). ``PAPER_ALEXNET_CHANNELS_LAST=1`` or ``0`` decides instead; ``reproduce.train
+    --channels-last`` too."""
     asked = os.environ.get("PAPER_ALEXNET_CHANNELS_LAST", "auto").strip().lower()
     if asked in ("0", "1"):
         return asked == "1"
+    if device.type == "cuda":
+        return amp
     return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def build_placed(config: Network, placement: Placement) -> torch.nn.Module:
-    """The net on the one device (channels-last where :func:`channels_last` says), or the two-tower net
-    across the two (same weights as the grouped net)."""
-    if placement.two_tower:
-        return TwoTowerAlexNet(config, placement.devices)
-    model = build_network(config).to(placement.first)
-    if channels_last(placement.first):  # the weights' layout; the convolutions' outputs follow it
+    """The net on the one device (channels-last where the placement says), or the two-tower net across the two
+    (same weights as the grouped net)."""
+    model = (
+        TwoTowerAlexNet(config, placement.devices)
+        if placement.two_tower
+        else build_network(config).to(placement.first)
+    )
+    if placement.channels_last:  # the weights' layout; the convolutions' outputs follow it
         model.to(memory_format=torch.channels_last)
     return model

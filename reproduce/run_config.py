@@ -107,6 +107,8 @@ class RunConfig:
     seed: int = 0
     amp: bool = False
     channels_last: bool = False
+    deterministic: bool = False
+    no_tf32: bool = False
     tensorboard: bool = False
     pretrained: Optional[str] = None
     freeze_features: bool = False

@@ -29,7 +29,15 @@ import numpy as np
 import torch
 
 import paper_alexnet
-from paper_alexnet import ArchConfig, checkpoint, distributed, list_switches, list_variants, paper
+from paper_alexnet import (
+    ArchConfig,
+    backends,
+    checkpoint,
+    distributed,
+    list_switches,
+    list_variants,
+    paper,
+)
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, cache_dir, open_dataset
@@ -192,7 +200,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--channels-last",
         action="store_true",
         help="channels-last memory format (already the default on a CPU with AVX-512, where the paper "
-        "net trains 1.08x as fast so; on AVX2 0.95x: docs/performance.md)",
+        "net trains 1.08x as fast so, on AVX2 0.95x; and on CUDA with --amp: docs/performance.md)",
+    )
+    run_group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="on CUDA: cuDNN's deterministic algorithms, no autotuning (by default cudnn.benchmark picks "
+        "each layer's fastest, which may differ from run to run)",
+    )
+    run_group.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="on CUDA: IEEE float32 matmuls and convolutions (by default both in TF32 on tensor cores)",
     )
     run_group.add_argument(
         "--tensorboard",
@@ -257,6 +276,7 @@ class Context:
     say: Callable[[str], None]  # the lines rank 0 prints (--quiet hides progress bars, never these)
     # (epoch, metrics.Predictions) of the best epoch's validation: best.pt's per-class files at the end
     best_predictions: Optional[tuple] = None
+    cuda: dict = dataclasses.field(default_factory=dict)  # the CUDA settings taken (backends.state)
 
 
 @dataclasses.dataclass
@@ -307,6 +327,7 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
         tensorboard=config.tensorboard,
     )
     ctx = Context(config, process, placement, writer, say)
+    ctx.cuda = backends.configure(placement.first, config.deterministic, not config.no_tf32)
     for note in data.dataset.notes:
         say(note)
     net = build_net(ctx, data, resumed, pretrained)
@@ -428,8 +449,6 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
         for name, weight in model.named_parameters():
             if name.split(".")[-2].startswith("conv"):
                 weight.requires_grad_(False)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
     trained = distributed.wrap(
         model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first
     )
@@ -456,8 +475,6 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     average = None
     if config.ema:
         average = WeightAverage(model, build_placed(network, ctx.placement), config.ema)
-        if config.channels_last:
-            average.model.to(memory_format=torch.channels_last)
     if resumed is not None:
         model.load_state_dict(resumed.trained if resumed.trained is not None else resumed.model)
         if average is not None:
@@ -564,6 +581,8 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
             "val_images": len(data.val),
             "pca_source": data.stats.pca_source,
             "devices": [str(d) for d in ctx.placement.devices],
+            "channels_last": ctx.placement.channels_last,
+            "cuda_settings": ctx.cuda or None,
             "processes": ctx.process.world,
             "versions": {
                 "paper_alexnet": paper_alexnet.__version__,
@@ -739,7 +758,7 @@ def one_epoch(
             net.generator,
             device=ctx.placement.first,
             amp=config.amp,
-            channels_last=config.channels_last,
+            channels_last=ctx.placement.channels_last,
             rank=process.rank,
             world=process.world,
             on_step=on_step,

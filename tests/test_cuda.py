@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import paper_reference as ref
-from paper_alexnet import LocalResponseNorm, TwoTowerAlexNet, build_model
+from paper_alexnet import LocalResponseNorm, TwoTowerAlexNet, backends, build_model
 from data_fixtures import colour_image
 
 DEVICE = os.environ.get("PAPER_ALEXNET_TEST_DEVICE", "cuda")
@@ -44,10 +44,8 @@ pytestmark = [
 @pytest.fixture(autouse=True)
 def exact_float32():
     """float32 as float32: TF32 matmuls and convolutions would be the tolerance, not the code."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with backends.exact_float32():  # the package's one TF32 API (torch's fp32_precision)
+        yield
 
 
 def _activations(shape=(2, 96, 13, 13), seed=0):

@@ -34,9 +34,13 @@ def _rows(path):
 
 def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
     out = tmp_path / "run"
-    assert train.main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
+    # the CUDA flags are recorded; on the CPU they set nothing (cuda_settings: tests/test_backends.py)
+    flags = ["--deterministic", "--no-tf32"]
+    assert train.main(TINY + ["--epochs", "2", "--out", str(out), *flags]) == 0
     config = run_config.read_record(str(out))
     assert config["recipe"] == "quick" and config["quick_changes"]["init"] == "he"
+    assert config["deterministic"] is True and config["no_tf32"] is True
+    assert config["cuda_settings"] is None and isinstance(config["channels_last"], bool)
     assert config["batch_size"] == 8 and config["versions"]["torch"] == torch.__version__
     assert config["model"]["name"] == "paper" and config["model"]["num_classes"] == 4
     rows = _rows(out / "metrics.csv")
