@@ -285,6 +285,7 @@ TINY = [
     "0.001",
     "--device",
     DEVICE,
+    "--no-tf32",  # runs compared within float32 rounding, not TF32's 10-bit mantissas
 ]
 
 
@@ -319,13 +320,37 @@ def test_data_parallel_on_the_device_equals_one_process(tmp_path, processes):
     _train(args + ["--out", str(tmp_path / "ddp")], env, processes)
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["processes"] == processes
-    with (
-        open(tmp_path / "single" / "metrics.csv") as a,
-        open(tmp_path / "ddp" / "metrics.csv") as b,
-    ):
-        for x, y in zip(csv.DictReader(a), csv.DictReader(b)):
-            for key in ("train_loss", "val_loss", "val_top1_err"):
-                assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-3, abs=1e-5), key
+    _metrics_agree(tmp_path / "single" / "metrics.csv", tmp_path / "ddp" / "metrics.csv")
+
+
+def _metrics_agree(a, b):
+    with open(a) as x, open(b) as y:
+        rows = list(zip(csv.DictReader(x), csv.DictReader(y)))
+    assert rows
+    for x, y in rows:
+        for key in ("train_loss", "val_loss", "val_top1_err"):
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.parametrize("processes, gpus", [(1, 2), (2, 4)])
+def test_the_two_towers_on_two_gpus_a_process_equal_the_grouped_net_on_one(
+    tmp_path, processes, gpus
+):
+    """§3.2 as the paper ran it (one process, a tower a GPU), and as 8-GPU users will (DDP over the two-tower
+    net, device_ids=None: each process drives its own two GPUs): what one process computes on one GPU."""
+    if GPUS < gpus:
+        pytest.skip(f"{processes} process(es) with two towers each need {gpus} GPUs")
+    env = dict(os.environ, PAPER_ALEXNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    args = [w for w in TINY if w not in ("--device", DEVICE)]
+    _train(args + ["--device", "cuda:0", "--out", str(tmp_path / "one")], env)
+    log = _train(
+        args + ["--two-gpu", "--out", str(tmp_path / "towers")],
+        env,
+        processes if processes > 1 else 0,
+    )
+    config = json.loads((tmp_path / "towers" / "config.json").read_text())
+    assert config["devices"] == ["cuda:0", "cuda:1"] and config["processes"] == processes, log
+    _metrics_agree(tmp_path / "one" / "metrics.csv", tmp_path / "towers" / "metrics.csv")
 
 
 def test_prepare_train_evaluate_predict_on_the_device_from_a_store(tmp_path, monkeypatch, capsys):
