@@ -45,6 +45,7 @@ import torch
 from paper_alexnet import (
     AlexNet,
     TwoTowerAlexNet,
+    backends,
     build_model,
     cpu_linear,
     cpu_memory,
@@ -242,15 +243,43 @@ def _median_seconds(work, repeats: int, warmup: int, sync) -> float:
 
 def matmul_work(device: torch.device, dtype: torch.dtype, size: int = 2048) -> dict:
     """Square matrix multiplies on ``device`` in ``dtype`` (the nets' compute type), by each library torch
-    has for it, and their FLOPs: the reachable peak is the fastest of them. On a CPU, torch.mm is MKL's
-    sgemm, which runs its AVX2 code on CPUs not made by Intel; oneDNN's (which the convolutions use, and
-    fc6..fc8 where cpu_linear chooses it) runs AVX-512 there: 165 against 380 GFLOP/s on an AMD Zen 5."""
+    has for it: name -> (a function that times one sample and returns its seconds, the sample's FLOPs). The
+    reachable peak is the fastest of them. On a CPU, torch.mm is MKL's sgemm, which runs its AVX2 code on
+    CPUs not made by Intel; oneDNN's (which the convolutions use, and fc6..fc8 where cpu_linear chooses it)
+    runs AVX-512 there: 165 against 380 GFLOP/s on an AMD Zen 5. On CUDA a sample is 8 multiplies of 8192²
+    matrices queued back to back and timed by CUDA events, so that neither a launch nor a synchronisation
+    counts (one 2048² multiply lasts about as long as its launch on an H100)."""
+    if device.type == "cuda":
+        size, count = 8192, 8
+        a, b, c = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(3))
+
+        def on_gpu() -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(count):
+                torch.mm(a, b, out=c)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000
+
+        return {"torch.mm": (on_gpu, count * 2 * size**3)}
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     work = {"torch.mm": lambda: a @ b}
     if device.type == "cpu" and cpu_linear.has_onednn():
         work["oneDNN"] = lambda: cpu_linear.onednn_mm(a, b)
-    return {name: (run, 2 * size**3) for name, run in work.items()}
+    return {name: (_timed(run), 2 * size**3) for name, run in work.items()}
+
+
+def _timed(work):
+    """One sample of ``work`` on the CPU, in seconds."""
+
+    def seconds() -> float:
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
+
+    return seconds
 
 
 def step_flops(layers) -> int:
@@ -358,16 +387,16 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     held = args.repeats > 1
     names = list(nets)
     times, matmul_s = {name: ([], []) for name in nets}, {name: [] for name in matmuls}
-    for run, _ in matmuls.values():
-        _median_seconds(run, 1, 2, sync)
+    for seconds, _ in matmuls.values():  # warm-up: the library's first call, the clocks up
+        seconds(), seconds()
 
     def take_turn(name, step, infer):
         times[name][0].append(_median_seconds(step, 1, 0, sync))
         times[name][1].append(_median_seconds(infer, 1, 0, sync))
 
     def time_matmuls():
-        for name, (run, _) in matmuls.items():
-            matmul_s[name].append(_median_seconds(run, 3, 0, sync))
+        for name, (seconds, _) in matmuls.items():
+            matmul_s[name].append(_median([seconds() for _ in range(3)]))
 
     cases, paper_net = {}, None
     for name, (make, lrn) in nets.items():
@@ -657,6 +686,9 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--device {args.device} is not usable here ({str(err).splitlines()[0]})"
         ) from None
+    backends.configure(
+        torch.device(args.device)
+    )  # as reproduce.train runs on CUDA: autotuned, TF32
 
 
 def run(args: argparse.Namespace) -> int:

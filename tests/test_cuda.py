@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -441,3 +442,29 @@ def test_features_and_per_class_files_on_the_device_agree_with_the_cpu(tmp_path,
         with open(tmp_path / f"eval-{device}" / "per_class.csv", newline="") as handle:
             rows[device] = [int(r["images"]) for r in csv.DictReader(handle)]
     assert rows[DEVICE] == rows["cpu"] and sum(rows["cpu"]) == 8
+
+
+def test_the_matmul_peak_counts_no_launch_and_no_synchronisation():
+    """The bench's peak (8 multiplies of 8192² a sample, timed by CUDA events) is at least what one 2048²
+    multiply timed with a synchronisation reaches: the launch and the wait count in the second, not the first."""
+    from reproduce import bench
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("CUDA events: a GPU's")
+    device = torch.device(DEVICE)
+    ((seconds, flops),) = bench.matmul_work(device, torch.bfloat16).values()
+    assert flops == 8 * 2 * 8192**3
+    seconds(), seconds()  # warm-up
+    peak = flops / min(seconds() for _ in range(3))
+    a = torch.randn(2048, 2048, device=device, dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    one = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ a
+        torch.cuda.synchronize()
+        one.append(time.perf_counter() - start)
+    print(
+        f"matmul peak {peak / 1e12:.0f} TFLOP/s; one 2048² multiply with a sync: {2 * 2048**3 / min(one) / 1e12:.0f}"
+    )
+    assert peak >= 2 * 2048**3 / min(one)
