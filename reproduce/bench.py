@@ -67,6 +67,7 @@ from reproduce.args import (
     UsageError,
     add_device_flag,
     add_workers_flag,
+    loader_processes,
     check_workers,
     exit_code,
     write_csv,
@@ -611,7 +612,7 @@ def add_measure_flags(parser: argparse.ArgumentParser, batch: str) -> None:
     parser.add_argument(
         "--quality", type=int, default=JPEG_QUALITY, help="data: the JPEG store's quality"
     )
-    add_workers_flag(parser)
+    add_workers_flag(parser, train=True)
     parser.add_argument(
         "--system-malloc",
         action="store_true",
@@ -686,9 +687,9 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--device {args.device} is not usable here ({str(err).splitlines()[0]})"
         ) from None
-    backends.configure(
-        torch.device(args.device)
-    )  # as reproduce.train runs on CUDA: autotuned, TF32
+    # as reproduce.train runs on CUDA (autotuned, TF32), with its default loader processes
+    backends.configure(torch.device(args.device))
+    args.workers = loader_processes(args.workers, args.device)
 
 
 def run(args: argparse.Namespace) -> int:

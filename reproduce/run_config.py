@@ -20,7 +20,7 @@ from paper_alexnet.cli import for_file
 from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.networks import get_network
 from reproduce import recipes
-from reproduce.args import DEFAULT_WORKERS, UsageError, augment_from_args
+from reproduce.args import UsageError, augment_from_args
 
 FORMAT = "paper_alexnet.run/2"  # config.json; /1 (no format field) kept the flags under "args"
 # Filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto).
@@ -74,7 +74,7 @@ class RunConfig:
     )
     jitter: Optional[float] = None  # not §4.1: colour jitter (0: off; None: the recipe's)
     mean: Optional[str] = None  # None: the mean image (§2)
-    workers: int = DEFAULT_WORKERS
+    workers: Optional[int] = None  # None: args.loader_processes' (by device and cores)
     decode: str = "auto"
     strict: bool = False
     download: bool = False

@@ -23,7 +23,7 @@ import math
 import os
 import platform
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from paper_alexnet import (
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, cache_dir, open_dataset
-from paper_alexnet.data.loader import BatchLoader
+from paper_alexnet.data.loader import BatchLoader, WorkerPool
 from paper_alexnet.data.mixing import Mixing
 from paper_alexnet.data.splits import Split
 from paper_alexnet.ema import WeightAverage
@@ -60,6 +60,7 @@ from reproduce.args import (
     add_reading_flags,
     augment_from_args,
     exit_code,
+    loader_processes,
     say_skipped,
 )
 from reproduce.placement import Placement, add_device_arguments, build_placed, place
@@ -285,6 +286,8 @@ class Data:
     stats: DataStats
     train: Split
     val: Split
+    # the loader processes: a WorkerPool kept for every epoch and evaluation of the run, or 0 (none)
+    workers: Union[int, WorkerPool] = 0
 
 
 @dataclasses.dataclass
@@ -310,6 +313,8 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
     placement = place(
         config, get_network(config.variant), process.local_rank, process.local_world
     )  # before the group starts: a refusal stops every rank alike
+    workers = loader_processes(config.workers, placement.first, process.local_world)
+    config = dataclasses.replace(config, workers=workers)
     config, resumed, pretrained = check_resume(config, placement)
     if process.world > 1:
         distributed.group_timeout()  # a bad setting stops the job before any work
@@ -332,12 +337,22 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
         say(note)
     net = build_net(ctx, data, resumed, pretrained)
     record_config(ctx, data, net)
+    if (
+        config.workers
+    ):  # one set of loader processes for the whole run, not one an epoch and an evaluation
+        data.workers = WorkerPool(
+            {"train": data.train, "val": data.val}, config.workers, placement.first, config.decode
+        )
     with StopOnSignal() as stop:  # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
         try:
-            code, rows = train_epochs(ctx, data, net, resumed, stop)
+            try:
+                code, rows = train_epochs(ctx, data, net, resumed, stop)
+            finally:
+                writer.close()
+            return code if code is not None else finish(ctx, data, net, rows, stop)
         finally:
-            writer.close()
-        return code if code is not None else finish(ctx, data, net, rows, stop)
+            if isinstance(data.workers, WorkerPool):
+                data.workers.close()
 
 
 # --- 1. what is resumed ----------------------------------------------------------------------------------
@@ -721,7 +736,7 @@ def one_epoch(
         config.batch_size,
         seed=config.seed,
         epoch=epoch,
-        workers=config.workers,
+        workers=data.workers,
         strict=config.strict,
         rank=process.rank,
         world=process.world,
@@ -787,7 +802,7 @@ def score(
         device=ctx.placement.first,
         batch_size=config.batch_size,
         ten_crop=ten_crop,
-        workers=config.workers,
+        workers=data.workers,
         strict=config.strict,
         amp=config.amp,
         progress=ten_crop and not config.quiet,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -189,8 +190,8 @@ def test_the_transform_on_the_device_is_the_cpus_transform():
     )
 
 
-def _jpeg_store(tmp_path, monkeypatch, wipe: int):
-    """A JPEG store of the synthetic set with training entry ``wipe`` overwritten (a corrupt entry)."""
+def _jpeg_store(tmp_path, monkeypatch, wipe: Optional[int]):
+    """A JPEG store of the synthetic set with training entry ``wipe`` overwritten (a corrupt entry), if any."""
     from paper_alexnet.data import Store
     from reproduce import prepare
 
@@ -212,11 +213,12 @@ def _jpeg_store(tmp_path, monkeypatch, wipe: int):
         )
         == 0
     )
-    offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
-    row = int(Store(str(out)).splits["train"].index[wipe])
-    with open(out / "images.jpg", "r+b") as handle:
-        handle.seek(int(offsets[row]))
-        handle.write(b"\x00" * int(offsets[row + 1] - offsets[row]))
+    if wipe is not None:
+        offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
+        row = int(Store(str(out)).splits["train"].index[wipe])
+        with open(out / "images.jpg", "r+b") as handle:
+            handle.seek(int(offsets[row]))
+            handle.write(b"\x00" * int(offsets[row + 1] - offsets[row]))
     return Store(str(out)).splits["train"]
 
 
@@ -245,6 +247,36 @@ def test_a_jpeg_store_decoded_on_the_device_is_the_cpu_decoders_images_and_skips
             f"{int(diff.max())}, {float((diff > 8).float().mean()):.3%} of pixels beyond 8"
         )
     assert there.skipped == here.skipped and len(there.skipped) == 1
+
+
+def test_the_device_decode_never_writes_into_memory_that_queued_work_still_reads(
+    tmp_path, monkeypatch
+):
+    """pytorch/vision#9606's check: tensors of a decoded image's size, freed while reductions over them are
+    still queued behind a long kernel, then a decode on the same stream; every reduction must see its own
+    values (the decode waits for the queued work: store.decode_jpegs)."""
+    from paper_alexnet.data.store import decode_jpegs
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("nvjpeg: a GPU's")
+    split = _jpeg_store(tmp_path, monkeypatch, wipe=None)
+    encoded = split.encoded(list(range(8)))
+    device = torch.device(DEVICE)
+    wrong = 0
+    for _ in range(20):
+        held = [
+            torch.full((3, 256, 256), k + 1, dtype=torch.uint8, device=device) for k in range(16)
+        ]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(50_000_000)  # a long kernel, so the reductions below stay queued
+        sums = [t.sum(dtype=torch.int64) for t in held]
+        del (
+            held
+        )  # their blocks go back to this stream's pool while the sums still wait to read them
+        decode_jpegs(*encoded, device=device)
+        torch.cuda.synchronize()
+        wrong += sum(int(s) != (k + 1) * 3 * 256 * 256 for k, s in enumerate(sums))
+    assert wrong == 0
 
 
 def test_batches_staged_ahead_on_a_side_stream_are_the_batches_the_cpu_loads():

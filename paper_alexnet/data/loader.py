@@ -70,6 +70,94 @@ class _Batches(torch.utils.data.Dataset):
         )
 
 
+class _PoolBatches(torch.utils.data.Dataset):
+    """dataset[(split's name, list of indices)] -> that split's batch, as :class:`_Batches` gives it."""
+
+    def __init__(self, batches: dict):
+        self.batches = batches
+
+    def __getitem__(self, item):
+        name, indices = item
+        return self.batches[name][indices]
+
+
+class _Plan(torch.utils.data.Sampler):
+    """The (split's name, indices) a pool's workers read next: set before each pass (an epoch, an evaluation)."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class WorkerPool:
+    """One set of loader processes for a whole run: every epoch's and every evaluation's batches of ``splits``
+    (name -> Split), read by the same workers (DataLoader's persistent workers). A new DataLoader for each
+    pass would start its processes again each time: on a GPU that costs seconds an epoch (and an evaluation)
+    while the GPU waits. Close it (or use it in a ``with``) to end the processes."""
+
+    def __init__(self, splits: dict, workers: int, device=None, decode: str = "workers"):
+        if workers < 1:
+            raise ValueError(f"a worker pool needs at least 1 worker, not {workers}")
+        self.workers, self.splits = workers, dict(splits)
+        self.device = None if device is None else torch.device(device)
+        self.encoded = {
+            name: _decodes_on_device(split, decode, self.device) for name, split in splits.items()
+        }
+        self._plan = _Plan()
+        self.loader = torch.utils.data.DataLoader(
+            _PoolBatches(
+                {name: _Batches(split, self.encoded[name]) for name, split in splits.items()}
+            ),
+            sampler=self._plan,
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=workers,
+            pin_memory=self.device is not None and self.device.type == "cuda",
+            persistent_workers=True,
+            prefetch_factor=2,
+            worker_init_fn=_leave_signals_to_the_main_process,
+        )
+
+    def name_of(self, split: Split):
+        """The pool's name for ``split`` (the very object), or None."""
+        return next((name for name, held in self.splits.items() if held is split), None)
+
+    def pass_over(self, name: str, batches: list) -> "_Pass":
+        return _Pass(self, name, batches)
+
+    def close(self) -> None:
+        """End the worker processes (the DataLoader's iterator holds them)."""
+        self.loader = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Pass:
+    """One pass of a pool's workers over these batches of one split: iterable once, as a DataLoader is."""
+
+    def __init__(self, pool: WorkerPool, name: str, batches: list):
+        self.pool, self.name, self.batches = pool, name, batches
+
+    def __iter__(self):
+        if self.pool.loader is None:
+            raise RuntimeError("the worker pool was closed")
+        self.pool._plan.items = [(self.name, b) for b in self.batches]
+        return iter(self.pool.loader)
+
+
+def _decodes_on_device(split: Split, decode: str, device) -> bool:
+    return decode_where(decode, device or "cpu") == "device" and split.defers_decoding
+
+
 def _as_is(batch):
     return batch
 
@@ -96,7 +184,7 @@ class BatchLoader:
         seed: int = 0,
         epoch: int = 0,
         drop_last: bool = False,
-        workers: int = 0,
+        workers: "int | WorkerPool" = 0,
         strict: bool = False,
         start_batch: int = 0,
         rank: int = 0,
@@ -108,16 +196,22 @@ class BatchLoader:
             raise ValueError(f"rank {rank} is not one of {world} processes")
         self.split, self.strict, self.rank, self.world = split, strict, rank, world
         self.device = None if device is None else torch.device(device)
-        self.decode_on_device = (
-            decode_where(decode, self.device or "cpu") == "device" and split.defers_decoding
-        )
+        self.decode_on_device = _decodes_on_device(split, decode, self.device)
         self.batches = epoch_order(len(split), batch_size, seed, epoch, shuffle, drop_last)[
             start_batch:
         ]
         self.skipped: list = []
+        shares = [b[rank::world] for b in self.batches]
+        pool = workers if isinstance(workers, WorkerPool) else None
+        name = pool.name_of(split) if pool is not None else None
+        if name is not None:  # the run's workers, already started (and the pool's way of decoding)
+            self.decode_on_device = pool.encoded[name]
+            self.loader = pool.pass_over(name, shares)
+            return
+        workers = pool.workers if pool is not None else workers
         self.loader = torch.utils.data.DataLoader(
             _Batches(split, encoded=self.decode_on_device),
-            sampler=[b[rank::world] for b in self.batches],
+            sampler=shares,
             batch_size=None,
             collate_fn=_as_is,
             num_workers=workers,

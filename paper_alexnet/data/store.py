@@ -182,6 +182,12 @@ def decode_jpegs(
     size = paper.IMAGE_SIZE
     at = bounds.tolist()
     datas = [blob[start:end] for start, end in zip(at[:-1], at[1:])]
+    if torch.device(device).type == "cuda":
+        # nvjpeg writes its outputs from a stream of its own (and its hardware engine ignores stream order),
+        # into blocks the caching allocator may just have taken back from this stream while kernels queued
+        # here (the last batch's stack) still read them: pytorch/vision#9606, meta-pytorch/torchcodec#1634.
+        # So the decode starts once the work queued before it is done.
+        torch.cuda.current_stream(device).synchronize()
     try:
         images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device) if datas else []
         if images and all(tuple(image.shape) == (3, size, size) for image in images):

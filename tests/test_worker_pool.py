@@ -1,0 +1,80 @@
+"""One set of loader processes for a whole run (issue 44, point 13): every epoch's and every evaluation's batches
+come from the same workers, the same batches a fresh loader gives."""
+
+import os
+
+import numpy as np
+import torch
+
+from paper_alexnet.data.loader import BatchLoader, WorkerPool
+from paper_alexnet.data.splits import Split
+from reproduce import train
+
+TINY = ["--data", "synthetic?classes=4&train=16&val=8", "-b", "8", "--quiet"]
+
+
+class Numbered(Split):
+    """Image i is filled with i % 256; each batch says which process read it (its last row of labels)."""
+
+    def __init__(self, name, count):
+        super().__init__(name, np.arange(count) % 3)
+
+    def load(self, i):
+        return np.full((256, 256, 3), i % 256, dtype=np.uint8)
+
+    def batch(self, indices, strict=False):
+        images, labels, skipped = super().batch(indices, strict)
+        return images, torch.cat([labels, torch.tensor([os.getpid()])]), skipped
+
+
+def _read(loader):
+    rows, readers = [], set()
+    for images, labels in loader:
+        rows.append(images[:, 0, 0, 0].tolist())
+        readers.add(int(labels[-1]))
+    return rows, readers
+
+
+def test_a_pool_gives_every_pass_the_batches_a_new_loader_gives_from_the_same_processes():
+    train_split, val_split = Numbered("train", 40), Numbered("val", 12)
+    readers = set()
+    with WorkerPool({"train": train_split, "val": val_split}, 2) as pool:
+        for epoch in range(3):
+            got, seen = _read(BatchLoader(train_split, 8, epoch=epoch, workers=pool))
+            assert got == _read(BatchLoader(train_split, 8, epoch=epoch))[0]
+            readers |= seen
+            got, seen = _read(BatchLoader(val_split, 5, shuffle=False, workers=pool))
+            assert got == _read(BatchLoader(val_split, 5, shuffle=False))[0]
+            readers |= seen
+        # a resumed epoch and a share of a data-parallel job take the pool's rows too
+        got, _ = _read(
+            BatchLoader(train_split, 8, epoch=1, start_batch=2, rank=1, world=2, workers=pool)
+        )
+        assert got == _read(BatchLoader(train_split, 8, epoch=1, start_batch=2, rank=1, world=2))[0]
+    assert len(readers) == 2 and os.getpid() not in readers  # 6 passes, the same 2 processes
+
+
+def test_a_run_starts_its_loader_processes_once(tmp_path, monkeypatch, shared_cache):
+    """2 epochs, each validated, and the final per-class pass: one DataLoader for the run."""
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(shared_cache))
+    built = []
+    real = torch.utils.data.DataLoader.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(kwargs.get("persistent_workers"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", counted)
+    out = tmp_path / "run"
+    argv = TINY + [
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--variant",
+        "paper+no-lrn",
+        "--out",
+        str(out),
+    ]
+    assert train.main(argv) == 0
+    assert built == [True]
