@@ -56,3 +56,18 @@ def exact_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+@contextlib.contextmanager
+def sync_allowed() -> Iterator[None]:
+    """A host-device synchronisation the code means to make (a step's one readback): not reported by
+    ``torch.cuda.set_sync_debug_mode``, which then finds every other one (tests/test_cuda.py)."""
+    if not torch.cuda.is_initialized() or torch.cuda.get_sync_debug_mode() == 0:
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)

@@ -126,13 +126,18 @@ def all_sum(values: list) -> list:
         return list(values)
     backend = dist.get_backend()
     device = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
-    total = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    sums = total.tolist()
-    _SUMMED.append(total)
-    del total
+    return sum_in_place(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def sum_in_place(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the data-parallel processes, in place, where it is (on the GPU NCCL sums on:
+    no readback); as it is when there is only one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    dist.all_reduce(tensor)
+    _SUMMED.append(tensor)
     _SUMMED[:] = held_elsewhere(_SUMMED)
-    return sums
+    return tensor
 
 
 def each(value: float, process: Process) -> list:

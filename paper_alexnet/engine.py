@@ -21,9 +21,17 @@ from .data import BatchLoader, PaperTransform
 from .data.transforms import FLIP_CROPS
 from .data.mixing import Mixing, mix_images, mix_targets
 from .data.splits import Split
-from .distributed import all_sum
+from .backends import sync_allowed
+from .distributed import all_sum, sum_in_place
 from .ema import WeightAverage
-from .metrics import Predictions, top5_applies, topk_correct
+from .metrics import Predictions, top5_applies, topk_correct, topk_hits
+
+
+def _sent(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A few CPU numbers on ``device``: to a GPU pinned and non-blocking (a blocking copy waits for the queue)."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -113,16 +121,25 @@ def train_one_epoch(
         local = F.cross_entropy(
             logits.float(), target, reduction="sum", label_smoothing=label_smoothing
         )
-        hits = topk_correct(logits.detach().float(), y, (1,))[1]
-        total, value, hits, stops = all_sum(
-            [len(y), float(local.detach()), hits, float(bool(stop and stop()))]
+        hits = topk_hits(logits.detach().float(), y, (1,))[1]
+        # the step's figures, summed over the processes on the device: images, the stop vote, loss, top-1 hits
+        asked = torch.tensor([len(y), float(bool(stop and stop()))], dtype=torch.float64)
+        sums = sum_in_place(
+            torch.cat(
+                [_sent(asked, device), local.detach().double().view(1), hits.double().view(1)]
+            )
         )
+        optimizer.zero_grad(set_to_none=True)
+        (local * (world / sums[0].clamp_min(1)).to(local.dtype)).backward()
+        # The step's one readback, with the backward already queued: the non-finite check must come before the
+        # weights move, and every process must stop after the same step. It costs the GPU the time the host
+        # then takes to queue the optimiser step and the next batch's forward (docs/performance.md).
+        with sync_allowed():
+            total, stops, value, hits = sums.tolist()
         if not math.isfinite(value):
             raise NonFiniteLoss(
                 f"the training loss became {value / max(total, 1)} at step {step + 1} of the epoch"
             )
-        optimizer.zero_grad(set_to_none=True)
-        (local * (world / max(total, 1))).backward()
         optimizer.step()
         if average is not None:
             average.update()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import fused_lrn, paper
+from . import compiled_stage, fused_lrn, paper
 
 if TYPE_CHECKING:
     from .config import ArchConfig
@@ -158,8 +158,9 @@ class _ReluLRNPoolFunction(torch.autograd.Function):
         return fused_lrn.stage_backward(z, at, grad_out, window, groups, pool), None, None, None
 
 
-def _fusable(act: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
-    """Whether act -> norm -> pool is ReLU -> §3.3 LRN -> plain max-pool that the fused kernel computes."""
+def _paper_stage(act: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
+    """Whether act -> norm -> pool is ReLU -> §3.3 LRN -> plain max-pool, as the fused kernel and the compiled
+    stage compute it."""
     modules = (act, norm, pool)
     return (
         type(act) is nn.ReLU
@@ -175,7 +176,6 @@ def _fusable(act: nn.Module, norm: nn.Module, pool: nn.Module, x: torch.Tensor) 
         and min(x.shape[2:]) >= _square(pool.kernel_size)
         and x.shape[1] % norm.groups == 0
         and not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-        and fused_lrn.applies(x, layouts=True)  # in channel planes or channels-last
     )
 
 
@@ -191,15 +191,19 @@ def relu_norm_pool(
 ) -> torch.Tensor:
     """``pool(norm(act(x)))``: §3.5's order after conv1 and conv2 (ReLU §3.1, LRN §3.3, pooling §3.4).
 
-    When these are the paper's ReLU, LRN and max-pooling (no hooks) on a contiguous float CPU tensor, one
-    fused kernel pass computes all three (docs/performance.md); otherwise the three modules run in turn.
+    When these are the paper's ReLU, LRN and max-pooling (no hooks): on a contiguous float CPU tensor one
+    fused kernel pass computes all three (docs/performance.md); on a GPU (or inside torch.compile) the stage
+    compiled (compiled_stage.py). Otherwise, or with the kernels off, the three modules run in turn.
     """
-    if not _fusable(act, norm, pool, x):
+    if not _paper_stage(act, norm, pool, x):
         return pool(norm(act(x)))
     window = (norm.size, norm.alpha, norm.beta, norm.k)
-    return _ReluLRNPoolFunction.apply(
-        x, window, norm.groups, (_square(pool.kernel_size), _square(pool.stride))
-    )
+    windows = (_square(pool.kernel_size), _square(pool.stride))
+    if fused_lrn.applies(x, layouts=True):  # in channel planes or channels-last
+        return _ReluLRNPoolFunction.apply(x, window, norm.groups, windows)
+    if fused_lrn.enabled() and (x.is_cuda or torch.compiler.is_compiling()):
+        return compiled_stage.run(x, window, norm.groups, windows)
+    return pool(norm(act(x)))
 
 
 def local_response_norm(

@@ -10,13 +10,21 @@ import numpy as np
 import torch
 
 
+def topk_hits(
+    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[int, torch.Tensor]:
+    """{k: number of rows whose label is among the k largest scores, a tensor where the scores are (no
+    readback)}; k is capped at the class count."""
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hit = top == labels.view(-1, 1)
+    return {k: hit[:, :k].any(dim=1).sum() for k in ks}
+
+
 def topk_correct(
     scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[int, int]:
     """{k: number of rows whose label is among the k largest scores}; k is capped at the class count."""
-    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hit = top == labels.view(-1, 1)
-    return {k: int(hit[:, :k].any(dim=1).sum()) for k in ks}
+    return {k: int(hits) for k, hits in topk_hits(scores, labels, ks).items()}
 
 
 def topk_errors(

@@ -107,6 +107,7 @@ class RunConfig:
     seed: int = 0
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False
     deterministic: bool = False
     no_tf32: bool = False
     tensorboard: bool = False

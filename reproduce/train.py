@@ -204,6 +204,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "net trains 1.08x as fast so, on AVX2 0.95x; and on CUDA with --amp: docs/performance.md)",
     )
     run_group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the whole net for training (the first steps compile, for minutes; on a GPU the "
+        "ReLU-LRN-pool stages are compiled without it: docs/performance.md)",
+    )
+    run_group.add_argument(
         "--deterministic",
         action="store_true",
         help="on CUDA: cuDNN's deterministic algorithms, no autotuning (by default cudnn.benchmark picks "
@@ -467,6 +473,8 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     trained = distributed.wrap(
         model, ctx.process, None if ctx.placement.two_tower else ctx.placement.first
     )
+    if config.compile:  # what trains; the model itself is what is saved and validated
+        trained = torch.compile(trained)
     optimizer = build_optimizer(
         config.optimizer,
         [p for p in model.parameters() if p.requires_grad],

@@ -7,6 +7,7 @@ is; nccl becomes gloo there).
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -500,3 +501,48 @@ def test_the_matmul_peak_counts_no_launch_and_no_synchronisation():
         f"matmul peak {peak / 1e12:.0f} TFLOP/s; one 2048² multiply with a sync: {2 * 2048**3 / min(one) / 1e12:.0f}"
     )
     assert peak >= 2 * 2048**3 / min(one)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name(
+    tmp_path, monkeypatch, world
+):
+    """Every step under torch.cuda.set_sync_debug_mode("error"): a blocking copy, a .item(), a .cpu() raises.
+    The one readback a step makes (engine.train_one_epoch: the non-finite check and the stop vote, after the
+    backward is queued) is named by backends.sync_allowed. ``world`` 2: rank 0's rows of each batch (no process
+    group: the sums are this process's), as under torchrun. With PCA lighting, reflections and crops drawn on
+    the CPU and sent in one pinned copy (transforms.PaperTransform._sent)."""
+    from paper_alexnet.data import Augment, BatchLoader, PaperTransform, open_dataset
+    from paper_alexnet.engine import train_one_epoch
+    from paper_alexnet.optim import build_optimizer
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("set_sync_debug_mode: CUDA's")
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    data = open_dataset("synthetic?classes=4&train=32&val=8")
+    split, device = data.split("train"), torch.device(DEVICE)
+    transform = PaperTransform(data.stats(progress=False), Augment(), device=device)
+    torch.manual_seed(0)
+    model = build_model("paper", 4).to(device)
+    optimizer = build_optimizer("sgd", model.parameters(), 0.001, 0.9, 5e-4)
+
+    def epoch(number):
+        return train_one_epoch(
+            model,
+            BatchLoader(split, 8, epoch=number, device=device, world=world),
+            transform,
+            optimizer,
+            torch.Generator().manual_seed(number),
+            device=device,
+            world=world,
+            step_seed=lambda step: step,
+        )
+
+    epoch(0)  # cuDNN's autotuning and the allocator's first blocks: outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        progress = epoch(1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert progress.steps == 4 and progress.seen == 32 // world and math.isfinite(progress.loss_sum)

@@ -231,3 +231,24 @@ def test_the_paper_net_takes_the_fused_path_and_agrees_with_the_modules(variant)
     assert_same_function(out, want, 9216, 8)  # tolerance.py
     for got, p in zip(grads, model.parameters()):
         assert_same_function(got, p.grad, 9216, 16)  # the forward and the backward pass
+
+
+@pytest.mark.slow
+def test_the_compiled_stage_a_gpu_runs_is_the_paper_written_out_forward_and_gradient():
+    """compiled_stage.py: what relu_norm_pool runs on a GPU, torch.compile's code for the stage (here its CPU
+    code; its speed waits for the GPU run), against §3.1, §3.3 and §3.4 written out, in float64."""
+    from paper_alexnet import compiled_stage
+
+    z = conv_output((2, 8, 9, 9)).requires_grad_()
+    w = conv_output((2, 8, 9, 9)).requires_grad_()
+    norm = LocalResponseNorm(groups=2)
+    out = compiled_stage.run(z, (norm.size, norm.alpha, norm.beta, norm.k), 2, (3, 2))
+    assert compiled_stage._state["failed"] is None  # compiled, not the torch-ops fallback
+    want = written_out(w)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(
+        out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    out.backward(upstream)
+    want.backward(upstream)
+    torch.testing.assert_close(z.grad, w.grad, rtol=1e-10, atol=1e-12)

@@ -596,3 +596,22 @@ def test_the_lock_names_its_holder_and_goes_with_its_process(tmp_path):
     holder.wait()
     with run_lock.hold(out):
         pass
+
+
+def test_compile_compiles_the_net_that_trains_and_saves_the_plain_net(tmp_path, monkeypatch):
+    """--compile: torch.compile of what trains (here with dynamo's eager backend: the tracing, not minutes of code
+    generation); the checkpoints hold the net's own names (no compile wrapper's prefix) and load as they are."""
+    compiled = []
+    real = torch.compile
+
+    def traced_only(model, **kwargs):
+        compiled.append(model)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced_only)
+    out = tmp_path / "compiled"
+    assert train.main(TINY + ["--epochs", "1", "--compile", "--out", str(out)]) == 0
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "AlexNet"
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert "conv1.weight" in saved["model"] and not any("_orig_mod" in k for k in saved["model"])
+    assert run_config.read_record(str(out))["compile"] is True

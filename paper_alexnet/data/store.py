@@ -31,6 +31,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+
+from ..backends import sync_allowed
 from PIL import Image
 
 from .. import paper
@@ -187,7 +189,8 @@ def decode_jpegs(
         # into blocks the caching allocator may just have taken back from this stream while kernels queued
         # here (the last batch's stack) still read them: pytorch/vision#9606, meta-pytorch/torchcodec#1634.
         # So the decode starts once the work queued before it is done.
-        torch.cuda.current_stream(device).synchronize()
+        with sync_allowed():
+            torch.cuda.current_stream(device).synchronize()
     try:
         images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device) if datas else []
         if images and all(tuple(image.shape) == (3, size, size) for image in images):

@@ -151,15 +151,18 @@ class PaperTransform:
             self.scale = (
                 None if augment.scale == 1.0 else torch.tensor(augment.scale, device=self.device)
             )
-        if stats is not None:
-            self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32, device=self.device)
-            self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32, device=self.device)
+        if (
+            stats is not None
+        ):  # on the CPU, where the draws are made: no copy back from a GPU each step
+            self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32)
+            self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32)
 
     def _finish(self, images: torch.Tensor, ys, xs, mirror, shift, boxes=None, colour=None):
         """Crop at (ys, xs) (or resample ``boxes``), mirror, subtract the mean, add the lighting, scale;
         ``colour``: the jitter factors, applied to the pixels first."""
         images = images.to(self.device, non_blocking=True)
         if boxes is not None or colour is not None or self.batched:
+            ys, xs, mirror, shift, boxes, colour = self._sent(ys, xs, mirror, shift, boxes, colour)
             full = images.float() if colour is None else jittered(images, colour.to(self.device))
             full = full.sub_(self.offset if self.mean_image is None else self.mean_image)
             out = (
@@ -173,6 +176,26 @@ class PaperTransform:
             out.add_(255.0 * shift.to(self.device).view(-1, 3, 1, 1))
         if self.scale is not None:
             out.mul_(self.scale)
+        return out
+
+    def _sent(self, *draws):
+        """The draws (CPU tensors of one row an image, or None) on a GPU in one pinned, non-blocking copy: a
+        blocking copy of each small tensor would wait for every step queued before it. Packed as float64,
+        which holds each one's values exactly (offsets, flags, float32 and float64 numbers)."""
+        present = [d for d in draws if d is not None]
+        if self.device.type != "cuda" or not present or len(present[0]) == 0:
+            return draws
+        n = len(present[0])
+        packed = torch.cat([d.reshape(n, -1).to(torch.float64) for d in present], dim=1)
+        there = packed.pin_memory().to(self.device, non_blocking=True)
+        out, at = [], 0
+        for d in draws:
+            if d is None:
+                out.append(None)
+                continue
+            width = d[0].numel()
+            out.append(there[:, at : at + width].reshape(d.shape).to(d.dtype))
+            at += width
         return out
 
     def _gather(self, full: torch.Tensor, ys, xs, mirror) -> torch.Tensor:
@@ -225,7 +248,7 @@ class PaperTransform:
         shift = None
         if self.augment.pca:
             alphas = torch.randn(n, 3, generator=generator) * self.augment.pca_sigma
-            shift = pca_shift(self.eigval.cpu(), self.eigvec.cpu(), alphas)
+            shift = pca_shift(self.eigval, self.eigvec, alphas)
         # the tools that are not the paper's draw after §4.1's draws, and only when on: the paper's run
         # draws what it always drew
         boxes = colour = None
