@@ -525,6 +525,121 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     return rows
 
 
+# What each part of a training step is, by the names the profiler records for an op or any op around it (the
+# innermost that matches decides): the kernels a convolution launches sit under aten::cudnn_convolution (or
+# ConvolutionBackward0), the fused or compiled stage's under its autograd Function or compiled region.
+STEP_PARTS = (
+    (
+        "LRN: the ReLU-LRN-pool stages of conv1 and conv2",
+        ("ReluLRNPool", "LRNFunction", "CompiledFunction"),
+    ),
+    ("convolutions", ("convolution", "Convolution", "cudnn", "conv2d")),
+    ("pooling", ("max_pool", "MaxPool")),
+    ("fc6..fc8", ("addmm", "aten::mm", "linear", "Addmm", "MmBackward")),
+    ("optimiser step", ("Optimizer",)),
+)
+
+
+def step_part(chain: Sequence[str]) -> str:
+    """The part of STEP_PARTS an op belongs to, from its name and its enclosing ops' (innermost first)."""
+    for name in chain:
+        for part, marks in STEP_PARTS:
+            if any(mark in name for mark in marks):
+                return part
+    return "other (ReLU of conv3..fc7, dropout, loss, copies)"
+
+
+def bench_step_split(args) -> list[dict]:
+    """One training step of the paper net, as the models section runs it (bf16 autocast and channels-last with
+    --amp / --channels-last), split by the profiler into its parts: each op's own device time (its own CPU time
+    on a CPU), given to the part its name or an enclosing op's says (STEP_PARTS)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_model("paper", 1000).to(device)
+    x = torch.randn(args.batch_size, 3, 227, 227, device=device)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    if args.channels_last:
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # cuDNN's autotuning, the compiled stage's compiling: before the profile
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    parts: dict = {}
+    for event in prof.events():
+        own = getattr(event, "self_device_time_total", 0) if cuda else event.self_cpu_time_total
+        if own <= 0:
+            continue
+        chain, at = [], event
+        while at is not None:
+            chain.append(at.name)
+            at = at.cpu_parent
+        part = step_part(chain)
+        parts[part] = parts.get(part, 0.0) + own / 1000  # ms
+    total = sum(parts.values())
+    return [
+        {"section": "profile", "what": part, "ms_per_step": ms, "share": ms / total}
+        for part, ms in sorted(parts.items(), key=lambda item: -item[1])
+    ]
+
+
+def bench_towers(args) -> list[dict]:
+    """§3.2's question on 2+ GPUs: the two towers, a GPU each, against both on one GPU, training img/s (the
+    activations cross between the GPUs only where §3.2 says: into conv3, fc6, fc7 and fc8)."""
+    rows = {}
+    for name, devices in (("one GPU", ("cuda:0", "cuda:0")), ("two GPUs", ("cuda:0", "cuda:1"))):
+        devices = tuple(torch.device(d) for d in devices)
+        torch.manual_seed(0)
+        model = TwoTowerAlexNet(build_model("paper", 1000).config, devices)
+        x = torch.randn(args.batch_size, 3, 227, 227, device=devices[0])
+        y = torch.randint(0, 1000, (args.batch_size,), device=devices[0])
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
+
+        def step(model=model, x=x, y=y, optimizer=optimizer):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        def sync(devices=devices):
+            for device in set(devices):
+                torch.cuda.synchronize(device)
+
+        seconds = _median_seconds(step, max(args.repeats, 3), 2, sync)
+        rows[name] = args.batch_size / seconds
+        del model, optimizer, x, y
+        torch.cuda.empty_cache()
+    return [
+        {
+            "section": "towers",
+            "what": f"paper two-tower, {name}",
+            "train_images_per_s": rate,
+            "ratio": rate / rows["one GPU"],
+        }
+        for name, rate in rows.items()
+    ]
+
+
 def bench_features(args) -> list[dict]:
     """reproduce.features --layers fc7 and reproduce.evaluate (centre crops) on the paper net (the §5 init),
     against the models section's inference img/s for the same net and batch, in the same run: the data

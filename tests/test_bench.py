@@ -176,22 +176,35 @@ def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(
                 "1",
                 "--workers",
                 "0",
+                "--budget-min",
+                "30",  # every section runs, however loaded the machine (each has its share of this)
             ]
         )
         == 0
     )
     report = (out / "report.md").read_text()
-    assert "## Targets" in report and "passed" in report
+    assert "## Targets" in report and "passed" in report and "## Not run" not in report
     targets = json.loads((out / "targets.json").read_text())
-    assert [t["at_least"] for t in targets] == [0.95, 0.95, 0.9, 10000.0, None]
-    assert targets[-1]["at_most"] == 8.0 and targets[-1]["met"] == (targets[-1]["measured"] <= 8.0)
+    assert [t["at_least"] for t in targets] == [0.95, 0.95, 0.9, 20000.0, 10000.0, None, 1.0, None]
+    assert [t["at_most"] for t in targets][5:] == [0.10, None, 30.0]
+    assert targets[-1]["met"] == (targets[-1]["measured"] <= 30.0)
+    two_gpus = targets.pop(6)  # one device here: not measured
+    assert two_gpus["measured"] is None and two_gpus["met"] is None
     assert all(t["measured"] is not None and t["measured"] > 0 for t in targets)
     assert "passed" in (out / "cuda-tests.txt").read_text()
     rows = pd.read_csv(out / "report.csv")
-    assert set(rows["section"]) >= {"tests", "models", "data", "train"}
+    assert set(rows["section"]) >= {"tests", "models", "profile", "data", "train"}
+    # the step split: every part's share, summing to the whole step; the LRN's is the target's figure
+    split = rows[rows["section"] == "profile"]
+    assert (
+        split["share"].sum() == pytest.approx(1, rel=1e-5) and (split["share"] > 0).all()
+    )  # CSV's digits
+    lrn = float(split[split["what"].str.startswith("LRN")]["share"].iloc[0])
+    assert targets[5]["measured"] == pytest.approx(lrn, rel=1e-5)
+    assert "data wait (reproduce.train's second epoch" in report
 
 
-def _tests_passed(device, out, select):
+def _tests_passed(device, out, select, limit_s=None):
     """The suite's first section as it ends when the CUDA tests pass, without running them again: the dry run
     above runs them (pytest in a process of its own); the two tests below are about the sections after it."""
     return {"section": "tests", "what": "1 passed", "exit_code": 0, "seconds": 0.0}
@@ -207,12 +220,14 @@ def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left
     report = (out / "report.md").read_text()
     left = report.split("## Not run")[1].strip().splitlines()
     assert [line.split(":")[0] for line in left] == [
+        "- tests",
         "- models, eager",
+        "- profile of one step",
         "- train from a store",
         "- data",
     ]
     targets = json.loads((out / "targets.json").read_text())
-    assert [t["measured"] is None for t in targets] == [True] * 4 + [False]
+    assert [t["measured"] is None for t in targets] == [True] * 7 + [False]
     assert bench.main(["--suite", "gpu", "--out", str(out), "--budget-min", "-1"]) == 2
     assert "--budget-min must be 0 or more" in capsys.readouterr().err
 
@@ -233,6 +248,9 @@ def test_the_gpu_suite_writes_its_report_as_it_goes_so_a_section_cut_short_loses
     rate = {"train_images_per_s": 10.0}
     monkeypatch.setattr(
         bench, "bench_models", lambda *a, **k: [{"section": "models", "what": "paper", **rate}]
+    )
+    monkeypatch.setattr(
+        bench, "bench_step_split", lambda *a: [{"section": "profile", "what": "LRN", "share": 1.0}]
     )
     monkeypatch.setattr(
         gpu_suite,
@@ -257,7 +275,7 @@ def test_the_gpu_suite_writes_its_report_as_it_goes_so_a_section_cut_short_loses
     report = (out / "report.md").read_text()
     assert "still running" in report and "torch " + torch.__version__ in report
     rows = pd.read_csv(out / "report.csv")
-    assert {"tests", "models", "train"} <= set(rows["section"]) and "data" not in set(
+    assert {"tests", "models", "profile", "train"} <= set(rows["section"]) and "data" not in set(
         rows["section"]
     )
 

@@ -78,3 +78,26 @@ def test_a_run_starts_its_loader_processes_once(tmp_path, monkeypatch, shared_ca
     ]
     assert train.main(argv) == 0
     assert built == [True]
+
+
+def test_the_loader_rate_counts_only_batches_read_after_its_clock_starts(monkeypatch):
+    """A clock that moves 1 s for every batch read: the rate is one batch a second exactly when the batch read
+    before the clock started is not counted (it was, and the rate came out (n + 1) / n too high); a split with
+    fewer images than the measurement needs is repeated."""
+    from types import SimpleNamespace
+
+    from paper_alexnet.data import Augment, PaperTransform, loader
+
+    clock = [0.0]
+
+    class Ticking(Numbered):
+        def batch(self, indices, strict=False):
+            clock[0] += 1.0
+            return super().batch(indices, strict)
+
+    monkeypatch.setattr(loader, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    transform = PaperTransform(None, Augment(mean="none", pca=False))
+    rate = loader.loader_throughput(Ticking("train", 10), transform, batch_size=4, batches=6)
+    assert (
+        rate == 4.0 and clock[0] == 1 + 6
+    )  # 1 warm-up batch, then 6 timed, from 10 images repeated

@@ -45,6 +45,7 @@ def epoch_order(
 
 
 DECODE_CHOICES = ("auto", "workers", "device")
+PREFETCH = 2  # batches each loader process prepares ahead (DataLoader's prefetch_factor)
 
 
 def decode_where(choice: str, device) -> str:
@@ -119,7 +120,7 @@ class WorkerPool:
             num_workers=workers,
             pin_memory=self.device is not None and self.device.type == "cuda",
             persistent_workers=True,
-            prefetch_factor=2,
+            prefetch_factor=PREFETCH,
             worker_init_fn=_leave_signals_to_the_main_process,
         )
 
@@ -217,7 +218,7 @@ class BatchLoader:
             num_workers=workers,
             pin_memory=self.device is not None and self.device.type == "cuda",
             persistent_workers=False,
-            prefetch_factor=2 if workers else None,
+            prefetch_factor=PREFETCH if workers else None,
             worker_init_fn=_leave_signals_to_the_main_process if workers else None,
         )
 
@@ -300,23 +301,30 @@ def loader_throughput(
     decode: str = "workers",
 ) -> float:
     """Images per second through loader + training transform (crop, flip, mean, PCA) onto ``device``, as
-    training reads them (pinned, staged ahead, ``decode`` where :func:`decode_where` says)."""
+    training reads them (pinned, staged ahead, ``decode`` where :func:`decode_where` says), in steady state:
+    the clock starts once ``warmup`` batches and the ``workers`` x PREFETCH batches the processes prepared
+    while the first was awaited are taken, and counts the batches that arrive after it, at least as many as
+    were in flight (an epoch of ``split`` repeated where it has fewer images)."""
+    in_flight = workers * PREFETCH
+    skip, timed = warmup + in_flight, max(batches, in_flight)
+    needed = (skip + timed) * batch_size
+    if len(split) < needed:
+        split = split.subset(np.resize(np.arange(len(split)), needed))
     generator = torch.Generator().manual_seed(0)
     loader = BatchLoader(
         split, batch_size, workers=workers, shuffle=True, device=device, decode=decode
     )
     seen, start = 0, None
     for step, (images, _) in enumerate(loader):
-        if step == warmup:
-            start, seen = time.perf_counter(), 0
         out = transform.train(images, generator)
         if out.is_cuda:
             torch.cuda.synchronize()
-        seen += len(images)
-        if step + 1 >= warmup + batches:
+        if start is not None:
+            seen += len(images)
+        if step == skip - 1:  # the batches prepared before now are taken: the clock starts
+            start = time.perf_counter()
+        if step + 1 >= skip + timed:
             break
-    if start is None:
-        raise ValueError(
-            f"need more than {warmup} batches of {batch_size} images to time the loader"
-        )
+    if start is None or not seen:
+        raise ValueError(f"need more than {skip} batches of {batch_size} images to time the loader")
     return seen / (time.perf_counter() - start)
