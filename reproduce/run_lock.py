@@ -43,43 +43,67 @@ def in_turn(name: str, what: str, say) -> Iterator[None]:
     """Do the block while no other process of this machine does the block of the same ``name``: the processes of
     a torchrun job (or runs started together) wait here, with no timeout and no collective, while the first
     builds what the others then read from its cache. ``say(line)`` is told once when this process waits, and
-    for ``what``."""
-    if fcntl is None:
+    for ``what``. Where no lock can be taken, each process does the work itself."""
+
+    def busy(handle):
+        say(f"waiting for {_holder(handle)}, which {what}")
+
+    with _locked(_lock_file(name), busy, lambda path, err: None):
+        yield
+
+
+@contextlib.contextmanager
+def hold(out: str) -> Iterator[None]:
+    """Hold ``out`` for this process, or refuse at once (UsageError naming the process that holds it)."""
+
+    def busy(handle):
+        raise UsageError(
+            f"{out} is in use by another run ({_holder(handle)}): wait for it to end, or choose another --out"
+        ) from None
+
+    def unlockable(path, err):  # a read-only temporary folder: run, unlocked, and say so
+        print(
+            f"warning: {out} is not locked against a second run ({path}: {err.strerror})",
+            file=sys.stderr,
+        )
+
+    with _locked(lock_path(out), busy, unlockable):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: str, busy, unlockable) -> Iterator[None]:
+    """The block with this process holding the lock file ``path`` (flock), its name written in it. While
+    another process holds it, ``busy(handle)`` is called: it raises (a refusal), or returns and the lock is
+    waited for. A file that cannot be opened: ``unlockable(path, err)``, and the block runs unlocked."""
+    if fcntl is None:  # Windows
         yield
         return
-    path = _lock_file(name)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handle = open(path, "a+", encoding="utf-8")
-    except OSError:  # a read-only temporary folder: each process does the work itself
+    except OSError as err:
+        unlockable(path, err)
         yield
         return
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for {_holder(handle)}, which {what}")
+            busy(handle)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        _claim(handle)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        handle.flush()
         try:
             yield
         finally:
-            _release(handle)
-
-
-def _claim(handle) -> None:
-    handle.seek(0)
-    handle.truncate()
-    handle.write(
-        f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    )
-    handle.flush()
-
-
-def _release(handle) -> None:
-    handle.truncate(0)  # no name left behind for the next contender to read
-    handle.flush()
-    fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.truncate(0)  # no name left behind for the next contender to read
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _holder(handle) -> str:
@@ -91,35 +115,3 @@ def _holder(handle) -> str:
             return holder
         time.sleep(0.05)
     return "another process"
-
-
-@contextlib.contextmanager
-def hold(out: str) -> Iterator[None]:
-    """Hold ``out`` for this process, or refuse at once (UsageError naming the process that holds it)."""
-    if fcntl is None:
-        yield
-        return
-    path = lock_path(out)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle = open(path, "a+", encoding="utf-8")
-    except OSError as err:  # a read-only temporary folder: run, unlocked, and say so
-        print(
-            f"warning: {out} is not locked against a second run ({path}: {err.strerror})",
-            file=sys.stderr,
-        )
-        yield
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"{out} is in use by another run ({_holder(handle)}): wait for it to end, or choose another "
-                f"--out"
-            ) from None
-        _claim(handle)
-        try:
-            yield
-        finally:
-            _release(handle)

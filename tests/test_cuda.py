@@ -546,3 +546,30 @@ def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert progress.steps == 4 and progress.seen == 32 // world and math.isfinite(progress.loss_sum)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_relu_lrn_pool_stage_on_the_device_is_the_paper_written_out(dtype):
+    """relu_norm_pool on the GPU: the stage torch.compile makes (Triton's kernels; compiled_stage.py), forward and
+    gradient, against §3.1, §3.3 and §3.4 written out in float64 on the CPU; it compiled (no fallback)."""
+    import torch.nn.functional as F
+
+    from paper_alexnet import compiled_stage
+    from paper_alexnet.layers import relu_norm_pool
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("the stage compiles on CUDA")
+    gen = torch.Generator().manual_seed(0)
+    z64 = (torch.randn(4, 96, 55, 55, generator=gen, dtype=torch.float64) * 40).requires_grad_()
+    z = z64.detach().to(DEVICE, dtype).requires_grad_()
+    out = relu_norm_pool(z, torch.nn.ReLU(), LocalResponseNorm(groups=2), torch.nn.MaxPool2d(3, 2))
+    assert compiled_stage._state["failed"] is None and compiled_stage._state["compiled"] is not None
+    want = F.max_pool2d(ref.lrn(F.relu(z64), groups=2), 3, 2)
+    upstream = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    out.backward(upstream.to(DEVICE, dtype))
+    want.backward(upstream)
+    rtol = (
+        1e-10 if dtype == torch.float64 else 1e-4
+    )  # float32: a few ulps through 5-term sums and a power
+    torch.testing.assert_close(out.double().cpu(), want, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(z.grad.double().cpu(), z64.grad, rtol=rtol, atol=rtol * 10)
