@@ -1,12 +1,19 @@
-"""Weights from elsewhere into the paper-named layers: torchvision's AlexNet, or a checkpoint of this package."""
+"""Weights from elsewhere into the paper-named layers: torchvision's AlexNet, BVLC Caffe's caffemodel (``convert``:
+either one as a checkpoint of this package), or a checkpoint of this package."""
 
-from typing import Iterable, List, Mapping
+import dataclasses
+import os
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
+from . import caffe
+from .checkpoint import Checkpoint, CheckpointError
 from .config import ConfigError
-from .model import AlexNet
+from .data import Augment, DataStats
+from .data.stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN
+from .model import AlexNet, build_model
 
 # torchvision.models.alexnet's nn.Sequential indices -> the paper's layer names
 TORCHVISION_NAMES = {
@@ -96,3 +103,111 @@ def load_pretrained(model: AlexNet, state: Mapping[str, torch.Tensor], source: s
             f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     return new_head
+
+
+# --- foreign weights as a checkpoint of this package (reproduce.convert; published.py's names) ---------------
+
+
+def imagenet_classes() -> list:
+    """The 1000 ILSVRC-2012 class names in sorted-wnid order, the order of both Caffe's synsets.txt and
+    torchvision's weights (shipped offline in torchvision's weights metadata)."""
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _stats(mean_image: np.ndarray) -> dict:
+    """The checkpoint's statistics: the mean image the weights expect, and ImageNet's published PCA (§4.1),
+    for fine-tuning with lighting."""
+    return Checkpoint.stats_entry(
+        DataStats(
+            mean_image.astype(np.float32),
+            IMAGENET_EIGVAL.copy(),
+            IMAGENET_EIGVEC.copy(),
+            0,
+            "ImageNet (published)",
+        )
+    )
+
+
+def from_caffe(path: str, mean_path: Optional[str], say: Callable) -> Tuple[dict, str, dict, dict]:
+    """(state dict, variant, augment, stats) of a caffemodel, converted to this package's conventions."""
+    blobs, version = caffe.read_caffemodel(path)
+    with torch.device("meta"):
+        expected = build_model("caffe").state_dict()
+    state = caffe.to_state_dict(blobs, expected, path)
+    say(
+        f"{path}: Caffe format {'V1 (layers)' if version == 1 else 'V2 (layer)'}, 8 learned layers; conv1 turned "
+        f"from BGR to RGB input"
+    )
+    if mean_path:
+        mean = caffe.read_mean(mean_path)
+        say(f"mean image from {mean_path} (BGR, turned to RGB)")
+    else:
+        mean = caffe.bgr_mean_image()
+        say(
+            "no --mean: Caffe's per-channel mean B 104, G 117, R 123 (give --mean imagenet_mean.binaryproto "
+            "for the mean image BVLC trained with)"
+        )
+    augment = Augment(
+        crop=227, mean="image", scale=1.0, resize="warp"
+    )  # raw 0-255 pixels, images warped
+    return state, "caffe", dataclasses.asdict(augment), _stats(mean)
+
+
+def from_torchvision(state: dict, path: str, say: Callable) -> Tuple[dict, str, dict, dict]:
+    model = build_model("torchvision")
+    try:
+        load_torchvision_weights(model, state)
+    except Exception as err:  # noqa: BLE001 - a ConfigError naming the key
+        raise CheckpointError(f"{path}: {err}") from None
+    say(f"{path}: torchvision's AlexNet state dict")
+    augment = Augment(crop=model.config.input_size, mean="torchvision")
+    return (
+        model.state_dict(),
+        "torchvision",
+        dataclasses.asdict(augment),
+        _stats(np.broadcast_to((255 * IMAGENET_MEAN)[:, None, None], (3, 256, 256))),
+    )
+
+
+def convert(
+    source: str, mean: Optional[str] = None, say: Callable[[str], None] = lambda line: None
+) -> Checkpoint:
+    """The checkpoint of ``source``: BVLC Caffe's caffemodel (``mean``: its imagenet_mean.binaryproto, else
+    Caffe's per-channel mean) or torchvision's AlexNet state dict, with the 1000 ILSVRC-2012 class names, the
+    statistics and the test-time preprocessing the weights expect. ``say`` hears what was found. A PyTorch file
+    of something else is a CheckpointError, any other file a caffe.CaffeError."""
+    digest = caffe.sha1(source)
+    say(f"sha1 {digest}  {source}")
+    try:
+        loaded = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a PyTorch file: a caffemodel, or nothing
+        loaded = None
+    if isinstance(loaded, dict) and is_torchvision_state(loaded):
+        state, variant, augment, stats = from_torchvision(loaded, source, say)
+        kind = "torchvision"
+    elif loaded is not None:
+        raise CheckpointError(
+            f"{source} is a PyTorch file but not torchvision's AlexNet state dict"
+        )
+    else:  # a file that is not a caffemodel either: caffe.CaffeError
+        state, variant, augment, stats = from_caffe(source, mean, say)
+        kind = "caffe"
+        if digest != caffe.BVLC_SHA1:
+            say(
+                f"note: sha1 is not BVLC's bvlc_alexnet.caffemodel ({caffe.BVLC_SHA1}); converted all the same"
+            )
+    return Checkpoint(
+        model=state,
+        variant=variant,
+        classes=imagenet_classes(),
+        augment=augment,
+        stats=stats,
+        origin={
+            "source": os.path.abspath(source),
+            "sha1": digest,
+            "format": kind,
+            "mean": os.path.abspath(mean) if mean else None,
+        },
+    )
