@@ -34,7 +34,8 @@ def alexnet(variant=None, num_classes=None, weights=None, device="cpu", **overri
     the §3.3 LRN, 3/2 pooling, the §3.2 towers as grouped convolutions, §5's initialisation), or any variant
     of paper_alexnet.list_variants() with its ablation switches ("paper+no-lrn", "caffe", "one-tower", ...).
 
-    weights: a shared folder (python -m reproduce.export --out DIR) or a checkpoint of this package; the net
+    weights: a shared folder (python -m reproduce.export --out DIR), a checkpoint of this package, or published
+    weights by name ("bvlc", "torchvision": downloaded once, checked, converted, cached); the net
     then comes in eval mode with .classes, .transform (net.transform.center(uint8 N x 3 x 256 x 256) is its
     input) and .meta (categories, transforms, parameters, multiply-adds, measured metrics).
     num_classes: fc8's outputs (default 1000). With weights, variant and num_classes are the weights' own.
@@ -43,14 +44,20 @@ def alexnet(variant=None, num_classes=None, weights=None, device="cpu", **overri
     return _net(variant, num_classes, weights, device, overrides)
 
 
-def alexnet_torchvision(num_classes=None, weights=None, device="cpu", **overrides):
+def alexnet_torchvision(
+    pretrained=False, num_classes=None, weights=None, device="cpu", **overrides
+):
     """torchvision's AlexNet (the 2014 "one weird trick" net: 64-192-384-256-256, no LRN, no towers) built by
-    this package, so that its layers carry the paper's names; weights as :func:`alexnet` takes them
-    (python -m reproduce.convert turns torchvision's own .pth into a checkpoint)."""
-    return _net("torchvision", num_classes, weights, device, overrides)
+    this package, so that its layers carry the paper's names. pretrained=True: torchvision's ImageNet weights
+    (AlexNet_Weights.IMAGENET1K_V1, downloaded once and checked: the name "torchvision"); weights as
+    :func:`alexnet` takes them."""
+    return _net(
+        "torchvision", num_classes, "torchvision" if pretrained else weights, device, overrides
+    )
 
 
-def alexnet_caffe(num_classes=None, weights=None, device="cpu", **overrides):
-    """BVLC Caffe's bvlc_alexnet layout (Caffe's LRN: k = 1, alpha / n, across all maps); weights as
-    :func:`alexnet` takes them (python -m reproduce.convert turns bvlc_alexnet.caffemodel into one)."""
-    return _net("caffe", num_classes, weights, device, overrides)
+def alexnet_caffe(num_classes=None, weights=None, device="cpu", pretrained=False, **overrides):
+    """BVLC Caffe's bvlc_alexnet layout (Caffe's LRN: k = 1, alpha / n, across all maps). pretrained=True:
+    BVLC's ImageNet weights, the paper's architecture trained (downloaded once, sha1-checked and converted:
+    the name "bvlc"); weights as :func:`alexnet` takes them."""
+    return _net("caffe", num_classes, "bvlc" if pretrained else weights, device, overrides)

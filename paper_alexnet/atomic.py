@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
+import time
 from typing import IO, Iterator
 
 
@@ -69,3 +71,40 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
         if isinstance(err, OSError) and not isinstance(err, WriteError):
             raise WriteError(path, err.strerror or str(err)) from None
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str, busy, unlockable) -> Iterator[None]:
+    """The block with this process holding the lock file ``path`` (flock), its name written in it. While
+    another process holds it, ``busy(handle)`` is called: it raises (a refusal), or returns and the lock is
+    waited for. A file that cannot be opened: ``unlockable(path, err)``, and the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the block runs unlocked
+        yield
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as err:
+        unlockable(path, err)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy(handle)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)  # no name left behind for the next contender to read
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)

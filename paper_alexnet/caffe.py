@@ -47,14 +47,15 @@ _CLASSES: dict = {}
 
 
 def _messages() -> dict:
-    """The protobuf classes of the schema above, built once (needs the optional ``protobuf`` package)."""
+    """The protobuf classes of the schema above, built once (``protobuf`` is an install requirement, so that
+    published weights by name need no extra install; published.py)."""
     if _CLASSES:
         return _CLASSES
     try:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     except ImportError:
         raise CaffeError(
-            "reading Caffe files needs the protobuf package", "install", package='-e ".[caffe]"'
+            "reading Caffe files needs the protobuf package", "install", package="protobuf"
         ) from None
     F = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(

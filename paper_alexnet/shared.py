@@ -249,13 +249,15 @@ def _check_tensors(ckpt: Checkpoint, folder: str) -> None:
 
 
 def from_pretrained(path: str, device: str = "cpu") -> torch.nn.Module:
-    """The trained net in ``path`` (a shared folder or a checkpoint file of this package), in eval mode on
-    ``device``, with ``.classes`` (fc8's outputs, in order), ``.transform`` (its test-time pipeline:
-    ``net.transform.center(uint8 N x 3 x 256 x 256)`` is its input) and ``.meta`` (:func:`metadata`)."""
-    from . import checkpoint
+    """The trained net in ``path`` (a shared folder or a checkpoint file of this package, or published weights
+    by name: "bvlc", "torchvision"; published.py), in eval mode on ``device``, with ``.classes`` (fc8's
+    outputs, in order), ``.transform`` (its test-time pipeline: ``net.transform.center(uint8 N x 3 x 256 x
+    256)`` is its input) and ``.meta`` (:func:`metadata`)."""
+    from . import checkpoint, published
     from .data import Augment, PaperTransform
     from .networks import build_network, get_network
 
+    path = published.resolve(path)
     ckpt = checkpoint.load(path)
     net = build_network(get_network(ckpt.variant, num_classes=len(ckpt.classes), init=ckpt.init))
     net.load_state_dict(ckpt.model)

@@ -158,6 +158,75 @@ def add_data_flag(parser, from_checkpoint: bool = False) -> None:
         parser.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
 
 
+def add_checkpoint_flag(
+    parser, required: bool = True, what: str = "a checkpoint.pt / best.pt"
+) -> None:
+    """--checkpoint: a file or a shared folder of this package, or the name of published weights."""
+    from paper_alexnet import published
+
+    parser.add_argument(
+        "--checkpoint",
+        required=required,
+        default=None,
+        metavar="PATH",
+        help=f"{what} or a shared folder; or published weights by name, downloaded and converted once: "
+        f"{', '.join(published.names())} (a file or folder of that name comes first; "
+        "python -m reproduce.evaluate --list-weights)",
+    )
+
+
+class ListWeights(argparse.Action):
+    """--list-weights: every name of published weights, with what its publisher states; then exit 0."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+
+        print(weights_table())
+        parser.exit(0)
+
+
+def weights_table() -> str:
+    """The published weights, one paragraph a name (--list-weights, and the epilog of train's and evaluate's
+    --help)."""
+    from paper_alexnet import published
+
+    import textwrap
+
+    return "published weights (--pretrained NAME, --checkpoint NAME):\n" + "\n".join(
+        textwrap.fill(
+            entry.line(),
+            width=110,
+            initial_indent="  ",
+            subsequent_indent="      ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for entry in published.registry().values()
+    )
+
+
+def add_list_weights_flag(parser) -> None:
+    parser.add_argument(
+        "--list-weights",
+        action=ListWeights,
+        help="list the published weights that go by name (source, size, checksum, licence, accuracy) and exit",
+    )
+
+
+def named_weights(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with a --checkpoint that names published weights (and is no file) turned into their cached
+    shared folder, downloaded and converted first where needed (published.resolve; its errors: exit 2)."""
+    from paper_alexnet import published
+
+    if getattr(args, "checkpoint", None):
+        args.checkpoint = published.resolve(
+            args.checkpoint, progress=not getattr(args, "quiet", False)
+        )
+    return args
+
+
 def add_workers_flag(parser, inference: bool = False, train: bool = False) -> None:
     """--workers; ``inference``: a command that only runs the net forward, whose default is
     :func:`reader_processes`'s; ``train``: a command that trains (or measures training), whose default is

@@ -27,6 +27,10 @@ from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
 from paper_alexnet.metrics import per_class
 from reproduce.args import (
+    add_list_weights_flag,
+    weights_table,
+    add_checkpoint_flag,
+    named_weights,
     as_program,
     UsageError,
     add_data_flag,
@@ -50,10 +54,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m reproduce.evaluate",
         formatter_class=HelpFormatter,
         description="Evaluate checkpoints: top-1/top-5 error on centre and ten crops.",
+        epilog=weights_table(),
     )
-    parser.add_argument(
-        "--checkpoint", default=None, metavar="PATH", help="a checkpoint.pt / best.pt"
-    )
+    add_checkpoint_flag(parser, required=False)
+    add_list_weights_flag(parser)
     parser.add_argument(
         "--all",
         default=None,
@@ -179,7 +183,7 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return exit_code(lambda: run(args))
+    return exit_code(lambda: run(named_weights(args)))
 
 
 def run(args) -> int:

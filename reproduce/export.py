@@ -30,7 +30,14 @@ from torch import nn
 from paper_alexnet import checkpoint, fused_lrn, shared
 from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.layers import LocalResponseNorm, local_response_norm
-from reproduce.args import UsageError, add_format_flag, exit_code, output_format
+from reproduce.args import (
+    add_checkpoint_flag,
+    named_weights,
+    UsageError,
+    add_format_flag,
+    exit_code,
+    output_format,
+)
 from reproduce.restore import restore, run_record
 
 
@@ -120,9 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="a checkpoint of this package"
-    )
+    add_checkpoint_flag(parser)
     parser.add_argument(
         "--out", required=True, metavar="PATH", help="FILE.onnx, FILE.pt, or a folder (safetensors)"
     )
@@ -133,7 +138,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return exit_code(lambda: run(args))
+    return exit_code(lambda: run(named_weights(args)))
 
 
 def run(args) -> int:

@@ -42,6 +42,8 @@ from paper_alexnet.data.splits import FileSplit
 from paper_alexnet.features import LayerError, Taps, pooled, tapping
 from reproduce import run_lock
 from reproduce.args import (
+    add_checkpoint_flag,
+    named_weights,
     as_program,
     Exit,
     UsageError,
@@ -73,9 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "images", nargs="*", metavar="IMAGE", help="image files (instead of a data split)"
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="a checkpoint.pt / best.pt"
-    )
+    add_checkpoint_flag(parser)
     parser.add_argument(
         "--layers",
         default="relu7",
@@ -123,7 +123,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return exit_code(lambda: run(args))
+        return exit_code(lambda: run(named_weights(args)))
     except KeyboardInterrupt:
         print(
             f"stopped: no array of this run was written to {args.out} (an earlier run's files there are "

@@ -22,7 +22,7 @@ import torch
 from paper_alexnet import checkpoint
 from paper_alexnet.data import BadImageError, PaperTransform, average_softmax, load_rgb
 from paper_alexnet.cli import HelpFormatter, pad
-from reproduce.args import UsageError, exit_code, write_csv
+from reproduce.args import add_checkpoint_flag, named_weights, UsageError, exit_code, write_csv
 from reproduce.placement import add_device_arguments
 from reproduce.restore import restore
 
@@ -35,9 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "crops), from a checkpoint of reproduce.train.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="a checkpoint.pt / best.pt"
-    )
+    add_checkpoint_flag(parser)
     parser.add_argument(
         "--ten-crop", action="store_true", help="average the softmax of the ten crops (§4.1)"
     )
@@ -62,7 +60,7 @@ def predict(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return exit_code(lambda: run(args))
+    return exit_code(lambda: run(named_weights(args)))
 
 
 def run(args) -> int:

@@ -20,11 +20,13 @@ from paper_alexnet.cli import for_file
 from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.networks import get_network
 from reproduce import recipes
+from paper_alexnet import published
 from reproduce.args import UsageError, augment_from_args
 
 FORMAT = "paper_alexnet.run/2"  # config.json; /1 (no format field) kept the flags under "args"
 # Filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto).
 DEFAULTABLE = (
+    "variant",  # "paper", or the variant published weights named by --pretrained fit
     "recipe",
     "epochs",
     "batch_size",
@@ -173,6 +175,7 @@ def settle(config: RunConfig) -> RunConfig:
     def pick(name, default):
         return default if name in config.defaulted else getattr(config, name)
 
+    variant = _variant(config)
     recipe, mean = pick("recipe", data.recipe), pick("mean", None)
     if config.pretrained_input is not None:
         recipe, mean = _match_weights(config, recipe, mean)
@@ -180,6 +183,7 @@ def settle(config: RunConfig) -> RunConfig:
     optimizer = pick("optimizer", chosen.optimizer)
     config = dataclasses.replace(
         config,
+        variant=variant,
         data_kind=kind,
         recipe=recipe,
         mean=mean,
@@ -192,10 +196,28 @@ def settle(config: RunConfig) -> RunConfig:
         batch_size=pick("batch_size", data.batch_size),
         on_stall=pick("on_stall", data.on_stall),
         **{name: pick(name, getattr(chosen, name)) for name in recipes.TOOLS},
-        out=pick("out", os.path.join("runs", f"{config.variant}-{parse_spec(config.data).kind}")),
+        out=pick("out", os.path.join("runs", f"{variant}-{parse_spec(config.data).kind}")),
     )
     _check(config)
     return config
+
+
+def _variant(config: RunConfig) -> str:
+    """The net: as given; else the one published weights named by --pretrained fit (published.py: "bvlc" ->
+    caffe), else "paper". A --variant that contradicts the named weights is refused."""
+    named = (
+        published.lookup(config.pretrained)
+        if config.pretrained and not os.path.exists(config.pretrained)
+        else None
+    )
+    if named is None:
+        return "paper" if "variant" in config.defaulted else config.variant
+    if "variant" not in config.defaulted and config.variant != named.variant:
+        raise UsageError(
+            f"--pretrained {config.pretrained} holds a '{named.variant}' net, not '{config.variant}': leave "
+            f"--variant out (or give --variant {named.variant})"
+        )
+    return named.variant
 
 
 def change(config: RunConfig, **fields: Any) -> RunConfig:

@@ -13,18 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import sys
 import tempfile
 import time
 from typing import Iterator
 
+from paper_alexnet.atomic import file_lock
 from reproduce.args import UsageError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs there are not locked
-    fcntl = None
 
 
 def lock_path(out: str) -> str:
@@ -48,7 +43,7 @@ def in_turn(name: str, what: str, say) -> Iterator[None]:
     def busy(handle):
         say(f"waiting for {_holder(handle)}, which {what}")
 
-    with _locked(_lock_file(name), busy, lambda path, err: None):
+    with file_lock(_lock_file(name), busy, lambda path, err: None):
         yield
 
 
@@ -67,43 +62,8 @@ def hold(out: str) -> Iterator[None]:
             file=sys.stderr,
         )
 
-    with _locked(lock_path(out), busy, unlockable):
+    with file_lock(lock_path(out), busy, unlockable):
         yield
-
-
-@contextlib.contextmanager
-def _locked(path: str, busy, unlockable) -> Iterator[None]:
-    """The block with this process holding the lock file ``path`` (flock), its name written in it. While
-    another process holds it, ``busy(handle)`` is called: it raises (a refusal), or returns and the lock is
-    waited for. A file that cannot be opened: ``unlockable(path, err)``, and the block runs unlocked."""
-    if fcntl is None:  # Windows
-        yield
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle = open(path, "a+", encoding="utf-8")
-    except OSError as err:
-        unlockable(path, err)
-        yield
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            busy(handle)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)  # no name left behind for the next contender to read
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _holder(handle) -> str:

@@ -37,6 +37,7 @@ from paper_alexnet import (
     list_switches,
     list_variants,
     paper,
+    published,
 )
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
@@ -53,6 +54,8 @@ from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
 from reproduce import class_report, recipes, run_config, run_lock
 from reproduce.args import (
+    add_list_weights_flag,
+    weights_table,
     as_program,
     Exit,
     UsageError,
@@ -73,16 +76,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reproduce.train",
         formatter_class=HelpFormatter,
-        epilog=recipes.describe(),
+        epilog=recipes.describe() + "\n\n" + weights_table(),
         description="Train an AlexNet with the paper's recipe (§5) and data pipeline (§2, §4.1); "
         "report top-1/top-5 error (§6).",
     )
     parser.add_argument(
         "--variant",
-        default="paper",
+        default=None,
         help=f"network: {', '.join(list_variants())}, with switches "
         f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn; or a net to "
-        f"compare with: {', '.join(OTHER_NETS)} (figure1+tanh)",
+        f"compare with: {', '.join(OTHER_NETS)} (figure1+tanh) (default: paper; with --pretrained NAME, the "
+        "net those weights fit)",
     )
     parser.add_argument(
         "--recipe",
@@ -229,10 +233,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--pretrained",
         default=None,
         metavar="PATH",
-        help="start from a local weights file: a checkpoint of this package or a torchvision "
-        "AlexNet state dict (with --variant torchvision); fc8 is re-initialised when the "
-        "class count differs",
+        help="start from a weights file: a checkpoint or shared folder of this package, a torchvision AlexNet "
+        f"state dict (with --variant torchvision); or published weights by name: {', '.join(published.names())}"
+        " (downloaded once, checked, converted, cached; the name brings its variant: --list-weights); fc8 "
+        "is re-initialised when the class count differs",
     )
+    add_list_weights_flag(run_group)
     run_group.add_argument(
         "--freeze-features", action="store_true", help="with --pretrained: train fc6..fc8 only"
     )
@@ -400,7 +406,10 @@ def check_resume(config: RunConfig, placement: Placement):
         )
     pretrained = None
     if config.pretrained and resumed is None:
-        pretrained, trained_on = checkpoint.read_trained(config.pretrained, "--pretrained")
+        source = published.resolve(
+            config.pretrained, progress=not config.quiet
+        )  # a name: its cached folder
+        pretrained, trained_on = checkpoint.read_trained(source, "--pretrained")
         config = run_config.change(config, pretrained_input=weights_input(pretrained, trained_on))
     return config, resumed, pretrained
 

@@ -27,7 +27,15 @@ from paper_alexnet.data import BadImageError, PaperTransform
 from paper_alexnet.networks import get_network
 from paper_alexnet.cli import HelpFormatter
 from reproduce import run_config
-from reproduce.args import UsageError, add_data_flag, add_strict_flag, exit_code, say_skipped
+from reproduce.args import (
+    add_checkpoint_flag,
+    named_weights,
+    UsageError,
+    add_data_flag,
+    add_strict_flag,
+    exit_code,
+    say_skipped,
+)
 from reproduce.figures import drawable, plot_curves, pyplot, runs_figure, save
 from reproduce.placement import add_device_arguments
 from reproduce.restore import checkpoint_data, restore
@@ -321,7 +329,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     one = commands.add_parser(
         "filters", help="Figure 3: the conv1 kernels, tower by tower", formatter_class=HelpFormatter
     )
-    one.add_argument("--checkpoint", required=True, metavar="PATH")
+    add_checkpoint_flag(one)
     one.add_argument("--columns", type=int, default=12, help="kernels per row")
     one.add_argument("--zoom", type=int, default=4, help="pixels per kernel weight")
     one.add_argument(
@@ -332,7 +340,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         help="Figure 4: validation images and their nearest training images by fc7 features",
     )
-    two.add_argument("--checkpoint", required=True, metavar="PATH")
+    add_checkpoint_flag(two)
     add_data_flag(two, from_checkpoint=True)
     two.add_argument("--queries", type=int, default=5, help="validation images shown")
     two.add_argument("-k", type=int, default=6, help="neighbours per query (the paper shows 6)")
@@ -373,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     action = {"filters": filters, "neighbors": neighbors, "curves": curves}[args.command]
 
     def run() -> int:
-        print(f"wrote {action(args)}")
+        print(f"wrote {action(named_weights(args))}")
         return 0
 
     return exit_code(run)
