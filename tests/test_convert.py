@@ -2,6 +2,8 @@
 format from caffe.proto's field numbers), its mean file, torchvision's weights, ONNX, and Figure 3's colour
 measure. Caffe's forward pass is written out here from Caffe's layer definitions, independently of the package."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,8 @@ from reproduce import convert, evaluate, export, predict, train, visualize
 from reproduce.restore import restore
 from data_fixtures import colour_image, image_tree
 
-pytest.importorskip("google.protobuf")  # the caffe extra (in the test extra, so CI has it)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest.importorskip("google.protobuf")  # an install requirement: always there after pip install
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 # BVLC bvlc_alexnet's learned layers and blob shapes (models/bvlc_alexnet/deploy.prototxt)
@@ -437,3 +440,38 @@ def test_filters_report_each_towers_colour():
         lines[0].startswith("tower 1 (kernels 1-48): mean chroma 0.000")
         and "tower 2 (kernels 49-96)" in lines[1]
     )
+
+
+def test_bvlc_by_name_is_the_caffemodel_converted_by_path(files, tmp_path, monkeypatch):
+    """The name "bvlc" pointed at a server on 127.0.0.1 that serves this caffemodel under BVLC's file name, with
+    its sha1: downloaded, checked, converted once and cached; from_pretrained gives the logits of convert (no
+    --mean: Caffe's per-channel mean, as the name uses) and loading by path, and the caffe variant."""
+    import dataclasses
+
+    from local_server import Server
+    from paper_alexnet import from_pretrained, published
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(published.MIRROR_ENV, raising=False)
+    source = files / "v2.caffemodel"
+    server = Server({"/bvlc_alexnet.caffemodel": source.read_bytes()})
+    real = published.lookup("bvlc")
+    url, sha1 = f"{server.url}/bvlc_alexnet.caffemodel", caffe.sha1(str(source))
+    monkeypatch.setitem(
+        published._MAKERS,
+        "bvlc",
+        lambda: dataclasses.replace(real, url=url, checksum=f"sha1:{sha1}"),
+    )
+    try:
+        by_name = from_pretrained("bvlc")
+    finally:
+        server.stop()
+    hub_net = torch.hub.load(ROOT, "alexnet_caffe", source="local", pretrained=True)  # the cache
+    assert convert.main([str(source), "--out", str(tmp_path / "by_path.pt")]) == 0
+    by_path = from_pretrained(str(tmp_path / "by_path.pt"))
+    assert by_name.meta["variant"] == "caffe" and by_name.classes == by_path.classes
+    x = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    want = by_path(by_path.transform.center(x))
+    for net in (by_name, hub_net):
+        assert torch.equal(net(net.transform.center(x)), want)
+    assert server.gets == {"/bvlc_alexnet.caffemodel": 1}

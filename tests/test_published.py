@@ -3,57 +3,19 @@ test (never the network), checked, converted, cached; refused whole when anythin
 
 import dataclasses
 import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
 
 from paper_alexnet import published
 from paper_alexnet.published import Published, WeightsError
+from local_server import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAYLOAD = bytes(range(256)) * 4096  # 1 MB
-
-
-class Server:
-    """Files by path on 127.0.0.1; ``cut``: send half of each file and close; ``delay``: seconds before
-    answering. Counts the GETs of each path."""
-
-    def __init__(self, files, cut=False, delay=0.0):
-        self.files, self.cut, self.delay, self.gets = dict(files), cut, delay, {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.gets[self.path] = server.gets.get(self.path, 0) + 1
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                threading.Event().wait(server.delay)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2] if server.cut else data)
-                self.wfile.flush()
-                if server.cut:
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
