@@ -121,6 +121,30 @@ def test_without_a_server_one_line_says_what_to_fetch_where_to_put_it_and_what_t
     assert leftovers(hub) == []
 
 
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        ("predict", ["cat.jpg", "--checkpoint", "tiny-test"]),
+        ("features", ["--data", "synthetic", "--layers", "fc7", "--checkpoint", "tiny-test"]),
+        ("visualize", ["filters", "--checkpoint", "tiny-test"]),
+        ("export", ["--out", "net.onnx", "--checkpoint", "tiny-test"]),
+    ],
+)
+def test_every_command_that_takes_a_checkpoint_takes_a_name(hub, served, command, argv, capsys):
+    """Each of them asks published.resolve first: with the server gone, its one line, exit 2."""
+    import importlib
+
+    server = served({})
+    server.stop()
+    published.register(entry(server.url + "/tiny.bin"))
+    try:
+        code = importlib.import_module(f"reproduce.{command}").main(argv)
+    finally:
+        published.unregister("tiny-test")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "could not download the tiny-test weights" in err[0], err
+
+
 def test_a_file_put_into_the_cache_by_hand_is_used_when_its_checksum_matches(hub, served):
     server = served({"/tiny.bin": PAYLOAD})
     hub.mkdir(parents=True)
@@ -269,4 +293,8 @@ def test_list_weights_shows_every_name_with_its_source_size_checksum_licence_and
         assert (
             "sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377" in listed
             and "alexnet-owt-7be5be79" in listed
+        )
+        helped = " ".join(command.get_args_parser().format_help().split())  # --help shows them too
+        assert (
+            all(f"{name}:" in helped for name in published.names()) and "sha256:7be5be79" in helped
         )
