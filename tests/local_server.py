@@ -1,12 +1,14 @@
 """Files served over HTTP on 127.0.0.1 inside a test: published weights without the network."""
 
 import http.server
+import os
+import shutil
 import threading
 
 
 class Server:
-    """Files by path on 127.0.0.1; ``cut``: send half of each file and close; ``delay``: seconds before
-    answering. Counts the GETs of each path."""
+    """Files by path on 127.0.0.1 (bytes, or a file's path, streamed); ``cut``: send half of each file and
+    close; ``delay``: seconds before answering. Counts the GETs of each path."""
 
     def __init__(self, files, cut=False, delay=0.0):
         self.files, self.cut, self.delay, self.gets = dict(files), cut, delay, {}
@@ -21,9 +23,14 @@ class Server:
                     return
                 threading.Event().wait(server.delay)
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
+                size = len(data) if isinstance(data, bytes) else os.path.getsize(data)
+                self.send_header("Content-Length", str(size))
                 self.end_headers()
-                self.wfile.write(data[: len(data) // 2] if server.cut else data)
+                if isinstance(data, bytes):
+                    self.wfile.write(data[: size // 2] if server.cut else data)
+                else:  # a file's path: streamed, never held whole
+                    with open(data, "rb") as handle:
+                        shutil.copyfileobj(handle, self.wfile, 1 << 20)
                 self.wfile.flush()
                 if server.cut:
                     self.close_connection = True

@@ -208,11 +208,13 @@ def test_torchvision_weights_by_name_equal_convert_then_load_by_path(
     torch.manual_seed(0)
     source = tmp_path / "alexnet-owt.pth"
     torch.save(__import__("torchvision").models.alexnet().state_dict(), source)
-    data = source.read_bytes()
-    prefix = hashlib.sha256(data).hexdigest()[:8]
+    prefix = published.digest(str(source), "sha256:")[:8]
     name = f"alexnet-owt-{prefix}.pth"
-    server = served({f"/models/{name}": data})
-    del data
+    x = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    assert convert.main([str(source), "--out", str(tmp_path / "by_path.pt")]) == 0
+    net = from_pretrained(str(tmp_path / "by_path.pt"))
+    want = net(net.transform.center(x))
+    server = served({f"/models/{name}": str(source)})
     real = published.lookup("torchvision")
     monkeypatch.setitem(
         published._MAKERS,
@@ -221,19 +223,18 @@ def test_torchvision_weights_by_name_equal_convert_then_load_by_path(
             real, url=f"{server.url}/models/{name}", checksum=f"sha256:{prefix}"
         ),
     )
-    by_name = from_pretrained("torchvision")
-    server.stop()
-    again = from_pretrained("torchvision")  # the cached folder: no network
-    hub_nets = [
-        torch.hub.load(ROOT, "alexnet_torchvision", source="local", weights="torchvision"),
-        torch.hub.load(ROOT, "alexnet_torchvision", source="local", pretrained=True),
+    loads = [
+        lambda: from_pretrained("torchvision"),
+        lambda: from_pretrained("torchvision"),  # the cached folder: no network
+        lambda: torch.hub.load(ROOT, "alexnet_torchvision", source="local", weights="torchvision"),
+        lambda: torch.hub.load(ROOT, "alexnet_torchvision", source="local", pretrained=True),
     ]
-    assert convert.main([str(source), "--out", str(tmp_path / "by_path.pt")]) == 0
-    by_path = from_pretrained(str(tmp_path / "by_path.pt"))
-    x = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
-    want = by_path(by_path.transform.center(x))
-    for net in (by_name, again, *hub_nets):
+    for k, load in enumerate(loads):  # one net held at a time
+        net = load()
         assert torch.equal(net(net.transform.center(x)), want)
+        if k == 0:
+            server.stop()
+    del net
     assert server.gets == {f"/models/{name}": 1}
     assert sorted(os.listdir(hub / "paper_alexnet")) == ["torchvision"]
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "data"))
