@@ -1,6 +1,6 @@
 """Write tests/CLAIMS.md: every test the suite collects, with the claim it checks (its docstring's first
 sentence, or its name read as a sentence) and where that claim is checked now, for the claims that moved to
-another test when the suite was made fast (issue 43). Run from the repository root:
+another test when the suite was made fast. Run from the repository root:
 
     python tests/list_claims.py > tests/CLAIMS.md
 """

@@ -267,7 +267,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     )  # 3 global batches of 4, not 6
 
 
-# reproduce.train with the §2/§4.1 statistics made slower than the process group's timeout (issue 44, point 2)
+# reproduce.train with the §2/§4.1 statistics made slower than the process group's timeout
 SLOW_STATISTICS = """
 import sys, time
 from paper_alexnet import distributed

@@ -229,7 +229,7 @@ def test_torch_compile_traces_the_towers_in_one_graph():
     assert_same_function(compiled(x), towers(x), FAN_IN, DEPTH)
 
 
-# --- GPUs a process under torchrun (issue 44: NCCL refuses two processes on one GPU) -----------------------
+# --- GPUs a process under torchrun (NCCL refuses two processes on one GPU) --------------------------------
 
 
 def _rule(gpus, local_rank, local_world):

@@ -1,4 +1,4 @@
-"""One set of loader processes for a whole run (issue 44, point 13): every epoch's and every evaluation's batches
+"""One set of loader processes for a whole run: every epoch's and every evaluation's batches
 come from the same workers, the same batches a fresh loader gives."""
 
 import os
