@@ -963,8 +963,9 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         )
         ctx.say(f"best.pt (epoch {centre[0]}): {class_report.line(found)}")
     ctx.writer.result(result)
-    if stopped and config.ten_crop:
-        return _stopped(ctx, stop, "before the ten-crop evaluation")
+    if stopped:  # a signal during the last epoch's validation: the status says so, --resume does the rest
+        skipped = "the per-class files" + (" and the ten-crop evaluation" if config.ten_crop else "")
+        return _stopped(ctx, stop, f"before {skipped}")
     ctx.say(
         f"done: best val top-1 error {percent(best_row['val_top1_err'])} (chance "
         f"{100 * (1 - 1 / len(data.dataset.classes)):.0f}%); results in {config.out}"

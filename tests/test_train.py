@@ -333,6 +333,30 @@ SIGNALLED = (
 )
 
 
+def test_a_signal_during_the_last_validation_exits_with_its_code_and_resume_writes_what_was_skipped(
+    tmp_path, monkeypatch, capsys
+):
+    """The last epoch's validation runs on after SIGTERM (the step was the last one); the run then writes its
+    result.json and ends with 143, saying what it skipped, never "done" and 0: a scheduler that requeues on 143
+    must not take it for complete. --resume writes the per-class files it left."""
+    real = train.score
+
+    def signalled(ctx, data, net, ten_crop=False, per_image=False):
+        if per_image and not ten_crop:  # the epoch's validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(ctx, data, net, ten_crop=ten_crop, per_image=per_image)
+
+    monkeypatch.setattr(train, "score", signalled)
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM before the per-class files" in err and "done:" not in err
+    assert (out / "result.json").exists() and not (out / "per_class.csv").exists()
+    monkeypatch.setattr(train, "score", real)
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out), "--resume"]) == 0
+    assert (out / "per_class.csv").exists() and "done:" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tools", [[], TOOLS_ON], ids=["paper", "small-data tools"])
 def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrupted_run(
