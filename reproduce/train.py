@@ -591,13 +591,15 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
         + f"; {plural(config.epochs, 'epoch')} of batch {config.batch_size}"
     )
     changes = None
-    if config.recipe == "quick":
+    if (
+        config.recipe == "quick"
+    ):  # what this run used of the four things the recipe changes, as the run uses them
         changes = {
-            "init": recipe.init,
-            "scale": "1/pixel std",
-            "optimizer": recipe.optimizer,
-            "lr": recipe.lr,
-            "schedule": recipe.schedule,
+            "init": net.network.init,
+            "scale": net.augment.scale,  # 1/pixel std; 1 where --mean torchvision normalises instead
+            "optimizer": config.optimizer,
+            "lr": config.lr,
+            "schedule": config.schedule,
         }
         if not net.alexnet:
             del changes["init"]
@@ -963,8 +965,12 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         )
         ctx.say(f"best.pt (epoch {centre[0]}): {class_report.line(found)}")
     ctx.writer.result(result)
-    if stopped:  # a signal during the last epoch's validation: the status says so, --resume does the rest
-        skipped = "the per-class files" + (" and the ten-crop evaluation" if config.ten_crop else "")
+    if (
+        stopped
+    ):  # a signal during the last epoch's validation: the status says so, --resume does the rest
+        skipped = "the per-class files" + (
+            " and the ten-crop evaluation" if config.ten_crop else ""
+        )
         return _stopped(ctx, stop, f"before {skipped}")
     ctx.say(
         f"done: best val top-1 error {percent(best_row['val_top1_err'])} (chance "

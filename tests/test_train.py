@@ -40,6 +40,10 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
     config = run_config.read_record(str(out))
     assert config["recipe"] == "quick" and config["quick_changes"]["init"] == "he"
     assert config["deterministic"] is True and config["no_tf32"] is True
+    # quick_changes: what the run used (the synthetic data's plateau schedule, the scale it divided by)
+    changes = config["quick_changes"]
+    assert changes["schedule"] == config["schedule"] == "plateau" and changes["optimizer"] == "adam"
+    assert changes["scale"] == config["augment"]["scale"] != 1.0 and changes["lr"] == config["lr"]
     assert config["cuda_settings"] is None and isinstance(config["channels_last"], bool)
     assert config["batch_size"] == 8 and config["versions"]["torch"] == torch.__version__
     assert config["model"]["name"] == "paper" and config["model"]["num_classes"] == 4
@@ -53,6 +57,32 @@ def test_a_run_leaves_config_metrics_checkpoints_and_curves(tmp_path):
         }
         assert "augment" in payload["rng"] and payload["epoch"] in (1, 2)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_changes_record_the_optimiser_rate_and_scale_the_run_used(tmp_path):
+    """The user's --optimizer and --lr replace the recipe's, and --mean torchvision keeps the scale at 1: config.json
+    says so (it recorded the recipe's adam, 1e-4 and "1/pixel std" whatever the run used)."""
+    out = tmp_path / "given"
+    flags = [
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--mean",
+        "torchvision",
+        "--variant",
+        "paper+no-lrn",
+    ]
+    assert train.main(TINY + ["--epochs", "1", "--out", str(out), *flags]) == 0
+    config = run_config.read_record(str(out))
+    assert config["recipe"] == "quick" and config["augment"]["scale"] == 1.0
+    assert config["quick_changes"] == {
+        "init": "he",
+        "scale": 1.0,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "schedule": "plateau",
+    }
 
 
 def test_metrics_count_the_seconds_the_training_loop_waited_for_data(tmp_path, monkeypatch):
