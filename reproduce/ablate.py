@@ -109,7 +109,7 @@ GRIDS: Dict[str, Grid] = {
         (),
         "the paper net against later torchvision nets trained the same way",
     ),
-    # issue 33: each small-data tool alone at one setting, on a user's folder with its defaults (--recipe auto:
+    # each small-data tool alone at one setting, on a user's folder with its defaults (--recipe auto:
     # quick), against the defaults ("paper"); none of them is the paper's (docs/deviations.md)
     "small-data": Grid(
         (

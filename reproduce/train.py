@@ -876,9 +876,6 @@ def name_unreadable(ctx: Context, known: dict, met: List[tuple]) -> None:
         say_skipped([(path, reason) for _, path, reason in new], "this run's data", listed)
 
 
-STALLED = Exit.STALLED  # the exit status of a run that --on-stall stop ended
-
-
 def _every_process_at(process: distributed.Process, steps: int) -> str:
     """The words " on all N processes", once every process has said it stopped after ``steps`` steps too (the
     vote in engine.train_one_epoch makes them stop together; rank 0's checkpoint is then every rank's state)."""

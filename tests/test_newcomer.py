@@ -1,4 +1,4 @@
-"""What a newcomer met on a first try (issue 22), each point checked: top-5 with few classes, charts that leave
+"""What a newcomer met on a first try, each point checked: top-5 with few classes, charts that leave
 a run's files alone and read well, Figure 4's numbers, a smoke grid's disk and caveat, names and data specs
 that are refused helpfully, --quiet, predict and evaluate output, numbers in files, --help, words."""
 

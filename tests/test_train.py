@@ -17,6 +17,7 @@ from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.engine import NonFiniteLoss
 from reproduce import run_config, run_writer, train
+from reproduce.args import Exit
 from data_fixtures import blank_tree, folder_contents, image_tree, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -539,7 +540,7 @@ def test_a_stalled_run_stops_by_the_deadline_keeps_its_checkpoint_and_names_the_
     out = tmp_path / "stuck"
     assert (
         train.main(_stuck(tmp_path) + ["--recipe", "paper", "--epochs", "2", "--out", str(out)])
-        == train.STALLED
+        == Exit.STALLED
     )
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if x.startswith("stopped at step")]
