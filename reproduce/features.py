@@ -191,12 +191,12 @@ class SplitSource:
     def __len__(self) -> int:
         return len(self.split)
 
-    def batches(self, args, device):
+    def batches(self, args, device, workers: int):
         loader = BatchLoader(
             self.split,
             args.batch_size,
             shuffle=False,
-            workers=args.workers,
+            workers=workers,
             strict=args.strict,
             device=device,
             decode=args.decode,
@@ -220,7 +220,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
     from tqdm.auto import tqdm
 
     model, device = net.model, net.placement.first
-    args.workers = reader_processes(args.workers, device)
+    workers = reader_processes(args.workers, device)  # resolved here; the flags stay as given
     shapes = features.shapes(model)
     dtype = np.dtype(args.dtype)
     files = {name: f"{_safe(name)}.npy" for name in asked}
@@ -233,7 +233,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
     bar = tqdm(total=len(source), unit="img", desc="features", disable=args.quiet, leave=False)
     try:
         with torch.no_grad(), tapping(model, taps):
-            for indices, images, labels in source.batches(args, device):
+            for indices, images, labels in source.batches(args, device, workers):
                 taken.clear()
                 model(net.transform.center(images))
                 for name in asked:
@@ -299,7 +299,7 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
         },
         "transform": shared.transforms(net.checkpoint),
         "images_per_s": round(seen / max(seconds, 1e-9), 1),
-        "workers": args.workers,
+        "workers": workers,  # the count it read with (the bench reads it)
         "batch_size": args.batch_size,
     }
     with atomic_write(whole, encoding="utf-8") as handle:

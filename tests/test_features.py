@@ -428,3 +428,18 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
         assert command(argv) == code, argv
         err = capsys.readouterr().err
         assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err, err
+
+
+def test_the_flags_stay_as_given_and_layers_json_keeps_the_readers_it_used(run, tmp_path):
+    """--workers left out: the command resolves it (0 readers on the CPU) for itself, without writing it back into
+    the parsed flags that a caller (the bench, a notebook) hands on; layers.json records the count."""
+    root, best = run
+    args = features.get_args_parser().parse_args(
+        ["--checkpoint", str(best), "--data", f"folder:{root}", "--layers", "fc8", "--quiet"]
+        + ["--out", str(tmp_path / "out")]
+    )
+    assert args.workers is None
+    assert features.run(args) == 0
+    assert args.workers is None
+    record = json.loads((tmp_path / "out" / "layers.json").read_text())
+    assert record["workers"] == 0
