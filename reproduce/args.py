@@ -25,7 +25,7 @@ from paper_alexnet.atomic import WriteError, atomic_write
 from paper_alexnet.cli import FLOAT_FORMAT, log_to_stderr, plural
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.cpu_memory import keep_freed_memory
-from paper_alexnet.data import MEAN_MODES, Augment, BadImageError, DataError
+from paper_alexnet.data import MEAN_MODES, BadImageError, DataError
 from paper_alexnet.data.loader import DECODE_CHOICES
 from paper_alexnet.data.sources import SOURCES
 
@@ -374,25 +374,6 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
 def check_workers(workers: Optional[int]) -> None:
     if workers is not None and workers < 0:
         raise DataError(f"--workers must be 0 or more, not {workers}")
-
-
-def augment_from_args(args: argparse.Namespace, input_size: int) -> Augment:
-    """The Augment of the parsed flags; the crop defaults to the net's input size."""
-    crop = args.crop if args.crop is not None else input_size
-    check_workers(args.workers)
-    try:
-        return Augment(
-            crop=crop,
-            translate=not args.no_translate,
-            flip=not args.no_flip,
-            pca=not args.no_pca,
-            pca_sigma=args.pca_sigma,
-            mean=args.mean or "image",
-            crop_scale=args.crop_scale or None,
-            jitter=args.jitter or 0.0,
-        )
-    except ValueError as err:
-        raise DataError(str(err)) from None
 
 
 FORMATS = {

@@ -15,13 +15,13 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from paper_alexnet import ArchConfig, paper
+from paper_alexnet import ArchConfig, paper, published
 from paper_alexnet.cli import for_file
+from paper_alexnet.data import Augment, DataError
 from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.networks import get_network
 from reproduce import recipes
-from paper_alexnet import published
-from reproduce.args import UsageError, augment_from_args
+from reproduce.args import UsageError, check_workers
 
 FORMAT = "paper_alexnet.run/2"  # config.json; /1 (no format field) kept the flags under "args"
 # Filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto).
@@ -253,7 +253,8 @@ def _check(config: RunConfig) -> None:
         ),
     ]
     network = get_network(config.variant)  # an unknown name stops here
-    augment_from_args(config, network.input_size)  # and a crop the images cannot give
+    check_workers(config.workers)
+    augment(config, network.input_size)  # and a crop the images cannot give
     checks.append(
         (
             isinstance(network, ArchConfig) or not config.pretrained,
@@ -267,6 +268,25 @@ def _check(config: RunConfig) -> None:
         raise UsageError(
             '--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"'
         )
+
+
+def augment(config: RunConfig, input_size: int) -> Augment:
+    """The §2/§4.1 pipeline's switches of ``config`` (the crop defaults to the net's input size); a crop the
+    images cannot give is a DataError."""
+    crop = config.crop if config.crop is not None else input_size
+    try:
+        return Augment(
+            crop=crop,
+            translate=not config.no_translate,
+            flip=not config.no_flip,
+            pca=not config.no_pca,
+            pca_sigma=config.pca_sigma,
+            mean=config.mean or "image",
+            crop_scale=config.crop_scale or None,
+            jitter=config.jitter or 0.0,
+        )
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 def _match_weights(

@@ -61,7 +61,6 @@ from reproduce.args import (
     UsageError,
     add_data_arguments,
     add_reading_flags,
-    augment_from_args,
     exit_code,
     loader_processes,
     say_skipped,
@@ -465,7 +464,7 @@ def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretraine
     alexnet = isinstance(network, ArchConfig)  # the comparison nets keep their own init
     if alexnet:
         network = dataclasses.replace(network, init=recipe.init)
-    augment = augment_from_args(config, network.input_size)
+    augment = run_config.augment(config, network.input_size)
     if recipe.unit_std and augment.mean != "torchvision":
         augment.scale = float(1.0 / data.stats.channel_std.mean())
     model = build_placed(network, ctx.placement)

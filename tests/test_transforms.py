@@ -163,26 +163,32 @@ def test_average_softmax_averages_probabilities_not_logits():
 
 
 def test_every_part_switches_from_the_command_line():
-    import argparse
-
     from paper_alexnet.data import DataError
-    from reproduce.args import add_data_arguments, augment_from_args
+    from reproduce import run_config, train
 
-    parser = argparse.ArgumentParser()
-    add_data_arguments(parser)
-    default = augment_from_args(parser.parse_args([]), 227)
-    assert default == Augment(
+    def augment(*flags):
+        argv = ["--data", "synthetic", *flags]
+        return run_config.augment(train.get_args_parser().parse_args(argv), 227)
+
+    assert augment() == Augment(
         crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image"
     )  # the paper's
-    off = augment_from_args(
-        parser.parse_args(
-            ["--no-pca", "--no-flip", "--no-translate", "--crop", "224", "--mean", "channel"]
-        ),
-        227,
-    )
+    off = augment("--no-pca", "--no-flip", "--no-translate", "--crop", "224", "--mean", "channel")
     assert off == Augment(crop=224, flip=False, pca=False, mean="channel", translate=False)
     with pytest.raises(DataError, match="256"):
-        augment_from_args(parser.parse_args(["--crop", "300"]), 227)
+        augment("--crop", "300")
+
+
+def test_the_pipeline_is_read_from_the_settled_config_and_the_loader_is_checked_once():
+    """run_config.augment takes the config (one type) and reads the pipeline's switches only; --workers is the
+    config's own check (it raised out of the augmentation's builder)."""
+    from paper_alexnet.data import DataError
+    from reproduce import run_config
+
+    config = run_config.RunConfig(workers=-1, crop=224, no_flip=True)
+    assert run_config.augment(config, 227) == Augment(crop=224, flip=False)
+    with pytest.raises(DataError, match="--workers must be 0 or more"):
+        run_config.settle(config)
 
 
 def test_no_translate_trains_on_the_centre_crop_and_keeps_the_flip_and_lighting_draws():
