@@ -86,9 +86,8 @@ def row_of(event, weights: dict) -> str:
     layer = layer_of(weights, event.input_shapes)
     if layer and "conv" in name:
         return f"{layer} {'backward' if 'backward' in name else 'forward'}"
-    if (
-        layer and "mm" in name
-    ):  # a linear layer: addmm forward (with its bias), mm backward (input, weight)
+    # a linear layer: addmm forward (with its bias), mm backward (input, weight)
+    if layer and "mm" in name:
         return f"{layer} {'forward' if 'addmm' in name else 'backward'}"
     for fragment, row in KINDS:
         if fragment in name:

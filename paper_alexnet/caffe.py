@@ -225,9 +225,8 @@ def to_state_dict(
         for part, array in zip(("weight", "bias"), blobs[name]):
             want = tuple(expected[f"{name}.{part}"].shape)
             shape = array.shape
-            while (
-                array.ndim > len(want) and array.shape[0] == 1
-            ):  # V1's 1 x 1 x out x in, 1 x 1 x 1 x out
+            # V1's 1 x 1 x out x in, 1 x 1 x 1 x out
+            while array.ndim > len(want) and array.shape[0] == 1:
                 array = array[0]
             if array.shape != want:
                 raise CaffeError(

@@ -61,9 +61,8 @@ class Checkpoint:
     epoch: int = 0  # epochs finished
     step: int = 0  # batches of epoch + 1 done: > 0 after a stop mid-epoch
     best_val_top1_err: float = math.inf
-    metrics: List[Dict[str, Any]] = dataclasses.field(
-        default_factory=list
-    )  # metrics.csv's rows so far
+    # metrics.csv's rows so far
+    metrics: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     optimizer: Optional[Dict[str, Any]] = None
     schedule: Optional[Dict[str, Any]] = None
     rng: Dict[str, Any] = dataclasses.field(default_factory=dict)  # generator states by name
@@ -150,9 +149,8 @@ def upgrade(payload: dict, version: int) -> dict:
     fields = {f.name for f in dataclasses.fields(Checkpoint)}
     payload = {k: v for k, v in payload.items() if k in fields}
     if version < 2:
-        payload.setdefault(
-            "classes", []
-        )  # the oldest files: classes, augment and rng not yet saved
+        # the oldest files: classes, augment and rng not yet saved
+        payload.setdefault("classes", [])
         payload.setdefault("augment", {})
         payload["step"], payload["progress"] = 0, None
     return payload

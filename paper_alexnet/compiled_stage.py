@@ -49,9 +49,8 @@ def run(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> torch.Tenso
     run_compiled = compiled()
     if run_compiled is None:
         return stage(z, window, groups, pool)
-    tried = _state.setdefault(
-        "tried", set()
-    )  # forward alone (evaluation), and with backward (training)
+    # forward alone (evaluation), and with backward (training)
+    tried = _state.setdefault("tried", set())
     if z.requires_grad in tried:
         return run_compiled(z, window, groups, pool)
     try:  # the first call compiles forward and, for training, backward: a failure shows here, not mid-step

@@ -42,9 +42,8 @@ class ArchConfig:
     conv_kernels: Tuple[int, ...] = paper.CONV_KERNELS
     conv_strides: Tuple[int, ...] = paper.CONV_STRIDES
     conv_paddings: Tuple[int, ...] = paper.CONV_PADDINGS
-    conv_grouped: Tuple[bool, ...] = (
-        paper.CONV_GROUPED
-    )  # which convs read only their own tower (§3.2)
+    # which convs read only their own tower (§3.2)
+    conv_grouped: Tuple[bool, ...] = paper.CONV_GROUPED
     towers: int = paper.TOWERS  # 1 = no groups anywhere ("groups off")
     # "floor" is PyTorch's and Caffe's conv rounding; "ceil" is cuda-convnet's (zero pad right/bottom)
     conv_rounding: str = "floor"
@@ -63,10 +62,11 @@ class ArchConfig:
     # fully-connected layers (§3.5) and dropout (§4.2)
     fc_sizes: Tuple[int, ...] = paper.FC_SIZES
     dropout: float = paper.DROPOUT
+    # whose outputs are dropped; torchvision: pool5, fc6
     dropout_after: Tuple[str, ...] = (
         "fc6",
         "fc7",
-    )  # whose outputs are dropped; torchvision: pool5, fc6
+    )
     activation: str = paper.ACTIVATION  # "relu" (§3.1) or "tanh" (Figure 1's comparison)
     num_classes: int = paper.NUM_CLASSES
     # initialisation (§5), one value per learned layer conv1..fc8; None keeps PyTorch's default init

@@ -91,9 +91,8 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        gx = (
-            onednn_mm(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        )  # (N, out) @ (out, in)
+        # (N, out) @ (out, in)
+        gx = onednn_mm(grad, weight.t()) if ctx.needs_input_grad[0] else None
         gw = onednn_mm(grad.t(), x.t()) if ctx.needs_input_grad[1] else None  # (out, N) @ (N, in)
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb

@@ -151,9 +151,8 @@ def train_one_epoch(
         )
         if on_step is not None:
             on_step(step, value / max(total, 1), int(hits), int(total))
-        if stops or (
-            world == 1 and stop is not None and stop()
-        ):  # one process: a signal during this step
+        # one process: a signal during this step
+        if stops or (world == 1 and stop is not None and stop()):
             progress.stopped = True
             break
         waited = time.perf_counter()

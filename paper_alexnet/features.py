@@ -174,9 +174,8 @@ def rdm(activations: np.ndarray, block_bytes: int = 256 << 20) -> np.ndarray:
         z = np.asarray(flat[start : start + rows], dtype=np.float64)
         z = z - z.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(z, axis=1, keepdims=True)
-        return np.divide(
-            z, norm, out=np.zeros_like(z), where=norm > 0
-        )  # a constant row: no correlation
+        # a constant row: no correlation
+        return np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)
 
     out = np.empty((n, n), dtype=np.float64)
     for i in range(0, n, rows):

@@ -86,9 +86,8 @@ def draw(config: ArchConfig, path: str) -> None:
     lanes = {1: [0.0], 2: [0.55, -0.55]}
     centres = {}
     for x, box in enumerate(boxes):
-        h = 0.16 + 0.5 * math.log(box["side"] + 1) / math.log(
-            config.input_size + 1
-        )  # the side, log scale
+        # the side, log scale
+        h = 0.16 + 0.5 * math.log(box["side"] + 1) / math.log(config.input_size + 1)
         w = 0.1 + 0.45 * math.log(box["depth"] + 1) / math.log(4097)  # the depth, log scale
         ys = lanes[box["towers"]] if box["towers"] == 2 else [0.0]
         centres[x] = ys
@@ -147,8 +146,7 @@ def draw(config: ArchConfig, path: str) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    with matplotlib.rc_context(
-        {"svg.fonttype": "none"}
-    ):  # SVG text as <text>, readable and searchable
+    # SVG text as <text>, readable and searchable
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
         fig.savefig(path, dpi=110)
     plt.close(fig)

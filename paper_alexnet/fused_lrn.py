@@ -75,9 +75,8 @@ def _build() -> ctypes.CDLL:
     target = _cache_dir() / f"lrn-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(
-            dir=target.parent
-        ) as work:  # same file system: atomic rename
+        # same file system: atomic rename
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:
             built = os.path.join(work, target.name)
             done = subprocess.run(
                 [compiler, *flags, str(SOURCE), "-o", built], capture_output=True, text=True
@@ -91,6 +90,7 @@ def _build() -> ctypes.CDLL:
         t = ctypes.POINTER(real)
         window = [i64, i64, f64, f64, f64]  # before, after, alpha, beta, k
         lrn = [i64, i64, i64, *window, ctypes.c_int]  # blocks, channels, positions
+        # ..., height, width, ..., pool
         stage = [
             i64,
             i64,
@@ -100,7 +100,7 @@ def _build() -> ctypes.CDLL:
             i64,
             i64,
             ctypes.c_int,
-        ]  # ..., height, width, ..., pool
+        ]
         nhwc = [i64, *stage]  # images, groups, channels per group, height, width, ...
         for name, pointers, sizes in (
             ("lrn_forward", [t, t], lrn),
@@ -233,9 +233,8 @@ def stage_forward(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> t
     (row * size + column, uint8).
     """
     n, c, h, w = z.shape
-    sides = (
-        window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w)
-    )  # §3.4, floor
+    # §3.4, floor
+    sides = (window_output(side, *pool, 0, "floor", "pool", pooling=True)[0] for side in (h, w))
     layout = layout_of(z)
     out = torch.empty((n, c, *sides), dtype=z.dtype, memory_format=layout)
     at = torch.empty(out.shape, dtype=torch.uint8, memory_format=layout)

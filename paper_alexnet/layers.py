@@ -59,9 +59,8 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k, groups):
-        ctx.save_for_backward(
-            a
-        )  # only the input: s is rebuilt in backward (memory, not time, is short)
+        # only the input: s is rebuilt in backward (memory, not time, is short)
+        ctx.save_for_backward(a)
         ctx.hyper, ctx.k = (size, alpha, beta, groups), k
         if fused_lrn.applies(a):
             return fused_lrn.forward(a, size, alpha, beta, k, groups)
@@ -142,12 +141,10 @@ class _ReluLRNPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         z, at = ctx.saved_tensors
         window, groups, pool = ctx.hyper
-        grad_out = grad_out.contiguous(
-            memory_format=fused_lrn.layout_of(z)
-        )  # the kernel reads z's layout
-        if torch.is_grad_enabled() or not fused_lrn.applies(
-            z, grad_out, layouts=True
-        ):  # double backward: through torch ops
+        # the kernel reads z's layout
+        grad_out = grad_out.contiguous(memory_format=fused_lrn.layout_of(z))
+        # double backward: through torch ops
+        if torch.is_grad_enabled() or not fused_lrn.applies(z, grad_out, layouts=True):
             with torch.enable_grad():
                 source = z if z.requires_grad else z.detach().requires_grad_()
                 out = F.max_pool2d(local_response_norm(F.relu(source), *window, groups), *pool)

@@ -45,35 +45,23 @@ class AlexNet(nn.Module):
                 groups=cfg.conv_groups(i),
             )
 
-        self.act = layers.activation(cfg.activation)  # §3.1
-        self.conv1, self.norm1, self.pool1 = (
-            conv(0),
-            layers.norm(cfg),
-            layers.pool(cfg),
-        )  # 96 x 11x11x3, stride 4
-        self.conv2, self.norm2, self.pool2 = (
-            conv(1),
-            layers.norm(cfg),
-            layers.pool(cfg),
-        )  # 256 x 5x5x48 (groups 2)
-        self.conv3 = conv(2)  # 384 x 3x3x256 (both towers)
-        self.conv4 = conv(3)  # 384 x 3x3x192 (groups 2)
-        self.conv5, self.pool5 = conv(4), layers.pool(cfg)  # 256 x 3x3x192 (groups 2)
-        self.avgpool = (
-            nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
-        )
         self._rows = layer_map(cfg)  # the geometry at the built input size
         fc6_in = self._rows["fc6"].in_shape[0]  # 256*6*6 = 9216
-        self.drop5 = layers.dropout(cfg, "pool5")  # torchvision only
-        self.fc6, self.drop6 = (
-            Linear(fc6_in, cfg.fc_sizes[0]),
-            layers.dropout(cfg, "fc6"),
-        )  # 4096, §4.2
-        self.fc7, self.drop7 = (
-            Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]),
-            layers.dropout(cfg, "fc7"),
-        )  # 4096, §4.2
-        self.fc8 = Linear(cfg.fc_sizes[1], cfg.num_classes)  # 1000
+        adaptive = nn.AdaptiveAvgPool2d(cfg.adaptive_pool) if cfg.adaptive_pool else nn.Identity()
+        # §3.5's layers, a row each (a table: the formatter leaves it as written)
+        # fmt: off
+        self.act = layers.activation(cfg.activation)                                        # §3.1
+        self.conv1, self.norm1, self.pool1 = conv(0), layers.norm(cfg), layers.pool(cfg)  # 96 x 11x11x3, stride 4
+        self.conv2, self.norm2, self.pool2 = conv(1), layers.norm(cfg), layers.pool(cfg)  # 256 x 5x5x48, groups 2
+        self.conv3 = conv(2)                                                                # 384 x 3x3x256
+        self.conv4 = conv(3)                                                                # 384 x 3x3x192, groups 2
+        self.conv5, self.pool5 = conv(4), layers.pool(cfg)                                  # 256 x 3x3x192, groups 2
+        self.avgpool = adaptive                                                             # torchvision's; else none
+        self.drop5 = layers.dropout(cfg, "pool5")                                           # torchvision only
+        self.fc6, self.drop6 = Linear(fc6_in, cfg.fc_sizes[0]), layers.dropout(cfg, "fc6")  # 4096, §4.2
+        self.fc7, self.drop7 = Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), layers.dropout(cfg, "fc7")
+        self.fc8 = Linear(cfg.fc_sizes[1], cfg.num_classes)                                 # 1000
+        # fmt: on
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

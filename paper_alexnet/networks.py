@@ -53,18 +53,21 @@ class Figure1Net(nn.Module):
         super().__init__()
         self.shrink = nn.AvgPool2d(7)  # 3x224x224 -> 3x32x32
         self.act = layers.activation(activation)
+        # 32x32x32 -> 32x15x15
         self.conv1, self.pool1 = (
             nn.Conv2d(3, 32, 5, padding=2),
             layers.max_pool(3, 2),
-        )  # 32x32x32 -> 32x15x15
+        )
+        # 32x15x15 -> 32x7x7
         self.conv2, self.pool2 = (
             nn.Conv2d(32, 32, 5, padding=2),
             layers.max_pool(3, 2),
-        )  # 32x15x15 -> 32x7x7
+        )
+        # 64x7x7 -> 64x3x3
         self.conv3, self.pool3 = (
             nn.Conv2d(32, 64, 5, padding=2),
             layers.max_pool(3, 2),
-        )  # 64x7x7 -> 64x3x3
+        )
         self.fc4 = nn.Linear(64 * 3 * 3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

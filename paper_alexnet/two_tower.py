@@ -58,10 +58,11 @@ class Tower(nn.Module):
             for i in range(5)
         )
 
+        # within the tower
         self.norm1, self.norm2 = (
             layers.norm(cfg, groups=1),
             layers.norm(cfg, groups=1),
-        )  # within the tower
+        )
         self.pool = layers.pool(cfg)
         self.act = layers.activation(cfg.activation)
         fc6_in = layer_map(cfg)["fc6"].in_shape[0]  # 9216: both towers' pool5
@@ -92,9 +93,8 @@ class TwoTowerAlexNet(nn.Module):
             raise ValueError(f"two devices, one per tower, not {list(devices)}")
         self.config = config
         self.devices = tuple(torch.device(d) for d in devices)
-        grouped = AlexNet(
-            config
-        ).state_dict()  # §5 init drawn as the grouped net draws it (same seed, same net)
+        # §5 init drawn as the grouped net draws it (same seed, same net)
+        grouped = AlexNet(config).state_dict()
         self.towers = nn.ModuleList(Tower(config).to(d) for d in self.devices)
         self.fc8 = Linear(config.fc_sizes[1], config.num_classes).to(self.devices[0])
         self.load_state_dict(grouped)
@@ -105,22 +105,17 @@ class TwoTowerAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not is_built_input(self.config, tuple(x.shape)):
-            check_input(
-                self.config, tuple(x.shape)
-            )  # a ShapeError naming the layer, or the geometry fits
-        front = [
-            t.front(x.to(d, non_blocking=True)) for t, d in zip(self.towers, self.devices)
-        ]  # 128x13x13 each
+            # a ShapeError naming the layer, or the geometry fits
+            check_input(self.config, tuple(x.shape))
+        # 128x13x13 each
+        front = [t.front(x.to(d, non_blocking=True)) for t, d in zip(self.towers, self.devices)]
         pooled = [t.middle(both) for t, both in zip(self.towers, self._across(front))]  # 4608 each
-        fc6 = [
-            t.drop6(t.act(t.fc6(both))) for t, both in zip(self.towers, self._across(pooled))
-        ]  # 2048 each
-        fc7 = [
-            t.drop7(t.act(t.fc7(both))) for t, both in zip(self.towers, self._across(fc6))
-        ]  # 2048 each
-        return self.fc8(
-            torch.cat([fc7[0], fc7[1].to(self.devices[0], non_blocking=True)], 1)
-        )  # logits
+        # 2048 each
+        fc6 = [t.drop6(t.act(t.fc6(both))) for t, both in zip(self.towers, self._across(pooled))]
+        # 2048 each
+        fc7 = [t.drop7(t.act(t.fc7(both))) for t, both in zip(self.towers, self._across(fc6))]
+        # logits
+        return self.fc8(torch.cat([fc7[0], fc7[1].to(self.devices[0], non_blocking=True)], 1))
 
     # --- the grouped layout, the one checkpoint format ---------------------------------------------------
 

@@ -149,9 +149,8 @@ def from_caffe(path: str, mean_path: Optional[str], say: Callable) -> Tuple[dict
             "no --mean: Caffe's per-channel mean B 104, G 117, R 123 (give --mean imagenet_mean.binaryproto "
             "for the mean image BVLC trained with)"
         )
-    augment = Augment(
-        crop=227, mean="image", scale=1.0, resize="warp"
-    )  # raw 0-255 pixels, images warped
+    # raw 0-255 pixels, images warped
+    augment = Augment(crop=227, mean="image", scale=1.0, resize="warp")
     return state, "caffe", dataclasses.asdict(augment), _stats(mean)
 
 

@@ -65,9 +65,8 @@ class Grid:
     cells: Tuple[str, ...]
     flags: Tuple[str, ...]  # reproduce.train flags every cell of this grid gets (before the user's)
     what: str
-    lrs: Tuple[
-        float, ...
-    ] = ()  # a learning-rate search for each cell before its seeds (none: the flags' rate)
+    # a learning-rate search for each cell before its seeds (none: the flags' rate)
+    lrs: Tuple[float, ...] = ()
 
 
 GRIDS: Dict[str, Grid] = {
@@ -139,13 +138,14 @@ SMOKE_NOTE = (
     "cell runs, and say nothing about the variants; their differences from the paper net, and the paper's "
     "deltas beside them, are noise here."
 )
+# train's flags that ablate sets for each cell
 OWNED = (
     "variant",
     "seed",
     "out",
     "resume",
     "ten-crop",
-)  # train's flags that ablate sets for each cell
+)
 # Every cell spends the grid's whole budget: a cell at chance is a result to compare, not a run to stop
 # (reproduce.train's --on-stall; a user's own --on-stall comes later and wins).
 CELL_FLAGS = ("--on-stall", "warn")

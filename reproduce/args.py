@@ -376,11 +376,12 @@ def check_workers(workers: Optional[int]) -> None:
         raise DataError(f"--workers must be 0 or more, not {workers}")
 
 
+# what --format writes, and the --out it implies
 FORMATS = {
     "pt": ".pt",
     "onnx": ".onnx",
     "safetensors": "",
-}  # what --format writes, and the --out it implies
+}
 
 
 def add_format_flag(parser, formats=tuple(FORMATS)) -> None:

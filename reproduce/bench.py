@@ -495,9 +495,8 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
 
     for row in rows:
         if row["lrn"] and "paper+no-lrn" in by:
-            row["lrn_share"] = 1 - _median(
-                ratios(row["what"], "paper+no-lrn")
-            )  # 1 - step(no LRN) / step(net)
+            # 1 - step(no LRN) / step(net)
+            row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))
         for column, other in (
             ("vs_torchvision", "torchvision"),
             ("vs_peer", PEER),
@@ -507,9 +506,8 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
                 continue
             paired = ratios(row["what"], other)
             row[column] = _median(paired)
-            row[f"{column}_low"], row[f"{column}_high"] = median_interval(
-                paired
-            )  # 95% for the median
+            # 95% for the median
+            row[f"{column}_low"], row[f"{column}_high"] = median_interval(paired)
         if "torchvision" in by:
             row["memory_vs_torchvision"] = (
                 row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]

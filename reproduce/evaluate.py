@@ -144,9 +144,8 @@ def evaluate_checkpoint(path: str, args, cache: dict, said: set, out: Optional[s
             per_image=True,  # the per-class summary, always; the files with --out
         )
 
-    started = (
-        time.perf_counter()
-    )  # reading, cutting and the net: what the bench's features section times
+    # reading, cutting and the net: what the bench's features section times
+    started = time.perf_counter()
     centre = score(ten_crop=False)
     seconds = time.perf_counter() - started
     say_skipped(centre["skipped"], f"{dataset.spec} {args.split}")

@@ -114,9 +114,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_strict_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_flag(parser)
-    parser.set_defaults(
-        two_gpu=False, devices=None
-    )  # restore(): one device (the taps read one net)
+    # restore(): one device (the taps read one net)
+    parser.set_defaults(two_gpu=False, devices=None)
     return parser
 
 
@@ -261,9 +260,8 @@ def write_features(args, net, source, asked: List[str], stages: List[str]) -> in
             f"none of the {plural(len(source), 'image')} of {source.name} could be read"
         )
     whole = os.path.join(args.out, "layers.json")
-    if os.path.exists(
-        whole
-    ):  # an earlier run's: until this run's is written, the folder is not whole
+    # an earlier run's: until this run's is written, the folder is not whole
+    if os.path.exists(whole):
         os.remove(whole)
     for stream in streams.values():
         stream.close()

@@ -32,9 +32,8 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     fonts = font_chain()
-    if (
-        len(fonts) > 1
-    ):  # matplotlib falls back along font.family's list (a generic name is one font)
+    # matplotlib falls back along font.family's list (a generic name is one font)
+    if len(fonts) > 1:
         matplotlib.rcParams["font.family"] = fonts
     # a glyph no font has is said once, by drawable(), not once per glyph per figure
     warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)

@@ -66,10 +66,11 @@ TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at
 )
 
 
+# the nets timed under torch.compile: does compiling pay, and is the ratio kept?
 COMPILED = (
     "paper",
     "torchvision",
-)  # the nets timed under torch.compile: does compiling pay, and is the ratio kept?
+)
 BUDGET_MIN = 4.0  # the whole suite: a GPU lent for 15 minutes, its start included, leaves room for a second run
 # Each section's share of the budget, and the least time it is started with (seconds). A section in a process of
 # its own (the tests, the training run) is stopped at its share, or at what is left if that is less; the others
@@ -117,9 +118,8 @@ def _tests(device: str, out: str, select: str, limit_s: float = None) -> dict:
     )
     start = time.perf_counter()
     log = os.path.join(out, "cuda-tests.txt")
-    with open(
-        log, "w", encoding="utf-8"
-    ) as handle:  # as it goes: a run cut short keeps what it printed
+    # as it goes: a run cut short keeps what it printed
+    with open(log, "w", encoding="utf-8") as handle:
         try:
             code = subprocess.run(
                 command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=limit_s
@@ -345,9 +345,8 @@ def run_suite(args: argparse.Namespace) -> int:
     if cuda:  # a CPU dry run: eager only
         sections.append(("models, compiled", lambda limit: models(True, only=COMPILED)))
     rows: List[dict] = []
-    report(
-        args, rows, start, final=False
-    )  # after every section: a run cut short keeps what finished
+    # after every section: a run cut short keeps what finished
+    report(args, rows, start, final=False)
     for name, section in sections:
         share, least = SHARES[name]
         left = budget_s - (time.perf_counter() - start)

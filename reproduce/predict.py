@@ -67,9 +67,8 @@ def run(args) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, not {args.top}")
     ckpt = checkpoint.load(args.checkpoint)
-    resize = ckpt.augment.get(
-        "resize", "shorter"
-    )  # §2's cut, or Caffe's warp for converted BVLC weights
+    # §2's cut, or Caffe's warp for converted BVLC weights
+    resize = ckpt.augment.get("resize", "shorter")
     arrays, paths = [], []
     for path in args.images:  # every file is read before the net is built
         try:

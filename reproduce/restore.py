@@ -62,9 +62,8 @@ def classes_for(ckpt: Checkpoint, path: str, dataset: Optional[DataSet] = None) 
             and len(ckpt.classes) == len(dataset.classes)
             and all(re.fullmatch(r"n\d{8}", str(c)) for c in dataset.classes)
         ):
-            return list(
-                ckpt.classes
-            )  # converted ImageNet weights: names in the sorted-wnid order of the folders
+            # converted ImageNet weights: names in the sorted-wnid order of the folders
+            return list(ckpt.classes)
         if dataset is not None and list(ckpt.classes) != list(dataset.classes):
             raise UsageError(
                 f"{path} was trained on {len(ckpt.classes)} classes ({', '.join(ckpt.classes[:3])}, "
@@ -106,9 +105,8 @@ def restore(
     classes = classes_for(ckpt, path, dataset)
     placement = place(args, get_network(ckpt.variant))
     config = get_network(ckpt.variant, num_classes=len(classes), init=ckpt.init)
-    model = build_placed(
-        config, placement
-    )  # either layout loads the one (grouped) checkpoint format
+    # either layout loads the one (grouped) checkpoint format
+    model = build_placed(config, placement)
     try:
         model.load_state_dict(ckpt.model)
     except (RuntimeError, ValueError) as err:

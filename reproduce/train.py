@@ -321,9 +321,8 @@ class Net:
 
 
 def _run(config: RunConfig, process: distributed.Process) -> int:
-    placement = place(
-        config, get_network(config.variant), process.local_rank, process.local_world
-    )  # before the group starts: a refusal stops every rank alike
+    # before the group starts: a refusal stops every rank alike
+    placement = place(config, get_network(config.variant), process.local_rank, process.local_world)
     workers = loader_processes(config.workers, placement.first, process.local_world)
     config = dataclasses.replace(config, workers=workers)
     config, resumed, pretrained = check_resume(config, placement)
@@ -348,9 +347,8 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
         say(note)
     net = build_net(ctx, data, resumed, pretrained)
     record_config(ctx, data, net)
-    if (
-        config.workers
-    ):  # one set of loader processes for the whole run, not one an epoch and an evaluation
+    # one set of loader processes for the whole run, not one an epoch and an evaluation
+    if config.workers:
         data.workers = WorkerPool(
             {"train": data.train, "val": data.val}, config.workers, placement.first, config.decode
         )
@@ -405,9 +403,8 @@ def check_resume(config: RunConfig, placement: Placement):
         )
     pretrained = None
     if config.pretrained and resumed is None:
-        source = published.resolve(
-            config.pretrained, progress=not config.quiet
-        )  # a name: its cached folder
+        # a name: its cached folder
+        source = published.resolve(config.pretrained, progress=not config.quiet)
         pretrained, trained_on = checkpoint.read_trained(source, "--pretrained")
         config = run_config.change(config, pretrained_input=weights_input(pretrained, trained_on))
     return config, resumed, pretrained
@@ -590,9 +587,8 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
         + f"; {plural(config.epochs, 'epoch')} of batch {config.batch_size}"
     )
     changes = None
-    if (
-        config.recipe == "quick"
-    ):  # what this run used of the four things the recipe changes, as the run uses them
+    # what this run used of the four things the recipe changes, as the run uses them
+    if config.recipe == "quick":
         changes = {
             "init": net.network.init,
             "scale": net.augment.scale,  # 1/pixel std; 1 where --mean torchvision normalises instead
@@ -725,9 +721,8 @@ def train_epochs(
         if watch.stopping and epoch < config.epochs:  # at the epoch's last step
             ctx.say(watch.stopped())
             return Exit.STALLED, rows
-        if (
-            distributed.all_sum([float(stop())])[0] and epoch < config.epochs
-        ):  # a signal during validation
+        # a signal during validation
+        if distributed.all_sum([float(stop())])[0] and epoch < config.epochs:
             return _stopped(
                 ctx, stop, f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps)
             ), rows
@@ -961,9 +956,8 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         )
         ctx.say(f"best.pt (epoch {centre[0]}): {class_report.line(found)}")
     ctx.writer.result(result)
-    if (
-        stopped
-    ):  # a signal during the last epoch's validation: the status says so, --resume does the rest
+    # a signal during the last epoch's validation: the status says so, --resume does the rest
+    if stopped:
         skipped = "the per-class files" + (
             " and the ten-crop evaluation" if config.ten_crop else ""
         )
@@ -976,6 +970,5 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
 
 
 if __name__ == "__main__":
-    distributed.end(
-        as_program(main)
-    )  # sys.exit, but a torchrun rank skips the teardown (distributed.end)
+    # sys.exit, but a torchrun rank skips the teardown (distributed.end)
+    distributed.end(as_program(main))

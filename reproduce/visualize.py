@@ -201,10 +201,11 @@ def neighbors(args) -> str:
         raise UsageError(
             f"{dataset.spec}: no readable image {'to search' if not len(bank) else 'to ask'}"
         )
+    # rows == indices
     train_split, query_split = (
         train_split.subset(kept),
         query_split.subset(asked),
-    )  # rows == indices
+    )
     distances, indices = nearest(queries, bank, args.k)
 
     fig = neighbours_figure(query_split, train_split, dataset.classes, distances, indices)

@@ -62,9 +62,8 @@ def main():
         capture_output=True,
         text=True,
     ).stdout.split()
-    ids = sorted(
-        (i for i in ids if "::" in i), key=lambda i: i.split("::")[0]
-    )  # by file (slow ones run first)
+    # by file (slow ones run first)
+    ids = sorted((i for i in ids if "::" in i), key=lambda i: i.split("::")[0])
     docs = claims(root)
     print("# Every test and the claim it checks\n")
     print(

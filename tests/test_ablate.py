@@ -67,9 +67,8 @@ def test_figure1_net_is_four_layers_and_costs_what_its_layers_say():
 def test_comparison_nets_cost_what_torchvision_publishes(name, weights):
     import torchvision.models
 
-    meta = getattr(
-        torchvision.models, weights
-    ).DEFAULT.meta  # torchvision's own figures, 1000 classes
+    # torchvision's own figures, 1000 classes
+    meta = getattr(torchvision.models, weights).DEFAULT.meta
     cost = network_cost(get_network(name))
     assert cost["params"] == meta["num_params"]
     assert round(cost["macs"] / 1e9, 3) == pytest.approx(meta["_ops"])
@@ -124,17 +123,17 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
         assert row["final_val_top1_err"] == pytest.approx(metrics["val_top1_err"].iloc[-1])
         assert row["val_top1_err"] == pytest.approx(metrics["val_top1_err"].min())
         config = (out / "cells" / f"{row['cell']}-seed{row['seed']}" / "config.json").read_text()
-        assert (
-            '"wd": 0.0' in config and '"schedule": "none"' in config
-        )  # the relu-tanh grid's flags
+        # the relu-tanh grid's flags
+        assert '"wd": 0.0' in config and '"schedule": "none"' in config
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["cell"]) == ["figure1", "figure1+tanh"] and list(summary["seeds"]) == [2, 2]
     assert "Figure 1" in (out / "summary.md").read_text()
     assert _png_size(out / "ablation.png") == (700, 300)  # the errors (no paper net: no deltas)
+    # training error against epochs and seconds
     assert _png_size(out / "figure1.png") == (
         1300,
         450,
-    )  # training error against epochs and seconds
+    )
 
     # a checkpoint of a comparison net evaluates like any other
     best = out / "cells" / "figure1-seed0" / "best.pt"
@@ -188,10 +187,11 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     chart = (out / "ablation.png").read_bytes()
     assert visualize.main(["curves", "--run", str(out), "--out", str(tmp_path / "chart.png")]) == 0
     assert _png_size(tmp_path / "chart.png") == (700, 300)
+    # tanh cells: Figure 1's curves too
     assert _png_size(tmp_path / "chart-figure1.png") == (
         1300,
         450,
-    )  # tanh cells: Figure 1's curves too
+    )
     assert (out / "ablation.png").read_bytes() == chart  # reading a grid changes none of it
     assert "net" in pd.read_csv(out / "ablation.csv").columns
     assert (
@@ -217,27 +217,24 @@ def test_the_default_grid_runs_in_smoke_mode(tmp_path):
     rows = pd.read_csv(out / "ablation.csv")
     assert list(rows["cell"]) == list(ablate.GRIDS["paper"].cells)
     assert set(rows["status"]) == {"done"} and rows["ten_crop_top1_err"].notna().all()
-    assert list(rows.loc[rows["cell"] == "paper+no-pca", "variant"]) == [
-        "paper"
-    ]  # a data switch, same net
+    # a data switch, same net
+    assert list(rows.loc[rows["cell"] == "paper+no-pca", "variant"]) == ["paper"]
     assert rows.loc[rows["cell"] == "torchvision", "input_size"].item() == 224
     summary = pd.read_csv(out / "summary.csv").set_index("cell")
-    assert (
-        summary.loc["paper+no-lrn", "paper_delta_top1_pct"] == 1.4
-    )  # §3.3, beside the measured delta
+    # §3.3, beside the measured delta
+    assert summary.loc["paper+no-lrn", "paper_delta_top1_pct"] == 1.4
     assert summary.loc["one-tower", "paper_delta_top5_pct"] == 1.2  # §3.2
+    # errors, and the deltas with the paper's beside them
     assert _png_size(out / "ablation.png") == (
         1300,
         550,
-    )  # errors, and the deltas with the paper's beside them
+    )
     title, _, command = (out / "summary.md").read_text().splitlines()[:3]
     assert title == "# paper grid on synthetic, 1 seed"  # the chart's title too: no flags in it
-    assert (
-        command == f"`python -m reproduce.ablate --smoke --out {out} --quiet`"
-    )  # they are under it
-    comparison = (
-        out / "comparison.md"
-    ).read_text()  # torchvision's net beside the paper's, timed now
+    # they are under it
+    assert command == f"`python -m reproduce.ablate --smoke --out {out} --quiet`"
+    # torchvision's net beside the paper's, timed now
+    comparison = (out / "comparison.md").read_text()
     for net, params in (("paper", "56,909,194"), ("torchvision", "57,044,810")):
         assert f"| {net} | {params} |" in comparison
     assert "trains at" in comparison and "× torchvision's speed in the bench" in comparison
@@ -273,16 +270,13 @@ def test_summary_arithmetic_on_a_hand_made_table():
         ]
     )
     summary = ablation_tables.summarize(rows).set_index("cell")
-    assert (
-        summary.loc["paper", "seeds"] == 3 and summary.loc["paper+no-lrn", "seeds"] == 2
-    )  # diverged left out
+    # diverged left out
+    assert summary.loc["paper", "seeds"] == 3 and summary.loc["paper+no-lrn", "seeds"] == 2
     assert summary.loc["paper", "val_top1_err_pct_mean"] == pytest.approx(42.0)
-    assert summary.loc["paper", "val_top1_err_pct_std"] == pytest.approx(
-        2.0
-    )  # sample std of 40, 44, 42
-    assert summary.loc["paper+no-lrn", "val_top5_err_pct_std"] == pytest.approx(
-        math.sqrt(8)
-    )  # 21, 25
+    # sample std of 40, 44, 42
+    assert summary.loc["paper", "val_top1_err_pct_std"] == pytest.approx(2.0)
+    # 21, 25
+    assert summary.loc["paper+no-lrn", "val_top5_err_pct_std"] == pytest.approx(math.sqrt(8))
     assert summary.loc["paper+no-lrn", "delta_top1_pct"] == pytest.approx(46.0 - 42.0)
     assert summary.loc["paper+no-lrn", "delta_top5_pct"] == pytest.approx(23.0 - 20.0)
     assert summary.loc["paper+no-lrn", "delta_ten_crop_top1_pct"] == pytest.approx(45.0 - 41.0)
@@ -403,9 +397,8 @@ def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regul
         ("figure1+tanh", "tanh", 0.01, 0),
         ("figure1+tanh", "tanh", 0.1, 0),
     ]
-    assert (
-        search["epochs_to_25"] == "not reached"
-    ).all()  # 1 epoch on 16 images: no rate gets to 25%
+    # 1 epoch on 16 images: no rate gets to 25%
+    assert (search["epochs_to_25"] == "not reached").all()
     chosen = ablation_tables.pick_rates(search)
     rows = pd.read_csv(out / "ablation.csv")
     assert sorted(zip(rows["cell"], rows["seed"])) == sorted(
@@ -413,9 +406,8 @@ def test_figure1_grid_searches_each_units_rate_then_runs_the_seeds_with_no_regul
         for cell in ("figure1", "figure1+tanh")
         for seed in (0, 1)
     )
-    assert (
-        capsys.readouterr().err.count("finished earlier, skipped") == 2
-    )  # seed 0 at the chosen rate: searched
+    # seed 0 at the chosen rate: searched
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 2
     for folder in out.glob("cells/*"):  # "no regularization of any kind" (§3.1), read back
         config = run_config.read_record(str(folder))
         assert (config["wd"], config["schedule"], config["optimizer"]) == (0.0, "none", "sgd")
@@ -459,11 +451,12 @@ def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
         "paper@lr=0.0003",
     )
     smoke = ablate.grid_config([*ablate.SMOKE, "--out", str(tmp_path)])
+    # no 1 // 2; half and twice --smoke's batch of 8
     assert ablate.hparam_cells(smoke)[:3] == (
         "paper",
         "paper@epochs=2",
         "paper@batch-size=4",
-    )  # no 1 // 2; half and twice --smoke's batch of 8
+    )
     cell = ablate.make_cell(base, "paper+no-lrn+no-flip@lr=0.01", 3, str(tmp_path), False)
     assert (cell.config.variant, cell.config.no_flip, cell.config.lr, cell.switches) == (
         "paper+no-lrn",
@@ -549,9 +542,8 @@ def test_jobs_train_cells_at_once_as_processes_of_their_own_with_the_results_of_
         assert jobs[column].to_dict() == pytest.approx(serial[column].to_dict())
     log = (tmp_path / "jobs" / "cells" / "figure1-seed0" / "train.log").read_text()
     assert "recipe:" in log and "done:" in log
-    assert not (
-        tmp_path / "jobs" / "cells" / "figure1-seed0" / "checkpoint.pt"
-    ).exists()  # finished
+    # finished
+    assert not (tmp_path / "jobs" / "cells" / "figure1-seed0" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow

@@ -54,9 +54,8 @@ def test_models_section_writes_one_row_per_net(tmp_path, capsys):
     kept = (
         "freed memory kept (glibc)" if cpu_memory.kept() else "freed memory returned to the system"
     )
-    assert (
-        "GFLOP/s" in printed.err and kept in printed.out
-    )  # the suite's processes keep it (conftest.py)
+    # the suite's processes keep it (conftest.py)
+    assert "GFLOP/s" in printed.err and kept in printed.out
 
 
 def test_naive_reference_computes_the_same_lrn():
@@ -196,9 +195,8 @@ def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(
     assert set(rows["section"]) >= {"tests", "models", "profile", "data", "train"}
     # the step split: every part's share, summing to the whole step; the LRN's is the target's figure
     split = rows[rows["section"] == "profile"]
-    assert (
-        split["share"].sum() == pytest.approx(1, rel=1e-5) and (split["share"] > 0).all()
-    )  # CSV's digits
+    # CSV's digits
+    assert split["share"].sum() == pytest.approx(1, rel=1e-5) and (split["share"] > 0).all()
     lrn = float(split[split["what"].str.startswith("LRN")]["share"].iloc[0])
     assert targets[5]["measured"] == pytest.approx(lrn, rel=1e-5)
     assert "data wait (reproduce.train's second epoch" in report

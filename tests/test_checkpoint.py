@@ -32,9 +32,8 @@ def _v1(payload: dict) -> dict:
 
 
 def test_a_run_writes_the_current_format_and_reads_it_back(run):
-    raw = torch.load(
-        run / "checkpoint.pt", weights_only=True
-    )  # plain data: loads with weights_only
+    # plain data: loads with weights_only
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
     assert raw["format"] == checkpoint.FORMAT == "paper_alexnet.checkpoint/2"
     assert set(raw) == {"format"} | {f for f in Checkpoint.__dataclass_fields__}
     ckpt = checkpoint.load(str(run / "checkpoint.pt"))
@@ -163,6 +162,7 @@ def test_pretrained_takes_a_checkpoint_or_torchvision_weights_and_refuses_anothe
         == 0
     )
     capsys.readouterr()
+    # into the paper net
     assert (
         train.main(
             TINY
@@ -178,7 +178,7 @@ def test_pretrained_takes_a_checkpoint_or_torchvision_weights_and_refuses_anothe
             ]
         )
         == 2
-    )  # into the paper net
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert (
         len(errors) == 1
@@ -199,9 +199,8 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
             handle.write("new, half")
             _no_space()
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["notes.json"]
-    monkeypatch.setattr(
-        atomic.os, "fsync", _no_space
-    )  # the disk fills up while the data is flushed
+    # the disk fills up while the data is flushed
+    monkeypatch.setattr(atomic.os, "fsync", _no_space)
     with pytest.raises(atomic.WriteError):
         checkpoint.save(
             str(tmp_path / "c.pt"), Checkpoint(model={}, variant="paper", classes=[], augment={})
@@ -231,9 +230,8 @@ def test_disk_full_during_a_checkpoint_stops_the_run_and_keeps_the_last_one(
     monkeypatch.setattr(checkpoint.torch, "save", real)
     kept = checkpoint.load(str(out / "checkpoint.pt"))
     assert kept.epoch == 1 and not list(out.glob("*.tmp"))  # nothing half-written left
-    assert (
-        train.main(TINY + ["--epochs", "3", "--out", str(out), "--resume"]) == 0
-    )  # and it resumes
+    # and it resumes
+    assert train.main(TINY + ["--epochs", "3", "--out", str(out), "--resume"]) == 0
     assert checkpoint.load(str(out / "checkpoint.pt")).epoch == 3
 
 

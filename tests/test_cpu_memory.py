@@ -95,9 +95,10 @@ def test_the_setting_asks_glibc_for_what_it_says_and_a_program_takes_it(monkeypa
     monkeypatch.delenv("PAPER_ALEXNET_KEEP_MEMORY", raising=False)
     assert as_program(lambda: 7, keep_memory=False) == 7 and not calls and not cpu_memory.kept()
     assert as_program(lambda: 0) == 0 and cpu_memory.kept()
+    # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<malloc.h>)
     assert calls == [
         (-3, 1 << 30),
         (-1, 1 << 30),
-    ]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<malloc.h>)
+    ]
     monkeypatch.setenv("PAPER_ALEXNET_KEEP_MEMORY", "0")
     assert cpu_memory.keep_freed_memory() is False

@@ -66,9 +66,8 @@ def test_lrn_on_the_device_is_the_section_3_3_equation_forward_and_backward(dtyp
     out = LocalResponseNorm(groups=2)(a)
     assert out.dtype == dtype and out.device.type == torch.device(DEVICE).type
     (out * upstream.to(DEVICE, dtype)).sum().backward()
-    b = (
-        a.detach().double().cpu().requires_grad_()
-    )  # the equation, at the very inputs the device saw
+    # the equation, at the very inputs the device saw
+    b = a.detach().double().cpu().requires_grad_()
     want = ref.lrn(b, groups=2)
     (want * upstream).sum().backward()
     torch.testing.assert_close(out.double().cpu(), want.detach(), rtol=rtol, atol=atol)
@@ -271,9 +270,8 @@ def test_the_device_decode_never_writes_into_memory_that_queued_work_still_reads
         torch.cuda.synchronize()
         torch.cuda._sleep(50_000_000)  # a long kernel, so the reductions below stay queued
         sums = [t.sum(dtype=torch.int64) for t in held]
-        del (
-            held
-        )  # their blocks go back to this stream's pool while the sums still wait to read them
+        # their blocks go back to this stream's pool while the sums still wait to read them
+        del held
         decode_jpegs(*encoded, device=device)
         torch.cuda.synchronize()
         wrong += sum(int(s) != (k + 1) * 3 * 256 * 256 for k, s in enumerate(sums))
@@ -568,8 +566,7 @@ def test_the_compiled_relu_lrn_pool_stage_on_the_device_is_the_paper_written_out
     upstream = torch.randn(want.shape, generator=gen, dtype=torch.float64)
     out.backward(upstream.to(DEVICE, dtype))
     want.backward(upstream)
-    rtol = (
-        1e-10 if dtype == torch.float64 else 1e-4
-    )  # float32: a few ulps through 5-term sums and a power
+    # float32: a few ulps through 5-term sums and a power
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(out.double().cpu(), want, rtol=rtol, atol=rtol)
     torch.testing.assert_close(z.grad.double().cpu(), z64.grad, rtol=rtol, atol=rtol * 10)

@@ -215,9 +215,8 @@ def test_a_validation_class_that_is_not_a_training_class_is_refused_by_name(tmp_
 
 def test_an_empty_or_single_training_class_is_refused(tmp_path):
     image_tree(str(tmp_path / "train"), {"apple": 3, "banana": 2, "empty": 0})
-    with pytest.raises(
-        DataError, match=r"train/empty holds no image files"
-    ):  # not "3 classes, chance 67%"
+    # not "3 classes, chance 67%"
+    with pytest.raises(DataError, match=r"train/empty holds no image files"):
         open_dataset(f"folder:{tmp_path}")
     os.rmdir(tmp_path / "train" / "empty")
     shutil.rmtree(tmp_path / "train" / "banana")
@@ -230,9 +229,8 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     """A JPEG stored as a camera stores it, with EXIF orientation 1-8, reads back upright (the EXIF spec:
     2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise,
     each applied to the stored pixels to show them)."""
-    upright = np.zeros(
-        (120, 80, 3), dtype=np.uint8
-    )  # tall: red top half, blue bottom-left, green rest
+    # tall: red top half, blue bottom-left, green rest
+    upright = np.zeros((120, 80, 3), dtype=np.uint8)
     upright[:60] = (255, 0, 0)
     upright[60:, :40] = (0, 0, 255)
     upright[60:, 40:] = (0, 255, 0)

@@ -54,13 +54,11 @@ def test_each_rank_reads_its_rows_of_the_same_global_batches():
         for r in range(3)
     ]
     for step, batch in enumerate(whole):
-        assert all(
-            share[step][0] == len(batch) for share in shares
-        )  # every rank knows the global size
+        # every rank knows the global size
+        assert all(share[step][0] == len(batch) for share in shares)
         rows = [share[step][1][:, 0, 0, 0].tolist() for share in shares]
-        assert sum(rows, []) and sorted(sum(rows, [])) == sorted(
-            batch
-        )  # the ranks' rows make up the batch
+        # the ranks' rows make up the batch
+        assert sum(rows, []) and sorted(sum(rows, [])) == sorted(batch)
         assert rows[0] == batch[0::3] and rows[1] == batch[1::3] and rows[2] == batch[2::3]
     with pytest.raises(ValueError):
         BatchLoader(split, 4, rank=2, world=2)
@@ -262,9 +260,8 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
         env,
     )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert (
-        ranks[0] == ranks[1] == {"steps": 3, "stopped": True, "seen": 12}
-    )  # 3 global batches of 4, not 6
+    # 3 global batches of 4, not 6
+    assert ranks[0] == ranks[1] == {"steps": 3, "stopped": True, "seen": 12}
 
 
 # reproduce.train with the §2/§4.1 statistics made slower than the process group's timeout
@@ -334,9 +331,8 @@ def test_a_stall_under_torchrun_stops_every_rank_with_one_message_and_a_checkpoi
     )
     # the rank that waited said for what, and the job says how long a collective may wait
     assert "which opens --data folder:" in done.stderr and "at most 10 s" in done.stderr
-    saved = torch.load(
-        out / "checkpoint.pt", weights_only=True
-    )  # 6 steps an epoch: epoch 2, step 4+
+    # 6 steps an epoch: epoch 2, step 4+
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["step"] >= 4
 
 
@@ -378,9 +374,8 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_job_resumes(
         time.sleep(0.05)
     agent.send_signal(signal.SIGTERM)  # as SLURM or Kubernetes would; torchrun passes it on
     err = agent.communicate(timeout=300)[1]
-    assert agent.returncode != 0 and err.count("stopped by SIGTERM") == 1, err[
-        -3000:
-    ]  # rank 0 alone says so
+    # rank 0 alone says so
+    assert agent.returncode != 0 and err.count("stopped by SIGTERM") == 1, err[-3000:]
     stopped = [line for line in err.splitlines() if "stopped by SIGTERM" in line][0]
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] >= 1

@@ -141,9 +141,8 @@ def test_every_layer_equals_the_paper_written_here(run, tmp_path, capsys):
         assert _close(saved[name], want[name]), name
     record = json.loads((out / "layers.json").read_text())
     assert record["images"] == 9 and record["layers"]["pool5"]["shape"] == [9, 256, 6, 6]
-    for (
-        name
-    ) in PAPER_LAYERS:  # the shapes layers.json states (the shape arithmetic) are the arrays'
+    # the shapes layers.json states (the shape arithmetic) are the arrays'
+    for name in PAPER_LAYERS:
         assert record["layers"][name]["unpooled"] == list(saved[name].shape[1:]), name
     rows = _index(out)
     assert [r["row"] for r in rows] == [str(i) for i in range(9)]
@@ -214,9 +213,8 @@ def test_torchvision_paths_are_torchvisions_own_modules(tmp_path, capsys):
         hook.remove()
     for path in paths:
         ours = np.load(out / f"{path}.npy")
-        assert np.array_equal(
-            ours, np.load(out / f"{lib.TORCHVISION_PATHS[path]}.npy")
-        )  # same arrays
+        # same arrays
+        assert np.array_equal(ours, np.load(out / f"{lib.TORCHVISION_PATHS[path]}.npy"))
         theirs = seen[path].reshape(ours.shape)  # classifier.0: the flattened avgpool
         assert _close(ours, theirs), path
     assert features.main(args[:-1] + ["--layers", "norm1", args[-1]]) == 2
@@ -262,9 +260,8 @@ def test_the_rdm_is_one_minus_numpys_corrcoef(run, tmp_path):
         got = np.load(out / f"rdm_{name}.npy")
         assert got.shape == (12, 12) and np.allclose(got, 1 - np.corrcoef(acts), atol=1e-5)
         assert (out / f"rdm_{name}.png").exists()
-    blocks = lib.rdm(
-        np.load(out / "pool5.npy"), block_bytes=3 * 9216 * 8
-    )  # 3 rows at a time: 16 blocks
+    # 3 rows at a time: 16 blocks
+    blocks = lib.rdm(np.load(out / "pool5.npy"), block_bytes=3 * 9216 * 8)
     assert np.allclose(blocks, np.load(out / "rdm_pool5.npy"), atol=1e-6)
 
 

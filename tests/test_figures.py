@@ -82,20 +82,22 @@ def test_figures_from_a_trained_checkpoint(run, tmp_path):
     best = str(run / "best.pt")
     assert visualize.main(["filters", "--checkpoint", best]) == 0
     cell = 11 * 4 + 1
+    # 2 towers x 4 rows of 12
     assert _png_size(run / "filters.png") == (
         12 * cell + 1,
         2 * 4 * cell + 8 + 1,
-    )  # 2 towers x 4 rows of 12
+    )
     assert (
         visualize.main(
             ["neighbors", "--checkpoint", best, "--queries", "3", "-k", "4", "--device", "cpu"]
         )
         == 0
     )
+    # (1 + 4) x 1.5 in, 3 x 1.6 in, at 100 dpi
     assert _png_size(run / "neighbors.png") == (
         750,
         480,
-    )  # (1 + 4) x 1.5 in, 3 x 1.6 in, at 100 dpi
+    )
     assert visualize.main(["curves", "--run", str(run), "--out", str(tmp_path / "curves.png")]) == 0
     assert _png_size(tmp_path / "curves.png") == (1000, 400)
 
@@ -142,9 +144,8 @@ def test_fc7_features_are_the_relu_outputs_of_fc7(run):
         x = torch.flatten(model.pool5(torch.relu(model.conv5(x))), 1)
         expected = torch.relu(model.fc7(torch.relu(model.fc6(x))))
     assert features.shape == (8, 4096)
-    assert_same_function(
-        features, expected, 9216, 7
-    )  # batches of 3 against one of 8: another order
+    # batches of 3 against one of 8: another order
+    assert_same_function(features, expected, 9216, 7)
 
 
 def test_predict_prints_the_top_classes_of_image_files(run, tmp_path, capsys):
@@ -289,9 +290,8 @@ def test_class_names_in_any_script_are_drawn_with_an_installed_cjk_font_or_said_
         "DejaVu Sans", "Noto Sans CJK JP", "Microsoft YaHei", "PingFang SC"]  # fmt: skip
     assert figures.font_chain(["DejaVu Sans", "Arial"]) == ["DejaVu Sans"]
     names = ["猫", "狗", "고양이", "café"]
-    assert figures.missing_glyphs(names, ["DejaVu Sans"]) == "".join(
-        sorted("猫狗고양이")
-    )  # café's é is DejaVu's
+    # café's é is DejaVu's
+    assert figures.missing_glyphs(names, ["DejaVu Sans"]) == "".join(sorted("猫狗고양이"))
     # with no CJK font: one warning naming the font to install, once, not one per glyph
     monkeypatch.setattr(figures, "font_chain", lambda installed=None: ["DejaVu Sans"])
     monkeypatch.setattr(figures, "_said", set())

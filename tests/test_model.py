@@ -71,9 +71,8 @@ def test_paper_layers_are_the_table_of_section_3_5(paper_net):
 
 def test_paper_forward_equals_the_network_written_out():
     torch.manual_seed(0)
-    net = (
-        build_model("paper").double().eval()
-    )  # float64: only the summation order may differ (tolerance.py)
+    # float64: only the summation order may differ (tolerance.py)
+    net = build_model("paper").double().eval()
     x = torch.randn(2, 3, 227, 227, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
         assert_same_function(net(x * 50), ref.paper_forward(net, x * 50), 9216, 8)
@@ -137,9 +136,8 @@ def test_paper_224_is_cuda_convnet_rounding():
     net = build_model("paper-224").double().eval()
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     seen = {}
-    net.conv1.register_forward_hook(
-        lambda m, i, o: seen.update(conv1=o.clone())
-    )  # before the in-place ReLU
+    # before the in-place ReLU
+    net.conv1.register_forward_hook(lambda m, i, o: seen.update(conv1=o.clone()))
     with torch.no_grad():
         net(x)
         # 1 + ceil((224 - 11) / 4) = 55: three zero columns/rows on the right and bottom edge
@@ -166,9 +164,8 @@ def grad_wrt_input(fn, x, out_channel):
 )
 def test_grouped_layers_read_only_their_own_tower(paper_net, layer, channels, size):
     conv = getattr(paper_net, layer)
-    block = (
-        (lambda x: paper_net.norm2(F.relu(conv(x)))) if layer == "conv2" else conv
-    )  # LRN stays in the tower
+    # LRN stays in the tower
+    block = (lambda x: paper_net.norm2(F.relu(conv(x)))) if layer == "conv2" else conv
     x = torch.rand(1, channels, size, size) + 0.1
     half = channels // 2
     first = grad_wrt_input(block, x, out_channel=0)  # an output map of tower 1
@@ -272,16 +269,14 @@ def test_bad_inputs_are_refused_naming_the_layer(paper_net):
     tv = build_model("torchvision").eval()  # adaptive pooling: any size that does not vanish
     with torch.no_grad():
         assert tuple(tv(torch.zeros(1, 3, 100, 120)).shape) == (1, 1000)
-    with pytest.raises(
-        ShapeError, match="vanishes at pool5"
-    ):  # 40 -> 9 -> 4 -> 4 -> 1 -> 1 -> 1 -> 1 -> 0
+    # 40 -> 9 -> 4 -> 4 -> 1 -> 1 -> 1 -> 1 -> 0
+    with pytest.raises(ShapeError, match="vanishes at pool5"):
         tv(torch.zeros(1, 3, 40, 40))
 
 
 def test_input_size_override_resizes_fc6():
-    net = build_model(
-        "paper", num_classes=10, input_size=195
-    )  # 195 -> 47 -> 23 -> 23 -> 11 -> 11 -> 5
+    # 195 -> 47 -> 23 -> 23 -> 11 -> 11 -> 5
+    net = build_model("paper", num_classes=10, input_size=195)
     assert net.fc6.in_features == 256 * 5 * 5
     assert tuple(net.eval()(torch.zeros(1, 3, 195, 195)).shape) == (1, 10)
 
@@ -295,9 +290,8 @@ def test_torch_compile_traces_the_net_in_one_graph(variant):
     size = model.config.input_size
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
-    assert_same_function(
-        compiled(x), model(x), 9216, 8
-    )  # torch's ops for the fused kernels: another order
+    # torch's ops for the fused kernels: another order
+    assert_same_function(compiled(x), model(x), 9216, 8)
     model.train()
     compiled(x).sum().backward()
     assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0

@@ -93,9 +93,8 @@ def test_reading_a_run_never_replaces_its_files(run, tmp_path, monkeypatch):
     assert folder_contents(run) == before
     assert (tmp_path / "curves-run.png").exists()
     assert visualize._run_title(str(run)) == f"paper on {DATA}"  # the title train gives it
-    assert (
-        visualize.main(["curves", "--run", str(run), "--out", str(run / "curves.png")]) == 0
-    )  # named: allowed
+    # named: allowed
+    assert visualize.main(["curves", "--run", str(run), "--out", str(run / "curves.png")]) == 0
 
 
 def test_charts_have_whole_epoch_ticks_and_markers_on_every_series():
@@ -153,9 +152,8 @@ def test_a_smoke_grid_keeps_weights_only_and_says_its_numbers_mean_nothing(tmp_p
     for best in out.glob("cells/*/best.pt"):
         kept = checkpoint.load(str(best))
         weights = sum(t.numel() * t.element_size() for t in kept.model.values())
-        assert (
-            kept.optimizer is None and best.stat().st_size < 1.1 * weights
-        )  # not Adam's 2x weights
+        # not Adam's 2x weights
+        assert kept.optimizer is None and best.stat().st_size < 1.1 * weights
     assert evaluate.main(["--checkpoint", str(next(out.glob("cells/*/best.pt"))), "-b", "8"]) == 0
     readme = open(
         os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8"
@@ -188,9 +186,8 @@ def test_val_option_on_a_tree_with_its_own_val_folder_is_refused(tmp_path, capsy
 
 
 def test_quiet_hides_progress_bars_only(run, tmp_path, capsys):
-    image_tree(
-        str(tmp_path / "fruit"), {"apple": 5, "pear": 5, "plum": 5}
-    )  # one tree: split 0.9:0.1
+    # one tree: split 0.9:0.1
+    image_tree(str(tmp_path / "fruit"), {"apple": 5, "pear": 5, "plum": 5})
     capsys.readouterr()
     assert (
         train.main(
@@ -266,9 +263,8 @@ def test_numbers_in_files_are_fractions_rounded_to_what_they_mean(run):
     row = _csv(run / "metrics.csv")[0]
     for key in ("train_top1_err", "val_top1_err"):
         assert 0 <= float(row[key]) <= 1
-        assert float(row[key]) * 16 == pytest.approx(
-            round(float(row[key]) * 16)
-        )  # a count over 8 or 16
+        # a count over 8 or 16
+        assert float(row[key]) * 16 == pytest.approx(round(float(row[key]) * 16))
 
 
 def _parsers():

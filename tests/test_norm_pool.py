@@ -117,9 +117,8 @@ def test_ties_and_nans_go_where_torch_sends_them(layout):
     assert fused(out) and not fused(want) and in_layout(out, z)
     windows = F.unfold(ref.lrn(F.relu(w.detach()), groups=2).reshape(-1, 1, 9, 9), 3, stride=2)
     top = windows.max(dim=1, keepdim=True).values
-    assert ((windows == top) & (top > 0)).sum(dim=1).gt(
-        1
-    ).sum() > 20  # windows whose maximum is tied
+    # windows whose maximum is tied
+    assert ((windows == top) & (top > 0)).sum(dim=1).gt(1).sum() > 20
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12, equal_nan=True)
     upstream = torch.rand(out.shape, dtype=torch.float64, generator=gen) + 1
     out.backward(upstream)
@@ -190,9 +189,8 @@ def test_what_the_kernel_does_not_take_runs_the_modules_in_turn(case):
     elif case == "tanh":
         act, want = nn.Tanh(), pool(norm(torch.tanh(z)))
     elif case == "torch_lrn":
-        norm = nn.LocalResponseNorm(
-            5, 5e-4, 0.75, 2.0
-        )  # alpha * n: the paper's LRN, but not our module
+        # alpha * n: the paper's LRN, but not our module
+        norm = nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
         want = pool(norm(act(z.clone())))
     with fused_lrn.use_eager(eager):
         out = relu_norm_pool(z.clone().requires_grad_() * 1, act, norm, pool)

@@ -94,18 +94,18 @@ def test_epoch_schedules():
 
 
 def test_topk_error_on_hand_made_scores():
+    # label 2: 5th highest, top-5 hit
     scores = torch.tensor(
         [
             [0.1, 0.5, 0.2, 0.0, 0.0, 0.0, 0.3],  # label 1: top-1 hit
             [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0],  # label 6: lowest, miss in top-5
             [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
         ]
-    )  # label 2: 5th highest, top-5 hit
+    )
     errors = topk_errors(scores, torch.tensor([1, 6, 2]))
     assert errors[1] == pytest.approx(2 / 3) and errors[5] == pytest.approx(1 / 3)
-    assert (
-        topk_errors(torch.tensor([[0.2, 0.8]]), torch.tensor([0]))[5] == 0.0
-    )  # k capped at 2 classes
+    # k capped at 2 classes
+    assert topk_errors(torch.tensor([[0.2, 0.8]]), torch.tensor([0]))[5] == 0.0
 
 
 def test_plateau_never_divides_while_the_error_is_at_chance():
@@ -116,11 +116,9 @@ def test_plateau_never_divides_while_the_error_is_at_chance():
     for error in (0.9, 0.91, 0.9, 0.87, 0.92, 0.9):  # a stall, with noise: no cut
         assert not schedule.step(error)
     assert optimizer.param_groups[0]["lr"] == 0.01
-    assert not schedule.step(0.5) and schedule.step(
-        0.55
-    )  # left chance, then stopped improving: cut
+    # left chance, then stopped improving: cut
+    assert not schedule.step(0.5) and schedule.step(0.55)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
-    plain = PlateauSchedule(
-        torch.optim.SGD([weight], lr=0.01), patience=1
-    )  # without a chance level: as before
+    # without a chance level: as before
+    plain = PlateauSchedule(torch.optim.SGD([weight], lr=0.01), patience=1)
     assert not plain.step(0.9) and plain.step(0.91)

@@ -13,11 +13,12 @@ from paper_alexnet.metrics import Predictions, per_class
 from reproduce import class_report, evaluate, predict, train
 from data_fixtures import image_tree
 
+# three classes (top-5 does not apply); one named in Chinese
 CLASSES = {
     "apple": 6,
     "猫": 6,
     "pear": 6,
-}  # three classes (top-5 does not apply); one named in Chinese
+}
 
 
 def _csv(path):
@@ -82,9 +83,8 @@ def test_the_files_agree_with_each_other(tmp_path):
     weighted = sum(float(r["top1_err"]) * int(r["images"]) for r in rows if int(r["images"])) / sum(
         images
     )
-    assert weighted == pytest.approx(
-        overall
-    )  # the image-weighted mean of the rows is the overall error
+    # the image-weighted mean of the rows is the overall error
+    assert weighted == pytest.approx(overall)
     assert [w["class"] for w in found["weakest"]] == ["d", "a", "b"]
     assert found["weakest"][0]["confused_with"] == "a"
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
@@ -94,9 +94,8 @@ def test_101_classes_the_figure_stays_readable_and_groups_what_is_confused(tmp_p
     rng = np.random.default_rng(1)
     n = 101
     counts = np.diag(rng.integers(20, 40, n))
-    pairs = rng.permutation(n)[:60].reshape(
-        30, 2
-    )  # 30 pairs of classes, each confused with the other
+    # 30 pairs of classes, each confused with the other
+    pairs = rng.permutation(n)[:60].reshape(30, 2)
     for a, b in pairs:
         counts[a, b] += 15
         counts[b, a] += 15
@@ -107,9 +106,8 @@ def test_101_classes_the_figure_stays_readable_and_groups_what_is_confused(tmp_p
     names = [f"class {i}" for i in range(n)]
     class_report.confusion_figure(str(tmp_path / "confusion.png"), names, counts)
     width, height = Image.open(tmp_path / "confusion.png").size
-    assert (
-        1000 <= width <= 2000 and 700 <= height <= 1400
-    )  # one screen, not 101 names' worth of inches
+    # one screen, not 101 names' worth of inches
+    assert 1000 <= width <= 2000 and 700 <= height <= 1400
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +146,8 @@ def test_a_training_run_writes_the_per_class_files_of_best_pt(trained):
     assert [r["class"] for r in rows] == sorted(CLASSES)  # the folder's order
     assert all(r["top5_err"] == "" and r["ten_crop_top5_err"] == "" for r in rows)  # 3 classes
     weighted = sum(float(r["top1_err"]) * int(r["images"]) for r in rows) / 12
-    assert weighted == pytest.approx(
-        result["val_top1_err"], abs=1e-6
-    )  # best.pt's error, the same images
+    # best.pt's error, the same images
+    assert weighted == pytest.approx(result["val_top1_err"], abs=1e-6)
     ten = sum(float(r["ten_crop_top1_err"]) * int(r["images"]) for r in rows) / 12
     assert ten == pytest.approx(result["ten_crop_top1_err"], abs=1e-6)
     mean = np.mean([float(r["top1_err"]) for r in rows])
@@ -182,9 +179,8 @@ def test_evaluate_out_agrees_with_predict_on_the_same_files(trained, tmp_path, c
     assert code == 0
     said = capsys.readouterr().out
     assert "mean per-class top-1 error" in said and "weakest:" in said
-    files = sorted(
-        str(p) for p in (root / "val").rglob("*.jpg")
-    )  # the split's order: class, then name
+    # the split's order: class, then name
+    files = sorted(str(p) for p in (root / "val").rglob("*.jpg"))
     assert (
         predict.main(
             ["--checkpoint", str(run / "best.pt"), "--csv", str(tmp_path / "p.csv"), *files]

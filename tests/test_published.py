@@ -174,9 +174,8 @@ published.fetch(Published(name="tiny-test", url=sys.argv[1], checksum=sys.argv[2
 
 
 def test_two_processes_at_once_download_once(hub, served, tmp_path):
-    server = served(
-        {"/tiny.bin": PAYLOAD}, delay=1.0
-    )  # the first still downloading when the second asks
+    # the first still downloading when the second asks
+    server = served({"/tiny.bin": PAYLOAD}, delay=1.0)
     weights = entry(server.url + "/tiny.bin")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-c", FETCH_IN_A_PROCESS, weights.url, weights.checksum]

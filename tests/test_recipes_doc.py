@@ -130,9 +130,8 @@ def test_the_chains_hold_every_command_of_the_page_once():
         assert [page.index(argv) for argv, _ in chain] == sorted(
             page.index(argv) for argv, _ in chain
         )
-    for (
-        chain
-    ) in CHAINS:  # what a command reads (a run's files, a store), an earlier one of its chain wrote
+    # what a command reads (a run's files, a store), an earlier one of its chain wrote
+    for chain in CHAINS:
         written = []
         for argv, _ in chain:
             for before, word in zip(argv, argv[1:]):
@@ -183,10 +182,11 @@ def test_every_command_on_the_page_runs_on_real_layouts(
         if name == "train":
             out_dir = rest[rest.index("--out") + 1] if "--out" in rest else DEFAULT_OUT
             first = [line for line in err.splitlines() if line.startswith("recipe:")]
+            # the recipe line the page quotes under it
             assert first == [says], (
                 " ".join(argv),
                 first,
-            )  # the recipe line the page quotes under it
+            )
             assert all(
                 os.path.exists(os.path.join(out_dir, f))
                 for f in ("best.pt", "metrics.csv", "config.json")

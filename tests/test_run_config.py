@@ -58,11 +58,12 @@ def test_the_flags_parse_once_into_a_frozen_config_equal_to_the_defaults_built_i
 def test_a_changed_field_rederives_what_follows_it_and_keeps_what_was_given():
     base = _parsed("--lr", "0.002")
     paper = run_config.change(base, recipe="paper")
+    # the given rate stays
     assert (paper.optimizer, paper.schedule, paper.lr) == (
         "sgd",
         "plateau",
         0.002,
-    )  # the given rate stays
+    )
     folder = run_config.change(_parsed(), data="folder:/my/photos")
     assert (folder.epochs, folder.batch_size, folder.schedule, folder.data_kind) == (
         12,
@@ -136,9 +137,8 @@ def test_config_json_holds_the_config_and_a_folder_of_the_old_format_still_reads
     config = run_config.change(_parsed(*TINY), out=str(out))
     assert train.run(config) == 0  # in-process, from the config alone
     record = json.loads((out / "config.json").read_text())
-    assert (
-        record["format"] == run_config.FORMAT and record["run"]["devices"] is None
-    )  # the flag, kept apart
+    # the flag, kept apart
+    assert record["format"] == run_config.FORMAT and record["run"]["devices"] is None
     assert record["devices"] == ["cpu"] and record["processes"] == 1  # from what it gave
     assert (
         record["classes"] == ["disc", "ring", "square", "frame"]

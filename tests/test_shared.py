@@ -69,9 +69,8 @@ def test_every_command_takes_the_folder_with_the_same_numbers(run, tmp_path, cap
     for source in (out / "best.pt", folder):
         assert evaluate.main(["--checkpoint", str(source), "--workers", "0", "--ten-crop"]) == 0
         lines.append(capsys.readouterr().out.split(": ", 1)[1])
-    assert (
-        lines[0] == lines[1]
-    )  # the same errors, centre and ten crops, and the same per-class line
+    # the same errors, centre and ten crops, and the same per-class line
+    assert lines[0] == lines[1]
     colour_image(3, size=(300, 200)).save(tmp_path / "photo.jpg")
     said = []
     for source in (out / "best.pt", folder):
@@ -127,9 +126,8 @@ def test_torch_hub_loads_each_variant_and_the_weights_as_restore_gives_them(run)
 
 
 def test_torch_hub_list_and_help_read_the_entry_points(monkeypatch):
-    monkeypatch.setattr(
-        torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: ROOT
-    )  # as if from GitHub
+    # as if from GitHub
+    monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: ROOT)
     assert torch.hub.list("owner/paper_alexnet") == [
         "alexnet",
         "alexnet_caffe",
@@ -306,9 +304,8 @@ def test_convert_writes_bvlc_and_torchvision_weights_as_a_folder(tmp_path, capsy
     source = str(tmp_path / "alexnet-owt.pth")
     assert convert.main([source, "--out", str(tmp_path / "tv.pt")]) == 0
     assert convert.main([source, "--out", str(tmp_path / "tv")]) == 0  # no suffix: a folder
-    assert (
-        convert.main([source, "--out", str(tmp_path / "tv.onnx")]) == 2
-    )  # export converts to ONNX
+    # export converts to ONNX
+    assert convert.main([source, "--out", str(tmp_path / "tv.onnx")]) == 2
     assert "--format" in capsys.readouterr().err
     a, b = checkpoint.load(str(tmp_path / "tv.pt")), checkpoint.load(str(tmp_path / "tv"))
     assert (

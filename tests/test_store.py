@@ -246,9 +246,8 @@ def test_an_interrupted_jpeg_store_continues_to_the_same_bytes(fruit, tmp_path):
 
     def stop(done):
         if done >= 8:
-            with open(
-                tmp_path / "a" / "images.jpg", "ab"
-            ) as handle:  # a chunk half written when killed
+            # a chunk half written when killed
+            with open(tmp_path / "a" / "images.jpg", "ab") as handle:
                 handle.write(b"\xff\xd8 half an image")
             raise KeyboardInterrupt
 
@@ -288,9 +287,8 @@ def test_a_corrupt_entry_of_a_jpeg_store_is_skipped_and_counted_never_a_crash(fr
     offsets = np.fromfile(out / "offsets.i8", dtype=np.int64)
     row = int(store.splits["train"].index[3])
     blob = bytearray((out / "images.jpg").read_bytes())
-    blob[offsets[row] : offsets[row + 1]] = b"\x00" * int(
-        offsets[row + 1] - offsets[row]
-    )  # the entry wiped
+    # the entry wiped
+    blob[offsets[row] : offsets[row + 1]] = b"\x00" * int(offsets[row + 1] - offsets[row])
     (out / "images.jpg").write_bytes(bytes(blob))
     loader = BatchLoader(Store(str(out)).splits["train"], 4, shuffle=False, workers=2)
     images = sum(len(batch[0]) for batch in loader)
@@ -351,18 +349,16 @@ def test_a_jpeg_store_decoded_on_the_device_gives_the_batches_the_workers_decode
     )
     with pytest.raises(BadImageError, match="does not decode"):
         list(BatchLoader(split, 4, shuffle=False, device="cpu", decode="device", strict=True))
-    blob, bounds, labels, names = split.encoded(
-        [0, 1, 2, 3]
-    )  # a worker hands over 3 tensors, whatever the batch
+    # a worker hands over 3 tensors, whatever the batch
+    blob, bounds, labels, names = split.encoded([0, 1, 2, 3])
     assert (
         blob.ndim == 1 and bounds.tolist()[0] == 0 and len(bounds) == 5 and bounds[-1] == len(blob)
     )
     assert bytes(blob[bounds[1] : bounds[2]].numpy())[:2] == b"\xff\xd8" and names[
         1
     ] == split.describe(1)
-    assert BatchLoader(
-        split.subset([0, 1, 2]), 2, decode="device"
-    ).decode_on_device  # --limit's subset
+    # --limit's subset
+    assert BatchLoader(split.subset([0, 1, 2]), 2, decode="device").decode_on_device
     raw = open_dataset("synthetic?classes=2&train=4&val=2", progress=False).split("train")
     assert not BatchLoader(raw, 2, decode="device").decode_on_device  # nothing to defer
 

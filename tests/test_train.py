@@ -100,9 +100,8 @@ def test_metrics_count_the_seconds_the_training_loop_waited_for_data(tmp_path, m
     out = tmp_path / "slow"
     assert train.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
     row = _rows(out / "metrics.csv")[0]
-    assert (
-        2 * 0.25 <= float(row["data_wait_s"]) <= float(row["seconds"])
-    )  # 2 batches of 8, each 0.25 s late
+    # 2 batches of 8, each 0.25 s late
+    assert 2 * 0.25 <= float(row["data_wait_s"]) <= float(row["seconds"])
 
 
 def test_a_jpeg_store_decoded_on_the_device_trains_as_decoded_in_the_workers(tmp_path, monkeypatch):
@@ -345,9 +344,8 @@ def test_evaluate_one_checkpoint_and_a_folder(tmp_path, capsys):
     assert evaluate.main(["--all", str(out), "--csv", str(tmp_path / "all.csv"), "-b", "8"]) == 0
     rows = _rows(tmp_path / "all.csv")
     assert [os.path.basename(r["checkpoint"]) for r in rows] == ["best.pt", "checkpoint.pt"]
-    assert all(
-        0 <= float(r["top1_err"]) <= 1 and r["top5_err"] == "" for r in rows
-    )  # 4 classes: top-5 n/a
+    # 4 classes: top-5 n/a
+    assert all(0 <= float(r["top1_err"]) <= 1 and r["top5_err"] == "" for r in rows)
     assert rows[0]["top1_err"] == rows[1]["top1_err"]  # one epoch: best.pt is checkpoint.pt
     assert all(float(r["images_per_s"]) > 0 for r in rows)  # the rate the bench compares (features)
     assert "img/s" in capsys.readouterr().err
@@ -437,13 +435,11 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_equals_an_uninterrup
         checkpoint.load(str(whole / "checkpoint.pt")),
         checkpoint.load(str(stopped / "checkpoint.pt")),
     )
-    assert all(
-        torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model
-    )  # bit for bit
+    # bit for bit
+    assert all(torch.equal(final_a.model[k], final_b.model[k]) for k in final_a.model)
     assert (final_a.trained is None) == (final_b.trained is None) == (not tools)
-    if (
-        tools
-    ):  # --ema: the average is best.pt's and checkpoint.pt's model; the stepped weights beside it
+    # --ema: the average is best.pt's and checkpoint.pt's model; the stepped weights beside it
+    if tools:
         assert all(torch.equal(final_a.trained[k], final_b.trained[k]) for k in final_a.trained)
         assert not torch.equal(final_a.trained["conv1.weight"], final_a.model["conv1.weight"])
     assert all(

@@ -170,9 +170,8 @@ def test_every_part_switches_from_the_command_line():
         argv = ["--data", "synthetic", *flags]
         return run_config.augment(train.get_args_parser().parse_args(argv), 227)
 
-    assert augment() == Augment(
-        crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image"
-    )  # the paper's
+    # the paper's
+    assert augment() == Augment(crop=227, flip=True, pca=True, pca_sigma=0.1, mean="image")
     off = augment("--no-pca", "--no-flip", "--no-translate", "--crop", "224", "--mean", "channel")
     assert off == Augment(crop=224, flip=False, pca=False, mean="channel", translate=False)
     with pytest.raises(DataError, match="256"):

@@ -12,9 +12,8 @@ from trajectory import moved_alike
 
 def _pair(variant="paper+no-dropout", classes=10, dtype=torch.float32):
     torch.manual_seed(0)
-    grouped = build_model(variant, num_classes=classes, init="he").to(
-        dtype
-    )  # He init: activations that are not tiny
+    # He init: activations that are not tiny
+    grouped = build_model(variant, num_classes=classes, init="he").to(dtype)
     return grouped, TwoTowerAlexNet.from_grouped(grouped, devices=("cpu", "cpu")).to(dtype)
 
 
@@ -118,9 +117,8 @@ def test_conversion_both_ways_and_one_checkpoint_format():
         assert torch.equal(state[key], value), key
     back = towers.to_grouped()
     x = torch.randn(1, 3, 227, 227)
-    torch.testing.assert_close(
-        back.eval()(x), grouped.eval()(x), rtol=0, atol=0
-    )  # the same net again
+    # the same net again
+    torch.testing.assert_close(back.eval()(x), grouped.eval()(x), rtol=0, atol=0)
     other = TwoTowerAlexNet(grouped.config, ("cpu", "cpu")).double()
     other.load_state_dict(grouped.state_dict())
     want = grouped.double()(x.double())
@@ -143,6 +141,7 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
 
     from reproduce import evaluate, train
 
+    # no leap (trajectory.py)
     args = [
         "--data",
         "synthetic?classes=4&train=16&val=8",
@@ -159,7 +158,7 @@ def test_training_with_two_gpu_on_cpu_equals_the_grouped_net(tmp_path, monkeypat
         "paper",
         "--lr",
         "0.0001",
-    ]  # no leap (trajectory.py)
+    ]
     assert train.main(args + ["--out", str(tmp_path / "grouped")]) == 0
     assert train.main(args + ["--out", str(tmp_path / "towers"), "--two-gpu"]) == 0
     assert "two towers (§3.2) both on the CPU" in capsys.readouterr().err

@@ -16,9 +16,8 @@ def test_the_deadline_is_the_first_epoch_or_a_tenth_of_the_run_whichever_comes_f
     assert watch.deadline(steps_per_epoch=12, total_steps=360) == 12  # a folder at batch 128
     assert watch.deadline(steps_per_epoch=63, total_steps=252) == 26  # the built-in run: 10%
     assert watch.deadline(steps_per_epoch=10009, total_steps=900810) == 10009  # ImageNet: one epoch
-    assert (
-        watch.deadline(steps_per_epoch=2, total_steps=6) == watch.MIN_STEPS
-    )  # never on fewer steps
+    # never on fewer steps
+    assert watch.deadline(steps_per_epoch=2, total_steps=6) == watch.MIN_STEPS
 
 
 def test_a_stall_at_ln_classes_with_batches_at_chance_is_told_by_the_deadline():
@@ -64,9 +63,8 @@ def test_a_run_still_at_chance_at_the_deadline_after_a_blow_up_is_a_stall_then()
         (18.4, 1, 16),
         (5.7, 2, 16),
     ]
-    steps += [
-        (2.3 + 0.2 * (-1) ** i, 1 + i % 3, 16) for i in range(60)
-    ]  # moving: not the uniform output
+    # moving: not the uniform output
+    steps += [(2.3 + 0.2 * (-1) ** i, 1 + i % 3, 16) for i in range(60)]
     assert _feed(w, steps) == [("blow-up", 3), ("stall", 26)]
     # the same start, but learning by the deadline: no stall
     w = LearningWatch(10, 63, 252)

@@ -98,6 +98,5 @@ def test_the_loader_rate_counts_only_batches_read_after_its_clock_starts(monkeyp
     monkeypatch.setattr(loader, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     transform = PaperTransform(None, Augment(mean="none", pca=False))
     rate = loader.loader_throughput(Ticking("train", 10), transform, batch_size=4, batches=6)
-    assert (
-        rate == 4.0 and clock[0] == 1 + 6
-    )  # 1 warm-up batch, then 6 timed, from 10 images repeated
+    # 1 warm-up batch, then 6 timed, from 10 images repeated
+    assert rate == 4.0 and clock[0] == 1 + 6

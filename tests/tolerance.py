@@ -29,9 +29,8 @@ def order_tolerance(want: torch.Tensor, terms: int, depth: int = 1) -> float:
     ``terms`` products in each sum, ``depth`` layers of such sums."""
     u = torch.finfo(want.dtype).eps / 2
     per_sum = 10 * terms * u if want.dtype == torch.float64 else LAMBDA * math.sqrt(terms) * u
-    largest = max(
-        float(want.detach().max()), -float(want.detach().min())
-    )  # |want|'s largest, no copy made
+    # |want|'s largest, no copy made
+    largest = max(float(want.detach().max()), -float(want.detach().min()))
     return 2 * depth * per_sum * math.sqrt(terms) * largest
 
 

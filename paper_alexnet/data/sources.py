@@ -58,9 +58,8 @@ class Source:
 
     open: Callable[["DataSpec", Opening], "DataSet"]
     needs_root: bool = True
-    options: dict = field(
-        default_factory=dict
-    )  # ?key=value options and their defaults (the type is theirs)
+    # ?key=value options and their defaults (the type is theirs)
+    options: dict = field(default_factory=dict)
     downloadable: bool = False
 
 
@@ -162,13 +161,13 @@ class DataSet:
 
 # What zips, file managers and notebooks leave in a photo folder: never a class, never data, never counted
 # as unreadable; only said, once.
-JUNK_FOLDERS = (
-    "__MACOSX",
-)  # macOS's zip resource forks (and every hidden folder: .ipynb_checkpoints, ...)
+# macOS's zip resource forks (and every hidden folder: .ipynb_checkpoints, ...)
+JUNK_FOLDERS = ("__MACOSX",)
+# Windows' (and every hidden file: ._x.jpg, .DS_Store, ...)
 JUNK_FILES = (
     "Thumbs.db",
     "desktop.ini",
-)  # Windows' (and every hidden file: ._x.jpg, .DS_Store, ...)
+)
 
 
 def junk_kind(name: str, folder: bool) -> Optional[str]:
@@ -549,9 +548,8 @@ def _open_synthetic(spec: DataSpec, opening: Opening) -> DataSet:
                 progress=opening.progress,
             )
             if not _complete(folder):
-                shutil.rmtree(
-                    folder, ignore_errors=True
-                )  # a folder left half-written by a killed run
+                # a folder left half-written by a killed run
+                shutil.rmtree(folder, ignore_errors=True)
                 try:
                     os.rename(building, folder)
                 except OSError:

@@ -151,9 +151,8 @@ class PaperTransform:
             self.scale = (
                 None if augment.scale == 1.0 else torch.tensor(augment.scale, device=self.device)
             )
-        if (
-            stats is not None
-        ):  # on the CPU, where the draws are made: no copy back from a GPU each step
+        # on the CPU, where the draws are made: no copy back from a GPU each step
+        if stats is not None:
             self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32)
             self.eigvec = torch.as_tensor(stats.eigvec, dtype=torch.float32)
 
