@@ -71,3 +71,11 @@ def sync_allowed() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(mode)
+
+
+def sent(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU numbers on ``device``: to a GPU pinned and non-blocking (a blocking copy waits for every step queued
+    before it), elsewhere as ``.to`` moves them."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)

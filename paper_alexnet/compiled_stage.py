@@ -31,7 +31,8 @@ def stage(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> torch.Ten
     return F.max_pool2d(b, *pool)
 
 
-_state: dict = {"compiled": None, "failed": None}
+# the compiled stage, the compiler's failure, and which calls (forward alone, with backward) were tried
+_state: dict = {"compiled": None, "failed": None, "tried": set()}
 
 
 def compiled() -> Optional[Callable]:
@@ -49,8 +50,7 @@ def run(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> torch.Tenso
     run_compiled = compiled()
     if run_compiled is None:
         return stage(z, window, groups, pool)
-    # forward alone (evaluation), and with backward (training)
-    tried = _state.setdefault("tried", set())
+    tried = _state["tried"]  # forward alone (evaluation: False), and with backward (training: True)
     if z.requires_grad in tried:
         return run_compiled(z, window, groups, pool)
     try:  # the first call compiles forward and, for training, backward: a failure shows here, not mid-step

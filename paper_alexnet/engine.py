@@ -21,17 +21,10 @@ from .data import BatchLoader, PaperTransform
 from .data.transforms import FLIP_CROPS
 from .data.mixing import Mixing, mix_images, mix_targets
 from .data.splits import Split
-from .backends import sync_allowed
+from .backends import sent, sync_allowed
 from .distributed import all_sum, sum_in_place
 from .ema import WeightAverage
 from .metrics import Predictions, top5_applies, topk_correct, topk_hits
-
-
-def _sent(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A few CPU numbers on ``device``: to a GPU pinned and non-blocking (a blocking copy waits for the queue)."""
-    if device.type != "cuda":
-        return values.to(device)
-    return values.pin_memory().to(device, non_blocking=True)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -125,9 +118,7 @@ def train_one_epoch(
         # the step's figures, summed over the processes on the device: images, the stop vote, loss, top-1 hits
         asked = torch.tensor([len(y), float(bool(stop and stop()))], dtype=torch.float64)
         sums = sum_in_place(
-            torch.cat(
-                [_sent(asked, device), local.detach().double().view(1), hits.double().view(1)]
-            )
+            torch.cat([sent(asked, device), local.detach().double().view(1), hits.double().view(1)])
         )
         optimizer.zero_grad(set_to_none=True)
         (local * (world / sums[0].clamp_min(1)).to(local.dtype)).backward()

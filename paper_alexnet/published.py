@@ -216,8 +216,8 @@ def fetch(entry: Published, progress: bool = True, locked: bool = False) -> str:
 
 
 def _download(url: str, path: str, progress: bool) -> None:
-    """``url`` into ``path``, with a progress bar; a transfer cut short raises (http.client's IncompleteRead is a
-    ValueError... of its own kind: both are turned into a WeightsError by the caller)."""
+    """``url`` into ``path``, with a progress bar; a transfer cut short is an OSError (the caller turns it into
+    a WeightsError)."""
     import http.client
     import urllib.request
 

@@ -182,7 +182,6 @@ class ListWeights(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-
         print(weights_table())
         parser.exit(0)
 
@@ -190,9 +189,9 @@ class ListWeights(argparse.Action):
 def weights_table() -> str:
     """The published weights, one paragraph a name (--list-weights, and the epilog of train's and evaluate's
     --help)."""
-    from paper_alexnet import published
-
     import textwrap
+
+    from paper_alexnet import published
 
     return "published weights (--pretrained NAME, --checkpoint NAME):\n" + "\n".join(
         textwrap.fill(

@@ -283,6 +283,17 @@ def _timed(work):
     return seconds
 
 
+def training_step(run, optimizer, x: torch.Tensor, y: torch.Tensor, amp: bool) -> None:
+    """One step of the bench's nets: forward (bf16 autocast with ``amp``), cross-entropy, backward, SGD. The
+    gradients go as a training loop's do before the next backward, but now, not while other nets take their
+    turn: the nets' weights and momentum are held at once, not their gradients too."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = torch.nn.functional.cross_entropy(run(x).float(), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def step_flops(layers) -> int:
     """FLOPs of one training step per image: forward, input gradient and weight gradient are each a
     multiply-add per connection (2 FLOPs), except that the first layer needs no input gradient."""
@@ -426,13 +437,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         def step(model=model, run=run, optimizer=optimizer, x=x, y=y, eager=eager):
             model.train()
             with fused_lrn.use_eager(eager):  # forward and backward take the same LRN path
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                    loss = torch.nn.functional.cross_entropy(run(x).float(), y)
-                loss.backward()
-            optimizer.step()
-            # the gradients go as a training loop's do before the next backward, but now, not while the other
-            # nets take their turn: the nets' weights and momentum are held at once, not their gradients too
-            optimizer.zero_grad(set_to_none=True)
+                training_step(run, optimizer, x, y, args.amp)
 
         @torch.no_grad()
         def infer(model=model, run=run, x=x, eager=eager):
@@ -567,11 +572,7 @@ def bench_step_split(args) -> list[dict]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step(model, optimizer, x, y, args.amp)
 
     for _ in range(3):  # cuDNN's autotuning, the compiled stage's compiling: before the profile
         step()
@@ -613,11 +614,7 @@ def bench_towers(args) -> list[dict]:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, foreach=True)
 
         def step(model=model, x=x, y=y, optimizer=optimizer):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp):
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            training_step(model, optimizer, x, y, args.amp)
 
         def sync(devices=devices):
             for device in set(devices):

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -67,10 +67,7 @@ TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at
 
 
 # the nets timed under torch.compile: does compiling pay, and is the ratio kept?
-COMPILED = (
-    "paper",
-    "torchvision",
-)
+COMPILED = ("paper", "torchvision")
 BUDGET_MIN = 4.0  # the whole suite: a GPU lent for 15 minutes, its start included, leaves room for a second run
 # Each section's share of the budget, and the least time it is started with (seconds). A section in a process of
 # its own (the tests, the training run) is stopped at its share, or at what is left if that is less; the others
@@ -98,7 +95,7 @@ def suite_device() -> str:
     return device
 
 
-def _tests(device: str, out: str, select: str, limit_s: float = None) -> dict:
+def _tests(device: str, out: str, select: str, limit_s: Optional[float] = None) -> dict:
     env = dict(os.environ, PAPER_ALEXNET_TEST_DEVICE=device)
     command = (
         [
@@ -140,7 +137,7 @@ def _tests(device: str, out: str, select: str, limit_s: float = None) -> dict:
 
 
 def _train_from_store(
-    args: argparse.Namespace, device: str, tmp: str, limit_s: float = None
+    args: argparse.Namespace, device: str, tmp: str, limit_s: Optional[float] = None
 ) -> dict:
     """Two epochs of reproduce.train from a JPEG store of the synthetic set, STEADY_STEPS steps each: the second
     epoch's img/s and data wait (the first starts the loader processes, CUDA, cuDNN's autotuning and nvjpeg)."""

@@ -240,7 +240,9 @@ def fresh_stage(monkeypatch):
     tests/test_cuda.py checks Triton's code against §3.3)."""
     from paper_alexnet import compiled_stage
 
-    monkeypatch.setattr(compiled_stage, "_state", {"compiled": None, "failed": None})
+    monkeypatch.setattr(
+        compiled_stage, "_state", {"compiled": None, "failed": None, "tried": set()}
+    )
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager"))
     return compiled_stage

@@ -110,18 +110,9 @@ class WorkerPool:
             name: _decodes_on_device(split, decode, self.device) for name, split in splits.items()
         }
         self._plan = _Plan()
-        self.loader = torch.utils.data.DataLoader(
-            _PoolBatches(
-                {name: _Batches(split, self.encoded[name]) for name, split in splits.items()}
-            ),
-            sampler=self._plan,
-            batch_size=None,
-            collate_fn=_as_is,
-            num_workers=workers,
-            pin_memory=self.device is not None and self.device.type == "cuda",
-            persistent_workers=True,
-            prefetch_factor=PREFETCH,
-            worker_init_fn=_leave_signals_to_the_main_process,
+        batches = {name: _Batches(split, self.encoded[name]) for name, split in splits.items()}
+        self.loader = _data_loader(
+            _PoolBatches(batches), self._plan, workers, self.device, persistent=True
         )
 
     def name_of(self, split: Split):
@@ -153,6 +144,22 @@ class _Pass:
             raise RuntimeError("the worker pool was closed")
         self.pool._plan.items = [(self.name, b) for b in self.batches]
         return iter(self.pool.loader)
+
+
+def _data_loader(dataset, sampler, workers: int, device, persistent: bool = False):
+    """The DataLoader of whole batches (``dataset[indices]``, in ``sampler``'s order) read by ``workers``
+    processes, pinned on the way to a GPU; ``persistent``: its processes serve every pass (WorkerPool)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=workers,
+        pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=persistent and workers > 0,
+        prefetch_factor=PREFETCH if workers else None,
+        worker_init_fn=_leave_signals_to_the_main_process if workers else None,
+    )
 
 
 def _decodes_on_device(split: Split, decode: str, device) -> bool:
@@ -210,16 +217,8 @@ class BatchLoader:
             self.loader = pool.pass_over(name, shares)
             return
         workers = pool.workers if pool is not None else workers
-        self.loader = torch.utils.data.DataLoader(
-            _Batches(split, encoded=self.decode_on_device),
-            sampler=shares,
-            batch_size=None,
-            collate_fn=_as_is,
-            num_workers=workers,
-            pin_memory=self.device is not None and self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=PREFETCH if workers else None,
-            worker_init_fn=_leave_signals_to_the_main_process if workers else None,
+        self.loader = _data_loader(
+            _Batches(split, encoded=self.decode_on_device), shares, workers, self.device
         )
 
     def __len__(self) -> int:

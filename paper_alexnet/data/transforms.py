@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 
 from .. import paper
+from ..backends import sent
 from .images import RESIZE_MODES
 from .stats import IMAGENET_MEAN, IMAGENET_STD, DataStats
 
@@ -178,15 +179,15 @@ class PaperTransform:
         return out
 
     def _sent(self, *draws):
-        """The draws (CPU tensors of one row an image, or None) on a GPU in one pinned, non-blocking copy: a
-        blocking copy of each small tensor would wait for every step queued before it. Packed as float64,
+        """The draws (CPU tensors of one row an image, or None) on a GPU in one copy (backends.sent), not one
+        blocking copy each. Packed as float64,
         which holds each one's values exactly (offsets, flags, float32 and float64 numbers)."""
         present = [d for d in draws if d is not None]
         if self.device.type != "cuda" or not present or len(present[0]) == 0:
             return draws
         n = len(present[0])
         packed = torch.cat([d.reshape(n, -1).to(torch.float64) for d in present], dim=1)
-        there = packed.pin_memory().to(self.device, non_blocking=True)
+        there = sent(packed, self.device)
         out, at = [], 0
         for d in draws:
             if d is None:
