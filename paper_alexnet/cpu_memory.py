@@ -8,7 +8,7 @@ torchvision's (64 maps: 25 MB) mostly are not. Measured on the project's CPU: al
 took 20 ms and 9,473 page faults, and 3 ms with none once freed blocks are kept (docs/performance.md).
 
 The training, evaluation, features, ablation and bench commands call :func:`keep_freed_memory` when they
-run as programs (``python -m reproduce.X``: ``reproduce.args.as_program``); the library never does, and
+run as programs (``python -m reproduce.X``: ``reproduce.common.args.as_program``); the library never does, and
 neither does a command called in a process that is not its own (a notebook's ``train.run``): a
 process-wide setting is the program's choice. The cost: the process keeps what it freed, so its resident
 memory stays at its peak, which a training loop reaches again every step anyway, but a process that runs

@@ -46,12 +46,13 @@ from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.networks import get_network
-from reproduce import ablation_tables as tables
-from reproduce import run_config, train
-from reproduce.args import Exit, UsageError, as_program, exit_code
-from reproduce.labels import Label
-from reproduce.placement import pick_device, place
-from reproduce.run_config import RunConfig
+from reproduce.ablation import tables
+from reproduce import train
+from reproduce.training import run_config
+from reproduce.common.args import Exit, UsageError, as_program, exit_code
+from reproduce.ablation.labels import Label
+from reproduce.common.placement import pick_device, place
+from reproduce.training.run_config import RunConfig
 
 DATA_SWITCHES = {
     "no-pca": "no_pca",

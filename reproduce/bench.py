@@ -62,7 +62,7 @@ from paper_alexnet.data import (
 from paper_alexnet.data.store import JPEG_QUALITY
 from paper_alexnet.data.synthetic import render
 from paper_alexnet.cli import HelpFormatter, library_quiet
-from reproduce.args import (
+from reproduce.common.args import (
     as_program,
     UsageError,
     add_device_flag,
@@ -72,7 +72,7 @@ from reproduce.args import (
     exit_code,
     write_csv,
 )
-from reproduce.placement import channels_last, pick_device
+from reproduce.common.placement import channels_last, pick_device
 
 
 def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:

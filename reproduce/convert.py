@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from paper_alexnet import caffe, checkpoint, shared, weights
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.cli import HelpFormatter
-from reproduce.args import UsageError, add_format_flag, exit_code, explain, output_format
+from reproduce.common.args import UsageError, add_format_flag, exit_code, explain, output_format
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@
 
 It also prints the mean per-class error and the weakest classes; with ``--out DIR`` it writes where the
 net fails class by class: per_class.csv, confusion.csv, confusion.png, mistakes.png and result.json
-(reproduce/class_report.py).
+(reproduce/common/class_report.py).
 
 The data spec defaults to the one the checkpoint was trained on; the mean image
 is the one the net was trained with (saved in the checkpoint; recomputed from
@@ -26,7 +26,7 @@ from paper_alexnet import checkpoint, shared
 from paper_alexnet.cli import HelpFormatter, percent, plural
 from paper_alexnet.engine import evaluate
 from paper_alexnet.metrics import per_class
-from reproduce.args import (
+from reproduce.common.args import (
     add_list_weights_flag,
     weights_table,
     add_checkpoint_flag,
@@ -43,10 +43,10 @@ from reproduce.args import (
     say_skipped,
     write_csv,
 )
-from reproduce import class_report
-from reproduce.placement import add_device_arguments
-from reproduce.run_writer import write_json
-from reproduce.restore import checkpoint_data, restore, run_record
+from reproduce.common import class_report
+from reproduce.common.placement import add_device_arguments
+from reproduce.training.run_writer import write_json
+from reproduce.common.restore import checkpoint_data, restore, run_record
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from torch import nn
 from paper_alexnet import checkpoint, fused_lrn, shared
 from paper_alexnet.cli import HelpFormatter
 from paper_alexnet.layers import LocalResponseNorm, local_response_norm
-from reproduce.args import (
+from reproduce.common.args import (
     add_checkpoint_flag,
     named_weights,
     UsageError,
@@ -38,7 +38,7 @@ from reproduce.args import (
     exit_code,
     output_format,
 )
-from reproduce.restore import restore, run_record
+from reproduce.common.restore import restore, run_record
 
 
 class _OnnxLRN(torch.autograd.Function):

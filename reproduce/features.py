@@ -11,7 +11,7 @@ files, in --out:
 
 - ``LAYER.npy``: N x C x H x W (conv maps) or N x D, float32 (--dtype float16
   halves it; --pool avg|max makes conv maps N x C). Written batch by batch
-  (reproduce/npy_stream.py), never held whole in memory.
+  (reproduce/common/npy_stream.py), never held whole in memory.
 - ``index.csv``: row, path, class, label of each image written (an unreadable
   file is skipped and has no row).
 - ``layers.json``: each layer's shape, the checkpoint, the transform, the data.
@@ -40,8 +40,8 @@ from paper_alexnet.cli import HelpFormatter, pad, plural
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import FileSplit
 from paper_alexnet.features import LayerError, Taps, pooled, tapping
-from reproduce import run_lock
-from reproduce.args import (
+from reproduce.common import run_lock
+from reproduce.common.args import (
     add_checkpoint_flag,
     named_weights,
     as_program,
@@ -57,9 +57,9 @@ from reproduce.args import (
     reader_processes,
     say_skipped,
 )
-from reproduce.figures import drawable, pyplot, save
-from reproduce.npy_stream import NpyStream
-from reproduce.restore import checkpoint_data, resize_as_trained, restore
+from reproduce.common.figures import drawable, pyplot, save
+from reproduce.common.npy_stream import NpyStream
+from reproduce.common.restore import checkpoint_data, resize_as_trained, restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ import paper_alexnet
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.cli import HelpFormatter
 from reproduce import bench
-from reproduce.args import UsageError, as_program, exit_code, write_csv
+from reproduce.common.args import UsageError, as_program, exit_code, write_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = (  # the GPU path's: (what, how it is read from the rows, at least, at most)

@@ -22,9 +22,15 @@ import torch
 from paper_alexnet import checkpoint
 from paper_alexnet.data import BadImageError, PaperTransform, average_softmax, load_rgb
 from paper_alexnet.cli import HelpFormatter, pad
-from reproduce.args import add_checkpoint_flag, named_weights, UsageError, exit_code, write_csv
-from reproduce.placement import add_device_arguments
-from reproduce.restore import restore
+from reproduce.common.args import (
+    add_checkpoint_flag,
+    named_weights,
+    UsageError,
+    exit_code,
+    write_csv,
+)
+from reproduce.common.placement import add_device_arguments
+from reproduce.common.restore import restore
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from paper_alexnet.data.imagenet import sort_imagenet_val
 from paper_alexnet.data.store import ENCODINGS, JPEG_QUALITY
 from paper_alexnet.data.sources import open_dataset, parse_spec
 from paper_alexnet.cli import HelpFormatter
-from reproduce.args import (
+from reproduce.common.args import (
     Exit,
     add_data_flag,
     add_reading_flags,

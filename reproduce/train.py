@@ -11,7 +11,7 @@ Ctrl-C stop it after the current step with a checkpoint of that step.
 The flags are parsed once into a frozen ``RunConfig`` (run_config.py); ``run(config)`` trains in-process
 (reproduce.ablate calls it for each cell). A run is six steps, in this order (``_run``): check what is
 resumed, open the data, build the net, record the config, train the epochs, and finish. What it writes,
-RunWriter writes (run_writer.py); what it says about how it learns, RunWatch says (run_watch.py).
+RunWriter writes (training/run_writer.py); what it says about how it learns, RunWatch says (training/alerts.py).
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import is_torchvision_state, load_pretrained
-from reproduce import class_report, recipes, run_config, run_lock
-from reproduce.args import (
+from reproduce.common import class_report
+from reproduce.training import recipes
+from reproduce.training import run_config
+from reproduce.common import run_lock
+from reproduce.common.args import (
     add_list_weights_flag,
     weights_table,
     as_program,
@@ -65,10 +68,10 @@ from reproduce.args import (
     loader_processes,
     say_skipped,
 )
-from reproduce.placement import Placement, add_device_arguments, build_placed, place
-from reproduce.run_config import RunConfig
-from reproduce.run_watch import RunWatch
-from reproduce.run_writer import RunWriter
+from reproduce.common.placement import Placement, add_device_arguments, build_placed, place
+from reproduce.training.run_config import RunConfig
+from reproduce.training.alerts import RunWatch
+from reproduce.training.run_writer import RunWriter
 
 
 def get_args_parser() -> argparse.ArgumentParser:

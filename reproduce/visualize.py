@@ -26,8 +26,8 @@ from paper_alexnet.atomic import atomic_write
 from paper_alexnet.data import BadImageError, PaperTransform
 from paper_alexnet.networks import get_network
 from paper_alexnet.cli import HelpFormatter
-from reproduce import run_config
-from reproduce.args import (
+from reproduce.training import run_config
+from reproduce.common.args import (
     add_checkpoint_flag,
     named_weights,
     UsageError,
@@ -36,9 +36,9 @@ from reproduce.args import (
     exit_code,
     say_skipped,
 )
-from reproduce.figures import drawable, plot_curves, pyplot, runs_figure, save
-from reproduce.placement import add_device_arguments
-from reproduce.restore import checkpoint_data, restore
+from reproduce.common.figures import drawable, plot_curves, pyplot, runs_figure, save
+from reproduce.common.placement import add_device_arguments
+from reproduce.common.restore import checkpoint_data, restore
 
 
 # --- Figure 3: the conv1 kernels ------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import torch
 
 from paper_alexnet.networks import build_network, get_network, network_cost
 from paper_alexnet import checkpoint
-from reproduce import ablate, ablation_tables, evaluate, run_config, train, visualize
+from reproduce import ablate, evaluate, train, visualize
+from reproduce.ablation import tables as ablation_tables
+from reproduce.training import run_config
 
 TINY = [
     "--data",
@@ -629,7 +631,7 @@ def test_cpu_jobs_share_the_cores_instead_of_each_spinning_on_all(tmp_path, monk
 
 
 def test_a_cell_label_is_its_net_its_switches_and_its_settings():
-    from reproduce.labels import Label
+    from reproduce.ablation.labels import Label
 
     label = Label.parse("figure1+tanh+no-pca@lr=0.02@batch-size=64")
     assert (label.net, label.switches, label.settings) == (

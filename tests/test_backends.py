@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from paper_alexnet import backends
-from reproduce import placement
+from reproduce.common import placement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

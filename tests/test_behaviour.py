@@ -119,7 +119,7 @@ def _same(got, want, column):
 
 
 # Columns added since the recording, each by name (a removed or renamed column still fails): the per-class
-# summary of best.pt (reproduce/class_report.py); the flip-averaged errors (two of the ten crops).
+# summary of best.pt (reproduce/common/class_report.py); the flip-averaged errors (two of the ten crops).
 FLIP = {"flip_top1_err", "flip_top5_err"}
 ADDED = {
     "train result.json": {"val_mean_class_top1_err", "val_mean_class_acc", "val_weakest", *FLIP},

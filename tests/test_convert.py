@@ -13,7 +13,7 @@ from PIL import Image
 from paper_alexnet import build_model, caffe, checkpoint
 from paper_alexnet.data import DataStats, load_rgb
 from reproduce import convert, evaluate, export, predict, train, visualize
-from reproduce.restore import restore
+from reproduce.common.restore import restore
 from data_fixtures import colour_image, image_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -77,7 +77,7 @@ def test_the_setting_asks_glibc_for_what_it_says_and_a_program_takes_it(monkeypa
     """In this process, with glibc's mallopt stood in for (the real one is the subprocess tests' above): the
     two thresholds at 1 GiB, kept() after, and as_program calls it unless told not to."""
     from paper_alexnet import cpu_memory
-    from reproduce.args import as_program
+    from reproduce.common.args import as_program
 
     calls = []
 

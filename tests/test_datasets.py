@@ -11,7 +11,7 @@ from PIL import Image
 
 from paper_alexnet.data import DataError, load_rgb, open_dataset, parse_spec, resize_and_center_crop
 from paper_alexnet.data.imagenet import sort_imagenet_val
-from reproduce.args import explain
+from reproduce.common.args import explain
 from data_fixtures import cifar_batches, colour_image, image_tree, log_lines
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from paper_alexnet import features as lib
 from reproduce import convert, features, predict, train
-from reproduce.npy_stream import NpyStream
+from reproduce.common.npy_stream import NpyStream
 from data_fixtures import colour_image, folder_contents, image_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -332,7 +332,7 @@ def test_memory_stays_bounded_while_more_is_written_than_it_holds(run, tmp_path)
     files = sorted(str(p) for p in (root / "val").rglob("*.jpg")) * 27  # 243 images
     probe = (
         "import resource, runpy, sys\n"
-        "from reproduce.npy_stream import NpyStream\n"
+        "from reproduce.common.npy_stream import NpyStream\n"
         "real, most = NpyStream.write, [0]\n"
         "def write(self, rows):\n"
         "    done = real(self, rows)\n"

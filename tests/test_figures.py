@@ -123,7 +123,7 @@ def test_curves_of_several_runs_share_one_chart(run, tmp_path):
 
 def test_fc7_features_are_the_relu_outputs_of_fc7(run):
     from paper_alexnet.data import open_dataset
-    from reproduce.restore import restore
+    from reproduce.common.restore import restore
 
     net = restore(
         str(run / "best.pt"),
@@ -233,7 +233,7 @@ def _bomb(path):
 
 def test_an_unreadable_image_never_shifts_the_neighbours_rows(run, tmp_path):
     from paper_alexnet.data.splits import FileSplit
-    from reproduce.restore import restore
+    from reproduce.common.restore import restore
 
     net = restore(
         str(run / "best.pt"),
@@ -282,7 +282,7 @@ def test_neighbors_skips_an_unreadable_training_image_by_the_one_rule(tmp_path, 
 def test_class_names_in_any_script_are_drawn_with_an_installed_cjk_font_or_said_once(
     monkeypatch, capsys
 ):
-    from reproduce import figures
+    from reproduce.common import figures
 
     # the chain: matplotlib's DejaVu Sans, then each CJK font that is installed, in CJK_FONTS' order
     fake = ["DejaVu Sans", "Arial", "PingFang SC", "Noto Sans CJK JP", "Microsoft YaHei"]
@@ -302,7 +302,7 @@ def test_class_names_in_any_script_are_drawn_with_an_installed_cjk_font_or_said_
 
 
 def test_with_a_cjk_font_installed_the_names_draw_without_a_glyph_warning(tmp_path, recwarn):
-    from reproduce import figures
+    from reproduce.common import figures
 
     if len(figures.font_chain()) == 1:
         pytest.skip("no CJK font on this machine (Debian: apt install fonts-wqy-microhei)")

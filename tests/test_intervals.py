@@ -1,10 +1,10 @@
-"""reproduce.intervals against a printed t table and intervals worked by hand."""
+"""reproduce.ablation.intervals against a printed t table and intervals worked by hand."""
 
 import math
 
 import pytest
 
-from reproduce import intervals
+from reproduce.ablation import intervals
 
 # Student's t, two-sided 95% (p = 0.975) and one-sided 95% (p = 0.95), from a printed table
 TABLE = [

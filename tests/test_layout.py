@@ -1,4 +1,4 @@
-"""The layout a command's net runs in (reproduce.placement.channels_last): channels-last on a CPU with
+"""The layout a command's net runs in (reproduce.common.placement.channels_last): channels-last on a CPU with
 AVX-512 kernels, channel planes elsewhere, the environment deciding when it says; the same numbers either
 way, and files that do not depend on it."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from paper_alexnet.networks import get_network
-from reproduce import placement
+from reproduce.common import placement
 
 
 def net_on_cpu():

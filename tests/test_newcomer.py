@@ -17,7 +17,8 @@ from paper_alexnet import checkpoint
 from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.data.splits import ArraySplit
 from paper_alexnet.metrics import top5_applies
-from reproduce import ablate, evaluate, figures, predict, prepare, train, visualize
+from reproduce import ablate, evaluate, predict, prepare, train, visualize
+from reproduce.common import figures
 from data_fixtures import colour_image, folder_contents, image_tree, train_once
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
@@ -305,3 +306,39 @@ def test_words(tmp_path, capsys):
 
     assert shapes.main(["--format", "csv"]) == 0
     assert "checked: every layer's output shape and parameter count" in capsys.readouterr().err
+
+
+def test_reproduce_shows_its_commands_at_the_top_and_the_helpers_old_paths_still_import():
+    """``reproduce/`` at its top level: the ``python -m reproduce.X`` commands, each documented, and nothing
+    else; the helpers live in subpackages, and a notebook's ``from reproduce.restore import restore`` works."""
+    import importlib
+
+    import reproduce
+    from reproduce.common import restore
+
+    root = os.path.dirname(reproduce.__file__)
+    top = {name[:-3] for name in os.listdir(root) if name.endswith(".py") and name != "__init__.py"}
+    for name in top:
+        with open(os.path.join(root, name + ".py"), encoding="utf-8") as handle:
+            assert 'if __name__ == "__main__":' in handle.read(), (
+                f"reproduce/{name}.py is no command"
+            )
+    repo = os.path.dirname(root)
+    pages = [os.path.join(repo, "README.md")] + [
+        os.path.join(repo, "docs", page) for page in os.listdir(os.path.join(repo, "docs"))
+    ]
+    documented = set()
+    for page in pages:
+        if page.endswith(".md"):
+            with open(page, encoding="utf-8") as handle:
+                documented |= set(re.findall(r"python -m reproduce\.([a-z_]+)\b", handle.read()))
+    assert documented == top
+    packages = {n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "__init__.py"))}
+    assert packages == {"training", "ablation", "common"}
+    for old, new in reproduce.MOVED.items():
+        assert importlib.import_module(f"reproduce.{old}") is importlib.import_module(
+            f"reproduce.{new}"
+        )
+    from reproduce.restore import restore as old_path
+
+    assert old_path is restore.restore

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from paper_alexnet.metrics import Predictions, per_class
-from reproduce import class_report, evaluate, predict, train
+from reproduce import evaluate, predict, train
+from reproduce.common import class_report
 from data_fixtures import image_tree
 
 # three classes (top-5 does not apply); one named in Chinese

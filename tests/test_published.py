@@ -202,7 +202,8 @@ def test_torchvision_weights_by_name_equal_convert_then_load_by_path(
     by pretrained=True) give the logits reproduce.convert + loading by path give, and train --pretrained
     fine-tunes from it with the variant and input the name brings."""
     from paper_alexnet import from_pretrained
-    from reproduce import convert, run_config, train
+    from reproduce import convert, train
+    from reproduce.training import run_config
 
     torch.manual_seed(0)
     source = tmp_path / "alexnet-owt.pth"
@@ -255,8 +256,9 @@ def test_torchvision_weights_by_name_equal_convert_then_load_by_path(
 def test_a_name_brings_its_variant_and_a_variant_that_contradicts_it_is_refused(
     tmp_path, monkeypatch
 ):
-    from reproduce import run_config, train
-    from reproduce.args import UsageError
+    from reproduce import train
+    from reproduce.training import run_config
+    from reproduce.common.args import UsageError
 
     def settled(*flags):
         argv = ["--data", "synthetic", "--out", str(tmp_path / "run"), *flags]

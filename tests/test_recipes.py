@@ -1,4 +1,4 @@
-"""Which recipe runs (reproduce/recipes.py, run_config.settle): §5's on ImageNet, quick elsewhere, per data kind and
+"""Which recipe runs (reproduce/training/recipes.py, run_config.settle): §5's on ImageNet, quick elsewhere, per data kind and
 for a store by the data it was made of; and fine-tuning feeds pretrained weights the input they learned on."""
 
 import json
@@ -9,7 +9,9 @@ import torch
 
 from paper_alexnet import build_model, checkpoint
 from paper_alexnet.checkpoint import Checkpoint
-from reproduce import recipes, run_config, train
+from reproduce import train
+from reproduce.training import recipes
+from reproduce.training import run_config
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 

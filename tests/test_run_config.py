@@ -1,4 +1,4 @@
-"""The run config (reproduce/run_config.py): train's flags parsed once into one frozen, typed value; the
+"""The run config (reproduce/training/run_config.py): train's flags parsed once into one frozen, typed value; the
 defaulted fields derived again when what they follow changes; argv made back from a config; config.json in
 both formats; --resume held to the settings that define a run."""
 
@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from reproduce import ablate, run_config, train
-from reproduce.args import UsageError
-from reproduce.run_config import RunConfig
+from reproduce import ablate, train
+from reproduce.training import run_config
+from reproduce.common.args import UsageError
+from reproduce.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
 TINY = [

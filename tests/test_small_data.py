@@ -337,11 +337,11 @@ def test_flip_averaging_scores_the_mean_softmax_of_the_centre_crop_and_its_refle
 
 
 def test_the_paper_recipe_and_quick_leave_every_tool_off_unless_a_flag_says():
-    from reproduce import recipes
+    from reproduce.training import recipes
 
     assert not recipes.tools_on(recipes.RECIPES["paper"])
     parsed = train.get_args_parser().parse_args(["--recipe", "paper"])
-    from reproduce import run_config
+    from reproduce.training import run_config
 
     config = run_config.from_args(parsed)
     assert (config.crop_scale, config.jitter, config.label_smoothing) == (None, 0.0, 0.0)

@@ -16,8 +16,10 @@ from PIL import Image
 from paper_alexnet import checkpoint
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.engine import NonFiniteLoss
-from reproduce import run_config, run_writer, train
-from reproduce.args import Exit
+from reproduce import train
+from reproduce.training import run_config
+from reproduce.training import run_writer
+from reproduce.common.args import Exit
 from data_fixtures import blank_tree, folder_contents, image_tree, write_bad_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -615,11 +617,11 @@ def test_two_runs_started_at_once_into_one_folder_train_once_and_the_other_is_to
 
 
 def test_the_lock_names_its_holder_and_goes_with_its_process(tmp_path):
-    from reproduce import run_lock
+    from reproduce.common import run_lock
 
     out = str(tmp_path / "run")
     probe = (
-        "import sys; from reproduce import run_lock; from reproduce.args import UsageError\n"
+        "import sys; from reproduce.common import run_lock; from reproduce.common.args import UsageError\n"
         "try:\n    with run_lock.hold(sys.argv[1]): print('held')\n"
         "except UsageError as err: print(err)\n"
     )

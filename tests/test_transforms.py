@@ -164,7 +164,8 @@ def test_average_softmax_averages_probabilities_not_logits():
 
 def test_every_part_switches_from_the_command_line():
     from paper_alexnet.data import DataError
-    from reproduce import run_config, train
+    from reproduce import train
+    from reproduce.training import run_config
 
     def augment(*flags):
         argv = ["--data", "synthetic", *flags]
@@ -182,7 +183,7 @@ def test_the_pipeline_is_read_from_the_settled_config_and_the_loader_is_checked_
     """run_config.augment takes the config (one type) and reads the pipeline's switches only; --workers is the
     config's own check (it raised out of the augmentation's builder)."""
     from paper_alexnet.data import DataError
-    from reproduce import run_config
+    from reproduce.training import run_config
 
     config = run_config.RunConfig(workers=-1, crop=224, no_flip=True)
     assert run_config.augment(config, 227) == Augment(crop=224, flip=False)

@@ -233,8 +233,8 @@ def test_torch_compile_traces_the_towers_in_one_graph():
 
 def _rule(gpus, local_rank, local_world):
     """The devices tower_devices gives, or "refused"."""
-    from reproduce.args import UsageError
-    from reproduce.placement import tower_devices
+    from reproduce.common.args import UsageError
+    from reproduce.common.placement import tower_devices
 
     try:
         return tuple(str(d) for d in tower_devices(gpus, local_rank, local_world))
@@ -261,8 +261,8 @@ def test_two_gpu_gives_every_process_of_a_node_gpus_of_its_own_or_refuses(gpus, 
 
 
 def test_the_refusal_gives_the_arithmetic_and_the_remedy():
-    from reproduce.args import UsageError
-    from reproduce.placement import own_gpus, tower_devices
+    from reproduce.common.args import UsageError
+    from reproduce.common.placement import own_gpus, tower_devices
 
     with pytest.raises(UsageError) as refused:
         tower_devices(8, 5, 8)
@@ -327,7 +327,7 @@ def test_rank_5_of_8_on_8_gpus_is_refused_before_any_cuda_call(
 def test_one_gpu_a_process_passes_with_eight_gpus_for_eight_processes(
     monkeypatch, eight_gpus_and_no_cuda_call
 ):
-    from reproduce.placement import pick_device
+    from reproduce.common.placement import pick_device
 
     assert pick_device("auto", 5, 8) == torch.device("cuda", 5)
     assert pick_device("cpu", 5, 8) == torch.device("cpu")

@@ -15,7 +15,7 @@ from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.cli import for_file
-from reproduce.figures import plot_curves
+from reproduce.common.figures import plot_curves
 
 METRICS = (
     "epoch",

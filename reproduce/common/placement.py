@@ -15,7 +15,7 @@ import torch
 
 from paper_alexnet.networks import Network, build_network
 from paper_alexnet.two_tower import TwoTowerAlexNet, splits_in_two
-from reproduce.args import UsageError, add_device_flag
+from reproduce.common.args import UsageError, add_device_flag
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,10 @@ import pandas as pd
 from paper_alexnet import paper
 from paper_alexnet.cli import FLOAT_FORMAT, plural
 from paper_alexnet.networks import get_network, network_cost
-from reproduce import intervals, run_config
-from reproduce.labels import Label
-from reproduce.figures import epoch_axis, pyplot, save
+from reproduce.ablation import intervals
+from reproduce.training import run_config
+from reproduce.ablation.labels import Label
+from reproduce.common.figures import epoch_axis, pyplot, save
 
 # best.pt's errors: the centre crop's, ten crops' (§4.1) and the centre crop's with its reflection (not §4.1)
 ERRORS = (

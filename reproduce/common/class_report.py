@@ -25,8 +25,8 @@ import numpy as np
 from paper_alexnet.atomic import make_folder
 from paper_alexnet.cli import percent
 from paper_alexnet.metrics import Predictions, per_class
-from reproduce.args import write_csv
-from reproduce.figures import drawable, pyplot, save
+from reproduce.common.args import write_csv
+from reproduce.common.figures import drawable, pyplot, save
 
 LABELLED = (
     30  # up to this many classes the figure names every row and column, in the checkpoint's order

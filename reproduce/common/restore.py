@@ -27,8 +27,8 @@ from paper_alexnet import checkpoint, shared
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.data import Augment, DataSet, DataStats, PaperTransform, open_dataset
 from paper_alexnet.networks import get_network
-from reproduce.args import UsageError
-from reproduce.placement import Placement, build_placed, place
+from reproduce.common.args import UsageError
+from reproduce.common.placement import Placement, build_placed, place
 
 
 @dataclasses.dataclass

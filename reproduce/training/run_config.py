@@ -20,8 +20,8 @@ from paper_alexnet.cli import for_file
 from paper_alexnet.data import Augment, DataError
 from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.networks import get_network
-from reproduce import recipes
-from reproduce.args import UsageError, check_workers
+from reproduce.training import recipes
+from reproduce.common.args import UsageError, check_workers
 
 FORMAT = "paper_alexnet.run/2"  # config.json; /1 (no format field) kept the flags under "args"
 # Filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto).

@@ -10,7 +10,7 @@ from typing import Optional
 
 from paper_alexnet.cli import command_line
 from paper_alexnet.watch import LearningWatch
-from reproduce.run_config import RunConfig
+from reproduce.training.run_config import RunConfig
 
 
 def papers_init(config: RunConfig, alexnet: bool) -> bool:

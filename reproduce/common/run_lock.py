@@ -19,7 +19,7 @@ import time
 from typing import Iterator
 
 from paper_alexnet.atomic import file_lock
-from reproduce.args import UsageError
+from reproduce.common.args import UsageError
 
 
 def lock_path(out: str) -> str:

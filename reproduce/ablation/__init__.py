@@ -1,0 +1,1 @@
+"""An ablation grid (reproduce.ablate): its cells' labels, tables, charts and intervals over seeds."""
