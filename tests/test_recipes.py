@@ -1,5 +1,6 @@
-"""Which recipe runs (reproduce/training/recipes.py, run_config.settle): §5's on ImageNet, quick elsewhere, per data kind and
-for a store by the data it was made of; and fine-tuning feeds pretrained weights the input they learned on."""
+"""Which recipe runs (reproduce/training/recipes.py, run_config.settle): §5's on ImageNet, quick elsewhere,
+per data kind and for a store by the data it was made of; and fine-tuning feeds pretrained weights the input
+they learned on."""
 
 import json
 import os
