@@ -37,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 import torch
@@ -64,7 +64,9 @@ DATA_SWITCHES = {
 @dataclasses.dataclass(frozen=True)
 class Grid:
     cells: Tuple[str, ...]
-    flags: Tuple[str, ...]  # reproduce.train flags every cell of this grid gets (before the user's)
+    settings: Dict[
+        str, Any
+    ]  # reproduce.train settings every cell of this grid gets (the user's flags win)
     what: str
     # a learning-rate search for each cell before its seeds (none: the flags' rate)
     lrs: Tuple[float, ...] = ()
@@ -81,7 +83,7 @@ GRIDS: Dict[str, Grid] = {
             "paper+no-pca",
             "paper+no-flip",
         ),
-        (),
+        {},
         "each of the paper's ablations (§3.2-§4.1) and torchvision's net against the paper net",
     ),
     # Figure 1 (§3.1): "no regularization of any kind" (no weight decay, no random crops, flips or lighting;
@@ -89,24 +91,21 @@ GRIDS: Dict[str, Grid] = {
     # were chosen independently to make training as fast as possible": a search, factor 2 apart.
     "relu-tanh": Grid(
         ("figure1", "figure1+tanh"),
-        (
-            "--optimizer",
-            "sgd",
-            "--wd",
-            "0",
-            "--schedule",
-            "none",
-            "--no-translate",
-            "--no-flip",
-            "--no-pca",
-        ),
+        {
+            "optimizer": "sgd",
+            "wd": 0.0,
+            "schedule": "none",
+            "no_translate": True,
+            "no_flip": True,
+            "no_pca": True,
+        },
         "§3.1, Figure 1: epochs and seconds to 25% training error, ReLU against tanh, each at the "
         "fastest rate of a search",
         lrs=(0.005, 0.01, 0.02, 0.04, 0.08),
     ),
     "baselines": Grid(
         ("paper", "torchvision", "vgg11", "googlenet", "resnet18"),
-        (),
+        {},
         "the paper net against later torchvision nets trained the same way",
     ),
     # each small-data tool alone at one setting, on a user's folder with its defaults (--recipe auto:
@@ -122,18 +121,18 @@ GRIDS: Dict[str, Grid] = {
             "paper@optimizer=adamw@wd=0.5",
             "paper@ema=0.99",
         ),
-        (),
+        {},
         "each small-data tool alone (random-resized crops, colour jitter, label smoothing, mixup, CutMix, "
         "AdamW, an average of the weights) against the defaults, on the data given",
     ),
     "hparams": Grid(
-        ("paper",), (), "sweeps of epochs, batch size and learning rate around the defaults"
+        ("paper",), {}, "sweeps of epochs, batch size and learning rate around the defaults"
     ),
 }
 # --smoke: the whole grid in a few minutes on a CPU (checks that everything runs; the numbers mean nothing).
 # Two steps and one batch scored (with ten crops) a cell are what shows that it runs: more adds nothing to
 # that, and the paper grid's seven cells at 32 and 16 images took twice as long.
-SMOKE = ("--limit-train", "16", "--limit-val", "8", "--epochs", "1", "-b", "8", "--workers", "0")
+SMOKE = {"limit_train": 16, "limit_val": 8, "epochs": 1, "batch_size": 8, "workers": 0}
 SMOKE_NOTE = (
     "--smoke: every cell trained 1 epoch on 16 images and was scored on 8: these numbers show that each "
     "cell runs, and say nothing about the variants; their differences from the paper net, and the paper's "
@@ -149,10 +148,9 @@ OWNED = (
 )
 # Every cell spends the grid's whole budget: a cell at chance is a result to compare, not a run to stop
 # (reproduce.train's --on-stall; a user's own --on-stall comes later and wins).
-CELL_FLAGS = ("--on-stall", "warn")
+CELL_SETTINGS = {"on_stall": "warn"}
 # What may differ between a finished cell and the same cell asked for again: where and how it ran, not what.
 NOT_COMPARED = {"out", "resume", "quiet", "workers", "decode", "device", "download"}
-TRAIN = train.get_args_parser()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,11 +199,11 @@ def make_cell(base: RunConfig, label: str, seed: int, out: str, ten_crop: bool) 
                 )
             )
         try:
-            fields.update(run_config.setting(TRAIN, key, value if equals else None))
+            fields.update(run_config.from_label(key, value if equals else None))
         except UsageError as err:
             raise UsageError(f"variant {label!r}: {err}") from None
     config = run_config.change(base, **fields)
-    config = dataclasses.replace(config, command=tuple(run_config.to_argv(config, TRAIN)))
+    config = dataclasses.replace(config, command=tuple(run_config.to_argv(config)))
     return Cell(label, seed, config.out, config)
 
 
@@ -248,7 +246,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help=f"tiny settings that run the whole grid in minutes on a CPU: {' '.join(SMOKE)}",
+        help="tiny settings that run the whole grid in minutes on a CPU: "
+        + " ".join(run_config.words(SMOKE, short=True)),
     )
     parser.add_argument(
         "--no-ten-crop", action="store_true", help="skip the ten-crop evaluation of each cell"
@@ -294,20 +293,16 @@ def hparam_cells(base: RunConfig) -> Tuple[str, ...]:
     )
 
 
-def grid_config(words: Sequence[str]) -> RunConfig:
-    """The settings every cell shares: the grid's flags and the user's reproduce.train flags, parsed once."""
-    try:
-        args, unknown = TRAIN.parse_known_args(list(words))
-    except SystemExit:  # argparse refused a value, and has said why
-        raise UsageError(
-            "reproduce.train does not accept these flags (see python -m reproduce.train --help)"
-        ) from None
-    if unknown:
-        raise UsageError(
-            f"{' '.join(unknown)}: reproduce.train does not accept these flags "
-            f"(see python -m reproduce.train --help)"
-        )
-    return run_config.from_args(args, words)
+def grid_config(grid: Grid, words: Sequence[str], smoke: bool = False) -> RunConfig:
+    """The settings every cell shares: the grid's (and --smoke's), then the user's reproduce.train flags
+    ``words``, which win."""
+    given = {
+        **CELL_SETTINGS,
+        **grid.settings,
+        **(SMOKE if smoke else {}),
+        **run_config.given(words),
+    }
+    return run_config.from_fields(given, words)
 
 
 def finished(cell: Cell) -> bool:
@@ -320,7 +315,7 @@ def finished(cell: Cell) -> bool:
         saved = json.load(handle)
     record = saved.get("config")
     if record is None:  # a cell.json written before configs were kept: its argv
-        record = run_config.as_record(grid_config(saved.get("argv") or []))
+        record = run_config.as_record(run_config.from_words(saved.get("argv") or []))
     record = run_config.flat(record)
     compared = [name for name in run_config.flag_fields() if name not in NOT_COMPARED]
     changed = run_config.differences(record, cell.config, compared)
@@ -665,7 +660,7 @@ def run(args: argparse.Namespace, rest: Sequence[str]) -> int:
         raise UsageError("--seeds needs at least one seed")
     grid = GRIDS[args.grid]
     lrs = parse_lrs(args.lrs, grid)
-    base = grid_config([*CELL_FLAGS, *grid.flags, *(SMOKE if args.smoke else ()), *rest])
+    base = grid_config(grid, rest, args.smoke)
     name = "custom" if args.variants else args.grid
     out = args.out = args.out or os.path.join("runs", f"ablate-{name}")
     if args.variants:

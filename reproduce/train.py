@@ -34,9 +34,6 @@ from paper_alexnet import (
     backends,
     checkpoint,
     distributed,
-    list_switches,
-    list_variants,
-    paper,
     published,
 )
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
@@ -47,7 +44,7 @@ from paper_alexnet.data.mixing import Mixing
 from paper_alexnet.data.splits import Split
 from paper_alexnet.ema import WeightAverage
 from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
-from paper_alexnet.networks import OTHER_NETS, Network, get_network
+from paper_alexnet.networks import Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
@@ -57,18 +54,15 @@ from reproduce.training import recipes
 from reproduce.training import run_config
 from reproduce.common import run_lock
 from reproduce.common.args import (
-    add_list_weights_flag,
     weights_table,
     as_program,
     Exit,
     UsageError,
-    add_data_arguments,
-    add_reading_flags,
     exit_code,
     loader_processes,
     say_skipped,
 )
-from reproduce.common.placement import Placement, add_device_arguments, build_placed, place
+from reproduce.common.placement import Placement, build_placed, place
 from reproduce.training.run_config import RunConfig
 from reproduce.training.alerts import RunWatch
 from reproduce.training.run_writer import RunWriter
@@ -82,179 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Train an AlexNet with the paper's recipe (§5) and data pipeline (§2, §4.1); "
         "report top-1/top-5 error (§6).",
     )
-    parser.add_argument(
-        "--variant",
-        default=None,
-        help=f"network: {', '.join(list_variants())}, with switches "
-        f"({', '.join(list_switches())}) joined by '+', e.g. paper+no-lrn; or a net to "
-        f"compare with: {', '.join(OTHER_NETS)} (figure1+tanh) (default: paper; with --pretrained NAME, the "
-        "net those weights fit)",
-    )
-    parser.add_argument(
-        "--recipe",
-        choices=("auto", *recipes.RECIPES),
-        default="auto",
-        help="how the net starts and learns (the tables below); auto: the data kind's",
-    )
-    data = add_data_arguments(parser)
-    add_reading_flags(data)
-    add_device_arguments(parser)
-    opt = parser.add_argument_group("optimisation (§5)")
-    opt.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="passes over the training set (default: the data kind's, below)",
-    )
-    opt.add_argument(
-        "-b",
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per step (default: the data kind's)",
-    )
-    opt.add_argument(
-        "--optimizer",
-        choices=tuple(recipes.OPTIMIZER_LR),
-        default=None,
-        help="sgd is the paper's exact rule (PaperSGD) (default: the recipe's)",
-    )
-    opt.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="learning rate (default: the recipe's; with another --optimizer: "
-        + ", ".join(f"{k} {v:g}" for k, v in recipes.OPTIMIZER_LR.items())
-        + ")",
-    )
-    opt.add_argument("--momentum", type=float, default=paper.MOMENTUM, help="SGD momentum (§5)")
-    opt.add_argument(
-        "--wd",
-        type=float,
-        default=paper.WEIGHT_DECAY,
-        help="weight decay (§5: inside the velocity)",
-    )
-    opt.add_argument(
-        "--schedule",
-        choices=("plateau", "step", "cosine", "none"),
-        default=None,
-        help="plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while "
-        "it is still at chance; cosine: from --lr to zero over the epochs (default: the recipe's)",
-    )
-    opt.add_argument(
-        "--patience", type=int, default=1, help="plateau: epochs without a new best before a drop"
-    )
-    opt.add_argument("--step-size", type=int, default=30, help="step: epochs between drops by 10")
-    tools = parser.add_argument_group(
-        "small-data tools (none of them the paper's: docs/deviations.md; with --crop-scale and --jitter "
-        "above; 0 turns one off, and each defaults to the recipe's)"
-    )
-    tools.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=None,
-        metavar="EPS",
-        help="train on (1-EPS) of the label plus EPS spread over all classes",
-    )
-    tools.add_argument(
-        "--mixup",
-        type=float,
-        default=None,
-        metavar="ALPHA",
-        help="blend each batch with itself reversed, lam ~ Beta(ALPHA, ALPHA), the targets alike",
-    )
-    tools.add_argument(
-        "--cutmix",
-        type=float,
-        default=None,
-        metavar="ALPHA",
-        help="paste a box of (1-lam) of the crop from the reversed batch, lam ~ Beta(ALPHA, ALPHA); with "
-        "--mixup, each batch takes one of the two",
-    )
-    tools.add_argument(
-        "--ema",
-        type=float,
-        default=None,
-        metavar="DECAY",
-        help="validate, keep and score a moving average of the weights, updated every step with this "
-        "decay (e.g. 0.99: about the last 100 steps)",
-    )
-    run_group = parser.add_argument_group("run")
-    run_group.add_argument(
-        "--out", default=None, metavar="DIR", help="output folder (default: runs/<variant>-<data>)"
-    )
-    run_group.add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PATH",
-        help="continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was written",
-    )
-    run_group.add_argument(
-        "--on-stall",
-        choices=("stop", "warn"),
-        default=None,
-        help="a run whose loss sits at ln(classes) with its batches at chance, by the end of its "
-        "first epoch or 10%% of its steps: stop (exit 4, checkpoint kept, the command that "
-        "avoids it printed) or warn and go on (default: the data kind's, below)",
-    )
-    run_group.add_argument(
-        "--seed", type=int, default=0, help="seeds init, data order, augmentation and dropout"
-    )
-    run_group.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    run_group.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="channels-last memory format (already the default on a CPU with AVX-512, where the paper "
-        "net trains 1.08x as fast so, on AVX2 0.95x; and on CUDA with --amp: docs/performance.md)",
-    )
-    run_group.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the whole net for training (the first steps compile, for minutes; on a GPU the "
-        "ReLU-LRN-pool stages are compiled without it: docs/performance.md)",
-    )
-    run_group.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="on CUDA: cuDNN's deterministic algorithms, no autotuning (by default cudnn.benchmark picks "
-        "each layer's fastest, which may differ from run to run)",
-    )
-    run_group.add_argument(
-        "--no-tf32",
-        action="store_true",
-        help="on CUDA: IEEE float32 matmuls and convolutions (by default both in TF32 on tensor cores)",
-    )
-    run_group.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write TensorBoard events to DIR/tb (the tensorboard extra)",
-    )
-    run_group.add_argument(
-        "--pretrained",
-        default=None,
-        metavar="PATH",
-        help="start from a weights file: a checkpoint or shared folder of this package, a torchvision AlexNet "
-        f"state dict (with --variant torchvision); or published weights by name: {', '.join(published.names())}"
-        " (downloaded once, checked, converted, cached; the name brings its variant: --list-weights); fc8 "
-        "is re-initialised when the class count differs",
-    )
-    add_list_weights_flag(run_group)
-    run_group.add_argument(
-        "--freeze-features", action="store_true", help="with --pretrained: train fc6..fc8 only"
-    )
-    run_group.add_argument(
-        "--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded)"
-    )
-    run_group.add_argument(
-        "--limit-val", type=int, default=None, metavar="N", help="use N validation images (seeded)"
-    )
-    run_group.add_argument(
-        "--ten-crop",
-        action="store_true",
-        help="also evaluate best.pt with ten crops at the end (§4.1)",
-    )
+    run_config.add_flags(parser)  # each flag as declared with its setting (run_config.RunConfig)
     return parser
 
 
@@ -568,7 +390,7 @@ def recipe_line(config: RunConfig, net: Net) -> str:
             else ""
         )
         + f": {init}; {pixels}; {config.optimizer} lr {config.lr:g}, {SCHEDULES[config.schedule]}"
-        + "".join(f"; {tool}" for tool in recipes.tools_on(config))
+        + "".join(f"; {tool}" for tool in run_config.tools_on(config))
         + (". §5's recipe: --recipe paper" if config.recipe == "quick" else "")
     )
 

@@ -157,7 +157,7 @@ def test_a_small_grid_writes_tidy_rows_and_skips_finished_cells(tmp_path, capsys
     stamp = (out / "cells" / "figure1-seed0" / "metrics.csv").stat().st_mtime_ns
     resumed = out / "cells" / "figure1-seed1"
     before = pd.read_csv(resumed / "metrics.csv")
-    base = ablate.grid_config([*ablate.CELL_FLAGS, *ablate.GRIDS["relu-tanh"].flags, *TINY])
+    base = ablate.grid_config(ablate.GRIDS["relu-tanh"], TINY)
     cell = ablate.make_cell(base, "figure1", 1, str(out), True)
     for name in os.listdir(resumed):
         os.remove(resumed / name)
@@ -441,7 +441,7 @@ def test_epochs_to_25_percent_training_error():
 
 def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
 
-    base = ablate.grid_config(["--out", str(tmp_path)])
+    base = run_config.from_words(["--out", str(tmp_path)])
     assert (base.epochs, base.batch_size, base.lr) == (4, 16, 1e-4)
     assert ablate.hparam_cells(base) == (
         "paper",
@@ -452,7 +452,7 @@ def test_hparam_sweeps_surround_the_resolved_defaults(tmp_path):
         "paper@lr=3e-05",
         "paper@lr=0.0003",
     )
-    smoke = ablate.grid_config([*ablate.SMOKE, "--out", str(tmp_path)])
+    smoke = ablate.grid_config(ablate.GRIDS["paper"], ["--out", str(tmp_path)], smoke=True)
     # no 1 // 2; half and twice --smoke's batch of 8
     assert ablate.hparam_cells(smoke)[:3] == (
         "paper",
@@ -615,7 +615,7 @@ def test_cpu_jobs_share_the_cores_instead_of_each_spinning_on_all(tmp_path, monk
 
     monkeypatch.setattr(ablate.subprocess, "Popen", Finished)
     monkeypatch.setattr(ablate.os, "cpu_count", lambda: 8)
-    base = ablate.grid_config(TINY)
+    base = run_config.from_words(TINY)
 
     def cells(out):
         return [
@@ -640,5 +640,5 @@ def test_a_cell_label_is_its_net_its_switches_and_its_settings():
         ("lr=0.02", "batch-size=64"),
     )
     assert label.head == "figure1+tanh+no-pca" and Label.parse("paper").head == "paper"
-    cell = ablate.make_cell(ablate.grid_config(TINY), label.text, 1, "grid", False)
+    cell = ablate.make_cell(run_config.from_words(TINY), label.text, 1, "grid", False)
     assert cell.switches == "tanh+no-pca+lr=0.02+batch-size=64"

@@ -117,20 +117,19 @@ def test_a_changed_field_rederives_what_follows_it_and_keeps_what_was_given():
 )
 def test_argv_made_from_a_config_gives_the_same_config_back(words):
     config = _parsed(*words)
-    words_again = run_config.to_argv(config, train.get_args_parser())
+    words_again = run_config.to_argv(config)
     assert dataclasses.replace(_parsed(*words_again), command=()) == dataclasses.replace(
         config, command=()
     )
 
 
 def test_a_cell_label_setting_is_converted_as_its_flag_would_be():
-    parser = train.get_args_parser()
-    assert run_config.setting(parser, "batch-size", "64") == {"batch_size": 64}
-    assert run_config.setting(parser, "no-flip", None) == {"no_flip": True}
+    assert run_config.from_label("batch-size", "64") == {"batch_size": 64}
+    assert run_config.from_label("no-flip", None) == {"no_flip": True}
     with pytest.raises(UsageError, match="choose from"):
-        run_config.setting(parser, "schedule", "sometimes")
+        run_config.from_label("schedule", "sometimes")
     with pytest.raises(UsageError, match="not a valid value"):
-        run_config.setting(parser, "epochs", "many")
+        run_config.from_label("epochs", "many")
 
 
 def test_config_json_holds_the_config_and_a_folder_of_the_old_format_still_reads(tmp_path):
@@ -187,7 +186,7 @@ def test_resume_refuses_other_defining_settings_and_allows_more_epochs(tmp_path,
 
 
 def test_a_grid_cell_is_the_grids_config_with_the_labels_settings(tmp_path):
-    base = ablate.grid_config([*ablate.CELL_FLAGS, *TINY])
+    base = ablate.grid_config(ablate.GRIDS["paper"], TINY)
     cell = ablate.make_cell(base, "paper+no-lrn+no-pca@momentum=0.5", 2, str(tmp_path), True)
     assert (cell.config.variant, cell.config.no_pca, cell.config.momentum, cell.config.seed) == (
         "paper+no-lrn",
@@ -204,7 +203,7 @@ def test_a_grid_cell_is_the_grids_config_with_the_labels_settings(tmp_path):
 
 
 def test_a_finished_cell_is_known_by_its_config_and_by_the_argv_of_an_older_cell_json(tmp_path):
-    base = ablate.grid_config([*ablate.CELL_FLAGS, *TINY])
+    base = ablate.grid_config(ablate.GRIDS["paper"], TINY)
     cell = ablate.make_cell(base, "paper@lr=0.001", 0, str(tmp_path), False)
     os.makedirs(cell.folder)
     marker = os.path.join(cell.folder, "cell.json")

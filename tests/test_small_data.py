@@ -17,6 +17,7 @@ from paper_alexnet.data.transforms import draw_boxes, jittered, resized_crops
 from paper_alexnet.ema import WeightAverage
 from paper_alexnet.engine import evaluate, train_one_epoch
 from reproduce import ablate, train
+from reproduce.training import run_config
 
 
 # --- random-resized crops ------------------------------------------------------------------------------------
@@ -339,17 +340,15 @@ def test_flip_averaging_scores_the_mean_softmax_of_the_centre_crop_and_its_refle
 def test_the_paper_recipe_and_quick_leave_every_tool_off_unless_a_flag_says():
     from reproduce.training import recipes
 
-    assert not recipes.tools_on(recipes.RECIPES["paper"])
+    assert not run_config.tools_on(recipes.RECIPES["paper"])
     parsed = train.get_args_parser().parse_args(["--recipe", "paper"])
-    from reproduce.training import run_config
-
     config = run_config.from_args(parsed)
     assert (config.crop_scale, config.jitter, config.label_smoothing) == (None, 0.0, 0.0)
     assert (config.mixup, config.cutmix, config.ema) == (0.0, 0.0, 0.0)
 
 
 def test_a_grid_cell_label_carries_each_tool_as_a_flag(tmp_path):
-    base = ablate.grid_config(["--data", "synthetic?classes=4&train=16&val=8"])
+    base = run_config.from_words(["--data", "synthetic?classes=4&train=16&val=8"])
     cell = ablate.make_cell(base, "paper@mixup=0.2@label-smoothing=0.1", 0, str(tmp_path), True)
     assert (cell.config.mixup, cell.config.label_smoothing) == (0.2, 0.1)
     assert "--mixup" in cell.config.command and "0.2" in cell.config.command

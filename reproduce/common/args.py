@@ -12,20 +12,21 @@ and the way a command ends (one ``error:`` line and an exit status, never a trac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import os
 import signal
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 
-from paper_alexnet import ConfigError, paper
+from paper_alexnet import ConfigError
 from paper_alexnet.atomic import WriteError, atomic_write
 from paper_alexnet.cli import FLOAT_FORMAT, log_to_stderr, plural
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.cpu_memory import keep_freed_memory
-from paper_alexnet.data import MEAN_MODES, BadImageError, DataError
+from paper_alexnet.data import BadImageError, DataError
 from paper_alexnet.data.loader import DECODE_CHOICES
 from paper_alexnet.data.sources import SOURCES
 
@@ -145,17 +146,89 @@ def write_csv(rows: list, path: str, say: bool = True) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
+MISSING = object()  # a Flag.add default not given
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line flag, declared once: what argparse, ``--help``, a grid cell's ``@key=value``, the argv
+    made from a config (run_config.to_argv) and the check on its value all read. ``default`` is the flag's own
+    (None for a value filled from the data kind or the recipe); a switch is a flag whose default is False."""
+
+    help: str
+    default: Any = None
+    type: Optional[Callable[[str], Any]] = None
+    choices: Optional[Sequence[Any]] = None
+    metavar: Optional[str] = None
+    short: Optional[str] = None  # "-b"
+    nargs: Optional[str] = None
+    const: Any = None
+    # the check on a given value: (ok(value), message with {} for the value); None: any value of its type
+    check: Optional[Tuple[Callable[[Any], bool], str]] = None
+    # a default that depends on the device: the rule (a function) that resolves an unset value, beside it
+    by_device: Optional[Callable[..., Any]] = None
+
+    @property
+    def switch(self) -> bool:
+        return self.default is False
+
+    def option(self, dest: str) -> str:
+        """The long flag of the setting ``dest`` (``batch_size`` -> ``--batch-size``)."""
+        return "--" + dest.replace("_", "-")
+
+    def add(self, parser, dest: str, default: Any = MISSING) -> None:
+        """Add the flag to an argparse parser or group (``default``: SUPPRESS, to see what was given)."""
+        names = ([self.short] if self.short else []) + [self.option(dest)]
+        given = {"default": self.default if default is MISSING else default, "help": self.help}
+        if self.switch:
+            parser.add_argument(*names, dest=dest, action="store_true", **given)
+            return
+        extra = {
+            k: getattr(self, k) for k in ("type", "choices", "metavar", "nargs") if getattr(self, k)
+        }
+        if self.nargs:
+            extra["const"] = self.const
+        parser.add_argument(*names, dest=dest, **extra, **given)
+
+    def checked(self, dest: str, value: Any, error: type = None) -> Any:
+        """``value`` when the check passes, else the check's message as ``error`` (UsageError)."""
+        if value is not None and self.check is not None and not self.check[0](value):
+            raise (error or UsageError)(self.check[1].format(value, option=self.option(dest)))
+        return value
+
+
+# --- the flags more than one command takes -------------------------------------------------------------
+
+DATA = Flag(DATA_HELP, default="synthetic", metavar="SPEC")
+DATA_OF_CHECKPOINT = Flag(
+    f"default: the data the checkpoint was trained on. {DATA_HELP}", default=None, metavar="SPEC"
+)
+DECODE = Flag(
+    "where a JPEG store's images are decoded: in the --workers on the CPU, or on the "
+    "net's device, a batch at a time (nvjpeg on a GPU); auto: the device on a GPU, "
+    "the workers elsewhere. Other data is decoded by the workers",
+    default="auto",
+    choices=DECODE_CHOICES,
+)
+DEVICE = Flag("auto (cuda if available), cpu, cuda, cuda:1, ...", default="auto")
+STRICT = Flag(
+    "stop at the first unreadable image instead of skipping it (skipped files are named)",
+    default=False,
+)
+DOWNLOAD = Flag("download cifar10/cifar100/caltech101 if absent", default=False)
+QUIET = Flag(
+    "no progress bars; what the run says (splits, notes, warnings, results) is still printed",
+    default=False,
+)
+_WORKERS = "processes that read and decode images (0: in the main process); default: "
+_AT_LEAST_0 = (lambda n: n >= 0, "--workers must be 0 or more, not {}")
+# a command that reads a data set to write it (prepare): a few processes, the rest of the cores decode too
+WORKERS = Flag(_WORKERS + "min(4, cores)", default=DEFAULT_WORKERS, type=int, check=_AT_LEAST_0)
+
+
 def add_data_flag(parser, from_checkpoint: bool = False) -> None:
     """--data SPEC: synthetic by default, or (``from_checkpoint``) the data the checkpoint was trained on."""
-    if from_checkpoint:
-        parser.add_argument(
-            "--data",
-            default=None,
-            metavar="SPEC",
-            help=f"default: the data the checkpoint was trained on. {DATA_HELP}",
-        )
-    else:
-        parser.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
+    (DATA_OF_CHECKPOINT if from_checkpoint else DATA).add(parser, "data")
 
 
 def add_checkpoint_flag(
@@ -226,32 +299,6 @@ def named_weights(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def add_workers_flag(parser, inference: bool = False, train: bool = False) -> None:
-    """--workers; ``inference``: a command that only runs the net forward, whose default is
-    :func:`reader_processes`'s; ``train``: a command that trains (or measures training), whose default is
-    :func:`loader_processes`'s; otherwise DEFAULT_WORKERS."""
-    what = "processes that read and decode images (0: in the main process)"
-    if inference:
-        default, words = (
-            None,
-            (
-                "0 on the CPU, where the net's threads use every core and a reader process takes them away "
-                "(docs/features.md); on a GPU the cores less one"
-            ),
-        )
-    elif train:
-        default, words = (
-            None,
-            (
-                f"on the CPU min(4, cores) = {DEFAULT_WORKERS} here; on a GPU the node's cores shared by its GPU "
-                "processes, less one each for the process itself"
-            ),
-        )
-    else:
-        default, words = DEFAULT_WORKERS, "min(4, cores)"
-    parser.add_argument("--workers", type=int, default=default, help=f"{what}; default: {words}")
-
-
 def gpu_feeders(local_world: int = 1) -> int:
     """Loader processes for each GPU process: this node's cores shared by its ``local_world`` GPU processes,
     less one each for the process that drives its GPU. At 20,000 images/s every core counts: a JPEG folder
@@ -276,103 +323,53 @@ def reader_processes(workers: Optional[int], device) -> int:
     return 0 if torch.device(device).type == "cpu" else gpu_feeders()
 
 
+# a command that trains (or measures training): by device and cores (loader_processes)
+TRAIN_WORKERS = Flag(
+    _WORKERS
+    + f"on the CPU min(4, cores) = {DEFAULT_WORKERS} here; on a GPU the node's cores shared by its "
+    "GPU processes, less one each for the process itself",
+    type=int,
+    check=_AT_LEAST_0,
+    by_device=loader_processes,
+)
+# a command that only runs the net forward (reader_processes)
+READ_WORKERS = Flag(
+    _WORKERS
+    + "0 on the CPU, where the net's threads use every core and a reader process takes them away "
+    "(docs/features.md); on a GPU the cores less one",
+    type=int,
+    check=_AT_LEAST_0,
+    by_device=reader_processes,
+)
+
+
+def add_workers_flag(parser, inference: bool = False, train: bool = False) -> None:
+    """--workers; ``inference``: a command that only runs the net forward (READ_WORKERS); ``train``: a command
+    that trains or measures training (TRAIN_WORKERS); otherwise WORKERS."""
+    (READ_WORKERS if inference else TRAIN_WORKERS if train else WORKERS).add(parser, "workers")
+
+
 def add_decode_flag(parser) -> None:
-    parser.add_argument(
-        "--decode",
-        choices=DECODE_CHOICES,
-        default="auto",
-        help="where a JPEG store's images are decoded: in the --workers on the CPU, or on the "
-        "net's device, a batch at a time (nvjpeg on a GPU); auto: the device on a GPU, "
-        "the workers elsewhere. Other data is decoded by the workers",
-    )
+    DECODE.add(parser, "decode")
 
 
 def add_device_flag(parser) -> None:
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ..."
-    )
+    DEVICE.add(parser, "device")
 
 
 def add_strict_flag(parser) -> None:
     """--strict: the one rule for unreadable images in every command that reads a data set."""
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="stop at the first unreadable image instead of skipping it (skipped files are named)",
-    )
+    STRICT.add(parser, "strict")
 
 
 def add_reading_flags(parser) -> None:
     """--strict, --download and --quiet: how a command that reads a whole data set treats files and output."""
-    add_strict_flag(parser)
-    parser.add_argument(
-        "--download", action="store_true", help="download cifar10/cifar100/caltech101 if absent"
-    )
-    parser.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress bars; what the run says (splits, notes, warnings, results) is still printed",
-    )
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """train's data group: the spec, the loader, and the §2/§4.1 switches of the pipeline."""
-    group = parser.add_argument_group("data (§2, §4.1)")
-    add_data_flag(group)
-    group.add_argument(
-        "--crop",
-        type=int,
-        default=None,
-        help="crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)",
-    )
-    group.add_argument(
-        "--no-translate",
-        action="store_true",
-        help="train on the centre crop: no random crop positions (§4.1's translations)",
-    )
-    group.add_argument(
-        "--no-flip", action="store_true", help="no random horizontal reflections (§4.1)"
-    )
-    group.add_argument("--no-pca", action="store_true", help="no PCA lighting (§4.1)")
-    group.add_argument(
-        "--pca-sigma",
-        type=float,
-        default=paper.PCA_SIGMA,
-        help="std of the PCA lighting a_i (§4.1)",
-    )
-    group.add_argument(
-        "--crop-scale",
-        type=float,
-        default=None,
-        metavar="LOW",
-        help="not §4.1: random-resized crops instead of the fixed-size crop, each a box of at least LOW of "
-        "the 256x256 image's area (at most 0.75), aspect 3:4 to 4:3, resampled to the crop; 0: off "
-        "(default: the recipe's)",
-    )
-    group.add_argument(
-        "--jitter",
-        type=float,
-        default=None,
-        metavar="S",
-        help="not §4.1: brightness, contrast and saturation each multiplied by a factor in [1-S, 1+S] "
-        "per image; 0: off (default: the recipe's)",
-    )
-    group.add_argument(
-        "--mean",
-        choices=MEAN_MODES,
-        default=None,
-        help="what to subtract: the training set's mean image (§2), its per-channel mean, "
-        "torchvision's ImageNet mean/std (for torchvision weights), or nothing (default: "
-        "image; torchvision when --pretrained weights were trained that way)",
-    )
-    add_workers_flag(group, train=True)
-    add_decode_flag(group)
-    return group
+    for dest, flag in (("strict", STRICT), ("download", DOWNLOAD), ("quiet", QUIET)):
+        flag.add(parser, dest)
 
 
 def check_workers(workers: Optional[int]) -> None:
-    if workers is not None and workers < 0:
-        raise DataError(f"--workers must be 0 or more, not {workers}")
+    WORKERS.checked("workers", workers, DataError)
 
 
 # what --format writes, and the --out it implies

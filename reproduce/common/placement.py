@@ -15,7 +15,7 @@ import torch
 
 from paper_alexnet.networks import Network, build_network
 from paper_alexnet.two_tower import TwoTowerAlexNet, splits_in_two
-from reproduce.common.args import UsageError, add_device_flag
+from reproduce.common.args import DEVICE, Flag, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,23 +34,25 @@ class Placement:
         return self.devices[0]
 
 
+TWO_GPU = Flag(
+    "the two towers of §3.2 on two devices: cuda:0 and cuda:1 with 2+ GPUs (under "
+    "torchrun: cuda:2r and cuda:2r+1 for local rank r, so two GPUs a process, else refused), "
+    "both on the one GPU with 1, both on the CPU with none",
+    default=False,
+)
+DEVICES = Flag(
+    "the two towers on these devices, e.g. cuda:0,cuda:1 or cpu,cpu (implies --two-gpu; one "
+    "process a node: under torchrun, --two-gpu)",
+    metavar="A,B",
+)
+DEVICE_FLAGS = {"device": DEVICE, "two_gpu": TWO_GPU, "devices": DEVICES}
+DEVICE_GROUP = "devices (§3.2)"
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("devices (§3.2)")
-    add_device_flag(group)
-    group.add_argument(
-        "--two-gpu",
-        action="store_true",
-        help="the two towers of §3.2 on two devices: cuda:0 and cuda:1 with 2+ GPUs (under "
-        "torchrun: cuda:2r and cuda:2r+1 for local rank r, so two GPUs a process, else refused), "
-        "both on the one GPU with 1, both on the CPU with none",
-    )
-    group.add_argument(
-        "--devices",
-        default=None,
-        metavar="A,B",
-        help="the two towers on these devices, e.g. cuda:0,cuda:1 or cpu,cpu (implies --two-gpu; one "
-        "process a node: under torchrun, --two-gpu)",
-    )
+    group = parser.add_argument_group(DEVICE_GROUP)
+    for dest, flag in DEVICE_FLAGS.items():
+        flag.add(group, dest)
 
 
 def pick_device(name: str, local_rank: int = 0, local_world: int = 1) -> torch.device:

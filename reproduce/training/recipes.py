@@ -33,7 +33,7 @@ class Recipe:
     lr: float  # learning rate at the start (§5: 0.01 for SGD)
     schedule: str  # optim.build_schedule's name: "plateau" is §5's rule
     why: str
-    # the small-data tools, none of them the paper's (docs/deviations.md); 0 / None: off
+    # the small-data tools, none of them the paper's (docs/deviations.md; run_config.TOOLS); 0 / None: off
     crop_scale: Optional[float] = None  # a random-resized crop's smallest area (data/transforms.py)
     jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - jitter, 1 + jitter]
     label_smoothing: float = 0.0
@@ -124,29 +124,12 @@ def data_kind(spec: str) -> str:
         return "store"  # not a store yet: opening it says why
 
 
-# The settings a recipe fills in when their flags are not given (besides its optimizer, lr and schedule).
-TOOLS = ("crop_scale", "jitter", "label_smoothing", "mixup", "cutmix", "ema")
-TOOL_WORDS = {
-    "crop_scale": "random-resized crops of at least {:g} of the image",
-    "jitter": "colour jitter {:g}",
-    "label_smoothing": "label smoothing {:g}",
-    "mixup": "mixup alpha {:g}",
-    "cutmix": "CutMix alpha {:g}",
-    "ema": "weights averaged with decay {:g} a step (EMA)",
-}
-
-
-def tools_on(settings) -> list:
-    """The small-data tools a recipe or a run has on, in words (none: an empty list)."""
-    return [
-        TOOL_WORDS[name].format(getattr(settings, name))
-        for name in TOOLS
-        if getattr(settings, name)
-    ]
-
-
 def describe() -> str:
     """Both tables as text, for --help."""
+    from reproduce.training.run_config import (
+        tools_on,
+    )  # the tools are declared with the run's settings
+
     lines = ["recipes (--recipe):"]
     for name, r in RECIPES.items():
         lines.append(

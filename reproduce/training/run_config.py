@@ -1,6 +1,11 @@
 """One training run's settings, typed and frozen: what ``reproduce.train`` parses its flags into once, what
 ``reproduce.ablate`` derives each grid cell from (``change``), and what config.json records.
 
+Each setting is declared once, as a field of RunConfig (``setting``): its flag, --help text and group, the
+check on its value, whether the data kind or the recipe fills it in, whether it defines a run. train's
+parser, its --help, a grid cell's ``@key=value`` (``from_label``), the argv made from a config (``to_argv``),
+the resume comparison (DEFINING) and config.json are derived from those declarations.
+
 A field is either given (a flag, a cell's ``@key=value``) or defaulted: filled from the data kind's row or
 the recipe (recipes.py). ``defaulted`` names the latter, so that a changed recipe or data set re-derives them
 (``settle``) and an argv made from a config (``to_argv``) gives the same config back.
@@ -13,114 +18,220 @@ import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from paper_alexnet import ArchConfig, paper, published
+from paper_alexnet import ArchConfig, backends, list_switches, list_variants, paper, published
 from paper_alexnet.cli import for_file
-from paper_alexnet.data import Augment, DataError
+from paper_alexnet.data import MEAN_MODES, Augment, DataError
 from paper_alexnet.data.sources import parse_spec
-from paper_alexnet.networks import get_network
+from paper_alexnet.networks import OTHER_NETS, get_network
+from reproduce.common import placement
+from reproduce.common.args import (
+    DATA,
+    DECODE,
+    DOWNLOAD,
+    MISSING,
+    QUIET,
+    STRICT,
+    TRAIN_WORKERS,
+    Flag,
+    UsageError,
+    add_list_weights_flag,
+    check_workers,
+)
+from reproduce.common.placement import DEVICE_FLAGS, DEVICE_GROUP
 from reproduce.training import recipes
-from reproduce.common.args import UsageError, check_workers
 
 FORMAT = "paper_alexnet.run/2"  # config.json; /1 (no format field) kept the flags under "args"
-# Filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto).
-DEFAULTABLE = (
-    "variant",  # "paper", or the variant published weights named by --pretrained fit
-    "recipe",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "schedule",
-    "on_stall",
-    "mean",
-    "out",
-    *recipes.TOOLS,
-)
-# What makes a run the run it is: --resume refuses to continue a checkpoint with other values.
-DEFINING = (
-    "variant",
-    "data",
-    "batch_size",
-    "seed",
-    "recipe",
-    "two_gpu",
-    "optimizer",
-    *recipes.TOOLS,
-)
 # What the input of pretrained weights is (a key of ``INPUTS``), and how the run feeds it.
 INPUTS = {
     "torchvision": "ImageNet's mean and std (x/255; --mean torchvision)",
     "unit std": "pixels minus the mean, scaled to unit std (--recipe quick)",
     "raw": "raw 0-255 pixels minus the mean (--recipe paper, §2)",
 }
+# train's --help groups, in order (None: the top of the list, beside --help)
+GROUPS = {
+    "data": "data (§2, §4.1)",
+    "devices": DEVICE_GROUP,
+    "optimisation": "optimisation (§5)",
+    "tools": "small-data tools (none of them the paper's: docs/deviations.md; with --crop-scale and --jitter "
+    "above; 0 turns one off, and each defaults to the recipe's)",
+    "run": "run",
+}
+
+
+def setting(
+    default: Any,
+    flag: Flag,
+    group: Optional[str],
+    *,
+    defaultable: bool = False,
+    defining: bool = False,
+    tool: str = "",
+    then: Optional[Callable[[Any], None]] = None,
+):
+    """A field of RunConfig that is one of train's flags, declared once:
+
+    - ``default``: the field's value when built in Python (``flag.default`` is the flag's, e.g. None);
+    - ``group``: its --help group (GROUPS);
+    - ``defaultable``: filled from the data kind's row or the recipe when not given (recipes.py);
+    - ``defining``: what makes a run the run it is (--resume refuses to continue with another value);
+    - ``tool``: a small-data tool a recipe sets, and its words when on (recipes.tools_on);
+    - ``then``: what --help lists right after it (``then(group)``)."""
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "flag": flag,
+            "group": group,
+            "defaultable": defaultable,
+            "defining": defining,
+            "tool": tool,
+            "then": then,
+        },
+    )
+
+
+_POSITIVE = (lambda value: value >= 1, "{option} must be at least 1, not {}")
+_LIMIT = (lambda value: value >= 1, "{option} must be at least 1")
+_ALPHA = (lambda value: value >= 0, "{option} must be 0 (off) or a positive alpha, not {:g}")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a training run; the names are train's flags' (``--batch-size`` -> batch_size)."""
+    """Every setting of a training run, each declared once (``setting``): its field, train's flag
+    (``--batch-size`` -> batch_size), --help, the check on its value. The last four fields are derived."""
 
+    # fmt: off
     # the net and how it starts and learns
-    variant: str = "paper"
-    recipe: Optional[str] = None  # recipes.RECIPES' key once settled
+    variant: str = setting("paper", Flag(
+        f"network: {', '.join(list_variants())}, with switches ({', '.join(list_switches())}) joined by '+', "
+        f"e.g. paper+no-lrn; or a net to compare with: {', '.join(OTHER_NETS)} (figure1+tanh) (default: paper; "
+        "with --pretrained NAME, the net those weights fit)"), None, defaultable=True, defining=True)
+    recipe: Optional[str] = setting(None, Flag(
+        "how the net starts and learns (the tables below); auto: the data kind's", default="auto",
+        choices=("auto", *recipes.RECIPES)), None, defaultable=True, defining=True)
     # data (§2, §4.1)
-    data: str = "synthetic"
-    crop: Optional[int] = None  # None: the net's input size
-    no_translate: bool = False
-    no_flip: bool = False
-    no_pca: bool = False
-    pca_sigma: float = paper.PCA_SIGMA
-    crop_scale: Optional[float] = (
-        None  # not §4.1: random-resized crops (0 or None: off; the recipe's)
-    )
-    jitter: Optional[float] = None  # not §4.1: colour jitter (0: off; None: the recipe's)
-    mean: Optional[str] = None  # None: the mean image (§2)
-    workers: Optional[int] = None  # None: args.loader_processes' (by device and cores)
-    decode: str = "auto"
-    strict: bool = False
-    download: bool = False
-    quiet: bool = False
+    data: str = setting("synthetic", DATA, "data", defining=True)
+    crop: Optional[int] = setting(None, Flag(
+        "crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)", type=int), "data")
+    no_translate: bool = setting(False, Flag(
+        "train on the centre crop: no random crop positions (§4.1's translations)", default=False), "data")
+    no_flip: bool = setting(False, Flag("no random horizontal reflections (§4.1)", default=False), "data")
+    no_pca: bool = setting(False, Flag("no PCA lighting (§4.1)", default=False), "data")
+    pca_sigma: float = setting(paper.PCA_SIGMA, Flag(
+        "std of the PCA lighting a_i (§4.1)", default=paper.PCA_SIGMA, type=float), "data")
+    crop_scale: Optional[float] = setting(None, Flag(
+        "not §4.1: random-resized crops instead of the fixed-size crop, each a box of at least LOW of the "
+        "256x256 image's area (at most 0.75), aspect 3:4 to 4:3, resampled to the crop; 0: off (default: the "
+        "recipe's)", type=float, metavar="LOW"), "data", defaultable=True, defining=True,
+        tool="random-resized crops of at least {:g} of the image")
+    jitter: Optional[float] = setting(None, Flag(
+        "not §4.1: brightness, contrast and saturation each multiplied by a factor in [1-S, 1+S] per image; "
+        "0: off (default: the recipe's)", type=float, metavar="S"), "data", defaultable=True, defining=True,
+        tool="colour jitter {:g}")
+    mean: Optional[str] = setting(None, Flag(
+        "what to subtract: the training set's mean image (§2), its per-channel mean, torchvision's ImageNet "
+        "mean/std (for torchvision weights), or nothing (default: image; torchvision when --pretrained weights "
+        "were trained that way)", choices=MEAN_MODES), "data", defaultable=True)
+    workers: Optional[int] = setting(None, TRAIN_WORKERS, "data")
+    decode: str = setting("auto", DECODE, "data")
+    strict: bool = setting(False, STRICT, "data")
+    download: bool = setting(False, DOWNLOAD, "data")
+    quiet: bool = setting(False, QUIET, "data")
     # devices (§3.2)
-    device: str = "auto"
-    two_gpu: bool = False
-    devices: Optional[str] = None
+    device: str = setting("auto", DEVICE_FLAGS["device"], "devices")
+    two_gpu: bool = setting(False, DEVICE_FLAGS["two_gpu"], "devices", defining=True)
+    devices: Optional[str] = setting(None, DEVICE_FLAGS["devices"], "devices")
     # optimisation (§5)
-    epochs: Optional[int] = (
-        None  # None (and the rest of DEFAULTABLE): the data kind's or the recipe's
-    )
-    batch_size: Optional[int] = None
-    optimizer: Optional[str] = None
-    lr: Optional[float] = None
-    momentum: float = paper.MOMENTUM
-    wd: float = paper.WEIGHT_DECAY
-    schedule: Optional[str] = None
-    patience: int = 1
-    step_size: int = 30
+    epochs: Optional[int] = setting(None, Flag(
+        "passes over the training set (default: the data kind's, below)", type=int, check=_POSITIVE),
+        "optimisation", defaultable=True)
+    batch_size: Optional[int] = setting(None, Flag(
+        "images per step (default: the data kind's)", type=int, short="-b", check=_POSITIVE),
+        "optimisation", defaultable=True, defining=True)
+    optimizer: Optional[str] = setting(None, Flag(
+        "sgd is the paper's exact rule (PaperSGD) (default: the recipe's)", choices=tuple(recipes.OPTIMIZER_LR)),
+        "optimisation", defaultable=True, defining=True)
+    lr: Optional[float] = setting(None, Flag(
+        "learning rate (default: the recipe's; with another --optimizer: "
+        + ", ".join(f"{k} {v:g}" for k, v in recipes.OPTIMIZER_LR.items()) + ")",
+        type=float, check=(lambda value: value > 0, "{option} must be positive, not {}")),
+        "optimisation", defaultable=True)
+    momentum: float = setting(paper.MOMENTUM, Flag(
+        "SGD momentum (§5)", default=paper.MOMENTUM, type=float), "optimisation")
+    wd: float = setting(paper.WEIGHT_DECAY, Flag(
+        "weight decay (§5: inside the velocity)", default=paper.WEIGHT_DECAY, type=float), "optimisation")
+    schedule: Optional[str] = setting(None, Flag(
+        "plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while it is still at "
+        "chance; cosine: from --lr to zero over the epochs (default: the recipe's)",
+        choices=("plateau", "step", "cosine", "none")), "optimisation", defaultable=True)
+    patience: int = setting(1, Flag(
+        "plateau: epochs without a new best before a drop", default=1, type=int,
+        check=(lambda value: value >= 1, "{option} must be at least 1")), "optimisation")
+    step_size: int = setting(30, Flag("step: epochs between drops by 10", default=30, type=int), "optimisation")
     # not §5 (docs/deviations.md): 0 is off; None: the recipe's
-    label_smoothing: Optional[float] = None
-    mixup: Optional[float] = None
-    cutmix: Optional[float] = None
-    ema: Optional[float] = None
+    label_smoothing: Optional[float] = setting(None, Flag(
+        "train on (1-EPS) of the label plus EPS spread over all classes", type=float, metavar="EPS",
+        check=(lambda value: 0 <= value < 1, "{option} must be at least 0 and below 1, not {:g}")),
+        "tools", defaultable=True, defining=True, tool="label smoothing {:g}")
+    mixup: Optional[float] = setting(None, Flag(
+        "blend each batch with itself reversed, lam ~ Beta(ALPHA, ALPHA), the targets alike", type=float,
+        metavar="ALPHA", check=_ALPHA), "tools", defaultable=True, defining=True, tool="mixup alpha {:g}")
+    cutmix: Optional[float] = setting(None, Flag(
+        "paste a box of (1-lam) of the crop from the reversed batch, lam ~ Beta(ALPHA, ALPHA); with --mixup, "
+        "each batch takes one of the two", type=float, metavar="ALPHA", check=_ALPHA),
+        "tools", defaultable=True, defining=True, tool="CutMix alpha {:g}")
+    ema: Optional[float] = setting(None, Flag(
+        "validate, keep and score a moving average of the weights, updated every step with this decay (e.g. "
+        "0.99: about the last 100 steps)", type=float, metavar="DECAY",
+        check=(lambda value: 0 <= value < 1, "{option} must be 0 (off) or a decay below 1, not {:g}")),
+        "tools", defaultable=True, defining=True, tool="weights averaged with decay {:g} a step (EMA)")
     # the run
-    out: Optional[str] = None
-    resume: Optional[str] = None  # "": DIR/checkpoint.pt
-    on_stall: Optional[str] = None
-    seed: int = 0
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
-    no_tf32: bool = False
-    tensorboard: bool = False
-    pretrained: Optional[str] = None
-    freeze_features: bool = False
-    limit_train: Optional[int] = None
-    limit_val: Optional[int] = None
-    ten_crop: bool = False
+    out: Optional[str] = setting(None, Flag(
+        "output folder (default: runs/<variant>-<data>)", metavar="DIR"), "run", defaultable=True)
+    resume: Optional[str] = setting(None, Flag(
+        "continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was written", nargs="?",
+        const="", metavar="PATH"), "run")
+    on_stall: Optional[str] = setting(None, Flag(
+        "a run whose loss sits at ln(classes) with its batches at chance, by the end of its first epoch or 10%% "
+        "of its steps: stop (exit 4, checkpoint kept, the command that avoids it printed) or warn and go on "
+        "(default: the data kind's, below)", choices=("stop", "warn")), "run", defaultable=True)
+    seed: int = setting(0, Flag(
+        "seeds init, data order, augmentation and dropout", default=0, type=int), "run", defining=True)
+    amp: bool = setting(False, Flag("bfloat16 autocast", default=False), "run")
+    channels_last: bool = setting(False, Flag(
+        "channels-last memory format (already the default on a CPU with AVX-512, where the paper net trains "
+        "1.08x as fast so, on AVX2 0.95x; and on CUDA with --amp: docs/performance.md)", default=False,
+        by_device=placement.channels_last), "run")
+    compile: bool = setting(False, Flag(
+        "torch.compile the whole net for training (the first steps compile, for minutes; on a GPU the "
+        "ReLU-LRN-pool stages are compiled without it: docs/performance.md)", default=False), "run")
+    deterministic: bool = setting(False, Flag(
+        "on CUDA: cuDNN's deterministic algorithms, no autotuning (by default cudnn.benchmark picks each "
+        "layer's fastest, which may differ from run to run)", default=False, by_device=backends.configure), "run")
+    no_tf32: bool = setting(False, Flag(
+        "on CUDA: IEEE float32 matmuls and convolutions (by default both in TF32 on tensor cores)",
+        default=False, by_device=backends.configure), "run")
+    tensorboard: bool = setting(False, Flag(
+        "also write TensorBoard events to DIR/tb (the tensorboard extra)", default=False), "run")
+    pretrained: Optional[str] = setting(None, Flag(
+        "start from a weights file: a checkpoint or shared folder of this package, a torchvision AlexNet state "
+        f"dict (with --variant torchvision); or published weights by name: {', '.join(published.names())} "
+        "(downloaded once, checked, converted, cached; the name brings its variant: --list-weights); fc8 is "
+        "re-initialised when the class count differs", metavar="PATH"), "run", then=add_list_weights_flag)
+    freeze_features: bool = setting(False, Flag(
+        "with --pretrained: train fc6..fc8 only", default=False), "run")
+    limit_train: Optional[int] = setting(None, Flag(
+        "use N training images (seeded)", type=int, metavar="N", check=_LIMIT), "run")
+    limit_val: Optional[int] = setting(None, Flag(
+        "use N validation images (seeded)", type=int, metavar="N", check=_LIMIT), "run")
+    ten_crop: bool = setting(False, Flag(
+        "also evaluate best.pt with ten crops at the end (§4.1)", default=False), "run")
+    # fmt: on
     # derived, and where values came from
     data_kind: str = ""  # recipes.data_kind: a store counts as the data it was made of
-    defaulted: Tuple[str, ...] = DEFAULTABLE  # the fields filled from the data kind or the recipe
+    # the fields filled from the data kind or the recipe (None: every DEFAULTABLE one, as in RunConfig())
+    defaulted: Optional[Tuple[str, ...]] = None
     pretrained_input: Optional[str] = (
         None  # what --pretrained weights learned on (INPUTS), once read
     )
@@ -152,23 +263,89 @@ class RunConfig:
         return reason
 
 
+# --- what the declarations give --------------------------------------------------------------------------
+
+DECLARED = tuple(f for f in dataclasses.fields(RunConfig) if "flag" in f.metadata)
+FLAGS: Dict[str, Flag] = {f.name: f.metadata["flag"] for f in DECLARED}
+# filled from the data kind's row or the recipe when not given (None on the command line; --recipe auto)
+DEFAULTABLE = tuple(f.name for f in DECLARED if f.metadata["defaultable"])
+# what makes a run the run it is: --resume refuses to continue a checkpoint with other values
+DEFINING = tuple(f.name for f in DECLARED if f.metadata["defining"])
+# the small-data tools a recipe sets (recipes.Recipe has a field of each name), and their words when on
+TOOLS = {f.name: f.metadata["tool"] for f in DECLARED if f.metadata["tool"]}
+
+
 def flag_fields() -> Tuple[str, ...]:
     """The fields that are train's flags (the rest are derived)."""
-    derived = {"data_kind", "defaulted", "pretrained_input", "command"}
-    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in derived)
+    return tuple(FLAGS)
+
+
+def add_flags(parser: argparse.ArgumentParser, default: Any = MISSING) -> None:
+    """train's flags, in their --help groups (``default=argparse.SUPPRESS``: a parse gives only what was
+    given)."""
+    groups: Dict[Optional[str], Any] = {None: parser}
+    for f in DECLARED:
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(GROUPS[group])
+        f.metadata["flag"].add(groups[group], f.name, default)
+        if f.metadata["then"] is not None:
+            f.metadata["then"](groups[group])
+
+
+def tools_on(settings) -> list:
+    """The small-data tools a recipe or a run has on, in words (none: an empty list)."""
+    return [
+        words.format(getattr(settings, name))
+        for name, words in TOOLS.items()
+        if getattr(settings, name)
+    ]
+
+
+def given(words: Sequence[str]) -> Dict[str, Any]:
+    """The settings train's flags ``words`` give, and only those (a bad flag or value: UsageError)."""
+    parser = argparse.ArgumentParser(prog="python -m reproduce.train", add_help=False)
+    add_flags(parser, default=argparse.SUPPRESS)
+    try:
+        args, unknown = parser.parse_known_args(list(words))
+    except SystemExit:  # argparse refused a value, and has said why
+        raise UsageError(
+            "reproduce.train does not accept these flags (see python -m reproduce.train --help)"
+        ) from None
+    if unknown:
+        raise UsageError(
+            f"{' '.join(unknown)}: reproduce.train does not accept these flags "
+            f"(see python -m reproduce.train --help)"
+        )
+    return vars(args)
+
+
+def from_fields(fields: Dict[str, Any], command: Sequence[str] = ()) -> RunConfig:
+    """The settled config of the settings ``fields`` (as flags give them: None or "auto" is not given), the
+    rest defaulted."""
+    fields = {k: v for k, v in fields.items() if not (k in DEFAULTABLE and v in (None, "auto"))}
+    unknown = sorted(set(fields) - set(FLAGS) - {"pretrained_input"})
+    if unknown:
+        raise UsageError(f"not a setting of reproduce.train: {', '.join(unknown)}")
+    defaulted = tuple(name for name in DEFAULTABLE if name not in fields)
+    return settle(RunConfig(**fields, defaulted=defaulted, command=tuple(command)))
+
+
+def from_words(words: Sequence[str]) -> RunConfig:
+    """The settled config of train's flags ``words``."""
+    return from_fields(given(words), words)
 
 
 def from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> RunConfig:
     """The settled config of train's parsed flags (``argv``: the words they came from)."""
-    given = {name: getattr(args, name) for name in flag_fields()}
-    defaulted = tuple(name for name in DEFAULTABLE if given[name] in (None, "auto"))
-    given = {k: v for k, v in given.items() if k not in defaulted}
-    return settle(RunConfig(**given, defaulted=defaulted, command=tuple(argv)))
+    return from_fields({name: getattr(args, name) for name in FLAGS}, argv)
 
 
 def settle(config: RunConfig) -> RunConfig:
     """Fill the defaulted fields from the data kind and the recipe (and pretrained weights' input), and refuse
     bad values before any work."""
+    if config.defaulted is None:
+        config = dataclasses.replace(config, defaulted=DEFAULTABLE)
     kind = recipes.data_kind(config.data)  # a bad spec stops here; a store: the data it was made of
     data = recipes.DATA_DEFAULTS[kind]
 
@@ -195,7 +372,7 @@ def settle(config: RunConfig) -> RunConfig:
         epochs=pick("epochs", data.epochs),
         batch_size=pick("batch_size", data.batch_size),
         on_stall=pick("on_stall", data.on_stall),
-        **{name: pick(name, getattr(chosen, name)) for name in recipes.TOOLS},
+        **{name: pick(name, getattr(chosen, name)) for name in TOOLS},
         out=pick("out", os.path.join("runs", f"{variant}-{parse_spec(config.data).kind}")),
     )
     _check(config)
@@ -222,45 +399,35 @@ def _variant(config: RunConfig) -> str:
 
 def change(config: RunConfig, **fields: Any) -> RunConfig:
     """``config`` with ``fields`` given (as flags would give them), the defaulted rest derived again."""
-    unknown = sorted(set(fields) - set(flag_fields()) - {"pretrained_input"})
+    unknown = sorted(set(fields) - set(FLAGS) - {"pretrained_input"})
     if unknown:
         raise UsageError(f"not a setting of reproduce.train: {', '.join(unknown)}")
-    defaulted = tuple(name for name in config.defaulted if name not in fields)
+    defaulted = tuple(
+        name
+        for name in (DEFAULTABLE if config.defaulted is None else config.defaulted)
+        if name not in fields
+    )
     return settle(dataclasses.replace(config, **fields, defaulted=defaulted))
 
 
 def _check(config: RunConfig) -> None:
+    """Refuse bad values before any work: each flag's own check (its declaration), then what depends on
+    more than one."""
+    network = get_network(config.variant)  # an unknown name stops here
+    check_workers(config.workers)
+    augment(config, network.input_size)  # and a crop the images cannot give
+    for name, flag in FLAGS.items():
+        flag.checked(name, getattr(config, name))
     checks = [
-        (config.epochs >= 1, f"--epochs must be at least 1, not {config.epochs}"),
-        (config.batch_size >= 1, f"--batch-size must be at least 1, not {config.batch_size}"),
-        (config.lr > 0, f"--lr must be positive, not {config.lr}"),
-        (config.patience >= 1, "--patience must be at least 1"),
-        (config.limit_train is None or config.limit_train >= 1, "--limit-train must be at least 1"),
-        (config.limit_val is None or config.limit_val >= 1, "--limit-val must be at least 1"),
-        (
-            0 <= config.label_smoothing < 1,
-            f"--label-smoothing must be at least 0 and below 1, not {config.label_smoothing:g}",
-        ),
-        (config.mixup >= 0, f"--mixup must be 0 (off) or a positive alpha, not {config.mixup:g}"),
-        (
-            config.cutmix >= 0,
-            f"--cutmix must be 0 (off) or a positive alpha, not {config.cutmix:g}",
-        ),
-        (0 <= config.ema < 1, f"--ema must be 0 (off) or a decay below 1, not {config.ema:g}"),
         (
             not config.freeze_features or config.pretrained,
             "--freeze-features needs --pretrained PATH",
         ),
-    ]
-    network = get_network(config.variant)  # an unknown name stops here
-    check_workers(config.workers)
-    augment(config, network.input_size)  # and a crop the images cannot give
-    checks.append(
         (
             isinstance(network, ArchConfig) or not config.pretrained,
             f"--pretrained loads AlexNet weights, not {config.variant}'s",
-        )
-    )
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
@@ -325,51 +492,54 @@ def _match_weights(
 # --- argv, made from a config (for --jobs subprocesses and a cell's record) --------------------------------
 
 
-def _options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    """train's flags by field name (argparse keeps them in ``_actions``)."""
-    return {action.dest: action for action in parser._actions if action.option_strings}
-
-
-def to_argv(config: RunConfig, parser: argparse.ArgumentParser) -> List[str]:
-    """The flags that give ``config`` again: every given field that differs from its flag's default."""
-    words: List[str] = []
-    for name, action in _options(parser).items():
-        if name not in flag_fields() or name in config.defaulted:
-            continue
-        value = getattr(config, name)
-        if value == action.default:
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            words.append(flag)
+def words(fields: Dict[str, Any], short: bool = False) -> List[str]:
+    """The flags that give ``fields`` (``short``: -b where a flag has a short name)."""
+    out: List[str] = []
+    for name, value in fields.items():
+        flag = FLAGS[name]
+        option = flag.short if short and flag.short else flag.option(name)
+        if flag.switch:
+            out += [option] if value else []
         else:
-            words += [
-                flag,
+            out += [
+                option,
                 "" if value is None else repr(value) if isinstance(value, float) else str(value),
             ]
-    return words
+    return out
 
 
-def setting(parser: argparse.ArgumentParser, key: str, value: Optional[str]) -> Dict[str, Any]:
+def to_argv(config: RunConfig) -> List[str]:
+    """The flags that give ``config`` again: every given field that differs from its flag's default."""
+    return words(
+        {
+            name: getattr(config, name)
+            for name, flag in FLAGS.items()
+            if name not in config.defaulted and getattr(config, name) != flag.default
+        }
+    )
+
+
+def from_label(key: str, value: Optional[str]) -> Dict[str, Any]:
     """One ``@key=value`` (or a bare ``@key`` switch) as the field it sets, converted as the flag would be."""
-    action = {a.option_strings[-1]: a for a in _options(parser).values()}.get(f"--{key}")
-    if action is None or action.dest not in flag_fields():
+    name = key.replace("-", "_")
+    flag = FLAGS.get(name)
+    if flag is None or flag.option(name) != f"--{key}":
         raise UsageError(
             f"--{key} is not a flag of reproduce.train (see python -m reproduce.train --help)"
         )
-    if isinstance(action, argparse._StoreTrueAction):
+    if flag.switch:
         if value not in (None, "", "true", "1"):
             raise UsageError(f"--{key} is a switch: write @{key} alone")
-        return {action.dest: True}
+        return {name: True}
     if value is None:
         raise UsageError(f"--{key} takes a value: write @{key}=VALUE")
     try:
-        converted = action.type(value) if action.type else value
+        converted = flag.type(value) if flag.type else value
     except (TypeError, ValueError):
         raise UsageError(f"--{key} {value!r}: not a valid value") from None
-    if action.choices is not None and converted not in action.choices:
-        raise UsageError(f"--{key} {value!r}: choose from {', '.join(map(str, action.choices))}")
-    return {action.dest: converted}
+    if flag.choices is not None and converted not in flag.choices:
+        raise UsageError(f"--{key} {value!r}: choose from {', '.join(map(str, flag.choices))}")
+    return {name: converted}
 
 
 # --- config.json --------------------------------------------------------------------------------------------
