@@ -46,6 +46,9 @@ class Published:
     checksum: str  # "sha1:HEX" (the whole digest) or "sha256:PREFIX" (torch.hub's file-name prefix)
     size_mb: float
     variant: str  # the net it fits (list_variants)
+    # the input the weights learned on, as the run that fine-tunes them must feed it: "raw" (0-255 pixels less a
+    # mean) or "torchvision" (ImageNet's mean and std); reproduce's run_config.INPUTS
+    input: str
     what: str  # the classes, the input and the mean the weights expect
     licence: str  # as the publisher states it
     accuracy: str  # as the publisher reports it
@@ -72,6 +75,7 @@ def _bvlc() -> Published:
         checksum=f"sha1:{caffe.BVLC_SHA1}",  # BVLC/caffe models/bvlc_alexnet/readme.md
         size_mb=233,
         variant="caffe",
+        input="raw",
         what=(
             "BVLC Caffe's bvlc_alexnet (the paper's grouped, LRN net as BVLC trained it), 1000 ILSVRC-2012 "
             "classes, 227 crops of images warped to 256x256, raw 0-255 pixels less Caffe's per-channel mean "
@@ -95,6 +99,7 @@ def _torchvision() -> Published:
         checksum=f"sha256:{prefix.group(1)}",  # the prefix torch.hub checks, in the file's name
         size_mb=float(weights.meta["_file_size"]),
         variant="torchvision",
+        input="torchvision",
         what=(
             "torchvision's AlexNet_Weights.IMAGENET1K_V1 (the 2014 one-weird-trick net), 1000 ILSVRC-2012 "
             "classes, 224 crops, pixels normalised by ImageNet's mean and std"

@@ -34,7 +34,6 @@ from paper_alexnet import (
     backends,
     checkpoint,
     distributed,
-    published,
 )
 from paper_alexnet.checkpoint import Checkpoint, CheckpointError
 from paper_alexnet.cli import HelpFormatter, log_to_stderr, percent, plural
@@ -48,7 +47,7 @@ from paper_alexnet.networks import Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
-from paper_alexnet.weights import is_torchvision_state, load_pretrained
+from paper_alexnet.weights import load_pretrained
 from reproduce.common import class_report
 from reproduce.training import recipes
 from reproduce.training import run_config
@@ -59,7 +58,6 @@ from reproduce.common.args import (
     Exit,
     UsageError,
     exit_code,
-    loader_processes,
     say_skipped,
 )
 from reproduce.common.placement import Placement, build_placed, place
@@ -89,7 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(config: RunConfig) -> int:
     """Train as ``config`` says, in this process (under torchrun: as this rank); returns the exit status
     (``Exit``). Bad settings raise (UsageError, DataError, ...), before anything is written."""
-    config = run_config.settle(config)
+    if not config.settled:  # built in Python; a parsed or derived config comes settled
+        config = run_config.settle(config)
     process = distributed.from_env()
     # one run per folder, from its first moment (the job's rank 0 holds it: run_lock.py)
     with run_lock.hold(config.out) if process.main else contextlib.nullcontext():
@@ -111,9 +110,7 @@ class Context:
     placement: Placement
     writer: RunWriter
     say: Callable[[str], None]  # the lines rank 0 prints (--quiet hides progress bars, never these)
-    # (epoch, metrics.Predictions) of the best epoch's validation: best.pt's per-class files at the end
-    best_predictions: Optional[tuple] = None
-    cuda: dict = dataclasses.field(default_factory=dict)  # the CUDA settings taken (backends.state)
+    cuda: dict  # the CUDA settings taken (backends.state)
 
 
 @dataclasses.dataclass
@@ -124,6 +121,21 @@ class Data:
     val: Split
     # the loader processes: a WorkerPool kept for every epoch and evaluation of the run, or 0 (none)
     workers: Union[int, WorkerPool] = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What a run starts from, prepared once before the process group starts (a refusal or bad data stops
+    every rank alike) and passed on, never settled or patched again."""
+
+    config: RunConfig  # settled, with this process's loader processes and --quiet
+    placement: Placement
+    data: Data
+    augment: (
+        Augment  # the §2/§4.1 pipeline, its scale from the training set's pixel std where unit std
+    )
+    resumed: Optional[Checkpoint]  # --resume's checkpoint
+    pretrained: Optional[dict]  # --pretrained's state dict (a new run)
 
 
 @dataclasses.dataclass
@@ -145,19 +157,32 @@ class Net:
         return self.average.model if self.average is not None else self.model
 
 
-def _run(config: RunConfig, process: distributed.Process) -> int:
-    # before the group starts: a refusal stops every rank alike
+def prepare(config: RunConfig, process: distributed.Process) -> Prepared:
+    """The settled ``config`` made ready to run in this process: its placement and loader processes, what it
+    resumes or starts from (checked against the settings), the data and its statistics, and the pipeline."""
     placement = place(config, get_network(config.variant), process.local_rank, process.local_world)
-    workers = loader_processes(config.workers, placement.first, process.local_world)
-    config = dataclasses.replace(config, workers=workers)
-    config, resumed, pretrained = check_resume(config, placement)
+    workers = run_config.FLAGS["workers"].by_device(
+        config.workers, placement.first, process.local_world
+    )
+    config = dataclasses.replace(config, workers=workers, quiet=config.quiet or not process.main)
+    resumed = check_resume(config, placement)
+    pretrained = None
+    if config.pretrained and resumed is None:
+        pretrained, _ = run_config.read_pretrained(config)
     if process.world > 1:
         distributed.group_timeout()  # a bad setting stops the job before any work
-    config = dataclasses.replace(config, quiet=config.quiet or not process.main)
     log_to_stderr(process.main)
-    # before the group starts, as the checks above: no collective waits while the first process opens the data and
-    # computes its statistics (hours for ImageNet), and bad data stops every rank alike
+    # no collective waits while the first process opens the data and computes its statistics (hours for
+    # ImageNet)
     data = open_data(config, process)
+    input_size = get_network(config.variant).input_size
+    augment = run_config.augment(config, input_size, data.stats.channel_std)
+    return Prepared(config, placement, data, augment, resumed, pretrained)
+
+
+def _run(config: RunConfig, process: distributed.Process) -> int:
+    prepared = prepare(config, process)
+    config, placement, data = prepared.config, prepared.placement, prepared.data
     distributed.start(process, placement.first)
     say = (lambda line: print(line, file=sys.stderr)) if process.main else (lambda line: None)
     writer = RunWriter(
@@ -166,11 +191,11 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
         f"{get_network(config.variant).name} on {config.data}",
         tensorboard=config.tensorboard,
     )
-    ctx = Context(config, process, placement, writer, say)
-    ctx.cuda = backends.configure(placement.first, config.deterministic, not config.no_tf32)
+    cuda = backends.configure(placement.first, config.deterministic, not config.no_tf32)
+    ctx = Context(config, process, placement, writer, say, cuda)
     for note in data.dataset.notes:
         say(note)
-    net = build_net(ctx, data, resumed, pretrained)
+    net = build_net(ctx, prepared)
     record_config(ctx, data, net)
     # one set of loader processes for the whole run, not one an epoch and an evaluation
     if config.workers:
@@ -180,10 +205,10 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
     with StopOnSignal() as stop:  # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
         try:
             try:
-                code, rows = train_epochs(ctx, data, net, resumed, stop)
+                code, rows, best = train_epochs(ctx, data, net, prepared.resumed, stop)
             finally:
                 writer.close()
-            return code if code is not None else finish(ctx, data, net, rows, stop)
+            return code if code is not None else finish(ctx, data, net, rows, best, stop)
         finally:
             if isinstance(data.workers, WorkerPool):
                 data.workers.close()
@@ -192,10 +217,9 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
 # --- 1. what is resumed ----------------------------------------------------------------------------------
 
 
-def check_resume(config: RunConfig, placement: Placement):
-    """The checkpoint to continue (``--resume``), checked against the settings, and the ``--pretrained``
-    weights, read (the recipe then fits their input); or a refusal before anything is written: a run already
-    in ``--out`` is never overwritten. Returns the config, the checkpoint resumed and the weights."""
+def check_resume(config: RunConfig, placement: Placement) -> Optional[Checkpoint]:
+    """The checkpoint to continue (``--resume``), checked against the settings; or a refusal before anything
+    is written: a run already in ``--out`` is never overwritten."""
     resumed = None
     if config.resume is not None:
         path = config.resume or os.path.join(config.out, "checkpoint.pt")
@@ -226,22 +250,7 @@ def check_resume(config: RunConfig, placement: Placement):
         raise UsageError(
             f"{config.out} already holds a run: --resume to continue it, or choose another --out"
         )
-    pretrained = None
-    if config.pretrained and resumed is None:
-        # a name: its cached folder
-        source = published.resolve(config.pretrained, progress=not config.quiet)
-        pretrained, trained_on = checkpoint.read_trained(source, "--pretrained")
-        config = run_config.change(config, pretrained_input=weights_input(pretrained, trained_on))
-    return config, resumed, pretrained
-
-
-def weights_input(state, trained_on: Optional[dict]) -> str:
-    """The input pretrained weights expect: a key of run_config.INPUTS."""
-    if trained_on is None:  # a bare state dict: torchvision's, or raw pixels
-        return "torchvision" if is_torchvision_state(state) else "raw"
-    if trained_on.get("mean") == "torchvision":
-        return "torchvision"
-    return "unit std" if trained_on.get("scale", 1.0) != 1.0 else "raw"
+    return resumed
 
 
 # --- 2. the data -----------------------------------------------------------------------------------------
@@ -277,18 +286,16 @@ def open_data(config: RunConfig, process: distributed.Process) -> Data:
 # --- 3. the net ------------------------------------------------------------------------------------------
 
 
-def build_net(ctx: Context, data: Data, resumed: Optional[Checkpoint], pretrained) -> Net:
+def build_net(ctx: Context, prepared: Prepared) -> Net:
     """The net with the recipe's init (or the pretrained or resumed weights), its optimiser, schedule and
     data transform, placed on its devices."""
-    config, recipe = ctx.config, recipes.RECIPES[ctx.config.recipe]
+    config, recipe, data = ctx.config, recipes.RECIPES[ctx.config.recipe], prepared.data
+    resumed, pretrained, augment = prepared.resumed, prepared.pretrained, prepared.augment
     torch.manual_seed(config.seed)
     network = get_network(config.variant, num_classes=len(data.dataset.classes))
     alexnet = isinstance(network, ArchConfig)  # the comparison nets keep their own init
     if alexnet:
         network = dataclasses.replace(network, init=recipe.init)
-    augment = run_config.augment(config, network.input_size)
-    if recipe.unit_std and augment.mean != "torchvision":
-        augment.scale = float(1.0 / data.stats.channel_std.mean())
     model = build_placed(network, ctx.placement)
     if pretrained is not None:
         new_head = load_pretrained(model, pretrained, config.pretrained)
@@ -489,12 +496,13 @@ def snapshot(
 
 def train_epochs(
     ctx: Context, data: Data, net: Net, resumed: Optional[Checkpoint], stop: StopOnSignal
-) -> Tuple[Optional[int], List[dict]]:
+) -> Tuple[Optional[int], List[dict], Optional[tuple]]:
     """The epochs of §5, each trained, validated and written. Returns the exit status, None when every epoch
-    ran (Exit.DIVERGED: the loss became NaN/inf; Exit.STALLED; Exit.SIGTERM/SIGINT: stopped), and
-    metrics.csv's rows."""
+    ran (Exit.DIVERGED: the loss became NaN/inf; Exit.STALLED; Exit.SIGTERM/SIGINT: stopped), metrics.csv's
+    rows, and (epoch, metrics.Predictions) of the best epoch this process validated (None: none yet)."""
     config = ctx.config
     rows, best, start_epoch, progress = [], math.inf, 1, EpochProgress()
+    best_predictions = None
     if resumed is not None:
         rows, best = [dict(r) for r in resumed.metrics], resumed.best_val_top1_err
         start_epoch = resumed.epoch + 1
@@ -516,18 +524,22 @@ def train_epochs(
                 f"error: {err}; stopped. The last good checkpoint ({ctx.writer.path('checkpoint.pt')}) is "
                 f"kept. Lower --lr, or use --recipe quick."
             )
-            return Exit.DIVERGED, rows
+            return Exit.DIVERGED, rows, best_predictions
         if progress.stopped and progress.steps < steps:  # mid-epoch: save this very step
             ctx.writer.checkpoint(snapshot(ctx, data, net, epoch - 1, best, rows, progress))
             if watch.stopping:
                 ctx.say(watch.stopped())
-                return Exit.STALLED, rows
-            return _stopped(
-                ctx,
-                stop,
-                f"after step {progress.steps} of {steps} of epoch {epoch}"
-                + _every_process_at(ctx.process, progress.steps),
-            ), rows
+                return Exit.STALLED, rows, best_predictions
+            return (
+                _stopped(
+                    ctx,
+                    stop,
+                    f"after step {progress.steps} of {steps} of epoch {epoch}"
+                    + _every_process_at(ctx.process, progress.steps),
+                ),
+                rows,
+                best_predictions,
+            )
         val = score(ctx, data, net, per_image=True)
         rows.append(metrics_row(epoch, lr, progress, val))
         progress = EpochProgress()
@@ -540,18 +552,24 @@ def train_epochs(
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
         if improved:
-            ctx.best_predictions = (epoch, val["predictions"])
+            best_predictions = (epoch, val["predictions"])
         ctx.say(epoch_line(rows[-1], net.optimizer.param_groups[0]["lr"] if dropped else None))
         ctx.writer.epoch(rows, snapshot(ctx, data, net, epoch, best, rows), improved)
         if watch.stopping and epoch < config.epochs:  # at the epoch's last step
             ctx.say(watch.stopped())
-            return Exit.STALLED, rows
+            return Exit.STALLED, rows, best_predictions
         # a signal during validation
         if distributed.all_sum([float(stop())])[0] and epoch < config.epochs:
-            return _stopped(
-                ctx, stop, f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps)
-            ), rows
-    return None, rows
+            return (
+                _stopped(
+                    ctx,
+                    stop,
+                    f"at the end of epoch {epoch}" + _every_process_at(ctx.process, steps),
+                ),
+                rows,
+                best_predictions,
+            )
+    return None, rows, best_predictions
 
 
 def one_epoch(
@@ -719,7 +737,14 @@ def _stopped(ctx: Context, stop: StopOnSignal, where: str) -> int:
 # --- 6. the end ------------------------------------------------------------------------------------------
 
 
-def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSignal) -> int:
+def finish(
+    ctx: Context,
+    data: Data,
+    net: Net,
+    rows: List[dict],
+    best_predictions: Optional[tuple],
+    stop: StopOnSignal,
+) -> int:
     """result.json: the best epoch's errors (what best.pt holds), and its ten-crop errors when asked (skipped
     when a signal came: ``--resume`` then does only this)."""
     config = ctx.config
@@ -734,7 +759,7 @@ def finish(ctx: Context, data: Data, net: Net, rows: List[dict], stop: StopOnSig
         "flip_top5_err": None,
     }
     stopped = distributed.all_sum([float(stop())])[0] > 0
-    centre, ten = ctx.best_predictions, None
+    centre, ten = best_predictions, None
     if centre is not None and centre[0] != best_row["epoch"]:
         centre = None  # of a later epoch than best.pt's (a resumed run's)
     per_class = not stopped  # after a signal, --resume does the rest

@@ -475,3 +475,8 @@ def test_bvlc_by_name_is_the_caffemodel_converted_by_path(files, tmp_path, monke
     net = torch.hub.load(ROOT, "alexnet_caffe", source="local", pretrained=True)  # the cache
     assert torch.equal(net(net.transform.center(x)), want)
     assert server.gets == {"/bvlc_alexnet.caffemodel": 1}
+    # the input the name states (a run settles by it before any download) is the converted weights' own
+    from reproduce.training import run_config
+
+    folder = os.path.join(published.cache_dir(), "paper_alexnet", "bvlc")
+    assert run_config.weights_input(run_config.RunConfig(pretrained=folder)) == real.input

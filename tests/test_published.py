@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from paper_alexnet import published
+from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.published import Published, WeightsError
 from local_server import Server
 
@@ -47,6 +48,7 @@ def entry(url, data=PAYLOAD, kind="sha1", name="tiny-test"):
         checksum=f"{kind}:{digest if kind == 'sha1' else digest[:8]}",
         size_mb=len(data) / 2**20,
         variant="paper",
+        input="raw",
         what="a test file",
         licence="test",
         accuracy="none",
@@ -169,7 +171,7 @@ import sys
 from paper_alexnet import published
 from paper_alexnet.published import Published
 published.fetch(Published(name="tiny-test", url=sys.argv[1], checksum=sys.argv[2], size_mb=1, variant="paper",
-                          what="", licence="", accuracy=""), progress=False)
+                          input="raw", what="", licence="", accuracy=""), progress=False)
 """
 
 
@@ -237,6 +239,9 @@ def test_torchvision_weights_by_name_equal_convert_then_load_by_path(
     del net
     assert server.gets == {f"/models/{name}": 1}
     assert sorted(os.listdir(hub / "paper_alexnet")) == ["torchvision"]
+    # the input the name states (a run settles by it before any download) is the converted weights' own
+    folder = run_config.RunConfig(pretrained=str(hub / "paper_alexnet" / "torchvision"))
+    assert run_config.weights_input(folder) == published.lookup("torchvision").input
     monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "data"))
     out = tmp_path / "tuned"
     argv = [
@@ -272,7 +277,12 @@ def test_a_name_brings_its_variant_and_a_variant_that_contradicts_it_is_refused(
         settled("--pretrained", "bvlc", "--variant", "paper")
     (tmp_path / "bvlc").mkdir()  # a folder of that name comes first: no name, the variant as given
     monkeypatch.chdir(tmp_path)
-    assert settled("--pretrained", "bvlc").variant == "paper"
+    given = run_config.RunConfig(pretrained="bvlc", defaulted=run_config.DEFAULTABLE)
+    assert run_config._variant(given) == "paper"
+    with pytest.raises(
+        CheckpointError, match="bvlc is a folder without config.json"
+    ):  # read, not fetched
+        settled("--pretrained", "bvlc")
 
 
 def test_list_weights_shows_every_name_with_its_source_size_checksum_licence_and_accuracy(capsys):

@@ -219,3 +219,20 @@ def test_a_finished_cell_is_known_by_its_config_and_by_the_argv_of_an_older_cell
         other = dataclasses.replace(other, config=run_config.change(other.config, momentum=0.5))
         with pytest.raises(UsageError, match=r"other flags \(momentum: 0.9 -> 0.5\)"):
             ablate.finished(other)
+
+
+def test_a_run_settles_its_config_once_and_its_pipeline_is_built_once_not_patched(tmp_path, monkeypatch):
+    """One preparation: argv becomes the settled config once (the --pretrained input included), and run()
+    takes it as it is; the Augment is built with its scale and frozen, as config.json records it."""
+    from paper_alexnet.data import Augment
+
+    calls = []
+    settle = run_config.settle
+    monkeypatch.setattr(run_config, "settle", lambda config: calls.append(1) or settle(config))
+    out = tmp_path / "run"
+    assert train.main([*TINY, "--recipe", "quick", "--out", str(out)]) == 0
+    assert len(calls) == 1
+    record = json.loads((out / "config.json").read_text())
+    assert record["augment"]["scale"] == record["quick_changes"]["scale"] != 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Augment().scale = 2.0

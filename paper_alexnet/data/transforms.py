@@ -66,7 +66,7 @@ def pca_shift(eigval: torch.Tensor, eigvec: torch.Tensor, alphas: torch.Tensor) 
     return (alphas * eigval) @ eigvec.T
 
 
-@dataclass
+@dataclass(frozen=True)
 class Augment:
     """Which parts of the pipeline are on. The defaults are the paper's (§2, §4.1)."""
 

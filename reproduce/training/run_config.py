@@ -238,6 +238,11 @@ class RunConfig:
     command: Tuple[str, ...] = ()  # the user's words, for the command a stall message suggests
 
     @property
+    def settled(self) -> bool:
+        """Whether the defaulted fields are filled (``settle``): a config built in Python is not, yet."""
+        return self.data_kind != ""
+
+    @property
     def recipe_by_weights(self) -> bool:
         """``--recipe auto`` took another recipe than the data kind's, to feed pretrained weights their input."""
         return (
@@ -353,6 +358,10 @@ def settle(config: RunConfig) -> RunConfig:
         return default if name in config.defaulted else getattr(config, name)
 
     variant = _variant(config)
+    if (
+        config.pretrained and config.pretrained_input is None
+    ):  # the recipe fits the input they learned on
+        config = dataclasses.replace(config, pretrained_input=weights_input(config))
     recipe, mean = pick("recipe", data.recipe), pick("mean", None)
     if config.pretrained_input is not None:
         recipe, mean = _match_weights(config, recipe, mean)
@@ -437,10 +446,14 @@ def _check(config: RunConfig) -> None:
         )
 
 
-def augment(config: RunConfig, input_size: int) -> Augment:
-    """The §2/§4.1 pipeline's switches of ``config`` (the crop defaults to the net's input size); a crop the
-    images cannot give is a DataError."""
+def augment(config: RunConfig, input_size: int, channel_std=None) -> Augment:
+    """The §2/§4.1 pipeline of ``config`` (the crop defaults to the net's input size), and with the training
+    set's per-channel pixel std (``channel_std``), its scale: 1/std where the recipe feeds unit-std pixels
+    (never with --mean torchvision, which normalises by ImageNet's own). A crop the images cannot give is a
+    DataError."""
     crop = config.crop if config.crop is not None else input_size
+    mean = config.mean or "image"
+    unit_std = channel_std is not None and recipes.RECIPES[config.recipe].unit_std
     try:
         return Augment(
             crop=crop,
@@ -448,12 +461,38 @@ def augment(config: RunConfig, input_size: int) -> Augment:
             flip=not config.no_flip,
             pca=not config.no_pca,
             pca_sigma=config.pca_sigma,
-            mean=config.mean or "image",
+            mean=mean,
+            scale=float(1.0 / channel_std.mean()) if unit_std and mean != "torchvision" else 1.0,
             crop_scale=config.crop_scale or None,
             jitter=config.jitter or 0.0,
         )
     except ValueError as err:
         raise DataError(str(err)) from None
+
+
+def read_pretrained(config: RunConfig):
+    """The --pretrained weights (a name: its cached shared folder, downloaded and converted first where
+    needed): their state dict and the input they were trained on (None for a bare state dict)."""
+    from paper_alexnet import checkpoint
+
+    source = published.resolve(config.pretrained, progress=not config.quiet)
+    return checkpoint.read_trained(source, "--pretrained")
+
+
+def weights_input(config: RunConfig) -> str:
+    """The input the --pretrained weights expect: a key of INPUTS (published weights by name: as their entry
+    states, before any download)."""
+    from paper_alexnet.weights import is_torchvision_state
+
+    named = None if os.path.exists(config.pretrained) else published.lookup(config.pretrained)
+    if named is not None:
+        return named.input
+    state, trained_on = read_pretrained(config)
+    if trained_on is None:  # a bare state dict: torchvision's, or raw pixels
+        return "torchvision" if is_torchvision_state(state) else "raw"
+    if trained_on.get("mean") == "torchvision":
+        return "torchvision"
+    return "unit std" if trained_on.get("scale", 1.0) != 1.0 else "raw"
 
 
 def _match_weights(
