@@ -46,14 +46,40 @@ class EpochProgress:
     skipped: int = 0  # unreadable files left out
     stopped: bool = False  # the epoch ended early because ``stop`` asked for it
 
-    def result(self) -> dict:
-        return {
-            "train_loss": self.loss_sum / max(self.seen, 1),
-            "train_top1_err": 1 - self.correct / max(self.seen, 1),
-            "images": self.seen,
-            "seconds": self.seconds,
-            "data_seconds": self.data_seconds,
-        }
+    @property
+    def loss(self) -> float:
+        """The mean training loss over the images seen."""
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def top1_err(self) -> float:
+        return 1 - self.correct / max(self.seen, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTools:
+    """What each training step computes besides §5's cross-entropy step; none of it the paper's, each off by
+    default (docs/deviations.md)."""
+
+    mixing: Optional[Mixing] = None  # mixup/CutMix (data/mixing.py)
+    label_smoothing: float = 0.0  # eps
+    average: Optional[WeightAverage] = (
+        None  # the weights' moving average, updated after every step (ema.py)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlace:
+    """Where and how each training step runs: the device, its layout and bfloat16 autocast; this process's
+    rows of the global batch (``rank`` of ``world``); dropout's seed at each step; the stop vote."""
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    rank: int = 0
+    world: int = 1
+    seed: Optional[Callable[[int], int]] = None  # step -> torch's seed before it (§4.2's masks)
+    stop: Optional[Callable[[], bool]] = None
 
 
 def train_one_epoch(
@@ -62,19 +88,11 @@ def train_one_epoch(
     transform: PaperTransform,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    place: StepPlace,
+    tools: StepTools = StepTools(),
     *,
-    device: torch.device,
-    amp: bool = False,
-    channels_last: bool = False,
-    rank: int = 0,
-    world: int = 1,
-    on_step: Optional[Callable[[int, float, int, int], None]] = None,
     progress: Optional[EpochProgress] = None,
-    stop: Optional[Callable[[], bool]] = None,
-    step_seed: Optional[Callable[[int], int]] = None,
-    mixing: Optional[Mixing] = None,
-    label_smoothing: float = 0.0,
-    average: Optional[WeightAverage] = None,
+    on_step: Optional[Callable[[int, float, int, int], None]] = None,
 ) -> EpochProgress:
     """Train over ``loader`` (global batches, this process's rows), continuing ``progress`` (a fresh epoch by
     default; the loader then starts at its ``steps``); returns it with the loss, top-1 hits and images of the
@@ -82,37 +100,38 @@ def train_one_epoch(
 
     Each process draws the augmentation of the whole global batch (same generator, same draws) and
     applies its rows' share; its loss is its rows' summed loss scaled so that DDP's gradient average
-    is the gradient of the mean loss over the global batch. ``step_seed(step)`` seeds torch's RNG (dropout,
+    is the gradient of the mean loss over the global batch. ``place.seed(step)`` seeds torch's RNG (dropout,
     §4.2) before each step, so that a run resumed at any step draws the masks an uninterrupted one draws.
     ``on_step(step, loss, hits, images)`` hears each step's mean loss and top-1 hits of the global batch.
-    ``stop()`` is asked before each step's sums are shared (and, with one process, again after the step);
+    ``place.stop()`` is asked before each step's sums are shared (and, with one process, again after the step);
     when any process says yes, every process ends the epoch after that same step (``progress.stopped``).
 
-    Not the paper's, each off by default (docs/deviations.md): ``mixing`` blends the batch (mixup/CutMix,
-    data/mixing.py: the loss is then against the blended targets, the top-1 hits against the images' own
-    labels); ``label_smoothing`` eps trains on (1 - eps) of the label plus eps spread over the classes;
-    ``average`` (ema.py) is updated after every step.
+    ``tools`` (StepTools): ``mixing`` blends the batch (the loss is then against the blended targets, the top-1
+    hits against the images' own labels); ``label_smoothing`` eps trains on (1 - eps) of the label plus eps
+    spread over the classes; ``average`` is updated after every step.
     """
     model.train()
+    device, rank, world, stop = place.device, place.rank, place.world, place.stop
+    mixing, average = tools.mixing, tools.average
     progress = progress if progress is not None else EpochProgress()
     start = waited = time.perf_counter()
     for count, images, labels in loader.global_batches():
         progress.data_seconds += time.perf_counter() - waited
         step = progress.steps
-        if step_seed is not None:
-            torch.manual_seed(step_seed(step))
+        if place.seed is not None:
+            torch.manual_seed(place.seed(step))
         draw = transform.draw(count, generator, images.shape[-1])
         x = transform.apply(images, draw, slice(rank, None, world))
         y = labels.to(device)
         blend = mixing.draw(generator, x.shape[-1]) if mixing is not None else None
         x = mix_images(x, blend)
-        if channels_last:
+        if place.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=place.amp):
             logits = model(x)
         target = mix_targets(y, logits.shape[1], blend)
         local = F.cross_entropy(
-            logits.float(), target, reduction="sum", label_smoothing=label_smoothing
+            logits.float(), target, reduction="sum", label_smoothing=tools.label_smoothing
         )
         hits = topk_hits(logits.detach().float(), y, (1,))[1]
         # the step's figures, summed over the processes on the device: images, the stop vote, loss, top-1 hits

@@ -42,7 +42,14 @@ from paper_alexnet.data.loader import BatchLoader, WorkerPool
 from paper_alexnet.data.mixing import Mixing
 from paper_alexnet.data.splits import Split
 from paper_alexnet.ema import WeightAverage
-from paper_alexnet.engine import EpochProgress, NonFiniteLoss, evaluate, train_one_epoch
+from paper_alexnet.engine import (
+    EpochProgress,
+    NonFiniteLoss,
+    StepPlace,
+    StepTools,
+    evaluate,
+    train_one_epoch,
+)
 from paper_alexnet.networks import Network, get_network
 from paper_alexnet.optim import build_optimizer, build_schedule
 from paper_alexnet.signals import StopOnSignal
@@ -63,7 +70,7 @@ from reproduce.common.args import (
 from reproduce.common.placement import Placement, build_placed, place
 from reproduce.training.run_config import RunConfig
 from reproduce.training.alerts import RunWatch
-from reproduce.training.run_writer import RunWriter
+from reproduce.training.run_writer import MetricsRow, RunWriter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -541,7 +548,8 @@ def train_epochs(
                 best_predictions,
             )
         val = score(ctx, data, net, per_image=True)
-        rows.append(metrics_row(epoch, lr, progress, val))
+        row = MetricsRow.of(epoch, lr, progress, val)
+        rows.append(row.as_dict())
         progress = EpochProgress()
         name_unreadable(
             ctx,
@@ -553,7 +561,7 @@ def train_epochs(
         best = min(best, val["top1_err"])
         if improved:
             best_predictions = (epoch, val["predictions"])
-        ctx.say(epoch_line(rows[-1], net.optimizer.param_groups[0]["lr"] if dropped else None))
+        ctx.say(epoch_line(row, net.optimizer.param_groups[0]["lr"] if dropped else None))
         ctx.writer.epoch(rows, snapshot(ctx, data, net, epoch, best, rows), improved)
         if watch.stopping and epoch < config.epochs:  # at the epoch's last step
             ctx.say(watch.stopped())
@@ -627,18 +635,18 @@ def one_epoch(
             net.transform,
             net.optimizer,
             net.generator,
-            device=ctx.placement.first,
-            amp=config.amp,
-            channels_last=ctx.placement.channels_last,
-            rank=process.rank,
-            world=process.world,
-            on_step=on_step,
+            StepPlace(
+                ctx.placement.first,
+                amp=config.amp,
+                channels_last=ctx.placement.channels_last,
+                rank=process.rank,
+                world=process.world,
+                seed=lambda step: distributed.dropout_seed(config.seed, epoch, process.rank, step),
+                stop=lambda: stop() or watch.stopping,
+            ),
+            StepTools(Mixing(config.mixup, config.cutmix), config.label_smoothing, net.average),
             progress=progress,
-            stop=lambda: stop() or watch.stopping,
-            step_seed=lambda step: distributed.dropout_seed(config.seed, epoch, process.rank, step),
-            mixing=Mixing(config.mixup, config.cutmix),
-            label_smoothing=config.label_smoothing,
-            average=net.average,
+            on_step=on_step,
         )
     finally:
         bar.close()
@@ -669,32 +677,14 @@ def score(
     )
 
 
-def metrics_row(epoch: int, lr: float, progress: EpochProgress, val: dict) -> dict:
-    """metrics.csv's row for an epoch (run_writer.METRICS)."""
-    result = progress.result()
-    return {
-        "epoch": epoch,
-        "lr": lr,
-        "train_loss": result["train_loss"],
-        "train_top1_err": result["train_top1_err"],
-        "val_loss": val["loss"],
-        "val_top1_err": val["top1_err"],
-        "val_top5_err": val["top5_err"],
-        "images_per_s": result["images"] / max(result["seconds"], 1e-9),
-        "seconds": result["seconds"],
-        "data_wait_s": round(result["data_seconds"], 3),  # to the millisecond: what it means
-        "skipped_files": progress.skipped + val["skipped_files"],
-    }
-
-
-def epoch_line(row: dict, dropped_to: Optional[float]) -> str:
+def epoch_line(row: MetricsRow, dropped_to: Optional[float]) -> str:
     return (
-        f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {percent(row['train_top1_err'])} | "
-        f"val loss {row['val_loss']:.3f} top-1 {percent(row['val_top1_err'])} "
-        f"top-5 {percent(row['val_top5_err'])} | {row['images_per_s']:.1f} img/s, {row['seconds']:.0f} s"
+        f"epoch {row.epoch}: train loss {row.train_loss:.3f} top-1 {percent(row.train_top1_err)} | "
+        f"val loss {row.val_loss:.3f} top-1 {percent(row.val_top1_err)} "
+        f"top-5 {percent(row.val_top5_err)} | {row.images_per_s:.1f} img/s, {row.seconds:.0f} s"
         + (
-            f" | {plural(row['skipped_files'], 'unreadable file')} skipped"
-            if row["skipped_files"]
+            f" | {plural(row.skipped_files, 'unreadable file')} skipped"
+            if row.skipped_files
             else ""
         )
         + (f" | lr -> {dropped_to:g}" if dropped_to is not None else "")

@@ -511,7 +511,7 @@ def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name
     group: the sums are this process's), as under torchrun. With PCA lighting, reflections and crops drawn on
     the CPU and sent in one pinned copy (transforms.PaperTransform._sent)."""
     from paper_alexnet.data import Augment, BatchLoader, PaperTransform, open_dataset
-    from paper_alexnet.engine import train_one_epoch
+    from paper_alexnet.engine import StepPlace, train_one_epoch
     from paper_alexnet.optim import build_optimizer
 
     if not DEVICE.startswith("cuda"):
@@ -531,9 +531,7 @@ def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name
             transform,
             optimizer,
             torch.Generator().manual_seed(number),
-            device=device,
-            world=world,
-            step_seed=lambda step: step,
+            StepPlace(device, world=world, seed=lambda step: step),
         )
 
     epoch(0)  # cuDNN's autotuning and the allocator's first blocks: outside the check

@@ -184,7 +184,7 @@ from paper_alexnet.config import ConfigError
 from paper_alexnet.data import Augment, DataStats, PaperTransform
 from paper_alexnet.data.loader import BatchLoader
 from paper_alexnet.data.splits import ArraySplit
-from paper_alexnet.engine import train_one_epoch
+from paper_alexnet.engine import StepPlace, train_one_epoch
 
 process = distributed.from_env()
 distributed.start(process, torch.device("cpu"))
@@ -198,9 +198,9 @@ asked = []
 def stop():                      # only rank 1 is signalled, during its step 3 of 6
     asked.append(1)
     return process.rank == 1 and len(asked) >= 3
+place = StepPlace(torch.device("cpu"), rank=process.rank, world=process.world, stop=stop)
 progress = train_one_epoch(net, loader, PaperTransform(stats, Augment()), torch.optim.SGD(model.parameters(), 0.1),
-                           torch.Generator().manual_seed(0), device=torch.device("cpu"), rank=process.rank,
-                           world=process.world, stop=stop)
+                           torch.Generator().manual_seed(0), place)
 with open(sys.argv[1] + f"/rank{process.rank}.json", "w") as handle:
     json.dump({"steps": progress.steps, "stopped": progress.stopped, "seen": progress.seen}, handle)
 del net                          # DDP before its process group, as reproduce.train ends

@@ -221,7 +221,9 @@ def test_a_finished_cell_is_known_by_its_config_and_by_the_argv_of_an_older_cell
             ablate.finished(other)
 
 
-def test_a_run_settles_its_config_once_and_its_pipeline_is_built_once_not_patched(tmp_path, monkeypatch):
+def test_a_run_settles_its_config_once_and_its_pipeline_is_built_once_not_patched(
+    tmp_path, monkeypatch
+):
     """One preparation: argv becomes the settled config once (the --pretrained input included), and run()
     takes it as it is; the Augment is built with its scale and frozen, as config.json records it."""
     from paper_alexnet.data import Augment

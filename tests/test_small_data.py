@@ -15,7 +15,7 @@ from paper_alexnet.data import Augment, PaperTransform
 from paper_alexnet.data.mixing import Mixing, mix_images, mix_targets
 from paper_alexnet.data.transforms import draw_boxes, jittered, resized_crops
 from paper_alexnet.ema import WeightAverage
-from paper_alexnet.engine import evaluate, train_one_epoch
+from paper_alexnet.engine import StepPlace, StepTools, evaluate, train_one_epoch
 from reproduce import ablate, train
 from reproduce.training import run_config
 
@@ -171,10 +171,9 @@ def _step(mixing=None, smoothing=0.0, seed=0):
         transform,
         torch.optim.SGD(model.parameters(), lr=0.0),
         torch.Generator().manual_seed(seed),
-        device=torch.device("cpu"),
+        StepPlace(torch.device("cpu")),
+        StepTools(mixing=mixing, label_smoothing=smoothing),
         on_step=lambda step, value, hits, n: heard.append(value),
-        mixing=mixing,
-        label_smoothing=smoothing,
     )
     return heard[0], seen[0], transform.center(images), labels, model.requires_grad_(False)
 

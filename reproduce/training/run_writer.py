@@ -7,6 +7,7 @@ or not at all (atomic.py).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from typing import List, Optional
@@ -15,21 +16,49 @@ from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.checkpoint import Checkpoint
 from paper_alexnet.cli import for_file
+from paper_alexnet.engine import EpochProgress
 from reproduce.common.figures import plot_curves
 
-METRICS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_top1_err",
-    "val_loss",
-    "val_top1_err",
-    "val_top5_err",
-    "images_per_s",
-    "seconds",
-    "data_wait_s",
-    "skipped_files",
-)
+
+@dataclasses.dataclass(frozen=True)
+class MetricsRow:
+    """One epoch's row of metrics.csv: its fields are the file's columns, in order. Errors are fractions."""
+
+    epoch: int
+    lr: float  # the rate the epoch trained at
+    train_loss: float
+    train_top1_err: float
+    val_loss: float
+    val_top1_err: float
+    val_top5_err: Optional[float]  # None with 5 classes or fewer (metrics.top5_applies)
+    images_per_s: float  # training images a second, this process's clock
+    seconds: float
+    data_wait_s: float  # of which waiting for the loader, to the millisecond: what it means
+    skipped_files: int  # unreadable files left out, training and validation
+
+    @classmethod
+    def of(cls, epoch: int, lr: float, progress: EpochProgress, val: dict) -> "MetricsRow":
+        """The row of an epoch's training ``progress`` and its validation ``val`` (engine.evaluate)."""
+        return cls(
+            epoch=epoch,
+            lr=lr,
+            train_loss=progress.loss,
+            train_top1_err=progress.top1_err,
+            val_loss=val["loss"],
+            val_top1_err=val["top1_err"],
+            val_top5_err=val["top5_err"],
+            images_per_s=progress.seen / max(progress.seconds, 1e-9),
+            seconds=progress.seconds,
+            data_wait_s=round(progress.data_seconds, 3),
+            skipped_files=progress.skipped + val["skipped_files"],
+        )
+
+    def as_dict(self) -> dict:
+        """The row as checkpoints keep it (and metrics.csv writes it)."""
+        return dataclasses.asdict(self)
+
+
+METRICS = tuple(field.name for field in dataclasses.fields(MetricsRow))  # metrics.csv's header
 
 
 def write_json(path: str, value: dict) -> None:
