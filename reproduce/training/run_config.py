@@ -61,10 +61,10 @@ GROUPS = {
 
 
 def setting(
-    default: Any,
     flag: Flag,
     group: Optional[str],
     *,
+    default: Any = MISSING,
     defaultable: bool = False,
     defining: bool = False,
     tool: str = "",
@@ -72,14 +72,15 @@ def setting(
 ):
     """A field of RunConfig that is one of train's flags, declared once:
 
-    - ``default``: the field's value when built in Python (``flag.default`` is the flag's, e.g. None);
+    - ``flag``: its name (the field's), help, type, choices, the check on its value, and its default, which is
+      the field's too unless ``default`` differs (a value built in Python where the flag's is None or "auto");
     - ``group``: its --help group (GROUPS);
     - ``defaultable``: filled from the data kind's row or the recipe when not given (recipes.py);
     - ``defining``: what makes a run the run it is (--resume refuses to continue with another value);
-    - ``tool``: a small-data tool a recipe sets, and its words when on (recipes.tools_on);
+    - ``tool``: a small-data tool a recipe sets, and its words when on (tools_on);
     - ``then``: what --help lists right after it (``then(group)``)."""
     return dataclasses.field(
-        default=default,
+        default=flag.default if default is MISSING else default,
         metadata={
             "flag": flag,
             "group": group,
@@ -103,129 +104,129 @@ class RunConfig:
 
     # fmt: off
     # the net and how it starts and learns
-    variant: str = setting("paper", Flag(
+    variant: str = setting(Flag(
         f"network: {', '.join(list_variants())}, with switches ({', '.join(list_switches())}) joined by '+', "
         f"e.g. paper+no-lrn; or a net to compare with: {', '.join(OTHER_NETS)} (figure1+tanh) (default: paper; "
-        "with --pretrained NAME, the net those weights fit)"), None, defaultable=True, defining=True)
-    recipe: Optional[str] = setting(None, Flag(
+        "with --pretrained NAME, the net those weights fit)"), None, default="paper", defaultable=True, defining=True)
+    recipe: Optional[str] = setting(Flag(
         "how the net starts and learns (the tables below); auto: the data kind's", default="auto",
-        choices=("auto", *recipes.RECIPES)), None, defaultable=True, defining=True)
+        choices=("auto", *recipes.RECIPES)), None, default=None, defaultable=True, defining=True)
     # data (§2, §4.1)
-    data: str = setting("synthetic", DATA, "data", defining=True)
-    crop: Optional[int] = setting(None, Flag(
+    data: str = setting(DATA, "data", defining=True)
+    crop: Optional[int] = setting(Flag(
         "crop side (default: the variant's input, 227; 224 for paper-224) (§4.1)", type=int), "data")
-    no_translate: bool = setting(False, Flag(
+    no_translate: bool = setting(Flag(
         "train on the centre crop: no random crop positions (§4.1's translations)", default=False), "data")
-    no_flip: bool = setting(False, Flag("no random horizontal reflections (§4.1)", default=False), "data")
-    no_pca: bool = setting(False, Flag("no PCA lighting (§4.1)", default=False), "data")
-    pca_sigma: float = setting(paper.PCA_SIGMA, Flag(
+    no_flip: bool = setting(Flag("no random horizontal reflections (§4.1)", default=False), "data")
+    no_pca: bool = setting(Flag("no PCA lighting (§4.1)", default=False), "data")
+    pca_sigma: float = setting(Flag(
         "std of the PCA lighting a_i (§4.1)", default=paper.PCA_SIGMA, type=float), "data")
-    crop_scale: Optional[float] = setting(None, Flag(
+    crop_scale: Optional[float] = setting(Flag(
         "not §4.1: random-resized crops instead of the fixed-size crop, each a box of at least LOW of the "
         "256x256 image's area (at most 0.75), aspect 3:4 to 4:3, resampled to the crop; 0: off (default: the "
         "recipe's)", type=float, metavar="LOW"), "data", defaultable=True, defining=True,
         tool="random-resized crops of at least {:g} of the image")
-    jitter: Optional[float] = setting(None, Flag(
+    jitter: Optional[float] = setting(Flag(
         "not §4.1: brightness, contrast and saturation each multiplied by a factor in [1-S, 1+S] per image; "
         "0: off (default: the recipe's)", type=float, metavar="S"), "data", defaultable=True, defining=True,
         tool="colour jitter {:g}")
-    mean: Optional[str] = setting(None, Flag(
+    mean: Optional[str] = setting(Flag(
         "what to subtract: the training set's mean image (§2), its per-channel mean, torchvision's ImageNet "
         "mean/std (for torchvision weights), or nothing (default: image; torchvision when --pretrained weights "
         "were trained that way)", choices=MEAN_MODES), "data", defaultable=True)
-    workers: Optional[int] = setting(None, TRAIN_WORKERS, "data")
-    decode: str = setting("auto", DECODE, "data")
-    strict: bool = setting(False, STRICT, "data")
-    download: bool = setting(False, DOWNLOAD, "data")
-    quiet: bool = setting(False, QUIET, "data")
+    workers: Optional[int] = setting(TRAIN_WORKERS, "data")
+    decode: str = setting(DECODE, "data")
+    strict: bool = setting(STRICT, "data")
+    download: bool = setting(DOWNLOAD, "data")
+    quiet: bool = setting(QUIET, "data")
     # devices (§3.2)
-    device: str = setting("auto", DEVICE_FLAGS["device"], "devices")
-    two_gpu: bool = setting(False, DEVICE_FLAGS["two_gpu"], "devices", defining=True)
-    devices: Optional[str] = setting(None, DEVICE_FLAGS["devices"], "devices")
+    device: str = setting(DEVICE_FLAGS["device"], "devices")
+    two_gpu: bool = setting(DEVICE_FLAGS["two_gpu"], "devices", defining=True)
+    devices: Optional[str] = setting(DEVICE_FLAGS["devices"], "devices")
     # optimisation (§5)
-    epochs: Optional[int] = setting(None, Flag(
+    epochs: Optional[int] = setting(Flag(
         "passes over the training set (default: the data kind's, below)", type=int, check=_POSITIVE),
         "optimisation", defaultable=True)
-    batch_size: Optional[int] = setting(None, Flag(
+    batch_size: Optional[int] = setting(Flag(
         "images per step (default: the data kind's)", type=int, short="-b", check=_POSITIVE),
         "optimisation", defaultable=True, defining=True)
-    optimizer: Optional[str] = setting(None, Flag(
+    optimizer: Optional[str] = setting(Flag(
         "sgd is the paper's exact rule (PaperSGD) (default: the recipe's)", choices=tuple(recipes.OPTIMIZER_LR)),
         "optimisation", defaultable=True, defining=True)
-    lr: Optional[float] = setting(None, Flag(
+    lr: Optional[float] = setting(Flag(
         "learning rate (default: the recipe's; with another --optimizer: "
         + ", ".join(f"{k} {v:g}" for k, v in recipes.OPTIMIZER_LR.items()) + ")",
         type=float, check=(lambda value: value > 0, "{option} must be positive, not {}")),
         "optimisation", defaultable=True)
-    momentum: float = setting(paper.MOMENTUM, Flag(
+    momentum: float = setting(Flag(
         "SGD momentum (§5)", default=paper.MOMENTUM, type=float), "optimisation")
-    wd: float = setting(paper.WEIGHT_DECAY, Flag(
+    wd: float = setting(Flag(
         "weight decay (§5: inside the velocity)", default=paper.WEIGHT_DECAY, type=float), "optimisation")
-    schedule: Optional[str] = setting(None, Flag(
+    schedule: Optional[str] = setting(Flag(
         "plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while it is still at "
         "chance; cosine: from --lr to zero over the epochs (default: the recipe's)",
         choices=("plateau", "step", "cosine", "none")), "optimisation", defaultable=True)
-    patience: int = setting(1, Flag(
+    patience: int = setting(Flag(
         "plateau: epochs without a new best before a drop", default=1, type=int,
         check=(lambda value: value >= 1, "{option} must be at least 1")), "optimisation")
-    step_size: int = setting(30, Flag("step: epochs between drops by 10", default=30, type=int), "optimisation")
+    step_size: int = setting(Flag("step: epochs between drops by 10", default=30, type=int), "optimisation")
     # not §5 (docs/deviations.md): 0 is off; None: the recipe's
-    label_smoothing: Optional[float] = setting(None, Flag(
+    label_smoothing: Optional[float] = setting(Flag(
         "train on (1-EPS) of the label plus EPS spread over all classes", type=float, metavar="EPS",
         check=(lambda value: 0 <= value < 1, "{option} must be at least 0 and below 1, not {:g}")),
         "tools", defaultable=True, defining=True, tool="label smoothing {:g}")
-    mixup: Optional[float] = setting(None, Flag(
+    mixup: Optional[float] = setting(Flag(
         "blend each batch with itself reversed, lam ~ Beta(ALPHA, ALPHA), the targets alike", type=float,
         metavar="ALPHA", check=_ALPHA), "tools", defaultable=True, defining=True, tool="mixup alpha {:g}")
-    cutmix: Optional[float] = setting(None, Flag(
+    cutmix: Optional[float] = setting(Flag(
         "paste a box of (1-lam) of the crop from the reversed batch, lam ~ Beta(ALPHA, ALPHA); with --mixup, "
         "each batch takes one of the two", type=float, metavar="ALPHA", check=_ALPHA),
         "tools", defaultable=True, defining=True, tool="CutMix alpha {:g}")
-    ema: Optional[float] = setting(None, Flag(
+    ema: Optional[float] = setting(Flag(
         "validate, keep and score a moving average of the weights, updated every step with this decay (e.g. "
         "0.99: about the last 100 steps)", type=float, metavar="DECAY",
         check=(lambda value: 0 <= value < 1, "{option} must be 0 (off) or a decay below 1, not {:g}")),
         "tools", defaultable=True, defining=True, tool="weights averaged with decay {:g} a step (EMA)")
     # the run
-    out: Optional[str] = setting(None, Flag(
+    out: Optional[str] = setting(Flag(
         "output folder (default: runs/<variant>-<data>)", metavar="DIR"), "run", defaultable=True)
-    resume: Optional[str] = setting(None, Flag(
+    resume: Optional[str] = setting(Flag(
         "continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was written", nargs="?",
         const="", metavar="PATH"), "run")
-    on_stall: Optional[str] = setting(None, Flag(
+    on_stall: Optional[str] = setting(Flag(
         "a run whose loss sits at ln(classes) with its batches at chance, by the end of its first epoch or 10%% "
         "of its steps: stop (exit 4, checkpoint kept, the command that avoids it printed) or warn and go on "
         "(default: the data kind's, below)", choices=("stop", "warn")), "run", defaultable=True)
-    seed: int = setting(0, Flag(
+    seed: int = setting(Flag(
         "seeds init, data order, augmentation and dropout", default=0, type=int), "run", defining=True)
-    amp: bool = setting(False, Flag("bfloat16 autocast", default=False), "run")
-    channels_last: bool = setting(False, Flag(
+    amp: bool = setting(Flag("bfloat16 autocast", default=False), "run")
+    channels_last: bool = setting(Flag(
         "channels-last memory format (already the default on a CPU with AVX-512, where the paper net trains "
         "1.08x as fast so, on AVX2 0.95x; and on CUDA with --amp: docs/performance.md)", default=False,
         by_device=placement.channels_last), "run")
-    compile: bool = setting(False, Flag(
+    compile: bool = setting(Flag(
         "torch.compile the whole net for training (the first steps compile, for minutes; on a GPU the "
         "ReLU-LRN-pool stages are compiled without it: docs/performance.md)", default=False), "run")
-    deterministic: bool = setting(False, Flag(
+    deterministic: bool = setting(Flag(
         "on CUDA: cuDNN's deterministic algorithms, no autotuning (by default cudnn.benchmark picks each "
         "layer's fastest, which may differ from run to run)", default=False, by_device=backends.configure), "run")
-    no_tf32: bool = setting(False, Flag(
+    no_tf32: bool = setting(Flag(
         "on CUDA: IEEE float32 matmuls and convolutions (by default both in TF32 on tensor cores)",
         default=False, by_device=backends.configure), "run")
-    tensorboard: bool = setting(False, Flag(
+    tensorboard: bool = setting(Flag(
         "also write TensorBoard events to DIR/tb (the tensorboard extra)", default=False), "run")
-    pretrained: Optional[str] = setting(None, Flag(
+    pretrained: Optional[str] = setting(Flag(
         "start from a weights file: a checkpoint or shared folder of this package, a torchvision AlexNet state "
         f"dict (with --variant torchvision); or published weights by name: {', '.join(published.names())} "
         "(downloaded once, checked, converted, cached; the name brings its variant: --list-weights); fc8 is "
         "re-initialised when the class count differs", metavar="PATH"), "run", then=add_list_weights_flag)
-    freeze_features: bool = setting(False, Flag(
+    freeze_features: bool = setting(Flag(
         "with --pretrained: train fc6..fc8 only", default=False), "run")
-    limit_train: Optional[int] = setting(None, Flag(
+    limit_train: Optional[int] = setting(Flag(
         "use N training images (seeded)", type=int, metavar="N", check=_LIMIT), "run")
-    limit_val: Optional[int] = setting(None, Flag(
+    limit_val: Optional[int] = setting(Flag(
         "use N validation images (seeded)", type=int, metavar="N", check=_LIMIT), "run")
-    ten_crop: bool = setting(False, Flag(
+    ten_crop: bool = setting(Flag(
         "also evaluate best.pt with ten crops at the end (§4.1)", default=False), "run")
     # fmt: on
     # derived, and where values came from
