@@ -344,13 +344,9 @@ def torchvision_own(classes: int) -> torch.nn.Module:
     return model
 
 
-def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
-    """Training and inference img/s of each net on synthetic input (no data loading), timed round robin;
-    ``only``: these nets (of the names below) and no others."""
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    classes = 1000
+def _model_nets(args, device: torch.device, classes: int, only: Optional[Sequence[str]]) -> dict:
+    """The nets bench_models times: name -> (builder, which LRN runs: the paper net's own path, or forced to
+    torch ops); ``only``: these names."""
     # what the LRN's input will be: bf16 under --amp, channels-last with the flag; compiled: torch ops
     probe = torch.zeros(
         1, 2, 3, 3, device=device, dtype=torch.bfloat16 if args.amp else torch.float32
@@ -363,7 +359,6 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         and not args.compile  # the stage takes both layouts
         else "torch ops"
     )
-    # name -> (builder, which LRN runs: the paper net's own path, or forced to torch ops)
     nets = {
         "paper": (lambda: build_model("paper", classes), kernel),
         "paper two-tower": (
@@ -380,6 +375,67 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         del nets["paper, LRN in torch ops"]
     if only is not None:
         nets = {name: nets[name] for name in only}
+    return nets
+
+
+def _model_rows(cases: dict, times: dict, batch_size: int, peak: float) -> list[dict]:
+    """bench_models' rows: each net's rates, utilisation and memory, and its speed and memory against
+    torchvision's net, its peer and the naive faithful net (medians of paired repetitions, with intervals)."""
+    rows = []
+    for name, (config, _, _, memory, lrn) in cases.items():
+        train_s, infer_s = (_median(t) for t in times[name])
+        flops = step_flops(layer_shapes(config)) * batch_size / train_s / 1e9
+        rows.append(
+            {
+                "section": "models",
+                "what": name,
+                "lrn": lrn,
+                "train_images_per_s": batch_size / train_s,
+                "infer_images_per_s": batch_size / infer_s,
+                "step_ms": 1000 * train_s,
+                "train_gflop_per_s": flops,
+                "utilisation": flops / peak,
+                "peak_gflop_per_s": peak,
+                "train_memory_mb": memory / 2**20,
+            }
+        )
+    by = {r["what"]: r for r in rows}
+
+    def ratios(name, other):  # per repetition, step(other) / step(name): the speed of name vs other
+        return [b / a for a, b in zip(times[name][0], times[other][0])]
+
+    for row in rows:
+        if row["lrn"] and "paper+no-lrn" in by:
+            # 1 - step(no LRN) / step(net)
+            row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))
+        for column, other in (
+            ("vs_torchvision", "torchvision"),
+            ("vs_peer", PEER),
+            ("vs_naive", "naive faithful"),
+        ):
+            if other not in by:
+                continue
+            paired = ratios(row["what"], other)
+            row[column] = _median(paired)
+            # 95% for the median
+            row[f"{column}_low"], row[f"{column}_high"] = median_interval(paired)
+        if "torchvision" in by:
+            row["memory_vs_torchvision"] = (
+                row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
+            )
+        if PEER in by:
+            row["memory_vs_peer"] = row["train_memory_mb"] / by[PEER]["train_memory_mb"]
+    return rows
+
+
+def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
+    """Training and inference img/s of each net on synthetic input (no data loading), timed round robin;
+    ``only``: these nets (of the names below) and no others."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    classes = 1000
+    nets = _model_nets(args, device, classes, only)
     native_bf16 = cuda or (
         torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
@@ -475,50 +531,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
         time_matmuls()
     rates = {name: flops / _median(matmul_s[name]) / 1e9 for name, (_, flops) in matmuls.items()}
     peak = max(rates.values())
-    rows = []
-    for name, (config, _, _, memory, lrn) in cases.items():
-        train_s, infer_s = (_median(t) for t in times[name])
-        flops = step_flops(layer_shapes(config)) * args.batch_size / train_s / 1e9
-        rows.append(
-            {
-                "section": "models",
-                "what": name,
-                "lrn": lrn,
-                "train_images_per_s": args.batch_size / train_s,
-                "infer_images_per_s": args.batch_size / infer_s,
-                "step_ms": 1000 * train_s,
-                "train_gflop_per_s": flops,
-                "utilisation": flops / peak,
-                "peak_gflop_per_s": peak,
-                "train_memory_mb": memory / 2**20,
-            }
-        )
-    by = {r["what"]: r for r in rows}
-
-    def ratios(name, other):  # per repetition, step(other) / step(name): the speed of name vs other
-        return [b / a for a, b in zip(times[name][0], times[other][0])]
-
-    for row in rows:
-        if row["lrn"] and "paper+no-lrn" in by:
-            # 1 - step(no LRN) / step(net)
-            row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))
-        for column, other in (
-            ("vs_torchvision", "torchvision"),
-            ("vs_peer", PEER),
-            ("vs_naive", "naive faithful"),
-        ):
-            if other not in by:
-                continue
-            paired = ratios(row["what"], other)
-            row[column] = _median(paired)
-            # 95% for the median
-            row[f"{column}_low"], row[f"{column}_high"] = median_interval(paired)
-        if "torchvision" in by:
-            row["memory_vs_torchvision"] = (
-                row["train_memory_mb"] / by["torchvision"]["train_memory_mb"]
-            )
-        if PEER in by:
-            row["memory_vs_peer"] = row["train_memory_mb"] / by[PEER]["train_memory_mb"]
+    rows = _model_rows(cases, times, args.batch_size, peak)
     each = ", ".join(f"{name} {rate:,.1f}" for name, rate in rates.items())
     print(
         f"matrix-multiply peak on {device}: {peak:,.1f} GFLOP/s ({each}; medians over the repetitions); "

@@ -8,10 +8,11 @@ ones with ``--ten-crop``), curves.png, and TensorBoard events
 with ``--tensorboard``. A killed run continues with ``--resume``; SIGTERM or
 Ctrl-C stop it after the current step with a checkpoint of that step.
 
-The flags are parsed once into a frozen ``RunConfig`` (run_config.py); ``run(config)`` trains in-process
-(reproduce.ablate calls it for each cell). A run is six steps, in this order (``_run``): check what is
-resumed, open the data, build the net, record the config, train the epochs, and finish. What it writes,
-RunWriter writes (training/run_writer.py); what it says about how it learns, RunWatch says (training/alerts.py).
+The flags are parsed and settled once into a frozen ``RunConfig`` (training/run_config.py, where each flag
+is declared); ``run(config)`` trains in-process (reproduce.ablate calls it for each cell). A run is five
+steps, in this order (``_run``): prepare (where it runs, what it resumes, the data, the pipeline), build the
+net, record the config, train the epochs, and finish. What it writes, RunWriter writes
+(training/run_writer.py); what it says about how it learns, RunWatch says (training/alerts.py).
 """
 
 from __future__ import annotations
