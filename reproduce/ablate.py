@@ -149,8 +149,6 @@ OWNED = (
 # Every cell spends the grid's whole budget: a cell at chance is a result to compare, not a run to stop
 # (reproduce.train's --on-stall; a user's own --on-stall comes later and wins).
 CELL_SETTINGS = {"on_stall": "warn"}
-# What may differ between a finished cell and the same cell asked for again: where and how it ran, not what.
-NOT_COMPARED = {"out", "resume", "quiet", "workers", "decode", "device", "download"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +315,8 @@ def finished(cell: Cell) -> bool:
     if record is None:  # a cell.json written before configs were kept: its argv
         record = run_config.as_record(run_config.from_words(saved.get("argv") or []))
     record = run_config.flat(record)
-    compared = [name for name in run_config.flag_fields() if name not in NOT_COMPARED]
+    # what may differ between a finished cell and the same cell asked for again: where and how it ran, not what
+    compared = [name for name in run_config.flag_fields() if name not in run_config.WHERE]
     changed = run_config.differences(record, cell.config, compared)
     if changed:
         raise UsageError(

@@ -67,6 +67,7 @@ def setting(
     default: Any = MISSING,
     defaultable: bool = False,
     defining: bool = False,
+    where: bool = False,
     tool: str = "",
     then: Optional[Callable[[Any], None]] = None,
 ):
@@ -77,6 +78,7 @@ def setting(
     - ``group``: its --help group (GROUPS);
     - ``defaultable``: filled from the data kind's row or the recipe when not given (recipes.py);
     - ``defining``: what makes a run the run it is (--resume refuses to continue with another value);
+    - ``where``: where and how it runs, not what it computes (a finished grid cell asked for again may differ);
     - ``tool``: a small-data tool a recipe sets, and its words when on (tools_on);
     - ``then``: what --help lists right after it (``then(group)``)."""
     return dataclasses.field(
@@ -86,6 +88,7 @@ def setting(
             "group": group,
             "defaultable": defaultable,
             "defining": defining,
+            "where": where,
             "tool": tool,
             "then": then,
         },
@@ -134,13 +137,13 @@ class RunConfig:
         "what to subtract: the training set's mean image (§2), its per-channel mean, torchvision's ImageNet "
         "mean/std (for torchvision weights), or nothing (default: image; torchvision when --pretrained weights "
         "were trained that way)", choices=MEAN_MODES), "data", defaultable=True)
-    workers: Optional[int] = setting(TRAIN_WORKERS, "data")
-    decode: str = setting(DECODE, "data")
+    workers: Optional[int] = setting(TRAIN_WORKERS, "data", where=True)
+    decode: str = setting(DECODE, "data", where=True)
     strict: bool = setting(STRICT, "data")
-    download: bool = setting(DOWNLOAD, "data")
-    quiet: bool = setting(QUIET, "data")
+    download: bool = setting(DOWNLOAD, "data", where=True)
+    quiet: bool = setting(QUIET, "data", where=True)
     # devices (§3.2)
-    device: str = setting(DEVICE_FLAGS["device"], "devices")
+    device: str = setting(DEVICE_FLAGS["device"], "devices", where=True)
     two_gpu: bool = setting(DEVICE_FLAGS["two_gpu"], "devices", defining=True)
     devices: Optional[str] = setting(DEVICE_FLAGS["devices"], "devices")
     # optimisation (§5)
@@ -189,10 +192,10 @@ class RunConfig:
         "tools", defaultable=True, defining=True, tool="weights averaged with decay {:g} a step (EMA)")
     # the run
     out: Optional[str] = setting(Flag(
-        "output folder (default: runs/<variant>-<data>)", metavar="DIR"), "run", defaultable=True)
+        "output folder (default: runs/<variant>-<data>)", metavar="DIR"), "run", defaultable=True, where=True)
     resume: Optional[str] = setting(Flag(
         "continue from a checkpoint (default: DIR/checkpoint.pt), at the step it was written", nargs="?",
-        const="", metavar="PATH"), "run")
+        const="", metavar="PATH"), "run", where=True)
     on_stall: Optional[str] = setting(Flag(
         "a run whose loss sits at ln(classes) with its batches at chance, by the end of its first epoch or 10%% "
         "of its steps: stop (exit 4, checkpoint kept, the command that avoids it printed) or warn and go on "
@@ -277,6 +280,8 @@ FLAGS: Dict[str, Flag] = {f.name: f.metadata["flag"] for f in DECLARED}
 DEFAULTABLE = tuple(f.name for f in DECLARED if f.metadata["defaultable"])
 # what makes a run the run it is: --resume refuses to continue a checkpoint with other values
 DEFINING = tuple(f.name for f in DECLARED if f.metadata["defining"])
+# where and how a run runs, not what it computes: a finished grid cell and the same cell asked for again may differ
+WHERE = tuple(f.name for f in DECLARED if f.metadata["where"])
 # the small-data tools a recipe sets (recipes.Recipe has a field of each name), and their words when on
 TOOLS = {f.name: f.metadata["tool"] for f in DECLARED if f.metadata["tool"]}
 
