@@ -238,3 +238,25 @@ def test_a_run_settles_its_config_once_and_its_pipeline_is_built_once_not_patche
     assert record["augment"]["scale"] == record["quick_changes"]["scale"] != 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         Augment().scale = 2.0
+
+
+def test_every_setting_is_a_declared_flag_and_train_parses_exactly_those():
+    """A field of RunConfig is a declared flag or one of the four derived fields; train's parser is built from
+    the declarations and from nothing else (its options: the declared flags, --help and --list-weights)."""
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    assert fields - set(run_config.FLAGS) == {
+        "data_kind",
+        "defaulted",
+        "pretrained_input",
+        "command",
+    }
+    help_text = train.get_args_parser().format_help()
+    for name, flag in run_config.FLAGS.items():
+        assert flag.option(name) in help_text
+    parsed = vars(train.get_args_parser().parse_args([]))
+    assert set(parsed) == set(run_config.FLAGS)
+    assert {k: v for k, v in parsed.items() if k not in run_config.DEFAULTABLE} == {
+        name: getattr(RunConfig(), name)
+        for name in run_config.FLAGS
+        if name not in run_config.DEFAULTABLE
+    }
