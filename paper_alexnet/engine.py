@@ -63,9 +63,8 @@ class StepTools:
 
     mixing: Optional[Mixing] = None  # mixup/CutMix (data/mixing.py)
     label_smoothing: float = 0.0  # eps
-    average: Optional[WeightAverage] = (
-        None  # the weights' moving average, updated after every step (ema.py)
-    )
+    # the weights' moving average, updated after every step (ema.py)
+    average: Optional[WeightAverage] = None
 
 
 @dataclasses.dataclass(frozen=True)

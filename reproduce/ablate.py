@@ -46,12 +46,12 @@ from paper_alexnet import checkpoint
 from paper_alexnet.atomic import atomic_write
 from paper_alexnet.cli import HelpFormatter, plural
 from paper_alexnet.networks import get_network
-from reproduce.ablation import tables
 from reproduce import train
-from reproduce.training import run_config
-from reproduce.common.args import Exit, UsageError, as_program, exit_code
+from reproduce.ablation import tables
 from reproduce.ablation.labels import Label
+from reproduce.common.args import Exit, UsageError, as_program, exit_code
 from reproduce.common.placement import pick_device, place
+from reproduce.training import run_config
 from reproduce.training.run_config import RunConfig
 
 DATA_SWITCHES = {
@@ -64,9 +64,8 @@ DATA_SWITCHES = {
 @dataclasses.dataclass(frozen=True)
 class Grid:
     cells: Tuple[str, ...]
-    settings: Dict[
-        str, Any
-    ]  # reproduce.train settings every cell of this grid gets (the user's flags win)
+    # reproduce.train settings every cell of this grid gets (the user's flags win)
+    settings: Dict[str, Any]
     what: str
     # a learning-rate search for each cell before its seeds (none: the flags' rate)
     lrs: Tuple[float, ...] = ()
@@ -316,7 +315,7 @@ def finished(cell: Cell) -> bool:
         record = run_config.as_record(run_config.from_words(saved.get("argv") or []))
     record = run_config.flat(record)
     # what may differ between a finished cell and the same cell asked for again: where and how it ran, not what
-    compared = [name for name in run_config.flag_fields() if name not in run_config.WHERE]
+    compared = [name for name in run_config.FLAGS if name not in run_config.WHERE]
     changed = run_config.differences(record, cell.config, compared)
     if changed:
         raise UsageError(

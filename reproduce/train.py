@@ -139,9 +139,8 @@ class Prepared:
     config: RunConfig  # settled, with this process's loader processes and --quiet
     placement: Placement
     data: Data
-    augment: (
-        Augment  # the §2/§4.1 pipeline, its scale from the training set's pixel std where unit std
-    )
+    # the §2/§4.1 pipeline, its scale from the training set's pixel std where the recipe feeds unit std
+    augment: Augment
     resumed: Optional[Checkpoint]  # --resume's checkpoint
     pretrained: Optional[dict]  # --pretrained's state dict (a new run)
 

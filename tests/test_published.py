@@ -279,9 +279,8 @@ def test_a_name_brings_its_variant_and_a_variant_that_contradicts_it_is_refused(
     monkeypatch.chdir(tmp_path)
     given = run_config.RunConfig(pretrained="bvlc", defaulted=run_config.DEFAULTABLE)
     assert run_config._variant(given) == "paper"
-    with pytest.raises(
-        CheckpointError, match="bvlc is a folder without config.json"
-    ):  # read, not fetched
+    # read, not fetched
+    with pytest.raises(CheckpointError, match="bvlc is a folder without config.json"):
         settled("--pretrained", "bvlc")
 
 

@@ -182,12 +182,12 @@ def test_every_part_switches_from_the_command_line():
 def test_the_pipeline_is_read_from_the_settled_config_and_the_loader_is_checked_once():
     """run_config.augment takes the config (one type) and reads the pipeline's switches only; --workers is the
     config's own check (it raised out of the augmentation's builder)."""
-    from paper_alexnet.data import DataError
+    from reproduce.common.args import UsageError
     from reproduce.training import run_config
 
     config = run_config.RunConfig(workers=-1, crop=224, no_flip=True)
     assert run_config.augment(config, 227) == Augment(crop=224, flip=False)
-    with pytest.raises(DataError, match="--workers must be 0 or more"):
+    with pytest.raises(UsageError, match="--workers must be 0 or more, not -1"):
         run_config.settle(config)
 
 

@@ -165,7 +165,7 @@ class Flag:
     const: Any = None
     # the check on a given value: (ok(value), message with {} for the value); None: any value of its type
     check: Optional[Tuple[Callable[[Any], bool], str]] = None
-    # a default that depends on the device: the rule (a function) that resolves an unset value, beside it
+    # a default that depends on the device: the rule (a function) that decides it, beside the flag
     by_device: Optional[Callable[..., Any]] = None
 
     @property
@@ -221,7 +221,7 @@ QUIET = Flag(
     default=False,
 )
 _WORKERS = "processes that read and decode images (0: in the main process); default: "
-_AT_LEAST_0 = (lambda n: n >= 0, "--workers must be 0 or more, not {}")
+_AT_LEAST_0 = (lambda n: n >= 0, "{option} must be 0 or more, not {}")
 # a command that reads a data set to write it (prepare): a few processes, the rest of the cores decode too
 WORKERS = Flag(_WORKERS + "min(4, cores)", default=DEFAULT_WORKERS, type=int, check=_AT_LEAST_0)
 

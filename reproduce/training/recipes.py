@@ -126,9 +126,8 @@ def data_kind(spec: str) -> str:
 
 def describe() -> str:
     """Both tables as text, for --help."""
-    from reproduce.training.run_config import (
-        tools_on,
-    )  # the tools are declared with the run's settings
+    # the tools are declared with the run's settings
+    from reproduce.training.run_config import tools_on
 
     lines = ["recipes (--recipe):"]
     for name, r in RECIPES.items():

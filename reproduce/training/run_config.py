@@ -37,7 +37,6 @@ from reproduce.common.args import (
     Flag,
     UsageError,
     add_list_weights_flag,
-    check_workers,
 )
 from reproduce.common.placement import DEVICE_FLAGS, DEVICE_GROUP
 from reproduce.training import recipes
@@ -236,9 +235,8 @@ class RunConfig:
     data_kind: str = ""  # recipes.data_kind: a store counts as the data it was made of
     # the fields filled from the data kind or the recipe (None: every DEFAULTABLE one, as in RunConfig())
     defaulted: Optional[Tuple[str, ...]] = None
-    pretrained_input: Optional[str] = (
-        None  # what --pretrained weights learned on (INPUTS), once read
-    )
+    # what the --pretrained weights learned on (INPUTS): a name's as its entry states, a file's as read
+    pretrained_input: Optional[str] = None
     command: Tuple[str, ...] = ()  # the user's words, for the command a stall message suggests
 
     @property
@@ -286,11 +284,6 @@ WHERE = tuple(f.name for f in DECLARED if f.metadata["where"])
 TOOLS = {f.name: f.metadata["tool"] for f in DECLARED if f.metadata["tool"]}
 
 
-def flag_fields() -> Tuple[str, ...]:
-    """The fields that are train's flags (the rest are derived)."""
-    return tuple(FLAGS)
-
-
 def add_flags(parser: argparse.ArgumentParser, default: Any = MISSING) -> None:
     """train's flags, in their --help groups (``default=argparse.SUPPRESS``: a parse gives only what was
     given)."""
@@ -334,12 +327,19 @@ def given(words: Sequence[str]) -> Dict[str, Any]:
 def from_fields(fields: Dict[str, Any], command: Sequence[str] = ()) -> RunConfig:
     """The settled config of the settings ``fields`` (as flags give them: None or "auto" is not given), the
     rest defaulted."""
-    fields = {k: v for k, v in fields.items() if not (k in DEFAULTABLE and v in (None, "auto"))}
+    fields = _known(
+        {k: v for k, v in fields.items() if not (k in DEFAULTABLE and v in (None, "auto"))}
+    )
+    defaulted = tuple(name for name in DEFAULTABLE if name not in fields)
+    return settle(RunConfig(**fields, defaulted=defaulted, command=tuple(command)))
+
+
+def _known(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """``fields``, when each is a setting of train (or the --pretrained input); else a UsageError."""
     unknown = sorted(set(fields) - set(FLAGS) - {"pretrained_input"})
     if unknown:
         raise UsageError(f"not a setting of reproduce.train: {', '.join(unknown)}")
-    defaulted = tuple(name for name in DEFAULTABLE if name not in fields)
-    return settle(RunConfig(**fields, defaulted=defaulted, command=tuple(command)))
+    return fields
 
 
 def from_words(words: Sequence[str]) -> RunConfig:
@@ -364,9 +364,8 @@ def settle(config: RunConfig) -> RunConfig:
         return default if name in config.defaulted else getattr(config, name)
 
     variant = _variant(config)
-    if (
-        config.pretrained and config.pretrained_input is None
-    ):  # the recipe fits the input they learned on
+    # the recipe fits the input the --pretrained weights learned on
+    if config.pretrained and config.pretrained_input is None:
         config = dataclasses.replace(config, pretrained_input=weights_input(config))
     recipe, mean = pick("recipe", data.recipe), pick("mean", None)
     if config.pretrained_input is not None:
@@ -414,9 +413,7 @@ def _variant(config: RunConfig) -> str:
 
 def change(config: RunConfig, **fields: Any) -> RunConfig:
     """``config`` with ``fields`` given (as flags would give them), the defaulted rest derived again."""
-    unknown = sorted(set(fields) - set(FLAGS) - {"pretrained_input"})
-    if unknown:
-        raise UsageError(f"not a setting of reproduce.train: {', '.join(unknown)}")
+    _known(fields)
     defaulted = tuple(
         name
         for name in (DEFAULTABLE if config.defaulted is None else config.defaulted)
@@ -429,7 +426,6 @@ def _check(config: RunConfig) -> None:
     """Refuse bad values before any work: each flag's own check (its declaration), then what depends on
     more than one."""
     network = get_network(config.variant)  # an unknown name stops here
-    check_workers(config.workers)
     augment(config, network.input_size)  # and a crop the images cannot give
     for name, flag in FLAGS.items():
         flag.checked(name, getattr(config, name))
