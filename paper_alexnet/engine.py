@@ -21,10 +21,10 @@ from .data import BatchLoader, PaperTransform
 from .data.transforms import FLIP_CROPS
 from .data.mixing import Mixing, mix_images, mix_targets
 from .data.splits import Split
-from .backends import sent, sync_allowed
-from .distributed import all_sum, sum_in_place
+from .backends import Readback, sent
+from .distributed import sum_in_place
 from .ema import WeightAverage
-from .metrics import Predictions, top5_applies, topk_correct, topk_hits
+from .metrics import Predictions, top5_applies, topk_hits
 
 
 class NonFiniteLoss(RuntimeError):
@@ -113,6 +113,7 @@ def train_one_epoch(
     device, rank, world, stop = place.device, place.rank, place.world, place.stop
     mixing, average = tools.mixing, tools.average
     progress = progress if progress is not None else EpochProgress()
+    readback = Readback()
     start = waited = time.perf_counter()
     for count, images, labels in loader.global_batches():
         progress.data_seconds += time.perf_counter() - waited
@@ -138,13 +139,14 @@ def train_one_epoch(
         sums = sum_in_place(
             torch.cat([sent(asked, device), local.detach().double().view(1), hits.double().view(1)])
         )
+        # The step's one readback, queued before the backward: the host waits for the forward and these sums,
+        # not for the backward, which the GPU runs while the host checks them and queues the optimiser step and
+        # the next batch. The non-finite check still comes before the weights move, and every process stops
+        # after the same step (the vote is in the sums).
+        readback.start(sums)
         optimizer.zero_grad(set_to_none=True)
         (local * (world / sums[0].clamp_min(1)).to(local.dtype)).backward()
-        # The step's one readback, with the backward already queued: the non-finite check must come before the
-        # weights move, and every process must stop after the same step. It costs the GPU the time the host
-        # then takes to queue the optimiser step and the next batch's forward (docs/performance.md).
-        with sync_allowed():
-            total, stops, value, hits = sums.tolist()
+        total, stops, value, hits = readback.values()
         if not math.isfinite(value):
             raise NonFiniteLoss(
                 f"the training loss became {value / max(total, 1)} at step {step + 1} of the epoch"
@@ -209,9 +211,11 @@ def evaluate(
         device=device,
         decode=decode,
     )
-    loss_sum, hits, seen, classes = 0.0, {1: 0, 5: 0}, 0, None
-    flip_hits = {1: 0, 5: 0}  # ten_crop or flip: the centre crop and its reflection averaged
-    kept: list = []  # per_image: (indices, labels, top-5 classes, top-1 probability) of each batch
+    # the sums stay where the scores are, and are read once, after the last batch: loss, top-1 and top-5 hits,
+    # and (ten_crop or flip) the centre crop and its reflection's hits
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    seen, classes = 0, None
+    kept: list = []  # per_image: (indices, labels, top-5 classes, top-1 probability) of each batch, on the device
     for indices, images, labels in tqdm(
         loader.indexed(),
         desc="ten-crop" if ten_crop else "flip" if flip else "eval",
@@ -226,24 +230,35 @@ def evaluate(
                 each = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views])
                 probs = each.mean(dim=0)
                 flipped = each[list(FLIP_CROPS)].mean(dim=0) if ten_crop else probs
-                for k, v in topk_correct(flipped, y, (1, 5)).items():
-                    flip_hits[k] += v
-                loss_sum += float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, reduction="sum"))
+                loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, reduction="sum")
+                flip_hits = list(topk_hits(flipped, y, (1, 5)).values())
                 scores = probs
             else:
                 scores = model(transform.center(images)).float()
-                loss_sum += float(F.cross_entropy(scores, y, reduction="sum"))
+                loss = F.cross_entropy(scores, y, reduction="sum")
+                flip_hits = []
         classes = scores.shape[1]
-        for k, v in topk_correct(scores, y, (1, 5)).items():
-            hits[k] += v
+        batch_hits = topk_hits(scores, y, (1, 5))
+        values = [loss, batch_hits[1], batch_hits[5], *flip_hits]
+        sums[: len(values)] += torch.stack([v.double() for v in values])
         seen += len(y)
         if per_image:
             probs = scores if ten_crop or flip else torch.softmax(scores, dim=1)
             top = probs.topk(min(5, classes), dim=1)
-            kept.append((indices, labels.cpu(), top.indices.cpu(), top.values[:, 0].cpu()))
-    loss_sum, hit1, hit5, seen, skipped, flip1, flip5 = all_sum(
-        [loss_sum, hits[1], hits[5], seen, len(loader.skipped), flip_hits[1], flip_hits[5]]
-    )
+            kept.append((indices, y, top.indices, top.values[:, 0]))
+    # every process's sums at once (on the GPU NCCL sums on), read back once
+    loss_sum, hit1, hit5, flip1, flip5, seen, skipped = sum_in_place(
+        torch.cat([sums, torch.tensor([seen, len(loader.skipped)], dtype=torch.float64, device=device)])
+    ).tolist()
+    if per_image and kept:  # one copy to the host for the whole split
+        cat = [torch.cat([b[k] for b in kept]) for k in (1, 2, 3)]
+        host = torch.cat([cat[0].view(-1, 1).double(), cat[1].double(), cat[2].view(-1, 1).double()], 1).cpu()
+        labels_, top_, prob_ = host[:, 0].long(), host[:, 1:-1].long(), host[:, -1].float()
+        sizes = [len(b[0]) for b in kept]
+        kept = [
+            (b[0], part[0], part[1], part[2])
+            for b, part in zip(kept, zip(labels_.split(sizes), top_.split(sizes), prob_.split(sizes)))
+        ]
     extra = (
         {"predictions": Predictions.gather(kept, len(split), classes, world)} if per_image else {}
     )

@@ -183,6 +183,11 @@ def _square(value):
     return value[0] if len(value) == 2 and value[0] == value[1] else None
 
 
+# The profiler's name for conv1's and conv2's ReLU-LRN-pool stage, whichever way it runs (the fused kernel, the
+# compiled stage, torch ops): the bench finds the stage by it, and its backward by the autograd nodes made inside.
+STAGE_MARK = "paper_alexnet::relu_lrn_pool"
+
+
 def relu_norm_pool(
     x: torch.Tensor, act: nn.Module, norm: nn.Module, pool: nn.Module
 ) -> torch.Tensor:
@@ -190,17 +195,31 @@ def relu_norm_pool(
 
     When these are the paper's ReLU, LRN and max-pooling (no hooks): on a contiguous float CPU tensor one
     fused kernel pass computes all three (docs/performance.md); on a GPU (or inside torch.compile) the stage
-    compiled (compiled_stage.py). Otherwise, or with the kernels off, the three modules run in turn.
+    compiled (compiled_stage.py). Otherwise, or with the kernels off, the three modules run in turn. The
+    profiler records it as STAGE_MARK.
     """
-    if not _paper_stage(act, norm, pool, x):
-        return pool(norm(act(x)))
-    window = (norm.size, norm.alpha, norm.beta, norm.k)
-    windows = (_square(pool.kernel_size), _square(pool.stride))
-    if fused_lrn.applies(x, layouts=True):  # in channel planes or channels-last
-        return _ReluLRNPoolFunction.apply(x, window, norm.groups, windows)
-    if fused_lrn.enabled() and (x.is_cuda or torch.compiler.is_compiling()):
+    with torch.profiler.record_function(STAGE_MARK):
+        path = stage_path(x, act, norm, pool)
+        if path == "torch ops":
+            return pool(norm(act(x)))
+        window = (norm.size, norm.alpha, norm.beta, norm.k)
+        windows = (_square(pool.kernel_size), _square(pool.stride))
+        if path == "fused kernel":  # in channel planes or channels-last
+            return _ReluLRNPoolFunction.apply(x, window, norm.groups, windows)
         return compiled_stage.run(x, window, norm.groups, windows)
-    return pool(norm(act(x)))
+
+
+def stage_path(x: torch.Tensor, act=None, norm=None, pool=None) -> str:
+    """How relu_norm_pool runs the stage on ``x``: "fused kernel" (a CPU), "compiled stage" (a GPU, or inside
+    torch.compile) or "torch ops" (the kernels off, or not the paper's modules); without the modules, for the
+    paper's."""
+    if act is not None and not _paper_stage(act, norm, pool, x):
+        return "torch ops"
+    if fused_lrn.applies(x, layouts=True):
+        return "fused kernel"
+    if fused_lrn.enabled() and (x.is_cuda or torch.compiler.is_compiling()):
+        return "compiled stage"
+    return "torch ops"
 
 
 def local_response_norm(

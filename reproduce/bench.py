@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 from PIL import Image
 
 import torch
+from torch.autograd import DeviceType
 
 from paper_alexnet import (
     AlexNet,
@@ -52,6 +53,7 @@ from paper_alexnet import (
     fused_lrn,
     layer_shapes,
 )
+from paper_alexnet.layers import STAGE_MARK, stage_path
 from paper_alexnet.data import (
     Augment,
     PaperTransform,
@@ -344,21 +346,22 @@ def torchvision_own(classes: int) -> torch.nn.Module:
     return model
 
 
-def _model_nets(args, device: torch.device, classes: int, only: Optional[Sequence[str]]) -> dict:
-    """The nets bench_models times: name -> (builder, which LRN runs: the paper net's own path, or forced to
-    torch ops); ``only``: these names."""
-    # what the LRN's input will be: bf16 under --amp, channels-last with the flag; compiled: torch ops
+def _stage_path(args, device: torch.device) -> str:
+    """How relu_norm_pool runs the stage on the bench's maps: bf16 under --amp, channels-last with the flag."""
     probe = torch.zeros(
         1, 2, 3, 3, device=device, dtype=torch.bfloat16 if args.amp else torch.float32
     )
     if args.channels_last:
         probe = probe.contiguous(memory_format=torch.channels_last)
-    kernel = (
-        "fused kernel"
-        if fused_lrn.applies(probe, layouts=True)
-        and not args.compile  # the stage takes both layouts
-        else "torch ops"
-    )
+    return stage_path(probe)
+
+
+def _model_nets(args, device: torch.device, classes: int, only: Optional[Sequence[str]]) -> dict:
+    """The nets bench_models times: name -> (builder, which LRN runs: the paper net's own path, or forced to
+    torch ops); ``only``: these names."""
+    # the path relu_norm_pool takes is the paper rows' (on CUDA the compiled stage, as train runs it); inside a
+    # whole-net compile, the torch ops that compile traces
+    kernel = "torch ops, compiled with the net" if args.compile else _stage_path(args, device)
     nets = {
         "paper": (lambda: build_model("paper", classes), kernel),
         "paper two-tower": (
@@ -371,7 +374,7 @@ def _model_nets(args, device: torch.device, classes: int, only: Optional[Sequenc
         "naive faithful": (lambda: naive_reference(classes), "torch.nn.LocalResponseNorm"),
         "paper+no-lrn": (lambda: build_model("paper+no-lrn", classes), ""),
     }
-    if kernel == "torch ops":  # the two paper rows would be the same
+    if kernel.startswith("torch ops"):  # the two paper rows would be the same
         del nets["paper, LRN in torch ops"]
     if only is not None:
         nets = {name: nets[name] for name in only}
@@ -405,9 +408,6 @@ def _model_rows(cases: dict, times: dict, batch_size: int, peak: float) -> list[
         return [b / a for a, b in zip(times[name][0], times[other][0])]
 
     for row in rows:
-        if row["lrn"] and "paper+no-lrn" in by:
-            # 1 - step(no LRN) / step(net)
-            row["lrn_share"] = 1 - _median(ratios(row["what"], "paper+no-lrn"))
         for column, other in (
             ("vs_torchvision", "torchvision"),
             ("vs_peer", PEER),
@@ -543,32 +543,74 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
 
 # What each part of a training step is, by the names the profiler records for an op or any op around it (the
 # innermost that matches decides): the kernels a convolution launches sit under aten::cudnn_convolution (or
-# ConvolutionBackward0), the fused or compiled stage's under its autograd Function or compiled region.
+# ConvolutionBackward0). The ReLU-LRN-pool stages are found by their record_function (layers.STAGE_MARK) and,
+# for their backward, by the autograd nodes made inside it (split_step), whatever runs inside: the fused
+# kernel, the compiled stage's Triton launches (CPU ops named after fused kernels such as
+# triton_poi_fused_max_pool2d_...), or torch ops.
+LRN_PART = "LRN: the ReLU-LRN-pool stages of conv1 and conv2"
 STEP_PARTS = (
-    (
-        "LRN: the ReLU-LRN-pool stages of conv1 and conv2",
-        ("ReluLRNPool", "LRNFunction", "CompiledFunction"),
-    ),
     ("convolutions", ("convolution", "Convolution", "cudnn", "conv2d")),
     ("pooling", ("max_pool", "MaxPool")),
     ("fc6..fc8", ("addmm", "aten::mm", "linear", "Addmm", "MmBackward")),
     ("optimiser step", ("Optimizer",)),
 )
+OTHER_PART = "other (ReLU of conv3..fc7, dropout, loss, copies)"
 
 
 def step_part(chain: Sequence[str]) -> str:
     """The part of STEP_PARTS an op belongs to, from its name and its enclosing ops' (innermost first)."""
+    if STAGE_MARK in chain:  # whatever runs inside the stage, pools and Triton kernels named after them too
+        return LRN_PART
     for name in chain:
         for part, marks in STEP_PARTS:
             if any(mark in name for mark in marks):
                 return part
-    return "other (ReLU of conv3..fc7, dropout, loss, copies)"
+    return OTHER_PART
+
+
+def _chain(event) -> list:
+    """The event and the ops around it, innermost first."""
+    chain, at = [], event
+    while at is not None:
+        chain.append(at)
+        at = at.cpu_parent
+    return chain
+
+
+def split_step(events, on_device: bool) -> dict:
+    """A profiled step's time by part (STEP_PARTS), in ms: ``on_device``, each host op's own device time (the
+    kernels it launched; the kernel events themselves are left out, their time being in their op's), else each
+    op's own CPU time. An op belongs to the stage where the stage's mark encloses it, or where an enclosing op
+    is the backward of an autograd node made inside the mark (the profiler gives a backward op its forward
+    op's sequence number and thread); otherwise to the part its names say."""
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    staged = set()  # (thread, sequence number) of the autograd nodes made inside the stage's mark
+    for event in host:
+        chain = _chain(event)
+        if event.sequence_nr >= 0 and any(at.name == STAGE_MARK for at in chain):
+            staged.add((event.thread, event.sequence_nr))
+    parts: dict = {}
+    for event in host:
+        own = event.self_device_time_total if on_device else event.self_cpu_time_total
+        if own <= 0:
+            continue
+        chain = _chain(event)
+        in_stage = any(
+            at.name == STAGE_MARK
+            or ("Backward" in at.name and (at.fwd_thread, at.sequence_nr) in staged)
+            for at in chain
+        )
+        part = LRN_PART if in_stage else step_part([at.name for at in chain])
+        parts[part] = parts.get(part, 0.0) + own / 1000
+    return parts
 
 
 def bench_step_split(args) -> list[dict]:
     """One training step of the paper net, as the models section runs it (bf16 autocast and channels-last with
-    --amp / --channels-last), split by the profiler into its parts: each op's own device time (its own CPU time
-    on a CPU), given to the part its name or an enclosing op's says (STEP_PARTS)."""
+    --amp / --channels-last), split by the profiler into its parts (split_step): the share of the step's device
+    time (its CPU time on a CPU) each takes. The stage's row is ReLU, LRN and max-pool of conv1 and conv2
+    together, forward and backward: the LRN's cost is at most it. No row for the stage (it was not found) is
+    a row saying so, not a share of 0."""
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(args.device)
@@ -596,22 +638,22 @@ def bench_step_split(args) -> list[dict]:
         step()
         if cuda:
             torch.cuda.synchronize(device)
-    parts: dict = {}
-    for event in prof.events():
-        own = getattr(event, "self_device_time_total", 0) if cuda else event.self_cpu_time_total
-        if own <= 0:
-            continue
-        chain, at = [], event
-        while at is not None:
-            chain.append(at.name)
-            at = at.cpu_parent
-        part = step_part(chain)
-        parts[part] = parts.get(part, 0.0) + own / 1000  # ms
+    return split_rows(split_step(prof.events(), cuda), _stage_path(args, device))
+
+
+def split_rows(parts: dict, path: str) -> list[dict]:
+    """The profile section's rows from split_step's parts; ``path``: how the stage ran (layers.stage_path)."""
     total = sum(parts.values())
-    return [
+    rows = [
         {"section": "profile", "what": part, "ms_per_step": ms, "share": ms / total}
         for part, ms in sorted(parts.items(), key=lambda item: -item[1])
     ]
+    for row in rows:
+        if row["what"] == LRN_PART:
+            row["what"] += f" ({path})"
+    if LRN_PART not in parts:
+        rows.append({"section": "profile", "what": f"{LRN_PART}: not found in the profile"})
+    return rows
 
 
 def bench_towers(args) -> list[dict]:

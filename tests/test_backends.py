@@ -1,7 +1,6 @@
 """The CUDA settings a training run takes (paper_alexnet/backends.py), and the layout it runs in: flags only, so
 the CPU shows them (a GPU run confirms their speed: docs/performance.md)."""
 
-import glob
 import os
 
 import pytest
@@ -16,19 +15,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def restored():
     """Every flag as it was before the test."""
-    saved = (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cuda.matmul.fp32_precision,
-        torch.backends.cudnn.conv.fp32_precision,
-    )
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, backends.tf32()
     yield
-    (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cuda.matmul.fp32_precision,
-        torch.backends.cudnn.conv.fp32_precision,
-    ) = saved
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+    backends._set_tf32(saved[2]["matmul"], saved[2]["conv"])
+
+
+def _getters() -> dict:
+    """Every TF32 getter of torch's two APIs, by name: its value, or the exception it raises."""
+    getters = {
+        "legacy matmul flag": lambda: torch.backends.cuda.matmul.allow_tf32,
+        "legacy cudnn flag": lambda: torch.backends.cudnn.allow_tf32,
+        "matmul precision": torch.get_float32_matmul_precision,
+        "new matmul": lambda: torch.backends.cuda.matmul.fp32_precision,
+        "new conv": lambda: torch.backends.cudnn.conv.fp32_precision,
+    }
+    read = {}
+    for name, get in getters.items():
+        try:
+            read[name] = get()
+        except RuntimeError as err:  # torch's "mix of the legacy and new APIs"
+            read[name] = f"raises: {str(err)[:60]}"
+    return read
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -44,8 +52,15 @@ def test_a_cuda_run_autotunes_unless_deterministic_and_takes_tf32_unless_off(
         "matmul_fp32_precision": precision,
         "conv_fp32_precision": precision,
     }
-    # the new API alone: torch raises where the legacy flag is read after it, so nothing here may read it
-    assert torch.backends.cuda.matmul.fp32_precision == precision
+    # both APIs read the setting, every getter: the new one alone leaves the legacy getters raising, and
+    # inductor's matmul lowering reads one of them (pytorch#166387)
+    assert _getters() == {
+        "legacy matmul flag": tf32,
+        "legacy cudnn flag": tf32,
+        "matmul precision": "high" if tf32 else "highest",
+        "new matmul": precision,
+        "new conv": precision,
+    }
 
 
 def test_a_cpu_run_sets_nothing_and_exact_float32_restores_what_was(restored):
@@ -58,16 +73,18 @@ def test_a_cpu_run_sets_nothing_and_exact_float32_restores_what_was(restored):
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
-def test_one_tf32_api_in_the_package_and_its_tests():
-    """torch's fp32_precision only: the legacy allow-TF32 flags, read after the new one is set, raises (torch 2.14)."""
-    legacy = "allow" + "_tf32"
-    files = [
-        path
-        for folder in ("paper_alexnet", "reproduce", "tests")
-        for path in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)
-    ]
-    assert files
-    assert [path for path in files if legacy in open(path, encoding="utf-8").read()] == []
+def test_tf32_written_through_both_apis_reads_alike_in_each(restored):
+    """Through the new API alone torch 2.14's legacy getters raise; through both, exact_float32 in and out, every
+    getter reads the setting."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # as the package wrote it before: the new API alone
+    assert _getters()["legacy matmul flag"].startswith("raises")
+    for on in (True, False, True):
+        backends.set_tf32(on)
+        with backends.exact_float32():
+            assert _getters()["matmul precision"] == "highest"
+        read = _getters()
+        assert read["legacy matmul flag"] is on and read["legacy cudnn flag"] is on
+        assert read["matmul precision"] == ("high" if on else "highest")
 
 
 @pytest.mark.parametrize("amp", [False, True])

@@ -292,3 +292,63 @@ def test_counting_the_bytes_autograd_saves_keeps_no_net_alive():
     del model
     gc.collect()
     assert weight() is None
+
+
+class _Event:
+    """A profiler event as torch.profiler's FunctionEvent has it, for the fields split_step reads."""
+
+    def __init__(self, name, parent=None, own=0.0, seq=-1, thread=1, fwd_thread=0, on_device=False):
+        from torch.autograd import DeviceType
+
+        self.name, self.cpu_parent, self.sequence_nr = name, parent, seq
+        self.thread, self.fwd_thread, self.is_async = thread, fwd_thread, False
+        self.device_type = DeviceType.CUDA if on_device else DeviceType.CPU
+        self.self_device_time_total = own
+        self.self_cpu_time_total = 1.0  # every host op costs the host something: not the device's split
+
+
+def _profiled_step(mark: bool) -> list:
+    """A step's events in the shapes the profiler gives them (times in µs of device time): a convolution with
+    its kernel (which the profiler also lists as a device event of its own), the compiled stage's Triton
+    launches forward and in its CompiledFunction's backward, a second stage that fell back to torch ops
+    (its max-pool, and that pool's backward node), pool5 and its backward, and fc6."""
+    stage = "paper_alexnet::relu_lrn_pool" if mark else "some region"
+    conv = _Event("aten::cudnn_convolution", own=100)
+    events = [conv, _Event("sm90_xmma_fprop_implicit_gemm", own=100, on_device=True)]
+    first = _Event(stage)
+    compiled = _Event("CompiledFunction", first, seq=5)
+    launch = _Event("triton_poi_fused_max_pool2d_with_indices_0", compiled, own=30)
+    back = _Event("autograd::engine::evaluate_function: CompiledFunctionBackward", seq=5, fwd_thread=1)
+    back_launch = _Event("triton_red_fused_max_pool2d_with_indices_backward_1", back, own=50)
+    second = _Event(stage)
+    pool = _Event("aten::max_pool2d_with_indices", second, own=10, seq=7)
+    pool_back = _Event("MaxPool2DWithIndicesBackward0", seq=7, fwd_thread=1)
+    pool_back_kernel = _Event("aten::max_pool2d_with_indices_backward", pool_back, own=20)
+    pool5 = _Event("aten::max_pool2d_with_indices", own=4, seq=9)
+    pool5_back = _Event("MaxPool2DWithIndicesBackward0", seq=9, fwd_thread=1)
+    pool5_back_kernel = _Event("aten::max_pool2d_with_indices_backward", pool5_back, own=6)
+    fc = _Event("aten::addmm", own=40)
+    events += [first, compiled, launch, back, back_launch, second, pool, pool_back, pool_back_kernel]
+    events += [pool5, pool5_back, pool5_back_kernel, fc]
+    events += [_Event(f"kernel {k}", own=e.self_device_time_total, on_device=True) for k, e in
+               enumerate(events) if e.self_device_time_total]  # fmt: skip
+    return events
+
+
+def test_the_step_split_counts_each_device_microsecond_once_and_finds_the_stage_by_its_mark():
+    """bench.split_step on events built here: the kernels' own events are not counted again beside their ops'
+    device time; the compiled stage's Triton launches (named after max_pool2d) and its backward are the LRN's
+    part, not pooling's, and so is a stage that fell back to torch ops; without the mark no LRN share of 0
+    is reported but a row saying it was not found."""
+    parts = bench.split_step(_profiled_step(mark=True), on_device=True)
+    lrn = "LRN: the ReLU-LRN-pool stages of conv1 and conv2"
+    # stage 1: 30 forward + 50 backward; stage 2 (torch ops): 10 + 20; pool5: 4 + 6; the conv once
+    assert parts == {lrn: 110 / 1000, "convolutions": 100 / 1000, "pooling": 10 / 1000, "fc6..fc8": 40 / 1000}
+    rows = bench.split_rows(parts, "compiled stage")
+    assert [r["what"] for r in rows][0] == f"{lrn} (compiled stage)"
+    assert sum(r["share"] for r in rows) == pytest.approx(1) and rows[0]["share"] == pytest.approx(110 / 260)
+    unmarked = bench.split_step(_profiled_step(mark=False), on_device=True)
+    # without the mark, today's names alone: the Triton launches and the fallback's pool are "pooling"
+    assert lrn not in unmarked and unmarked["pooling"] == pytest.approx((30 + 50 + 10 + 20 + 4 + 6) / 1000)
+    rows = bench.split_rows(unmarked, "compiled stage")
+    assert rows[-1] == {"section": "profile", "what": f"{lrn}: not found in the profile"}

@@ -243,8 +243,7 @@ def fresh_stage(monkeypatch):
     monkeypatch.setattr(
         compiled_stage, "_state", {"compiled": None, "failed": None, "tried": set()}
     )
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="aot_eager"))
+    monkeypatch.setattr(compiled_stage, "BACKEND", "aot_eager")
     return compiled_stage
 
 
@@ -255,7 +254,7 @@ def test_the_compiled_stage_a_gpu_runs_is_the_paper_written_out_forward_and_grad
     w = conv_output((2, 8, 9, 9)).requires_grad_()
     norm = LocalResponseNorm(groups=2)
     out = fresh_stage.run(z, (norm.size, norm.alpha, norm.beta, norm.k), 2, (3, 2))
-    assert fresh_stage._state["failed"] is None and fresh_stage._state["tried"] == {True}
+    assert fresh_stage._state["failed"] is None and len(fresh_stage._state["tried"]) == 1
     want = written_out(w)
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(
@@ -284,3 +283,97 @@ def test_a_stage_that_does_not_compile_runs_in_torch_ops_after_one_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: the next call goes straight to torch ops
         torch.testing.assert_close(fresh_stage.run(z, window, 2, (3, 2)), out, rtol=0, atol=0)
+
+
+def _in_probe() -> bool:
+    """Whether compiled_stage's probe is on the calling thread's stack."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_probe" and "compiled_stage" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_every_graph_of_the_compiled_stage_compiles_once_inside_its_probe_and_a_late_failure_falls_back(
+    fresh_stage, monkeypatch
+):
+    """compiled_stage.run as a run calls it: conv1's and conv2's stages (two shapes), a last short batch, then
+    evaluation at five batch sizes: 14 graphs, more than dynamo's own limit of 8 a function. Every forward and
+    backward is compiled in the probe, on the main thread, once (a second epoch compiles nothing); the results
+    are §3.3's; then a compiler that fails on its second graph gives one warning and torch ops, no crash."""
+    import threading
+
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    compiles = []
+
+    def compiler(kind):
+        def compile_graph(gm, example_inputs):
+            compiles.append((kind, _in_probe(), threading.current_thread() is threading.main_thread()))
+            return make_boxed_func(gm.forward)
+
+        return compile_graph
+
+    monkeypatch.setattr(
+        fresh_stage,
+        "BACKEND",
+        aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward")),
+    )
+    window = (5, 1e-4, 0.75, 2.0)
+    shapes = {"conv1": (8, 11, 11), "conv2": (16, 7, 7)}
+
+    def train_epoch(seed):
+        for batch in (4, 4, 3):  # the last batch short
+            for name, shape in shapes.items():
+                z = conv_output((batch, *shape), seed=seed + batch).requires_grad_()
+                w = z.detach().clone().requires_grad_()
+                out, want = fresh_stage.run(z, window, 2, (3, 2)), written_out(w)
+                out.square().sum().backward()
+                want.square().sum().backward()
+                torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(z.grad, w.grad, rtol=1e-10, atol=1e-10)
+
+    train_epoch(0)
+    with torch.no_grad():
+        for batch in range(1, 6):
+            for name, shape in shapes.items():
+                z = conv_output((batch, *shape), seed=batch)
+                torch.testing.assert_close(
+                    fresh_stage.run(z, window, 2, (3, 2)), written_out(z), rtol=1e-12, atol=1e-12
+                )
+    train_epoch(1)  # the same graphs again: nothing compiles
+    assert fresh_stage._state["failed"] is None and len(fresh_stage._state["tried"]) == 4 + 10
+    assert sorted(kind for kind, _, _ in compiles) == ["backward"] * 4 + ["forward"] * 14
+    assert all(probed and main for _, probed, main in compiles)
+
+    graphs = []
+
+    def second_fails(gm, example_inputs):
+        graphs.append(gm)
+        if len(graphs) == 2:
+            raise RuntimeError("the second graph does not lower")
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(fresh_stage, "_state", {"compiled": None, "failed": None, "tried": set()})
+    monkeypatch.setattr(fresh_stage, "BACKEND", second_fails)
+    with torch.no_grad():
+        first = conv_output((2, *shapes["conv1"]))
+        torch.testing.assert_close(fresh_stage.run(first, window, 2, (3, 2)), written_out(first))
+        second = conv_output((2, *shapes["conv2"]))
+        with pytest.warns(UserWarning, match="does not compile here .*second graph does not lower"):
+            out = fresh_stage.run(second, window, 2, (3, 2))
+        torch.testing.assert_close(out, written_out(second), rtol=1e-12, atol=1e-12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once; every stage after it in torch ops
+            torch.testing.assert_close(fresh_stage.run(first, window, 2, (3, 2)), written_out(first))
+    assert fresh_stage.status() == {
+        "compiled": False,
+        "graphs": 1,
+        "failed": "BackendCompilerFailed: backend='second_fails' raised: "
+        "RuntimeError: the second graph does not lower",
+    }

@@ -333,6 +333,57 @@ def test_flip_averaging_scores_the_mean_softmax_of_the_centre_crop_and_its_refle
     assert ten["flip_top1_err"] == pytest.approx(want)  # two of the ten crops, no second pass
 
 
+@pytest.mark.parametrize("ten_crop, per_image", [(False, False), (True, True)])
+def test_evaluation_reads_back_to_the_host_once_however_many_batches(monkeypatch, ten_crop, per_image):
+    """engine.evaluate keeps its sums (and the per-image rows) where the scores are and reads them once: a
+    readback (``tolist``, ``item``, ``float()``, ``int()``, ``bool()``, ``.cpu()``; ``.numpy()`` reads only host tensors)
+    made by engine.py or metrics.py is counted, for 2 batches and for 5."""
+    import sys
+
+    from paper_alexnet import engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 7))
+    transform = PaperTransform(None, Augment(crop=8, pca=False, mean="none", scale=1 / 64))
+
+    def counted(batches):
+        images = torch.randint(0, 256, (batches, 4, 3, 12, 12), dtype=torch.uint8)
+
+        class Loader:
+            skipped: list = []
+
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def indexed(self):
+                for k in range(batches):
+                    yield list(range(4 * k, 4 * k + 4)), images[k], torch.arange(4) % 7
+
+        monkeypatch.setattr(engine, "BatchLoader", Loader)
+        reads = []
+        for name in ("tolist", "item", "__float__", "__int__", "__bool__", "cpu"):
+            real = getattr(torch.Tensor, name)
+
+            def read(self, *args, real=real, name=name, **kwargs):
+                caller = sys._getframe(1).f_code.co_filename
+                if caller.endswith(("engine.py", "metrics.py")):
+                    reads.append(name)
+                return real(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, read)
+        try:
+            result = evaluate(model, list(range(4 * batches)), transform, device=torch.device("cpu"),
+                              ten_crop=ten_crop, per_image=per_image)  # fmt: skip
+        finally:
+            monkeypatch.undo()
+        assert result["images"] == 4 * batches
+        if per_image:
+            assert len(result["predictions"].index) == 4 * batches
+        return reads
+
+    assert counted(2) == counted(5) == (["tolist", "cpu"] if per_image else ["tolist"])
+
+
 # --- flags, records and grid cells ---------------------------------------------------------------------------
 
 
