@@ -74,7 +74,7 @@ from reproduce.common.args import (
     exit_code,
     write_csv,
 )
-from reproduce.common.placement import channels_last, pick_device
+from reproduce.common.placement import channels_last, pick_device, use_gpu
 
 
 def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:
@@ -174,7 +174,7 @@ def _transform_ways(stats, args, default: bool) -> list[dict]:
     ``default``: whether PaperTransform gathers by default on this device."""
     device = torch.device(args.device)
     images = torch.randint(0, 256, (args.batch_size, 3, 256, 256), dtype=torch.uint8).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rows = []
     for batched, way in ((False, "one image at a time"), (True, "one gather per batch")):
         transform = PaperTransform(stats, Augment(crop=227), device=device, batched=batched)
@@ -433,7 +433,7 @@ def bench_models(args, only: Optional[Sequence[str]] = None) -> list[dict]:
     ``only``: these nets (of the names below) and no others."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     classes = 1000
     nets = _model_nets(args, device, classes, only)
     native_bf16 = cuda or (
@@ -845,7 +845,10 @@ def check(args: argparse.Namespace) -> None:
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be between 1 and 100, not {args.quality}")
     check_workers(args.workers)
-    args.device = str(pick_device(args.device))
+    device = pick_device(args.device)
+    args.device = str(device)
+    if device.type == "cuda":  # --device cuda:1: what names no GPU (pinned copies, synchronize()) acts there
+        use_gpu(device)
     try:
         torch.empty(0, device=args.device)
     except (RuntimeError, AssertionError) as err:

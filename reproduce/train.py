@@ -409,6 +409,25 @@ def recipe_line(config: RunConfig, net: Net) -> str:
     )
 
 
+# A GPU's share of a step below this many images is mostly launch overhead (the paper net's kernels on a few
+# images each last about as long as their launch on an H100): more GPUs then add little
+SMALL_SHARE = 64
+
+
+def share_note(batch: int, world: int, device: torch.device) -> str:
+    """What each process takes of the global batch: §5's 128 stays the global batch under torchrun (faithful:
+    the same steps one process takes), so each process takes batch / world rows."""
+    low, high = batch // world, -(-batch // world)
+    each = f"{low}" if low == high else f"{low}-{high}"
+    note = f"rows of each batch shared out: {each} images a process of the global batch {batch}"
+    if device.type == "cuda" and high < SMALL_SHARE:
+        note += (
+            f"; with under {SMALL_SHARE} images a GPU step is mostly kernel launches, so {world} GPUs may train "
+            "little faster than one: a larger --batch-size (not §5's; docs/imagenet.md)"
+        )
+    return note
+
+
 def record_config(ctx: Context, data: Data, net: Net) -> None:
     """Say what runs in the first lines, and write the same into config.json."""
     config, recipe, say = ctx.config, recipes.RECIPES[ctx.config.recipe], ctx.say
@@ -418,8 +437,8 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
         f"{net.network.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {config.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
         + (
-            f" x {ctx.process.world} processes (rows of each batch shared out; a collective waits at most "
-            f"{distributed.group_timeout():g} s: ${distributed.TIMEOUT_ENV})"
+            f" x {ctx.process.world} processes ({share_note(config.batch_size, ctx.process.world, ctx.placement.first)}; "
+            f"a collective waits at most {distributed.group_timeout():g} s: ${distributed.TIMEOUT_ENV})"
             if ctx.process.world > 1
             else ""
         )

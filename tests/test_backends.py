@@ -93,3 +93,43 @@ def test_channels_last_is_the_default_on_cuda_with_amp(amp, monkeypatch):
     assert placement.channels_last(torch.device("cuda", 0), amp) == amp
     monkeypatch.setenv("PAPER_ALEXNET_CHANNELS_LAST", "0")
     assert placement.channels_last(torch.device("cuda", 0), True) is False
+
+
+def _fake_gpus(monkeypatch, count: int) -> list:
+    """torch.cuda as on a machine whose process sees ``count`` GPUs; returns the devices set_device was given."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(torch.device(device)))
+    return chosen
+
+
+def _flags(**given):
+    import argparse
+
+    return argparse.Namespace(**{"device": "cuda", "devices": None, "two_gpu": False, **given})
+
+
+def test_the_run_s_gpu_is_made_current_also_in_one_process(monkeypatch):
+    """--device cuda:1 without torchrun: torch.cuda.set_device(cuda:1), so that the pin-memory thread, pinned
+    copies and a bare synchronize() act there, not on cuda:0."""
+    chosen = _fake_gpus(monkeypatch, 2)
+    assert placement.place(_flags(device="cuda:1")).first == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
+
+
+def test_a_launcher_that_gives_each_rank_its_own_gpu_is_not_refused(monkeypatch):
+    """One GPU a process through CUDA_VISIBLE_DEVICES (SLURM's --gpus-per-task): rank 5 of 8 on the node sees one
+    GPU, cuda:0, its own; the two towers with two each. Without the variable, 8 processes and 1 GPU are refused
+    as before."""
+    chosen = _fake_gpus(monkeypatch, 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert placement.place(_flags(), local_rank=5, local_world=8).first == torch.device("cuda", 0)
+    assert chosen == [torch.device("cuda", 0)]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(placement.UsageError, match="8 processes on this node with one GPU a process need 8"):
+        placement.place(_flags(), local_rank=5, local_world=8)
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    towers = placement.place(_flags(two_gpu=True), local_rank=2, local_world=4)
+    assert towers.devices == (torch.device("cuda", 0), torch.device("cuda", 1))

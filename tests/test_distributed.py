@@ -402,3 +402,17 @@ def test_the_group_timeout_is_read_from_its_variable_and_a_bad_value_is_refused(
         monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
         with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
             distributed.group_timeout()
+
+
+def test_a_ranks_share_of_the_global_batch_is_said_and_a_small_gpu_share_is_named():
+    """§5's batch stays global under torchrun: the run's line says each process's rows, and below 64 images a
+    GPU that the GPUs may not pay."""
+    from reproduce.train import share_note
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert share_note(128, 8, gpu).startswith(
+        "rows of each batch shared out: 16 images a process of the global batch 128; with under 64 images"
+    )
+    assert "8 GPUs may train little faster than one" in share_note(128, 8, gpu)
+    assert share_note(128, 3, cpu) == "rows of each batch shared out: 42-43 images a process of the global batch 128"
+    assert share_note(1024, 8, gpu) == "rows of each batch shared out: 128 images a process of the global batch 1024"

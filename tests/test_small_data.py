@@ -129,6 +129,13 @@ def test_colour_jitter_is_brightness_then_contrast_then_saturation_as_written():
         x = np.clip(gray + (x - gray) * s, 0, 255)
         # float32 against float64: a dozen roundings of values up to 255 (u x 255 = 1.5e-5 each)
         assert np.allclose(got[n], x, rtol=0, atol=1e-3)
+    # the luma weights are made (and on a GPU copied there) once, not at every step
+    made = []
+    real = torch.tensor
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+        again = [jittered(images, colour).numpy() for _ in range(3)]
+    assert made == [] and all(np.array_equal(a, got) for a in again)
 
 
 def test_jitter_factors_are_drawn_within_their_range():

@@ -100,3 +100,18 @@ def test_the_loader_rate_counts_only_batches_read_after_its_clock_starts(monkeyp
     rate = loader.loader_throughput(Ticking("train", 10), transform, batch_size=4, batches=6)
     # 1 warm-up batch, then 6 timed, from 10 images repeated
     assert rate == 4.0 and clock[0] == 1 + 6
+
+
+def test_the_loader_rate_waits_on_the_gpu_its_batches_are_on(monkeypatch):
+    """loader_throughput's synchronisation names the batch's GPU (a bare synchronize() waits on the current
+    GPU, cuda:0 when the run's is cuda:1, and the rate comes out too high); a fake CUDA batch shows the call."""
+    from types import SimpleNamespace
+
+    from paper_alexnet.data import loader
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    on_gpu = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    transform = SimpleNamespace(train=lambda images, generator: on_gpu)
+    loader.loader_throughput(Numbered("train", 10), transform, batch_size=4, batches=2)
+    assert waited and set(waited) == {torch.device("cuda", 1)}

@@ -316,8 +316,8 @@ def loader_throughput(
     seen, start = 0, None
     for step, (images, _) in enumerate(loader):
         out = transform.train(images, generator)
-        if out.is_cuda:
-            torch.cuda.synchronize()
+        if out.is_cuda:  # the GPU the batch is on, whichever is current
+            torch.cuda.synchronize(out.device)
         if start is not None:
             seen += len(images)
         if step == skip - 1:  # the batches prepared before now are taken: the clock starts

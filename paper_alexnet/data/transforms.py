@@ -32,6 +32,7 @@ on any device and can be resumed from its saved state.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -342,12 +343,18 @@ def resized_crops(full: torch.Tensor, boxes: torch.Tensor, mirror, size: int) ->
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _gray_weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """GRAY as a 1 x 3 x 1 x 1 tensor on ``device``: copied there once, not at every step."""
+    return torch.tensor(GRAY, dtype=dtype, device=device).view(1, 3, 1, 1)
+
+
 def jittered(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     """uint8 N x 3 x H x W -> float pixels with brightness, contrast and saturation multiplied by the factors
     ``colour`` (N x 3, in that order), each step clamped to 0-255: x b; its grayscale mean + (x - mean) c;
     its grayscale + (x - gray) s."""
     x = images.float()
-    weights = torch.tensor(GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    weights = _gray_weights(x.dtype, x.device)
     b, c, s = (colour[:, k].to(x.dtype).view(-1, 1, 1, 1) for k in range(3))
     x = (x * b).clamp_(0, 255)
     mean = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)

@@ -69,7 +69,7 @@ def pick_device(name: str, local_rank: int = 0, local_world: int = 1) -> torch.d
     if device.type == "cuda" and local_world > 1:
         own_gpus(visible_gpus(), local_world, 1, named=name if device.index is not None else None)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", 0 if launcher_gave_own(1, local_world) else local_rank)
     if device.type == "cuda" and (
         not torch.cuda.is_available() or device.index >= torch.cuda.device_count()
     ):
@@ -84,12 +84,24 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def launcher_gave_own(each: int, local_world: int) -> bool:
+    """Whether the launcher gave each of this node's processes GPUs of its own, through CUDA_VISIBLE_DEVICES
+    (SLURM's --gpus-per-task, a wrapper that sets it per rank): set, with exactly ``each`` visible, in a job of
+    several processes a node. Such a process takes the GPUs it sees (cuda:0, and cuda:1 for a second tower);
+    were the ranks' lists the same GPU, NCCL stops the job ("Duplicate GPU detected")."""
+    return (
+        local_world > 1
+        and bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
+        and visible_gpus() == each
+    )
+
+
 def own_gpus(gpus: int, local_world: int, each: int, named: Optional[str] = None) -> None:
     """With GPUs and more than one process on this node, every process needs GPUs of its own (``each``: 1, or
     2 for --two-gpu's towers); NCCL refuses two processes on one GPU. A UsageError otherwise, with the
     arithmetic and the remedy, raised on every rank alike before any process group starts (train places the
     net first). One process, or no GPU at all, passes."""
-    if gpus == 0 or local_world <= 1:
+    if gpus == 0 or local_world <= 1 or launcher_gave_own(each, local_world):
         return
     if named is not None:
         flag = "--devices" if each == 2 else "--device"
@@ -121,6 +133,8 @@ def tower_devices(gpus: int, local_rank: int = 0, local_world: int = 1) -> Tuple
     GPU of a single process, both on the CPU where there is no GPU; a UsageError where the node's processes
     would share GPUs (own_gpus)."""
     own_gpus(gpus, local_world, 2)
+    if launcher_gave_own(2, local_world):
+        return (torch.device("cuda", 0), torch.device("cuda", 1))
     if gpus >= 2:
         return (torch.device("cuda", 2 * local_rank), torch.device("cuda", 2 * local_rank + 1))
     if gpus == 1:
@@ -136,6 +150,24 @@ def place(
 ) -> Placement:
     """The placement the flags ask for, checked: unknown or absent devices, and processes of one node that
     would share a GPU, are a UsageError."""
+    placement = _place(args, config, local_rank, local_world)
+    if placement.first.type == "cuda":  # this process's GPU, also with one process (use_gpu)
+        use_gpu(placement.first)
+    return placement
+
+
+def use_gpu(device: torch.device) -> None:
+    """Make ``device`` the current GPU, so that what names no GPU (the pin-memory thread, pinned copies, a bare
+    torch.cuda.synchronize()) acts on it, not on cuda:0; torchrun's ranks set theirs too (distributed.start)."""
+    torch.cuda.set_device(device)
+
+
+def _place(
+    args: argparse.Namespace,
+    config: Optional[Network] = None,
+    local_rank: int = 0,
+    local_world: int = 1,
+) -> Placement:
     asked = getattr(args, "channels_last", False)  # train's --channels-last
     if args.devices is None and not args.two_gpu:
         device = pick_device(args.device, local_rank, local_world)
