@@ -207,8 +207,9 @@ def _run(config: RunConfig, process: distributed.Process) -> int:
     # one set of loader processes for the whole run, not one an epoch and an evaluation
     if config.workers:
         data.workers = WorkerPool(
-            {"train": data.train, "val": data.val}, config.workers, placement.first, config.decode
-        )
+            {"train": data.train, "val": data.val}, config.workers, placement.first, config.decode,
+            batch=-(-config.batch_size // process.world),  # a process's rows (/dev/shm holds them)
+        )  # fmt: skip
     with StopOnSignal() as stop:  # SIGTERM / Ctrl-C: a checkpoint at the step, then exit 143 / 130
         try:
             try:

@@ -16,9 +16,11 @@ workers only read bytes.
 
 from __future__ import annotations
 
+import logging
+import shutil
 import signal
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ import torch
 from .images import BadImageError
 from .splits import Split
 from .store import decode_jpegs
+
+_logger = logging.getLogger(__name__)
 
 
 def epoch_order(
@@ -46,6 +50,63 @@ def epoch_order(
 
 DECODE_CHOICES = ("auto", "workers", "device")
 PREFETCH = 2  # batches each loader process prepares ahead (DataLoader's prefetch_factor)
+
+
+# Where a loader process's batches wait for the main process: torch shares them through files in /dev/shm. A
+# batch of decoded §2 images is 3 x 256 x 256 bytes an image (25 MB at 128); a batch of JPEG bytes for the
+# device's decoder well under a quarter of that.
+SHARED_MEMORY = "/dev/shm"
+IMAGE_BYTES = 3 * 256 * 256
+ENCODED_BYTES = IMAGE_BYTES // 4
+_said: set = set()
+
+
+def fit_to_shared_memory(
+    workers: int, batch: int, image_bytes: int = IMAGE_BYTES, free: Optional[int] = None
+) -> tuple:
+    """(processes, batches each prepares ahead, the line that says why or None): ``workers`` loader processes
+    ``PREFETCH`` batches ahead, fewer where /dev/shm (``free`` bytes, read there if not given) has no room for
+    their batches: a container's default 64 MB holds two 128-image batches, and a worker that finds no room
+    is killed by SIGBUS ("DataLoader worker ... killed by signal: Bus error"). First one batch ahead, then
+    fewer processes, then none (the main process reads)."""
+    if workers == 0:
+        return 0, PREFETCH, None
+    if free is None:
+        try:
+            free = shutil.disk_usage(SHARED_MEMORY).free
+        except OSError:  # no /dev/shm (not Linux): torch shares another way
+            return workers, PREFETCH, None
+    per_batch = max(batch, 1) * image_bytes
+
+    def need(processes: int, ahead: int) -> int:  # the batches in flight, and the one being handed over
+        return (processes * ahead + 1) * per_batch
+
+    if need(workers, PREFETCH) <= free:
+        return workers, PREFETCH, None
+    ahead = 1
+    processes = min(workers, max(0, (free // per_batch - 1) // ahead))
+    mb = 2**20
+    line = (
+        f"{SHARED_MEMORY} has {free / mb:,.0f} MB free, and {workers} loader processes {PREFETCH} batches ahead "
+        f"need about {need(workers, PREFETCH) / mb:,.0f} MB there ({per_batch / mb:,.1f} MB a batch): "
+        + (
+            f"{processes} {'process' if processes == 1 else 'processes'}, 1 batch ahead"
+            if processes
+            else "the main process reads the batches itself"
+        )
+        + f"; more room (docker run --shm-size={max(1, -(-need(workers, PREFETCH) * 2 // 2**30))}g; NCCL "
+        "needs /dev/shm too) keeps them all"
+    )
+    return processes, ahead, line
+
+
+def _fitted(workers: int, batch: int, image_bytes: int) -> tuple:
+    """fit_to_shared_memory, its line said once a process (logging's warning)."""
+    processes, ahead, line = fit_to_shared_memory(workers, batch, image_bytes)
+    if line is not None and line not in _said:
+        _said.add(line)
+        _logger.warning(line)
+    return processes, ahead
 
 
 def decode_where(choice: str, device) -> str:
@@ -101,7 +162,9 @@ class WorkerPool:
     pass would start its processes again each time: on a GPU that costs seconds an epoch (and an evaluation)
     while the GPU waits. Close it (or use it in a ``with``) to end the processes."""
 
-    def __init__(self, splits: dict, workers: int, device=None, decode: str = "workers"):
+    def __init__(
+        self, splits: dict, workers: int, device=None, decode: str = "workers", batch: int = 128
+    ):
         if workers < 1:
             raise ValueError(f"a worker pool needs at least 1 worker, not {workers}")
         self.workers, self.splits = workers, dict(splits)
@@ -112,8 +175,9 @@ class WorkerPool:
         self._plan = _Plan()
         batches = {name: _Batches(split, self.encoded[name]) for name, split in splits.items()}
         self.loader = _data_loader(
-            _PoolBatches(batches), self._plan, workers, self.device, persistent=True
-        )
+            _PoolBatches(batches), self._plan, workers, self.device, persistent=True, batch=batch,
+            encoded=all(self.encoded.values()),
+        )  # fmt: skip
 
     def name_of(self, split: Split):
         """The pool's name for ``split`` (the very object), or None."""
@@ -146,9 +210,14 @@ class _Pass:
         return iter(self.pool.loader)
 
 
-def _data_loader(dataset, sampler, workers: int, device, persistent: bool = False):
+def _data_loader(
+    dataset, sampler, workers: int, device, persistent: bool = False, batch: int = 0, encoded=False
+):
     """The DataLoader of whole batches (``dataset[indices]``, in ``sampler``'s order) read by ``workers``
-    processes, pinned on the way to a GPU; ``persistent``: its processes serve every pass (WorkerPool)."""
+    processes, pinned on the way to a GPU; ``persistent``: its processes serve every pass (WorkerPool).
+    ``batch`` images a batch (``encoded``: JPEG bytes): the processes and how far ahead they read fitted to
+    /dev/shm (fit_to_shared_memory)."""
+    workers, ahead = _fitted(workers, batch, ENCODED_BYTES if encoded else IMAGE_BYTES)
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
@@ -157,7 +226,7 @@ def _data_loader(dataset, sampler, workers: int, device, persistent: bool = Fals
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
         persistent_workers=persistent and workers > 0,
-        prefetch_factor=PREFETCH if workers else None,
+        prefetch_factor=ahead if workers else None,
         worker_init_fn=_leave_signals_to_the_main_process if workers else None,
     )
 
@@ -218,8 +287,9 @@ class BatchLoader:
             return
         workers = pool.workers if pool is not None else workers
         self.loader = _data_loader(
-            _Batches(split, encoded=self.decode_on_device), shares, workers, self.device
-        )
+            _Batches(split, encoded=self.decode_on_device), shares, workers, self.device,
+            batch=max((len(b) for b in shares), default=0), encoded=self.decode_on_device,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.batches)
