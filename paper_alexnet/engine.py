@@ -21,7 +21,7 @@ from .data import BatchLoader, PaperTransform
 from .data.transforms import FLIP_CROPS
 from .data.mixing import Mixing, mix_images, mix_targets
 from .data.splits import Split
-from .backends import Readback, sent
+from .backends import Readback, sent, sync_allowed
 from .distributed import sum_in_place
 from .ema import WeightAverage
 from .metrics import Predictions, top5_applies, topk_hits
@@ -247,12 +247,16 @@ def evaluate(
             top = probs.topk(min(5, classes), dim=1)
             kept.append((indices, y, top.indices, top.values[:, 0]))
     # every process's sums at once (on the GPU NCCL sums on), read back once
-    loss_sum, hit1, hit5, flip1, flip5, seen, skipped = sum_in_place(
-        torch.cat([sums, torch.tensor([seen, len(loader.skipped)], dtype=torch.float64, device=device)])
-    ).tolist()
+    counts = sent(torch.tensor([seen, len(loader.skipped)], dtype=torch.float64), device)
+    with sync_allowed():
+        loss_sum, hit1, hit5, flip1, flip5, seen, skipped = sum_in_place(
+            torch.cat([sums, counts])
+        ).tolist()
     if per_image and kept:  # one copy to the host for the whole split
         cat = [torch.cat([b[k] for b in kept]) for k in (1, 2, 3)]
-        host = torch.cat([cat[0].view(-1, 1).double(), cat[1].double(), cat[2].view(-1, 1).double()], 1).cpu()
+        rows = torch.cat([cat[0].view(-1, 1).double(), cat[1].double(), cat[2].view(-1, 1).double()], 1)
+        with sync_allowed():
+            host = rows.cpu()
         labels_, top_, prob_ = host[:, 0].long(), host[:, 1:-1].long(), host[:, -1].float()
         sizes = [len(b[0]) for b in kept]
         kept = [

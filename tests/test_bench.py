@@ -175,6 +175,8 @@ def test_the_gpu_suite_dry_run_on_the_cpu_writes_its_report_with_every_target(
                 "1",
                 "--workers",
                 "0",
+                "--train-steps",
+                "20",
                 "--budget-min",
                 "30",  # every section runs, however loaded the machine (each has its share of this)
             ]
@@ -216,7 +218,7 @@ def test_the_gpu_suite_starts_no_section_after_its_budget_and_says_which_it_left
     out = tmp_path / "report"
     assert gpu_suite.main(["--out", str(out), "--tests", "deterministic", "--budget-min", "0"]) == 0
     report = (out / "report.md").read_text()
-    left = report.split("## Not run")[1].strip().splitlines()
+    left = report.split("## Not run")[1].split("\n## ")[0].strip().splitlines()
     assert [line.split(":")[0] for line in left] == [
         "- tests",
         "- models, eager",
@@ -352,3 +354,65 @@ def test_the_step_split_counts_each_device_microsecond_once_and_finds_the_stage_
     assert lrn not in unmarked and unmarked["pooling"] == pytest.approx((30 + 50 + 10 + 20 + 4 + 6) / 1000)
     rows = bench.split_rows(unmarked, "compiled stage")
     assert rows[-1] == {"section": "profile", "what": f"{lrn}: not found in the profile"}
+
+
+def test_a_section_that_raises_is_one_row_and_the_sections_after_it_run(tmp_path, monkeypatch):
+    """An InductorError, an out-of-memory, a RuntimeError in one section: its row names the section and the
+    exception's first line, the report is final (not "still running"), and the next sections ran."""
+    monkeypatch.setenv("PAPER_ALEXNET_TEST_DEVICE", "cpu")
+    monkeypatch.setattr(gpu_suite, "_tests", _tests_passed)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(bench, "bench_models", out_of_memory)
+    monkeypatch.setattr(bench, "bench_step_split", lambda *a: [{"section": "profile", "what": "x", "share": 1.0}])
+    monkeypatch.setattr(gpu_suite, "_train_from_store", lambda *a: {"section": "train", "what": "trained"})
+    monkeypatch.setattr(bench, "bench_data", lambda *a: [{"section": "data", "what": "read", "images_per_s": 1.0}])
+    out = tmp_path / "report"
+    assert gpu_suite.main(["--out", str(out), "-b", "2", "--workers", "0", "--budget-min", "30"]) == 0
+    report = (out / "report.md").read_text()
+    assert "still running" not in report.splitlines()[0]
+    failed = report.split("## Failed")[1].strip().splitlines()[2]
+    assert failed.startswith("- models, eager: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (")
+    rows = pd.read_csv(out / "report.csv")
+    assert {"profile", "train", "data"} <= set(rows["section"])
+    plan = rows[rows["section"] == "plan"].set_index("what")
+    assert plan.loc["models, eager", "outcome"] == "failed" and plan.loc["data", "outcome"] == "ran"
+
+
+def test_a_section_stopped_at_its_limit_ends_the_processes_its_command_started(tmp_path):
+    """gpu_suite.run_group at its limit kills the whole process group: a child's own child (train's loader
+    processes, torchrun's workers) does not outlive it to hold the GPU."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    began = time.monotonic()
+    code, _, _ = gpu_suite.run_group([sys.executable, "-c", script], 3.0, stdout=subprocess.DEVNULL)
+    assert code is None and time.monotonic() - began < 30
+    grandchild = int(pid_file.read_text())
+    def gone(pid):  # no such process, or a zombie waiting for a parent to reap it
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    for _ in range(100):  # the kill is sent; the process may take a moment to go
+        if gone(grandchild):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, signal.SIGKILL)
+        raise AssertionError("the section's grandchild outlived its limit")
+    assert gpu_suite.run_group([sys.executable, "-c", "print('ok')"], 30, stdout=subprocess.PIPE, text=True)[:2] == (0, "ok\n")

@@ -55,36 +55,85 @@ def _activations(shape=(2, 96, 13, 13), seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=gen, dtype=torch.float64) * 60.0  # ReLU-like, far from k
 
-
-@pytest.mark.parametrize(
-    "dtype, rtol, atol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 3e-2, 2e-1)]
-)
-def test_lrn_on_the_device_is_the_section_3_3_equation_forward_and_backward(dtype, rtol, atol):
-    a64 = _activations()
-    a = a64.to(DEVICE, dtype).requires_grad_()
-    upstream = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    out = LocalResponseNorm(groups=2)(a)
-    assert out.dtype == dtype and out.device.type == torch.device(DEVICE).type
-    (out * upstream.to(DEVICE, dtype)).sum().backward()
-    # the equation, at the very inputs the device saw
-    b = a.detach().double().cpu().requires_grad_()
-    want = ref.lrn(b, groups=2)
-    (want * upstream).sum().backward()
-    torch.testing.assert_close(out.double().cpu(), want.detach(), rtol=rtol, atol=atol)
-    torch.testing.assert_close(a.grad.double().cpu(), b.grad, rtol=rtol, atol=atol * 0.1)
+# The order is the GPU run's: a run cut at its share (reproduce.gpu_suite) has reached the tests that prove the
+# GPU path's fixes first (the compiled stage, the readbacks, TF32 under compile), the quick checks of each
+# kernel next, and the training runs in processes of their own last.
 
 
-def test_lrn_on_the_device_is_deterministic_under_deterministic_algorithms():
-    grads = []
-    torch.use_deterministic_algorithms(True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_relu_lrn_pool_stage_on_the_device_is_the_paper_written_out(dtype):
+    """relu_norm_pool on the GPU: the stage torch.compile makes (Triton's kernels; compiled_stage.py), forward and
+    gradient, against §3.1, §3.3 and §3.4 written out in float64 on the CPU; it compiled (no fallback)."""
+    import torch.nn.functional as F
+
+    from paper_alexnet import compiled_stage
+    from paper_alexnet.layers import relu_norm_pool
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("the stage compiles on CUDA")
+    gen = torch.Generator().manual_seed(0)
+    z64 = (torch.randn(4, 96, 55, 55, generator=gen, dtype=torch.float64) * 40).requires_grad_()
+    z = z64.detach().to(DEVICE, dtype).requires_grad_()
+    out = relu_norm_pool(z, torch.nn.ReLU(), LocalResponseNorm(groups=2), torch.nn.MaxPool2d(3, 2))
+    assert compiled_stage._state["failed"] is None and compiled_stage._state["compiled"] is not None
+    want = F.max_pool2d(ref.lrn(F.relu(z64), groups=2), 3, 2)
+    upstream = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    out.backward(upstream.to(DEVICE, dtype))
+    want.backward(upstream)
+    # float32: a few ulps through 5-term sums and a power
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.double().cpu(), want, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(z.grad.double().cpu(), z64.grad, rtol=rtol, atol=rtol * 10)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name(
+    tmp_path, monkeypatch, world
+):
+    """Every step under torch.cuda.set_sync_debug_mode("error"): a blocking copy, a .item(), a .cpu() raises.
+    The one readback a step makes (engine.train_one_epoch: the non-finite check and the stop vote, a pinned copy
+    queued before the backward, waited for after it is queued) and evaluation's one at its end are named by
+    backends.sync_allowed. ``world`` 2: rank 0's rows of each batch (no process
+    group: the sums are this process's), as under torchrun. With PCA lighting, reflections and crops drawn on
+    the CPU and sent in one pinned copy (transforms.PaperTransform._sent)."""
+    from paper_alexnet.data import Augment, BatchLoader, PaperTransform, open_dataset
+    from paper_alexnet.engine import StepPlace, evaluate, train_one_epoch
+    from paper_alexnet.optim import build_optimizer
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("set_sync_debug_mode: CUDA's")
+    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
+    data = open_dataset("synthetic?classes=4&train=32&val=8")
+    split, device = data.split("train"), torch.device(DEVICE)
+    transform = PaperTransform(data.stats(progress=False), Augment(), device=device)
+    torch.manual_seed(0)
+    model = build_model("paper", 4).to(device)
+    optimizer = build_optimizer("sgd", model.parameters(), 0.001, 0.9, 5e-4)
+
+    def epoch(number):
+        return train_one_epoch(
+            model,
+            BatchLoader(split, 8, epoch=number, device=device, world=world),
+            transform,
+            optimizer,
+            torch.Generator().manual_seed(number),
+            StepPlace(device, world=world, seed=lambda step: step),
+        )
+
+    def scored():  # evaluation: its sums and per-image rows stay on the GPU, read back once at the end
+        return evaluate(model, data.split("val"), transform, device=device, batch_size=4, per_image=True)
+
+    epoch(0)  # cuDNN's autotuning and the allocator's first blocks: outside the check
+    scored()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(2):
-            a = _activations().to(DEVICE, torch.float32).requires_grad_()
-            LocalResponseNorm(groups=2)(a).square().sum().backward()
-            grads.append(a.grad.cpu())
+        progress = epoch(1)
+        result = scored()
     finally:
-        torch.use_deterministic_algorithms(False)
-    assert torch.equal(grads[0], grads[1])
+        torch.cuda.set_sync_debug_mode(0)
+    assert progress.steps == 4 and progress.seen == 32 // world and math.isfinite(progress.loss_sum)
+    assert result["images"] == 8 and len(result["predictions"].index) == 8
 
 
 def _net(variant="paper+no-dropout"):
@@ -137,25 +186,72 @@ def _updates(amp: bool):
     ]
 
 
-def test_a_training_step_compiled_and_channels_last_in_float32_is_float32_eagers_step():
-    (want, got), updates = _updates(amp=False)
-    assert got == pytest.approx(want, rel=1e-4)
-    for name, a, b in updates:
-        torch.testing.assert_close(b, a, rtol=0, atol=0.01 * float(a.abs().max()) + 1e-7, msg=name)
+def test_a_whole_net_compile_trains_with_tf32_on_and_every_tf32_getter_reads():
+    """train --compile with TF32 (train's CUDA default): set through the new API alone, inductor's lowering of
+    fc6..fc8's matmuls read a legacy flag and raised (pytorch#166387); backends.set_tf32 writes both."""
+    backends.set_tf32(True)  # the autouse fixture restores float32 after the test
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    model = _net().to(DEVICE)
+    x = torch.randn(2, 3, 227, 227, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    loss = _step(torch.compile(model), x, torch.tensor([1, 2]).to(DEVICE))
+    assert math.isfinite(loss)
 
 
-def test_a_training_step_with_bf16_channels_last_and_compile_is_finite_and_points_where_float32_does():
-    """bf16 keeps 8 bits of mantissa: the loss is within 1%, but rounding flips some ReLUs, and the error
-    grows as the gradient goes down (on a CPU, 1% of fc8's update and 25% of conv1's); what must hold is the
-    direction of every layer's update (cosine >= 0.95; 0.97 and above measured on a CPU)."""
-    (want, got), updates = _updates(amp=True)
-    assert np.isfinite(got) and got == pytest.approx(want, rel=0.01)
-    for name, a, b in updates:
-        assert torch.isfinite(b).all(), name
-        cosine = float(
-            torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
-        )
-        assert cosine >= 0.95, (name, cosine)
+@pytest.mark.parametrize(
+    "dtype, rtol, atol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 3e-2, 2e-1)]
+)
+def test_lrn_on_the_device_is_the_section_3_3_equation_forward_and_backward(dtype, rtol, atol):
+    a64 = _activations()
+    a = a64.to(DEVICE, dtype).requires_grad_()
+    upstream = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = LocalResponseNorm(groups=2)(a)
+    assert out.dtype == dtype and out.device.type == torch.device(DEVICE).type
+    (out * upstream.to(DEVICE, dtype)).sum().backward()
+    # the equation, at the very inputs the device saw
+    b = a.detach().double().cpu().requires_grad_()
+    want = ref.lrn(b, groups=2)
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(out.double().cpu(), want.detach(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(a.grad.double().cpu(), b.grad, rtol=rtol, atol=atol * 0.1)
+
+
+def test_lrn_on_the_device_is_deterministic_under_deterministic_algorithms():
+    grads = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            a = _activations().to(DEVICE, torch.float32).requires_grad_()
+            LocalResponseNorm(groups=2)(a).square().sum().backward()
+            grads.append(a.grad.cpu())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_the_matmul_peak_counts_no_launch_and_no_synchronisation():
+    """The bench's peak (8 multiplies of 8192² a sample, timed by CUDA events) is at least what one 2048²
+    multiply timed with a synchronisation reaches: the launch and the wait count in the second, not the first."""
+    from reproduce import bench
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("CUDA events: a GPU's")
+    device = torch.device(DEVICE)
+    ((seconds, flops),) = bench.matmul_work(device, torch.bfloat16).values()
+    assert flops == 8 * 2 * 8192**3
+    seconds(), seconds()  # warm-up
+    peak = flops / min(seconds() for _ in range(3))
+    a = torch.randn(2048, 2048, device=device, dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    one = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ a
+        torch.cuda.synchronize()
+        one.append(time.perf_counter() - start)
+    print(
+        f"matmul peak {peak / 1e12:.0f} TFLOP/s; one 2048² multiply with a sync: {2 * 2048**3 / min(one) / 1e12:.0f}"
+    )
+    assert peak >= 2 * 2048**3 / min(one)
 
 
 @pytest.mark.parametrize("pair", [(f"{DEVICE}", f"{DEVICE}"), ("cuda:0", "cuda:1")])
@@ -188,6 +284,27 @@ def test_the_transform_on_the_device_is_the_cpus_transform():
     torch.testing.assert_close(
         dev.ten_crops(images.to(DEVICE)).cpu(), cpu.ten_crops(images), rtol=0, atol=1e-4
     )
+
+
+def test_a_training_step_compiled_and_channels_last_in_float32_is_float32_eagers_step():
+    (want, got), updates = _updates(amp=False)
+    assert got == pytest.approx(want, rel=1e-4)
+    for name, a, b in updates:
+        torch.testing.assert_close(b, a, rtol=0, atol=0.01 * float(a.abs().max()) + 1e-7, msg=name)
+
+
+def test_a_training_step_with_bf16_channels_last_and_compile_is_finite_and_points_where_float32_does():
+    """bf16 keeps 8 bits of mantissa: the loss is within 1%, but rounding flips some ReLUs, and the error
+    grows as the gradient goes down (on a CPU, 1% of fc8's update and 25% of conv1's); what must hold is the
+    direction of every layer's update (cosine >= 0.95; 0.97 and above measured on a CPU)."""
+    (want, got), updates = _updates(amp=True)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=0.01)
+    for name, a, b in updates:
+        assert torch.isfinite(b).all(), name
+        cosine = float(
+            torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
+        )
+        assert cosine >= 0.95, (name, cosine)
 
 
 def _jpeg_store(tmp_path, monkeypatch, wipe: Optional[int]):
@@ -473,98 +590,3 @@ def test_features_and_per_class_files_on_the_device_agree_with_the_cpu(tmp_path,
         with open(tmp_path / f"eval-{device}" / "per_class.csv", newline="") as handle:
             rows[device] = [int(r["images"]) for r in csv.DictReader(handle)]
     assert rows[DEVICE] == rows["cpu"] and sum(rows["cpu"]) == 8
-
-
-def test_the_matmul_peak_counts_no_launch_and_no_synchronisation():
-    """The bench's peak (8 multiplies of 8192² a sample, timed by CUDA events) is at least what one 2048²
-    multiply timed with a synchronisation reaches: the launch and the wait count in the second, not the first."""
-    from reproduce import bench
-
-    if not DEVICE.startswith("cuda"):
-        pytest.skip("CUDA events: a GPU's")
-    device = torch.device(DEVICE)
-    ((seconds, flops),) = bench.matmul_work(device, torch.bfloat16).values()
-    assert flops == 8 * 2 * 8192**3
-    seconds(), seconds()  # warm-up
-    peak = flops / min(seconds() for _ in range(3))
-    a = torch.randn(2048, 2048, device=device, dtype=torch.bfloat16)
-    torch.cuda.synchronize()
-    one = []
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ a
-        torch.cuda.synchronize()
-        one.append(time.perf_counter() - start)
-    print(
-        f"matmul peak {peak / 1e12:.0f} TFLOP/s; one 2048² multiply with a sync: {2 * 2048**3 / min(one) / 1e12:.0f}"
-    )
-    assert peak >= 2 * 2048**3 / min(one)
-
-
-@pytest.mark.parametrize("world", [1, 2])
-def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name(
-    tmp_path, monkeypatch, world
-):
-    """Every step under torch.cuda.set_sync_debug_mode("error"): a blocking copy, a .item(), a .cpu() raises.
-    The one readback a step makes (engine.train_one_epoch: the non-finite check and the stop vote, after the
-    backward is queued) is named by backends.sync_allowed. ``world`` 2: rank 0's rows of each batch (no process
-    group: the sums are this process's), as under torchrun. With PCA lighting, reflections and crops drawn on
-    the CPU and sent in one pinned copy (transforms.PaperTransform._sent)."""
-    from paper_alexnet.data import Augment, BatchLoader, PaperTransform, open_dataset
-    from paper_alexnet.engine import StepPlace, train_one_epoch
-    from paper_alexnet.optim import build_optimizer
-
-    if not DEVICE.startswith("cuda"):
-        pytest.skip("set_sync_debug_mode: CUDA's")
-    monkeypatch.setenv("PAPER_ALEXNET_CACHE", str(tmp_path / "cache"))
-    data = open_dataset("synthetic?classes=4&train=32&val=8")
-    split, device = data.split("train"), torch.device(DEVICE)
-    transform = PaperTransform(data.stats(progress=False), Augment(), device=device)
-    torch.manual_seed(0)
-    model = build_model("paper", 4).to(device)
-    optimizer = build_optimizer("sgd", model.parameters(), 0.001, 0.9, 5e-4)
-
-    def epoch(number):
-        return train_one_epoch(
-            model,
-            BatchLoader(split, 8, epoch=number, device=device, world=world),
-            transform,
-            optimizer,
-            torch.Generator().manual_seed(number),
-            StepPlace(device, world=world, seed=lambda step: step),
-        )
-
-    epoch(0)  # cuDNN's autotuning and the allocator's first blocks: outside the check
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        progress = epoch(1)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert progress.steps == 4 and progress.seen == 32 // world and math.isfinite(progress.loss_sum)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_compiled_relu_lrn_pool_stage_on_the_device_is_the_paper_written_out(dtype):
-    """relu_norm_pool on the GPU: the stage torch.compile makes (Triton's kernels; compiled_stage.py), forward and
-    gradient, against §3.1, §3.3 and §3.4 written out in float64 on the CPU; it compiled (no fallback)."""
-    import torch.nn.functional as F
-
-    from paper_alexnet import compiled_stage
-    from paper_alexnet.layers import relu_norm_pool
-
-    if not DEVICE.startswith("cuda"):
-        pytest.skip("the stage compiles on CUDA")
-    gen = torch.Generator().manual_seed(0)
-    z64 = (torch.randn(4, 96, 55, 55, generator=gen, dtype=torch.float64) * 40).requires_grad_()
-    z = z64.detach().to(DEVICE, dtype).requires_grad_()
-    out = relu_norm_pool(z, torch.nn.ReLU(), LocalResponseNorm(groups=2), torch.nn.MaxPool2d(3, 2))
-    assert compiled_stage._state["failed"] is None and compiled_stage._state["compiled"] is not None
-    want = F.max_pool2d(ref.lrn(F.relu(z64), groups=2), 3, 2)
-    upstream = torch.randn(want.shape, generator=gen, dtype=torch.float64)
-    out.backward(upstream.to(DEVICE, dtype))
-    want.backward(upstream)
-    # float32: a few ulps through 5-term sums and a power
-    rtol = 1e-10 if dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(out.double().cpu(), want, rtol=rtol, atol=rtol)
-    torch.testing.assert_close(z.grad.double().cpu(), z64.grad, rtol=rtol, atol=rtol * 10)
