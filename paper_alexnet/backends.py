@@ -118,7 +118,11 @@ class Readback:
         if not tensor.is_cuda:
             self._tensor = tensor
             return
-        if self._host is None or self._host.shape != tensor.shape or self._host.dtype != tensor.dtype:
+        if (
+            self._host is None
+            or self._host.shape != tensor.shape
+            or self._host.dtype != tensor.dtype
+        ):
             self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         self._host.copy_(tensor, non_blocking=True)
         self._ready = torch.cuda.Event()

@@ -38,7 +38,9 @@ BACKEND = "inductor"
 # device (the two towers on two GPUs: 16), a net of another width beside it (the bench's rows); dynamo's own
 # limit, 8 a function, would run the ninth eagerly.
 GRAPHS = 64
-_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+_LIMIT = (
+    "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+)
 
 # the compiled stage, the compiler's failure, and the graphs already compiled (their keys)
 _state: dict = {"compiled": None, "failed": None, "tried": set()}

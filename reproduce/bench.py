@@ -559,7 +559,9 @@ OTHER_PART = "other (ReLU of conv3..fc7, dropout, loss, copies)"
 
 def step_part(chain: Sequence[str]) -> str:
     """The part of STEP_PARTS an op belongs to, from its name and its enclosing ops' (innermost first)."""
-    if STAGE_MARK in chain:  # whatever runs inside the stage, pools and Triton kernels named after them too
+    if (
+        STAGE_MARK in chain
+    ):  # whatever runs inside the stage, pools and Triton kernels named after them too
         return LRN_PART
     for name in chain:
         for part, marks in STEP_PARTS:
@@ -847,7 +849,9 @@ def check(args: argparse.Namespace) -> None:
     check_workers(args.workers)
     device = pick_device(args.device)
     args.device = str(device)
-    if device.type == "cuda":  # --device cuda:1: what names no GPU (pinned copies, synchronize()) acts there
+    if (
+        device.type == "cuda"
+    ):  # --device cuda:1: what names no GPU (pinned copies, synchronize()) acts there
         use_gpu(device)
     try:
         torch.empty(0, device=args.device)

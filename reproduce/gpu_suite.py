@@ -190,8 +190,22 @@ def _train_from_store(
     commands = (
         ["reproduce.prepare", "--data", spec, "--out", store, "--format", "jpeg", "--quiet"]
         + workers,
-        ["reproduce.train", "--data", f"store:{store}", "--epochs", "2", "-b", str(args.batch_size),
-         "--device", device, "--quiet", "--out", run, "--on-stall", "warn"]  # fmt: skip
+        [
+            "reproduce.train",
+            "--data",
+            f"store:{store}",
+            "--epochs",
+            "2",
+            "-b",
+            str(args.batch_size),
+            "--device",
+            device,
+            "--quiet",
+            "--out",
+            run,
+            "--on-stall",
+            "warn",
+        ]  # fmt: skip
         + workers
         # channels-last: CUDA's default with --amp
         + (["--amp"] if device.startswith("cuda") else []),
@@ -293,7 +307,13 @@ def _targets(rows: List[dict], minutes: float, budget: float) -> List[dict]:
         if key == "lrn_share" and reached and not value["stage_compiled"]:
             reached = False  # measured on torch ops: not the stage a GPU run is meant to take
         targets.append(
-            {"target": what, "measured": value[key], "at_least": low, "at_most": high, "met": reached}
+            {
+                "target": what,
+                "measured": value[key],
+                "at_least": low,
+                "at_most": high,
+                "met": reached,
+            }
         )
     return targets
 
@@ -538,7 +558,9 @@ def report(args: argparse.Namespace, rows: List[dict], start: float, final: bool
     )
     failed = [r["what"] for r in rows if r.get("section") == "failed"]
     if failed:
-        lines += ["", "## Failed (the sections after each still ran)", ""] + [f"- {w}" for w in failed]
+        lines += ["", "## Failed (the sections after each still ran)", ""] + [
+            f"- {w}" for w in failed
+        ]
     skipped = [r["what"] for r in rows if r.get("section") == "skipped"]
     if skipped:
         lines += ["", "## Not run", ""] + [f"- {what}" for what in skipped]

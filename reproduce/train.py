@@ -434,11 +434,12 @@ def record_config(ctx: Context, data: Data, net: Net) -> None:
     config, recipe, say = ctx.config, recipes.RECIPES[ctx.config.recipe], ctx.say
     say(recipe_line(config, net))
     classes = data.dataset.classes
+    share = share_note(config.batch_size, ctx.process.world, ctx.placement.first)
     say(
         f"{net.network.name}: {sum(p.numel() for p in net.model.parameters()):,} parameters; data {config.data}: "
         f"{len(classes)} classes, train {len(data.train)}, val {len(data.val)}; {ctx.placement.note}"
         + (
-            f" x {ctx.process.world} processes ({share_note(config.batch_size, ctx.process.world, ctx.placement.first)}; "
+            f" x {ctx.process.world} processes ({share}; "
             f"a collective waits at most {distributed.group_timeout():g} s: ${distributed.TIMEOUT_ENV})"
             if ctx.process.world > 1
             else ""

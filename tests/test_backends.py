@@ -76,7 +76,9 @@ def test_a_cpu_run_sets_nothing_and_exact_float32_restores_what_was(restored):
 def test_tf32_written_through_both_apis_reads_alike_in_each(restored):
     """Through the new API alone torch 2.14's legacy getters raise; through both, exact_float32 in and out, every
     getter reads the setting."""
-    torch.backends.cuda.matmul.fp32_precision = "tf32"  # as the package wrote it before: the new API alone
+    torch.backends.cuda.matmul.fp32_precision = (
+        "tf32"  # as the package wrote it before: the new API alone
+    )
     assert _getters()["legacy matmul flag"].startswith("raises")
     for on in (True, False, True):
         backends.set_tf32(on)
@@ -100,7 +102,9 @@ def _fake_gpus(monkeypatch, count: int) -> list:
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(torch.device(device)))
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda device: chosen.append(torch.device(device))
+    )
     return chosen
 
 
@@ -127,7 +131,9 @@ def test_a_launcher_that_gives_each_rank_its_own_gpu_is_not_refused(monkeypatch)
     assert placement.place(_flags(), local_rank=5, local_world=8).first == torch.device("cuda", 0)
     assert chosen == [torch.device("cuda", 0)]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    with pytest.raises(placement.UsageError, match="8 processes on this node with one GPU a process need 8"):
+    with pytest.raises(
+        placement.UsageError, match="8 processes on this node with one GPU a process need 8"
+    ):
         placement.place(_flags(), local_rank=5, local_world=8)
     _fake_gpus(monkeypatch, 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")

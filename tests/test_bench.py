@@ -306,7 +306,9 @@ class _Event:
         self.thread, self.fwd_thread, self.is_async = thread, fwd_thread, False
         self.device_type = DeviceType.CUDA if on_device else DeviceType.CPU
         self.self_device_time_total = own
-        self.self_cpu_time_total = 1.0  # every host op costs the host something: not the device's split
+        self.self_cpu_time_total = (
+            1.0  # every host op costs the host something: not the device's split
+        )
 
 
 def _profiled_step(mark: bool) -> list:
@@ -320,7 +322,9 @@ def _profiled_step(mark: bool) -> list:
     first = _Event(stage)
     compiled = _Event("CompiledFunction", first, seq=5)
     launch = _Event("triton_poi_fused_max_pool2d_with_indices_0", compiled, own=30)
-    back = _Event("autograd::engine::evaluate_function: CompiledFunctionBackward", seq=5, fwd_thread=1)
+    back = _Event(
+        "autograd::engine::evaluate_function: CompiledFunctionBackward", seq=5, fwd_thread=1
+    )
     back_launch = _Event("triton_red_fused_max_pool2d_with_indices_backward_1", back, own=50)
     second = _Event(stage)
     pool = _Event("aten::max_pool2d_with_indices", second, own=10, seq=7)
@@ -330,7 +334,17 @@ def _profiled_step(mark: bool) -> list:
     pool5_back = _Event("MaxPool2DWithIndicesBackward0", seq=9, fwd_thread=1)
     pool5_back_kernel = _Event("aten::max_pool2d_with_indices_backward", pool5_back, own=6)
     fc = _Event("aten::addmm", own=40)
-    events += [first, compiled, launch, back, back_launch, second, pool, pool_back, pool_back_kernel]
+    events += [
+        first,
+        compiled,
+        launch,
+        back,
+        back_launch,
+        second,
+        pool,
+        pool_back,
+        pool_back_kernel,
+    ]
     events += [pool5, pool5_back, pool5_back_kernel, fc]
     events += [_Event(f"kernel {k}", own=e.self_device_time_total, on_device=True) for k, e in
                enumerate(events) if e.self_device_time_total]  # fmt: skip
@@ -345,13 +359,22 @@ def test_the_step_split_counts_each_device_microsecond_once_and_finds_the_stage_
     parts = bench.split_step(_profiled_step(mark=True), on_device=True)
     lrn = "LRN: the ReLU-LRN-pool stages of conv1 and conv2"
     # stage 1: 30 forward + 50 backward; stage 2 (torch ops): 10 + 20; pool5: 4 + 6; the conv once
-    assert parts == {lrn: 110 / 1000, "convolutions": 100 / 1000, "pooling": 10 / 1000, "fc6..fc8": 40 / 1000}
+    assert parts == {
+        lrn: 110 / 1000,
+        "convolutions": 100 / 1000,
+        "pooling": 10 / 1000,
+        "fc6..fc8": 40 / 1000,
+    }
     rows = bench.split_rows(parts, "compiled stage")
     assert [r["what"] for r in rows][0] == f"{lrn} (compiled stage)"
-    assert sum(r["share"] for r in rows) == pytest.approx(1) and rows[0]["share"] == pytest.approx(110 / 260)
+    assert sum(r["share"] for r in rows) == pytest.approx(1) and rows[0]["share"] == pytest.approx(
+        110 / 260
+    )
     unmarked = bench.split_step(_profiled_step(mark=False), on_device=True)
     # without the mark, today's names alone: the Triton launches and the fallback's pool are "pooling"
-    assert lrn not in unmarked and unmarked["pooling"] == pytest.approx((30 + 50 + 10 + 20 + 4 + 6) / 1000)
+    assert lrn not in unmarked and unmarked["pooling"] == pytest.approx(
+        (30 + 50 + 10 + 20 + 4 + 6) / 1000
+    )
     rows = bench.split_rows(unmarked, "compiled stage")
     assert rows[-1] == {"section": "profile", "what": f"{lrn}: not found in the profile"}
 
@@ -366,15 +389,25 @@ def test_a_section_that_raises_is_one_row_and_the_sections_after_it_run(tmp_path
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
 
     monkeypatch.setattr(bench, "bench_models", out_of_memory)
-    monkeypatch.setattr(bench, "bench_step_split", lambda *a: [{"section": "profile", "what": "x", "share": 1.0}])
-    monkeypatch.setattr(gpu_suite, "_train_from_store", lambda *a: {"section": "train", "what": "trained"})
-    monkeypatch.setattr(bench, "bench_data", lambda *a: [{"section": "data", "what": "read", "images_per_s": 1.0}])
+    monkeypatch.setattr(
+        bench, "bench_step_split", lambda *a: [{"section": "profile", "what": "x", "share": 1.0}]
+    )
+    monkeypatch.setattr(
+        gpu_suite, "_train_from_store", lambda *a: {"section": "train", "what": "trained"}
+    )
+    monkeypatch.setattr(
+        bench, "bench_data", lambda *a: [{"section": "data", "what": "read", "images_per_s": 1.0}]
+    )
     out = tmp_path / "report"
-    assert gpu_suite.main(["--out", str(out), "-b", "2", "--workers", "0", "--budget-min", "30"]) == 0
+    assert (
+        gpu_suite.main(["--out", str(out), "-b", "2", "--workers", "0", "--budget-min", "30"]) == 0
+    )
     report = (out / "report.md").read_text()
     assert "still running" not in report.splitlines()[0]
     failed = report.split("## Failed")[1].strip().splitlines()[2]
-    assert failed.startswith("- models, eager: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (")
+    assert failed.startswith(
+        "- models, eager: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB ("
+    )
     rows = pd.read_csv(out / "report.csv")
     assert {"profile", "train", "data"} <= set(rows["section"])
     plan = rows[rows["section"] == "plan"].set_index("what")
@@ -401,6 +434,7 @@ def test_a_section_stopped_at_its_limit_ends_the_processes_its_command_started(t
     code, _, _ = gpu_suite.run_group([sys.executable, "-c", script], 3.0, stdout=subprocess.DEVNULL)
     assert code is None and time.monotonic() - began < 30
     grandchild = int(pid_file.read_text())
+
     def gone(pid):  # no such process, or a zombie waiting for a parent to reap it
         try:
             with open(f"/proc/{pid}/stat") as handle:
@@ -415,4 +449,6 @@ def test_a_section_stopped_at_its_limit_ends_the_processes_its_command_started(t
     else:
         os.kill(grandchild, signal.SIGKILL)
         raise AssertionError("the section's grandchild outlived its limit")
-    assert gpu_suite.run_group([sys.executable, "-c", "print('ok')"], 30, stdout=subprocess.PIPE, text=True)[:2] == (0, "ok\n")
+    assert gpu_suite.run_group(
+        [sys.executable, "-c", "print('ok')"], 30, stdout=subprocess.PIPE, text=True
+    )[:2] == (0, "ok\n")

@@ -55,6 +55,7 @@ def _activations(shape=(2, 96, 13, 13), seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=gen, dtype=torch.float64) * 60.0  # ReLU-like, far from k
 
+
 # The order is the GPU run's: a run cut at its share (reproduce.gpu_suite) has reached the tests that prove the
 # GPU path's fixes first (the compiled stage, the readbacks, TF32 under compile), the quick checks of each
 # kernel next, and the training runs in processes of their own last.
@@ -121,7 +122,9 @@ def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name
         )
 
     def scored():  # evaluation: its sums and per-image rows stay on the GPU, read back once at the end
-        return evaluate(model, data.split("val"), transform, device=device, batch_size=4, per_image=True)
+        return evaluate(
+            model, data.split("val"), transform, device=device, batch_size=4, per_image=True
+        )
 
     epoch(0)  # cuDNN's autotuning and the allocator's first blocks: outside the check
     scored()

@@ -414,5 +414,11 @@ def test_a_ranks_share_of_the_global_batch_is_said_and_a_small_gpu_share_is_name
         "rows of each batch shared out: 16 images a process of the global batch 128; with under 64 images"
     )
     assert "8 GPUs may train little faster than one" in share_note(128, 8, gpu)
-    assert share_note(128, 3, cpu) == "rows of each batch shared out: 42-43 images a process of the global batch 128"
-    assert share_note(1024, 8, gpu) == "rows of each batch shared out: 128 images a process of the global batch 1024"
+    assert (
+        share_note(128, 3, cpu)
+        == "rows of each batch shared out: 42-43 images a process of the global batch 128"
+    )
+    assert (
+        share_note(1024, 8, gpu)
+        == "rows of each batch shared out: 128 images a process of the global batch 1024"
+    )

@@ -313,7 +313,9 @@ def test_every_graph_of_the_compiled_stage_compiles_once_inside_its_probe_and_a_
 
     def compiler(kind):
         def compile_graph(gm, example_inputs):
-            compiles.append((kind, _in_probe(), threading.current_thread() is threading.main_thread()))
+            compiles.append(
+                (kind, _in_probe(), threading.current_thread() is threading.main_thread())
+            )
             return make_boxed_func(gm.forward)
 
         return compile_graph
@@ -370,7 +372,9 @@ def test_every_graph_of_the_compiled_stage_compiles_once_inside_its_probe_and_a_
         torch.testing.assert_close(out, written_out(second), rtol=1e-12, atol=1e-12)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once; every stage after it in torch ops
-            torch.testing.assert_close(fresh_stage.run(first, window, 2, (3, 2)), written_out(first))
+            torch.testing.assert_close(
+                fresh_stage.run(first, window, 2, (3, 2)), written_out(first)
+            )
     assert fresh_stage.status() == {
         "compiled": False,
         "graphs": 1,

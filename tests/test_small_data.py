@@ -341,10 +341,12 @@ def test_flip_averaging_scores_the_mean_softmax_of_the_centre_crop_and_its_refle
 
 
 @pytest.mark.parametrize("ten_crop, per_image", [(False, False), (True, True)])
-def test_evaluation_reads_back_to_the_host_once_however_many_batches(monkeypatch, ten_crop, per_image):
+def test_evaluation_reads_back_to_the_host_once_however_many_batches(
+    monkeypatch, ten_crop, per_image
+):
     """engine.evaluate keeps its sums (and the per-image rows) where the scores are and reads them once: a
-    readback (``tolist``, ``item``, ``float()``, ``int()``, ``bool()``, ``.cpu()``; ``.numpy()`` reads only host tensors)
-    made by engine.py or metrics.py is counted, for 2 batches and for 5."""
+    readback (``tolist``, ``item``, ``float()``, ``int()``, ``bool()``, ``.cpu()``; ``.numpy()`` reads only host
+    tensors) made by engine.py or metrics.py is counted, for 2 batches and for 5."""
     import sys
 
     from paper_alexnet import engine

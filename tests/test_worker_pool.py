@@ -129,7 +129,9 @@ def test_the_loader_processes_fit_the_room_in_dev_shm_and_say_so_in_one_line():
     assert loader.fit_to_shared_memory(15, 128, free=31 * batch) == (15, 2, None)
     processes, ahead, line = loader.fit_to_shared_memory(15, 128, free=64 * mb)
     assert (processes, ahead) == (1, 1) and 2 * batch <= 64 * mb < 3 * batch
-    assert line.startswith("/dev/shm has 64 MB free, and 15 loader processes 2 batches ahead need about 744 MB")
+    assert line.startswith(
+        "/dev/shm has 64 MB free, and 15 loader processes 2 batches ahead need about 744 MB"
+    )
     assert "1 process, 1 batch ahead" in line and "--shm-size=2g" in line and "\n" not in line
     processes, _, line = loader.fit_to_shared_memory(15, 128, free=10 * mb)
     assert processes == 0 and "the main process reads the batches itself" in line
@@ -146,13 +148,17 @@ def test_a_loader_with_too_little_shared_memory_runs_with_the_processes_that_fit
 
     split = Numbered("train", 12)
     want = [images for images, _ in BatchLoader(split, 4, workers=0, shuffle=False)]
-    monkeypatch.setattr(loader.shutil, "disk_usage", lambda path: SimpleNamespace(free=3 * 4 * loader.IMAGE_BYTES))
+    monkeypatch.setattr(
+        loader.shutil, "disk_usage", lambda path: SimpleNamespace(free=3 * 4 * loader.IMAGE_BYTES)
+    )
     said = []
     monkeypatch.setattr(loader, "_said", set())
     monkeypatch.setattr(loader._logger, "warning", said.append)
     batches = BatchLoader(split, 4, workers=3, shuffle=False)
     assert (batches.loader.num_workers, batches.loader.prefetch_factor) == (2, 1)
-    got = [(images, int(labels[-1])) for images, labels in batches]  # labels end with the reader's pid
+    got = [
+        (images, int(labels[-1])) for images, labels in batches
+    ]  # labels end with the reader's pid
     assert all(torch.equal(a, b) for (a, _), b in zip(got, want)) and len(got) == len(want)
     assert len({pid for _, pid in got}) == 2
     assert len(said) == 1 and "2 processes, 1 batch ahead" in said[0]

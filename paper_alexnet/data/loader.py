@@ -78,7 +78,9 @@ def fit_to_shared_memory(
             return workers, PREFETCH, None
     per_batch = max(batch, 1) * image_bytes
 
-    def need(processes: int, ahead: int) -> int:  # the batches in flight, and the one being handed over
+    def need(
+        processes: int, ahead: int
+    ) -> int:  # the batches in flight, and the one being handed over
         return (processes * ahead + 1) * per_batch
 
     if need(workers, PREFETCH) <= free:
