@@ -7,7 +7,7 @@ Sections (``--only``, default: models and data):
          itself (the peer) and a naive faithful reference (torch's LocalResponseNorm with alpha*n per
          tower, grouped convs), at one batch size and thread count, median of repetitions after
          warm-up; ratios, achieved GFLOP/s against a matrix-multiply peak measured in the same run
-         (the faster of torch.mm's and oneDNN's on a CPU), the LRN layers' share of the step, and
+         (the faster of torch.mm's and oneDNN's on a CPU), which way each net's LRN ran, and
          training memory. Every repetition times each net once in turn (the order turning by one net
          each time); a ratio is the median of the repetitions' ratios, so that a slow moment of a
          shared machine, which slows neighbours in time alike, cancels, with a 95% interval for that

@@ -452,3 +452,71 @@ def test_a_section_stopped_at_its_limit_ends_the_processes_its_command_started(t
     assert gpu_suite.run_group(
         [sys.executable, "-c", "print('ok')"], 30, stdout=subprocess.PIPE, text=True
     )[:2] == (0, "ok\n")
+
+
+def test_the_paper_rows_on_a_gpu_time_the_compiled_stage_that_train_runs():
+    """On CUDA relu_norm_pool runs the compiled stage (layers.stage_path): the paper rows time it (not torch ops,
+    as they did, a path train never takes on a GPU), and "LRN in torch ops" stays as the comparison row. A fake
+    CUDA tensor (torch's FakeTensorMode) stands for the GPU."""
+    import argparse
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from paper_alexnet import fused_lrn
+
+    args = argparse.Namespace(amp=True, channels_last=True, compile=False)
+    with FakeTensorMode():
+        nets = bench._model_nets(args, torch.device("cuda"), 10, None)
+        assert torch.zeros(1, device="cuda").is_cuda
+        with fused_lrn.use_eager():  # PAPER_ALEXNET_LRN=eager: torch ops, one paper row
+            eager = bench._model_nets(args, torch.device("cuda"), 10, None)
+    lrn = {name: path for name, (_, path) in nets.items()}
+    assert lrn["paper"] == lrn["paper two-tower"] == "compiled stage"
+    assert lrn["paper, LRN in torch ops"] == "torch ops"
+    assert eager["paper"][1] == "torch ops" and "paper, LRN in torch ops" not in eager
+
+
+def test_the_lrn_target_is_missed_where_the_stage_did_not_compile():
+    """A share under 10% measured on torch ops (the stage fell back: no C compiler for Triton) is not the
+    stage a GPU run is meant to take: the target reads missed; compiled, the same share is met."""
+    rows = [
+        {
+            "section": "profile",
+            "what": "LRN: the ReLU-LRN-pool stages of conv1 and conv2 (x)",
+            "share": 0.05,
+        }
+    ]
+    fell_back = rows + [{"section": "stage", "what": "did not compile", "stage_compiled": False}]
+    compiled = rows + [{"section": "stage", "what": "compiled (8 graphs)", "stage_compiled": True}]
+    lrn = [t for t in gpu_suite._targets(fell_back, 1.0, 4.0) if t["at_most"] == 0.10][0]
+    assert lrn["measured"] == 0.05 and lrn["met"] is False
+    assert [t for t in gpu_suite._targets(compiled, 1.0, 4.0) if t["at_most"] == 0.10][0][
+        "met"
+    ] is True
+    train_fell_back = compiled + [{"section": "train", "what": "...", "stage_compiled": False}]
+    assert [t for t in gpu_suite._targets(train_fell_back, 1.0, 4.0) if t["at_most"] == 0.10][0][
+        "met"
+    ] is False
+
+
+def test_the_cuda_tests_prove_the_gpu_paths_fixes_first_and_train_in_processes_last():
+    """tests/test_cuda.py in the order a GPU run stopped at its share reaches them: the compiled stage, the
+    readbacks under sync-debug mode, TF32 under a whole-net compile first; the runs in processes of their own
+    (torchrun, reproduce.train) last."""
+    import ast
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_cuda.py")
+    names = [n.name for n in ast.parse(open(path, encoding="utf-8").read()).body
+             if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]  # fmt: skip
+    assert names[:3] == [
+        "test_the_compiled_relu_lrn_pool_stage_on_the_device_is_the_paper_written_out",
+        "test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name",
+        "test_a_whole_net_compile_trains_with_tf32_on_and_every_tf32_getter_reads",
+    ]
+    in_processes = [
+        n
+        for n in names
+        if "data_parallel" in n or "two_gpus_a_process" in n or "prepare_train" in n
+    ]
+    assert len(in_processes) == 3 and names[-4:-1] == in_processes

@@ -47,7 +47,7 @@ pytestmark = [
 @pytest.fixture(autouse=True)
 def exact_float32():
     """float32 as float32: TF32 matmuls and convolutions would be the tolerance, not the code."""
-    with backends.exact_float32():  # the package's one TF32 API (torch's fp32_precision)
+    with backends.exact_float32():  # TF32 off through both of torch's APIs
         yield
 
 
@@ -139,6 +139,17 @@ def test_training_steps_synchronise_with_the_host_only_at_the_readback_they_name
     assert result["images"] == 8 and len(result["predictions"].index) == 8
 
 
+def test_a_whole_net_compile_trains_with_tf32_on_and_every_tf32_getter_reads():
+    """train --compile with TF32 (train's CUDA default): set through the new API alone, inductor's lowering of
+    fc6..fc8's matmuls read a legacy flag and raised (pytorch#166387); backends.set_tf32 writes both."""
+    backends.set_tf32(True)  # the autouse fixture restores float32 after the test
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    model = _net().to(DEVICE)
+    x = torch.randn(2, 3, 227, 227, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    loss = _step(torch.compile(model), x, torch.tensor([1, 2]).to(DEVICE))
+    assert math.isfinite(loss)
+
+
 def _net(variant="paper+no-dropout"):
     torch.manual_seed(0)
     return build_model(variant, num_classes=10, init="he")
@@ -187,17 +198,6 @@ def _updates(amp: bool):
         (name, a.detach() - init[name], b.detach() - init[name])
         for (name, a), b in zip(eager.named_parameters(), fast.parameters())
     ]
-
-
-def test_a_whole_net_compile_trains_with_tf32_on_and_every_tf32_getter_reads():
-    """train --compile with TF32 (train's CUDA default): set through the new API alone, inductor's lowering of
-    fc6..fc8's matmuls read a legacy flag and raised (pytorch#166387); backends.set_tf32 writes both."""
-    backends.set_tf32(True)  # the autouse fixture restores float32 after the test
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
-    model = _net().to(DEVICE)
-    x = torch.randn(2, 3, 227, 227, generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    loss = _step(torch.compile(model), x, torch.tensor([1, 2]).to(DEVICE))
-    assert math.isfinite(loss)
 
 
 @pytest.mark.parametrize(

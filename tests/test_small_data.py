@@ -393,6 +393,42 @@ def test_evaluation_reads_back_to_the_host_once_however_many_batches(
     assert counted(2) == counted(5) == (["tolist", "cpu"] if per_image else ["tolist"])
 
 
+def test_a_steps_readback_is_queued_before_the_backward_and_read_before_the_weights_move(
+    monkeypatch,
+):
+    """engine.train_one_epoch: the step's sums are sent to the host (a pinned copy on a GPU) before the
+    backward is queued, so the host waits for the forward, not the backward; they are read, and a non-finite
+    loss caught, before optimizer.step()."""
+    from paper_alexnet import engine
+
+    order = []
+    real = engine.Readback
+
+    class Recorded(real):
+        def start(self, tensor):
+            order.append("readback queued")
+            super().start(tensor)
+
+        def values(self):
+            order.append("read")
+            return super().values()
+
+    monkeypatch.setattr(engine, "Readback", Recorded)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    model[1].weight.register_hook(lambda grad: order.append("backward"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_pre_hook(lambda *args: order.append("step"))
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    transform = PaperTransform(
+        None, Augment(crop=8, flip=False, pca=False, translate=False, mean="none")
+    )
+    engine.train_one_epoch(
+        model, Batches(images, torch.arange(6) % 4), transform, optimizer, torch.Generator().manual_seed(0),
+        StepPlace(torch.device("cpu")),
+    )  # fmt: skip
+    assert order == ["readback queued", "backward", "read", "step"]
+
+
 # --- flags, records and grid cells ---------------------------------------------------------------------------
 
 
