@@ -38,9 +38,6 @@ BACKEND = "inductor"
 # device (the two towers on two GPUs: 16), a net of another width beside it (the bench's rows); dynamo's own
 # limit, 8 a function, would run the ninth eagerly.
 GRAPHS = 64
-_LIMIT = (
-    "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-)
 
 # the compiled stage, the compiler's failure, and the graphs already compiled (their keys)
 _state: dict = {"compiled": None, "failed": None, "tried": set()}
@@ -52,6 +49,16 @@ def compiled() -> Optional[Callable]:
     if _state["failed"] is None and _state["compiled"] is None:
         _state["compiled"] = torch.compile(stage, dynamic=False, backend=BACKEND)
     return None if _state["failed"] is not None else _state["compiled"]
+
+
+def _graph_limit():
+    """Dynamo's limit of graphs a function, raised to GRAPHS while the stage runs (its name before torch 2.6:
+    cache_size_limit). torch._dynamo is imported here, at the stage's first use, not with the package."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: GRAPHS})
 
 
 def graph_key(z: torch.Tensor) -> tuple:
@@ -107,7 +114,7 @@ def run(z: torch.Tensor, window: tuple, groups: int, pool: tuple) -> torch.Tenso
         return stage(z, window, groups, pool)
     args = (window, groups, pool)
     key = (graph_key(z), args)
-    with torch._dynamo.config.patch(**{_LIMIT: GRAPHS}):
+    with _graph_limit():
         if key not in _state["tried"]:
             try:
                 _probe(run_compiled, z, args)
