@@ -252,21 +252,13 @@ def evaluate(
         loss_sum, hit1, hit5, flip1, flip5, seen, skipped = sum_in_place(
             torch.cat([sums, counts])
         ).tolist()
-    if per_image and kept:  # one copy to the host for the whole split
-        cat = [torch.cat([b[k] for b in kept]) for k in (1, 2, 3)]
-        rows = torch.cat(
-            [cat[0].view(-1, 1).double(), cat[1].double(), cat[2].view(-1, 1).double()], 1
-        )
+    if per_image and kept:  # one copy to the host for the whole split, as one batch
+        labels, top, prob = (torch.cat([b[k] for b in kept]) for k in (1, 2, 3))
+        rows = torch.cat([labels.view(-1, 1).double(), top.double(), prob.view(-1, 1).double()], 1)
         with sync_allowed():
             host = rows.cpu()
-        labels_, top_, prob_ = host[:, 0].long(), host[:, 1:-1].long(), host[:, -1].float()
-        sizes = [len(b[0]) for b in kept]
-        kept = [
-            (b[0], part[0], part[1], part[2])
-            for b, part in zip(
-                kept, zip(labels_.split(sizes), top_.split(sizes), prob_.split(sizes))
-            )
-        ]
+        index = [i for b in kept for i in b[0]]
+        kept = [(index, host[:, 0].long(), host[:, 1:-1].long(), host[:, -1].float())]
     extra = (
         {"predictions": Predictions.gather(kept, len(split), classes, world)} if per_image else {}
     )

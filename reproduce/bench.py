@@ -559,9 +559,8 @@ OTHER_PART = "other (ReLU of conv3..fc7, dropout, loss, copies)"
 
 def step_part(chain: Sequence[str]) -> str:
     """The part of STEP_PARTS an op belongs to, from its name and its enclosing ops' (innermost first)."""
-    if (
-        STAGE_MARK in chain
-    ):  # whatever runs inside the stage, pools and Triton kernels named after them too
+    # whatever runs inside the stage, pools and Triton kernels named after them too
+    if STAGE_MARK in chain:
         return LRN_PART
     for name in chain:
         for part, marks in STEP_PARTS:
@@ -585,24 +584,21 @@ def split_step(events, on_device: bool) -> dict:
     op's own CPU time. An op belongs to the stage where the stage's mark encloses it, or where an enclosing op
     is the backward of an autograd node made inside the mark (the profiler gives a backward op its forward
     op's sequence number and thread); otherwise to the part its names say."""
-    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
-    staged = set()  # (thread, sequence number) of the autograd nodes made inside the stage's mark
-    for event in host:
-        chain = _chain(event)
-        if event.sequence_nr >= 0 and any(at.name == STAGE_MARK for at in chain):
-            staged.add((event.thread, event.sequence_nr))
+    host = [(e, _chain(e)) for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    staged = {  # (thread, sequence number) of the autograd nodes made inside the stage's mark
+        (event.thread, event.sequence_nr)
+        for event, chain in host
+        if event.sequence_nr >= 0 and any(at.name == STAGE_MARK for at in chain)
+    }
     parts: dict = {}
-    for event in host:
+    for event, chain in host:
         own = event.self_device_time_total if on_device else event.self_cpu_time_total
         if own <= 0:
             continue
-        chain = _chain(event)
-        in_stage = any(
-            at.name == STAGE_MARK
-            or ("Backward" in at.name and (at.fwd_thread, at.sequence_nr) in staged)
-            for at in chain
+        backward_of_stage = any(
+            "Backward" in at.name and (at.fwd_thread, at.sequence_nr) in staged for at in chain
         )
-        part = LRN_PART if in_stage else step_part([at.name for at in chain])
+        part = LRN_PART if backward_of_stage else step_part([at.name for at in chain])
         parts[part] = parts.get(part, 0.0) + own / 1000
     return parts
 
@@ -849,9 +845,8 @@ def check(args: argparse.Namespace) -> None:
     check_workers(args.workers)
     device = pick_device(args.device)
     args.device = str(device)
-    if (
-        device.type == "cuda"
-    ):  # --device cuda:1: what names no GPU (pinned copies, synchronize()) acts there
+    # --device cuda:1: what names no GPU (pinned copies, synchronize()) acts there
+    if device.type == "cuda":
         use_gpu(device)
     try:
         torch.empty(0, device=args.device)

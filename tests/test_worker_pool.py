@@ -156,9 +156,8 @@ def test_a_loader_with_too_little_shared_memory_runs_with_the_processes_that_fit
     monkeypatch.setattr(loader._logger, "warning", said.append)
     batches = BatchLoader(split, 4, workers=3, shuffle=False)
     assert (batches.loader.num_workers, batches.loader.prefetch_factor) == (2, 1)
-    got = [
-        (images, int(labels[-1])) for images, labels in batches
-    ]  # labels end with the reader's pid
+    # labels end with the reader's pid
+    got = [(images, int(labels[-1])) for images, labels in batches]
     assert all(torch.equal(a, b) for (a, _), b in zip(got, want)) and len(got) == len(want)
     assert len({pid for _, pid in got}) == 2
     assert len(said) == 1 and "2 processes, 1 batch ahead" in said[0]

@@ -78,15 +78,13 @@ def fit_to_shared_memory(
             return workers, PREFETCH, None
     per_batch = max(batch, 1) * image_bytes
 
-    def need(
-        processes: int, ahead: int
-    ) -> int:  # the batches in flight, and the one being handed over
+    # the batches in flight, and the one being handed over
+    def need(processes: int, ahead: int) -> int:
         return (processes * ahead + 1) * per_batch
 
     if need(workers, PREFETCH) <= free:
         return workers, PREFETCH, None
-    ahead = 1
-    processes = min(workers, max(0, (free // per_batch - 1) // ahead))
+    processes = min(workers, max(0, free // per_batch - 1))  # one batch ahead each
     mb = 2**20
     line = (
         f"{SHARED_MEMORY} has {free / mb:,.0f} MB free, and {workers} loader processes {PREFETCH} batches ahead "
@@ -99,7 +97,7 @@ def fit_to_shared_memory(
         + f"; more room (docker run --shm-size={max(1, -(-need(workers, PREFETCH) * 2 // 2**30))}g; NCCL "
         "needs /dev/shm too) keeps them all"
     )
-    return processes, ahead, line
+    return processes, 1, line
 
 
 def _fitted(workers: int, batch: int, image_bytes: int) -> tuple:
