@@ -9,7 +9,7 @@ comparison net of §3.2 and every ablation are instances of this class
 from dataclasses import dataclass, field, fields
 from typing import Optional, Tuple
 
-from . import paper
+from . import code2012, paper
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,16 @@ class ArchConfig:
     lrn_beta: float = paper.LRN_BETA
     lrn_k: float = paper.LRN_K
     lrn_per_tower: bool = True  # normalise within each tower's maps (§3.2)
+    # per stage (conv1, conv2): the LRN reads the conv's output and the ReLU follows it (the 2012 code's layer 1)
+    norm_before_relu: Tuple[bool, ...] = (False, False)
+    # per stage: the 2012 code's within-map response norm (layers.MapResponseNorm) after the LRN, before pooling
+    map_norm: Tuple[bool, ...] = (False, False)
+    map_norm_size: int = code2012.MAP_NORM_SIZE
+    map_norm_alpha: float = (
+        code2012.MAP_NORM_SCALE / code2012.MAP_NORM_SIZE**2
+    )  # as applied to the sum
+    map_norm_beta: float = code2012.MAP_NORM_POW
+    map_norm_k: float = code2012.MAP_NORM_K
     # max pooling (§3.4) after norm1, norm2 and conv5
     pool_size: int = paper.POOL_SIZE
     pool_stride: int = paper.POOL_STRIDE
@@ -62,6 +72,9 @@ class ArchConfig:
     # fully-connected layers (§3.5) and dropout (§4.2)
     fc_sizes: Tuple[int, ...] = paper.FC_SIZES
     dropout: float = paper.DROPOUT
+    # "train": PyTorch's inverted dropout (kept units x 1/(1 - p) in training, nothing at test); "test": §4.2's
+    # and the 2012 code's (kept units unscaled in training, every unit x (1 - p) at test)
+    dropout_scaling: str = "train"
     # whose outputs are dropped; torchvision: pool5, fc6
     dropout_after: Tuple[str, ...] = (
         "fc6",
@@ -96,6 +109,15 @@ class ArchConfig:
                 len(getattr(self, name)) == 5,
                 f"{name} needs 5 entries (conv1..conv5), got {getattr(self, name)}",
             )
+        for name in ("norm_before_relu", "map_norm"):
+            need(
+                len(getattr(self, name)) == 2,
+                f"{name} needs 2 entries (the stages of conv1, conv2), got {getattr(self, name)}",
+            )
+        need(
+            self.dropout_scaling in ("train", "test"),
+            f"dropout_scaling must be 'train' or 'test', got {self.dropout_scaling!r}",
+        )
         need(len(self.fc_sizes) == 2, f"fc_sizes needs 2 entries (fc6, fc7), got {self.fc_sizes}")
         for name in ("weight_std", "bias_init"):
             value = getattr(self, name)
@@ -123,6 +145,7 @@ class ArchConfig:
             "pool_size",
             "pool_stride",
             "lrn_size",
+            "map_norm_size",
         ):
             need(
                 isinstance(getattr(self, name), int) and getattr(self, name) >= 1,

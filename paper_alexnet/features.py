@@ -52,7 +52,11 @@ def layer_names(model: torch.nn.Module) -> List[str]:
     act = cfg.activation
     names = ["input"]
     for i in (1, 2):
-        names += [f"conv{i}", f"{act}{i}"] + ([f"norm{i}"] if cfg.lrn else []) + [f"pool{i}"]
+        stage = [f"{act}{i}"] + ([f"norm{i}"] if cfg.lrn else [])
+        if cfg.norm_before_relu[i - 1]:  # the 2012 code's layer 1
+            stage.reverse()
+        stage += [f"mapnorm{i}"] if cfg.map_norm[i - 1] else []
+        names += [f"conv{i}", *stage, f"pool{i}"]
     names += ["conv3", f"{act}3", "conv4", f"{act}4", "conv5", f"{act}5", "pool5"]
     names += ["avgpool"] if cfg.adaptive_pool else []
     return names + ["fc6", f"{act}6", "fc7", f"{act}7", "fc8", "prob"]
@@ -154,7 +158,7 @@ def shapes(model: torch.nn.Module) -> Dict[str, tuple]:
             found[name] = (cfg.in_channels, cfg.input_size, cfg.input_size)
         elif name == "prob":
             found[name] = shape(rows["fc8"])
-        elif name in rows:  # convN, normN, poolN, avgpool, fcN
+        elif name in rows:  # convN, normN, mapnormN, poolN, avgpool, fcN
             found[name] = shape(rows[name])
         else:  # the activation after layer N: its layer's shape
             i = int(name[len(cfg.activation) :])

@@ -27,7 +27,7 @@ class Layer:
     """One row of the shape arithmetic: what a layer takes, gives and costs."""
 
     name: str  # conv1, norm1, pool1, ..., fc8 (the model's attribute of the same name)
-    kind: str  # conv, lrn, maxpool, avgpool, fc
+    kind: str  # conv, lrn, map-norm, maxpool, avgpool, fc
     in_shape: Shape
     out_shape: Shape  # fc layers: (features, 1, 1)
     kernel: int = 0
@@ -164,6 +164,18 @@ def _layer_shapes(config: ArchConfig, height: int, width: int) -> Tuple[Layer, .
                     (c, h, w),
                     kernel=config.lrn_size,
                     groups=config.lrn_groups,
+                    towers=towers,
+                    arithmetic="same size",
+                )
+            )
+        if i in (0, 1) and config.map_norm[i]:
+            rows.append(
+                Layer(
+                    f"mapnorm{i + 1}",
+                    "map-norm",
+                    (c, h, w),
+                    (c, h, w),
+                    kernel=config.map_norm_size,
                     towers=towers,
                     arithmetic="same size",
                 )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import compiled_stage, fused_lrn, paper
+from . import code2012, compiled_stage, fused_lrn, paper
 
 if TYPE_CHECKING:
     from .config import ArchConfig
@@ -271,6 +271,51 @@ class LocalResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
 
 
+class MapResponseNorm(nn.Module):
+    """The 2012 code's response normalisation within each map (``cnorm2`` of layers-145.cfg, type ``rnorm``;
+    code2012.py), which the paper does not describe: over a size x size neighbourhood of the same map,
+
+        b[c, y, x] = a[c, y, x] / (k + alpha * sum_{y', x'} a[c, y', x']^2) ^ beta,
+        y' = y - size//2 .. y - size//2 + size - 1 (x' alike), clipped at the map's edges
+
+    with alpha as applied to the sum (the code's configured ``scale`` / size^2) and k = 1 (its kernel's).
+    """
+
+    def __init__(
+        self,
+        size: int = code2012.MAP_NORM_SIZE,
+        alpha: float = code2012.MAP_NORM_SCALE / code2012.MAP_NORM_SIZE**2,
+        beta: float = code2012.MAP_NORM_POW,
+        k: float = code2012.MAP_NORM_K,
+    ):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"MapResponseNorm needs size >= 1, got {size}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before, after = self.size // 2, self.size - 1 - self.size // 2
+        squares = F.pad(
+            x * x, (before, after, before, after)
+        )  # zeros: the window clipped at the edges
+        total = F.avg_pool2d(squares, self.size, stride=1) * (self.size * self.size)
+        return x * (total * self.alpha + self.k).pow(-self.beta)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta}, k={self.k}"
+
+
+class TestScaledDropout(nn.Dropout):
+    """§4.2 as written, and the 2012 code's ``hs`` layers (src/layer.cu 1126-1135): in training each unit is
+    zeroed with probability p and the kept ones pass unscaled; at test every unit passes, multiplied by 1 - p.
+    (nn.Dropout scales the kept units by 1/(1 - p) in training instead.) The same seed drops the same units."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.dropout(x, self.p, training=True) * (1.0 - self.p)
+        return x * (1.0 - self.p)
+
+
 # --- the one place a layer of the nets is made (AlexNet, the two towers, Figure 1's net) -----------------------
 
 
@@ -307,6 +352,19 @@ def pool(cfg: "ArchConfig") -> nn.MaxPool2d:
     return max_pool(cfg.pool_size, cfg.pool_stride, cfg.pool_rounding)
 
 
+def map_norm(cfg: "ArchConfig", stage: int) -> nn.Module:
+    """The 2012 code's within-map response norm after stage ``stage``'s LRN (1: conv1, 2: conv2) where the
+    config has one, else nothing."""
+    if not cfg.map_norm[stage - 1]:
+        return nn.Identity()
+    return MapResponseNorm(cfg.map_norm_size, cfg.map_norm_alpha, cfg.map_norm_beta, cfg.map_norm_k)
+
+
 def dropout(cfg: "ArchConfig", after: str) -> nn.Module:
-    """§4.2: dropout on the output of layer ``after`` when the config drops there, else nothing."""
-    return nn.Dropout(cfg.dropout) if cfg.dropout and after in cfg.dropout_after else nn.Identity()
+    """§4.2: dropout on the output of layer ``after`` when the config drops there, else nothing; scaled in
+    training (PyTorch's) or at test (§4.2's, ``dropout_scaling="test"``)."""
+    if not cfg.dropout or after not in cfg.dropout_after:
+        return nn.Identity()
+    return (
+        TestScaledDropout(cfg.dropout) if cfg.dropout_scaling == "test" else nn.Dropout(cfg.dropout)
+    )

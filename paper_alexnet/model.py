@@ -53,6 +53,9 @@ class AlexNet(nn.Module):
         self.act = layers.activation(cfg.activation)                                        # §3.1
         self.conv1, self.norm1, self.pool1 = conv(0), layers.norm(cfg), layers.pool(cfg)  # 96 x 11x11x3, stride 4
         self.conv2, self.norm2, self.pool2 = conv(1), layers.norm(cfg), layers.pool(cfg)  # 256 x 5x5x48, groups 2
+        for i in (1, 2):  # the 2012 code's within-map norm after norm2 (code2012.py); the paper's net has none
+            if cfg.map_norm[i - 1]:
+                setattr(self, f"mapnorm{i}", layers.map_norm(cfg, i))
         self.conv3 = conv(2)                                                                # 384 x 3x3x256
         self.conv4 = conv(3)                                                                # 384 x 3x3x192, groups 2
         self.conv5, self.pool5 = conv(4), layers.pool(cfg)                                  # 256 x 3x3x192, groups 2
@@ -62,6 +65,8 @@ class AlexNet(nn.Module):
         self.fc7, self.drop7 = Linear(cfg.fc_sizes[0], cfg.fc_sizes[1]), layers.dropout(cfg, "fc7")
         self.fc8 = Linear(cfg.fc_sizes[1], cfg.num_classes)                                 # 1000
         # fmt: on
+        # the fused ReLU-LRN-pool kernel computes §3.5's order only
+        self._fusable = tuple(not (cfg.norm_before_relu[i] or cfg.map_norm[i]) for i in (0, 1))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -122,18 +127,25 @@ class AlexNet(nn.Module):
 
     def _relu_norm_pool(self, x: torch.Tensor, i: int, tap) -> torch.Tensor:
         """ReLU -> LRN -> pool after conv1 and conv2 (§3.5): one fused kernel on the CPU (layers.relu_norm_pool)
-        unless a tap reads the ReLU's or the LRN's output, which then runs the three in turn."""
+        unless a tap reads the ReLU's or the LRN's output, which then runs the three in turn. In the config's
+        order: the 2012 code normalises conv1's output before its ReLU, and conv2's LRN output again within
+        each map (mapnorm2) before pooling."""
         norm, pool = getattr(self, f"norm{i}"), getattr(self, f"pool{i}")
         act_name, norm_name = f"{self.config.activation}{i}", f"norm{i}"
         if tap is not None:
             tap(f"conv{i}", x)
-        if tap is None or not tap.wants(act_name, norm_name):
+        if self._fusable[i - 1] and (tap is None or not tap.wants(act_name, norm_name)):
             x = relu_norm_pool(x, self.act, norm, pool)
         else:
-            x = self.act(x)
-            tap(act_name, x)
-            x = norm(x)
-            tap(norm_name, x)
+            steps = [(act_name, self.act), (norm_name, norm)]
+            if self.config.norm_before_relu[i - 1]:
+                steps.reverse()
+            if self.config.map_norm[i - 1]:
+                steps.append((f"mapnorm{i}", getattr(self, f"mapnorm{i}")))
+            for name, module in steps:
+                x = module(x)
+                if tap is not None:
+                    tap(name, x)
             x = pool(x)
         if tap is not None:
             tap(f"pool{i}", x)

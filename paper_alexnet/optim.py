@@ -14,11 +14,11 @@ the new, smaller rate.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import paper
+from . import code2012, paper
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -158,20 +158,97 @@ class EpochSchedule:
         self.epoch, self.base = state["epoch"], list(state["base"])
 
 
+class HandSchedule:
+    """The 2012 run's learning rates, set by hand at its epochs (code2012.SCHEDULE, from layer-params-145.cfg's
+    log), the epochs scaled from its 91 to ``epochs``: after epoch round(N * epochs / 91) each named group's
+    rate becomes R / 0.01 of what it started at. The groups are parameter_groups' (the biases of conv2..fc8 are
+    never lowered, as in that run). PCA lighting is on until COLOUR_NOISE_OFF, scaled alike (``lighting``).
+    Same interface as :class:`PlateauSchedule`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int):
+        self.optimizer, self.epochs, self.epoch = optimizer, epochs, 0
+        self.start = [group["lr"] for group in optimizer.param_groups]
+
+    def at(self, epoch: int) -> int:
+        """The epoch of this run that the 2012 run's epoch ``epoch`` (of 91) falls on."""
+        return max(1, round(epoch * self.epochs / code2012.EPOCHS))
+
+    def lighting(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (1-based) trains with PCA lighting."""
+        return epoch <= self.at(code2012.COLOUR_NOISE_OFF)
+
+    def step(self, val_error: float = 0.0) -> bool:
+        self.epoch += 1
+        dropped = False
+        for when, names, rate in code2012.SCHEDULE:
+            if self.at(when) != self.epoch:
+                continue
+            for group, start in zip(self.optimizer.param_groups, self.start):
+                if group.get("name") in names:
+                    group["lr"] = start * rate / code2012.LEARNING_RATE
+                    dropped = True
+        return dropped
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start": self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.start = state["epoch"], list(state["start"])
+
+
+def parameter_groups(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    bias_lr: float = 1.0,
+    bias_wd: float = 1.0,
+    own: Sequence[str] = (),
+) -> List[Dict]:
+    """The trainable parameters of ``model`` as optimiser groups: "weights" at ``lr`` and ``weight_decay``,
+    "biases" at ``bias_lr`` times them and ``bias_wd`` times the decay (the 2012 code: 2 and 0); and a
+    "LAYER.weight" and "LAYER.bias" group of their own for each layer named in ``own`` (HandSchedule's conv1).
+    §5's one rule for all (both factors 1, no ``own``) is one group, "all". Empty groups are left out."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    split = bias_lr != 1.0 or bias_wd != 1.0 or own
+    if not split:
+        return [{"name": "all", "params": [p for _, p in named]}]
+    groups: Dict[str, List] = {"weights": [], "biases": []}
+    for name, weight in named:
+        parts = name.split(".")
+        layer, kind = (parts[-2] if len(parts) > 1 else ""), parts[-1]
+        key = f"{layer}.{kind}" if layer in own else ("biases" if kind == "bias" else "weights")
+        groups.setdefault(key, []).append(weight)
+    out = []
+    for key, params in groups.items():
+        if params:
+            bias = key == "biases" or key.endswith(".bias")
+            out.append(
+                {
+                    "name": key,
+                    "params": params,
+                    "lr": lr * (bias_lr if bias else 1.0),
+                    "weight_decay": weight_decay * (bias_wd if bias else 1.0),
+                }
+            )
+    return out
+
+
 def build_optimizer(
     name: str, params, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """``sgd`` is the paper's rule (:class:`PaperSGD`); ``adam`` / ``adamw`` as the user's recipes used."""
+    """``sgd`` is the paper's rule (:class:`PaperSGD`); ``adam`` / ``adamw`` as the user's recipes used. ``params``:
+    tensors, or groups (parameter_groups) whose own rate and decay win over ``lr`` and ``weight_decay``."""
     if name == "sgd":
         return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         params = list(params)
+        tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
         # The fused kernels are ~6x faster than the default on a CPU (60M parameters: 55 vs 340 ms a step).
-        kinds = {p.device.type for p in params}
+        kinds = {p.device.type for p in tensors}
         fused = (
             len(kinds) == 1
             and kinds <= {"cpu", "cuda"}
-            and all(p.is_floating_point() for p in params)
+            and all(p.is_floating_point() for p in tensors)
         )
         kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return kind(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
@@ -187,7 +264,10 @@ def build_schedule(
     chance: Optional[float] = None,
     margin: float = 0.0,
 ):
-    """The schedule by name; ``plateau`` divides only once the validation error has left ``chance``."""
+    """The schedule by name; ``plateau`` divides only once the validation error has left ``chance``;
+    ``code-2012`` is the 2012 run's (HandSchedule)."""
+    if name == "code-2012":
+        return HandSchedule(optimizer, epochs)
     if name == "plateau":
         return PlateauSchedule(optimizer, patience=patience, chance=chance, margin=margin)
     return EpochSchedule(optimizer, name, epochs, step_size=step_size)

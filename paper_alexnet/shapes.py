@@ -12,6 +12,7 @@ disagree with the arithmetic.
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -285,17 +286,20 @@ def _merged_names(a: Sequence[str], b: Sequence[str]) -> List[str]:
 
 def _compare(a: ArchConfig, b: ArchConfig, markdown: bool) -> str:
     ra, rb = ({r["layer"]: r for r in rows(c)} for c in (a, b))
-    headers = ["layer"] + [
-        f"{c.name}: {what}" for c in (a, b) for what in ("output", "params", "MACs")
-    ]
+    headers = (
+        ["layer"]
+        + [f"{c.name}: {what}" for c in (a, b) for what in ("output", "params", "MACs")]
+        + ["differs"]
+    )
     body = []
     for name in _merged_names(list(ra), list(rb)):
         cells = [name]
         for side in (ra, rb):
             r = side.get(name)
             cells += [_io(r, "out"), _fmt(r["params"]), _fmt(r["macs"])] if r else ["—", "—", "—"]
-        body.append(cells)
+        body.append(cells + [_differs(ra.get(name), rb.get(name), a, b)])
     ta, tb = totals(layer_shapes(a)), totals(layer_shapes(b))
+    changed = [what for what in ("params", "macs") if ta[what] != tb[what]]
     body.append(
         [
             "total",
@@ -305,6 +309,7 @@ def _compare(a: ArchConfig, b: ArchConfig, markdown: bool) -> str:
             "",
             _fmt(tb["params"]),
             _fmt(tb["macs"]),
+            ", ".join(WHAT[w] for w in changed),
         ]
     )
     body.append(
@@ -316,9 +321,55 @@ def _compare(a: ArchConfig, b: ArchConfig, markdown: bool) -> str:
             "",
             "",
             "",
+            "",
         ]
     )
     return _text_table(headers, body, markdown)
+
+
+WHAT = {
+    "out": "output",
+    "params": "params",
+    "macs": "MACs",
+    "kernel": "window",
+    "stride": "stride",
+    "padding": "padding",
+    "groups": "groups",
+}
+
+
+def _differs(ra: Optional[dict], rb: Optional[dict], a: ArchConfig, b: ArchConfig) -> str:
+    """What differs in one layer between the two nets: "only in NAME", or the columns that differ."""
+    if ra is None or rb is None:
+        return f"only in {(a if rb is None else b).name}"
+    keys = ("out", "params", "macs", "kernel", "stride", "padding", "groups")
+    got = [
+        WHAT[key]
+        for key in keys
+        if (_io(ra, "out") != _io(rb, "out") if key == "out" else ra[key] != rb[key])
+    ]
+    return ", ".join(got)
+
+
+def setting_differences(a: ArchConfig, b: ArchConfig) -> List[str]:
+    """The ArchConfig fields whose values differ between the two nets, as "field: a -> b" (what the table's
+    shapes cannot show: the order of a stage, the normalisations' constants, init, dropout)."""
+    out = []
+    for f in dataclasses.fields(ArchConfig):
+        if f.name in ("name", "description"):
+            continue
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if va != vb:
+            out.append(f"{f.name}: {_value(va)} -> {_value(vb)}")
+    return out
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_value(v) for v in value) + ")"
+    return str(value)
 
 
 def render(configs: Sequence[ArchConfig], fmt: str = "table") -> str:
@@ -370,13 +421,26 @@ def render(configs: Sequence[ArchConfig], fmt: str = "table") -> str:
         ]
         + [bullet + note for note in paper_notes()]
     )
+    differences = (
+        "\n".join(
+            [
+                ("### " if markdown else "")
+                + f"Settings that differ ({configs[0].name} -> {configs[1].name})"
+            ]
+            + [bullet + d for d in setting_differences(*configs)]
+        )
+        if len(configs) == 2
+        else ""
+    )
     crossings = [f"{bullet}{c.name}: {note}" for c in configs for note in crossing_notes(c)]
     between = (
         "\n".join([("### " if markdown else "") + "Between the two GPUs (§3.2)"] + crossings)
         if crossings
         else ""
     )
-    return "\n\n".join(part for part in (heading, table, between, notes) if part) + "\n"
+    return (
+        "\n\n".join(part for part in (heading, table, differences, between, notes) if part) + "\n"
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -393,7 +457,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"({', '.join(list_switches())}), e.g. paper+no-lrn",
     )
     parser.add_argument(
-        "--compare", metavar="VARIANT", default=None, help="a second network to show beside it"
+        "--compare",
+        metavar="VARIANT",
+        nargs="+",
+        default=None,
+        help="a second network to show beside --variant's (or two: --compare paper code-2012), each "
+        "difference of shape, parameters and multiply-adds flagged, and the settings that differ listed",
     )
     parser.add_argument(
         "--input-size",
@@ -421,15 +490,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _variants(variant: str, compare: Optional[Sequence[str]]) -> List[str]:
+    """The nets to report: --variant alone, --variant beside --compare's one, or --compare's two."""
+    if not compare:
+        return [variant]
+    if len(compare) > 2:
+        raise ConfigError(f"--compare takes one or two variants, not {len(compare)}")
+    return list(compare) if len(compare) == 2 else [variant, *compare]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     overrides = {"num_classes": args.num_classes}
     if args.input_size is not None:
         overrides["input_size"] = args.input_size
     try:
-        configs = [
-            get_config(name, **overrides) for name in filter(None, (args.variant, args.compare))
-        ]
+        configs = [get_config(name, **overrides) for name in _variants(args.variant, args.compare)]
         for config in configs:
             verify(config)
         text = render(configs, args.format)

@@ -41,6 +41,10 @@ def splits_in_two(config: ArchConfig) -> bool:
         and config.lrn_per_tower
         and config.conv_rounding == "floor"
         and not config.adaptive_pool
+        # the towers compute §3.5's stage order and PyTorch's dropout only
+        and not any(config.norm_before_relu)
+        and not any(config.map_norm)
+        and config.dropout_scaling == "train"
     )
 
 

@@ -6,7 +6,7 @@ A variant name may carry switches: ``"paper+no-lrn+pool-2x2"``.
 from dataclasses import replace
 from typing import Dict, Tuple
 
-from . import paper
+from . import code2012, paper
 from .cli import closest
 from .config import ArchConfig, ConfigError, config_fields
 
@@ -23,6 +23,34 @@ VARIANTS: Dict[str, ArchConfig] = {
         conv_rounding="ceil",
         pool_rounding="ceil",
         description="the paper's net at its stated 224 input, cuda-convnet's ceil rounding (conv1 still 55x55)",
+    ),
+    # The net the authors' own 2012 code ran for Table 2 (run #145, code2012.py; docs/code-2012.md): conv1
+    # normalised before its ReLU, conv2's LRN followed by a within-map norm, alpha / n with k = 2, 0.03 init in
+    # conv3-conv5, dropout scaled at test; 224 crops with cuda-convnet's rounding up.
+    "code-2012": replace(
+        PAPER,
+        name="code-2012",
+        input_size=paper.STATED_INPUT_SIZE,
+        conv_channels=tuple(2 * c for c in code2012.TOWER_CONV),
+        conv_strides=code2012.CONV_STRIDES,
+        conv_paddings=code2012.CONV_PADDINGS,
+        conv_rounding="ceil",
+        pool_size=code2012.POOL_SIZE,
+        pool_stride=code2012.POOL_STRIDE,
+        pool_rounding="ceil",
+        fc_sizes=(2 * code2012.TOWER_FC,) * 2,
+        lrn_size=code2012.RNORM_SIZE,
+        lrn_alpha=code2012.RNORM_SCALE / code2012.RNORM_SIZE,
+        lrn_beta=code2012.RNORM_POW,
+        lrn_k=code2012.RNORM_MIN_DIV,
+        norm_before_relu=code2012.NORM_BEFORE_RELU,
+        map_norm=(False, True),
+        dropout=1 - code2012.DROPOUT_KEEP,
+        dropout_scaling="test",
+        weight_std=code2012.INIT_W,
+        bias_init=code2012.INIT_B,
+        description="the net the authors' 2012 code ran for Table 2 (layers-145.cfg): LRN before conv1's "
+        "ReLU, alpha/n, a within-map norm after norm2, dropout scaled at test, 224 input rounded up",
     ),
     # torchvision.models.alexnet: the 2014 "one weird trick" net, not the paper's.
     "torchvision": ArchConfig(

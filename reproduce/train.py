@@ -52,7 +52,7 @@ from paper_alexnet.engine import (
     train_one_epoch,
 )
 from paper_alexnet.networks import Network, get_network
-from paper_alexnet.optim import build_optimizer, build_schedule
+from paper_alexnet.optim import build_optimizer, build_schedule, parameter_groups
 from paper_alexnet.signals import StopOnSignal
 from paper_alexnet.watch import chance_margin
 from paper_alexnet.weights import load_pretrained
@@ -320,13 +320,17 @@ def build_net(ctx: Context, prepared: Prepared) -> Net:
     )
     if config.compile:  # what trains; the model itself is what is saved and validated
         trained = torch.compile(trained)
-    optimizer = build_optimizer(
-        config.optimizer,
-        [p for p in model.parameters() if p.requires_grad],
+    # §5: one rate and decay for all; the 2012 code: the biases at twice the rate, undecayed, and conv1's own
+    # rates by hand (HandSchedule)
+    groups = parameter_groups(
+        model,
         config.lr,
-        config.momentum,
         config.wd,
+        config.bias_lr,
+        config.bias_wd,
+        own=("conv1",) if config.schedule == "code-2012" else (),
     )
+    optimizer = build_optimizer(config.optimizer, groups, config.lr, config.momentum, config.wd)
     # §5 divides when the error "stopped improving"; at chance it never started (chance_margin: how far below a
     # guesser's error on this validation set it must be to have left chance)
     classes = len(data.dataset.classes)
@@ -372,8 +376,14 @@ SCHEDULES = {
     "cosine": "cosine decay over the epochs",
     "step": "÷10 every --step-size epochs",
     "none": "a constant rate",
+    "code-2012": "the 2012 run's rates by hand (docs/code-2012.md)",
 }
-MEANS = {"image": "the mean image (§2)", "channel": "the per-channel mean", "none": "nothing"}
+MEANS = {
+    "image": "the mean image (§2)",
+    "image-centre": "the mean image's centre (the 2012 code's)",
+    "channel": "the per-channel mean",
+    "none": "nothing",
+}
 
 
 def recipe_line(config: RunConfig, net: Net) -> str:
@@ -388,7 +398,20 @@ def recipe_line(config: RunConfig, net: Net) -> str:
         else "He init with zero biases"
         if recipe.init == "he"
         else "init N(0, 0.01) with biases 1 in conv2/4/5, fc6/7 (§5)"
+        if net.network.weight_std == ArchConfig().weight_std
+        else f"the variant's init, N(0, {'/'.join(f'{v:g}' for v in net.network.weight_std)}) in conv1..fc8"
     )
+    augment = net.augment
+    code = [
+        f"biases at {config.bias_lr:g}x the rate" if config.bias_lr != 1 else "",
+        ("biases not decayed" if config.bias_wd == 0 else f"biases decayed {config.bias_wd:g}x")
+        if config.bias_wd != 1
+        else "",
+        f"{augment.crop_chunk} images a crop" if augment.crop_chunk > 1 else "",
+        "PCA lighting by the components' std, the crop ÷ (1 + sigma)"
+        if augment.pca and augment.lighting == "code-2012"
+        else "",
+    ]
     mean = net.augment.mean
     pixels = (
         "pixels normalised by ImageNet's mean and std (torchvision)"
@@ -405,6 +428,7 @@ def recipe_line(config: RunConfig, net: Net) -> str:
             else ""
         )
         + f": {init}; {pixels}; {config.optimizer} lr {config.lr:g}, {SCHEDULES[config.schedule]}"
+        + "".join(f"; {words}" for words in code if words)
         + "".join(f"; {tool}" for tool in run_config.tools_on(config))
         + (". §5's recipe: --recipe paper" if config.recipe == "quick" else "")
     )
@@ -545,6 +569,9 @@ def train_epochs(
     unreadable: dict = {}  # (split, path, reason) -> None, in the order met
     for epoch in range(start_epoch, config.epochs + 1):
         lr = net.optimizer.param_groups[0]["lr"]
+        # the 2012 run's schedule turns PCA lighting off for its last epochs (optim.HandSchedule)
+        lighting = getattr(net.schedule, "lighting", None)
+        net.transform.lighting_on = lighting(epoch) if lighting is not None else True
         try:
             progress, steps, skipped = one_epoch(ctx, data, net, epoch, progress, watch, stop)
         except NonFiniteLoss as err:

@@ -24,6 +24,7 @@ from .splits import Split, stratified_split
 from .stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, DataStats, compute_stats
 from .store import Store, prepare_store
 from .transforms import (
+    LIGHTING,
     MEAN_MODES,
     Augment,
     PaperTransform,
@@ -42,6 +43,7 @@ __all__ = [
     "DataStats",
     "IMAGENET_EIGVAL",
     "IMAGENET_EIGVEC",
+    "LIGHTING",
     "MEAN_MODES",
     "PaperTransform",
     "Split",

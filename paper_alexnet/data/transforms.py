@@ -44,7 +44,10 @@ from ..backends import sent
 from .images import RESIZE_MODES
 from .stats import IMAGENET_MEAN, IMAGENET_STD, DataStats
 
-MEAN_MODES = ("image", "channel", "torchvision", "none")
+MEAN_MODES = ("image", "image-centre", "channel", "torchvision", "none")
+# how PCA lighting is scaled: "paper": §4.1's P (a * lambda), added to the raw pixels; "code-2012": the 2012 code's
+# P (a * sigma), sigma the components' standard deviations, added and then the whole crop divided by 1 + sigma_a
+LIGHTING = ("paper", "code-2012")
 # A random-resized crop's aspect ratios (width / height), as torchvision's RandomResizedCrop and the Inception
 # paper drew them; its area can then reach min(r, 1/r) of the square image, so --crop-scale is at most 3/4.
 ASPECT = (3 / 4, 4 / 3)
@@ -85,8 +88,18 @@ class Augment:
     # jitter's strength (0: off)
     crop_scale: Optional[float] = None
     jitter: float = 0.0
+    # the 2012 code's (code2012.py): this many images in a row share one crop position and one reflection
+    # (1: §4.1's, each image its own)
+    crop_chunk: int = 1
+    lighting: str = "paper"  # LIGHTING
 
     def __post_init__(self):
+        if self.crop_chunk < 1:
+            raise ValueError(f"--crop-chunk {self.crop_chunk}: must be at least 1")
+        if self.lighting not in LIGHTING:
+            raise ValueError(
+                f"unknown lighting {self.lighting!r}: choose one of {', '.join(LIGHTING)}"
+            )
         if self.crop_scale is not None and not 0 < self.crop_scale <= ASPECT[0]:
             raise ValueError(
                 f"--crop-scale {self.crop_scale:g}: the smallest area of a random-resized crop must be "
@@ -120,7 +133,7 @@ class PaperTransform:
         device="cpu",
         batched: Optional[bool] = None,
     ):
-        if stats is None and (augment.mean in ("image", "channel") or augment.pca):
+        if stats is None and (augment.mean in ("image", "image-centre", "channel") or augment.pca):
             raise ValueError(
                 "the mean image / PCA lighting need the training set's statistics (stats=None)"
             )
@@ -128,8 +141,15 @@ class PaperTransform:
         # one gather for the whole batch on a GPU (a handful of kernels, where the loop launches ~2 per image);
         # the loop on the CPU, where it is 3-4x faster (docs/data.md). The same numbers either way.
         self.batched = self.device.type != "cpu" if batched is None else batched
-        self.mean_image = self.mean_image_mirrored = None
-        if augment.mean == "image":
+        self.mean_image = self.mean_image_mirrored = self.centre_mean = None
+        if (
+            augment.mean == "image-centre"
+        ):  # the 2012 code's: the mean image's centre, whatever the crop
+            mean = torch.as_tensor(stats.mean_image, dtype=torch.float32, device=self.device)
+            at = (mean.shape[-1] - augment.crop) // 2
+            self.centre_mean = mean[:, at : at + augment.crop, at : at + augment.crop].contiguous()
+            self.offset = torch.zeros(3, 1, 1, device=self.device)
+        elif augment.mean == "image":
             self.mean_image = torch.as_tensor(
                 stats.mean_image, dtype=torch.float32, device=self.device
             )
@@ -153,6 +173,8 @@ class PaperTransform:
             self.scale = (
                 None if augment.scale == 1.0 else torch.tensor(augment.scale, device=self.device)
             )
+        # PCA lighting in training while on (the 2012 run turned it off for its last epochs: optim.HandSchedule)
+        self.lighting_on = True
         # on the CPU, where the draws are made: no copy back from a GPU each step
         if stats is not None:
             self.eigval = torch.as_tensor(stats.eigval, dtype=torch.float32)
@@ -173,8 +195,12 @@ class PaperTransform:
             )
         else:
             out = self._loop(images, ys, xs, mirror)
+        if self.centre_mean is not None:
+            out.sub_(self.centre_mean)
         if shift is not None:  # §4.1: one colour shift per image, the same for all its pixels
             out.add_(255.0 * shift.to(self.device).view(-1, 3, 1, 1))
+            if self.augment.lighting == "code-2012":  # convdata_jpeg.py 177-179
+                out.div_(1.0 + self.augment.pca_sigma)
         if self.scale is not None:
             out.mul_(self.scale)
         return out
@@ -240,16 +266,24 @@ class PaperTransform:
     ) -> dict:
         """§4.1's random choices for n images: crop offsets, reflections and the PCA coefficients a_i."""
         room = image_size - self.augment.crop + 1
+        chunk = self.augment.crop_chunk
+        # one position and one reflection per chunk of images (per image: §4.1's; 32: the 2012 code's)
+        chunks = -(-n // chunk)
         if self.augment.translate:
-            ys = torch.randint(room, (n,), generator=generator)
-            xs = torch.randint(room, (n,), generator=generator)
+            ys = torch.randint(room, (chunks,), generator=generator)
+            xs = torch.randint(room, (chunks,), generator=generator)
         else:
-            ys = xs = torch.full((n,), (image_size - self.augment.crop) // 2, dtype=torch.long)
-        mirror = torch.rand(n, generator=generator) < 0.5 if self.augment.flip else None
+            ys = xs = torch.full((chunks,), (image_size - self.augment.crop) // 2, dtype=torch.long)
+        mirror = torch.rand(chunks, generator=generator) < 0.5 if self.augment.flip else None
+        if chunk > 1:
+            ys, xs = (v.repeat_interleave(chunk)[:n] for v in (ys, xs))
+            mirror = None if mirror is None else mirror.repeat_interleave(chunk)[:n]
         shift = None
-        if self.augment.pca:
+        if self.augment.pca and self.lighting_on:
             alphas = torch.randn(n, 3, generator=generator) * self.augment.pca_sigma
-            shift = pca_shift(self.eigval, self.eigvec, alphas)
+            # the 2012 code scales by the components' standard deviations (its color_stdevs)
+            scale = self.eigval if self.augment.lighting == "paper" else self.eigval.sqrt()
+            shift = pca_shift(scale, self.eigvec, alphas)
         # the tools that are not the paper's draw after §4.1's draws, and only when on: the paper's run
         # draws what it always drew
         boxes = colour = None

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from paper_alexnet import ArchConfig, backends, list_switches, list_variants, paper, published
 from paper_alexnet.cli import for_file
-from paper_alexnet.data import MEAN_MODES, Augment, DataError
+from paper_alexnet.data import LIGHTING, MEAN_MODES, Augment, DataError
 from paper_alexnet.data.sources import parse_spec
 from paper_alexnet.networks import OTHER_NETS, get_network
 from reproduce.common import placement
@@ -68,6 +68,7 @@ def setting(
     defining: bool = False,
     where: bool = False,
     tool: str = "",
+    recipe: bool = False,
     then: Optional[Callable[[Any], None]] = None,
 ):
     """A field of RunConfig that is one of train's flags, declared once:
@@ -79,6 +80,7 @@ def setting(
     - ``defining``: what makes a run the run it is (--resume refuses to continue with another value);
     - ``where``: where and how it runs, not what it computes (a finished grid cell asked for again may differ);
     - ``tool``: a small-data tool a recipe sets, and its words when on (tools_on);
+    - ``recipe``: another value a recipe sets (recipes.Recipe has a field of its name), not a tool;
     - ``then``: what --help lists right after it (``then(group)``)."""
     return dataclasses.field(
         default=flag.default if default is MISSING else default,
@@ -89,6 +91,7 @@ def setting(
             "defining": defining,
             "where": where,
             "tool": tool,
+            "recipe": recipe or bool(tool),
             "then": then,
         },
     )
@@ -111,7 +114,8 @@ class RunConfig:
         f"e.g. paper+no-lrn; or a net to compare with: {', '.join(OTHER_NETS)} (figure1+tanh) (default: paper; "
         "with --pretrained NAME, the net those weights fit)"), None, default="paper", defaultable=True, defining=True)
     recipe: Optional[str] = setting(Flag(
-        "how the net starts and learns (the tables below); auto: the data kind's", default="auto",
+        "how the net starts and learns (the tables below); auto: the data kind's (on ImageNet, code-2012 for "
+        "--variant code-2012)", default="auto",
         choices=("auto", *recipes.RECIPES)), None, default=None, defaultable=True, defining=True)
     # data (§2, §4.1)
     data: str = setting(DATA, "data", defining=True)
@@ -133,9 +137,18 @@ class RunConfig:
         "0: off (default: the recipe's)", type=float, metavar="S"), "data", defaultable=True, defining=True,
         tool="colour jitter {:g}")
     mean: Optional[str] = setting(Flag(
-        "what to subtract: the training set's mean image (§2), its per-channel mean, torchvision's ImageNet "
-        "mean/std (for torchvision weights), or nothing (default: image; torchvision when --pretrained weights "
+        "what to subtract: the training set's mean image (§2), cropped where the image is; its centre whatever "
+        "the crop (image-centre: the 2012 code's); its per-channel mean, torchvision's ImageNet mean/std (for "
+        "torchvision weights), or nothing (default: the recipe's, image; torchvision when --pretrained weights "
         "were trained that way)", choices=MEAN_MODES), "data", defaultable=True)
+    crop_chunk: Optional[int] = setting(Flag(
+        "images in a row of a batch that share one crop position and one reflection: 1 is §4.1's (each image "
+        "its own), 32 the 2012 code's (default: the recipe's)", type=int, metavar="N", check=_POSITIVE),
+        "data", defaultable=True, defining=True, recipe=True)
+    lighting: Optional[str] = setting(Flag(
+        "how PCA lighting is scaled: paper is §4.1's P(a·λ); code-2012 the 2012 code's P(a·σ), σ the "
+        "components' std, after which the crop is divided by 1 + --pca-sigma (default: the recipe's)",
+        choices=LIGHTING), "data", defaultable=True, defining=True, recipe=True)
     workers: Optional[int] = setting(TRAIN_WORKERS, "data", where=True)
     decode: str = setting(DECODE, "data", where=True)
     strict: bool = setting(STRICT, "data")
@@ -164,10 +177,22 @@ class RunConfig:
         "SGD momentum (§5)", default=paper.MOMENTUM, type=float), "optimisation")
     wd: float = setting(Flag(
         "weight decay (§5: inside the velocity)", default=paper.WEIGHT_DECAY, type=float), "optimisation")
+    bias_lr: Optional[float] = setting(Flag(
+        "the biases' learning rate as a multiple of --lr: 1 is §5's one rate for all, 2 the 2012 code's "
+        "(default: the recipe's)", type=float, metavar="X",
+        check=(lambda value: value >= 0, "{option} must be 0 or more, not {:g}")),
+        "optimisation", defaultable=True, defining=True, recipe=True)
+    bias_wd: Optional[float] = setting(Flag(
+        "weight decay on the biases as a multiple of --wd: 1 decays every parameter, 0 is the 2012 code's "
+        "(default: the recipe's)", type=float, metavar="X",
+        check=(lambda value: value >= 0, "{option} must be 0 or more, not {:g}")),
+        "optimisation", defaultable=True, defining=True, recipe=True)
     schedule: Optional[str] = setting(Flag(
         "plateau: divide by 10 when val error stops improving, at most 3 times (§5), never while it is still at "
-        "chance; cosine: from --lr to zero over the epochs (default: the recipe's)",
-        choices=("plateau", "step", "cosine", "none")), "optimisation", defaultable=True)
+        "chance; cosine: from --lr to zero over the epochs; code-2012: the 2012 run's rates by hand, at its "
+        "epochs scaled to --epochs (weights ÷10 at 25, 51, 79 of 91; conv1 to 1e-5 at 67, 0 at 72; the "
+        "biases' rate kept; PCA lighting off from 67) (default: the recipe's)",
+        choices=("plateau", "step", "cosine", "none", "code-2012")), "optimisation", defaultable=True)
     patience: int = setting(Flag(
         "plateau: epochs without a new best before a drop", default=1, type=int,
         check=(lambda value: value >= 1, "{option} must be at least 1")), "optimisation")
@@ -282,6 +307,8 @@ DEFINING = tuple(f.name for f in DECLARED if f.metadata["defining"])
 WHERE = tuple(f.name for f in DECLARED if f.metadata["where"])
 # the small-data tools a recipe sets (recipes.Recipe has a field of each name), and their words when on
 TOOLS = {f.name: f.metadata["tool"] for f in DECLARED if f.metadata["tool"]}
+# every value a recipe sets beyond its init, input, optimiser, rate and schedule: the tools and the 2012 code's
+FROM_RECIPE = tuple(f.name for f in DECLARED if f.metadata["recipe"])
 
 
 def add_flags(parser: argparse.ArgumentParser, default: Any = MISSING) -> None:
@@ -368,9 +395,13 @@ def settle(config: RunConfig) -> RunConfig:
     if config.pretrained and config.pretrained_input is None:
         config = dataclasses.replace(config, pretrained_input=weights_input(config))
     recipe, mean = pick("recipe", data.recipe), pick("mean", None)
+    # on §5's own data (ImageNet), --recipe auto trains the 2012 code's net as that code did
+    if "recipe" in config.defaulted and recipe == "paper" and variant.split("+")[0] == "code-2012":
+        recipe = "code-2012"
     if config.pretrained_input is not None:
         recipe, mean = _match_weights(config, recipe, mean)
     chosen = recipes.RECIPES[recipe]
+    mean = chosen.mean if mean is None and "mean" in config.defaulted else mean
     optimizer = pick("optimizer", chosen.optimizer)
     config = dataclasses.replace(
         config,
@@ -382,11 +413,12 @@ def settle(config: RunConfig) -> RunConfig:
         lr=pick(
             "lr", chosen.lr if optimizer == chosen.optimizer else recipes.OPTIMIZER_LR[optimizer]
         ),
-        schedule=pick("schedule", data.schedule or chosen.schedule),
+        # the data kind's schedule goes with its own recipe
+        schedule=pick("schedule", (recipe == data.recipe and data.schedule) or chosen.schedule),
         epochs=pick("epochs", data.epochs),
         batch_size=pick("batch_size", data.batch_size),
         on_stall=pick("on_stall", data.on_stall),
-        **{name: pick(name, getattr(chosen, name)) for name in TOOLS},
+        **{name: pick(name, getattr(chosen, name)) for name in FROM_RECIPE},
         out=pick("out", os.path.join("runs", f"{variant}-{parse_spec(config.data).kind}")),
     )
     _check(config)
@@ -467,6 +499,8 @@ def augment(config: RunConfig, input_size: int, channel_std=None) -> Augment:
             scale=float(1.0 / channel_std.mean()) if unit_std and mean != "torchvision" else 1.0,
             crop_scale=config.crop_scale or None,
             jitter=config.jitter or 0.0,
+            crop_chunk=config.crop_chunk or 1,
+            lighting=config.lighting or "paper",
         )
     except ValueError as err:
         raise DataError(str(err)) from None
