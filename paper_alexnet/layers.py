@@ -305,7 +305,7 @@ class MapResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha:g}, beta={self.beta}, k={self.k}"
 
 
-class TestScaledDropout(nn.Dropout):
+class DropoutScaledAtTest(nn.Dropout):
     """§4.2 as written, and the 2012 code's ``hs`` layers (src/layer.cu 1126-1135): in training each unit is
     zeroed with probability p and the kept ones pass unscaled; at test every unit passes, multiplied by 1 - p.
     (nn.Dropout scales the kept units by 1/(1 - p) in training instead.) The same seed drops the same units."""
@@ -366,5 +366,7 @@ def dropout(cfg: "ArchConfig", after: str) -> nn.Module:
     if not cfg.dropout or after not in cfg.dropout_after:
         return nn.Identity()
     return (
-        TestScaledDropout(cfg.dropout) if cfg.dropout_scaling == "test" else nn.Dropout(cfg.dropout)
+        DropoutScaledAtTest(cfg.dropout)
+        if cfg.dropout_scaling == "test"
+        else nn.Dropout(cfg.dropout)
     )
