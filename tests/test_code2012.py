@@ -359,3 +359,22 @@ def test_the_mean_image_centre_is_subtracted_whatever_the_crop():
     for k, (y, x) in enumerate(zip(draw["ys"].tolist(), draw["xs"].tolist())):
         want = images[k, :, y : y + 224, x : x + 224].float() - centre
         torch.testing.assert_close(got[k], want)
+
+
+def test_a_stalled_2012_recipe_is_told_the_recipe_that_avoids_it_and_a_lower_rate_keeps_the_recipe():
+    from reproduce.training import run_config
+    from reproduce.training.alerts import avoiding_command
+
+    words = ["--variant", "code-2012", "--recipe", "code-2012", "--data", "synthetic", "--out", "r"]
+    config = run_config.from_words(words)
+    # the 2012 code's init stalls on small data as §5's does: the quick recipe, not a lower rate
+    assert avoiding_command(config, alexnet=True).split()[-4:] == [
+        "--recipe",
+        "quick",
+        "--out",
+        "r-quick",
+    ]
+    # a run that does not start from that init keeps its own recipe and lowers the rate
+    quick = run_config.from_words(["--recipe", "quick", "--data", "synthetic", "--out", "r"])
+    told = avoiding_command(quick, alexnet=True).split()
+    assert told[told.index("--recipe") + 1] == "quick" and told[told.index("--lr") + 1] == "1e-05"

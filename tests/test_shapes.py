@@ -149,6 +149,30 @@ def test_compare_shows_both_nets(capsys):
     assert set(pd.read_csv(io.StringIO(out))["variant"]) == {"paper", "torchvision"}
 
 
+def test_compare_paper_and_code_2012_flags_every_difference(capsys):
+    code, out, _ = run_main(capsys, "--compare", "paper", "code-2012", "--format", "markdown")
+    assert code == 0
+    rows = {
+        line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")
+    }
+    # conv1: the same 55x55 out of 224 only with 3 zero columns (rounding up); the within-map norm only in one
+    assert rows["conv1"].rstrip(" |").endswith("padding")
+    assert rows["mapnorm2"].rstrip(" |").endswith("only in code-2012")
+    # every other layer has the same output, parameters and multiply-adds: nothing flagged
+    same = [n for n in rows if n not in ("layer", "---", "conv1", "mapnorm2", "paper − code-2012")]
+    assert all(rows[n].rstrip().endswith("|  |") for n in same), [rows[n] for n in same]
+    # what the shapes cannot show: the settings that differ, each listed
+    for setting in (
+        "lrn_alpha: 0.0001 -> 2e-05",
+        "norm_before_relu: (False, False) -> (True, False)",
+        "map_norm: (False, False) -> (False, True)",
+        "dropout_scaling: train -> test",
+    ):
+        assert f"- {setting}" in out, setting
+    code, _, err = run_main(capsys, "--compare", "paper", "caffe", "torchvision")
+    assert code == 2 and "one or two variants" in err
+
+
 def test_notes_state_the_papers_inconsistencies(capsys):
     code, out, _ = run_main(capsys)
     assert code == 0

@@ -14,18 +14,18 @@ from reproduce.training.run_config import RunConfig
 
 
 def papers_init(config: RunConfig, alexnet: bool) -> bool:
-    """An AlexNet started with §5's init, the one that stalls on small data sets."""
-    return config.recipe == "paper" and alexnet and not config.pretrained
+    """An AlexNet started with §5's init (or the 2012 code's, alike), the one that stalls on small data sets."""
+    return config.recipe in ("paper", "code-2012") and alexnet and not config.pretrained
 
 
 def avoiding_command(config: RunConfig, alexnet: bool) -> str:
     """The command that avoids the stall this run met: the user's own, with the recipe (or, for a run that
     does not start from §5's init, the learning rate) changed, into a new --out."""
     if papers_init(config, alexnet):
-        change, suffix = ["--recipe", "quick"], "quick"
-    else:
-        change, suffix = ["--lr", f"{config.lr / 10:g}"], "lower-lr"
-    dropped = ("--recipe", "--lr", "--out", "--resume", "--on-stall")
+        change, suffix, dropped = ["--recipe", "quick"], "quick", ("--recipe", "--lr")
+    else:  # the same recipe, a lower rate
+        change, suffix, dropped = ["--lr", f"{config.lr / 10:g}"], "lower-lr", ("--lr",)
+    dropped += ("--out", "--resume", "--on-stall")
     return command_line(
         "reproduce.train",
         config.command,
