@@ -155,31 +155,30 @@ def _layer_shapes(config: ArchConfig, height: int, width: int) -> Tuple[Layer, .
             )
         )
         c, h, w = out_c, oh, ow
-        if i in (0, 1) and config.lrn:
-            rows.append(
-                Layer(
-                    f"norm{i + 1}",
-                    "lrn",
-                    (c, h, w),
-                    (c, h, w),
-                    kernel=config.lrn_size,
-                    groups=config.lrn_groups,
-                    towers=towers,
-                    arithmetic="same size",
+        # after conv1 and conv2, the normalisations keep the map's size: the LRN (§3.3), and the 2012 code's
+        # within-map norm
+        stage_norms = (
+            [
+                ("norm", "lrn", config.lrn, config.lrn_size, config.lrn_groups),
+                ("mapnorm", "map-norm", config.map_norm[i], config.map_norm_size, 1),
+            ]
+            if i in (0, 1)
+            else []
+        )
+        for prefix, kind, present, size, groups in stage_norms:
+            if present:
+                rows.append(
+                    Layer(
+                        f"{prefix}{i + 1}",
+                        kind,
+                        (c, h, w),
+                        (c, h, w),
+                        kernel=size,
+                        groups=groups,
+                        towers=towers,
+                        arithmetic="same size",
+                    )
                 )
-            )
-        if i in (0, 1) and config.map_norm[i]:
-            rows.append(
-                Layer(
-                    f"mapnorm{i + 1}",
-                    "map-norm",
-                    (c, h, w),
-                    (c, h, w),
-                    kernel=config.map_norm_size,
-                    towers=towers,
-                    arithmetic="same size",
-                )
-            )
         if i in (0, 1, 4):
             name = f"pool{i + 1}"
             oh, ow, _, formula = spatial(
