@@ -23,13 +23,8 @@ REPORTED_2010_TEST = (0.374727, 0.169987)
 EPOCHS = 91  # params 181: "epoch 91: killed"
 
 # The net (layers-145.cfg) ----------------------------------------------------------------------------------
-TOWER_CONV = (
-    48,
-    128,
-    192,
-    192,
-    128,
-)  # cfg 13, 68, 138, 166, 195: filters of each conv layer, a tower
+# cfg 13, 68, 138, 166, 195: filters of each conv layer, a tower
+TOWER_CONV = (48, 128, 192, 192, 128)
 TOWER_FC = 2048  # cfg 241, 269: outputs of fc6 and fc7 (fc2048a, fc2048ba), a tower
 CONV_PADDINGS = (0, 2, 1, 1, 1)  # cfg 14, 69, 139, 167, 196
 CONV_STRIDES = (4, 1, 1, 1, 1)  # cfg 15, 70, 140, 168, 197
@@ -42,15 +37,13 @@ INIT_B = (0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0)
 NORM_BEFORE_RELU = (True, False)
 # pooling: sizeX 3, stride 2 (cfg 51-52, 123-124, 224-225); layer.py 1164 rounds its output up
 POOL_SIZE, POOL_STRIDE = 3, 2
-DROPOUT_KEEP = (
-    0.5  # cfg 258, 286: hs layers; src/layer.cu 1126-1135: kept units unscaled, x keep at test
-)
+# cfg 258, 286: hs layers; src/layer.cu 1126-1135: kept units unscaled, x keep at test
+DROPOUT_KEEP = 0.5
 
 # The cross-map response norms rnorm1, rnorm2 (type cmrnorm) ---------------------------------------------------
 RNORM_SIZE = 5  # cfg 39, 99
-RNORM_SCALE = (
-    0.0001  # params 138, 148: as configured; layer.py 1183 divides it by size: 2e-5 is applied
-)
+# params 138, 148: as configured; layer.py 1183 divides it by size: 2e-5 is applied
+RNORM_SCALE = 0.0001
 RNORM_POW = 0.75  # params 139, 149
 RNORM_MIN_DIV = 2.0  # params 140, 150: the k of §3.3 (layer.py 1186: 1 when a file names none)
 
@@ -63,9 +56,8 @@ MAP_NORM_POW = 0.75  # params 159
 MAP_NORM_K = 1.0
 
 # The learning rates (layer-params-145.cfg) ------------------------------------------------------------------
-LEARNING_RATE = (
-    0.01  # params 169: "set epsw to 0.001 from 0.01": every layer's weights started at 0.01
-)
+# params 169: "set epsw to 0.001 from 0.01": every layer's weights started at 0.01
+LEARNING_RATE = 0.01
 BIAS_LEARNING_RATE = 0.02  # params 19, 27, ... 35: epsB, never lowered for conv2..fc8
 MOMENTUM = 0.9  # params 4-5: momW, momB
 WEIGHT_DECAY = 0.0005  # params 6: wc, on weights; src/layer.cu 565: biases are made with wc 0
@@ -84,8 +76,9 @@ SCHEDULE = (
 COLOUR_NOISE_OFF = 67  # params 178: "set color noise to 0 from 0.1"
 
 # The data (convdata_jpeg.py, JPEGCroppedImageNetDP) --------------------------------------------------------
-CROP_CHUNK = 32  # convdata_jpeg.py 77: "This many images will be cropped in the same way" (238-246: and flipped)
-COLOUR_NOISE = (
-    0.1  # params 178: "set color noise to 0 from 0.1" (--color-noise); convdata_jpeg.py 177-179:
-)
+# convdata_jpeg.py 77: "This many images will be cropped in the same way" (238-246: and flipped)
+CROP_CHUNK = 32
+# params 178: "set color noise to 0 from 0.1" (--color-noise); convdata_jpeg.py 177-179: the noise times it is
+# added, then the crop divided by 1 + it
+COLOUR_NOISE = 0.1
 #   the noise times it is added, then the crop divided by 1 + it

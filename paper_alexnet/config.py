@@ -59,9 +59,8 @@ class ArchConfig:
     # per stage: the 2012 code's within-map response norm (layers.MapResponseNorm) after the LRN, before pooling
     map_norm: Tuple[bool, ...] = (False, False)
     map_norm_size: int = code2012.MAP_NORM_SIZE
-    map_norm_alpha: float = (
-        code2012.MAP_NORM_SCALE / code2012.MAP_NORM_SIZE**2
-    )  # as applied to the sum
+    # as applied to the sum: the configured scale / size^2
+    map_norm_alpha: float = code2012.MAP_NORM_SCALE / code2012.MAP_NORM_SIZE**2
     map_norm_beta: float = code2012.MAP_NORM_POW
     map_norm_k: float = code2012.MAP_NORM_K
     # max pooling (§3.4) after norm1, norm2 and conv5

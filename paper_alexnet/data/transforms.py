@@ -142,9 +142,8 @@ class PaperTransform:
         # the loop on the CPU, where it is 3-4x faster (docs/data.md). The same numbers either way.
         self.batched = self.device.type != "cpu" if batched is None else batched
         self.mean_image = self.mean_image_mirrored = self.centre_mean = None
-        if (
-            augment.mean == "image-centre"
-        ):  # the 2012 code's: the mean image's centre, whatever the crop
+        # "image-centre", the 2012 code's: the mean image's centre, whatever the crop
+        if augment.mean == "image-centre":
             mean = torch.as_tensor(stats.mean_image, dtype=torch.float32, device=self.device)
             at = (mean.shape[-1] - augment.crop) // 2
             self.centre_mean = mean[:, at : at + augment.crop, at : at + augment.crop].contiguous()
@@ -282,7 +281,9 @@ class PaperTransform:
         if self.augment.pca and self.lighting_on:
             alphas = torch.randn(n, 3, generator=generator) * self.augment.pca_sigma
             # the 2012 code scales by the components' standard deviations (its color_stdevs)
-            scale = self.eigval if self.augment.lighting == "paper" else self.eigval.sqrt()
+            scale = (
+                self.eigval if self.augment.lighting == "paper" else self.eigval.clamp(min=0).sqrt()
+            )
             shift = pca_shift(scale, self.eigvec, alphas)
         # the tools that are not the paper's draw after §4.1's draws, and only when on: the paper's run
         # draws what it always drew
