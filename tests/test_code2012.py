@@ -335,8 +335,12 @@ def test_the_2012_lighting_uses_the_components_std_and_divides_the_crop():
         torch.tensor(stats.eigvec, dtype=torch.float64),
         torch.tensor(stats.eigval, dtype=torch.float64),
     )
-    # the same a_i: §4.1 scales them by lambda_i, the 2012 code by its color_stdevs, sqrt(lambda_i)
-    torch.testing.assert_close((shift_paper @ p) / lam, (shift_code @ p) / lam.sqrt())
+    # the same a_i: §4.1 scales them by lambda_i, the 2012 code by its color_stdevs, sqrt(lambda_i). The shifts
+    # are float32, so a_i comes back to about 1e-6 (float32's 6e-8 of |shift|, over lambda_3 = 0.0025); a wrong
+    # scale would be off by a factor sqrt(lambda_i), 0.05-0.2
+    torch.testing.assert_close(
+        (shift_paper @ p) / lam, (shift_code @ p) / lam.sqrt(), rtol=1e-4, atol=1e-5
+    )
     # the crop, the noise added (x 255: pixels are 0-255), all divided by 1 + 0.1 (convdata_jpeg.py 177-179)
     draw = code.draw(4, torch.Generator().manual_seed(5))
     got = code.apply(images, draw).double()
