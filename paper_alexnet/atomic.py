@@ -9,19 +9,59 @@ half of the new one.
 from __future__ import annotations
 
 import contextlib
+import errno as errno_codes
 import os
+import shutil
 import socket
 import tempfile
 import time
-from typing import IO, Iterator
+from typing import IO, Iterator, Optional
 
 
 class WriteError(OSError):
     """A file could not be written (disk full, no permission, ...); what was there before is untouched."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, errno: Optional[int] = None):
         super().__init__(f"could not write {path}: {reason}; what was there before is kept")
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.errno = path, reason, errno
+
+
+class NoSpaceError(OSError):
+    """Not enough free space for what a command is about to write (checked first), or a write that found the
+    disk full: one line with what is needed and what is free."""
+
+
+def is_full_disk(err: BaseException) -> bool:
+    """Whether ``err`` is a write that failed for want of space (a full disk, or a quota)."""
+    return isinstance(err, OSError) and err.errno in (errno_codes.ENOSPC, errno_codes.EDQUOT)
+
+
+def size_text(count: float) -> str:
+    """1234567890 -> '1.2 GB' (decimal units, as disks are sold and df -H prints)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000.0
+    return f"{count:.1f} TB"
+
+
+def free_space(folder: str) -> int:
+    """Bytes free to this user on the filesystem that holds ``folder`` (or its nearest existing parent)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def need_space(folder: str, needed: int, what: str, hint: str = "") -> None:
+    """Raise NoSpaceError before the first byte where ``folder``'s filesystem has less than ``needed`` bytes
+    free for ``what``."""
+    free = free_space(folder)
+    if needed > free:
+        raise NoSpaceError(
+            f"not enough free space in {folder} for {what}: it needs {size_text(needed)} and "
+            f"{size_text(free)} is free{hint}"
+        )
 
 
 def make_folder(path: str) -> None:
@@ -69,7 +109,7 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise WriteError(path, err.strerror or str(err)) from None
+            raise WriteError(path, err.strerror or str(err), err.errno) from None
         raise
 
 

@@ -1,11 +1,15 @@
 """Write a data set once into the fast store (§2: 256x256), or sort ImageNet's validation folder.
 
     python -m reproduce.prepare --data folder:/data/fruit --out stores/fruit
-    python -m reproduce.prepare --data imagenet:/data/ilsvrc2012 --out stores/imagenet --workers 8
+    python -m reproduce.prepare --data imagenet:/data/ilsvrc2012 --out stores/imagenet
+    python -m reproduce.prepare --data imagenet:/data/ilsvrc2012 --out /shared/imagenet --shard 2/4
     python -m reproduce.prepare --sort-imagenet-val /data/ilsvrc2012/val --devkit ILSVRC2012_devkit_t12.tar.gz
 
-Then train from it with ``--data store:DIR``. Interrupted, the same command
-continues where it stopped; run on a finished store, it does nothing.
+``imagenet:DIR`` may hold the three archives as downloaded (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar,
+ILSVRC2012_devkit_t12.tar.gz): they are read in place. Then train from the store with ``--data store:DIR``.
+Interrupted, the same command continues where it stopped; run on a finished store, it does nothing. With
+``--shard K/N`` on N processes or machines sharing the store's filesystem, each writes its part, and the
+last to finish completes the store and its statistics.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Optional, Sequence
 
 from paper_alexnet.data import DataError, prepare_store, synthetic_source
 from paper_alexnet.data.imagenet import sort_imagenet_val
-from paper_alexnet.data.store import ENCODINGS, JPEG_QUALITY
+from paper_alexnet.data.store import ENCODINGS, JPEG_QUALITY, parse_shard
 from paper_alexnet.data.sources import open_dataset, parse_spec
 from paper_alexnet.cli import HelpFormatter
 from reproduce.common.args import (
@@ -44,8 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--format",
         choices=ENCODINGS,
         default="raw",
-        help="raw: 196,608 bytes an image, read without decoding (small data sets); jpeg: about a "
-        "tenth of that, decoded by the loader's workers (ImageNet: 252 GB raw)",
+        help="raw: 196,608 bytes an image, read without decoding; jpeg: about a tenth of that, decoded by "
+        "the loader's workers (ILSVRC-2012: 262 GB raw, about 34 GB as JPEG)",
     )
     parser.add_argument(
         "--quality",
@@ -54,6 +58,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="with --format jpeg: the JPEG quality, 1-100",
     )
     add_workers_flag(parser)
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        default=None,
+        help="write only part K of N (1 <= K <= N), e.g. one part a machine or a job of an array; the "
+        "last part to finish completes the store (statistics included)",
+    )
     add_reading_flags(parser)
     parser.add_argument(
         "--sort-imagenet-val",
@@ -94,6 +105,7 @@ def run(args) -> int:
             "give --out DIR for the store (and --data SPEC for what goes in it; see --help)"
         )
     check_workers(args.workers)
+    shard = parse_shard(args.shard)
     if not 1 <= args.quality <= 100:
         raise DataError(f"--quality must be between 1 and 100, not {args.quality}")
     spec = parse_spec(args.data)
@@ -111,19 +123,25 @@ def run(args) -> int:
         f"{', '.join(f'{name} {len(split)}' for name, split in dataset.splits.items())} images -> {args.out}",
         file=sys.stderr,
     )
-    prepare_store(
+    store = prepare_store(
         args.data,
         dataset.classes,
         dataset.splits,
         args.out,
-        imagenet_pca=dataset.imagenet_pca,
         workers=args.workers,
         strict=args.strict,
         progress=not args.quiet,
         encoding=args.format,
         quality=args.quality,
+        shard=shard,
     )
-    print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
+    if store is None:
+        print(
+            f"part {shard[0] + 1} of {shard[1]} is written; the last part to finish completes the store",
+            file=sys.stderr,
+        )
+    else:
+        print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
     return 0
 
 

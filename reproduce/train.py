@@ -282,13 +282,12 @@ def open_data(config: RunConfig, process: distributed.Process) -> Data:
         ),
     ):
         dataset = open_dataset(config.data, download=config.download, progress=not config.quiet)
-        stats = dataset.stats(progress=not config.quiet)
-    return Data(
-        dataset,
-        stats,
-        _subset(dataset.split("train"), config.limit_train, config.seed),
-        _subset(dataset.split("val"), config.limit_val, config.seed + 1),
-    )
+        train = _subset(dataset.split("train"), config.limit_train, config.seed)
+        # §2/§4.1 of the images trained on: a store's own, else those of --limit-train's subset where given
+        stats = dataset.stats(progress=not config.quiet, train=train)
+    if config.pca == "published":
+        stats = stats.with_imagenet_pca()
+    return Data(dataset, stats, train, _subset(dataset.split("val"), config.limit_val, config.seed + 1))
 
 
 # --- 3. the net ------------------------------------------------------------------------------------------

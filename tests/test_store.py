@@ -49,7 +49,6 @@ def _prepare(data, out, **kwargs):
             data.splits,
             str(out),
             progress=False,
-            imagenet_pca=data.imagenet_pca,
             **kwargs,
         )
     return store, lines

@@ -17,9 +17,9 @@ from .sources import (
     cache_dir,
     open_dataset,
     parse_spec,
-    scan_tree,
     synthetic_source,
 )
+from .folders import scan_tree
 from .splits import Split, stratified_split
 from .stats import IMAGENET_EIGVAL, IMAGENET_EIGVEC, DataStats, compute_stats
 from .store import Store, prepare_store

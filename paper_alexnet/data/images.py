@@ -10,6 +10,7 @@ count and skip (or stop on, with ``--strict``).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -116,9 +117,25 @@ def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE, resize: str = "shor
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "empty file (0 bytes)")
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found") from None
+    return _decode(path, path, size, resize)
+
+
+def decode_rgb(
+    data: bytes, name: str, size: int | None = paper.IMAGE_SIZE, resize: str = "shorter"
+) -> np.ndarray:
+    """:func:`load_rgb` for an image file's bytes (a member of an archive), ``name`` saying which in errors."""
+    if not data:
+        raise BadImageError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, size, resize)
+
+
+def _decode(source, name: str, size: int | None, resize: str) -> np.ndarray:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if size is not None and image.format == "JPEG" and resize == "shorter":
                     image.draft("RGB", (size, size))  # decode a big JPEG at a reduced scale >= size
                 image.load()
@@ -126,16 +143,14 @@ def load_rgb(path: str, size: int | None = paper.IMAGE_SIZE, resize: str = "shor
         if size is not None:
             image = fit(image, size, resize)
         return np.asarray(image, dtype=np.uint8)
-    except BadImageError:
-        raise
     except FileNotFoundError:
-        raise BadImageError(path, "file not found") from None
+        raise BadImageError(name, "file not found") from None
     except Image.DecompressionBombError as err:
-        raise BadImageError(path, f"too large to decode safely ({err})") from None
+        raise BadImageError(name, f"too large to decode safely ({err})") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, "not an image (unrecognised file contents)") from None
+        raise BadImageError(name, "not an image (unrecognised file contents)") from None
     except (OSError, SyntaxError, ValueError) as err:
         reason = str(err) or type(err).__name__
         if "truncated" in reason:
             reason = f"truncated file ({reason})"
-        raise BadImageError(path, f"unreadable image: {reason}") from None
+        raise BadImageError(name, f"unreadable image: {reason}") from None

@@ -34,10 +34,13 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from ..atomic import make_folder, need_space
 from ..cli import plural
-from .images import DataError, is_image_file
+from .folders import scan, tree_split
+from .passes import usable_cores
+from .images import DataError
 from .splits import ArraySplit, FileSplit, RenderSplit, Split, SubsetSplit, stratified_split
-from .stats import DataStats, split_stats
+from .stats import STATS_BYTES, DataStats, split_stats
 from .store import Store, is_store, prepare_store
 from . import synthetic
 
@@ -120,7 +123,6 @@ class DataSet:
     classes: list
     splits: dict
     notes: list = field(default_factory=list)
-    imagenet_pca: bool = False
     store: Optional[Store] = None
 
     def split(self, name: str) -> Split:
@@ -130,11 +132,15 @@ class DataSet:
             )
         return self.splits[name]
 
-    def stats(self, progress: bool = True) -> DataStats:
-        """§2/§4.1 statistics of the training split: from the store, else computed once and cached."""
+    def stats(
+        self, progress: bool = True, train: Optional[Split] = None, workers: Optional[int] = None
+    ) -> DataStats:
+        """§2/§4.1 statistics of the training split (or of ``train``, a part of it: --limit-train), from the
+        store, else computed on ``workers`` processes (default: every usable core) and cached, the moments so
+        far saved as they go: a stopped pass continues where it stopped."""
         if self.store is not None:
             return self.store.stats()
-        train = self.split("train")
+        train = self.split("train") if train is None else train
         key = hashlib.sha1(
             "\n".join(
                 [self.spec, str(len(train))] + [train.describe(i) for i in range(len(train))]
@@ -143,117 +149,20 @@ class DataSet:
         path = os.path.join(cache_dir(), "stats", f"{key}.npz")
         if os.path.exists(path):
             return DataStats.load(path)
-        from tqdm.auto import tqdm
-
+        make_folder(os.path.dirname(path))
+        need_space(os.path.dirname(path), 3 * STATS_BYTES, "the data statistics' cache")
+        chunk = 64
+        workers = usable_cores() if workers is None else workers
+        workers = min(workers, -(-len(train) // chunk)) if len(train) > chunk else 0
         _logger.info(
-            f"computing the mean image and RGB PCA of {len(train)} training images (once; cached in {path})"
+            f"computing the mean image and RGB PCA of {len(train)} training images on "
+            f"{plural(max(workers, 1), 'process', 'processes')} (once; cached in {path})"
         )
-        starts = tqdm(
-            range(0, len(train), 64), unit="batch", desc="statistics", disable=not progress
+        stats = split_stats(
+            train, workers, chunk, state_path=path + ".partial.npz", progress=progress
         )
-        stats = split_stats(train, 64, starts)
-        if self.imagenet_pca:
-            stats = stats.with_imagenet_pca()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         stats.save(path)
         return stats
-
-
-# What zips, file managers and notebooks leave in a photo folder: never a class, never data, never counted
-# as unreadable; only said, once.
-# macOS's zip resource forks (and every hidden folder: .ipynb_checkpoints, ...)
-JUNK_FOLDERS = ("__MACOSX",)
-# Windows' (and every hidden file: ._x.jpg, .DS_Store, ...)
-JUNK_FILES = (
-    "Thumbs.db",
-    "desktop.ini",
-)
-
-
-def junk_kind(name: str, folder: bool) -> Optional[str]:
-    """Which kind of junk ``name`` is ("__MACOSX/", "hidden folder", "hidden file", "Thumbs.db"), or None."""
-    if folder:
-        return (
-            f"{name}/"
-            if name in JUNK_FOLDERS
-            else "hidden folder"
-            if name.startswith(".")
-            else None
-        )
-    return name if name in JUNK_FILES else "hidden file" if name.startswith(".") else None
-
-
-@dataclass
-class Scan:
-    """An ImageFolder tree: its classes, image paths and labels, its classes with no images, and the junk
-    left out (kind -> count)."""
-
-    classes: list
-    paths: list
-    labels: list
-    empty: list
-    junk: dict
-
-    def junk_note(self, root: str) -> Optional[str]:
-        if not self.junk:
-            return None
-        kinds = ", ".join(f"{count} x {kind}" for kind, count in sorted(self.junk.items()))
-        return f"{root}: left out what is not data ({kinds})"
-
-
-def scan(root: str) -> Scan:
-    """``root/<class>/**/<image>``, with the junk of zips and file managers left out and counted."""
-    if not os.path.isdir(root):
-        raise DataError(f"data folder {root} does not exist")
-    junk: dict = {}
-
-    def keep(name: str, folder: bool) -> bool:
-        kind = junk_kind(name, folder)
-        if kind is not None:
-            junk[kind] = junk.get(kind, 0) + 1
-        return kind is None
-
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and keep(e.name, True))
-    paths, labels, empty = [], [], []
-    for label, name in enumerate(classes):
-        found = []
-        for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
-            dirs[:] = sorted(d for d in dirs if keep(d, True))
-            found += [
-                os.path.join(folder, f)
-                for f in sorted(files)
-                if keep(f, False) and is_image_file(f)
-            ]
-        if not found:
-            empty.append(name)
-        paths += found
-        labels += [label] * len(found)
-    return Scan(classes, paths, labels, empty, junk)
-
-
-def scan_tree(root: str) -> tuple[list, list, list, list]:
-    """ImageFolder layout: (classes, paths, labels, empty classes) of ``root/<class>/**/<image>``."""
-    found = scan(root)
-    return found.classes, found.paths, found.labels, found.empty
-
-
-def _tree_split(
-    name: str, root: str, classes: list | None = None
-) -> tuple[list, FileSplit, list, list]:
-    """(classes found, the split, notes, classes with no image files) of one ImageFolder tree."""
-    found = scan(root)
-    labels = found.labels
-    if classes is not None:
-        extra = sorted(set(found.classes) - set(classes))
-        if extra:
-            raise DataError(
-                f"{root} has classes that the training folder lacks: {', '.join(extra[:5])}"
-            )
-        labels = [classes.index(found.classes[label]) for label in labels]
-    notes = [
-        f"warning: class {c!r} has no images in {os.path.join(root, c)}" for c in found.empty
-    ] + [note for note in [found.junk_note(root)] if note]
-    return found.classes, FileSplit(name, found.paths, labels), notes, found.empty
 
 
 def _check_nonempty(spec: str, splits: dict) -> None:
@@ -265,7 +174,7 @@ def _check_nonempty(spec: str, splits: dict) -> None:
 def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> DataSet:
     if not os.path.isdir(train_dir):
         raise DataError(f"data folder {train_dir} does not exist")
-    classes, train, notes, empty = _tree_split("train", train_dir)
+    classes, train, notes, empty = tree_split("train", train_dir)
     notes = [n for n in notes if not n.startswith("warning: class")]  # empty classes: refused below
     if len(train) == 0:
         raise DataError(
@@ -283,7 +192,7 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
             f"{train_dir} has one class folder ({classes[0]}): a classifier needs at least two"
         )
     if val_dir is not None:
-        _, val, more, _ = _tree_split("val", val_dir, classes)
+        _, val, more, _ = tree_split("val", val_dir, classes)
         splits = {"train": train, "val": val}
         notes += more
     else:
@@ -302,26 +211,18 @@ def _open_folder(spec: DataSpec, train_dir: str, val_dir: Optional[str]) -> Data
             f"{spec.options.get('seed', 0)}"
         )
     _check_nonempty(spec.text, splits)
-    return DataSet(spec.text, classes, splits, notes, imagenet_pca=spec.kind == "imagenet")
+    return DataSet(spec.text, classes, splits, notes)
 
 
 def _open_imagenet(spec: DataSpec, opening: Opening) -> DataSet:
-    root = spec.root
-    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
-    if not os.path.isdir(root):
-        raise DataError(f"ImageNet folder {root} does not exist")
-    if not os.path.isdir(train_dir) or not os.path.isdir(val_dir):
-        raise DataError(
-            f"ImageNet folder {root} needs train/ and val/ class folders (ILSVRC-2012 layout)"
-        )
-    flat = [f for f in os.listdir(val_dir) if is_image_file(f)]
-    if flat:
-        raise DataError(
-            f"{val_dir} holds {len(flat)} images not sorted into class folders",
-            "sort-val",
-            val=val_dir,
-        )
-    return _open_folder(spec, train_dir, val_dir)
+    from . import imagenet
+
+    if spec.options["counts"] not in ("warn", "refuse"):
+        raise DataError(f"--data {spec.text}: counts= must be warn or refuse")
+    classes, splits, notes = imagenet.open_ilsvrc(spec.root, opening.progress)
+    _check_nonempty(spec.text, splits)
+    line = imagenet.count_check(spec.text, classes, splits, spec.options["counts"] == "refuse")
+    return DataSet(spec.text, classes, splits, notes + ([line] if line else []))
 
 
 def _open_plain_folder(spec: DataSpec, opening: Opening) -> DataSet:
@@ -586,7 +487,7 @@ SOURCES = {
         needs_root=False,
         options={"classes": 10, "train": 1000, "val": 200, "seed": 0, "level": "easy"},
     ),
-    "imagenet": Source(_open_imagenet),
+    "imagenet": Source(_open_imagenet, options={"counts": "warn"}),
     "cifar10": Source(_open_cifar, downloadable=True),
     "cifar100": Source(_open_cifar, downloadable=True),
     "caltech101": Source(_open_caltech, options={"split": "8:1:1", "seed": 0}, downloadable=True),

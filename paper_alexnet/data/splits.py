@@ -164,3 +164,28 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
             parts[k].extend(members[start:stop].tolist())
             start = stop
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+class JoinedSplit(Split):
+    """Splits end to end, as one: row i is row i - start of the part it falls in (ILSVRC-2012's classes read
+    partly from folders and partly from their tar archives, in class order)."""
+
+    def __init__(self, name: str, parts: Sequence[Split]):
+        self.parts = list(parts)
+        super().__init__(name, np.concatenate([p.labels for p in self.parts]))
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def _at(self, i: int) -> tuple[Split, int]:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k], int(i - self.starts[k])
+
+    def describe(self, i: int) -> str:
+        part, j = self._at(i)
+        return part.describe(j)
+
+    def load(self, i: int) -> np.ndarray:
+        part, j = self._at(i)
+        return part.load(j)
+
+    def use_resize(self, resize: str) -> bool:
+        return all([p.use_resize(resize) for p in self.parts])

@@ -25,8 +25,11 @@ import io
 import json
 import logging
 import os
+import shutil
+import socket
+import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, suppress
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -36,10 +39,19 @@ from ..backends import sync_allowed
 from PIL import Image
 
 from .. import paper
-from ..atomic import atomic_write
+from ..atomic import (
+    NoSpaceError,
+    atomic_write,
+    free_space,
+    is_full_disk,
+    make_folder,
+    need_space,
+    size_text,
+)
 from .images import BadImageError, DataError
+from .passes import chunks, ordered_map
 from .splits import Split
-from .stats import DataStats, split_stats
+from .stats import STATS_BYTES, DataStats, StatsAccumulator
 
 _logger = logging.getLogger(__name__)
 
@@ -255,86 +267,75 @@ class Store:
 
 
 # -- writing --------------------------------------------------------------------------------------
+#
+# A store is written in parts (one, or --shard's N): part k of N is the rows [k*T//N, (k+1)*T//N), written
+# by one process with its workers. A part's state is parts/K-of-N.npz: the rows it has written (a prefix of
+# its rows), the files that could not be read, the moments of its training images (stats.StatsAccumulator,
+# exact integers, so the parts add up to what one pass gives) and, for a JPEG store, where each of its
+# images ends in parts/K-of-N.jpg. Raw rows go straight into images.u8 by os.pwrite in the workers (a full
+# disk is then an ENOSPC error, not the SIGBUS of a write into a memory map). The part that finds every part
+# done completes the store: images.jpg and offsets.i8 from the parts, stats.npz, progress.json.
 
-_WORKER: dict = {"splits": {}, "quality": None}
+_WORKER: dict = {}
+_IMAGE_BYTES = 3 * paper.IMAGE_SIZE * paper.IMAGE_SIZE
+SAVE_EVERY_S = 5.0  # how often a part's state is saved (and its images synced) while it runs
 
 
-def _init_worker(splits, quality=None):
-    _WORKER["splits"].update(splits)
-    _WORKER["quality"] = quality
+def _init_worker(splits, layout, out, quality):
+    if _WORKER.get("fd") is not None:  # this process wrote another store before (workers=0)
+        with suppress(OSError):
+            os.close(_WORKER["fd"])
+    _WORKER.update(splits=splits, layout=layout, out=out, quality=quality, fd=None)
 
 
-def _load_one(job):
-    """(image, None): 3x256x256 uint8, or its JPEG bytes for a JPEG store (encoded here, in the worker); or
-    (None, (path, reason)) for a file that cannot be read."""
-    name, i = job
-    split = _WORKER["splits"][name]
-    try:
-        image = split.load(i).transpose(2, 0, 1)
-    except BadImageError as err:
-        return None, (err.path, err.reason)
+def _source(row: int) -> tuple[str, int]:
+    """(split name, index in it) of store row ``row``."""
+    for name, (start, count) in _WORKER["layout"].items():
+        if start <= row < start + count:
+            return name, row - start
+    raise IndexError(row)
+
+
+def _write_chunk(rows: tuple[int, int]):
+    """A worker's share: rows [first, end) decoded and cut (§2), written into images.u8 (raw) or encoded
+    (JPEG, returned), and the moments of its training images; -> (JPEG bytes or None a row, or None for a raw
+    store; [(row, path, reason)] of unreadable files; the moments' state, or None)."""
+    first, end = rows
+    images, bad = [], []
+    for row in range(first, end):
+        name, i = _source(row)
+        try:
+            images.append((row, _WORKER["splits"][name].load(i).transpose(2, 0, 1)))
+        except BadImageError as err:
+            bad.append([row, err.path, err.reason])
+    train = _WORKER["layout"].get("train")
+    in_train = [image for row, image in images if train and train[0] <= row < train[0] + train[1]]
+    moments = None
+    if in_train:
+        accumulator = StatsAccumulator()
+        accumulator.update(np.stack(in_train))
+        moments = accumulator.state()
     if _WORKER["quality"] is None:
-        return image, None
+        block = np.zeros((end - first, *images[0][1].shape) if images else (0,), dtype=np.uint8)
+        for row, image in images:
+            block[row - first] = image
+        if images:
+            if _WORKER["fd"] is None:
+                _WORKER["fd"] = os.open(os.path.join(_WORKER["out"], "images.u8"), os.O_WRONLY)
+            data, at = memoryview(block.reshape(-1)), first * _IMAGE_BYTES
+            while len(data):  # pwrite may write less than asked
+                written = os.pwrite(_WORKER["fd"], data, at)
+                data, at = data[written:], at + written
+        return None, bad, moments
     # PIL, not torch: a worker forked from a process whose torch thread pool has run would hang in a torch op
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(
-        buffer, "JPEG", quality=_WORKER["quality"]
-    )
-    return np.frombuffer(buffer.getvalue(), dtype=np.uint8), None
-
-
-class _RawWriter:
-    """images.u8: row i at its place in the memory map."""
-
-    def __init__(self, out: str, total: int, done: int):
-        size = paper.IMAGE_SIZE
-        path = os.path.join(out, "images.u8")
-        self.images = np.memmap(
-            path,
-            dtype=np.uint8,
-            mode="r+" if os.path.exists(path) else "w+",
-            shape=(total, 3, size, size),
+    encoded: list = [None] * (end - first)
+    for row, image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(
+            buffer, "JPEG", quality=_WORKER["quality"]
         )
-
-    def put(self, row: int, image: Optional[np.ndarray]) -> None:
-        if image is not None:
-            self.images[row] = image
-
-    def flush(self) -> None:
-        self.images.flush()
-
-    def close(self) -> None:
-        del self.images
-
-
-class _JpegWriter:
-    """images.jpg appended in row order, offsets.i8 marking each row's end; a restart cuts images.jpg back to
-    the end of the last saved chunk (offsets[done])."""
-
-    def __init__(self, out: str, total: int, done: int):
-        path = os.path.join(out, "offsets.i8")
-        self.offsets = np.memmap(
-            path, dtype=np.int64, mode="r+" if os.path.exists(path) else "w+", shape=(total + 1,)
-        )
-        if done == 0:
-            self.offsets[0] = 0
-        self.handle = open(os.path.join(out, "images.jpg"), "r+b" if done else "wb")
-        self.handle.truncate(int(self.offsets[done]))
-        self.handle.seek(int(self.offsets[done]))
-
-    def put(self, row: int, data: Optional[np.ndarray]) -> None:
-        if data is not None:
-            self.handle.write(data.tobytes())
-        self.offsets[row + 1] = self.offsets[row] + (0 if data is None else len(data))
-
-    def flush(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.offsets.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-        del self.offsets
+        encoded[row - first] = buffer.getvalue()
+    return encoded, bad, moments
 
 
 def _plan(
@@ -358,13 +359,139 @@ def _plan(
     return plan
 
 
+def parse_shard(text: Optional[str]) -> tuple[int, int]:
+    """``"2/4"`` -> (1, 4): the part (counted from 1 on the command line, from 0 here) and how many."""
+    if text is None:
+        return 0, 1
+    try:
+        part, parts = (int(v) for v in str(text).split("/"))
+        assert 1 <= part <= parts
+    except (ValueError, AssertionError):
+        raise DataError(
+            f"--shard {text}: give PART/PARTS with 1 <= PART <= PARTS, e.g. 1/4"
+        ) from None
+    return part - 1, parts
+
+
+def part_rows(part: int, parts: int, total: int) -> tuple[int, int]:
+    """The rows [first, end) of part ``part`` (from 0) of ``parts``."""
+    return part * total // parts, (part + 1) * total // parts
+
+
+class _Part:
+    """One part's state (parts/K-of-N.npz): rows written (from the part's first), unreadable files, the
+    moments of its training images, and (JPEG) where each of its images ends in its .jpg."""
+
+    def __init__(self, out: str, part: int, parts: int, total: int):
+        self.path = os.path.join(out, "parts", f"{part + 1}-of-{parts}")
+        self.first, self.end = part_rows(part, parts, total)
+        self.done, self.bad, self.moments = 0, [], StatsAccumulator()
+        self.ends = np.zeros(self.end - self.first + 1, dtype=np.int64)
+        if os.path.exists(self.path + ".npz"):
+            try:
+                with np.load(self.path + ".npz") as saved:
+                    if (int(saved["first"]), int(saved["end"])) == (self.first, self.end):
+                        self.done = int(saved["done"])
+                        self.bad = json.loads(str(saved["bad"]))
+                        self.moments = StatsAccumulator.from_state(saved)
+                        self.ends = np.array(saved["ends"], dtype=np.int64)
+            except (OSError, KeyError, ValueError):
+                self.done = 0  # a damaged state file: the part starts over
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.end - self.first
+
+    def save(self) -> None:
+        with atomic_write(self.path + ".npz", "wb") as handle:
+            np.savez(
+                handle,
+                first=np.int64(self.first),
+                end=np.int64(self.end),
+                done=np.int64(self.done),
+                bad=np.array(json.dumps(self.bad)),
+                ends=self.ends,
+                **self.moments.state(),
+            )
+
+
+@contextmanager
+def _writing(out: str, part: int, parts: int):
+    """The block with this process registered as the writer of part ``part`` of ``parts``: flock on
+    writing.lock, exclusive for a store written whole and shared by the parts of a split one, and
+    exclusive on the part's own lock. Another writer in the way: a DataError naming it."""
+    import fcntl
+
+    handles = []
+
+    def take(path: str, mode: int, what: str):
+        handle = open(path, "a+", encoding="utf-8")
+        handles.append(handle)
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another prepare --shard"
+            raise DataError(
+                f"{out} is being written by {holder} ({what}): wait for it to end, or choose another --out"
+            ) from None
+        if mode == fcntl.LOCK_EX:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            )
+            handle.flush()
+
+    try:
+        make_folder(os.path.join(out, "parts"))
+        take(
+            os.path.join(out, "writing.lock"),
+            fcntl.LOCK_EX if parts == 1 else fcntl.LOCK_SH,
+            "the whole store" if parts == 1 else "parts of it",
+        )
+        if parts > 1:
+            take(os.path.join(out, "parts", f"{part + 1}-of-{parts}.lock"), fcntl.LOCK_EX,
+                 f"part {part + 1} of {parts}")  # fmt: skip
+        yield
+    finally:
+        for handle in reversed(handles):
+            with suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _other_parts(out: str, parts: int) -> list[str]:
+    """State files of parts of another split of this store (parts/K-of-M.npz with M != parts)."""
+    folder = os.path.join(out, "parts")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(
+        f for f in os.listdir(folder) if f.endswith(".npz") and not f.endswith(f"-of-{parts}.npz")
+    )
+
+
+def _jpeg_estimate(splits: dict, layout: dict, quality: int, total: int) -> int:
+    """Bytes an image of a JPEG store, from up to 8 of its images encoded here, with a quarter to spare."""
+    sizes = []
+    for row in np.linspace(0, total - 1, num=min(8, total)).astype(int):
+        name = next(n for n, (start, count) in layout.items() if start <= row < start + count)
+        try:
+            image = splits[name].load(int(row - layout[name][0]))
+        except BadImageError:
+            continue
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+        sizes.append(len(buffer.getvalue()))
+    return int(1.25 * (np.mean(sizes) if sizes else _IMAGE_BYTES))
+
+
 def prepare_store(
     spec: str,
     classes: Sequence[str],
     splits: dict[str, Split],
     out: str,
     *,
-    imagenet_pca: bool = False,
     workers: int = 0,
     strict: bool = False,
     chunk: int = 64,
@@ -372,12 +499,18 @@ def prepare_store(
     on_chunk: Optional[Callable[[int], None]] = None,
     encoding: str = "raw",
     quality: int = JPEG_QUALITY,
-) -> Store:
-    """Write ``splits`` into a store at ``out`` (continuing an interrupted one), then its statistics.
-    ``encoding`` "jpeg" keeps each 256x256 image as a JPEG of ``quality`` (1-100) instead of raw bytes.
+    shard: tuple[int, int] = (0, 1),
+    save_every: float = SAVE_EVERY_S,
+) -> Optional[Store]:
+    """Write ``splits`` into a store at ``out`` (continuing an interrupted one), with the statistics of its
+    training images. ``encoding`` "jpeg" keeps each 256x256 image as a JPEG of ``quality`` (1-100) instead of
+    raw bytes. ``shard`` (part, parts): write only that part (from 0) of ``parts``; the part that finds
+    every part written completes the store. Returns the store, or None where parts remain to be written.
 
     Unreadable files are logged (a warning) with path and reason and left out; with ``strict``
-    the first one raises :class:`BadImageError`. ``on_chunk(done)`` is called after every saved chunk.
+    the first one raises :class:`BadImageError`. ``on_chunk(done)`` is called after every chunk taken in.
+    The free space is checked first (NoSpaceError); a write that finds the disk full later raises it too,
+    with what was written kept.
     """
     from tqdm.auto import tqdm
 
@@ -385,9 +518,13 @@ def prepare_store(
         raise DataError(f"unknown store encoding {encoding!r}: {' or '.join(ENCODINGS)}")
     if not 1 <= quality <= 100:
         raise DataError(f"JPEG quality must be between 1 and 100, not {quality}")
+    part, parts = shard
     plan = _plan(spec, classes, splits, encoding, quality)
-    if plan["total"] == 0:
+    total = plan["total"]
+    if total == 0:
         raise DataError(f"{spec}: no images to write")
+    if parts > total:
+        raise DataError(f"--shard: {parts} parts of {total} images leave some parts empty")
     meta_path, progress_path = os.path.join(out, "store.json"), os.path.join(out, "progress.json")
     if is_store(out):
         old = _read_json(meta_path)
@@ -396,77 +533,211 @@ def prepare_store(
                 f"{out} already holds a store of other data ({old.get('spec')}, "
                 f"{old.get('total')} images); choose another --out"
             )
-    elif os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and set(os.listdir(out)) - {"writing.lock", "parts"}:
         raise DataError(
             f"{out} is not empty and is not a store; choose an empty or new folder for --out"
         )
-    os.makedirs(out, exist_ok=True)
-    state = _read_json(progress_path) if os.path.exists(progress_path) else {"done": 0, "bad": []}
-    total = plan["total"]
-    if state["done"] >= total and os.path.isfile(os.path.join(out, "stats.npz")):
+    if _finished(out, total):
+        state = _read_json(progress_path)
         _logger.info(
             f"{out}: complete ({total} images, {len(state['bad'])} unreadable); nothing to do"
         )
         return Store(out)
+    other = _other_parts(out, parts)
+    if other:
+        raise DataError(
+            f"{out} is being written in other parts ({', '.join(other[:3])} in {out}/parts): run those "
+            f"parts' own --shard, or remove {out}/parts to start over"
+        )
+    make_folder(out)
+    with _writing(out, part, parts):
+        state = _Part(out, part, parts, total)
+        if not state.complete:
+            _write_part(plan, splits, out, state, workers=workers, strict=strict, chunk=chunk,
+                        progress=progress, on_chunk=on_chunk, quality=quality if encoding == "jpeg" else None,
+                        save_every=save_every, tqdm=tqdm)  # fmt: skip
+        elif parts > 1:
+            _logger.info(f"{out}: part {part + 1} of {parts} is written")
+    return _complete(out, plan, parts)
 
-    _write_json(meta_path, plan)
-    labels = np.concatenate([splits[name].labels for name in plan["splits"]])
-    np.save(os.path.join(out, "labels.npy"), labels)
-    writer = (_JpegWriter if encoding == "jpeg" else _RawWriter)(out, total, state["done"])
-    jobs = [(name, i) for name in plan["splits"] for i in range(len(splits[name]))]
-    if state["done"]:
-        _logger.info(f"{out}: continuing at image {state['done']} of {total}")
-    bar = tqdm(total=total, initial=state["done"], unit="img", desc="prepare", disable=not progress)
-    quality = quality if encoding == "jpeg" else None
-    pool = (
-        ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(splits, quality))
-        if workers > 0
-        else None
+
+def _finished(out: str, total: int) -> bool:
+    path = os.path.join(out, "progress.json")
+    return (
+        os.path.isfile(path)
+        and _read_json(path).get("done", 0) >= total
+        and os.path.isfile(os.path.join(out, "stats.npz"))
     )
-    if pool is None:
-        _init_worker(splits, quality)
+
+
+def _space_needed(plan: dict, splits: dict, out: str, quality: Optional[int]) -> tuple[int, str]:
+    """(bytes still to be written by every part, how it was reckoned)."""
+    total, parts_dir = plan["total"], os.path.join(out, "parts")
+    written = 0
+    for name in os.listdir(parts_dir) if os.path.isdir(parts_dir) else []:
+        if name.endswith(".npz"):
+            with (
+                suppress(OSError, KeyError, ValueError),
+                np.load(os.path.join(parts_dir, name)) as saved,
+            ):
+                written += int(saved["done"])
+    left = total - written
+    if quality is None:
+        return left * _IMAGE_BYTES + STATS_BYTES, f"{left:,} images of {_IMAGE_BYTES:,} B, raw"
+    each = _jpeg_estimate(splits, plan["splits"], quality, total)
+    return 2 * left * each + STATS_BYTES, (
+        f"{left:,} images of about {each:,} B as JPEG (quality {quality}), twice: the parts, then the "
+        f"store they are joined into"
+    )
+
+
+def _write_part(plan, splits, out, state: _Part, *, workers, strict, chunk, progress, on_chunk, quality,
+                save_every, tqdm) -> None:  # fmt: skip
+    total = plan["total"]
+    needed, reckoning = _space_needed(plan, splits, out, quality)
+    hint = f" ({reckoning}); free some, or choose another --out" + (
+        "; --format jpeg needs about a tenth" if quality is None else ""
+    )
+    need_space(out, needed, "the store", hint)
+    _write_json(os.path.join(out, "store.json"), plan)
+    labels = np.concatenate([splits[name].labels for name in plan["splits"]])
+    with atomic_write(os.path.join(out, "labels.npy"), "wb") as handle:
+        np.save(handle, labels)
+    if quality is None:  # images.u8 at its full size (sparse until written): readers map it whole
+        fd = os.open(os.path.join(out, "images.u8"), os.O_RDWR | os.O_CREAT, 0o666)
+        if os.fstat(fd).st_size < total * _IMAGE_BYTES:
+            os.ftruncate(fd, total * _IMAGE_BYTES)
+        sync = lambda: os.fsync(fd)  # noqa: E731 (the workers' writes, through their own descriptors)
+    else:
+        jpg = open(state.path + ".jpg", "r+b" if state.done else "wb")
+        jpg.truncate(int(state.ends[state.done]))
+        jpg.seek(int(state.ends[state.done]))
+
+        def sync():
+            jpg.flush()
+            os.fsync(jpg.fileno())
+
+    def save():
+        sync()
+        state.save()
+        if (
+            plan["total"] == state.end - state.first
+        ):  # a store written whole: its progress as before
+            _write_json(
+                os.path.join(out, "progress.json"),
+                {"done": state.first + state.done, "bad": state.bad},
+            )
+
+    first = state.first + state.done
+    if state.done:
+        _logger.info(f"{out}: continuing at image {first} of {total}")
+    bar = tqdm(total=state.end - state.first, initial=state.done, unit="img", disable=not progress,
+               desc="prepare" if state.end - state.first == total else f"prepare {state.path[-8:]}")  # fmt: skip
+    jobs = chunks(first, state.end, chunk)
+    saved_at = time.monotonic()
     try:
-        for start in range(state["done"], total, chunk):
-            todo = jobs[start : start + chunk]
-            results = pool.map(_load_one, todo, chunksize=4) if pool else map(_load_one, todo)
-            for row, (array, bad) in enumerate(results, start):
-                writer.put(row, array)
-                if bad is None:
-                    continue
-                if strict:
-                    raise BadImageError(*bad)
-                state["bad"].append([row, bad[0], bad[1]])
-                (bar.write if progress else _logger.warning)(f"skipped {bad[0]}: {bad[1]}")
-            writer.flush()
-            state["done"] = min(start + chunk, total)
-            _write_json(progress_path, state)
-            bar.update(len(todo))
+        for (start, end), (encoded, bad, moments) in ordered_map(
+            _write_chunk, jobs, workers, _init_worker, (splits, plan["splits"], out, quality)
+        ):
+            if bad and strict:
+                raise BadImageError(*bad[0][1:])
+            if encoded is not None:
+                at = state.ends[start - state.first]
+                for k, data in enumerate(encoded):
+                    if data is not None:
+                        jpg.write(data)
+                        at += len(data)
+                    state.ends[start - state.first + k + 1] = at
+            if moments is not None:
+                state.moments.merge(StatsAccumulator.from_state(moments))
+            for row, path, reason in bad:
+                state.bad.append([row, path, reason])
+                (bar.write if progress else _logger.warning)(f"skipped {path}: {reason}")
+            state.done = end - state.first
+            bar.update(end - start)
+            if time.monotonic() - saved_at >= save_every or state.complete:
+                save()
+                saved_at = time.monotonic()
             if on_chunk is not None:
-                on_chunk(state["done"])
+                on_chunk(state.first + state.done)
+    except BaseException as err:
+        with suppress(OSError):
+            save()  # what was taken in is kept (a full disk may refuse even that: the last save stands)
+        if is_full_disk(err):
+            left = (state.end - state.first - state.done) * (
+                _IMAGE_BYTES
+                if quality is None
+                else max(1, int(state.ends[state.done]) // max(1, state.done))
+            )
+            raise NoSpaceError(
+                f"the disk of {out} filled up at image {state.first + state.done:,} of {total:,}: the rest "
+                f"needs about {size_text(left)} and {size_text(free_space(out))} is free; what was written "
+                f"is kept: free some space and run the same command to continue"
+            ) from None
+        raise
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        writer.close()
+        if quality is None:
+            os.close(fd)
+        else:
+            jpg.close()
 
-    train = _train_rows(out, plan, state["bad"])
-    reader = (JpegStoreSplit if encoding == "jpeg" else StoreSplit)(
-        "train", out, train, labels[train], total
-    )
-    stats = split_stats(reader, 32)
-    if imagenet_pca:
-        stats = stats.with_imagenet_pca()
-    stats.save(os.path.join(out, "stats.npz"))
+
+def _complete(out: str, plan: dict, parts: int) -> Optional[Store]:
+    """Where every part of ``parts`` is written: join them into the finished store (once: the first to
+    take the merge lock), and return it; else None."""
+    import fcntl
+
+    if _finished(out, plan["total"]):
+        return Store(out)
+    states = [_Part(out, k, parts, plan["total"]) for k in range(parts)]
+    left = [k + 1 for k, s in enumerate(states) if not s.complete]
+    if left:
+        _logger.info(
+            f"{out}: {len(left)} of {parts} parts still to write ({', '.join(map(str, left[:8]))}): the "
+            f"last to finish completes the store"
+        )
+        return None
+    with open(os.path.join(out, "parts", "complete.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _logger.info(f"{out}: another part is completing the store")
+            return None
+        if _finished(out, plan["total"]):
+            return Store(out)
+        moments, bad = StatsAccumulator(), []
+        for state in states:
+            moments.merge(state.moments)
+            bad += state.bad
+        if plan.get("encoding") == "jpeg":
+            _join_jpeg(out, states)
+        stats = moments.result()
+        stats.save(os.path.join(out, "stats.npz"))
+        _write_json(os.path.join(out, "progress.json"), {"done": plan["total"], "bad": bad})
+    shutil.rmtree(os.path.join(out, "parts"), ignore_errors=True)
     _logger.info(
-        f"{out}: {total - len(state['bad'])} images written, {len(state['bad'])} unreadable; "
+        f"{out}: {plan['total'] - len(bad)} images written, {len(bad)} unreadable; "
         f"mean image and PCA of {stats.count} training images saved"
     )
     return Store(out)
 
 
-def _train_rows(out: str, meta: dict, bad: list) -> np.ndarray:
-    if "train" not in meta["splits"]:
-        raise DataError(f"{out}: the data set has no training split to compute the mean image from")
-    start, count = meta["splits"]["train"]
-    skip = {row for row, _, _ in bad}
-    return np.array([row for row in range(start, start + count) if row not in skip], dtype=np.int64)
+def _join_jpeg(out: str, states: list) -> None:
+    """images.jpg and offsets.i8 from the parts' .jpg files and their images' ends: one part's file is
+    renamed into place, several are copied end to end."""
+    offsets, at = [np.zeros(1, dtype=np.int64)], 0
+    for state in states:
+        offsets.append(state.ends[1:] + at)
+        at += int(state.ends[-1])
+    target = os.path.join(out, "images.jpg")
+    if len(states) == 1:
+        if os.path.exists(states[0].path + ".jpg"):
+            os.replace(states[0].path + ".jpg", target)
+    else:
+        with atomic_write(target, "wb") as joined:
+            for state in states:
+                with open(state.path + ".jpg", "rb") as part:
+                    shutil.copyfileobj(part, joined, 16 << 20)
+    with atomic_write(os.path.join(out, "offsets.i8"), "wb") as handle:
+        handle.write(np.concatenate(offsets).astype(np.int64).tobytes())

@@ -22,21 +22,14 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch
 
 from paper_alexnet import ConfigError
-from paper_alexnet.atomic import WriteError, atomic_write
+from paper_alexnet.atomic import NoSpaceError, WriteError, atomic_write
 from paper_alexnet.cli import FLOAT_FORMAT, log_to_stderr, plural
 from paper_alexnet.checkpoint import CheckpointError
 from paper_alexnet.cpu_memory import keep_freed_memory
 from paper_alexnet.data import BadImageError, DataError
 from paper_alexnet.data.loader import DECODE_CHOICES
+from paper_alexnet.data.passes import usable_cores
 from paper_alexnet.data.sources import SOURCES
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity: a scheduler's share of the node), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 # Loader / decoder processes beside a net on the CPU: a few, the net's threads need the cores.
@@ -112,6 +105,9 @@ def exit_code(action: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return Exit.FAILED
+    except NoSpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return Exit.USAGE
     except WriteError as err:
         print(f"error: {err}", file=sys.stderr)
         return Exit.FAILED
@@ -222,8 +218,13 @@ QUIET = Flag(
 )
 _WORKERS = "processes that read and decode images (0: in the main process); default: "
 _AT_LEAST_0 = (lambda n: n >= 0, "{option} must be 0 or more, not {}")
-# a command that reads a data set to write it (prepare): a few processes, the rest of the cores decode too
-WORKERS = Flag(_WORKERS + "min(4, cores)", default=DEFAULT_WORKERS, type=int, check=_AT_LEAST_0)
+# a command that reads a data set to write it (prepare): every core decodes, the main process only writes
+WORKERS = Flag(
+    _WORKERS + f"the usable cores, {usable_cores()} here",
+    default=usable_cores(),
+    type=int,
+    check=_AT_LEAST_0,
+)
 
 
 def add_data_flag(parser, from_checkpoint: bool = False) -> None:

@@ -125,6 +125,10 @@ class RunConfig:
         "train on the centre crop: no random crop positions (§4.1's translations)", default=False), "data")
     no_flip: bool = setting(Flag("no random horizontal reflections (§4.1)", default=False), "data")
     no_pca: bool = setting(Flag("no PCA lighting (§4.1)", default=False), "data")
+    pca: str = setting(Flag(
+        "whose principal components the PCA lighting follows: data is §4.1's, the PCA of every RGB pixel of "
+        "the training images; published is fb.resnet.torch's ImageNet values (from a subset of ImageNet)",
+        default="data", choices=("data", "published")), "data")
     pca_sigma: float = setting(Flag(
         "std of the PCA lighting a_i (§4.1)", default=paper.PCA_SIGMA, type=float), "data")
     crop_scale: Optional[float] = setting(Flag(
