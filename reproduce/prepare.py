@@ -141,7 +141,10 @@ def run(args) -> int:
             file=sys.stderr,
         )
     else:
-        print(f"train from it with: python -m reproduce.train --data store:{args.out}", file=sys.stderr)
+        print(
+            f"train from it with: python -m reproduce.train --data store:{args.out}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -287,7 +287,9 @@ def open_data(config: RunConfig, process: distributed.Process) -> Data:
         stats = dataset.stats(progress=not config.quiet, train=train)
     if config.pca == "published":
         stats = stats.with_imagenet_pca()
-    return Data(dataset, stats, train, _subset(dataset.split("val"), config.limit_val, config.seed + 1))
+    return Data(
+        dataset, stats, train, _subset(dataset.split("val"), config.limit_val, config.seed + 1)
+    )
 
 
 # --- 3. the net ------------------------------------------------------------------------------------------

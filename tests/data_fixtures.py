@@ -147,3 +147,105 @@ def folder_contents(folder) -> dict:
     from paper_alexnet.caffe import sha1
 
     return {name: sha1(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
+
+
+ILSVRC_WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def ilsvrc_images(classes=ILSVRC_WNIDS, per_class: int = 4, val_per_class: int = 2) -> tuple:
+    """ILSVRC-2012's files in miniature, with its traps: {wnid: {name: bytes}} of training images (one
+    class's first a PNG named .JPEG, then a CMYK JPEG, a grayscale one and a 3456x2304 one among them), and
+    [(val name, wnid, bytes)] in the order of their numbers, the classes interleaved."""
+    train, seed = {}, 0
+    for c, wnid in enumerate(classes):
+        train[wnid] = {}
+        for k in range(per_class):
+            image = colour_image(seed, (90 + 7 * k, 70))
+            if c == 0 and k == 0:
+                buffer = io.BytesIO()
+                image.save(buffer, "PNG")
+                data = buffer.getvalue()
+            elif c == 0 and k == 1:
+                data = jpeg_bytes(image.convert("CMYK"), quality=90)
+            elif c == 1 and k == 0:
+                data = jpeg_bytes(image.convert("L"), quality=90)
+            elif c == 2 and k == 0:
+                data = jpeg_bytes(colour_image(seed, (3456, 2304)), quality=90)
+            else:
+                data = jpeg_bytes(image, quality=90)
+            train[wnid][f"{wnid}_{1000 + 17 * k}.JPEG"] = data
+            seed += 1
+    val = []
+    for number in range(1, val_per_class * len(classes) + 1):
+        wnid = classes[(number * 2) % len(classes)]
+        val.append(
+            (f"ILSVRC2012_val_{number:08d}.JPEG", wnid, jpeg_bytes(colour_image(500 + number)))
+        )
+    return train, val
+
+
+def _add(archive, name: str, data: bytes) -> None:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _tar_bytes(files: dict) -> bytes:
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            _add(archive, name, data)
+    return buffer.getvalue()
+
+
+def ilsvrc_download(
+    root: str, classes=ILSVRC_WNIDS, per_class: int = 4, val_per_class: int = 2
+) -> dict:
+    """``root`` holding the three files as image-net.org ships them: ILSVRC2012_img_train.tar (a tar of one
+    uncompressed tar a class), ILSVRC2012_img_val.tar (flat) and ILSVRC2012_devkit_t12.tar.gz, whose
+    meta.mat numbers the classes in an order that is not the sorted WNIDs' (and holds a non-leaf synset).
+    Returns {"train": {wnid: {name: bytes}}, "val": [(name, wnid, bytes)]}."""
+    import tarfile
+
+    import scipy.io
+
+    train, val = ilsvrc_images(classes, per_class, val_per_class)
+    os.makedirs(root, exist_ok=True)
+    with tarfile.open(os.path.join(root, "ILSVRC2012_img_train.tar"), "w") as outer:
+        for wnid in reversed(classes):  # the archive's order is not the classes' order
+            _add(outer, f"{wnid}.tar", _tar_bytes(train[wnid]))
+    with tarfile.open(os.path.join(root, "ILSVRC2012_img_val.tar"), "w") as archive:
+        for name, _, data in val:
+            _add(archive, name, data)
+    ids = {
+        wnid: k + 1 for k, wnid in enumerate(reversed(classes))
+    }  # ILSVRC2012_ID: not sorted-WNID order
+    synsets = np.array(
+        [(ids[w], w, 0) for w in classes] + [(1001, "n00001740", 2)],
+        dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")],
+    )
+    meta = io.BytesIO()
+    scipy.io.savemat(meta, {"synsets": synsets})
+    truth = "".join(f"{ids[wnid]}\n" for _, wnid, _ in val).encode()
+    with tarfile.open(os.path.join(root, "ILSVRC2012_devkit_t12.tar.gz"), "w:gz") as devkit:
+        _add(devkit, "ILSVRC2012_devkit_t12/data/meta.mat", meta.getvalue())
+        _add(devkit, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)
+    return {"train": train, "val": val}
+
+
+def ilsvrc_extracted(root: str, files: dict) -> str:
+    """docs/imagenet.md's layout of the same files: ROOT/train/<wnid>/ and ROOT/val/<wnid>/."""
+    for wnid, images in files["train"].items():
+        os.makedirs(os.path.join(root, "train", wnid), exist_ok=True)
+        for name, data in images.items():
+            with open(os.path.join(root, "train", wnid, name), "wb") as handle:
+                handle.write(data)
+    for name, wnid, data in files["val"]:
+        os.makedirs(os.path.join(root, "val", wnid), exist_ok=True)
+        with open(os.path.join(root, "val", wnid, name), "wb") as handle:
+            handle.write(data)
+    return root

@@ -324,7 +324,9 @@ def test_imagenet_layout_and_validation_sorting(tmp_path):
         1,
         1,
     ]
-    assert any("is not the whole of ILSVRC-2012: 2 classes (ILSVRC-2012: 1,000)" in n for n in data.notes)
+    assert any(
+        "is not the whole of ILSVRC-2012: 2 classes (ILSVRC-2012: 1,000)" in n for n in data.notes
+    )
 
 
 def test_imagenet_sorting_from_kaggle_csv(tmp_path):

@@ -28,9 +28,9 @@ class Member:
     size: int
 
 
-def _members(archive: tarfile.TarFile, base: int) -> list[Member]:
+def _members(archive: tarfile.TarFile, base: int, prefix: str = "") -> list[Member]:
     return [
-        Member(m.name, base + m.offset_data, m.size)
+        Member(prefix + m.name, base + m.offset_data, m.size)
         for m in archive
         if m.isfile() and is_image_file(m.name)
     ]
@@ -71,7 +71,7 @@ def nested_tar_images(path: str, progress: bool = False) -> dict[str, list[Membe
             name = f"{path}:{member.name}"
             with _open_tar(name, fileobj=outer.extractfile(member)) as archive:
                 found[os.path.basename(member.name)[: -len(".tar")]] = _members(
-                    archive, member.offset_data
+                    archive, member.offset_data, member.name + "/"
                 )
     return found
 

@@ -240,7 +240,9 @@ class Store:
             raise DataError(
                 f"{root}: unknown store format {self.meta.get('format')!r} (expected {FORMAT})"
             )
-        progress = _read_json(os.path.join(root, "progress.json"))
+        progress_path = os.path.join(root, "progress.json")
+        written = {"done": 0, "bad": []}  # a store being written in parts: progress.json comes last
+        progress = _read_json(progress_path) if os.path.exists(progress_path) else written
         total = self.meta["total"]
         if progress["done"] < total or not os.path.isfile(os.path.join(root, "stats.npz")):
             raise DataError(
@@ -426,7 +428,7 @@ def _writing(out: str, part: int, parts: int):
 
     def take(path: str, mode: int, what: str):
         handle = open(path, "a+", encoding="utf-8")
-        handles.append(handle)
+        handles.append((handle, mode))
         try:
             fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -455,8 +457,10 @@ def _writing(out: str, part: int, parts: int):
                  f"part {part + 1} of {parts}")  # fmt: skip
         yield
     finally:
-        for handle in reversed(handles):
+        for handle, mode in reversed(handles):
             with suppress(OSError):
+                if mode == fcntl.LOCK_EX:
+                    handle.truncate(0)  # no name left behind for the next contender to read
                 fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
