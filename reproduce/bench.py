@@ -18,6 +18,10 @@ Sections (``--only``, default: models and data):
          decoded in the loader's workers and on the device (--decode); the transform alone, one
          image at a time and one gather per batch; the stores' bytes per image, and the JPEG
          store's speed against the folder's.
+  prepare  what prepare costs an image on one core (decode + resize, write, the statistics' moments) on
+         500x375 JPEGs of quality 90 (generated, or cut from photographs: --photos), and prepare and the
+         statistics pass on one worker and on every core; prepare from ILSVRC-2012's archives against the
+         extracted tree of the same images, and whether the two stores are the same bytes.
   features  reproduce.features --layers fc7 and reproduce.evaluate on the paper net, from a raw store, a
          JPEG store and a folder of JPEGs, against the models section's inference images/s of the same
          net and batch.
@@ -33,6 +37,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -86,6 +91,175 @@ def _jpeg_folder(root: str, count: int, size=(500, 375)) -> None:
         Image.fromarray(render(label, i)).resize(size, Image.BILINEAR).save(
             os.path.join(folder, f"{i:05d}.jpg"), quality=90
         )
+
+
+def _photo_jpegs(root: str, count: int, photos: str, size=(500, 375)) -> None:
+    """``count`` ImageNet-sized JPEGs (500x375, quality 90) cut from the photographs in ``photos``: each a
+    random box of a photo (a third to all of its height, 4:3), resized, in 10 class folders under train/."""
+    import numpy as np
+
+    files = sorted(
+        os.path.join(photos, f)
+        for f in os.listdir(photos)
+        if f.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+    if not files:
+        raise UsageError(f"--photos {photos}: no .jpg/.jpeg/.png files there")
+    rng = np.random.default_rng(0)
+    opened = [Image.open(f).convert("RGB") for f in files]
+    for i in range(count):
+        photo = opened[i % len(opened)]
+        height = int(photo.height * rng.uniform(1 / 3, 1.0))
+        width = min(photo.width, height * 4 // 3)
+        left, top = (
+            int(rng.integers(0, photo.width - width + 1)),
+            int(rng.integers(0, photo.height - height + 1)),
+        )
+        folder = os.path.join(root, "train", f"class{i % 10}")
+        os.makedirs(folder, exist_ok=True)
+        photo.crop((left, top, left + width, top + height)).resize(size, Image.BILINEAR).save(
+            os.path.join(folder, f"{i:05d}.JPEG"), quality=90
+        )
+
+
+def _as_ilsvrc(folder: str, root: str) -> tuple[str, str]:
+    """The folder's images as ILSVRC-2012's layouts: ROOT/archives (ILSVRC2012_img_train.tar, a tar of one tar
+    a class) and ROOT/tree (train/<class>/), both with the same val/<class>/ (a tenth of each class)."""
+    import tarfile
+
+    archives, tree = os.path.join(root, "archives"), os.path.join(root, "tree")
+    for base in (archives, tree):
+        os.makedirs(base)
+    with tarfile.open(os.path.join(archives, "ILSVRC2012_img_train.tar"), "w") as outer:
+        for name in sorted(os.listdir(os.path.join(folder, "train"))):
+            files = sorted(os.listdir(os.path.join(folder, "train", name)))
+            val = files[: max(1, len(files) // 10)]
+            for target in (os.path.join(archives, "val", name), os.path.join(tree, "val", name)):
+                os.makedirs(target)
+                for f in val:
+                    shutil.copy(os.path.join(folder, "train", name, f), target)
+            os.makedirs(os.path.join(tree, "train", name))
+            inner = os.path.join(root, f"{name}.tar")
+            with tarfile.open(inner, "w") as archive:
+                for f in files[len(val) :]:
+                    archive.add(os.path.join(folder, "train", name, f), arcname=f)
+                    shutil.copy(
+                        os.path.join(folder, "train", name, f), os.path.join(tree, "train", name)
+                    )
+            outer.add(inner, arcname=f"{name}.tar")
+            os.remove(inner)
+    return archives, tree
+
+
+def bench_prepare(args) -> list[dict]:
+    """What ``prepare`` costs an image on one core (decode + resize to §2's 256x256; the raw write; the
+    statistics' moments), and what ``prepare`` and the statistics pass give on one worker and on every core,
+    from a folder and from ILSVRC-2012's archives of the same images."""
+    import numpy as np
+
+    from paper_alexnet.data.passes import usable_cores
+    from paper_alexnet.data.stats import StatsAccumulator, split_stats
+    from reproduce import prepare
+
+    rows, cores = [], usable_cores()
+
+    def row(what, rate=None, **more):
+        rows.append({"section": "prepare", "what": what, "images_per_s": rate, **more})
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp, library_quiet():
+        folder = os.path.join(tmp, "folder")
+        start = time.perf_counter()
+        if args.photos:
+            _photo_jpegs(folder, args.images, args.photos)
+        else:
+            _jpeg_folder(folder, args.images)
+        data = open_dataset(f"folder:{os.path.join(folder, 'train')}?val=0.1")
+        train, total = data.split("train"), sum(len(s) for s in data.splits.values())
+        kind = f"photo crops from {args.photos}" if args.photos else "generated shapes"
+        print(f"made {args.images} 500x375 JPEGs (quality 90, {kind}) in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr)  # fmt: skip
+        start = time.perf_counter()
+        images = [train.load(i).transpose(2, 0, 1) for i in range(len(train))]
+        row("one core: decode + resize to 256x256 (§2)", len(train) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        fd = os.open(os.path.join(tmp, "rows.u8"), os.O_WRONLY | os.O_CREAT)
+        for k, image in enumerate(images):
+            os.pwrite(fd, image.tobytes(), k * image.size)
+        os.fsync(fd)
+        os.close(fd)
+        row(
+            f"one core: write a raw row and sync ({tmp})",
+            len(images) / (time.perf_counter() - start),
+        )
+        os.remove(os.path.join(tmp, "rows.u8"))
+        start = time.perf_counter()
+        accumulator = StatsAccumulator()
+        for k in range(0, len(images), 64):
+            accumulator.update(np.stack(images[k : k + 64]))
+        row(
+            "one core: the statistics' moments of a decoded image",
+            len(images) / (time.perf_counter() - start),
+        )
+        del images
+        speeds: dict = {}
+        for rep in range(args.rounds):
+            for workers in sorted({1, cores}):
+                out = os.path.join(tmp, f"store-{rep}-{workers}")
+                start = time.perf_counter()
+                argv = ["--data", data.spec, "--out", out, "--workers", str(workers), "--quiet"]
+                if prepare.main(argv) != 0:
+                    raise UsageError("prepare failed")
+                speeds.setdefault(("prepare", workers), []).append(
+                    total / (time.perf_counter() - start)
+                )
+                start = time.perf_counter()
+                split_stats(train, workers=workers)
+                speeds.setdefault(("statistics", workers), []).append(
+                    len(train) / (time.perf_counter() - start)
+                )
+                shutil.rmtree(out, ignore_errors=True)
+        for what in ("prepare", "statistics"):
+            for workers in sorted({1, cores}):
+                rates = speeds[what, workers]
+                row(f"{what} (python -m reproduce.{'prepare' if what == 'prepare' else 'train'}'s), "
+                    f"{workers} workers, median of {len(rates)}", float(np.median(rates)))  # fmt: skip
+            if cores > 1:
+                ratios = [b / a for a, b in zip(speeds[what, 1], speeds[what, cores])]
+                rows.append({"section": "prepare", "what": f"{what}: {cores} workers / 1",
+                             "ratio": float(np.median(ratios))})  # fmt: skip
+        archives, tree = _as_ilsvrc(folder, os.path.join(tmp, "ilsvrc"))
+        outs = {}
+        for name, root in (("the archives", archives), ("the extracted tree", tree)):
+            outs[name] = os.path.join(tmp, f"from {name}")
+            start = time.perf_counter()
+            argv = [
+                "--data",
+                f"imagenet:{root}",
+                "--out",
+                outs[name],
+                "--workers",
+                str(cores),
+                "--quiet",
+            ]
+            with contextlib.redirect_stderr(
+                io.StringIO()
+            ):  # the count warning of a miniature ILSVRC
+                if prepare.main(argv) != 0:
+                    raise UsageError("prepare failed")
+            row(f"prepare from {name}, {cores} workers", total / (time.perf_counter() - start))
+        same = all(
+            open(os.path.join(outs["the archives"], f), "rb").read()
+            == open(os.path.join(outs["the extracted tree"], f), "rb").read()
+            for f in ("images.u8", "labels.npy", "progress.json")
+        )
+        rows.append(
+            {
+                "section": "prepare",
+                "what": "the two stores' bytes are the same",
+                "ratio": float(same),
+            }
+        )
+    return rows
 
 
 def bench_data(args) -> list[dict]:
@@ -792,9 +966,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--only",
-        choices=("models", "data", "features"),
+        choices=("models", "data", "features", "prepare"),
         default=None,
         help="one section (default: models and data)",
+    )
+    parser.add_argument(
+        "--photos",
+        default=None,
+        metavar="DIR",
+        help="prepare: cut the 500x375 JPEGs from the photographs in DIR (default: generated shapes)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="prepare: times each configuration is timed, in turn"
+    )
+    parser.add_argument(
+        "--tmp",
+        default=None,
+        metavar="DIR",
+        help="prepare: where its files go (default: the system's)",
     )
     parser.add_argument(
         "--suite",
@@ -872,6 +1061,8 @@ def run(args: argparse.Namespace) -> int:
         rows += bench_data(args)
     if args.only == "features":
         rows += bench_features(args)
+    if args.only == "prepare":
+        rows += bench_prepare(args)
     table = pd.DataFrame(rows)
     print(
         f"# torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, device {args.device}, "

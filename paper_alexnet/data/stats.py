@@ -125,15 +125,22 @@ class StatsAccumulator:
             raise ValueError(f"expected uint8 images, got {batch.dtype}")
         if not len(batch):
             return
-        summed = batch.sum(axis=0, dtype=np.int64)
+        summed = np.add.reduce(batch, axis=0, dtype=np.uint32).astype(
+            np.int64
+        )  # 255 x N fits: N < 2**24
         self.pixel_sum = summed if self.pixel_sum is None else self.pixel_sum + summed
         self.count += batch.shape[0]
-        rgb = batch.transpose(1, 0, 2, 3).reshape(3, -1)
-        assert rgb.shape[1] <= self.MAX_PIXELS_A_BATCH
-        self.rgb_sum += rgb.sum(axis=1, dtype=np.int64)
-        values = rgb.astype(np.float64)
-        self.rgb_outer += (values @ values.T).astype(np.int64)  # exact: see the class docstring
-        self.pixels += rgb.shape[1]
+        self.rgb_sum += summed.reshape(3, -1).sum(axis=1)
+        wide = batch.astype(
+            np.uint16
+        )  # a product of two values up to 255 is at most 65,025 < 2**16
+        for i in range(3):
+            for j in range(i, 3):
+                product = np.multiply(wide[:, i], wide[:, j])
+                self.rgb_outer[i, j] += int(product.sum(dtype=np.uint64))
+                if i != j:
+                    self.rgb_outer[j, i] = self.rgb_outer[i, j]
+        self.pixels += batch.shape[0] * batch.shape[2] * batch.shape[3]
 
     def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
         """Add another accumulator's images (another process's or part's share) to this one's."""
