@@ -115,8 +115,13 @@ def sort_imagenet_val(val_dir: str, devkit: str) -> int:
 
 
 def find_devkit(root: str) -> Optional[str]:
-    """The devkit (or Kaggle's LOC_val_solution.csv) in ``root`` or beside it, if there is one."""
-    for folder in (root, os.path.dirname(os.path.abspath(root))):
+    """The devkit (or Kaggle's LOC_val_solution.csv) in ``root`` or up to three folders above it (Kaggle's
+    ILSVRC/Data/CLS-LOC), if there is one."""
+    folder, folders = os.path.abspath(root), []
+    for _ in range(4):
+        folders.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in folders:
         for name in DEVKITS:
             if os.path.exists(os.path.join(folder, name)):
                 return os.path.join(folder, name)
