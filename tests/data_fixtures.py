@@ -170,7 +170,8 @@ def ilsvrc_images(classes=ILSVRC_WNIDS, per_class: int = 4, val_per_class: int =
             elif c == 1 and k == 0:
                 data = jpeg_bytes(image.convert("L"), quality=90)
             elif c == 2 and k == 0:
-                data = jpeg_bytes(colour_image(seed, (3456, 2304)), quality=90)
+                # made at 96x64 and enlarged (uint8 only: a 3456x2304 colour_image takes 0.6 GB of int64)
+                data = jpeg_bytes(colour_image(seed, (96, 64)).resize((3456, 2304)), quality=90)
             else:
                 data = jpeg_bytes(image, quality=90)
             train[wnid][f"{wnid}_{1000 + 17 * k}.JPEG"] = data
